@@ -1,0 +1,531 @@
+import NIOCore
+import Yams
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Reads `portico.yaml` into a ``GatewayConfiguration``, reporting every problem with its
+/// file, line and column rather than stopping at the first.
+///
+/// The loader checks the shape of the file and the references inside it (routes naming
+/// listeners, upstreams and services). Files the config names (certificates, keys, trust
+/// bundles) are read by ``ConfigurationCheck``, which also builds the TLS material.
+public struct ConfigurationLoader: Sendable {
+    /// Names of built-in services that routes may target.
+    public var knownServices: Set<String>
+
+    public init(knownServices: Set<String> = BuiltinServices.names) {
+        self.knownServices = knownServices
+    }
+
+    /// Loads the file at `path`.
+    public func load(file path: String) throws(ConfigurationError) -> GatewayConfiguration {
+        let absolute = Paths.resolve(path, against: Paths.currentDirectory)
+        let text: String
+        do {
+            text = try FileContents.readString(absolute)
+        } catch {
+            throw ConfigurationError([ConfigurationDiagnostic("cannot read the config file: \(error)", at: nil)])
+        }
+        return try load(yaml: text, file: absolute)
+    }
+
+    /// Loads YAML text as if it came from `file` (relative paths resolve against its folder).
+    public func load(yaml text: String, file: String) throws(ConfigurationError) -> GatewayConfiguration {
+        var reader = NodeReader(file: file)
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw ConfigurationError([reader.diagnostic(for: error)])
+        } catch {
+            throw ConfigurationError([ConfigurationDiagnostic("\(file): \(error)", at: nil)])
+        }
+        var config = GatewayConfiguration(baseDirectory: Paths.directory(of: file))
+        config.sourceFile = file
+        if let root {
+            read(root, into: &config, reader: &reader)
+        }
+        validateReferences(config, reader: &reader)
+        if !reader.diagnostics.isEmpty {
+            throw ConfigurationError(reader.diagnostics)
+        }
+        return config
+    }
+
+    private func read(_ root: Node, into config: inout GatewayConfiguration, reader: inout NodeReader) {
+        let base = Paths.directory(of: reader.file)
+        guard let top = reader.mapping(root, at: "the top level", keys: ["site", "data_dir", "identity", "listeners", "routes", "upstreams", "shutdown"]) else { return }
+        if let site = top["site"], let keys = reader.mapping(site.value, at: "site", keys: ["name"]) {
+            if let name = keys["name"], let value = reader.string(name.value, at: "site.name") {
+                if value.isEmpty { reader.error("site.name must not be empty", at: name.value) } else { config.siteName = value }
+            }
+        }
+        if let dataDir = top["data_dir"], let value = reader.string(dataDir.value, at: "data_dir") {
+            config.dataDirectory = Paths.resolve(value, against: base)
+        }
+        if let shutdown = top["shutdown"], let keys = reader.mapping(shutdown.value, at: "shutdown", keys: ["grace_period"]) {
+            if let grace = keys["grace_period"], let value = reader.duration(grace.value, at: "shutdown.grace_period") {
+                config.shutdownGracePeriod = value
+            }
+        }
+        if let identity = top["identity"] {
+            readIdentity(identity.value, into: &config, base: base, reader: &reader)
+        }
+        if let listeners = top["listeners"] {
+            readListeners(listeners.value, into: &config, base: base, reader: &reader)
+        }
+        if let upstreams = top["upstreams"] {
+            readUpstreams(upstreams.value, into: &config, reader: &reader)
+        }
+        if let routes = top["routes"] {
+            readRoutes(routes.value, into: &config, reader: &reader)
+        }
+    }
+
+    private func readIdentity(_ node: Node, into config: inout GatewayConfiguration, base: String, reader: inout NodeReader) {
+        guard let keys = reader.mapping(node, at: "identity", keys: ["certificate", "private_key", "generate", "names", "reload_interval"]) else { return }
+        if let entry = keys["certificate"], let value = reader.string(entry.value, at: "identity.certificate") {
+            config.identity.certificate = Paths.resolve(value, against: base)
+            config.locations["identity.certificate"] = reader.location(entry.value)
+        }
+        if let entry = keys["private_key"], let value = reader.string(entry.value, at: "identity.private_key") {
+            config.identity.privateKey = Paths.resolve(value, against: base)
+            config.locations["identity.private_key"] = reader.location(entry.value)
+        }
+        if let entry = keys["generate"], let value = reader.string(entry.value, at: "identity.generate") {
+            if value == "never" {
+                config.identity.generate = nil
+            } else if let type = KeyType(rawValue: value) {
+                config.identity.generate = type
+            } else {
+                reader.error("identity.generate must be one of \(KeyType.allCases.map(\.rawValue).joined(separator: ", ")) or never, not '\(value)'", at: entry.value)
+            }
+        }
+        if let entry = keys["names"], let names = reader.stringList(entry.value, at: "identity.names") {
+            config.identity.names = names
+        }
+        if let entry = keys["reload_interval"], let value = reader.duration(entry.value, at: "identity.reload_interval") {
+            config.identity.reloadInterval = value
+        }
+    }
+
+    private static let listenerKeys = [
+        "enabled", "port", "bind", "tls", "client_auth", "trust", "certificate", "private_key",
+        "http2", "proxy_protocol", "trusted_proxies", "limits", "access_log",
+    ]
+    private static let limitKeys = [
+        "max_connections", "max_header_bytes", "max_headers", "max_body_bytes",
+        "header_timeout", "body_timeout", "idle_timeout",
+    ]
+
+    private func readListeners(_ node: Node, into config: inout GatewayConfiguration, base: String, reader: inout NodeReader) {
+        guard let roles = reader.mapping(node, at: "listeners", keys: ListenerRole.allCases.map(\.rawValue), what: "listener role") else { return }
+        for role in ListenerRole.allCases {
+            guard let entry = roles[role.rawValue] else { continue }
+            let path = "listeners.\(role)"
+            var listener = ListenerConfiguration(role: role)
+            config.locations[path] = reader.location(entry.key)
+            guard let keys = reader.mapping(entry.value, at: path, keys: Self.listenerKeys) else { continue }
+            if let v = keys["enabled"], let b = reader.bool(v.value, at: "\(path).enabled") { listener.enabled = b }
+            if let v = keys["port"], let port = reader.int(v.value, at: "\(path).port") {
+                if (0...65535).contains(port) { listener.port = port } else { reader.error("\(path).port must be between 0 and 65535, not \(port)", at: v.value) }
+                config.locations["\(path).port"] = reader.location(v.value)
+            }
+            if let v = keys["bind"], let s = reader.string(v.value, at: "\(path).bind") { listener.bind = s }
+            if let v = keys["tls"], let b = reader.bool(v.value, at: "\(path).tls") { listener.tls = b }
+            if let v = keys["client_auth"], let s = reader.string(v.value, at: "\(path).client_auth") {
+                if let auth = ClientAuthentication(rawValue: s) { listener.clientAuth = auth } else {
+                    reader.error("\(path).client_auth must be none, optional or require, not '\(s)'", at: v.value)
+                }
+            }
+            for (key, keyPath) in [("trust", \ListenerConfiguration.trust), ("certificate", \.certificate), ("private_key", \.privateKey)] {
+                if let v = keys[key], let s = reader.string(v.value, at: "\(path).\(key)") {
+                    listener[keyPath: keyPath] = Paths.resolve(s, against: base)
+                    config.locations["\(path).\(key)"] = reader.location(v.value)
+                }
+            }
+            if let v = keys["http2"], let b = reader.bool(v.value, at: "\(path).http2") { listener.http2 = b }
+            if let v = keys["proxy_protocol"], let b = reader.bool(v.value, at: "\(path).proxy_protocol") { listener.proxyProtocol = b }
+            if let v = keys["access_log"], let b = reader.bool(v.value, at: "\(path).access_log") { listener.accessLog = b }
+            if let v = keys["trusted_proxies"], let list = reader.sequence(v.value, at: "\(path).trusted_proxies") {
+                for item in list {
+                    guard let s = reader.string(item, at: "\(path).trusted_proxies") else { continue }
+                    if let cidr = CIDR(s) { listener.trustedProxies.append(cidr) } else {
+                        reader.error("'\(s)' in \(path).trusted_proxies is not an IP address or CIDR network such as 10.0.0.0/8", at: item)
+                    }
+                }
+            }
+            if let v = keys["limits"], let limits = reader.mapping(v.value, at: "\(path).limits", keys: Self.limitKeys) {
+                let p = "\(path).limits"
+                for (key, keyPath) in [("max_connections", \ListenerLimits.maxConnections), ("max_header_bytes", \.maxHeaderBytes), ("max_headers", \.maxHeaderCount), ("max_body_bytes", \.maxBodyBytes)] {
+                    if let n = limits[key], let value = reader.int(n.value, at: "\(p).\(key)") {
+                        if value > 0 { listener.limits[keyPath: keyPath] = value } else { reader.error("\(p).\(key) must be greater than 0", at: n.value) }
+                    }
+                }
+                for (key, keyPath) in [("header_timeout", \ListenerLimits.headerTimeout), ("body_timeout", \.bodyTimeout), ("idle_timeout", \.idleTimeout)] {
+                    if let n = limits[key], let value = reader.duration(n.value, at: "\(p).\(key)") { listener.limits[keyPath: keyPath] = value }
+                }
+            }
+            if listener.clientAuth != .none && !listener.tls {
+                reader.error("\(path).client_auth needs tls: true; a plain listener cannot ask for client certificates", at: keys["client_auth"]?.value ?? entry.value)
+            }
+            if listener.proxyProtocol && listener.trustedProxies.isEmpty {
+                reader.error("\(path).proxy_protocol is on but trusted_proxies is empty, so every connection would be refused; list the proxies' addresses", at: keys["proxy_protocol"]?.value ?? entry.value)
+            }
+            if (listener.certificate == nil) != (listener.privateKey == nil) {
+                reader.error("\(path) names a certificate without a private_key or the other way round; give both or neither", at: entry.value)
+            }
+            config.listeners[role] = listener
+        }
+    }
+
+    private func readUpstreams(_ node: Node, into config: inout GatewayConfiguration, reader: inout NodeReader) {
+        guard case .mapping(let mapping) = node else {
+            reader.error("upstreams must be a mapping of names to upstream settings", at: node)
+            return
+        }
+        let allowed = ["targets", "connect_timeout", "response_timeout", "retries", "health_check", "passive", "max_response_bytes"]
+        for (keyNode, valueNode) in mapping {
+            guard let name = reader.string(keyNode, at: "upstreams") else { continue }
+            let path = "upstreams.\(name)"
+            guard let keys = reader.mapping(valueNode, at: path, keys: allowed) else { continue }
+            var upstream = UpstreamConfiguration(name: name, targets: [])
+            if let v = keys["targets"], let list = reader.sequence(v.value, at: "\(path).targets") {
+                for item in list {
+                    guard let s = reader.string(item, at: "\(path).targets") else { continue }
+                    if UpstreamTarget(url: s) == nil {
+                        reader.error("'\(s)' in \(path).targets is not a URL such as http://127.0.0.1:9000 or https://backend:8443", at: item)
+                    } else {
+                        upstream.targets.append(s)
+                    }
+                }
+            }
+            if upstream.targets.isEmpty && keys["targets"] == nil {
+                reader.error("\(path) has no targets; list at least one URL under targets", at: keyNode)
+            }
+            if let v = keys["connect_timeout"], let d = reader.duration(v.value, at: "\(path).connect_timeout") { upstream.connectTimeout = d }
+            if let v = keys["response_timeout"], let d = reader.duration(v.value, at: "\(path).response_timeout") { upstream.responseTimeout = d }
+            if let v = keys["retries"], let n = reader.int(v.value, at: "\(path).retries") {
+                if n >= 0 { upstream.retries = n } else { reader.error("\(path).retries must not be negative", at: v.value) }
+            }
+            if let v = keys["max_response_bytes"], let n = reader.int(v.value, at: "\(path).max_response_bytes") {
+                if n > 0 { upstream.maxResponseBytes = n } else { reader.error("\(path).max_response_bytes must be greater than 0", at: v.value) }
+            }
+            if let v = keys["passive"], let passive = reader.mapping(v.value, at: "\(path).passive", keys: ["max_failures", "eject_for"]) {
+                if let n = passive["max_failures"], let value = reader.int(n.value, at: "\(path).passive.max_failures") {
+                    if value > 0 { upstream.passiveMaxFailures = value } else { reader.error("\(path).passive.max_failures must be greater than 0", at: n.value) }
+                }
+                if let n = passive["eject_for"], let d = reader.duration(n.value, at: "\(path).passive.eject_for") { upstream.passiveEjectFor = d }
+            }
+            if let v = keys["health_check"], let hc = reader.mapping(v.value, at: "\(path).health_check", keys: ["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"]) {
+                var check = HealthCheckConfiguration()
+                let p = "\(path).health_check"
+                if let n = hc["path"], let s = reader.string(n.value, at: "\(p).path") {
+                    if s.hasPrefix("/") { check.path = s } else { reader.error("\(p).path must start with /", at: n.value) }
+                }
+                if let n = hc["interval"], let d = reader.duration(n.value, at: "\(p).interval") { check.interval = d }
+                if let n = hc["timeout"], let d = reader.duration(n.value, at: "\(p).timeout") { check.timeout = d }
+                for (key, keyPath) in [("healthy_threshold", \HealthCheckConfiguration.healthyThreshold), ("unhealthy_threshold", \.unhealthyThreshold)] {
+                    if let n = hc[key], let value = reader.int(n.value, at: "\(p).\(key)") {
+                        if value > 0 { check[keyPath: keyPath] = value } else { reader.error("\(p).\(key) must be greater than 0", at: n.value) }
+                    }
+                }
+                upstream.healthCheck = check
+            }
+            config.upstreams[name] = upstream
+            config.locations[path] = reader.location(keyNode)
+        }
+    }
+
+    private func readRoutes(_ node: Node, into config: inout GatewayConfiguration, reader: inout NodeReader) {
+        guard let list = reader.sequence(node, at: "routes") else { return }
+        let allowed = ["listener", "listeners", "methods", "host", "path", "service", "upstream", "max_body_bytes"]
+        for (index, item) in list.enumerated() {
+            let path = "routes[\(index)]"
+            guard let keys = reader.mapping(item, at: path, keys: allowed) else { continue }
+            var roles: [ListenerRole] = []
+            var names: [(String, Node)] = []
+            if let v = keys["listener"], let s = reader.string(v.value, at: "\(path).listener") { names.append((s, v.value)) }
+            if let v = keys["listeners"], let list = reader.sequence(v.value, at: "\(path).listeners") {
+                for n in list { if let s = reader.string(n, at: "\(path).listeners") { names.append((s, n)) } }
+            }
+            for (name, n) in names {
+                if let role = ListenerRole(rawValue: name) { roles.append(role) } else {
+                    reader.error("\(path) names listener '\(name)', which does not exist; listeners are \(ListenerRole.allCases.map(\.rawValue).joined(separator: ", "))", at: n)
+                }
+            }
+            if names.isEmpty { reader.error("\(path) needs a listener (or listeners) to apply to", at: item) }
+            var routePath = "/"
+            if let v = keys["path"], let s = reader.string(v.value, at: "\(path).path") {
+                if let problem = RoutePattern.problem(in: s) { reader.error("\(path).path '\(s)': \(problem)", at: v.value) } else { routePath = s }
+            } else if keys["path"] == nil {
+                reader.error("\(path) needs a path such as /healthz, /api/* or /devices/{id}", at: item)
+            }
+            var target: RouteTarget? = nil
+            switch (keys["service"], keys["upstream"]) {
+            case (let s?, nil):
+                if let name = reader.string(s.value, at: "\(path).service") {
+                    if knownServices.contains(name) { target = .service(name) } else {
+                        reader.error("\(path) names service '\(name)', which does not exist; services are \(knownServices.sorted().joined(separator: ", "))", at: s.value)
+                    }
+                }
+            case (nil, let u?):
+                if let name = reader.string(u.value, at: "\(path).upstream") {
+                    target = .upstream(name)
+                    config.locations["\(path).upstream"] = reader.location(u.value)
+                }
+            case (.some, .some):
+                reader.error("\(path) names both a service and an upstream; a route has one target", at: item)
+            case (nil, nil):
+                reader.error("\(path) needs a target: service or upstream", at: item)
+            }
+            var methods: [String] = []
+            if let v = keys["methods"], let list = reader.sequence(v.value, at: "\(path).methods") {
+                for n in list {
+                    guard let m = reader.string(n, at: "\(path).methods") else { continue }
+                    if m.isEmpty || !m.utf8.allSatisfy({ (65...90).contains($0) }) {
+                        reader.error("'\(m)' in \(path).methods is not an HTTP method such as GET or POST", at: n)
+                    } else {
+                        methods.append(m)
+                    }
+                }
+            }
+            var host: String? = nil
+            if let v = keys["host"], let s = reader.string(v.value, at: "\(path).host") { host = s.lowercased() }
+            var bodyLimit: Int? = nil
+            if let v = keys["max_body_bytes"], let n = reader.int(v.value, at: "\(path).max_body_bytes") {
+                if n >= 0 { bodyLimit = n } else { reader.error("\(path).max_body_bytes must not be negative", at: v.value) }
+            }
+            guard let target, !roles.isEmpty else { continue }
+            var route = RouteConfiguration(listeners: roles, methods: methods, host: host, path: routePath, target: target, maxBodyBytes: bodyLimit)
+            route.location = reader.location(item)
+            config.routes.append(route)
+        }
+    }
+
+    private func validateReferences(_ config: GatewayConfiguration, reader: inout NodeReader) {
+        for route in config.routes {
+            if case .upstream(let name) = route.target, config.upstreams[name] == nil {
+                let known = config.upstreams.keys.sorted()
+                let list = known.isEmpty ? "no upstreams are defined" : "upstreams are \(known.joined(separator: ", "))"
+                reader.diagnostics.append(ConfigurationDiagnostic("route \(route.path) names upstream '\(name)', which does not exist; \(list)", at: route.location))
+            }
+        }
+        var seen: [String: ListenerRole] = [:]
+        for listener in config.enabledListeners where listener.port != 0 {
+            let key = "\(listener.port)"
+            if let other = seen[key] {
+                reader.diagnostics.append(ConfigurationDiagnostic(
+                    "listener \(listener.role) uses port \(listener.port), which listener \(other) already uses; each listener needs its own port",
+                    at: config.locations["listeners.\(listener.role).port"] ?? config.locations["listeners.\(listener.role)"]))
+            } else {
+                seen[key] = listener.role
+            }
+        }
+    }
+}
+
+/// Walks Yams nodes, collecting diagnostics with their marks.
+struct NodeReader {
+    let file: String
+    var diagnostics: [ConfigurationDiagnostic] = []
+
+    init(file: String) { self.file = file }
+
+    func location(_ node: Node) -> SourceLocation? {
+        node.mark.map { SourceLocation(file: file, line: $0.line, column: $0.column) }
+    }
+
+    mutating func error(_ message: String, at node: Node) {
+        diagnostics.append(ConfigurationDiagnostic(message, at: location(node)))
+    }
+
+    func diagnostic(for error: YamlError) -> ConfigurationDiagnostic {
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _), .composer(let context, let problem, let mark, _):
+            let where_ = context.map { " \($0.text)" } ?? ""
+            return ConfigurationDiagnostic("the file is not valid YAML: \(problem)\(where_)", at: SourceLocation(file: file, line: mark.line, column: mark.column))
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            return ConfigurationDiagnostic("key \(duplicates.map { "'\($0)'" }.joined(separator: ", ")) appears twice in one mapping",
+                                           at: SourceLocation(file: file, line: context.mark.line, column: context.mark.column))
+        default:
+            return ConfigurationDiagnostic("\(file): the file is not valid YAML: \(error)", at: nil)
+        }
+    }
+
+    /// A mapping's entries by key; unknown keys are reported (with a suggestion) and left out.
+    mutating func mapping(_ node: Node, at path: String, keys allowed: [String], what: String = "key") -> [String: (key: Node, value: Node)]? {
+        guard case .mapping(let mapping) = node else {
+            if case .scalar(let s) = node, s.string.isEmpty || s.string == "~" || s.string == "null" { return [:] }
+            error("\(path) must be a mapping of keys to values", at: node)
+            return nil
+        }
+        var result: [String: (key: Node, value: Node)] = [:]
+        for (key, value) in mapping {
+            guard case .scalar(let scalar) = key else {
+                error("keys in \(path) must be plain words", at: key)
+                continue
+            }
+            let name = scalar.string
+            if allowed.contains(name) {
+                result[name] = (key, value)
+            } else {
+                var message = "unknown \(what) '\(name)' in \(path)"
+                if let suggestion = Self.closest(to: name, in: allowed) { message += "; did you mean '\(suggestion)'?" } else {
+                    message += "; expected one of \(allowed.joined(separator: ", "))"
+                }
+                error(message, at: key)
+            }
+        }
+        return result
+    }
+
+    mutating func sequence(_ node: Node, at path: String) -> [Node]? {
+        guard case .sequence(let sequence) = node else {
+            error("\(path) must be a list", at: node)
+            return nil
+        }
+        return Array(sequence)
+    }
+
+    mutating func string(_ node: Node, at path: String) -> String? {
+        guard case .scalar(let scalar) = node else {
+            error("\(path) must be a single value, not a list or mapping", at: node)
+            return nil
+        }
+        return scalar.string
+    }
+
+    mutating func stringList(_ node: Node, at path: String) -> [String]? {
+        guard let list = sequence(node, at: path) else { return nil }
+        return list.compactMap { string($0, at: path) }
+    }
+
+    mutating func int(_ node: Node, at path: String) -> Int? {
+        guard let text = string(node, at: path) else { return nil }
+        if let value = Int(text.replacingUnderscores()) { return value }
+        if let value = ByteSize.parse(text) { return value }
+        error("\(path) must be a whole number, not '\(text)'", at: node)
+        return nil
+    }
+
+    mutating func bool(_ node: Node, at path: String) -> Bool? {
+        guard let text = string(node, at: path) else { return nil }
+        switch text.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default:
+            error("\(path) must be true or false, not '\(text)'", at: node)
+            return nil
+        }
+    }
+
+    mutating func duration(_ node: Node, at path: String) -> TimeAmount? {
+        guard let text = string(node, at: path) else { return nil }
+        if let value = DurationText.parse(text) { return value }
+        error("\(path) must be a duration such as 500ms, 10s, 5m or 1h, not '\(text)'", at: node)
+        return nil
+    }
+
+    static func closest(to word: String, in candidates: [String]) -> String? {
+        let scored = candidates.map { ($0, editDistance(word, $0)) }.min { $0.1 < $1.1 }
+        guard let (best, distance) = scored, distance <= max(2, word.count / 3) else { return nil }
+        return best
+    }
+
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a.utf8), b = Array(b.utf8)
+        if a.isEmpty { return b.count }
+        if b.isEmpty { return a.count }
+        var previous = Array(0...b.count)
+        for i in 1...a.count {
+            var current = [i] + Array(repeating: 0, count: b.count)
+            for j in 1...b.count {
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            previous = current
+        }
+        return previous[b.count]
+    }
+}
+
+extension String {
+    fileprivate func replacingUnderscores() -> String { self.filter { $0 != "_" } }
+}
+
+/// `10s`, `500ms`, `5m`, `1h`, or a bare number of seconds.
+enum DurationText {
+    static func parse(_ text: String) -> TimeAmount? {
+        let trimmed = text.trimmingSpaces()
+        let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)]
+        for (suffix, nanos) in units where trimmed.hasSuffix(suffix) {
+            let number = trimmed.dropLast(suffix.count)
+            if let value = Int64(number), value >= 0 { return .nanoseconds(value * nanos) }
+            if suffix == "s", number.hasSuffix("m") { continue }
+            return nil
+        }
+        if let seconds = Int64(trimmed), seconds >= 0 { return .seconds(seconds) }
+        return nil
+    }
+}
+
+/// `64KiB`, `1MiB`, `2GiB` (also `k`, `m`, `g`, powers of 1024).
+enum ByteSize {
+    static func parse(_ text: String) -> Int? {
+        let lower = text.trimmingSpaces().lowercased()
+        let units: [(String, Int)] = [("kib", 1024), ("mib", 1 << 20), ("gib", 1 << 30), ("kb", 1024), ("mb", 1 << 20), ("gb", 1 << 30), ("k", 1024), ("m", 1 << 20), ("g", 1 << 30)]
+        for (suffix, factor) in units where lower.hasSuffix(suffix) {
+            guard let value = Int(lower.dropLast(suffix.count)), value >= 0 else { return nil }
+            return value * factor
+        }
+        return nil
+    }
+}
+
+extension StringProtocol {
+    func trimmingSpaces() -> String {
+        String(self.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}
+
+/// Reads whole files with POSIX calls, so error messages carry the OS reason.
+package enum FileContents {
+    package struct ReadError: Error, CustomStringConvertible {
+        package var path: String
+        package var reason: String
+        package var description: String { "\(path): \(reason)" }
+    }
+
+    package static func read(_ path: String) throws(ReadError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ReadError(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var result: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ReadError(path: path, reason: String(cString: strerror(errno)))
+            }
+            if n == 0 { break }
+            result.append(contentsOf: chunk[0..<n])
+            if result.count > 64 << 20 { throw ReadError(path: path, reason: "file is larger than 64 MiB") }
+        }
+        return result
+    }
+
+    package static func readString(_ path: String) throws(ReadError) -> String {
+        String(decoding: try read(path), as: UTF8.self)
+    }
+
+    package static func exists(_ path: String) -> Bool {
+        access(path, F_OK) == 0
+    }
+}

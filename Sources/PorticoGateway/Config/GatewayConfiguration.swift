@@ -1,0 +1,228 @@
+import NIOCore
+
+/// The whole configuration of a gateway, as read from `portico.yaml`.
+///
+/// Every path in it is already absolute (relative paths in the file resolve against the
+/// folder of the file). Build it with ``ConfigurationLoader``; the defaults here are the
+/// embedded defaults that `portico serve` uses with no config file.
+public struct GatewayConfiguration: Sendable, Equatable {
+    /// `site.name`: the name of this manager's site, shown to operators and peers.
+    public var siteName: String = "default-site"
+    /// `data_dir`: where the manager keeps its database and state.
+    public var dataDirectory: String
+    /// `identity`: the server certificate shared by every TLS listener.
+    public var identity: IdentityConfiguration
+    /// `listeners.<role>`: one listener per role.
+    public var listeners: [ListenerRole: ListenerConfiguration]
+    /// `routes`: what each listener sends where, in file order.
+    public var routes: [RouteConfiguration] = []
+    /// `upstreams.<name>`: HTTP backends that routes may target.
+    public var upstreams: [String: UpstreamConfiguration] = [:]
+    /// `shutdown.grace_period`: how long a drain waits for in-flight requests before closing.
+    public var shutdownGracePeriod: TimeAmount = .seconds(30)
+    /// The file this configuration was read from, if any.
+    public var sourceFile: String?
+    /// Where keys were written (`identity.certificate`, `listeners.client.port`, ...), for messages
+    /// about what they name.
+    public var locations: [String: SourceLocation] = [:]
+
+    /// The embedded defaults, rooted at `baseDirectory`.
+    public init(baseDirectory: String) {
+        self.dataDirectory = Paths.resolve("data", against: baseDirectory)
+        self.identity = IdentityConfiguration(
+            certificate: Paths.resolve("ssl/server.crt", against: baseDirectory),
+            privateKey: Paths.resolve("ssl/server.key", against: baseDirectory)
+        )
+        var listeners: [ListenerRole: ListenerConfiguration] = [:]
+        for role in ListenerRole.allCases {
+            listeners[role] = ListenerConfiguration(role: role)
+        }
+        self.listeners = listeners
+    }
+
+    /// The listeners that are enabled, in role order.
+    public var enabledListeners: [ListenerConfiguration] {
+        ListenerRole.allCases.compactMap { listeners[$0] }.filter(\.enabled)
+    }
+}
+
+/// Which key type a generated identity uses.
+public enum KeyType: String, Sendable, Hashable, CaseIterable {
+    case rsa2048 = "rsa-2048"
+    case rsa3072 = "rsa-3072"
+    case ecdsaP256 = "ecdsa-p256"
+}
+
+/// `identity`: the shared server certificate and key.
+public struct IdentityConfiguration: Sendable, Equatable {
+    /// `identity.certificate`: PEM certificate chain, leaf first.
+    public var certificate: String
+    /// `identity.private_key`: PEM private key, written 0600 when generated.
+    public var privateKey: String
+    /// `identity.generate`: key type to generate on first run when both files are missing;
+    /// `nil` (`never`) makes missing files an error.
+    public var generate: KeyType? = .rsa2048
+    /// `identity.names`: extra DNS names or IP addresses for a generated certificate.
+    public var names: [String] = []
+    /// `identity.reload_interval`: how often the files are checked for changes (SIGHUP checks at once).
+    public var reloadInterval: TimeAmount = .seconds(10)
+
+    public init(certificate: String, privateKey: String) {
+        self.certificate = certificate
+        self.privateKey = privateKey
+    }
+}
+
+/// `listeners.<role>`: one listening socket and its TLS policy and limits.
+public struct ListenerConfiguration: Sendable, Equatable {
+    public var role: ListenerRole
+    /// `enabled`: whether the role listens at all.
+    public var enabled: Bool = true
+    /// `bind`: address to bind, IPv4 or IPv6 literal or a host name.
+    public var bind: String = "0.0.0.0"
+    /// `port`: TCP port; 0 asks the OS for a free one (tests).
+    public var port: Int
+    /// `tls`: whether the listener speaks TLS (HTTP/1.1 and HTTP/2 by ALPN).
+    public var tls: Bool
+    /// `client_auth`: `none`, `optional` or `require` a client certificate.
+    public var clientAuth: ClientAuthentication
+    /// `trust`: PEM bundle (file) or folder of PEM files that client certificates must chain to.
+    public var trust: String?
+    /// `certificate` / `private_key`: a listener's own identity instead of the shared one.
+    public var certificate: String?
+    public var privateKey: String?
+    /// `http2`: offer h2 by ALPN (TLS listeners only).
+    public var http2: Bool = true
+    /// `proxy_protocol`: accept a PROXY protocol v1/v2 header, only from `trusted_proxies`.
+    public var proxyProtocol: Bool = false
+    /// `trusted_proxies`: CIDRs whose PROXY headers and `X-Forwarded-For` are believed.
+    public var trustedProxies: [CIDR] = []
+    /// `limits`: what one client may hold or send.
+    public var limits: ListenerLimits = ListenerLimits()
+    /// `access_log`: write one line per request.
+    public var accessLog: Bool = true
+
+    public init(role: ListenerRole) {
+        self.role = role
+        self.port = role.defaultPort
+        self.tls = role.defaultTLS
+        self.clientAuth = role.defaultClientAuth
+    }
+
+    /// Whether two configurations need the socket to be bound again.
+    func needsRebind(comparedTo other: ListenerConfiguration) -> Bool {
+        bind != other.bind || port != other.port || tls != other.tls || proxyProtocol != other.proxyProtocol
+    }
+}
+
+/// `listeners.<role>.limits`: bounds on what one client may hold or send.
+public struct ListenerLimits: Sendable, Equatable {
+    /// `max_connections`: open connections beyond this are closed at accept and counted.
+    public var maxConnections: Int = 10_000
+    /// `max_header_bytes`: request line plus headers; larger gets 431.
+    public var maxHeaderBytes: Int = 16 * 1024
+    /// `max_headers`: header count; more gets 431.
+    public var maxHeaderCount: Int = 100
+    /// `max_body_bytes`: default request body limit; larger gets 413. Routes may override.
+    public var maxBodyBytes: Int = 1024 * 1024
+    /// `header_timeout`: time to receive a complete request head.
+    public var headerTimeout: TimeAmount = .seconds(10)
+    /// `body_timeout`: time to receive a complete request body.
+    public var bodyTimeout: TimeAmount = .seconds(30)
+    /// `idle_timeout`: time a keep-alive connection may sit with no request.
+    public var idleTimeout: TimeAmount = .seconds(60)
+
+    public init() {}
+}
+
+/// One entry of `routes`.
+public struct RouteConfiguration: Sendable, Equatable {
+    /// `listener` or `listeners`: the roles this route applies to.
+    public var listeners: [ListenerRole]
+    /// `methods`: allowed methods; empty means any.
+    public var methods: [String] = []
+    /// `host`: exact host (without port) the request must name; `nil` matches any.
+    public var host: String?
+    /// `path`: `/exact`, `/prefix/*` or with `{param}` segments.
+    public var path: String
+    /// `service` or `upstream`: where matching requests go.
+    public var target: RouteTarget
+    /// `max_body_bytes`: overrides the listener's body limit.
+    public var maxBodyBytes: Int?
+    /// Where the route was written, for messages.
+    public var location: SourceLocation?
+
+    public init(listeners: [ListenerRole], methods: [String] = [], host: String? = nil, path: String, target: RouteTarget, maxBodyBytes: Int? = nil) {
+        self.listeners = listeners
+        self.methods = methods
+        self.host = host
+        self.path = path
+        self.target = target
+        self.maxBodyBytes = maxBodyBytes
+    }
+}
+
+/// What a route sends requests to.
+public enum RouteTarget: Sendable, Equatable {
+    /// A built-in service registered by name.
+    case service(String)
+    /// A named entry of `upstreams`.
+    case upstream(String)
+}
+
+/// `upstreams.<name>`: a pool of HTTP(S) backends.
+public struct UpstreamConfiguration: Sendable, Equatable {
+    public var name: String
+    /// `targets`: base URLs such as `http://127.0.0.1:9000`.
+    public var targets: [String]
+    /// `connect_timeout`
+    public var connectTimeout: TimeAmount = .seconds(2)
+    /// `response_timeout`: time for the whole upstream response.
+    public var responseTimeout: TimeAmount = .seconds(30)
+    /// `retries`: further targets tried for an idempotent request after a connect failure or 5xx-free error.
+    public var retries: Int = 1
+    /// `health_check`: active probing; `nil` disables it.
+    public var healthCheck: HealthCheckConfiguration? = nil
+    /// `passive.max_failures` / `passive.eject_for`: consecutive failures before a target is
+    /// taken out, and for how long.
+    public var passiveMaxFailures: Int = 3
+    public var passiveEjectFor: TimeAmount = .seconds(30)
+    /// `max_response_bytes`: bound on a buffered upstream response.
+    public var maxResponseBytes: Int = 16 * 1024 * 1024
+
+    public init(name: String, targets: [String]) {
+        self.name = name
+        self.targets = targets
+    }
+}
+
+/// `upstreams.<name>.health_check`.
+public struct HealthCheckConfiguration: Sendable, Equatable {
+    /// `path`: requested with GET; 2xx and 3xx are healthy.
+    public var path: String = "/healthz"
+    /// `interval`
+    public var interval: TimeAmount = .seconds(5)
+    /// `timeout`
+    public var timeout: TimeAmount = .seconds(2)
+    /// `healthy_threshold`: consecutive successes to bring a target back.
+    public var healthyThreshold: Int = 2
+    /// `unhealthy_threshold`: consecutive failures to take a target out.
+    public var unhealthyThreshold: Int = 3
+
+    public init() {}
+}
+
+/// A place in a config file.
+public struct SourceLocation: Sendable, Equatable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var column: Int
+
+    public init(file: String, line: Int, column: Int) {
+        self.file = file
+        self.line = line
+        self.column = column
+    }
+
+    public var description: String { "\(file):\(line):\(column)" }
+}

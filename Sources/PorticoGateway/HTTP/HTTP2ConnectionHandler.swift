@@ -1,0 +1,324 @@
+import Logging
+import NIOCore
+import NIOExtras
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+
+/// Serves HTTP/2 on one connection, answering streams from the frames on the connection
+/// channel instead of creating a channel per stream.
+///
+/// `NIOHTTP2Handler` below it keeps the protocol state (settings, HPACK, outbound flow
+/// control, stream states); this handler keeps per-stream request state, grants inbound
+/// flow-control credit as it consumes DATA, and writes each response as a HEADERS frame and
+/// at most one DATA frame. Writes made while handling a read are flushed once at the end of
+/// the read, so a burst of requests turns into one TLS record where it fits.
+final class HTTP2ConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    private struct Stream {
+        var method: String
+        var uri: String
+        var authority: String?
+        var headers: HPACKHeaders
+        var route: Router<Endpoint>.Route?
+        var parameters: [(String, Substring)]
+        var errorResponse: GatewayResponse?
+        var body: ByteBuffer
+        var bodyLimit: Int
+        var started: NIODeadline
+        var unacknowledgedBytes: Int = 0
+        var responding = false
+    }
+
+    private let info: ConnectionInfo
+    private var streams: [HTTP2StreamID: Stream] = [:]
+    private var highestStreamID: HTTP2StreamID = .rootStream
+    private var connectionUnacknowledged = 0
+    private var needsFlush = false
+    private var draining = false
+    private var closed = false
+    private var idleTimer: Scheduled<Void>?
+
+    /// Inbound credit is granted back once this much of a window has been consumed.
+    private static let windowUpdateThreshold = 32 * 1024
+
+    init(info: ConnectionInfo) {
+        self.info = info
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        scheduleIdle(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.payload {
+        case .headers(let headers):
+            if streams[frame.streamID] != nil {
+                // Trailers: their end of stream completes the request.
+                if headers.endStream { complete(frame.streamID, context: context) }
+            } else {
+                open(frame.streamID, headers: headers, context: context)
+            }
+        case .data(let data):
+            receiveData(frame.streamID, data: data, context: context)
+        case .rstStream:
+            streams.removeValue(forKey: frame.streamID)
+            streamsChanged(context: context)
+        default:
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushIfNeeded(context: context)
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            draining = true
+            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: highestStreamID, errorCode: .noError, opaqueData: nil))
+            context.writeAndFlush(wrapOutboundOut(goAway), promise: nil)
+            if streams.isEmpty { close(context: context) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // NIOHTTP2Handler has already answered protocol errors (GOAWAY or RST_STREAM); a
+        // stream error leaves the connection usable.
+        if error is NIOHTTP2Errors.StreamClosed || error is NIOHTTP2Errors.NoSuchStream { return }
+        close(context: context)
+    }
+
+    // MARK: - Streams
+
+    private func open(_ id: HTTP2StreamID, headers frame: HTTP2Frame.FramePayload.Headers, context: ChannelHandlerContext) {
+        let snapshot = info.snapshot.current()
+        let limits = snapshot.limits
+        if id > highestStreamID { highestStreamID = id }
+        var method = ""
+        var path = ""
+        var authority: String? = nil
+        var size = 0
+        for (name, value, _) in frame.headers {
+            size += name.utf8.count + value.utf8.count + 32
+            switch name {
+            case ":method": method = value
+            case ":path": path = value
+            case ":authority": authority = value
+            default: break
+            }
+        }
+        var stream = Stream(method: method, uri: path, authority: authority, headers: frame.headers, route: nil, parameters: [], errorResponse: nil,
+                            body: ByteBuffer(), bodyLimit: limits.maxBodyBytes, started: .now())
+        if frame.headers.count > limits.maxHeaderCount + 4 || size > limits.maxHeaderBytes {
+            stream.errorResponse = .plain(.requestHeaderFieldsTooLarge, "request headers are too large")
+        } else if method.isEmpty || path.isEmpty {
+            stream.errorResponse = .plain(.badRequest, "a request needs :method and :path")
+        } else {
+            let host = (authority ?? frame.headers.first(name: "host")).map(RequestDispatch.hostWithoutPort)
+            switch snapshot.router.match(method: method, host: host, path: RequestDispatch.path(of: path)) {
+            case .found(let route, let parameters):
+                stream.route = route
+                stream.parameters = parameters
+                stream.bodyLimit = route.maxBodyBytes ?? limits.maxBodyBytes
+                if let length = frame.headers.first(name: "content-length").flatMap({ Int($0) }), length > stream.bodyLimit {
+                    stream.errorResponse = .plain(.payloadTooLarge, "request body is larger than \(stream.bodyLimit) bytes")
+                }
+            case .methodNotAllowed(let allow):
+                stream.errorResponse = .plain(.methodNotAllowed, "method \(method) is not allowed here", headers: ["allow": allow])
+            case .notFound:
+                stream.errorResponse = nil
+            }
+        }
+        streams[id] = stream
+        streamsChanged(context: context)
+        if stream.errorResponse?.status == .payloadTooLarge || stream.errorResponse?.status == .requestHeaderFieldsTooLarge {
+            // Answer at once and stop the client sending a body we will not read.
+            respondAndReset(id, context: context)
+        } else if frame.endStream {
+            complete(id, context: context)
+        }
+    }
+
+    private func receiveData(_ id: HTTP2StreamID, data: HTTP2Frame.FramePayload.Data, context: ChannelHandlerContext) {
+        let length = data.paddingBytes.map { $0 + 1 } ?? 0
+        let flowControlled: Int
+        if case .byteBuffer(let buffer) = data.data { flowControlled = buffer.readableBytes + length } else { flowControlled = length }
+        grantConnectionCredit(flowControlled, context: context)
+        guard var stream = streams[id], !stream.responding else { return }
+        if case .byteBuffer(var buffer) = data.data {
+            if stream.route != nil && stream.errorResponse == nil {
+                if stream.body.readableBytes + buffer.readableBytes > stream.bodyLimit {
+                    stream.errorResponse = .plain(.payloadTooLarge, "request body is larger than \(stream.bodyLimit) bytes")
+                    streams[id] = stream
+                    respondAndReset(id, context: context)
+                    return
+                }
+                stream.body.writeBuffer(&buffer)
+            }
+        }
+        if data.endStream {
+            streams[id] = stream
+            complete(id, context: context)
+            return
+        }
+        stream.unacknowledgedBytes += flowControlled
+        if stream.unacknowledgedBytes >= Self.windowUpdateThreshold {
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: stream.unacknowledgedBytes))), promise: nil)
+            needsFlush = true
+            stream.unacknowledgedBytes = 0
+        }
+        streams[id] = stream
+    }
+
+    private func grantConnectionCredit(_ bytes: Int, context: ChannelHandlerContext) {
+        connectionUnacknowledged += bytes
+        if connectionUnacknowledged >= Self.windowUpdateThreshold {
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionUnacknowledged))), promise: nil)
+            needsFlush = true
+            connectionUnacknowledged = 0
+        }
+    }
+
+    private func complete(_ id: HTTP2StreamID, context: ChannelHandlerContext) {
+        guard var stream = streams[id], !stream.responding else { return }
+        stream.responding = true
+        streams[id] = stream
+        let isHead = stream.method == "HEAD"
+        guard let route = stream.route, stream.errorResponse == nil else {
+            if let response = stream.errorResponse {
+                write(response, to: id, isHead: isHead, context: context)
+            } else {
+                writeFixed(info.snapshot.value.notFound, to: id, isHead: isHead, context: context)
+            }
+            return
+        }
+        switch RequestDispatch.run(route.target, request: makeRequest(stream), eventLoop: context.eventLoop, logger: info.snapshot.value.accessLogger) {
+        case .fixed(let fixed):
+            writeFixed(fixed, to: id, isHead: isHead, context: context)
+        case .response(let response):
+            write(response, to: id, isHead: isHead, context: context)
+        case .pending(let future):
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            future.whenComplete { result in
+                let (handler, context) = loopBound.value
+                guard handler.streams[id] != nil else { return }  // reset by the client meanwhile
+                handler.write((try? result.get()) ?? .plain(.internalServerError), to: id, isHead: isHead, context: context)
+                handler.flushIfNeeded(context: context)
+            }
+        }
+    }
+
+    private func respondAndReset(_ id: HTTP2StreamID, context: ChannelHandlerContext) {
+        guard let stream = streams[id], let response = stream.errorResponse else { return }
+        write(response, to: id, isHead: false, context: context)
+        context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.noError))), promise: nil)
+    }
+
+    private func makeRequest(_ stream: Stream) -> GatewayRequest {
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(stream.headers.count)
+        for (name, value, _) in stream.headers where !name.hasPrefix(":") { headers.add(name: name, value: value) }
+        if let authority = stream.authority, !headers.contains(name: "host") { headers.add(name: "host", value: authority) }
+        var parameters: [String: String] = [:]
+        for (name, value) in stream.parameters { parameters[name] = String(value) }
+        return GatewayRequest(
+            method: HTTPMethod(rawValue: stream.method),
+            uri: stream.uri,
+            headers: headers,
+            body: stream.body,
+            host: stream.authority ?? headers.first(name: "host"),
+            parameters: parameters,
+            role: info.role,
+            httpMajorVersion: 2,
+            isTLS: info.isTLS,
+            peerAddress: info.peerAddress,
+            clientAddress: info.clientAddress(headers: headers, trusted: info.snapshot.value.configuration.trustedProxies),
+            peerIsTrustedProxy: info.peerIsTrustedProxy,
+            clientCertificate: info.clientCertificate
+        )
+    }
+
+    // MARK: - Responses
+
+    private func writeFixed(_ fixed: FixedResponse, to id: HTTP2StreamID, isHead: Bool, context: ChannelHandlerContext) {
+        writeFrames(id, headers: fixed.http2Headers, body: isHead ? nil : fixed.body, status: Int(fixed.status.code), context: context)
+    }
+
+    private func write(_ response: GatewayResponse, to id: HTTP2StreamID, isHead: Bool, context: ChannelHandlerContext) {
+        let headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: response.body.readableBytes)
+        writeFrames(id, headers: headers, body: isHead ? nil : response.body, status: Int(response.status.code), context: context)
+    }
+
+    private func writeFrames(_ id: HTTP2StreamID, headers: HPACKHeaders, body: ByteBuffer?, status: Int, context: ChannelHandlerContext) {
+        guard let stream = streams.removeValue(forKey: id) else { return }
+        let hasBody = (body?.readableBytes ?? 0) > 0
+        context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: headers, endStream: !hasBody)))), promise: nil)
+        if hasBody, let body {
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(body), endStream: true)))), promise: nil)
+        }
+        needsFlush = true
+        let snapshot = info.snapshot.value
+        let elapsed = NIODeadline.now() - stream.started
+        snapshot.metrics.recordRequest(status: status, duration: .nanoseconds(elapsed.nanoseconds))
+        if let logger = snapshot.accessLogger {
+            logger.info("request", metadata: [
+                "listener": "\(info.role)", "client": "\(info.peerAddress?.ipAddress ?? "-")", "method": "\(stream.method)",
+                "uri": "\(stream.uri)", "status": "\(status)", "bytes": "\(body?.readableBytes ?? 0)", "http": "2",
+                "duration_us": "\(elapsed.nanoseconds / 1000)",
+            ])
+        }
+        streamsChanged(context: context)
+    }
+
+    private func flushIfNeeded(context: ChannelHandlerContext) {
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+        if draining && streams.isEmpty { close(context: context) }
+    }
+
+    // MARK: - Idle and closing
+
+    private func streamsChanged(context: ChannelHandlerContext) {
+        if streams.isEmpty {
+            if idleTimer == nil { scheduleIdle(context: context) }
+        } else if let timer = idleTimer {
+            timer.cancel()
+            idleTimer = nil
+        }
+    }
+
+    private func scheduleIdle(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        idleTimer = context.eventLoop.scheduleTask(in: info.snapshot.value.limits.idleTimeout) {
+            let (handler, context) = loopBound.value
+            handler.idleTimer = nil
+            guard handler.streams.isEmpty else { return }
+            handler.info.snapshot.value.metrics.timeouts.increment()
+            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: handler.highestStreamID, errorCode: .noError, opaqueData: nil))
+            context.writeAndFlush(handler.wrapOutboundOut(goAway), promise: nil)
+            handler.close(context: context)
+        }
+    }
+
+    private func close(context: ChannelHandlerContext) {
+        guard !closed else { return }
+        closed = true
+        idleTimer?.cancel()
+        idleTimer = nil
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,50 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// What both HTTP versions do with a routed request.
+enum RequestDispatch {
+    /// The answer to a request: ready now, or later.
+    enum Outcome {
+        case fixed(FixedResponse)
+        case response(GatewayResponse)
+        case pending(EventLoopFuture<GatewayResponse>)
+    }
+
+    /// Runs an endpoint. Services run as tasks; their result is delivered on `eventLoop`.
+    static func run(_ endpoint: Endpoint, request: @autoclosure () -> GatewayRequest, eventLoop: any EventLoop, logger: Logger?) -> Outcome {
+        switch endpoint {
+        case .fixed(let fixed):
+            return .fixed(fixed)
+        case .immediate(let respond):
+            return .response(respond(request()))
+        case .service(let service):
+            let request = request()
+            let future = eventLoop.makeFutureWithTask { try await service.respond(to: request) }
+            return .pending(future.flatMapErrorThrowing { error in
+                logger?.error("service failed", metadata: ["error": "\(error)", "path": "\(request.path)"])
+                return .plain(.internalServerError, "the service failed to answer")
+            })
+        case .upstream(let pool):
+            let request = request()
+            let future = eventLoop.makeFutureWithTask { await pool.forward(request) }
+            return .pending(future)
+        }
+    }
+
+    /// The `Host` without its port, lowercased when needed by the router.
+    static func hostWithoutPort(_ host: String) -> Substring {
+        if host.hasPrefix("[") {
+            guard let end = host.firstIndex(of: "]") else { return host[...] }
+            return host[...end]
+        }
+        guard let colon = host.lastIndex(of: ":") else { return host[...] }
+        return host[..<colon]
+    }
+
+    /// The path of a request target, without the query.
+    static func path(of uri: String) -> Substring {
+        guard let question = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else { return uri[...] }
+        return uri[..<question]
+    }
+}

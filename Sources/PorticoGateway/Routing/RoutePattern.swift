@@ -1,0 +1,41 @@
+/// A route path: `/exact`, `/prefix/*` or segments with `{param}`.
+enum RoutePattern {
+    enum Segment: Equatable {
+        case literal(String)
+        case parameter(String)
+        case wildcard
+    }
+
+    /// Why a path pattern cannot be used, or `nil` when it is fine.
+    static func problem(in pattern: String) -> String? {
+        guard pattern.hasPrefix("/") else { return "a path must start with /" }
+        let parts = pattern.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        for (index, part) in parts.enumerated() {
+            let isLast = index == parts.count - 1
+            if part == "*" {
+                if !isLast { return "* may only be the last segment, as in /api/*" }
+                continue
+            }
+            if part.contains("*") { return "* must be a whole segment, as in /api/*" }
+            if part.hasPrefix("{") || part.hasSuffix("}") || part.contains("{") || part.contains("}") {
+                guard part.hasPrefix("{"), part.hasSuffix("}"), part.count > 2 else {
+                    return "a parameter must be a whole segment such as {id}"
+                }
+                let name = part.dropFirst().dropLast()
+                guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+                    return "parameter names may hold letters, digits and _ only"
+                }
+            }
+            if part.isEmpty && !isLast { return "a path must not contain //" }
+        }
+        return nil
+    }
+
+    static func segments(of pattern: String) -> [Segment] {
+        pattern.split(separator: "/").map { part in
+            if part == "*" { return .wildcard }
+            if part.hasPrefix("{") && part.hasSuffix("}") { return .parameter(String(part.dropFirst().dropLast())) }
+            return .literal(String(part))
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import NIOCore
+import NIOHTTP1
+
+/// The services every gateway has, which routes may name: `health`, `ready`, `metrics`.
+public enum BuiltinServices {
+    public static let names: Set<String> = ["health", "ready", "metrics"]
+
+    /// Routes every listener gets unless the config routes the same path itself.
+    static func implicitRoutes(for role: ListenerRole) -> [(path: String, service: String)] {
+        var routes = [("/healthz", "health"), ("/readyz", "ready")]
+        if role == .webservices { routes.append(("/metrics", "metrics")) }
+        return routes
+    }
+
+    static func endpoint(named name: String, metrics: GatewayMetrics, readiness: ReadinessFlag) -> Endpoint? {
+        switch name {
+        case "health":
+            return .fixed(FixedResponse(GatewayResponse(status: .ok, contentType: "text/plain; charset=utf-8", body: "ok\n")))
+        case "ready":
+            let ready = GatewayResponse(status: .ok, contentType: "text/plain; charset=utf-8", body: "ready\n")
+            let notReady = GatewayResponse(status: .serviceUnavailable, contentType: "text/plain; charset=utf-8", body: "not ready\n")
+            return .immediate { _ in readiness.isReady ? ready : notReady }
+        case "metrics":
+            let registry = metrics.registry
+            return .immediate { _ in
+                GatewayResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"], body: ByteBuffer(bytes: registry.emitToBuffer()))
+            }
+        default:
+            return nil
+        }
+    }
+}
+
+/// Services a program built on the gateway adds, by the name routes use.
+public struct ServiceRegistry: Sendable {
+    var services: [String: any HTTPService] = [:]
+
+    public init() {}
+
+    public mutating func register(_ name: String, _ service: any HTTPService) {
+        services[name] = service
+    }
+
+    /// Every name a route may target: these services and the built-ins.
+    public var names: Set<String> { BuiltinServices.names.union(services.keys) }
+}

@@ -1,0 +1,61 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+
+/// The open connections of one listener: counted for limits and metrics, and told to finish
+/// when the listener drains.
+final class ConnectionTracker: Sendable {
+    private struct State {
+        var channels: [ObjectIdentifier: any Channel] = [:]
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state = NIOLockedValueBox(State())
+
+    /// Adds a connection unless `limit` are already open; returns whether it was added.
+    func admit(_ channel: any Channel, limit: Int) -> Bool {
+        let admitted = state.withLockedValue { state -> Bool in
+            guard state.channels.count < limit else { return false }
+            state.channels[ObjectIdentifier(channel)] = channel
+            return true
+        }
+        guard admitted else { return false }
+        channel.closeFuture.whenComplete { [self] _ in
+            let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+                state.channels.removeValue(forKey: ObjectIdentifier(channel))
+                guard state.channels.isEmpty else { return [] }
+                defer { state.waiters.removeAll() }
+                return state.waiters
+            }
+            waiters.forEach { $0.resume() }
+        }
+        return true
+    }
+
+    var count: Int { state.withLockedValue { $0.channels.count } }
+
+    /// Asks every connection to finish what it is doing and close.
+    func quiesceAll() {
+        for channel in state.withLockedValue({ Array($0.channels.values) }) {
+            channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+    }
+
+    /// Closes every connection now.
+    func closeAll() {
+        for channel in state.withLockedValue({ Array($0.channels.values) }) {
+            channel.close(promise: nil)
+        }
+    }
+
+    /// Returns once no connection is open.
+    func waitUntilEmpty() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = state.withLockedValue { state -> Bool in
+                if state.channels.isEmpty { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+}

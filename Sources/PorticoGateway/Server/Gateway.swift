@@ -1,0 +1,274 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import UnixSignals
+
+/// The multi-listener gateway: one ``Listener`` per enabled role, a shared server identity,
+/// config-driven routes to services and upstreams, reload by diff, and drain on shutdown.
+///
+/// Run it in a `ServiceGroup`; graceful shutdown (SIGTERM/SIGINT) drains every listener.
+public actor Gateway: Service {
+    /// Where a reload reads the configuration from; `nil` disables reloading.
+    public typealias ConfigurationSource = @Sendable () throws(ConfigurationError) -> GatewayConfiguration
+
+    private var prepared: PreparedConfiguration
+    private let services: ServiceRegistry
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    public nonisolated let metrics: GatewayMetrics
+    private let identityCache: IdentityCache
+    private let source: ConfigurationSource?
+    private let handleSIGHUP: Bool
+    private let readiness = ReadinessFlag()
+    private var listeners: [ListenerRole: Listener] = [:]
+    private var pools: [String: UpstreamPool] = [:]
+    private var healthChecks: [String: Task<Void, Never>] = [:]
+    private var background: [Task<Void, Never>] = []
+    private var started = false
+
+    /// - Parameters:
+    ///   - configuration: a configuration already prepared by ``ConfigurationCheck``.
+    ///   - identityCache: the cache it was prepared with, so reloads keep the pairs in service.
+    ///   - source: re-reads the configuration on ``reload()`` and SIGHUP.
+    ///   - handleSIGHUP: reload on SIGHUP while running.
+    public init(
+        configuration: PreparedConfiguration,
+        identityCache: IdentityCache,
+        services: ServiceRegistry = ServiceRegistry(),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "portico"),
+        metrics: GatewayMetrics = GatewayMetrics(),
+        source: ConfigurationSource? = nil,
+        handleSIGHUP: Bool = false
+    ) {
+        self.prepared = configuration
+        self.identityCache = identityCache
+        self.services = services
+        self.group = eventLoopGroup
+        self.logger = logger
+        self.metrics = metrics
+        self.source = source
+        self.handleSIGHUP = handleSIGHUP
+    }
+
+    /// The configuration in service.
+    public var configuration: GatewayConfiguration { prepared.configuration }
+
+    /// Where a role's listener is bound, while it runs.
+    public func boundAddress(of role: ListenerRole) async -> SocketAddress? {
+        await listeners[role]?.localAddress
+    }
+
+    /// Open connections on a role's listener.
+    public func connectionCount(of role: ListenerRole) -> Int {
+        listeners[role]?.connectionCount ?? 0
+    }
+
+    public func run() async throws {
+        try await start()
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.pollIdentities() }
+            if handleSIGHUP {
+                group.addTask {
+                    for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                        await self.reload()
+                    }
+                }
+            }
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
+        await stop()
+    }
+
+    /// Binds every enabled listener. A listener that cannot bind stops the rest and throws.
+    public func start() async throws {
+        guard !started else { return }
+        started = true
+        for note in prepared.notes { logger.notice("\(note)") }
+        for identity in prepared.distinctIdentities {
+            metrics.recordIdentity(identity, outcome: nil)
+        }
+        applyPools(prepared.configuration)
+        do {
+            for listenerConfiguration in prepared.configuration.enabledListeners {
+                let listener = Listener(snapshot: try makeSnapshot(listenerConfiguration), group: group, logger: logger)
+                try await listener.start()
+                listeners[listenerConfiguration.role] = listener
+            }
+        } catch {
+            await stop()
+            throw error
+        }
+        readiness.set(true)
+    }
+
+    /// Stops accepting on every listener and drains them together.
+    public func stop() async {
+        readiness.set(false)
+        let grace = prepared.configuration.shutdownGracePeriod
+        let current = listeners
+        listeners = [:]
+        await withDiscardingTaskGroup { group in
+            for listener in current.values {
+                group.addTask { await listener.drain(gracePeriod: grace) }
+            }
+        }
+        for task in healthChecks.values { task.cancel() }
+        healthChecks = [:]
+        for task in background { await task.value }
+        background = []
+        for pool in pools.values { await pool.shutdown() }
+        pools = [:]
+    }
+
+    /// Reads the configuration again and applies what changed. A configuration that does not
+    /// validate is rejected whole and the running one stays.
+    /// - Returns: the problems when the new configuration was rejected.
+    @discardableResult
+    public func reload() async -> ConfigurationError? {
+        reloadIdentities()
+        guard let source else { return nil }
+        let next: PreparedConfiguration
+        do {
+            next = try ConfigurationCheck.prepare(try source(), generateMissing: true, cache: identityCache)
+        } catch {
+            metrics.configReloadsFailed.increment()
+            logger.error("configuration rejected; the running configuration stays", metadata: ["problems": "\(error.diagnostics.count)"])
+            for diagnostic in error.diagnostics { logger.error("\(diagnostic)") }
+            return error
+        }
+        await apply(next)
+        metrics.configReloadsOK.increment()
+        logger.notice("configuration reloaded")
+        return nil
+    }
+
+    /// Applies a prepared configuration: routes and upstreams swap at once; listeners whose
+    /// socket settings are unchanged keep their connections; changed ones are bound anew and
+    /// the old ones drained.
+    public func apply(_ next: PreparedConfiguration) async {
+        let previous = prepared
+        prepared = next
+        applyPools(next.configuration)
+        let grace = next.configuration.shutdownGracePeriod
+        for role in ListenerRole.allCases {
+            let old = listeners[role]
+            guard let wanted = next.configuration.listeners[role], wanted.enabled else {
+                if let old {
+                    listeners[role] = nil
+                    background.append(Task { await old.drain(gracePeriod: grace) })
+                }
+                continue
+            }
+            do {
+                let snapshot = try makeSnapshot(wanted)
+                if let old, let before = previous.configuration.listeners[role], !wanted.needsRebind(comparedTo: before) {
+                    await old.update(snapshot)
+                    continue
+                }
+                let replacement = Listener(snapshot: snapshot, group: group, logger: logger)
+                if let old {
+                    // The new socket may need the old port: stop accepting on the old one first.
+                    await old.stopAccepting()
+                    background.append(Task { await old.drain(gracePeriod: grace) })
+                }
+                try await replacement.start()
+                listeners[role] = replacement
+            } catch {
+                logger.error("listener could not be reconfigured", metadata: ["listener": "\(role)", "error": "\(error)"])
+                if old != nil { listeners[role] = nil }
+            }
+        }
+    }
+
+    /// Checks every identity's files and picks up changed ones.
+    public func reloadIdentities() {
+        for identity in identityCache.all {
+            let outcome = identity.reload()
+            metrics.recordIdentity(identity, outcome: outcome)
+            switch outcome {
+            case .reloaded:
+                logger.notice("server certificate reloaded", metadata: ["certificate": "\(identity.certificatePath)", "serial": "\(identity.current.serialHex)"])
+            case .failed(let reason):
+                logger.error("server certificate not reloaded; serving the last good one", metadata: ["certificate": "\(identity.certificatePath)", "reason": "\(reason)"])
+            case .unchanged:
+                break
+            }
+        }
+    }
+
+    private func pollIdentities() async {
+        while !Task.isCancelled {
+            let interval = prepared.configuration.identity.reloadInterval
+            do { try await Task.sleep(for: .nanoseconds(interval.nanoseconds)) } catch { return }
+            reloadIdentities()
+        }
+    }
+
+    private func applyPools(_ configuration: GatewayConfiguration) {
+        var kept: [String: UpstreamPool] = [:]
+        for (name, upstream) in configuration.upstreams {
+            if let existing = pools[name], existing.configuration == upstream {
+                kept[name] = existing
+                continue
+            }
+            let pool = UpstreamPool(configuration: upstream, eventLoopGroup: group, logger: logger)
+            kept[name] = pool
+            healthChecks[name]?.cancel()
+            healthChecks[name] = Task { await pool.runHealthChecks() }
+        }
+        let grace = configuration.shutdownGracePeriod
+        for (name, old) in pools where kept[name] !== old {
+            if kept[name] == nil {
+                healthChecks[name]?.cancel()
+                healthChecks[name] = nil
+            }
+            // Requests in flight on the old pool finish before it closes.
+            background.append(Task {
+                try? await Task.sleep(for: .nanoseconds(grace.nanoseconds))
+                await old.shutdown()
+            })
+        }
+        pools = kept
+    }
+
+    private func makeSnapshot(_ listener: ListenerConfiguration) throws -> ListenerSnapshot {
+        let configuration = prepared.configuration
+        var definitions: [Router<Endpoint>.Definition] = []
+        let routes = configuration.routes.filter { $0.listeners.contains(listener.role) }
+        for route in routes {
+            guard let endpoint = endpoint(for: route.target) else { continue }
+            definitions.append(.init(methods: route.methods, host: route.host, path: route.path, target: endpoint, maxBodyBytes: route.maxBodyBytes))
+        }
+        for implicit in BuiltinServices.implicitRoutes(for: listener.role) where !routes.contains(where: { $0.path == implicit.path && $0.host == nil }) {
+            if let endpoint = endpoint(for: .service(implicit.service)) {
+                definitions.append(.init(methods: ["GET"], host: nil, path: implicit.path, target: endpoint, maxBodyBytes: 0))
+            }
+        }
+        let router = try Router(definitions)
+        var accessLogger: Logger? = nil
+        if listener.accessLog {
+            accessLogger = Logger(label: "portico.access")
+        }
+        return ListenerSnapshot(
+            configuration: listener,
+            router: router,
+            tlsContext: prepared.tlsContexts[listener.role],
+            metrics: metrics.listener(listener.role),
+            accessLogger: accessLogger,
+            readiness: readiness
+        )
+    }
+
+    private func endpoint(for target: RouteTarget) -> Endpoint? {
+        switch target {
+        case .service(let name):
+            if let builtin = BuiltinServices.endpoint(named: name, metrics: metrics, readiness: readiness) { return builtin }
+            return services.services[name].map { .service($0) }
+        case .upstream(let name):
+            return pools[name].map { .upstream($0) }
+        }
+    }
+}

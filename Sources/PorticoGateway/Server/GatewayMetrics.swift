@@ -1,0 +1,85 @@
+import Foundation
+import NIOConcurrencyHelpers
+import Prometheus
+
+/// The gateway's Prometheus registry and the series it keeps, created once per listener so
+/// that the request path only increments.
+public final class GatewayMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    private let perListener: [ListenerRole: ListenerMetrics]
+    let configReloadsOK: Counter
+    let configReloadsFailed: Counter
+    private let identityGauges: NIOLockedValueBox<[String: (expiry: Gauge, ok: Counter, failed: Counter, lastFailed: Gauge)]>
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        var perListener: [ListenerRole: ListenerMetrics] = [:]
+        for role in ListenerRole.allCases {
+            perListener[role] = ListenerMetrics(role: role, registry: registry)
+        }
+        self.perListener = perListener
+        self.configReloadsOK = registry.makeCounter(descriptor: .portico("config_reloads", unit: "total", help: "Configuration reloads by result"), labels: [("result", "ok")])
+        self.configReloadsFailed = registry.makeCounter(descriptor: .portico("config_reloads", unit: "total", help: "Configuration reloads by result"), labels: [("result", "failed")])
+        self.identityGauges = NIOLockedValueBox([:])
+    }
+
+    func listener(_ role: ListenerRole) -> ListenerMetrics { perListener[role]! }
+
+    /// Records the state of an identity: seconds until it expires and the result of a reload.
+    func recordIdentity(_ identity: ReloadableIdentity, outcome: ReloadableIdentity.ReloadOutcome?) {
+        let series = identityGauges.withLockedValue { gauges in
+            if let existing = gauges[identity.certificatePath] { return existing }
+            let labels = [("certificate", identity.certificatePath)]
+            let created = (
+                expiry: registry.makeGauge(descriptor: .portico("certificate_expiry", unit: "seconds", help: "Seconds until the served certificate expires"), labels: labels),
+                ok: registry.makeCounter(descriptor: .portico("certificate_reloads", unit: "total", help: "Certificate reloads by result"), labels: labels + [("result", "ok")]),
+                failed: registry.makeCounter(descriptor: .portico("certificate_reloads", unit: "total", help: "Certificate reloads by result"), labels: labels + [("result", "failed")]),
+                lastFailed: registry.makeGauge(descriptor: .portico("certificate_reload_failing", unit: "", help: "1 while the files on disk cannot be loaded and the last good pair is served"), labels: labels)
+            )
+            gauges[identity.certificatePath] = created
+            return created
+        }
+        series.expiry.set(to: identity.current.notValidAfter.timeIntervalSinceNow)
+        switch outcome {
+        case .reloaded: series.ok.increment(); series.lastFailed.set(to: 0)
+        case .failed: series.failed.increment(); series.lastFailed.set(to: 1)
+        case .unchanged, nil: if identity.lastError == nil { series.lastFailed.set(to: 0) }
+        }
+    }
+}
+
+/// The series of one listener.
+final class ListenerMetrics: Sendable {
+    let openConnections: Gauge
+    let refusedConnections: Counter
+    let handshakeFailures: Counter
+    let timeouts: Counter
+    let latency: DurationHistogram
+    private let byStatusClass: [Counter]
+
+    init(role: ListenerRole, registry: PrometheusCollectorRegistry) {
+        let label = [("listener", role.rawValue)]
+        openConnections = registry.makeGauge(descriptor: .portico("open_connections", unit: "", help: "Open connections per listener"), labels: label)
+        refusedConnections = registry.makeCounter(descriptor: .portico("refused_connections", unit: "total", help: "Connections closed at accept because the listener was full or the source untrusted"), labels: label)
+        handshakeFailures = registry.makeCounter(descriptor: .portico("tls_handshake_failures", unit: "total", help: "TLS handshakes that failed"), labels: label)
+        timeouts = registry.makeCounter(descriptor: .portico("client_timeouts", unit: "total", help: "Connections closed because a client was too slow"), labels: label)
+        latency = registry.makeDurationHistogram(
+            descriptor: .portico("request_duration", unit: "seconds", help: "Time from a complete request to its response being written"), labels: label,
+            buckets: [.microseconds(100), .microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5)])
+        byStatusClass = (1...5).map { cls in
+            registry.makeCounter(descriptor: .portico("requests", unit: "total", help: "Requests answered, by status class"), labels: label + [("code", "\(cls)xx")])
+        }
+    }
+
+    func recordRequest(status: Int, duration: Swift.Duration) {
+        let index = min(max(status / 100, 1), 5) - 1
+        byStatusClass[index].increment()
+        latency.record(duration)
+    }
+}
+
+extension MetricNameDescriptor {
+    static func portico(_ name: String, unit: String, help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "portico", metricName: name, unitName: unit, helpText: help)
+    }
+}

@@ -1,0 +1,218 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+import NIOTLS
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One role's listening socket: binds, serves, takes new route tables and TLS policy, drains.
+///
+/// The actor owns the lifecycle; connections never await it. They read the latest
+/// ``ListenerSnapshot`` from a ``SnapshotBox`` the actor publishes.
+actor Listener {
+    enum State {
+        case idle
+        case running(any Channel)
+        case draining
+        case stopped
+    }
+
+    let role: ListenerRole
+    private(set) var configuration: ListenerConfiguration
+    private var state: State = .idle
+    private let snapshot: SnapshotBox<ListenerSnapshot>
+    private let tracker = ConnectionTracker()
+    private let group: any EventLoopGroup
+    private let logger: Logger
+
+    init(snapshot: ListenerSnapshot, group: any EventLoopGroup, logger: Logger) {
+        self.role = snapshot.configuration.role
+        self.configuration = snapshot.configuration
+        self.snapshot = SnapshotBox(snapshot)
+        self.group = group
+        self.logger = logger
+    }
+
+    /// The address the socket is bound to, once running.
+    var localAddress: SocketAddress? {
+        if case .running(let channel) = state { return channel.localAddress }
+        return nil
+    }
+
+    /// Open connections now.
+    nonisolated var connectionCount: Int { tracker.count }
+
+    /// Binds the socket and starts accepting.
+    /// - Throws: ``ListenerError`` naming the role, address and the OS reason.
+    func start() async throws {
+        guard case .idle = state else { return }
+        let configuration = self.configuration
+        let snapshot = self.snapshot
+        let tracker = self.tracker
+        let role = self.role
+        let logger = self.logger
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try Listener.initialize(channel: channel, role: role, snapshot: snapshot, tracker: tracker, logger: logger)
+                }
+            }
+        do {
+            let channel = try await bootstrap.bind(host: configuration.bind, port: configuration.port).get()
+            state = .running(channel)
+            logger.info("listening", metadata: ["listener": "\(role)", "address": "\(channel.localAddress?.description ?? "?")", "tls": "\(configuration.tls)"])
+        } catch {
+            throw ListenerError.bind(role: role, address: "\(configuration.bind):\(configuration.port)", port: configuration.port, error: error)
+        }
+    }
+
+    /// Publishes a new snapshot: new routes, limits and TLS policy for new requests and connections.
+    func update(_ newSnapshot: ListenerSnapshot) {
+        configuration = newSnapshot.configuration
+        snapshot.store(newSnapshot)
+    }
+
+    /// Closes the listening socket; open connections carry on.
+    func stopAccepting() async {
+        guard case .running(let channel) = state else {
+            if case .idle = state { state = .stopped }
+            return
+        }
+        state = .draining
+        try? await channel.close()
+    }
+
+    /// Stops accepting, lets open connections finish (HTTP/1 after the current response,
+    /// HTTP/2 after a GOAWAY), and closes whatever is left after `gracePeriod`.
+    func drain(gracePeriod: TimeAmount) async {
+        await stopAccepting()
+        guard case .draining = state else { return }
+        tracker.quiesceAll()
+        let tracker = self.tracker
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await tracker.waitUntilEmpty()
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: .nanoseconds(gracePeriod.nanoseconds))
+                return false
+            }
+            let finished = await group.next() ?? false
+            if !finished {
+                self.logger.warning("grace period over; closing connections", metadata: ["listener": "\(self.role)", "open": "\(tracker.count)"])
+                tracker.closeAll()
+                await tracker.waitUntilEmpty()
+            }
+            group.cancelAll()
+        }
+        state = .stopped
+        logger.info("stopped", metadata: ["listener": "\(role)"])
+    }
+
+    /// Sets up one accepted connection's pipeline.
+    private static func initialize(channel: any Channel, role: ListenerRole, snapshot box: SnapshotBox<ListenerSnapshot>, tracker: ConnectionTracker, logger: Logger) throws {
+        let reader = SnapshotReader(box)
+        let snapshot = reader.value
+        let configuration = snapshot.configuration
+        guard tracker.admit(channel, limit: configuration.limits.maxConnections) else {
+            snapshot.metrics.refusedConnections.increment()
+            channel.close(promise: nil)
+            return
+        }
+        let metrics = snapshot.metrics
+        metrics.openConnections.increment()
+        channel.closeFuture.whenComplete { _ in metrics.openConnections.decrement() }
+
+        let info = ConnectionInfo(role: role, isTLS: configuration.tls, peerAddress: channel.remoteAddress, snapshot: reader)
+        let pipeline = channel.pipeline.syncOperations
+        if configuration.proxyProtocol {
+            let trusted = configuration.trustedProxies.containsAddress(channel.remoteAddress)
+            let peer = channel.remoteAddress?.description ?? "?"
+            try pipeline.addHandler(ProxyProtocolHandler(info: info, trusted: trusted) { reason in
+                metrics.refusedConnections.increment()
+                logger.notice("PROXY header refused", metadata: ["listener": "\(role)", "peer": "\(peer)", "reason": "\(reason)"])
+            })
+        }
+        guard configuration.tls, let context = snapshot.tlsContext else {
+            try configureHTTP1(pipeline: pipeline, info: info)
+            return
+        }
+        try pipeline.addHandler(NIOSSLServerHandler(context: context))
+        try pipeline.addHandler(TLSHandshakeObserver(metrics: metrics))
+        try pipeline.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
+            channel.eventLoop.makeCompletedFuture {
+                let operations = channel.pipeline.syncOperations
+                info.clientCertificate = try? operations.handler(type: NIOSSLServerHandler.self).peerCertificate
+                if case .negotiated("h2") = result {
+                    try configureHTTP2(pipeline: operations, info: info)
+                } else {
+                    try configureHTTP1(pipeline: operations, info: info)
+                }
+            }
+        })
+    }
+
+    private static func configureHTTP1(pipeline: ChannelPipeline.SynchronousOperations, info: ConnectionInfo) throws {
+        try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+        try pipeline.addHandler(HTTP1ConnectionHandler(info: info))
+    }
+
+    private static func configureHTTP2(pipeline: ChannelPipeline.SynchronousOperations, info: ConnectionInfo) throws {
+        let limits = info.snapshot.value.limits
+        let settings: HTTP2Settings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: 128),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: limits.maxHeaderBytes),
+            HTTP2Setting(parameter: .initialWindowSize, value: 65535),
+        ]
+        try pipeline.addHandler(NIOHTTP2Handler(mode: .server, initialSettings: settings))
+        try pipeline.addHandler(HTTP2ConnectionHandler(info: info))
+    }
+}
+
+/// Counts failed TLS handshakes and closes those connections; steps out once a handshake completes.
+final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    private let metrics: ListenerMetrics
+
+    init(metrics: ListenerMetrics) { self.metrics = metrics }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        context.fireUserInboundEventTriggered(event)
+        if case TLSUserEvent.handshakeCompleted = event {
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        metrics.handshakeFailures.increment()
+        context.close(promise: nil)
+    }
+}
+
+/// Why a listener could not start.
+public struct ListenerError: Error, CustomStringConvertible {
+    public let description: String
+
+    static func bind(role: ListenerRole, address: String, port: Int, error: any Error) -> ListenerError {
+        var reason = "\(error)"
+        if let io = error as? IOError {
+            switch io.errnoCode {
+            case EACCES: reason = port < 1024 ? "permission denied: port \(port) needs root or CAP_NET_BIND_SERVICE" : "permission denied"
+            case EADDRINUSE: reason = "address already in use: another process listens on port \(port)"
+            case EADDRNOTAVAIL: reason = "address not available: this machine has no address \(address.split(separator: ":").dropLast().joined(separator: ":"))"
+            default: reason = io.description
+            }
+        }
+        return ListenerError(description: "listener \(role) cannot listen on \(address): \(reason)")
+    }
+}

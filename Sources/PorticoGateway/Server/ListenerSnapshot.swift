@@ -1,0 +1,74 @@
+import Atomics
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+
+/// Everything a connection of one listener reads while serving: routes, limits, TLS policy.
+///
+/// Built whole and checked by the control plane, then published through a ``SnapshotBox``;
+/// a request reads it without awaiting anything.
+final class ListenerSnapshot: Sendable {
+    let configuration: ListenerConfiguration
+    let router: Router<Endpoint>
+    let tlsContext: NIOSSLContext?
+    let metrics: ListenerMetrics
+    let accessLogger: Logger?
+    let notFound: FixedResponse
+    let readiness: ReadinessFlag
+
+    init(configuration: ListenerConfiguration, router: Router<Endpoint>, tlsContext: NIOSSLContext?, metrics: ListenerMetrics, accessLogger: Logger?, readiness: ReadinessFlag) {
+        self.configuration = configuration
+        self.router = router
+        self.tlsContext = tlsContext
+        self.metrics = metrics
+        self.accessLogger = accessLogger
+        self.readiness = readiness
+        self.notFound = FixedResponse(.plain(.notFound, "no route for this path"))
+    }
+
+    var limits: ListenerLimits { configuration.limits }
+}
+
+/// What one connection knows of itself; owned by its event loop.
+final class ConnectionInfo {
+    let role: ListenerRole
+    let isTLS: Bool
+    /// The TCP peer, replaced by the source in a trusted PROXY header.
+    var peerAddress: SocketAddress?
+    var clientCertificate: NIOSSLCertificate?
+    var snapshot: SnapshotReader<ListenerSnapshot>
+
+    init(role: ListenerRole, isTLS: Bool, peerAddress: SocketAddress?, snapshot: SnapshotReader<ListenerSnapshot>) {
+        self.role = role
+        self.isTLS = isTLS
+        self.peerAddress = peerAddress
+        self.snapshot = snapshot
+    }
+
+    /// Whether the peer may speak for the client (`X-Forwarded-For`, PROXY headers).
+    var peerIsTrustedProxy: Bool {
+        snapshot.value.configuration.trustedProxies.containsAddress(peerAddress)
+    }
+
+    /// The client as far as it can be believed: when the peer is a trusted proxy, the
+    /// right-most address in `X-Forwarded-For` that is not itself a trusted proxy.
+    func clientAddress(headers: HTTPHeaders, trusted: [CIDR]) -> SocketAddress? {
+        guard !trusted.isEmpty, trusted.containsAddress(peerAddress) else { return peerAddress }
+        let hops = headers[canonicalForm: "x-forwarded-for"]
+        var best = peerAddress
+        for hop in hops.reversed() {
+            guard let address = try? SocketAddress(ipAddress: String(hop).trimmingSpaces(), port: 0) else { break }
+            best = address
+            if !trusted.containsAddress(address) { break }
+        }
+        return best
+    }
+}
+
+/// Whether the gateway is ready for traffic (all listeners bound, not draining).
+final class ReadinessFlag: Sendable {
+    private let value = ManagedAtomic<Bool>(false)
+    var isReady: Bool { value.load(ordering: .acquiring) }
+    func set(_ ready: Bool) { value.store(ready, ordering: .releasing) }
+}

@@ -1,0 +1,82 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// One backend of an upstream pool and what is known of its health.
+final class UpstreamTarget: Sendable {
+    /// `scheme://host:port` with any base path, no trailing slash.
+    let base: String
+    let displayName: String
+
+    private struct Health {
+        /// Set by active checks; a target starts healthy so that traffic flows before the first probe.
+        var activelyHealthy = true
+        var checkSuccesses = 0
+        var checkFailures = 0
+        /// Consecutive request failures (passive).
+        var consecutiveFailures = 0
+        var ejectedUntil: NIODeadline?
+    }
+    private let health = NIOLockedValueBox(Health())
+
+    init?(url: String) {
+        guard url.hasPrefix("http://") || url.hasPrefix("https://") else { return nil }
+        let afterScheme = url.split(separator: "/", maxSplits: 3, omittingEmptySubsequences: false)
+        guard afterScheme.count >= 3, !afterScheme[2].isEmpty else { return nil }
+        var trimmed = url
+        while trimmed.hasSuffix("/") { trimmed.removeLast() }
+        self.base = trimmed
+        self.displayName = url
+    }
+
+    /// Whether requests may go to this target now.
+    func isAvailable(now: NIODeadline = .now()) -> Bool {
+        health.withLockedValue { health in
+            guard health.activelyHealthy else { return false }
+            if let until = health.ejectedUntil {
+                if now < until { return false }
+                health.ejectedUntil = nil
+                health.consecutiveFailures = 0
+            }
+            return true
+        }
+    }
+
+    func recordSuccess() {
+        health.withLockedValue { $0.consecutiveFailures = 0 }
+    }
+
+    /// Counts a failed request; the target is ejected after `maxFailures` in a row.
+    func recordFailure(maxFailures: Int, ejectFor: TimeAmount) {
+        health.withLockedValue { health in
+            health.consecutiveFailures += 1
+            if health.consecutiveFailures >= maxFailures {
+                health.ejectedUntil = .now() + ejectFor
+            }
+        }
+    }
+
+    /// Counts an active probe; returns whether the target's health changed.
+    @discardableResult
+    func recordCheck(healthy: Bool, configuration: HealthCheckConfiguration) -> Bool {
+        health.withLockedValue { health in
+            if healthy {
+                health.checkFailures = 0
+                health.checkSuccesses += 1
+                if !health.activelyHealthy && health.checkSuccesses >= configuration.healthyThreshold {
+                    health.activelyHealthy = true
+                    health.ejectedUntil = nil
+                    health.consecutiveFailures = 0
+                    return true
+                }
+            } else {
+                health.checkSuccesses = 0
+                health.checkFailures += 1
+                if health.activelyHealthy && health.checkFailures >= configuration.unhealthyThreshold {
+                    health.activelyHealthy = false
+                    return true
+                }
+            }
+            return false
+        }
+    }
+}

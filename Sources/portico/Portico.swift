@@ -1,0 +1,99 @@
+import ArgumentParser
+import Logging
+import PorticoGateway
+import ServiceLifecycle
+
+@main
+struct Portico: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "portico",
+        abstract: "Central manager for endpoint security agents.",
+        subcommands: [Serve.self, Config.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// Options every command that reads the config shares.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "The config file. Without one, conf/portico.yaml if it exists, else the embedded defaults.")
+    var config: String?
+
+    /// Loads the configuration or returns the problems.
+    func load() throws(ConfigurationError) -> GatewayConfiguration {
+        let loader = ConfigurationLoader()
+        if let config { return try loader.load(file: config) }
+        if FileExists.at("conf/portico.yaml") { return try loader.load(file: "conf/portico.yaml") }
+        var defaults = GatewayConfiguration(baseDirectory: Paths.resolve("conf", against: Paths.currentDirectory))
+        defaults.dataDirectory = Paths.resolve("data", against: Paths.currentDirectory)
+        return defaults
+    }
+
+    var sourceDescription: String { config ?? (FileExists.at("conf/portico.yaml") ? "conf/portico.yaml" : "the embedded defaults") }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the manager: every listener in the config, until SIGTERM or SIGINT. SIGHUP reloads.")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func run() async throws {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "portico")
+        let cache = IdentityCache()
+        let prepared: PreparedConfiguration
+        do {
+            prepared = try ConfigurationCheck.prepare(try options.load(), generateMissing: true, cache: cache)
+        } catch {
+            printError("portico: the configuration from \(options.sourceDescription) cannot be used:\n\(error)")
+            throw ExitCode(1)
+        }
+        let options = self.options
+        let gateway = Gateway(
+            configuration: prepared,
+            identityCache: cache,
+            logger: logger,
+            source: { () throws(ConfigurationError) -> GatewayConfiguration in try options.load() },
+            handleSIGHUP: true
+        )
+        let group = ServiceGroup(
+            configuration: .init(services: [.init(service: gateway)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        do {
+            try await group.run()
+        } catch let error as ListenerError {
+            printError("portico: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Config: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Work with the config file.", subcommands: [Check.self])
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Load and validate the config and every file it names, as serve would; print OK or every problem found.")
+
+        @OptionGroup var options: ConfigOptions
+
+        func run() async throws {
+            do {
+                let prepared = try ConfigurationCheck.prepare(try options.load(), generateMissing: false)
+                for note in prepared.notes { print("note: \(note)") }
+                print("OK")
+            } catch {
+                printError(error.description)
+                printError("\(error.diagnostics.count) problem\(error.diagnostics.count == 1 ? "" : "s") in \(options.sourceDescription)")
+                throw ExitCode(1)
+            }
+        }
+    }
+}
