@@ -34,6 +34,10 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
 
     private let info: ConnectionInfo
     private var streams: [HTTP2StreamID: Stream] = [:]
+    /// Streams answered early (413, 431) whose remaining request body is read and dropped,
+    /// up to a budget, so that clients that do not expect an early answer still see it.
+    private var discarding: [HTTP2StreamID: Int] = [:]
+    private static let discardBudget = 256 * 1024
     private var highestStreamID: HTTP2StreamID = .rootStream
     private var connectionUnacknowledged = 0
     private var needsFlush = false
@@ -70,6 +74,7 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
             receiveData(frame.streamID, data: data, context: context)
         case .rstStream:
             streams.removeValue(forKey: frame.streamID)
+            discarding.removeValue(forKey: frame.streamID)
             streamsChanged(context: context)
         default:
             break
@@ -143,8 +148,8 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
         streams[id] = stream
         streamsChanged(context: context)
         if stream.errorResponse?.status == .payloadTooLarge || stream.errorResponse?.status == .requestHeaderFieldsTooLarge {
-            // Answer at once and stop the client sending a body we will not read.
-            respondAndReset(id, context: context)
+            // Answer at once; what the client still sends is dropped.
+            respondEarly(id, endStream: frame.endStream, context: context)
         } else if frame.endStream {
             complete(id, context: context)
         }
@@ -155,13 +160,28 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
         let flowControlled: Int
         if case .byteBuffer(let buffer) = data.data { flowControlled = buffer.readableBytes + length } else { flowControlled = length }
         grantConnectionCredit(flowControlled, context: context)
+        if let budget = discarding[id] {
+            let left = budget - flowControlled
+            if data.endStream {
+                discarding.removeValue(forKey: id)
+            } else if left < 0 {
+                discarding.removeValue(forKey: id)
+                context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.noError))), promise: nil)
+                needsFlush = true
+            } else {
+                discarding[id] = left
+                context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: max(flowControlled, 1)))), promise: nil)
+                needsFlush = true
+            }
+            return
+        }
         guard var stream = streams[id], !stream.responding else { return }
         if case .byteBuffer(var buffer) = data.data {
             if stream.route != nil && stream.errorResponse == nil {
                 if stream.body.readableBytes + buffer.readableBytes > stream.bodyLimit {
                     stream.errorResponse = .plain(.payloadTooLarge, "request body is larger than \(stream.bodyLimit) bytes")
                     streams[id] = stream
-                    respondAndReset(id, context: context)
+                    respondEarly(id, endStream: data.endStream, context: context)
                     return
                 }
                 stream.body.writeBuffer(&buffer)
@@ -219,10 +239,10 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private func respondAndReset(_ id: HTTP2StreamID, context: ChannelHandlerContext) {
+    private func respondEarly(_ id: HTTP2StreamID, endStream: Bool, context: ChannelHandlerContext) {
         guard let stream = streams[id], let response = stream.errorResponse else { return }
         write(response, to: id, isHead: false, context: context)
-        context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.noError))), promise: nil)
+        if !endStream { discarding[id] = Self.discardBudget }
     }
 
     private func makeRequest(_ stream: Stream) -> GatewayRequest {

@@ -65,6 +65,9 @@ public actor Gateway: Service {
         listeners[role]?.connectionCount ?? 0
     }
 
+    /// The pool serving an upstream name.
+    func upstreamPool(named name: String) -> UpstreamPool? { pools[name] }
+
     public func run() async throws {
         try await start()
         await withDiscardingTaskGroup { group in
@@ -104,9 +107,20 @@ public actor Gateway: Service {
         readiness.set(true)
     }
 
+    /// Stops accepting on every listener and asks open connections to finish; ``stop()``
+    /// then waits for them.
+    public func beginDrain() async {
+        readiness.set(false)
+        await withDiscardingTaskGroup { group in
+            for listener in listeners.values {
+                group.addTask { await listener.beginDrain() }
+            }
+        }
+    }
+
     /// Stops accepting on every listener and drains them together.
     public func stop() async {
-        readiness.set(false)
+        await beginDrain()
         let grace = prepared.configuration.shutdownGracePeriod
         let current = listeners
         listeners = [:]

@@ -91,14 +91,20 @@ actor Listener {
         try? await channel.close()
     }
 
-    /// Stops accepting, lets open connections finish (HTTP/1 after the current response,
-    /// HTTP/2 after a GOAWAY), and closes whatever is left after `gracePeriod`.
-    func drain(gracePeriod: TimeAmount) async {
+    /// Stops accepting and asks every open connection to finish: HTTP/1 after the response
+    /// in progress (with `connection: close`), HTTP/2 after a GOAWAY.
+    func beginDrain() async {
         await stopAccepting()
-        guard case .draining = state else { return }
         tracker.quiesceAll()
+    }
+
+    /// Drains: ``beginDrain()``, then waits for the connections to close, closing whatever is
+    /// left after `gracePeriod`.
+    func drain(gracePeriod: TimeAmount) async {
+        if case .running = state { await beginDrain() }
+        guard case .draining = state else { return }
         let tracker = self.tracker
-        await withTaskGroup(of: Bool.self) { group in
+        let finished = await withTaskGroup(of: Bool.self) { group in
             group.addTask {
                 await tracker.waitUntilEmpty()
                 return true
@@ -107,13 +113,14 @@ actor Listener {
                 try? await Task.sleep(for: .nanoseconds(gracePeriod.nanoseconds))
                 return false
             }
-            let finished = await group.next() ?? false
-            if !finished {
-                self.logger.warning("grace period over; closing connections", metadata: ["listener": "\(self.role)", "open": "\(tracker.count)"])
-                tracker.closeAll()
-                await tracker.waitUntilEmpty()
-            }
+            let first = await group.next() ?? false
             group.cancelAll()
+            return first
+        }
+        if !finished {
+            logger.warning("grace period over; closing connections", metadata: ["listener": "\(role)", "open": "\(tracker.count)"])
+            tracker.closeAll()
+            await tracker.waitUntilEmpty()
         }
         state = .stopped
         logger.info("stopped", metadata: ["listener": "\(role)"])

@@ -110,12 +110,17 @@ final class UpstreamPool: Sendable {
     func runHealthChecks() async {
         guard let check = configuration.healthCheck else { return }
         while !Task.isCancelled {
-            await withTaskGroup(of: Void.self) { group in
-                for target in targets {
-                    group.addTask { await self.probe(target, check: check) }
-                }
+            await probeAll(check)
+            do { try await Task.sleep(for: .nanoseconds(check.interval.nanoseconds)) } catch { return }
+        }
+    }
+
+    /// Probes every target once now.
+    func probeAll(_ check: HealthCheckConfiguration) async {
+        await withTaskGroup(of: Void.self) { group in
+            for target in targets {
+                group.addTask { await self.probe(target, check: check) }
             }
-            try? await Task.sleep(for: .nanoseconds(check.interval.nanoseconds))
         }
     }
 

@@ -1,0 +1,257 @@
+import Foundation
+import Testing
+
+@testable import PorticoGateway
+
+@Suite struct ConfigurationTests {
+    let loader = ConfigurationLoader()
+
+    private func problems(_ yaml: String, file: String = "/etc/portico/portico.yaml") -> [ConfigurationDiagnostic] {
+        do {
+            _ = try loader.load(yaml: yaml, file: file)
+            return []
+        } catch {
+            return error.diagnostics
+        }
+    }
+
+    @Test func embeddedDefaultsGiveEveryRoleItsPort() throws {
+        let config = try loader.load(yaml: "", file: "/srv/conf/portico.yaml")
+        #expect(config.enabledListeners.map(\.role) == ListenerRole.allCases)
+        #expect(config.listeners[.client]?.port == 8441)
+        #expect(config.listeners[.clientPlain]?.port == 8014)
+        #expect(config.listeners[.clientPlain]?.tls == false)
+        #expect(config.listeners[.replication]?.clientAuth == .require)
+        #expect(config.listeners[.webservices]?.port == 8446)
+        #expect(config.identity.certificate == "/srv/conf/ssl/server.crt")
+    }
+
+    @Test func relativePathsResolveAgainstTheConfigFolder() throws {
+        let config = try loader.load(yaml: """
+            data_dir: ../data
+            identity:
+              certificate: ssl/a.crt
+              private_key: /abs/a.key
+            listeners:
+              replication:
+                trust: ./peers/
+            """, file: "/srv/portico/conf/portico.yaml")
+        #expect(config.dataDirectory == "/srv/portico/data")
+        #expect(config.identity.certificate == "/srv/portico/conf/ssl/a.crt")
+        #expect(config.identity.privateKey == "/abs/a.key")
+        #expect(config.listeners[.replication]?.trust == "/srv/portico/conf/peers")
+    }
+
+    @Test func valuesAreParsedWithUnits() throws {
+        let config = try loader.load(yaml: """
+            listeners:
+              client:
+                limits:
+                  max_body_bytes: 2MiB
+                  max_header_bytes: 8KiB
+                  header_timeout: 500ms
+                  idle_timeout: 2m
+                trusted_proxies: [10.0.0.0/8, "::1"]
+            shutdown:
+              grace_period: 1h
+            """, file: "/c/p.yaml")
+        let limits = try #require(config.listeners[.client]?.limits)
+        #expect(limits.maxBodyBytes == 2 << 20)
+        #expect(limits.maxHeaderBytes == 8192)
+        #expect(limits.headerTimeout == .milliseconds(500))
+        #expect(limits.idleTimeout == .minutes(2))
+        #expect(config.shutdownGracePeriod == .hours(1))
+        #expect(config.listeners[.client]?.trustedProxies.map(\.description) == ["10.0.0.0/8", "0:0:0:0:0:0:0:1/128"])
+    }
+
+    @Test func unknownKeyIsReportedAtItsLineWithASuggestion() {
+        let found = problems("""
+            site:
+              name: a
+            listeners:
+              client:
+                prot: 9000
+            """)
+        #expect(found.count == 1)
+        #expect(found.first?.location?.line == 5)
+        #expect(found.first?.location?.column == 5)
+        #expect(found.first?.message.contains("unknown key 'prot'") == true)
+        #expect(found.first?.message.contains("did you mean 'port'") == true)
+        #expect(found.first?.description.hasPrefix("/etc/portico/portico.yaml:5:5: ") == true)
+    }
+
+    @Test func wrongTypeIsReportedAtTheValue() {
+        let found = problems("""
+            listeners:
+              console:
+                port: eighty
+                tls: maybe
+            """)
+        #expect(found.map { $0.location?.line } == [3, 4])
+        #expect(found[0].message.contains("must be a whole number"))
+        #expect(found[1].message.contains("must be true or false"))
+    }
+
+    @Test func duplicatePortsAreReportedOnTheSecondListener() {
+        let found = problems("""
+            listeners:
+              console:
+                port: 9000
+              reporting:
+                port: 9000
+            """)
+        #expect(found.count == 1)
+        #expect(found.first?.location?.line == 5)
+        #expect(found.first?.message.contains("port 9000") == true)
+        #expect(found.first?.message.contains("console") == true)
+    }
+
+    @Test func routesNamingUnknownListenersUpstreamsOrServicesAreReported() {
+        let found = problems("""
+            upstreams:
+              api:
+                targets: [http://127.0.0.1:9000]
+            routes:
+              - listener: consle
+                path: /a
+                service: health
+              - listener: console
+                path: /b
+                upstream: nowhere
+              - listener: console
+                path: /c
+                service: teleport
+            """)
+        #expect(found.count == 3)
+        let byLine = Dictionary(uniqueKeysWithValues: found.compactMap { d in d.location.map { ($0.line, d.message) } })
+        #expect(byLine[5]?.contains("listener 'consle'") == true)
+        #expect(byLine[8]?.contains("upstream 'nowhere'") == true)
+        #expect(byLine[13]?.contains("service 'teleport'") == true)
+    }
+
+    @Test func everyProblemIsReportedNotJustTheFirst() {
+        let found = problems("""
+            colour: blue
+            listeners:
+              client:
+                port: 70000
+              webservices:
+                client_auth: sometimes
+            upstreams:
+              api:
+                targets: [ftp://x]
+            routes:
+              - listener: client
+                path: no-slash
+                service: health
+            """)
+        #expect(found.count == 5)
+        #expect(found.compactMap { $0.location?.line }.sorted() == [1, 4, 6, 9, 12])
+    }
+
+    @Test func invalidYAMLSyntaxNamesTheLine() {
+        let found = problems("listeners:\n  client:\n    port: [8441\n")
+        #expect(found.count == 1)
+        #expect(found.first?.location != nil)
+        #expect(found.first?.message.contains("not valid YAML") == true)
+    }
+
+    @Test func duplicateKeysAreReported() {
+        let found = problems("listeners:\n  client:\n    port: 1\n    port: 2\n")
+        #expect(found.count == 1)
+        #expect(found.first?.message.contains("'port' appears twice") == true)
+    }
+
+    @Test func duplicateRoutesAreReportedByTheCheck() throws {
+        let config = try loader.load(yaml: """
+            listeners:
+              client_plain: {port: 0}
+              client: {enabled: false}
+              replication: {enabled: false}
+              console: {enabled: false}
+              reporting: {enabled: false}
+              webservices: {enabled: false}
+            routes:
+              - {listener: client_plain, path: /x, service: health}
+              - {listener: client_plain, path: /x, service: ready}
+            """, file: "/tmp/p.yaml")
+        #expect(throws: ConfigurationError.self) { try ConfigurationCheck.prepare(config, generateMissing: false) }
+        do {
+            _ = try ConfigurationCheck.prepare(config, generateMissing: false)
+        } catch {
+            #expect(error.diagnostics.first?.location?.line == 10)
+            #expect(error.diagnostics.first?.message.contains("repeats /x") == true)
+        }
+    }
+
+    @Test func unreadableAndMismatchedCertificateFilesAreReportedAtTheirKeys() throws {
+        let dir = try TemporaryDirectory()
+        let a = try TestPKI.make(in: dir, name: "a")
+        let b = try TestPKI.make(in: dir, name: "b")
+        try dir.write("garbage.pem", "not a certificate\n")
+        let yaml = """
+            identity:
+              certificate: a.crt
+              private_key: b.key
+            listeners:
+              console:
+                certificate: missing.crt
+                private_key: a.key
+              replication:
+                trust: garbage.pem
+            """
+        _ = (a, b)
+        let config = try loader.load(yaml: yaml, file: dir.file("portico.yaml"))
+        do {
+            _ = try ConfigurationCheck.prepare(config, generateMissing: false)
+            Issue.record("a mismatched key and unreadable files were accepted")
+        } catch {
+            let byLine = Dictionary(error.diagnostics.compactMap { d in d.location.map { ($0.line, d.message) } }, uniquingKeysWith: { $0 + "; " + $1 })
+            #expect(byLine[3]?.contains("does not belong to the certificate") == true)
+            #expect(byLine[6]?.contains("No such file") == true)
+            #expect(byLine[9]?.contains("does not hold PEM certificates") == true)
+        }
+    }
+
+    @Test func checkNotesAMissingIdentityWithoutWritingIt() throws {
+        let dir = try TemporaryDirectory()
+        let config = try loader.load(yaml: "", file: dir.file("portico.yaml"))
+        let prepared = try ConfigurationCheck.prepare(config, generateMissing: false)
+        #expect(prepared.notes.contains { $0.contains("serve will generate") })
+        #expect(!FileManager.default.fileExists(atPath: dir.file("ssl/server.crt")))
+    }
+
+    @Test func serveGeneratesTheIdentityWithAPrivateKeyFile() throws {
+        let dir = try TemporaryDirectory()
+        let config = try loader.load(yaml: "identity: {generate: ecdsa-p256, names: [portico.example.com]}", file: dir.file("portico.yaml"))
+        let prepared = try ConfigurationCheck.prepare(config, generateMissing: true)
+        let attributes = try FileManager.default.attributesOfItem(atPath: dir.file("ssl/server.key"))
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        let identity = try #require(prepared.identities[.client]).current
+        let sans = try #require(try identity.leaf.extensions.subjectAlternativeNames)
+        let text = sans.map { "\($0)" }.joined(separator: " ")
+        #expect(text.contains("localhost"))
+        #expect(text.contains("portico.example.com"))
+        #expect(identity.leaf.signatureAlgorithm == .ecdsaWithSHA256)
+    }
+
+    @Test func generationNeverMakesMissingFilesAnError() throws {
+        let dir = try TemporaryDirectory()
+        let config = try loader.load(yaml: "identity: {generate: never}", file: dir.file("portico.yaml"))
+        #expect(throws: ConfigurationError.self) { try ConfigurationCheck.prepare(config, generateMissing: true) }
+    }
+}
+
+@Suite struct CIDRTests {
+    @Test func matchesAddressesInsideTheNetwork() throws {
+        let net = try #require(CIDR("10.1.0.0/16"))
+        #expect(net.contains(try .init(ipAddress: "10.1.200.3", port: 0)))
+        #expect(!net.contains(try .init(ipAddress: "10.2.0.1", port: 0)))
+        #expect(net.contains(try .init(ipAddress: "::ffff:10.1.0.9", port: 0)))
+        let v6 = try #require(CIDR("fd00::/8"))
+        #expect(v6.contains(try .init(ipAddress: "fd12::1", port: 0)))
+        #expect(!v6.contains(try .init(ipAddress: "10.1.0.1", port: 0)))
+        #expect(CIDR("10.0.0.0/33") == nil)
+        #expect(CIDR("example.com") == nil)
+    }
+}

@@ -1,0 +1,131 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import Testing
+
+@testable import PorticoGateway
+
+/// A raw TLS connection for what HTTP clients hide: the served certificate, the protocol
+/// version, a client certificate refused after the handshake.
+final class TLSProbe: Sendable {
+    let channel: any Channel
+    let peerCertificate: NIOSSLCertificate?
+    private let collector: Collector
+
+    /// Opens a connection and completes the handshake.
+    static func connect(
+        port: Int, minimumVersion: TLSVersion = .tlsv12, maximumVersion: TLSVersion? = nil,
+        clientIdentity: TestPKI.Pair? = nil, alpn: [String] = ["http/1.1"], sendPrefix: ByteBuffer? = nil
+    ) async throws -> TLSProbe {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .none
+        tls.minimumTLSVersion = minimumVersion
+        tls.maximumTLSVersion = maximumVersion
+        tls.applicationProtocols = alpn
+        if let clientIdentity {
+            tls.certificateChain = [.certificate(clientIdentity.certificate)]
+            tls.privateKey = .privateKey(clientIdentity.key)
+        }
+        let context = try NIOSSLContext(configuration: tls)
+        let collector = Collector()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil))
+                    try channel.pipeline.syncOperations.addHandler(collector)
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await collector.handshake.futureResult.get()
+        let certificate = try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self).peerCertificate
+        }.get()
+        return TLSProbe(channel: channel, peerCertificate: certificate, collector: collector)
+    }
+
+    private init(channel: any Channel, peerCertificate: NIOSSLCertificate?, collector: Collector) {
+        self.channel = channel
+        self.peerCertificate = peerCertificate
+        self.collector = collector
+    }
+
+    /// Sends an HTTP/1.1 request on this connection and returns the response text.
+    func get(_ path: String, keepAlive: Bool = true) async throws -> String {
+        let request = "GET \(path) HTTP/1.1\r\nHost: localhost\r\n\(keepAlive ? "" : "Connection: close\r\n")\r\n"
+        let response = collector.expectResponse(on: channel.eventLoop)
+        try await channel.writeAndFlush(ByteBuffer(string: request))
+        return try await response.get()
+    }
+
+    func close() async {
+        try? await channel.close()
+    }
+
+    /// Collects the bytes of one response (until a complete head plus content-length body,
+    /// or the end of the connection).
+    final class Collector: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let handshake: EventLoopPromise<Void>
+        private let state = NIOLockedValueBox<(buffer: ByteBuffer, promise: EventLoopPromise<String>?)>((ByteBuffer(), nil))
+
+        init() {
+            handshake = MultiThreadedEventLoopGroup.singleton.next().makePromise()
+        }
+
+        func expectResponse(on loop: any EventLoop) -> EventLoopFuture<String> {
+            let promise = loop.makePromise(of: String.self)
+            state.withLockedValue { $0 = (ByteBuffer(), promise) }
+            return promise.futureResult
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case TLSUserEvent.handshakeCompleted = event { handshake.succeed() }
+            context.fireUserInboundEventTriggered(event)
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var incoming = unwrapInboundIn(data)
+            let done = state.withLockedValue { state -> (EventLoopPromise<String>, String)? in
+                state.buffer.writeBuffer(&incoming)
+                let text = String(buffer: state.buffer)
+                guard let headEnd = text.range(of: "\r\n\r\n") else { return nil }
+                let head = text[..<headEnd.lowerBound].lowercased()
+                if let line = head.split(separator: "\r\n").first(where: { $0.hasPrefix("content-length:") }),
+                   let length = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)),
+                   text.utf8.count - text.utf8.distance(from: text.startIndex, to: headEnd.upperBound) >= length,
+                   let promise = state.promise {
+                    state.promise = nil
+                    return (promise, text)
+                }
+                return nil
+            }
+            if let (promise, text) = done { promise.succeed(text) }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            handshake.fail(ChannelError.ioOnClosedChannel)
+            let pending = state.withLockedValue { state -> (EventLoopPromise<String>, String)? in
+                guard let promise = state.promise else { return nil }
+                state.promise = nil
+                return (promise, String(buffer: state.buffer))
+            }
+            if let (promise, text) = pending {
+                if text.isEmpty { promise.fail(ChannelError.ioOnClosedChannel) } else { promise.succeed(text) }
+            }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            handshake.fail(error)
+            let promise = state.withLockedValue { state -> EventLoopPromise<String>? in
+                defer { state.promise = nil }
+                return state.promise
+            }
+            promise?.fail(error)
+            context.close(promise: nil)
+        }
+    }
+}
+
+import Foundation
