@@ -134,10 +134,11 @@ enum TestGateway {
 
 /// Services tests route to.
 enum TestServices {
-    static let names: Set<String> = ["echo", "slow", "whoami"]
+    static let names: Set<String> = ["echo", "slow", "whoami", "switch"]
 
-    static func registry(name: String = "backend", gate: Gate? = nil) -> ServiceRegistry {
+    static func registry(name: String = "backend", gate: Gate? = nil, health: HealthSwitch = HealthSwitch()) -> ServiceRegistry {
         var registry = ServiceRegistry()
+        registry.register("switch", health)
         registry.register("echo", Echo(name: name))
         registry.register("slow", Slow(gate: gate ?? Gate()))
         registry.register("whoami", WhoAmI())
@@ -172,6 +173,15 @@ enum TestServices {
             let text = "client=\(request.clientAddress?.ipAddress ?? "-")\npeer=\(request.peerAddress?.ipAddress ?? "-")\ncert=\(cert?.subject.description ?? "-")\nhttp=\(request.httpMajorVersion)"
             return GatewayResponse(status: .ok, contentType: "text/plain", body: text)
         }
+    }
+}
+
+/// A health endpoint a test turns on and off.
+final class HealthSwitch: HTTPService {
+    private let healthy = NIOLockedValueBox(true)
+    func set(_ value: Bool) { healthy.withLockedValue { $0 = value } }
+    func respond(to request: GatewayRequest) async throws -> GatewayResponse {
+        healthy.withLockedValue { $0 } ? GatewayResponse(status: .ok, contentType: "text/plain", body: "up") : GatewayResponse(status: .serviceUnavailable, contentType: "text/plain", body: "down")
     }
 }
 

@@ -1,0 +1,62 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// A plain TCP connection that sends bytes as given and collects whatever comes back until
+/// the server closes: for PROXY headers, garbage, and clients that trickle.
+final class RawTCP: Sendable {
+    let channel: any Channel
+    private let received: NIOLockedValueBox<ByteBuffer>
+
+    static func connect(port: Int) async throws -> RawTCP {
+        let received = NIOLockedValueBox(ByteBuffer())
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(received: received)) }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        return RawTCP(channel: channel, received: received)
+    }
+
+    private init(channel: any Channel, received: NIOLockedValueBox<ByteBuffer>) {
+        self.channel = channel
+        self.received = received
+    }
+
+    func send(_ bytes: [UInt8]) async throws {
+        try await channel.writeAndFlush(ByteBuffer(bytes: bytes))
+    }
+
+    func send(_ text: String) async throws { try await send(Array(text.utf8)) }
+
+    /// Waits until the server closes the connection and returns everything it sent.
+    func responseUntilClose() async -> String {
+        try? await channel.closeFuture.get()
+        return String(buffer: received.withLockedValue { $0 })
+    }
+
+    /// Sends `bytes` on a new connection and returns what came back before the server closed.
+    static func exchange(port: Int, _ bytes: [UInt8]) async throws -> String {
+        let connection = try await connect(port: port)
+        try? await connection.send(bytes)
+        return await connection.responseUntilClose()
+    }
+
+    static func exchange(port: Int, _ text: String) async throws -> String { try await exchange(port: port, Array(text.utf8)) }
+
+    private final class Collector: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let received: NIOLockedValueBox<ByteBuffer>
+        init(received: NIOLockedValueBox<ByteBuffer>) { self.received = received }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var bytes = unwrapInboundIn(data)
+            received.withLockedValue { $0.writeBuffer(&bytes) }
+            context.fireChannelRead(data)
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            context.close(promise: nil)
+        }
+    }
+}
