@@ -93,14 +93,20 @@ struct TLSFreeConnection {
 
     init(port: Int) async throws {
         raw = try await RawTCP.connect(port: port)
-        probe = TLSProbe.Collector()
+        probe = TLSProbe.Collector(tls: false)
         try await raw.channel.pipeline.addHandler(probe).get()
     }
 
     func request(_ path: String, close: Bool = false) async throws -> String {
         guard raw.channel.isActive else { throw ChannelError.ioOnClosedChannel }
         let response = probe.expectResponse(on: raw.channel.eventLoop)
-        try await raw.send("GET \(path) HTTP/1.1\r\nHost: x\r\n\(close ? "Connection: close\r\n" : "")\r\n")
+        do {
+            try await raw.send("GET \(path) HTTP/1.1\r\nHost: x\r\n\(close ? "Connection: close\r\n" : "")\r\n")
+        } catch {
+            probe.failPending(error)
+            _ = try? await response.get()
+            throw error
+        }
         return try await response.get()
     }
 

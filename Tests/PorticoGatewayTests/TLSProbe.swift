@@ -55,7 +55,13 @@ final class TLSProbe: Sendable {
     func get(_ path: String, keepAlive: Bool = true) async throws -> String {
         let request = "GET \(path) HTTP/1.1\r\nHost: localhost\r\n\(keepAlive ? "" : "Connection: close\r\n")\r\n"
         let response = collector.expectResponse(on: channel.eventLoop)
-        try await channel.writeAndFlush(ByteBuffer(string: request))
+        do {
+            try await channel.writeAndFlush(ByteBuffer(string: request))
+        } catch {
+            collector.failPending(error)
+            _ = try? await response.get()
+            throw error
+        }
         return try await response.get()
     }
 
@@ -70,14 +76,25 @@ final class TLSProbe: Sendable {
         let handshake: EventLoopPromise<Void>
         private let state = NIOLockedValueBox<(buffer: ByteBuffer, promise: EventLoopPromise<String>?)>((ByteBuffer(), nil))
 
-        init() {
+        /// - Parameter tls: whether a handshake is to be waited for; a plain connection has none.
+        init(tls: Bool = true) {
             handshake = MultiThreadedEventLoopGroup.singleton.next().makePromise()
+            if !tls { handshake.succeed() }
         }
 
         func expectResponse(on loop: any EventLoop) -> EventLoopFuture<String> {
             let promise = loop.makePromise(of: String.self)
             state.withLockedValue { $0 = (ByteBuffer(), promise) }
             return promise.futureResult
+        }
+
+        /// Fails the response being waited for, if any.
+        func failPending(_ error: any Error) {
+            let promise = state.withLockedValue { state -> EventLoopPromise<String>? in
+                defer { state.promise = nil }
+                return state.promise
+            }
+            promise?.fail(error)
         }
 
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -118,11 +135,7 @@ final class TLSProbe: Sendable {
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             handshake.fail(error)
-            let promise = state.withLockedValue { state -> EventLoopPromise<String>? in
-                defer { state.promise = nil }
-                return state.promise
-            }
-            promise?.fail(error)
+            failPending(error)
             context.close(promise: nil)
         }
     }

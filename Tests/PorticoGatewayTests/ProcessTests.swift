@@ -1,0 +1,126 @@
+import Foundation
+import NIOCore
+import Testing
+
+@testable import PorticoGateway
+
+/// The `portico` executable end to end: its commands, signals and messages.
+@Suite(.serialized) struct ProcessTests {
+    private func config(ports: [Int], extra: String = "", dir: TemporaryDirectory) throws -> String {
+        var yaml = "identity: {certificate: ssl/server.crt, private_key: ssl/server.key, generate: ecdsa-p256}\nshutdown: {grace_period: 10s}\nlisteners:\n"
+        for (role, port) in zip(ListenerRole.allCases, ports) {
+            yaml += "  \(role.rawValue): {bind: 127.0.0.1, port: \(port)}\n"
+        }
+        return try dir.write("portico.yaml", yaml + extra)
+    }
+
+    @Test func configCheckPrintsOKOrEveryProblemWithItsLine() async throws {
+        let dir = try TemporaryDirectory()
+        let good = try config(ports: [18441, 18014, 18444, 18443, 18445, 18446], dir: dir)
+        let ok = try ServerProcess(["config", "check", "--config", good])
+        #expect(await ok.wait() == 0)
+        #expect(ok.text.contains("OK"))
+        #expect(ok.text.contains("serve will generate"))
+        #expect(!FileManager.default.fileExists(atPath: dir.file("ssl/server.key")), "config check must not write files")
+
+        let bad = try dir.write("bad.yaml", "listeners:\n  client:\n    prot: 1\n  console:\n    port: many\nroutes:\n  - {listener: nowhere, path: /x, service: health}\n")
+        let failed = try ServerProcess(["config", "check", "--config", bad])
+        #expect(await failed.wait() == 1)
+        #expect(failed.text.contains("bad.yaml:3:5: unknown key 'prot'"))
+        #expect(failed.text.contains("bad.yaml:5:11: listeners.console.port must be a whole number"))
+        #expect(failed.text.contains("bad.yaml:7:16: routes[0] names listener 'nowhere'"))
+        #expect(failed.text.contains("3 problems"))
+    }
+
+    @Test func aPortInUseStopsStartUpNamingTheRoleAndTheReason() async throws {
+        let dir = try TemporaryDirectory()
+        var ports = try await ServerProcess.freePorts(6)
+        // Hold one port so that the console listener cannot have it.
+        let blocker = try await RawServer.listen()
+        ports[3] = blocker.port
+        let process = try ServerProcess(["serve", "--config", try config(ports: ports, dir: dir)])
+        #expect(await process.wait() == 1)
+        #expect(process.text.contains("listener console cannot listen on 127.0.0.1:\(blocker.port): address already in use"))
+        await blocker.close()
+    }
+
+    @Test func sighupWithABrokenConfigKeepsServingAndAGoodOneApplies() async throws {
+        let dir = try TemporaryDirectory()
+        let ports = try await ServerProcess.freePorts(6)
+        let file = try config(ports: ports, dir: dir)
+        let process = try ServerProcess(["serve", "--config", file])
+        await process.waitFor("listening", count: 6)
+        let plain = "http://127.0.0.1:\(ports[1])"
+        try await TestClient.with(http2: false) { client in
+            #expect(try await TestClient.get(client, plain + "/healthz").status == 200)
+
+            try dir.write("portico.yaml", try String(contentsOfFile: file, encoding: .utf8) + "routes:\n  - {listener: client_plain, path: /h2, service: health}\nnonsense: true\n")
+            process.signal(SIGHUP)
+            await process.waitFor("configuration rejected")
+            await process.waitFor("unknown key 'nonsense'")
+            #expect(try await TestClient.get(client, plain + "/healthz").status == 200)
+            #expect(try await TestClient.get(client, plain + "/h2").status == 404)
+
+            try dir.write("portico.yaml", try String(contentsOfFile: file, encoding: .utf8).replacingOccurrences(of: "nonsense: true\n", with: ""))
+            process.signal(SIGHUP)
+            await process.waitFor("configuration reloaded")
+            #expect(try await TestClient.get(client, plain + "/h2").status == 200)
+        }
+        process.signal(SIGTERM)
+        #expect(await process.wait() == 0)
+    }
+
+    @Test func sigtermDuringASlowRequestLetsItFinish() async throws {
+        let gate = Gate()
+        let slowRoute = "routes:\n  - {listener: client_plain, path: /slow, service: slow}"
+        try await TestGateway.with(body: slowRoute, services: TestServices.registry(gate: gate)) { backend in
+            let dir = try TemporaryDirectory()
+            let ports = try await ServerProcess.freePorts(6)
+            let upstream = "upstreams:\n  slow: {targets: [\"http://127.0.0.1:\(try await backend.port(.clientPlain))\"], response_timeout: 60s}\nroutes:\n  - {listener: client_plain, path: /slow, upstream: slow}\n"
+            let process = try ServerProcess(["serve", "--config", try config(ports: ports, extra: upstream, dir: dir)])
+            await process.waitFor("listening", count: 6)
+            try await TestClient.with(http2: false) { client in
+                async let answer = TestClient.get(client, "http://127.0.0.1:\(ports[1])/slow")
+                await gate.waitForArrival()
+                process.signal(SIGTERM)
+                // The process has begun draining: the listeners it stops report it.
+                await process.waitFor("listener=console [PorticoGateway] stopped")
+                gate.open()
+                let result = try await answer
+                #expect(result.status == 200)
+                #expect(result.body == "finished")
+            }
+            #expect(await process.wait() == 0)
+            #expect(process.text.contains("listener=client_plain [PorticoGateway] stopped"))
+        }
+    }
+
+    @Test func firstRunGeneratesAnIdentityWithAPrivateKey0600() async throws {
+        let dir = try TemporaryDirectory()
+        let ports = try await ServerProcess.freePorts(6)
+        let process = try ServerProcess(["serve", "--config", try config(ports: ports, dir: dir)])
+        await process.waitFor("listening", count: 6)
+        let attributes = try FileManager.default.attributesOfItem(atPath: dir.file("ssl/server.key"))
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        let identity = try ServerIdentity.load(certificatePath: dir.file("ssl/server.crt"), privateKeyPath: dir.file("ssl/server.key"))
+        let probe = try await TLSProbe.connect(port: ports[0])
+        #expect(try probe.peerCertificate?.toDERBytes() == identity.chain[0].toDERBytes())
+        await probe.close()
+        process.signal(SIGINT)
+        #expect(await process.wait() == 0)
+    }
+}
+
+/// A listening socket that accepts nothing, to hold a port.
+struct RawServer {
+    let channel: any Channel
+    var port: Int { channel.localAddress?.port ?? 0 }
+
+    static func listen() async throws -> RawServer {
+        RawServer(channel: try await NIOPosix.ServerBootstrap(group: NIOPosix.MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get())
+    }
+
+    func close() async { try? await channel.close() }
+}
+
+import NIOPosix

@@ -1,0 +1,108 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+
+/// The `portico` executable built beside the tests, run as a real process.
+final class ServerProcess: Sendable {
+    /// Where the test binary's build put the executable.
+    static var executable: String? {
+        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = testBinary.deletingLastPathComponent()
+        // The runner may be inside the .xctest bundle.
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent("portico").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return nil
+    }
+
+    private let process: Process
+    private struct Output {
+        var text = ""
+        var waiters: [(needle: String, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+
+        func occurrences(of needle: String) -> Int { text.components(separatedBy: needle).count - 1 }
+
+        /// Removes and returns the waiters whose condition now holds.
+        mutating func satisfied() -> [CheckedContinuation<Void, Never>] {
+            let text = self.text
+            let met = { (waiter: (needle: String, count: Int, continuation: CheckedContinuation<Void, Never>)) in
+                text.components(separatedBy: waiter.needle).count - 1 >= waiter.count
+            }
+            let done = waiters.filter(met).map(\.continuation)
+            waiters.removeAll(where: met)
+            return done
+        }
+    }
+    private let output = NIOLockedValueBox(Output())
+
+    /// Starts `portico` with `arguments`, collecting its standard output and error.
+    init(_ arguments: [String]) throws {
+        let path = try #require(Self.executable, "the portico executable was not built beside the tests")
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        let output = self.output
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                return
+            }
+            let ready = output.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+                state.text += String(decoding: data, as: UTF8.self)
+                return state.satisfied()
+            }
+            ready.forEach { $0.resume() }
+        }
+        try process.run()
+    }
+
+    var text: String { output.withLockedValue { $0.text } }
+
+    /// Returns once the output holds `needle` at least `count` times: the process's log is
+    /// the event waited on.
+    func waitFor(_ needle: String, count: Int = 1) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = output.withLockedValue { state -> Bool in
+                if state.occurrences(of: needle) >= count { return true }
+                state.waiters.append((needle, count, continuation))
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+    /// Waits for the process to exit and returns its status.
+    func wait() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                self.process.waitUntilExit()
+                continuation.resume(returning: self.process.terminationStatus)
+            }
+        }
+    }
+
+    deinit {
+        if process.isRunning { process.terminate() }
+    }
+
+    /// Free loopback ports, one per role, found by binding port 0.
+    static func freePorts(_ count: Int) async throws -> [Int] {
+        var channels: [any Channel] = []
+        for _ in 0..<count {
+            channels.append(try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get())
+        }
+        let ports = channels.compactMap { $0.localAddress?.port }
+        for channel in channels { try await channel.close() }
+        return ports
+    }
+}
