@@ -22,6 +22,8 @@ final class ServerProcess: Sendable {
     private let process: Process
     private struct Output {
         var text = ""
+        var ended = false
+        var endWaiters: [CheckedContinuation<Void, Never>] = []
         var waiters: [(needle: String, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
 
         func occurrences(of needle: String) -> Int { text.components(separatedBy: needle).count - 1 }
@@ -53,6 +55,12 @@ final class ServerProcess: Sendable {
             let data = handle.availableData
             if data.isEmpty {
                 handle.readabilityHandler = nil
+                let waiters = output.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+                    state.ended = true
+                    defer { state.endWaiters = [] }
+                    return state.endWaiters
+                }
+                waiters.forEach { $0.resume() }
                 return
             }
             let ready = output.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
@@ -81,14 +89,23 @@ final class ServerProcess: Sendable {
 
     func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
 
-    /// Waits for the process to exit and returns its status.
+    /// Waits for the process to exit and for all of its output, and returns its status.
     func wait() async -> Int32 {
-        await withCheckedContinuation { continuation in
+        let status = await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
                 self.process.waitUntilExit()
                 continuation.resume(returning: self.process.terminationStatus)
             }
         }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ended = output.withLockedValue { state -> Bool in
+                if state.ended { return true }
+                state.endWaiters.append(continuation)
+                return false
+            }
+            if ended { continuation.resume() }
+        }
+        return status
     }
 
     deinit {
