@@ -23,6 +23,10 @@ import X509
                         let viaH1 = try await TestClient.get(h1, try await gw.url(role, "/readyz"))
                         #expect(viaH1.status == 200 && viaH1.body == "ready\n", "\(role) over http/1.1")
                         #expect(viaH1.version == .http1_1)
+                        for answer in [viaH2, viaH1] {
+                            let date = try #require(answer.headers.first(name: "date"), "\(role) sent no date")
+                            #expect(date.hasSuffix(" GMT") && date.count == 29, "not an IMF-fixdate: \(date)")
+                        }
                     }
                     let plain = try await TestClient.get(h1, try await gw.url(.clientPlain, "/healthz"))
                     #expect(plain.status == 200)
@@ -285,6 +289,55 @@ import X509
                 #expect(result.status == 200)
                 #expect(result.body == "finished")
                 #expect(result.headers.first(name: "connection") == "close")
+            }
+        }
+    }
+}
+
+@Suite struct IdentityScopeTests {
+    @Test func aListenerMayServeItsOwnCertificate() async throws {
+        let dir = try TemporaryDirectory()
+        let own = try TestPKI.make(in: dir, name: "console-own", commonName: "console.example.com")
+        try await TestGateway.with(listeners: [.console: "certificate: \(own.certificatePath)\nprivate_key: \(own.keyPath)"]) { gw in
+            let console = try await TLSProbe.connect(port: try await gw.port(.console))
+            #expect(try console.peerCertificate?.toDERBytes() == own.certificate.toDERBytes())
+            let shared = try await TLSProbe.connect(port: try await gw.port(.reporting))
+            #expect(try shared.peerCertificate?.toDERBytes() == gw.identity.certificate.toDERBytes())
+            await console.close()
+            await shared.close()
+        }
+    }
+
+    @Test func anExpiredReplacementKeepsTheLastGoodPair() async throws {
+        try await TestGateway.with { gw in
+            let expired = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "old", days: 1, now: Date(timeIntervalSinceNow: -10 * 86_400))
+            try IdentityGenerator.write(expired, certificatePath: gw.identity.certificatePath, privateKeyPath: gw.identity.keyPath)
+            await gw.gateway.reloadIdentities()
+            let probe = try await TLSProbe.connect(port: try await gw.port(.client))
+            #expect(try probe.peerCertificate?.toDERBytes() == gw.identity.certificate.toDERBytes())
+            await probe.close()
+        }
+    }
+}
+
+@Suite struct HTTP2DrainTests {
+    @Test func aStreamInFlightFinishesAfterGoAway() async throws {
+        let gate = Gate()
+        let routes = "routes:\n  - {listener: console, path: /slow, service: slow}"
+        try await TestGateway.with(body: routes, services: TestServices.registry(gate: gate)) { gw in
+            let url = try await gw.url(.console, "/slow")
+            try await TestClient.with(http2: true) { client in
+                async let answer = TestClient.get(client, url)
+                await gate.waitForArrival()
+                await gw.gateway.beginDrain()
+                let stopping = Task { await gw.gateway.stop() }
+                gate.open()
+                let result = try await answer
+                await stopping.value
+                #expect(result.status == 200)
+                #expect(result.version == .http2)
+                #expect(result.body == "finished")
+                #expect(await gw.gateway.connectionCount(of: .console) == 0)
             }
         }
     }

@@ -51,7 +51,7 @@ final class RawTCP: Sendable {
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var bytes = unwrapInboundIn(data)
-            received.withLockedValue { $0.writeBuffer(&bytes) }
+            _ = received.withLockedValue { $0.writeBuffer(&bytes) }
             context.fireChannelRead(data)
         }
 

@@ -76,3 +76,16 @@ import Testing
         #expect(RoutePattern.problem(in: "/") == nil)
     }
 }
+
+@Suite struct EncodingTests {
+    @Test func datesAreIMFFixdate() {
+        #expect(HTTPDate.format(784_111_777) == "Sun, 06 Nov 1994 08:49:37 GMT")
+        #expect(HTTPDate.format(1_795_305_600) == "Sun, 22 Nov 2026 00:00:00 GMT")
+    }
+
+    @Test func headerNamesCompareWithoutCaseOnlyForLetters() {
+        #expect("Content-Length".caseInsensitiveEquals("content-length"))
+        #expect(!"content-length".caseInsensitiveEquals("content\rlength"))
+        #expect(!"connection".caseInsensitiveEquals("connectio"))
+    }
+}

@@ -17,9 +17,9 @@ enum Endpoint: Sendable {
 /// A response encoded once at load.
 struct FixedResponse: Sendable {
     let status: HTTPResponseStatus
-    /// Status line, headers and body, ready to write on a keep-alive HTTP/1.1 connection.
-    let http1: ByteBuffer
-    /// The same without the body, for HEAD.
+    /// The status line, without its CRLF; the `date` header follows it.
+    let http1StatusLine: ByteBuffer
+    /// The headers after `date` and the blank line, for a keep-alive HTTP/1.1 connection.
     let http1Head: ByteBuffer
     /// Headers and body for HTTP/2.
     let http2Headers: HPACKHeaders
@@ -28,23 +28,46 @@ struct FixedResponse: Sendable {
     init(_ response: GatewayResponse) {
         self.status = response.status
         self.body = response.body
-        var full = ByteBuffer()
-        HTTP1Encoding.writeHead(status: response.status, headers: response.headers, contentLength: response.body.readableBytes, close: false, into: &full)
-        self.http1Head = full
-        var body = response.body
-        full.writeBuffer(&body)
-        self.http1 = full
+        var line = ByteBuffer()
+        HTTP1Encoding.writeStatusLine(response.status, into: &line)
+        self.http1StatusLine = line
+        var head = ByteBuffer()
+        HTTP1Encoding.writeHeaders(response.headers, contentLength: response.body.readableBytes, close: false, into: &head)
+        self.http1Head = head
         self.http2Headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: response.body.readableBytes)
+    }
+
+    /// The whole HTTP/1.1 response with a `date` header, as one buffer.
+    func http1(date: String, includeBody: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: http1StatusLine.readableBytes + http1Head.readableBytes + 40 + (includeBody ? body.readableBytes : 0))
+        buffer.writeImmutableBuffer(http1StatusLine)
+        buffer.writeStaticString("\r\ndate: ")
+        buffer.writeString(date)
+        buffer.writeImmutableBuffer(http1Head)
+        if includeBody { buffer.writeImmutableBuffer(body) }
+        return buffer
     }
 }
 
 enum HTTP1Encoding {
-    /// Writes a status line and headers, setting `content-length` and `connection` itself.
-    static func writeHead(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int, close: Bool, into buffer: inout ByteBuffer) {
+    /// Writes a status line, `date`, and headers, setting `content-length` and `connection` itself.
+    static func writeHead(status: HTTPResponseStatus, headers: HTTPHeaders, date: String, contentLength: Int, close: Bool, into buffer: inout ByteBuffer) {
+        writeStatusLine(status, into: &buffer)
+        buffer.writeStaticString("\r\ndate: ")
+        buffer.writeString(date)
+        writeHeaders(headers, contentLength: contentLength, close: close, into: &buffer)
+    }
+
+    /// `HTTP/1.1 200 OK` without its CRLF.
+    static func writeStatusLine(_ status: HTTPResponseStatus, into buffer: inout ByteBuffer) {
         buffer.writeStaticString("HTTP/1.1 ")
         buffer.writeString(String(status.code))
         buffer.writeStaticString(" ")
         buffer.writeString(status.reasonPhrase)
+    }
+
+    /// CRLF, then each header line, `content-length`, `connection: close` when closing, and the blank line.
+    static func writeHeaders(_ headers: HTTPHeaders, contentLength: Int, close: Bool, into buffer: inout ByteBuffer) {
         buffer.writeStaticString("\r\n")
         for (name, value) in headers {
             if name.caseInsensitiveEquals("content-length") || name.caseInsensitiveEquals("connection") || name.caseInsensitiveEquals("transfer-encoding") { continue }
@@ -65,7 +88,7 @@ enum HTTP1Encoding {
 
 enum HTTP2Encoding {
     /// Response headers for HTTP/2: `:status` first, connection-specific fields left out.
-    static func headers(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int) -> HPACKHeaders {
+    static func headers(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int, date: String? = nil) -> HPACKHeaders {
         var result = HPACKHeaders()
         result.reserveCapacity(headers.count + 2)
         result.add(name: ":status", value: String(status.code))
@@ -77,6 +100,7 @@ enum HTTP2Encoding {
             }
         }
         result.add(name: "content-length", value: String(contentLength))
+        if let date { result.add(name: "date", value: date) }
         return result
     }
 }
@@ -84,7 +108,7 @@ enum HTTP2Encoding {
 extension String {
     func caseInsensitiveEquals(_ other: String) -> Bool {
         self.utf8.count == other.utf8.count && zip(self.utf8, other.utf8).allSatisfy { a, b in
-            (a | 0x20) == (b | 0x20)
+            a == b || (a | 0x20) == (b | 0x20) && (a | 0x20) >= 0x61 && (a | 0x20) <= 0x7A
         }
     }
 }

@@ -43,6 +43,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var needsFlush = false
     private var draining = false
     private var timer: Scheduled<Void>?
+    private var date = HTTPDate()
 
     init(info: ConnectionInfo) {
         self.info = info
@@ -235,14 +236,14 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             write(response, isHead: isHead, close: true, started: started, method: method, uri: uri, context: context)
             return
         }
-        context.write(wrapOutboundOut(isHead ? fixed.http1Head : fixed.http1), promise: nil)
+        context.write(wrapOutboundOut(fixed.http1(date: date.current(), includeBody: !isHead, allocator: context.channel.allocator)), promise: nil)
         finish(status: fixed.status.code, bytes: fixed.body.readableBytes, close: false, started: started, method: method, uri: uri, context: context)
     }
 
     private func write(_ response: GatewayResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
         guard !(state.isClosed) else { return }
         var buffer = context.channel.allocator.buffer(capacity: 128 + response.body.readableBytes)
-        HTTP1Encoding.writeHead(status: response.status, headers: response.headers, contentLength: response.body.readableBytes, close: close, into: &buffer)
+        HTTP1Encoding.writeHead(status: response.status, headers: response.headers, date: date.current(), contentLength: response.body.readableBytes, close: close, into: &buffer)
         if !isHead {
             var body = response.body
             buffer.writeBuffer(&body)

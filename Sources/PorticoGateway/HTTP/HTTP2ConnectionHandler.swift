@@ -44,6 +44,7 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     private var draining = false
     private var closed = false
     private var idleTimer: Scheduled<Void>?
+    private var date = HTTPDate()
 
     /// Inbound credit is granted back once this much of a window has been consumed.
     private static let windowUpdateThreshold = 32 * 1024
@@ -272,11 +273,13 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     // MARK: - Responses
 
     private func writeFixed(_ fixed: FixedResponse, to id: HTTP2StreamID, isHead: Bool, context: ChannelHandlerContext) {
-        writeFrames(id, headers: fixed.http2Headers, body: isHead ? nil : fixed.body, status: Int(fixed.status.code), context: context)
+        var headers = fixed.http2Headers
+        headers.add(name: "date", value: date.current())
+        writeFrames(id, headers: headers, body: isHead ? nil : fixed.body, status: Int(fixed.status.code), context: context)
     }
 
     private func write(_ response: GatewayResponse, to id: HTTP2StreamID, isHead: Bool, context: ChannelHandlerContext) {
-        let headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: response.body.readableBytes)
+        let headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: response.body.readableBytes, date: date.current())
         writeFrames(id, headers: headers, body: isHead ? nil : response.body, status: Int(response.status.code), context: context)
     }
 
