@@ -112,3 +112,28 @@ struct TLSFreeConnection {
 
     func close() async { try? await raw.channel.close() }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct StalledClientTests {
+    @Test func aTLSClientThatNeverFinishesItsHandshakeIsClosed() async throws {
+        try await TestGateway.with(listeners: [.console: "limits: {header_timeout: 1s}"]) { gw in
+            // Connect and send nothing: no ClientHello.
+            let silent = try await RawTCP.connect(port: try await gw.port(.console))
+            #expect(await silent.responseUntilClose().isEmpty)
+            // Half a ClientHello.
+            let partial = try await RawTCP.connect(port: try await gw.port(.console))
+            try await partial.send([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            #expect(await partial.responseUntilClose().isEmpty)
+        }
+    }
+
+    @Test func anHTTP2StreamWhoseBodyStallsClosesTheConnection() async throws {
+        let routes = "routes:\n  - {listener: console, path: /echo, service: echo}"
+        try await TestGateway.with(listeners: [.console: "limits: {body_timeout: 1s}"], body: routes) { gw in
+            // h2load sends a body only when given one; a raw HTTP/2 client would be needed to
+            // stall mid-body, so drive it with NIOHTTP2 directly.
+            let stalled = try await HTTP2Stall.open(port: try await gw.port(.console))
+            let closed = await stalled.waitUntilClosed()
+            #expect(closed.goAway)
+        }
+    }
+}

@@ -16,6 +16,8 @@ enum Endpoint: Sendable {
 
 /// A response encoded once at load.
 struct FixedResponse: Sendable {
+    /// The response as given, for the rare answers that cannot use the encodings below.
+    let response: GatewayResponse
     let status: HTTPResponseStatus
     /// The status line, without its CRLF; the `date` header follows it.
     let http1StatusLine: ByteBuffer
@@ -26,6 +28,7 @@ struct FixedResponse: Sendable {
     let body: ByteBuffer
 
     init(_ response: GatewayResponse) {
+        self.response = response
         self.status = response.status
         self.body = response.body
         var line = ByteBuffer()

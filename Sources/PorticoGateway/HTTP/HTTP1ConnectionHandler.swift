@@ -231,9 +231,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private func writeFixed(_ fixed: FixedResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
         if close {
-            var response = GatewayResponse(status: fixed.status, body: fixed.body)
-            response.headers = HTTPHeaders(fixed.http2Headers.filter { !$0.name.hasPrefix(":") && $0.name != "content-length" }.map { ($0.name, $0.value) })
-            write(response, isHead: isHead, close: true, started: started, method: method, uri: uri, context: context)
+            write(fixed.response, isHead: isHead, close: true, started: started, method: method, uri: uri, context: context)
             return
         }
         context.write(wrapOutboundOut(fixed.http1(date: date.current(), includeBody: !isHead, allocator: context.channel.allocator)), promise: nil)

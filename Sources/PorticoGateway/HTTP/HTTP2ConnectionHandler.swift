@@ -44,6 +44,8 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     private var draining = false
     private var closed = false
     private var idleTimer: Scheduled<Void>?
+    /// Runs while some request is still being received; reset by every frame.
+    private var progressTimer: Scheduled<Void>?
     private var date = HTTPDate()
 
     /// Inbound credit is granted back once this much of a window has been consumed.
@@ -59,10 +61,12 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         idleTimer?.cancel()
+        progressTimer?.cancel()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        defer { watchProgress(context: context) }
         switch frame.payload {
         case .headers(let headers):
             if streams[frame.streamID] != nil {
@@ -323,6 +327,27 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// Whether some stream is still receiving its request.
+    private var receiving: Bool { streams.values.contains { !$0.responding } }
+
+    /// Restarts the progress timer while requests are incomplete: a client that opens
+    /// streams and stops sending must not hold the connection.
+    private func watchProgress(context: ChannelHandlerContext) {
+        progressTimer?.cancel()
+        progressTimer = nil
+        guard receiving else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        progressTimer = context.eventLoop.scheduleTask(in: info.snapshot.value.limits.bodyTimeout) {
+            let (handler, context) = loopBound.value
+            handler.progressTimer = nil
+            guard handler.receiving else { return }
+            handler.info.snapshot.value.metrics.timeouts.increment()
+            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: handler.highestStreamID, errorCode: .noError, opaqueData: nil))
+            context.writeAndFlush(handler.wrapOutboundOut(goAway), promise: nil)
+            handler.close(context: context)
+        }
+    }
+
     private func scheduleIdle(context: ChannelHandlerContext) {
         idleTimer?.cancel()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -342,6 +367,8 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
         closed = true
         idleTimer?.cancel()
         idleTimer = nil
+        progressTimer?.cancel()
+        progressTimer = nil
         context.close(promise: nil)
     }
 }

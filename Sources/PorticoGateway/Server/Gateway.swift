@@ -24,7 +24,10 @@ public actor Gateway: Service {
     private var listeners: [ListenerRole: Listener] = [:]
     private var pools: [String: UpstreamPool] = [:]
     private var healthChecks: [String: Task<Void, Never>] = [:]
+    /// Drains of listeners replaced by a reload.
     private var background: [Task<Void, Never>] = []
+    /// Pools replaced by a reload, closing once their requests in flight are done.
+    private var retiringPools: [Task<Void, Never>] = []
     private var started = false
 
     /// - Parameters:
@@ -133,6 +136,10 @@ public actor Gateway: Service {
         healthChecks = [:]
         for task in background { await task.value }
         background = []
+        // Listeners are drained, so no request still uses a retired pool: close them now.
+        for task in retiringPools { task.cancel() }
+        for task in retiringPools { await task.value }
+        retiringPools = []
         for pool in pools.values { await pool.shutdown() }
         pools = [:]
     }
@@ -240,7 +247,7 @@ public actor Gateway: Service {
                 healthChecks[name] = nil
             }
             // Requests in flight on the old pool finish before it closes.
-            background.append(Task {
+            retiringPools.append(Task {
                 try? await Task.sleep(for: .nanoseconds(grace.nanoseconds))
                 await old.shutdown()
             })

@@ -155,7 +155,7 @@ actor Listener {
             return
         }
         try pipeline.addHandler(NIOSSLServerHandler(context: context))
-        try pipeline.addHandler(TLSHandshakeObserver(metrics: metrics))
+        try pipeline.addHandler(TLSHandshakeObserver(metrics: metrics, timeout: configuration.limits.headerTimeout))
         try pipeline.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
             channel.eventLoop.makeCompletedFuture {
                 let operations = channel.pipeline.syncOperations
@@ -186,18 +186,43 @@ actor Listener {
     }
 }
 
-/// Counts failed TLS handshakes and closes those connections; steps out once a handshake completes.
+/// Counts failed TLS handshakes and closes those connections; closes a connection whose
+/// handshake does not complete within `timeout` (a client that connects and sends nothing
+/// must not hold a slot); steps out once a handshake completes.
 final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     private let metrics: ListenerMetrics
+    private let timeout: TimeAmount
+    private var timer: Scheduled<Void>?
 
-    init(metrics: ListenerMetrics) { self.metrics = metrics }
+    init(metrics: ListenerMetrics, timeout: TimeAmount) {
+        self.metrics = metrics
+        self.timeout = timeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let metrics = self.metrics
+        timer = context.eventLoop.scheduleTask(in: timeout) {
+            metrics.timeouts.increment()
+            loopBound.value.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        context.fireUserInboundEventTriggered(event)
         if case TLSUserEvent.handshakeCompleted = event {
+            timer?.cancel()
+            timer = nil
+            context.fireUserInboundEventTriggered(event)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
         }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -1,0 +1,63 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+
+/// An HTTP/2 client that opens a request stream and then sends nothing more.
+final class HTTP2Stall: Sendable {
+    let channel: any Channel
+    private let observer: Observer
+
+    struct Outcome {
+        var goAway: Bool
+    }
+
+    static func open(port: Int) async throws -> HTTP2Stall {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .none
+        tls.applicationProtocols = ["h2"]
+        let context = try NIOSSLContext(configuration: tls)
+        let observer = Observer()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil))
+                    try sync.addHandler(NIOHTTP2Handler(mode: .client))
+                    try sync.addHandler(observer)
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        let headers: HPACKHeaders = [":method": "POST", ":path": "/echo", ":scheme": "https", ":authority": "localhost", "content-length": "100"]
+        let frame = HTTP2Frame(streamID: HTTP2StreamID(1), payload: .headers(.init(headers: headers, endStream: false)))
+        try await channel.writeAndFlush(frame)
+        return HTTP2Stall(channel: channel, observer: observer)
+    }
+
+    private init(channel: any Channel, observer: Observer) {
+        self.channel = channel
+        self.observer = observer
+    }
+
+    /// Waits for the server to close the connection; says whether a GOAWAY came first.
+    func waitUntilClosed() async -> Outcome {
+        try? await channel.closeFuture.get()
+        return Outcome(goAway: observer.sawGoAway)
+    }
+
+    private final class Observer: ChannelInboundHandler, Sendable {
+        typealias InboundIn = HTTP2Frame
+        private let goAway = NIOLockedValueBox(false)
+        var sawGoAway: Bool { goAway.withLockedValue { $0 } }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if case .goAway = unwrapInboundIn(data).payload { goAway.withLockedValue { $0 = true } }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            context.close(promise: nil)
+        }
+    }
+}

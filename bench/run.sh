@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Portico beside nginx on loopback, same certificate, same body, alternating rounds.
+#
+#   bench/run.sh [rounds]        (default 3)
+#
+# Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
+# is missing. Builds portico in release mode. Prints requests/s and server CPU
+# microseconds per request for each run, and the median ratios (portico / nginx).
+set -euo pipefail
+rounds=${1:-3}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+
+missing=()
+command -v wrk >/dev/null || missing+=("wrk (apt-get install wrk)")
+command -v h2load >/dev/null || missing+=("h2load (apt-get install nghttp2-client)")
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=("nginx (apt-get install nginx)")
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench: missing: ${missing[*]}" >&2
+  exit 2
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+work=$(mktemp -d /tmp/portico-bench.XXXXXX)
+cleanup() {
+  [ -n "${portico_pid:-}" ] && kill "$portico_pid" 2>/dev/null || true
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+echo "bench: building portico (release)" >&2
+(cd "$root" && swift build -c release --product portico >/dev/null)
+portico_bin="$root/.build/release/portico"
+
+PORTICO_PORT=${PORTICO_PORT:-19441}
+NGINX_PORT=${NGINX_PORT:-19442}
+
+# Portico: only the client listener, no access log; it generates the RSA-2048 identity.
+cat > "$work/portico.yaml" <<YAML
+identity: {certificate: ssl/server.crt, private_key: ssl/server.key, generate: ${KEY_TYPE:-rsa-2048}}
+listeners:
+  client: {bind: 127.0.0.1, port: $PORTICO_PORT, access_log: false, limits: {max_connections: 20000}}
+  client_plain: {enabled: false}
+  replication: {enabled: false}
+  console: {enabled: false}
+  reporting: {enabled: false}
+  webservices: {enabled: false}
+YAML
+"$portico_bin" serve --config "$work/portico.yaml" --log-level warning 2>"$work/portico.log" &
+portico_pid=$!
+for _ in $(seq 100); do
+  curl -sk "https://127.0.0.1:$PORTICO_PORT/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# nginx: the same certificate and body, as Debian ships it (worker_processes auto).
+mkdir -p "$work/nginx-tmp"
+cat > "$work/nginx.conf" <<CONF
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx-tmp;
+  proxy_temp_path $work/nginx-tmp;
+  fastcgi_temp_path $work/nginx-tmp;
+  uwsgi_temp_path $work/nginx-tmp;
+  scgi_temp_path $work/nginx-tmp;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$NGINX_PORT ssl http2;
+    ssl_certificate $work/ssl/server.crt;
+    ssl_certificate_key $work/ssl/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location = /healthz { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+CONF
+"$NGINX" -c "$work/nginx.conf" -p "$work"
+for _ in $(seq 100); do
+  curl -sk "https://127.0.0.1:$NGINX_PORT/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# CPU ticks (user+system) of a server: portico's process, or nginx's master and workers.
+cpu_ticks() {
+  local pids
+  if [ "$1" = portico ]; then pids=$portico_pid; else pids=$(pgrep -f "nginx: (master|worker)" | tr '\n' ' '); fi
+  local total=0
+  for p in $pids; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo $total
+}
+hz=$(getconf CLK_TCK)
+
+results="$work/results.tsv"
+: > "$results"
+measure() {  # name test command...
+  local server=$1 test=$2; shift 2
+  local before after out rps requests
+  before=$(cpu_ticks "$server")
+  out=$("$@" 2>&1)
+  after=$(cpu_ticks "$server")
+  case "$test" in
+    h2)
+      rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+      requests=$(echo "$out" | awk '/^requests:/ {print $8}') ;;
+    *)
+      rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+      requests=$(echo "$out" | awk '/requests in/ {print $1}') ;;
+  esac
+  local us
+  us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "nan" }')
+  printf "%s\t%s\t%s\t%s\n" "$test" "$server" "$rps" "$us" | tee -a "$results" >&2
+}
+
+DURATION=${DURATION:-10s}
+for round in $(seq "$rounds"); do
+  echo "bench: round $round of $rounds" >&2
+  for server in nginx portico; do
+    port=$NGINX_PORT; [ $server = portico ] && port=$PORTICO_PORT
+    measure $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
+    measure $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
+    measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
+  done
+done
+
+echo
+echo "test        server    req/s (median)  CPU us/req (median)"
+python3 - "$results" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    test, server, rps, us = line.split("\t")
+    try:
+        rows[(test, server)].append((float(rps), float(us)))
+    except ValueError:
+        pass
+med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
+for test in ["h1", "h2", "handshake"]:
+    for server in ["nginx", "portico"]:
+        if (test, server) in med:
+            r, u = med[(test, server)]
+            print(f"{test:<11} {server:<9} {r:>14.0f}  {u:>19.1f}")
+    if (test, "nginx") in med and (test, "portico") in med:
+        print(f"{test:<11} ratio     {med[(test,'portico')][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,'portico')][1] / med[(test,'nginx')][1]:>19.2f}")
+PY
