@@ -5,7 +5,7 @@ import Testing
 
 /// Real clients no one here wrote. Each test skips with the reason when its program is
 /// missing, unless PORTICO_REQUIRE_TOOLS is set (as CI sets it), where a missing program fails.
-@Suite struct ExternalClientTests {
+@Suite(.timeLimit(.minutes(2))) struct ExternalClientTests {
     static let required = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
     static func usable(_ tool: String) -> Bool { Tools.has(tool) || required }
 
@@ -13,18 +13,18 @@ import Testing
     func curlOverHTTP2HTTP1AndPlain() async throws {
         try await TestGateway.with { gw in
             let ca = gw.identity.certificatePath
-            let h2 = try Tools.run("curl", ["-sS", "--cacert", ca, "--http2", "-w", "\n%{http_version}", try await gw.url(.console, "/healthz")])
+            let h2 = try await Tools.run("curl", ["-sS", "--cacert", ca, "--http2", "-w", "\n%{http_version}", try await gw.url(.console, "/healthz")])
             #expect(h2.status == 0)
             #expect(h2.output == "ok\n\n2", "curl said: \(h2.output)")
-            let h1 = try Tools.run("curl", ["-sS", "--cacert", ca, "--http1.1", "-w", "\n%{http_version}", try await gw.url(.reporting, "/readyz")])
+            let h1 = try await Tools.run("curl", ["-sS", "--cacert", ca, "--http1.1", "-w", "\n%{http_version}", try await gw.url(.reporting, "/readyz")])
             #expect(h1.output == "ready\n\n1.1", "curl said: \(h1.output)")
-            let plain = try Tools.run("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", try await gw.url(.clientPlain, "/healthz")])
+            let plain = try await Tools.run("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", try await gw.url(.clientPlain, "/healthz")])
             #expect(plain.output == "200")
             // The client offers TLS 1.1 (security level lowered); the server's alert refuses it.
-            let tls11 = try Tools.run("curl", ["-sS", "-k", "--tlsv1.1", "--tls-max", "1.1", "--ciphers", "DEFAULT@SECLEVEL=0", try await gw.url(.client, "/healthz")])
+            let tls11 = try await Tools.run("curl", ["-sS", "-k", "--tlsv1.1", "--tls-max", "1.1", "--ciphers", "DEFAULT@SECLEVEL=0", try await gw.url(.client, "/healthz")])
             #expect(tls11.status != 0)
             #expect(tls11.output.contains("alert protocol version"), "curl said: \(tls11.output)")
-            let notFound = try Tools.run("curl", ["-sS", "--cacert", ca, "-o", "/dev/null", "-w", "%{http_code}", try await gw.url(.console, "/missing")])
+            let notFound = try await Tools.run("curl", ["-sS", "--cacert", ca, "-o", "/dev/null", "-w", "%{http_code}", try await gw.url(.console, "/missing")])
             #expect(notFound.output == "404")
         }
     }
@@ -33,42 +33,42 @@ import Testing
     func opensslSeesTheIdentityAndItsPolicy() async throws {
         try await TestGateway.with { gw in
             let port = try await gw.port(.client)
-            let ok = try Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-alpn", "h2", "-tls1_2"], input: "")
+            let ok = try await Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-alpn", "h2", "-tls1_2"], input: "")
             #expect(ok.output.contains("ALPN protocol: h2"))
             #expect(ok.output.contains("Protocol  : TLSv1.2") || ok.output.contains("Protocol: TLSv1.2"))
-            let old = try Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], input: "")
+            let old = try await Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], input: "")
             #expect(old.status != 0)
             #expect(old.output.contains("alert protocol version"), "openssl said: \(old.output)")
             #expect(!old.output.contains("BEGIN CERTIFICATE"))
             // The served certificate is the identity on disk.
-            let served = try Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-showcerts"], input: "")
+            let served = try await Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-showcerts"], input: "")
             let pem = try String(contentsOfFile: gw.identity.certificatePath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(served.output.contains(pem))
             // Replication without a client certificate gets no HTTP answer.
-            let replication = try Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(try await gw.port(.replication))", "-quiet"], input: "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            let replication = try await Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(try await gw.port(.replication))", "-quiet"], input: "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             #expect(!replication.output.contains("HTTP/1.1 200"))
         }
     }
 
     @Test(.enabled(if: usable("openssl"), "openssl is not installed (apt-get install openssl)"))
-    func aGeneratedIdentityNamesTheLocalAddresses() throws {
+    func aGeneratedIdentityNamesTheLocalAddresses() async throws {
         let dir = try TemporaryDirectory()
         let generated = try IdentityGenerator.generate(keyType: .rsa2048, commonName: "site", names: ["portico.example.com", "10.1.2.3"])
         try IdentityGenerator.write(generated, certificatePath: dir.file("c.crt"), privateKeyPath: dir.file("c.key"))
-        let text = try Tools.run("openssl", ["x509", "-in", dir.file("c.crt"), "-noout", "-text"])
+        let text = try await Tools.run("openssl", ["x509", "-in", dir.file("c.crt"), "-noout", "-text"])
         #expect(text.output.contains("Public-Key: (2048 bit)"))
         #expect(text.output.contains("sha256WithRSAEncryption"))
         for name in ["DNS:localhost", "IP Address:127.0.0.1", "IP Address:0:0:0:0:0:0:0:1", "DNS:portico.example.com", "IP Address:10.1.2.3"] {
             #expect(text.output.contains(name), "missing \(name)")
         }
-        let key = try Tools.run("openssl", ["pkey", "-in", dir.file("c.key"), "-noout", "-check"])
+        let key = try await Tools.run("openssl", ["pkey", "-in", dir.file("c.key"), "-noout", "-check"])
         #expect(key.status == 0)
     }
 
     @Test(.enabled(if: usable("h2load"), "h2load is not installed (apt-get install nghttp2-client)"))
     func h2loadGetsEveryAnswer() async throws {
         try await TestGateway.with { gw in
-            let result = try Tools.run("h2load", ["-n", "2000", "-c", "4", "-m", "10", try await gw.url(.client, "/healthz")])
+            let result = try await Tools.run("h2load", ["-n", "2000", "-c", "4", "-m", "10", try await gw.url(.client, "/healthz")])
             #expect(result.status == 0)
             #expect(result.output.contains("2000 succeeded, 0 failed, 0 errored"), "h2load said: \(result.output)")
             #expect(result.output.contains("status codes: 2000 2xx"))

@@ -5,7 +5,7 @@ import Testing
 @testable import PorticoGateway
 
 /// The `portico` executable end to end: its commands, signals and messages.
-@Suite(.serialized) struct ProcessTests {
+@Suite(.serialized, .timeLimit(.minutes(2))) struct ProcessTests {
     private func config(ports: [Int], extra: String = "", dir: TemporaryDirectory) throws -> String {
         var yaml = "identity: {certificate: ssl/server.crt, private_key: ssl/server.key, generate: ecdsa-p256}\nshutdown: {grace_period: 10s}\nlisteners:\n"
         for (role, port) in zip(ListenerRole.allCases, ports) {

@@ -50,26 +50,27 @@ final class ServerProcess: Sendable {
         let pipe = Pipe()
         process.standardError = pipe
         process.standardOutput = pipe
-        let output = self.output
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                let waiters = output.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
-                    state.ended = true
-                    defer { state.endWaiters = [] }
-                    return state.endWaiters
-                }
-                waiters.forEach { $0.resume() }
-                return
-            }
-            let ready = output.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
-                state.text += String(decoding: data, as: UTF8.self)
-                return state.satisfied()
-            }
-            ready.forEach { $0.resume() }
-        }
         try process.run()
+        // A thread of its own blocks on the pipe until end of file (readabilityHandler does
+        // not always report the end on Linux, and blocking a shared pool could starve tests).
+        let output = self.output
+        let reader = pipe.fileHandleForReading
+        Thread.detachNewThread {
+            while true {
+                let data = reader.availableData
+                let ready = output.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+                    if data.isEmpty {
+                        state.ended = true
+                        defer { state.endWaiters = [] }
+                        return state.endWaiters + state.waiters.map(\.continuation)
+                    }
+                    state.text += String(decoding: data, as: UTF8.self)
+                    return state.satisfied()
+                }
+                ready.forEach { $0.resume() }
+                if data.isEmpty { return }
+            }
+        }
     }
 
     var text: String { output.withLockedValue { $0.text } }
@@ -91,10 +92,11 @@ final class ServerProcess: Sendable {
 
     /// Waits for the process to exit and for all of its output, and returns its status.
     func wait() async -> Int32 {
+        let process = self.process
         let status = await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                self.process.waitUntilExit()
-                continuation.resume(returning: self.process.terminationStatus)
+            Thread.detachNewThread {
+                process.waitUntilExit()
+                continuation.resume(returning: process.terminationStatus)
             }
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

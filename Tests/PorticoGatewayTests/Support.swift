@@ -325,21 +325,31 @@ enum Tools {
         let output: String
     }
 
-    /// Runs a program to completion, capturing stdout and stderr together.
-    static func run(_ tool: String, _ arguments: [String], input: String? = nil) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try #require(path(of: tool), "\(tool) is not installed"))
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        let stdin = Pipe()
-        process.standardInput = stdin
-        try process.run()
-        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-        try stdin.fileHandleForWriting.close()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
+    /// Runs a program to completion, capturing stdout and stderr together, on a thread of
+    /// its own so that the concurrency pool is never blocked.
+    static func run(_ tool: String, _ arguments: [String], input: String? = nil) async throws -> Result {
+        let executable = try #require(path(of: tool), "\(tool) is not installed")
+        return try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                do {
+                    let process = Process()
+                    process.executableURL = URL(fileURLWithPath: executable)
+                    process.arguments = arguments
+                    let pipe = Pipe()
+                    process.standardOutput = pipe
+                    process.standardError = pipe
+                    let stdin = Pipe()
+                    process.standardInput = stdin
+                    try process.run()
+                    if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+                    try stdin.fileHandleForWriting.close()
+                    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+                    process.waitUntilExit()
+                    continuation.resume(returning: Result(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self)))
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
     }
 }
