@@ -256,15 +256,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private func finish(status: Int, bytes: Int, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
         let snapshot = info.snapshot.value
-        let elapsed = NIODeadline.now() - started
-        snapshot.metrics.recordRequest(status: status, duration: .nanoseconds(elapsed.nanoseconds))
-        if let logger = snapshot.accessLogger {
-            logger.info("request", metadata: [
-                "listener": "\(info.role)", "client": "\(info.peerAddress?.ipAddress ?? "-")", "method": "\(method)",
-                "uri": "\(uri)", "status": "\(status)", "bytes": "\(bytes)", "http": "1.1",
-                "duration_us": "\(elapsed.nanoseconds / 1000)",
-            ])
-        }
+        info.record(status: status, bytes: bytes, method: method, uri: uri, http: "1.1", started: started)
         if close {
             state = .closed
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)

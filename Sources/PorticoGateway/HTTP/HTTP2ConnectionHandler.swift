@@ -295,16 +295,7 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
             context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(body), endStream: true)))), promise: nil)
         }
         needsFlush = true
-        let snapshot = info.snapshot.value
-        let elapsed = NIODeadline.now() - stream.started
-        snapshot.metrics.recordRequest(status: status, duration: .nanoseconds(elapsed.nanoseconds))
-        if let logger = snapshot.accessLogger {
-            logger.info("request", metadata: [
-                "listener": "\(info.role)", "client": "\(info.peerAddress?.ipAddress ?? "-")", "method": "\(stream.method)",
-                "uri": "\(stream.uri)", "status": "\(status)", "bytes": "\(body?.readableBytes ?? 0)", "http": "2",
-                "duration_us": "\(elapsed.nanoseconds / 1000)",
-            ])
-        }
+        info.record(status: status, bytes: body?.readableBytes ?? 0, method: stream.method, uri: stream.uri, http: "2", started: stream.started)
         streamsChanged(context: context)
     }
 

@@ -46,6 +46,19 @@ final class ConnectionInfo {
         self.snapshot = snapshot
     }
 
+    /// Counts an answered request in the listener's metrics and writes its access-log line.
+    func record(status: Int, bytes: Int, method: String, uri: String, http: String, started: NIODeadline) {
+        let snapshot = self.snapshot.value
+        let elapsed = NIODeadline.now() - started
+        snapshot.metrics.recordRequest(status: status, duration: .nanoseconds(elapsed.nanoseconds))
+        guard let logger = snapshot.accessLogger else { return }
+        logger.info("request", metadata: [
+            "listener": "\(role)", "client": "\(peerAddress?.ipAddress ?? "-")", "method": "\(method)",
+            "uri": "\(uri)", "status": "\(status)", "bytes": "\(bytes)", "http": "\(http)",
+            "duration_us": "\(elapsed.nanoseconds / 1000)",
+        ])
+    }
+
     /// Whether the peer may speak for the client (`X-Forwarded-For`, PROXY headers).
     var peerIsTrustedProxy: Bool {
         snapshot.value.configuration.trustedProxies.containsAddress(peerAddress)
