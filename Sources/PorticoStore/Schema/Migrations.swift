@@ -1,0 +1,132 @@
+/// One forward-only step of the schema.
+struct Migration: Sendable {
+    let version: Int
+    let name: String
+    let statements: @Sendable (Dialect) -> [String]
+}
+
+/// The schema, in order. A database records the highest version applied; a binary refuses
+/// a database whose version is higher than the last one here.
+enum Migrations {
+    static let all: [Migration] = [
+        Migration(version: 1, name: "core entities and change log") { d in
+            [
+                // Sites and peer managers.
+                """
+                CREATE TABLE sites (
+                    id TEXT PRIMARY KEY, name TEXT NOT NULL, created_ms BIGINT NOT NULL,
+                    origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                """
+                CREATE TABLE peers (
+                    name TEXT PRIMARY KEY, url TEXT NOT NULL, certificate_fingerprint TEXT NOT NULL,
+                    site_id TEXT, added_ms BIGINT NOT NULL)
+                """,
+                // Devices: the id is derived from the agent's public signing key.
+                """
+                CREATE TABLE devices (
+                    id TEXT PRIMARY KEY, signing_key \(d.blob) NOT NULL, agreement_key \(d.blob) NOT NULL,
+                    hostname TEXT NOT NULL, os TEXT NOT NULL, state TEXT NOT NULL,
+                    enrolled_ms BIGINT NOT NULL, last_checkin_ms BIGINT, policy_serial BIGINT NOT NULL DEFAULT 0,
+                    status TEXT, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                "CREATE INDEX devices_hostname ON devices (hostname)",
+                """
+                CREATE TABLE device_groups (
+                    id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL DEFAULT '',
+                    origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                "CREATE UNIQUE INDEX device_groups_name ON device_groups (name)",
+                """
+                CREATE TABLE device_group_members (
+                    device_id TEXT NOT NULL, group_id TEXT NOT NULL, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL,
+                    PRIMARY KEY (device_id, group_id))
+                """,
+                // Enrollment tokens: only a hash of the secret is kept.
+                """
+                CREATE TABLE enrollment_tokens (
+                    id TEXT PRIMARY KEY, secret_hash \(d.blob) NOT NULL, group_id TEXT, uses_allowed INTEGER,
+                    uses INTEGER NOT NULL DEFAULT 0, expires_ms BIGINT, revoked INTEGER NOT NULL DEFAULT 0,
+                    created_by TEXT NOT NULL, created_ms BIGINT NOT NULL, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                // Policies: named, versioned documents; a site-wide serial moves on every change.
+                """
+                CREATE TABLE policies (
+                    id TEXT PRIMARY KEY, name TEXT NOT NULL, current_version INTEGER NOT NULL DEFAULT 0,
+                    published_version INTEGER, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                "CREATE UNIQUE INDEX policies_name ON policies (name)",
+                """
+                CREATE TABLE policy_versions (
+                    policy_id TEXT NOT NULL, version INTEGER NOT NULL, document TEXT NOT NULL,
+                    created_by TEXT NOT NULL, created_ms BIGINT NOT NULL, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL,
+                    PRIMARY KEY (policy_id, version))
+                """,
+                """
+                CREATE TABLE policy_assignments (
+                    policy_id TEXT NOT NULL, group_id TEXT NOT NULL, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL,
+                    PRIMARY KEY (policy_id, group_id))
+                """,
+                "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+                // Commands queue per device.
+                """
+                CREATE TABLE commands (
+                    id TEXT PRIMARY KEY, device_id TEXT NOT NULL, kind TEXT NOT NULL, arguments TEXT NOT NULL DEFAULT '',
+                    state TEXT NOT NULL, result TEXT, issued_by TEXT NOT NULL, issued_ms BIGINT NOT NULL,
+                    updated_ms BIGINT NOT NULL, expires_ms BIGINT, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                "CREATE INDEX commands_device_state ON commands (device_id, state)",
+                // Events: append-only, the agent's id makes a retry a no-op.
+                """
+                CREATE TABLE events (
+                    device_id TEXT NOT NULL, event_id TEXT NOT NULL, kind TEXT NOT NULL, occurred_ms BIGINT NOT NULL,
+                    received_ms BIGINT NOT NULL, body TEXT NOT NULL, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL,
+                    PRIMARY KEY (device_id, event_id))
+                """,
+                "CREATE INDEX events_kind_time ON events (kind, occurred_ms)",
+                // Operators, API tokens, console sessions.
+                """
+                CREATE TABLE operators (
+                    name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+                    failed_logins INTEGER NOT NULL DEFAULT 0, locked_until_ms BIGINT, disabled INTEGER NOT NULL DEFAULT 0,
+                    created_ms BIGINT NOT NULL, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                """
+                CREATE TABLE api_tokens (
+                    id TEXT PRIMARY KEY, secret_hash \(d.blob) NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+                    scopes TEXT NOT NULL DEFAULT '', expires_ms BIGINT, revoked INTEGER NOT NULL DEFAULT 0,
+                    created_by TEXT NOT NULL, created_ms BIGINT NOT NULL, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                """
+                CREATE TABLE console_sessions (
+                    id_hash \(d.blob) PRIMARY KEY, operator TEXT NOT NULL, csrf_token TEXT NOT NULL,
+                    created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL, source TEXT NOT NULL)
+                """,
+                // Audit log: who did what, when, from where, with what result.
+                """
+                CREATE TABLE audit_log (
+                    id \(d.serialPrimaryKey), at_ms BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+                    target TEXT NOT NULL, source TEXT NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
+                    origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                "CREATE INDEX audit_log_time ON audit_log (at_ms)",
+                // Every change to a replicated row, in the same transaction, for peers to stream.
+                """
+                CREATE TABLE change_log (
+                    seq \(d.serialPrimaryKey), entity TEXT NOT NULL, entity_key TEXT NOT NULL, op TEXT NOT NULL,
+                    origin_site TEXT NOT NULL, hlc BIGINT NOT NULL)
+                """,
+                "CREATE INDEX change_log_origin ON change_log (origin_site, hlc)",
+            ]
+        },
+        Migration(version: 2, name: "events by reception time, commands by expiry") { _ in
+            [
+                "CREATE INDEX events_received ON events (received_ms)",
+                "CREATE INDEX commands_expiry ON commands (state, expires_ms)",
+            ]
+        },
+    ]
+
+    /// The schema version this binary writes.
+    static var latest: Int { all.last?.version ?? 0 }
+}

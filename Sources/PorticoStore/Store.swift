@@ -1,0 +1,245 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresKit
+import PostgresNIO
+import SQLiteKit
+import SQLiteNIO
+import SQLKit
+
+/// The manager's persistent state, on SQLite or PostgreSQL through one query layer.
+///
+/// Reads run on a pool; writes go through ``write(_:)``, which commits many callers'
+/// writes in one transaction (each isolated by a savepoint) and returns to each caller
+/// only after that transaction is durable.
+public final class Store: Sendable {
+    public let dialect: Dialect
+    /// The site this manager belongs to; it is the origin of every local change.
+    public let siteID: String
+    public let clock: HybridLogicalClock
+    let engine: Engine
+    private let batcher: WriteBatcher
+    private let logger: Logger
+
+    enum Engine: Sendable {
+        /// One connection for the writer, one for readers (WAL lets them run side by side).
+        case sqlite(writer: SQLiteConnection, reader: SQLiteConnection)
+        case postgres(PostgresClient, runner: Task<Void, Never>)
+    }
+
+    /// Opens the database and brings its schema up to date.
+    /// - Throws: ``StoreError`` when the database was written by a newer schema.
+    public static func open(_ configuration: StoreConfiguration, siteID: String, logger: Logger = Logger(label: "portico.store"), migrate: Bool = true) async throws -> Store {
+        try await open(configuration, siteID: siteID, logger: logger, migrateUpTo: migrate ? Migrations.latest : nil)
+    }
+
+    /// Opens, migrating up to `migrateUpTo` (nil: not at all). Tests use it to make a
+    /// database of an earlier version.
+    static func open(_ configuration: StoreConfiguration, siteID: String, logger: Logger, migrateUpTo: Int?) async throws -> Store {
+        let engine: Engine
+        let dialect: Dialect
+        switch configuration {
+        case .sqlite(let path):
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            let writer = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+            let reader = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+            for connection in [writer, reader] {
+                // WAL: readers never block the writer. FULL: a commit is on disk when it returns.
+                _ = try await connection.query("PRAGMA journal_mode=WAL")
+                _ = try await connection.query("PRAGMA synchronous=FULL")
+                _ = try await connection.query("PRAGMA busy_timeout=10000")
+                _ = try await connection.query("PRAGMA foreign_keys=ON")
+            }
+            engine = .sqlite(writer: writer, reader: reader)
+            dialect = .sqlite
+        case .postgres(let url, let poolSize):
+            var postgres = try PostgresURL.configuration(url)
+            postgres.options.maximumConnections = poolSize
+            let client = PostgresClient(configuration: postgres, backgroundLogger: logger)
+            let runner = Task { await client.run() }
+            engine = .postgres(client, runner: runner)
+            dialect = .postgres
+        }
+        let store = Store(engine: engine, dialect: dialect, siteID: siteID, logger: logger)
+        do {
+            let version = try await store.schemaVersion()
+            if version > Migrations.latest { throw StoreError.schemaTooNew(database: version, binary: Migrations.latest) }
+            if let target = migrateUpTo { _ = try await store.migrate(upTo: target) }
+        } catch {
+            await store.close()
+            throw error
+        }
+        return store
+    }
+
+    private init(engine: Engine, dialect: Dialect, siteID: String, logger: Logger) {
+        self.engine = engine
+        self.dialect = dialect
+        self.siteID = siteID
+        self.clock = HybridLogicalClock()
+        self.logger = logger
+        self.batcher = WriteBatcher(engine: engine, dialect: dialect, logger: logger)
+    }
+
+    /// Closes connections after writes already submitted have committed.
+    public func close() async {
+        await batcher.finish()
+        switch engine {
+        case .sqlite(let writer, let reader):
+            try? await writer.close()
+            try? await reader.close()
+        case .postgres(_, let runner):
+            runner.cancel()
+            await runner.value
+        }
+    }
+
+    /// Runs queries that read.
+    public func read<T: Sendable>(_ body: @escaping @Sendable (any SQLDatabase) async throws -> T) async throws -> T {
+        switch engine {
+        case .sqlite(_, let reader):
+            return try await body(reader.sql())
+        case .postgres(let client, _):
+            return try await client.withConnection { connection in try await body(connection.sql()) }
+        }
+    }
+
+    /// Runs `body` inside a group-committed transaction and returns once it is durable.
+    /// A throwing `body` rolls back its own changes only; other callers in the batch commit.
+    public func write<T: Sendable>(_ body: @escaping @Sendable (Transaction) async throws -> T) async throws -> T {
+        let promise = MultiThreadedEventLoopGroup.singleton.any().makePromise(of: T.self)
+        let job = WriteJob(
+            execute: { [siteID, clock, dialect] database in
+                let value = try await body(Transaction(database: database, dialect: dialect, siteID: siteID, clock: clock))
+                return { promise.succeed(value) }
+            },
+            fail: { promise.fail($0) }
+        )
+        try await batcher.submit(job)
+        return try await promise.futureResult.get()
+    }
+
+    /// The highest schema version applied, 0 for an empty database.
+    public func schemaVersion() async throws -> Int {
+        try await withSingleSession { db in
+            try await Self.ensureSchemaTable(db)
+            let row = try await db.raw("SELECT MAX(version) AS version FROM portico_schema").first()
+            return try row?.decode(column: "version", as: Int?.self) ?? 0
+        }
+    }
+
+    /// Schema versions applied, with their names and when.
+    public func appliedMigrations() async throws -> [(version: Int, name: String, appliedMilliseconds: Int64)] {
+        try await read { db in
+            try await db.raw("SELECT version, name, applied_ms FROM portico_schema ORDER BY version").all().map {
+                (try $0.decode(column: "version", as: Int.self), try $0.decode(column: "name", as: String.self), try $0.decode(column: "applied_ms", as: Int64.self))
+            }
+        }
+    }
+
+    /// Applies every migration newer than the database, each in its own transaction.
+    @discardableResult
+    public func migrate() async throws -> [Int] {
+        try await migrate(upTo: Migrations.latest)
+    }
+
+    func migrate(upTo target: Int) async throws -> [Int] {
+        let dialect = self.dialect
+        return try await withSingleSession { db in
+            var applied: [Int] = []
+            for migration in Migrations.all where migration.version <= target {
+                let done = try await Self.inTransaction(db, dialect: dialect) { db -> Bool in
+                    if dialect == .postgres {
+                        // Several managers sharing a database start together: one migrates at a time.
+                        try await db.raw("SELECT pg_advisory_xact_lock(7365402)").run()
+                    }
+                    let current = try await db.raw("SELECT MAX(version) AS version FROM portico_schema").first()?.decode(column: "version", as: Int?.self) ?? 0
+                    if current > Migrations.latest { throw StoreError.schemaTooNew(database: current, binary: Migrations.latest) }
+                    guard migration.version > current else { return false }
+                    for statement in migration.statements(dialect) {
+                        try await db.raw(SQLQueryString(statement)).run()
+                    }
+                    try await db.raw("INSERT INTO portico_schema (version, name, applied_ms) VALUES (\(bind: migration.version), \(bind: migration.name), \(bind: Int64(HybridLogicalClock.wallMilliseconds())))").run()
+                    return true
+                }
+                if done { applied.append(migration.version) }
+            }
+            return applied
+        }
+    }
+
+    /// Runs `body` on one connection that no one else uses meanwhile (the writer, on SQLite).
+    private func withSingleSession<T: Sendable>(_ body: @escaping @Sendable (any SQLDatabase) async throws -> T) async throws -> T {
+        switch engine {
+        case .sqlite(let writer, _):
+            return try await batcher.exclusive { try await body(writer.sql()) }
+        case .postgres(let client, _):
+            return try await client.withConnection { connection in try await body(connection.sql()) }
+        }
+    }
+
+    static func ensureSchemaTable(_ db: any SQLDatabase) async throws {
+        try await db.raw("CREATE TABLE IF NOT EXISTS portico_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)").run()
+    }
+
+    /// BEGIN ... COMMIT around `body`, ROLLBACK when it throws.
+    static func inTransaction<T: Sendable>(_ db: any SQLDatabase, dialect: Dialect, _ body: @Sendable (any SQLDatabase) async throws -> T) async throws -> T {
+        try await db.raw(dialect == .sqlite ? "BEGIN IMMEDIATE" : "BEGIN").run()
+        do {
+            let value = try await body(db)
+            try await db.raw("COMMIT").run()
+            return value
+        } catch {
+            try? await db.raw("ROLLBACK").run()
+            throw error
+        }
+    }
+}
+
+/// What a write sees: the database inside the batch's transaction, and what a replicated
+/// change needs (origin site, clock).
+public struct Transaction: Sendable {
+    public let database: any SQLDatabase
+    public let dialect: Dialect
+    public let siteID: String
+    let clock: HybridLogicalClock
+
+    /// A hybrid-logical-clock timestamp for a change made now.
+    public func timestamp() -> UInt64 { clock.now() }
+
+    /// Appends to the change log, in this transaction, so that peers can stream the change.
+    public func logChange(entity: String, key: String, op: ChangeOperation, hlc: UInt64, origin: String? = nil) async throws {
+        try await database.raw("""
+            INSERT INTO change_log (entity, entity_key, op, origin_site, hlc)
+            VALUES (\(bind: entity), \(bind: key), \(bind: op.rawValue), \(bind: origin ?? siteID), \(bind: Int64(bitPattern: hlc)))
+            """).run()
+    }
+}
+
+/// What happened to a row.
+public enum ChangeOperation: String, Sendable {
+    case upsert
+    case delete
+}
+
+/// Reads `postgres://user:password@host:port/database?sslmode=disable|require`.
+enum PostgresURL {
+    static func configuration(_ text: String) throws -> PostgresClient.Configuration {
+        guard let url = URLComponents(string: text), url.scheme == "postgres" || url.scheme == "postgresql",
+              let host = url.host, !host.isEmpty, let user = url.user
+        else {
+            throw StoreError.invalid("storage.postgres.url", "must look like postgres://user:password@host:5432/database")
+        }
+        let database = url.path.hasPrefix("/") ? String(url.path.dropFirst()) : nil
+        let sslMode = url.queryItems?.first { $0.name == "sslmode" }?.value ?? "disable"
+        let tls: PostgresClient.Configuration.TLS
+        switch sslMode {
+        case "disable": tls = .disable
+        case "prefer": tls = .prefer(.makeClientConfiguration())
+        case "require": tls = .require(.makeClientConfiguration())
+        default: throw StoreError.invalid("storage.postgres.url", "sslmode must be disable, prefer or require, not \(sslMode)")
+        }
+        return PostgresClient.Configuration(host: host, port: url.port ?? 5432, username: user, password: url.password, database: database?.isEmpty == false ? database : nil, tls: tls)
+    }
+}
