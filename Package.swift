@@ -91,6 +91,7 @@ let package = Package(
             name: "PorticoGatewayTests",
             dependencies: [
                 "PorticoGateway",
+                "PorticoStore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),

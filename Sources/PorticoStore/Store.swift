@@ -120,6 +120,9 @@ public final class Store: Sendable {
         return try await promise.futureResult.get()
     }
 
+    /// The schema version this binary writes.
+    public static var latestSchemaVersion: Int { Migrations.latest }
+
     /// The highest schema version applied, 0 for an empty database.
     public func schemaVersion() async throws -> Int {
         try await withSingleSession { db in

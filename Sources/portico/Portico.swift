@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import PorticoGateway
+import PorticoStore
 import ServiceLifecycle
 
 @main
@@ -8,7 +9,7 @@ struct Portico: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portico",
         abstract: "Central manager for endpoint security agents.",
-        subcommands: [Serve.self, Config.self],
+        subcommands: [Serve.self, Config.self, Database.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -55,6 +56,15 @@ struct Serve: AsyncParsableCommand {
             printError("portico: the configuration from \(options.sourceDescription) cannot be used:\n\(error)")
             throw ExitCode(1)
         }
+        let store: Store
+        do {
+            store = try await Store.open(prepared.configuration.storeConfiguration, siteID: prepared.configuration.siteName, logger: Logger(label: "portico.store"))
+            let schema = try await store.schemaVersion()
+            logger.info("database ready", metadata: ["database": "\(prepared.configuration.storeConfiguration.redacted)", "schema": "\(schema)"])
+        } catch {
+            printError("portico: cannot open the database \(prepared.configuration.storeConfiguration.redacted): \(error)")
+            throw ExitCode(1)
+        }
         let options = self.options
         let gateway = Gateway(
             configuration: prepared,
@@ -68,7 +78,9 @@ struct Serve: AsyncParsableCommand {
         )
         do {
             try await group.run()
+            await store.close()
         } catch let error as ListenerError {
+            await store.close()
             printError("portico: \(error)")
             throw ExitCode(1)
         }

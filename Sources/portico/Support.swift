@@ -16,3 +16,9 @@ enum FileExists {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Writes a line to standard output at once, without stdio buffering.
+func writeLine(_ line: String) {
+    let text = line + "\n"
+    _ = text.withCString { write(1, $0, strlen($0)) }
+}

@@ -60,7 +60,7 @@ public struct ConfigurationLoader: Sendable {
 
     private func read(_ root: Node, into config: inout GatewayConfiguration, reader: inout NodeReader) {
         let base = Paths.directory(of: reader.file)
-        guard let top = reader.mapping(root, at: "the top level", keys: ["site", "data_dir", "identity", "listeners", "routes", "upstreams", "shutdown"]) else { return }
+        guard let top = reader.mapping(root, at: "the top level", keys: ["site", "data_dir", "storage", "identity", "listeners", "routes", "upstreams", "shutdown"]) else { return }
         if let site = top["site"], let keys = reader.mapping(site.value, at: "site", keys: ["name"]) {
             if let name = keys["name"], let value = reader.string(name.value, at: "site.name") {
                 if value.isEmpty { reader.error("site.name must not be empty", at: name.value) } else { config.siteName = value }
@@ -68,6 +68,20 @@ public struct ConfigurationLoader: Sendable {
         }
         if let dataDir = top["data_dir"], let value = reader.string(dataDir.value, at: "data_dir") {
             config.dataDirectory = Paths.resolve(value, against: base)
+        }
+        if let storage = top["storage"], let keys = reader.mapping(storage.value, at: "storage", keys: ["postgres"]),
+           let postgres = keys["postgres"], let settings = reader.mapping(postgres.value, at: "storage.postgres", keys: ["url", "pool_size"]) {
+            if let url = settings["url"], let value = reader.string(url.value, at: "storage.postgres.url") {
+                if value.hasPrefix("postgres://") || value.hasPrefix("postgresql://") {
+                    config.storage.postgresURL = value
+                } else {
+                    // The value is not echoed: it may hold a password.
+                    reader.error("storage.postgres.url must start with postgres:// (postgres://user:password@host:5432/database)", at: url.value)
+                }
+            }
+            if let size = settings["pool_size"], let value = reader.int(size.value, at: "storage.postgres.pool_size") {
+                if (1...256).contains(value) { config.storage.postgresPoolSize = value } else { reader.error("storage.postgres.pool_size must be between 1 and 256", at: size.value) }
+            }
         }
         if let shutdown = top["shutdown"], let keys = reader.mapping(shutdown.value, at: "shutdown", keys: ["grace_period"]) {
             if let grace = keys["grace_period"], let value = reader.duration(grace.value, at: "shutdown.grace_period") {

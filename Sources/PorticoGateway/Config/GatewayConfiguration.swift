@@ -18,6 +18,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var routes: [RouteConfiguration] = []
     /// `upstreams.<name>`: HTTP backends that routes may target.
     public var upstreams: [String: UpstreamConfiguration] = [:]
+    /// `storage`: where state is kept; SQLite under `data_dir` unless a PostgreSQL URL is set.
+    public var storage: StorageSettings = StorageSettings()
     /// `shutdown.grace_period`: how long a drain waits for in-flight requests before closing.
     public var shutdownGracePeriod: TimeAmount = .seconds(30)
     /// The file this configuration was read from, if any.
@@ -44,6 +46,17 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var enabledListeners: [ListenerConfiguration] {
         ListenerRole.allCases.compactMap { listeners[$0] }.filter(\.enabled)
     }
+}
+
+/// `storage`: the database settings (the store itself lives in another layer).
+public struct StorageSettings: Sendable, Equatable {
+    /// `storage.postgres.url`: e.g. `postgres://portico:secret@db:5432/portico?sslmode=require`.
+    /// When absent, SQLite at `data_dir/portico.sqlite`.
+    public var postgresURL: String?
+    /// `storage.postgres.pool_size`: connections per manager.
+    public var postgresPoolSize: Int = 8
+
+    public init() {}
 }
 
 /// Which key type a generated identity uses.
