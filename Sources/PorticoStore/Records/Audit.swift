@@ -1,0 +1,66 @@
+import Foundation
+import SQLKit
+
+/// One line of the audit log: who did what to what, when, from where, and how it ended.
+public struct AuditEntry: Sendable, Equatable {
+    public var id: Int64?
+    public var atMilliseconds: Int64
+    public var actor: String
+    public var action: String
+    public var target: String
+    public var source: String
+    public var result: String
+    public var detail: String
+
+    public init(id: Int64? = nil, atMilliseconds: Int64 = Int64(HybridLogicalClock.wallMilliseconds()), actor: String, action: String, target: String, source: String, result: String, detail: String = "") {
+        self.id = id
+        self.atMilliseconds = atMilliseconds
+        self.actor = actor
+        self.action = action
+        self.target = target
+        self.source = source
+        self.result = result
+        self.detail = detail
+    }
+}
+
+extension Transaction {
+    /// Appends to the audit log in this transaction, so that the record and the change it
+    /// describes are stored together or not at all.
+    public func audit(_ entry: AuditEntry) async throws {
+        try Validate.text(entry.actor, field: "audit.actor", maxBytes: 256)
+        try Validate.text(entry.action, field: "audit.action", maxBytes: 128)
+        try Validate.text(entry.target, field: "audit.target", maxBytes: 512)
+        try Validate.text(entry.detail, field: "audit.detail", maxBytes: 8192)
+        try await database.raw("""
+            INSERT INTO audit_log (at_ms, actor, action, target, source, result, detail, origin_site, hlc)
+            VALUES (\(bind: entry.atMilliseconds), \(bind: entry.actor), \(bind: entry.action), \(bind: entry.target), \(bind: entry.source),
+                    \(bind: entry.result), \(bind: entry.detail), \(bind: siteID), \(bind: Int64(bitPattern: timestamp())))
+            """).run()
+    }
+}
+
+extension Store {
+    /// Records an event that changes nothing else (a failed login, say).
+    public func audit(_ entry: AuditEntry) async throws {
+        try await write { transaction in try await transaction.audit(entry) }
+    }
+
+    /// Audit entries, newest first, before `beforeID` when paging.
+    public func auditEntries(actor: String? = nil, action: String? = nil, beforeID: Int64? = nil, limit: Int = 100) async throws -> [AuditEntry] {
+        try await read { db in
+            var query = SQLQueryString("SELECT * FROM audit_log WHERE 1 = 1")
+            if let actor { query.appendInterpolation(unsafeRaw: " AND actor = "); query.appendInterpolation(bind: actor) }
+            if let action { query.appendInterpolation(unsafeRaw: " AND action = "); query.appendInterpolation(bind: action) }
+            if let beforeID { query.appendInterpolation(unsafeRaw: " AND id < "); query.appendInterpolation(bind: beforeID) }
+            query.appendInterpolation(unsafeRaw: " ORDER BY id DESC LIMIT ")
+            query.appendInterpolation(bind: limit)
+            return try await db.raw(query).all().map {
+                AuditEntry(id: try $0.decode(column: "id", as: Int64.self), atMilliseconds: try $0.decode(column: "at_ms", as: Int64.self),
+                           actor: try $0.decode(column: "actor", as: String.self), action: try $0.decode(column: "action", as: String.self),
+                           target: try $0.decode(column: "target", as: String.self), source: try $0.decode(column: "source", as: String.self),
+                           result: try $0.decode(column: "result", as: String.self), detail: try $0.decode(column: "detail", as: String.self))
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import SQLKit
+
+/// What an operator can ask a device to do.
+public enum CommandKind: String, Sendable, CaseIterable {
+    case lock, unlock, wipe
+    case remoteHelp = "remote_help"
+    case passwordReset = "password_reset"
+}
+
+/// Where a command is in its life.
+public enum CommandState: String, Sendable, CaseIterable {
+    case pending, delivered, acknowledged, failed, expired
+}
+
+public struct CommandRecord: Sendable, Equatable {
+    public var id: String
+    public var deviceID: String
+    public var kind: CommandKind
+    public var arguments: String
+    public var state: CommandState
+    public var result: String?
+    public var issuedBy: String
+    public var issuedMilliseconds: Int64
+    public var expiresMilliseconds: Int64?
+
+    public init(id: String = UUID().uuidString.lowercased(), deviceID: String, kind: CommandKind, arguments: String = "", state: CommandState = .pending, result: String? = nil,
+                issuedBy: String, issuedMilliseconds: Int64 = Int64(HybridLogicalClock.wallMilliseconds()), expiresMilliseconds: Int64? = nil) {
+        self.id = id
+        self.deviceID = deviceID
+        self.kind = kind
+        self.arguments = arguments
+        self.state = state
+        self.result = result
+        self.issuedBy = issuedBy
+        self.issuedMilliseconds = issuedMilliseconds
+        self.expiresMilliseconds = expiresMilliseconds
+    }
+}
+
+extension Store {
+    /// Queues a command for a device.
+    public func enqueueCommand(_ command: CommandRecord) async throws {
+        try Validate.identifier(command.id, field: "command.id")
+        try Validate.identifier(command.deviceID, field: "command.device_id")
+        try Validate.text(command.arguments, field: "command.arguments", maxBytes: 16 * 1024)
+        try await write { transaction in
+            guard try await transaction.database.raw("SELECT id FROM devices WHERE id = \(bind: command.deviceID)").first() != nil else {
+                throw StoreError.notFound("device \(command.deviceID)")
+            }
+            let hlc = transaction.timestamp()
+            try await transaction.database.raw("""
+                INSERT INTO commands (id, device_id, kind, arguments, state, result, issued_by, issued_ms, updated_ms, expires_ms, origin_site, hlc)
+                VALUES (\(bind: command.id), \(bind: command.deviceID), \(bind: command.kind.rawValue), \(bind: command.arguments), 'pending', NULL,
+                        \(bind: command.issuedBy), \(bind: command.issuedMilliseconds), \(bind: command.issuedMilliseconds), \(bind: command.expiresMilliseconds),
+                        \(bind: transaction.siteID), \(bind: Int64(bitPattern: hlc)))
+                """).run()
+            try await transaction.logChange(entity: "command", key: command.id, op: .upsert, hlc: hlc)
+        }
+    }
+
+    /// Commands a device should receive now (pending or delivered but not acknowledged, not
+    /// expired), oldest first; they are marked delivered in the same transaction.
+    public func takeCommands(forDevice deviceID: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> [CommandRecord] {
+        try await write { transaction in
+            let rows = try await transaction.database.raw("""
+                SELECT * FROM commands WHERE device_id = \(bind: deviceID) AND state IN ('pending', 'delivered')
+                AND (expires_ms IS NULL OR expires_ms > \(bind: now)) ORDER BY issued_ms, id
+                """).all()
+            var commands = try rows.map(CommandRecord.init(row:))
+            let hlc = transaction.timestamp()
+            for index in commands.indices where commands[index].state == .pending {
+                try await transaction.database.raw("UPDATE commands SET state = 'delivered', updated_ms = \(bind: now), hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: commands[index].id)").run()
+                try await transaction.logChange(entity: "command", key: commands[index].id, op: .upsert, hlc: hlc)
+                commands[index].state = .delivered
+            }
+            return commands
+        }
+    }
+
+    /// Records a device's answer to a command it was given.
+    public func acknowledgeCommand(id: String, deviceID: String, succeeded: Bool, result: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws {
+        try Validate.text(result, field: "command.result", maxBytes: 16 * 1024)
+        try await write { transaction in
+            let hlc = transaction.timestamp()
+            let updated = try await transaction.database.raw("""
+                UPDATE commands SET state = \(bind: succeeded ? "acknowledged" : "failed"), result = \(bind: result), updated_ms = \(bind: now), hlc = \(bind: Int64(bitPattern: hlc))
+                WHERE id = \(bind: id) AND device_id = \(bind: deviceID) AND state IN ('pending', 'delivered') RETURNING id
+                """).all()
+            guard !updated.isEmpty else { throw StoreError.notFound("an open command \(id) for device \(deviceID)") }
+            try await transaction.logChange(entity: "command", key: id, op: .upsert, hlc: hlc)
+        }
+    }
+
+    /// Marks commands past their expiry; returns how many.
+    @discardableResult
+    public func expireCommands(now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> Int {
+        try await write { transaction in
+            let hlc = transaction.timestamp()
+            let expired = try await transaction.database.raw("""
+                UPDATE commands SET state = 'expired', updated_ms = \(bind: now), hlc = \(bind: Int64(bitPattern: hlc))
+                WHERE state IN ('pending', 'delivered') AND expires_ms IS NOT NULL AND expires_ms <= \(bind: now) RETURNING id
+                """).all()
+            for row in expired {
+                try await transaction.logChange(entity: "command", key: try row.decode(column: "id", as: String.self), op: .upsert, hlc: hlc)
+            }
+            return expired.count
+        }
+    }
+
+    public func command(id: String) async throws -> CommandRecord? {
+        try await read { db in try await db.raw("SELECT * FROM commands WHERE id = \(bind: id)").first().map(CommandRecord.init(row:)) }
+    }
+}
+
+extension CommandRecord {
+    init(row: any SQLRow) throws {
+        let kind = try row.decode(column: "kind", as: String.self)
+        let state = try row.decode(column: "state", as: String.self)
+        guard let parsedKind = CommandKind(rawValue: kind), let parsedState = CommandState(rawValue: state) else {
+            throw StoreError.invalid("command", "has an unknown kind \(kind) or state \(state)")
+        }
+        self.init(
+            id: try row.decode(column: "id", as: String.self), deviceID: try row.decode(column: "device_id", as: String.self), kind: parsedKind,
+            arguments: try row.decode(column: "arguments", as: String.self), state: parsedState, result: try row.decode(column: "result", as: String?.self),
+            issuedBy: try row.decode(column: "issued_by", as: String.self), issuedMilliseconds: try row.decode(column: "issued_ms", as: Int64.self),
+            expiresMilliseconds: try row.decode(column: "expires_ms", as: Int64?.self))
+    }
+}
