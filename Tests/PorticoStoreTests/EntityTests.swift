@@ -153,3 +153,27 @@ private func sha256(_ text: String) -> [UInt8] { Array(SHA256.hash(data: Array(t
         }
     }
 }
+
+@Suite struct SiteTests {
+    @Test(arguments: Engines.all)
+    func sitesPeersAndDeviceStates(_ dialect: Dialect) async throws {
+        try await Engines.withStore(dialect, site: "hq") { store in
+            try await store.registerSite(name: "Headquarters")
+            try await store.registerSite(name: "HQ")
+            #expect(try await store.sites().map(\.name) == ["HQ"])
+
+            let fingerprint = String(repeating: "ab", count: 32)
+            try await store.addPeer(PeerRecord(name: "branch", url: "https://branch.example:8444", certificateFingerprint: fingerprint))
+            await #expect(throws: StoreError.self) { try await store.addPeer(PeerRecord(name: "branch", url: "https://x:8444", certificateFingerprint: fingerprint)) }
+            await #expect(throws: StoreError.invalid("peer.url", "must be an https:// URL")) { try await store.addPeer(PeerRecord(name: "p2", url: "http://x", certificateFingerprint: fingerprint)) }
+            #expect(try await store.peers().map(\.name) == ["branch"])
+            try await store.removePeer(name: "branch")
+            #expect(try await store.peers().isEmpty)
+
+            try await store.addDevice(DeviceRecord(id: "dev-1", signingKey: [1], agreementKey: [2], hostname: "a", os: "linux"))
+            try await store.setDeviceState(id: "dev-1", to: .locked)
+            #expect(try await store.device(id: "dev-1")?.state == .locked)
+            await #expect(throws: StoreError.notFound("device ghost")) { try await store.setDeviceState(id: "ghost", to: .wiped) }
+        }
+    }
+}

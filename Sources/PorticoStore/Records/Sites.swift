@@ -1,0 +1,83 @@
+import Foundation
+import SQLKit
+
+/// A peer manager in another site.
+public struct PeerRecord: Sendable, Equatable {
+    public var name: String
+    public var url: String
+    /// SHA-256 of the peer's certificate, hex.
+    public var certificateFingerprint: String
+    public var siteID: String?
+
+    public init(name: String, url: String, certificateFingerprint: String, siteID: String? = nil) {
+        self.name = name
+        self.url = url
+        self.certificateFingerprint = certificateFingerprint
+        self.siteID = siteID
+    }
+}
+
+extension Store {
+    /// Records this manager's site (once; later calls keep the first creation time).
+    public func registerSite(name: String) async throws {
+        try Validate.text(name, field: "site.name", maxBytes: 128)
+        try await write { transaction in
+            let hlc = transaction.timestamp()
+            try await transaction.database.raw("""
+                INSERT INTO sites (id, name, created_ms, origin_site, hlc)
+                VALUES (\(bind: transaction.siteID), \(bind: name), \(bind: Int64(HybridLogicalClock.wallMilliseconds())), \(bind: transaction.siteID), \(bind: Int64(bitPattern: hlc)))
+                ON CONFLICT (id) DO UPDATE SET name = \(bind: name)
+                """).run()
+            try await transaction.logChange(entity: "site", key: transaction.siteID, op: .upsert, hlc: hlc)
+        }
+    }
+
+    public func sites() async throws -> [(id: String, name: String)] {
+        try await read { db in
+            try await db.raw("SELECT id, name FROM sites ORDER BY id").all().map { (try $0.decode(column: "id", as: String.self), try $0.decode(column: "name", as: String.self)) }
+        }
+    }
+
+    public func addPeer(_ peer: PeerRecord) async throws {
+        try Validate.identifier(peer.name, field: "peer.name", maxLength: 64)
+        guard peer.url.hasPrefix("https://") else { throw StoreError.invalid("peer.url", "must be an https:// URL") }
+        guard peer.certificateFingerprint.count == 64, peer.certificateFingerprint.allSatisfy(\.isHexDigit) else {
+            throw StoreError.invalid("peer.certificate_fingerprint", "must be a SHA-256 in 64 hex digits")
+        }
+        try await write { transaction in
+            if try await transaction.database.raw("SELECT name FROM peers WHERE name = \(bind: peer.name)").first() != nil {
+                throw StoreError(kind: .conflict, message: "a peer named \(peer.name) already exists")
+            }
+            try await transaction.database.raw("""
+                INSERT INTO peers (name, url, certificate_fingerprint, site_id, added_ms)
+                VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), \(bind: peer.siteID), \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
+                """).run()
+        }
+    }
+
+    public func removePeer(name: String) async throws {
+        try await write { transaction in
+            let removed = try await transaction.database.raw("DELETE FROM peers WHERE name = \(bind: name) RETURNING name").all()
+            guard !removed.isEmpty else { throw StoreError.notFound("peer \(name)") }
+        }
+    }
+
+    public func peers() async throws -> [PeerRecord] {
+        try await read { db in
+            try await db.raw("SELECT name, url, certificate_fingerprint, site_id FROM peers ORDER BY name").all().map {
+                PeerRecord(name: try $0.decode(column: "name", as: String.self), url: try $0.decode(column: "url", as: String.self),
+                           certificateFingerprint: try $0.decode(column: "certificate_fingerprint", as: String.self), siteID: try $0.decode(column: "site_id", as: String?.self))
+            }
+        }
+    }
+
+    /// Moves a device to a new lifecycle state (locked, wiped, revoked, active again).
+    public func setDeviceState(id: String, to state: DeviceState) async throws {
+        try await write { transaction in
+            let hlc = transaction.timestamp()
+            let updated = try await transaction.database.raw("UPDATE devices SET state = \(bind: state.rawValue), hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: id) RETURNING id").all()
+            guard !updated.isEmpty else { throw StoreError.notFound("device \(id)") }
+            try await transaction.logChange(entity: "device", key: id, op: .upsert, hlc: hlc)
+        }
+    }
+}
