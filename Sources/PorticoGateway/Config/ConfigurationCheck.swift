@@ -12,6 +12,9 @@ public struct PreparedConfiguration: Sendable {
     /// Things an operator should know that are not errors.
     public let notes: [String]
 
+    /// The identity a TLS listener serves (the shared one unless it names its own).
+    public func identity(of role: ListenerRole) -> ReloadableIdentity? { identities[role] }
+
     /// Every distinct identity in use.
     var distinctIdentities: [ReloadableIdentity] {
         var seen: Set<ObjectIdentifier> = []

@@ -93,8 +93,8 @@ public enum IdentityGenerator {
 }
 
 /// Writes files atomically (temp file, fsync, rename) with a mode set before any byte lands.
-package enum SecureFile {
-    package static func write(_ bytes: [UInt8], to path: String, mode: mode_t) throws(IdentityError) {
+public enum SecureFile {
+    public static func write(_ bytes: [UInt8], to path: String, mode: mode_t) throws(IdentityError) {
         try makeDirectories(Paths.directory(of: path))
         let temporary = path + ".tmp-\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
@@ -122,7 +122,7 @@ package enum SecureFile {
         }
     }
 
-    package static func makeDirectories(_ path: String) throws(IdentityError) {
+    public static func makeDirectories(_ path: String) throws(IdentityError) {
         var current = ""
         for part in path.split(separator: "/") {
             current += "/" + part

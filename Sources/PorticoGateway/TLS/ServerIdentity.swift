@@ -14,6 +14,10 @@ public struct ServerIdentity: Sendable {
     public let leaf: Certificate
     /// SHA-256 of the leaf's DER encoding.
     public let fingerprint: [UInt8]
+    /// The private key for signing (policies, handshakes), as swift-certificates holds it.
+    public let signingKey: Certificate.PrivateKey
+    /// The leaf certificate in PEM, as agents pin it.
+    public let certificatePEM: String
 
     /// Serial number as colon-free lowercase hex.
     public var serialHex: String { leaf.serialNumber.bytes.map { String(format: "%02x", $0) }.joined() }
@@ -69,7 +73,9 @@ public struct ServerIdentity: Sendable {
         } catch {
             throw .invalid(path: privateKeyPath, reason: "the private key cannot be loaded (\(error))")
         }
-        return ServerIdentity(chain: chain, privateKey: key, leaf: leaf, fingerprint: Array(SHA256.hash(data: der)))
+        let pem: String
+        do { pem = try leaf.serializeAsPEM().pemString } catch { throw .invalid(path: certificatePath, reason: "the certificate cannot be written as PEM (\(error))") }
+        return ServerIdentity(chain: chain, privateKey: key, leaf: leaf, fingerprint: Array(SHA256.hash(data: der)), signingKey: parsedKey, certificatePEM: pem)
     }
 }
 

@@ -15,6 +15,8 @@ public struct PolicyVersionRecord: Sendable, Equatable {
     public var document: String
     public var createdBy: String
     public var createdMilliseconds: Int64
+    /// The policy's name (filled where the query has it).
+    public var policyName: String = ""
 }
 
 extension Store {
@@ -114,7 +116,7 @@ extension Store {
     public func publishedPolicies(forDevice deviceID: String) async throws -> [PolicyVersionRecord] {
         try await read { db in
             try await db.raw("""
-                SELECT DISTINCT v.policy_id, v.version, v.document, v.created_by, v.created_ms
+                SELECT DISTINCT v.policy_id, v.version, v.document, v.created_by, v.created_ms, p.name
                 FROM device_group_members m
                 JOIN policy_assignments a ON a.group_id = m.group_id
                 JOIN policies p ON p.id = a.policy_id
@@ -123,7 +125,7 @@ extension Store {
                 """).all().map {
                 PolicyVersionRecord(policyID: try $0.decode(column: "policy_id", as: String.self), version: try $0.decode(column: "version", as: Int.self),
                                     document: try $0.decode(column: "document", as: String.self), createdBy: try $0.decode(column: "created_by", as: String.self),
-                                    createdMilliseconds: try $0.decode(column: "created_ms", as: Int64.self))
+                                    createdMilliseconds: try $0.decode(column: "created_ms", as: Int64.self), policyName: try $0.decode(column: "name", as: String.self))
             }
         }
     }

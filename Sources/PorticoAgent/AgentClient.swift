@@ -1,0 +1,231 @@
+import AsyncHTTPClient
+import Crypto
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import PorticoProtocol
+
+/// An agent's side of the protocol: enrolls, opens sessions, checks in, fetches and verifies
+/// policies, reports events and command results. One request at a time per client.
+public actor AgentClient {
+    public private(set) var state: AgentState
+    private var http: HTTPClient
+    private var session: (keys: SessionKeys, expires: Int64)?
+    private var counter: UInt64 = 0
+    /// The manager URL in use (the first of the state's that answers).
+    public let managerURL: String
+
+    public init(state: AgentState, managerURL: String? = nil, http: HTTPClient? = nil) {
+        self.state = state
+        self.managerURL = managerURL ?? state.managerURLs.first ?? ""
+        self.http = http ?? Self.makeHTTPClient(pinned: state.pinned)
+    }
+
+    /// An HTTP client that trusts only the pinned manager certificates for TLS.
+    public static func makeHTTPClient(pinned: PinnedCertificates) -> HTTPClient {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(pinned.pem.compactMap { try? NIOSSLCertificate(bytes: Array($0.utf8), format: .pem) })
+        tls.certificateVerification = .noHostnameVerification
+        tls.minimumTLSVersion = .tlsv12
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
+        configuration.timeout = .init(connect: .seconds(5), read: .seconds(30))
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }
+
+    public func shutdown() async {
+        try? await http.shutdown()
+    }
+
+    // MARK: - Enrollment
+
+    /// Enrolls a new device with a token and returns its state (not yet saved).
+    public static func enroll(bootstrap: BootstrapFile, token: String, keys: DeviceKeys = DeviceKeys(), hostname: String, os: String, managerURL: String? = nil, http: HTTPClient? = nil) async throws -> AgentState {
+        let client = http ?? makeHTTPClient(pinned: bootstrap.pinned)
+        do {
+            let state = try await enroll(client: client, bootstrap: bootstrap, token: token, keys: keys, hostname: hostname, os: os, managerURL: managerURL)
+            if http == nil { try? await client.shutdown() }
+            return state
+        } catch {
+            if http == nil { try? await client.shutdown() }
+            throw error
+        }
+    }
+
+    private static func enroll(client: HTTPClient, bootstrap: BootstrapFile, token: String, keys: DeviceKeys, hostname: String, os: String, managerURL: String?) async throws -> AgentState {
+        let url = managerURL ?? bootstrap.managerURLs.first ?? ""
+        let hello: Hello = try await getJSON(client, url + "/agent/v1/hello")
+        guard let signer = bootstrap.pinned.pinned(hello.certificate), let signature = Base64URL.decode(hello.signature),
+              ManagerSignature.isValid(signature, for: hello.transcript, by: signer)
+        else { throw ProtocolError(.notPinned, "the manager's hello is not signed by a pinned certificate") }
+        guard let agreementBytes = Base64URL.decode(hello.agreementKey), let managerAgreement = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: agreementBytes) else {
+            throw ProtocolError(.malformed, "the manager's agreement key is not well formed")
+        }
+        var request = EnrollRequest(
+            token: token, signingKey: Base64URL.encode(keys.signing.publicKey.rawRepresentation), agreementKey: Base64URL.encode(keys.agreement.publicKey.rawRepresentation),
+            hostname: hostname, os: os, timestampMilliseconds: nowMilliseconds())
+        request.signature = Base64URL.encode(try keys.signing.signature(for: request.transcript))
+        let sealed = try SealedBox.seal(Array(try JSONEncoder().encode(request)), to: managerAgreement, context: "portico-enroll-v1")
+        let response: EnrollResponse = try await postJSON(client, url + "/agent/v1/enroll", sealed)
+        guard let responseSignature = Base64URL.decode(response.signature), bootstrap.pinned.verify(responseSignature, over: response.transcript(signingKey: request.signingKey)) else {
+            throw ProtocolError(.badSignature, "the enrollment answer is not signed by a pinned certificate")
+        }
+        guard response.deviceID == keys.deviceID else { throw ProtocolError(.malformed, "the manager named another device id") }
+        let siteKey = try response.siteKey.open(with: keys.agreement, context: "portico-site-key-v1")
+        return AgentState(
+            deviceID: response.deviceID, signingKey: Base64URL.encode(keys.signing.rawRepresentation), agreementKey: Base64URL.encode(keys.agreement.rawRepresentation),
+            siteKey: Base64URL.encode(siteKey), pinned: bootstrap.pinned, managerURLs: managerURL.map { [$0] + bootstrap.managerURLs } ?? bootstrap.managerURLs,
+            policySerial: 0, checkInIntervalSeconds: response.checkInIntervalSeconds)
+    }
+
+    // MARK: - Sessions
+
+    /// Opens a session: a signed ephemeral key agreement answered by the manager's identity.
+    public func openSession() async throws {
+        let keys = try state.keys
+        let ephemeral = Curve25519.KeyAgreement.PrivateKey()
+        var request = SessionRequest(deviceID: state.deviceID, ephemeralKey: Base64URL.encode(ephemeral.publicKey.rawRepresentation),
+                                     timestampMilliseconds: Self.nowMilliseconds(), nonce: Base64URL.encode((0..<16).map { _ in UInt8.random(in: 0...255) }))
+        request.signature = Base64URL.encode(try keys.signing.signature(for: request.transcript))
+        let response: SessionResponse = try await Self.postJSON(http, managerURL + "/agent/v1/session", request)
+        let transcript = response.transcript(request: request)
+        guard let signer = state.pinned.pinned(response.certificate), let signature = Base64URL.decode(response.signature),
+              ManagerSignature.isValid(signature, for: transcript, by: signer)
+        else { throw ProtocolError(.notPinned, "the session answer is not signed by a pinned certificate") }
+        guard let managerEphemeralBytes = Base64URL.decode(response.ephemeralKey), let sessionID = Base64URL.decode(response.sessionID), sessionID.count == 16,
+              let managerEphemeral = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: managerEphemeralBytes)
+        else { throw ProtocolError(.malformed, "the session answer is not well formed") }
+        let sessionKeys = SessionKeys.derive(sharedSecret: try ephemeral.sharedSecretFromKeyAgreement(with: managerEphemeral), sessionID: sessionID, transcript: transcript)
+        session = (sessionKeys, response.expiresMilliseconds)
+        counter = 0
+    }
+
+    /// Sends one message in the session (opening or renewing it as needed) and returns the answer.
+    public func send(_ message: AgentMessage) async throws -> ManagerMessage {
+        for attempt in 0..<2 {
+            if session == nil || Self.nowMilliseconds() >= session!.expires - 5_000 { try await openSession() }
+            do {
+                return try await sendInSession(message)
+            } catch let error as ProtocolError where attempt == 0 && (error.code == .sessionExpired || error.code == .unknownSession) {
+                session = nil  // the manager forgot or expired it: one new handshake
+            }
+        }
+        throw ProtocolError(.sessionExpired, "the manager refused two sessions in a row")
+    }
+
+    /// The envelope of the next message, without sending it (tests replay and alter these).
+    public func seal(_ message: AgentMessage) throws -> [UInt8] {
+        guard let session else { throw ProtocolError(.unknownSession, "no session is open") }
+        counter += 1
+        return try Envelope.seal(Array(try JSONEncoder().encode(message)), keys: session.keys, counter: counter, direction: .agentToManager)
+    }
+
+    /// Posts a sealed envelope as it is and returns the raw answer.
+    public func post(envelope: [UInt8]) async throws -> (status: Int, body: [UInt8]) {
+        try await Self.post(http, managerURL + "/agent/v1/message", body: envelope, contentType: "application/octet-stream")
+    }
+
+    private func sendInSession(_ message: AgentMessage) async throws -> ManagerMessage {
+        let envelope = try seal(message)
+        let sentCounter = counter
+        let (status, body) = try await post(envelope: envelope)
+        guard status == 200 else { throw Self.problem(status: status, body: body) }
+        guard let keys = session?.keys else { throw ProtocolError(.unknownSession, "the session ended") }
+        let (replyCounter, plaintext) = try Envelope.open(body, keys: keys, direction: .managerToAgent)
+        guard replyCounter == sentCounter else { throw ProtocolError(.replayed, "the answer belongs to another message") }
+        do { return try JSONDecoder().decode(ManagerMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the answer is not a manager message") }
+    }
+
+    // MARK: - Conversations
+
+    /// Checks in; pins a next certificate the manager announces.
+    public func checkIn(status: String = "ok") async throws -> CheckInReply {
+        let fingerprints = state.pinned.certificates.map { certificate -> String in
+            var serializer = DER.Serializer()
+            try? serializer.serialize(certificate)
+            return SHA256.hash(data: serializer.serializedBytes).map { String(format: "%02x", $0) }.joined()
+        }
+        guard case .checkIn(let reply) = try await send(.checkIn(CheckInRequest(policySerial: state.policySerial, status: status, pinnedFingerprints: fingerprints))) else {
+            throw ProtocolError(.malformed, "the manager did not answer the check-in")
+        }
+        if let next = reply.nextCertificate, state.pinned.pinned(next) == nil {
+            state.pinned.add(next)
+            // New connections must trust the announced certificate too.
+            let old = http
+            http = Self.makeHTTPClient(pinned: state.pinned)
+            try? await old.shutdown()
+        }
+        return reply
+    }
+
+    /// Fetches the policies, verifies the manager's signature against the pinned certificates,
+    /// decrypts them with the site key, and records the serial.
+    public func fetchPolicy() async throws -> PolicyBundle.Contents {
+        guard case .policy(let bundle) = try await send(.fetchPolicy) else { throw ProtocolError(.malformed, "the manager did not send a policy") }
+        let contents = try bundle.open(pinned: state.pinned, siteKey: try state.siteSymmetricKey)
+        state.policySerial = contents.serial
+        return contents
+    }
+
+    /// Reports events; returns the ids the manager stored durably.
+    public func report(_ events: [AgentEvent]) async throws -> [String] {
+        guard case .eventsAccepted(let ids) = try await send(.events(events)) else { throw ProtocolError(.malformed, "the manager did not acknowledge the events") }
+        return ids
+    }
+
+    public func reportResult(commandID: String, succeeded: Bool, detail: String) async throws {
+        guard case .ok = try await send(.commandResult(CommandResult(commandID: commandID, succeeded: succeeded, detail: detail))) else {
+            throw ProtocolError(.malformed, "the manager did not acknowledge the result")
+        }
+    }
+
+    /// Whether a remote-help response code answers a challenge this device showed.
+    public func verifyRemoteHelp(response: String, challenge: String, managerAgreementKey: [UInt8]) throws -> Bool {
+        let keys = try state.keys
+        let secret = RemoteHelp.deviceSecret(try keys.agreement.sharedSecretFromKeyAgreement(with: try .init(rawRepresentation: managerAgreementKey)), deviceID: state.deviceID)
+        return RemoteHelp.verify(response: response, challenge: challenge, secret: secret, now: Self.nowMilliseconds())
+    }
+
+    // MARK: - HTTP
+
+    static func nowMilliseconds() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    static func post(_ client: HTTPClient, _ url: String, body: [UInt8], contentType: String) async throws -> (status: Int, body: [UInt8]) {
+        var request = HTTPClientRequest(url: url)
+        request.method = .POST
+        request.headers.add(name: "content-type", value: contentType)
+        request.body = .bytes(ByteBuffer(bytes: body))
+        let response = try await client.execute(request, timeout: .seconds(30))
+        let bytes = try await response.body.collect(upTo: 8 << 20)
+        return (Int(response.status.code), Array(bytes.readableBytesView))
+    }
+
+    static func postJSON<Request: Encodable, Response: Decodable>(_ client: HTTPClient, _ url: String, _ value: Request) async throws -> Response {
+        let (status, body) = try await post(client, url, body: Array(try JSONEncoder().encode(value)), contentType: "application/json")
+        guard status == 200 else { throw problem(status: status, body: body) }
+        do { return try JSONDecoder().decode(Response.self, from: Data(body)) } catch { throw ProtocolError(.malformed, "the manager's answer is not the expected JSON") }
+    }
+
+    static func getJSON<Response: Decodable>(_ client: HTTPClient, _ url: String) async throws -> Response {
+        let response = try await client.execute(HTTPClientRequest(url: url), timeout: .seconds(30))
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        guard response.status == .ok else { throw problem(status: Int(response.status.code), body: Array(bytes.readableBytesView)) }
+        do { return try JSONDecoder().decode(Response.self, from: Data(bytes.readableBytesView)) } catch { throw ProtocolError(.malformed, "the manager's answer is not the expected JSON") }
+    }
+
+    private struct Problem: Decodable {
+        let error: String
+        let message: String
+    }
+
+    /// The manager's refusal as a ``ProtocolError``.
+    static func problem(status: Int, body: [UInt8]) -> ProtocolError {
+        if let problem = try? JSONDecoder().decode(Problem.self, from: Data(body)), let code = ProtocolError.Code(rawValue: problem.error) {
+            return ProtocolError(code, problem.message)
+        }
+        return ProtocolError(.malformed, "the manager answered HTTP \(status)")
+    }
+}
+
+import SwiftASN1
+import X509

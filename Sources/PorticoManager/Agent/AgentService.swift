@@ -1,0 +1,259 @@
+import Crypto
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import PorticoGateway
+import PorticoProtocol
+import PorticoStore
+import X509
+
+/// The client role: agents enroll, open sessions, check in, fetch policies, report events
+/// and command results, all under `/agent/v1/`. Mounted on the `client` and `client_plain`
+/// listeners by a route to the service `agent`.
+///
+/// Everything after enrollment is sealed end to end by session keys, so the plain listener
+/// and a TLS-terminating proxy in front carry only ciphertext they cannot alter unseen.
+public final class AgentService: HTTPService {
+    public struct Configuration: Sendable {
+        /// How long a session's keys are good for.
+        public var sessionLifetimeMilliseconds: Int64 = 15 * 60_000
+        /// How far a handshake's timestamp may be from the manager's clock.
+        public var clockSkewMilliseconds: Int64 = 5 * 60_000
+        /// The check-in interval handed to agents, before jitter.
+        public var checkInIntervalSeconds: Int = 300
+        /// Above this many requests in flight, agents are asked to back off.
+        public var backOffAbove: Int = 5_000
+
+        public init() {}
+    }
+
+    private let store: Store
+    private let keys: ManagerKeys
+    private let identity: @Sendable () -> ServerIdentity
+    private let configuration: Configuration
+    private let sessions = SessionTable()
+    private let logger: Logger
+    private let nextCertificate = NIOLockedValueBox<String?>(nil)
+    private let inFlight = NIOLockedValueBox(0)
+
+    /// - Parameter identity: the manager's current identity (certificate and signing key).
+    public init(store: Store, keys: ManagerKeys, identity: @escaping @Sendable () -> ServerIdentity, configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.agent")) {
+        self.store = store
+        self.keys = keys
+        self.identity = identity
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Announces the certificate the manager will switch to; agents pin it at their next check-in.
+    public func announceNextCertificate(_ pem: String?) {
+        nextCertificate.withLockedValue { $0 = pem }
+    }
+
+    /// Open sessions, for metrics and tests.
+    public var openSessions: Int { sessions.count }
+
+    /// Ends a device's sessions at once (after revoking or wiping it).
+    public func endSessions(ofDevice deviceID: String) {
+        sessions.removeSessions(ofDevice: deviceID)
+    }
+
+    public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
+        inFlight.withLockedValue { $0 += 1 }
+        defer { inFlight.withLockedValue { $0 -= 1 } }
+        let path = request.path
+        do {
+            switch (request.method, path) {
+            case (.GET, "/agent/v1/hello"): return try hello()
+            case (.POST, "/agent/v1/enroll"): return try await enroll(request)
+            case (.POST, "/agent/v1/session"): return try await openSession(request)
+            case (.POST, "/agent/v1/message"): return try await message(request)
+            default:
+                return Self.problem(.notFound, ProtocolError(.malformed, "no agent endpoint \(request.method.rawValue) \(path)"))
+            }
+        } catch let error as ProtocolError {
+            logger.notice("agent request refused", metadata: ["path": "\(path)", "client": "\(request.clientAddress?.ipAddress ?? "-")", "reason": "\(error)"])
+            return Self.problem(Self.status(for: error.code), error)
+        } catch let error as StoreError where error.kind == .invalidValue {
+            return Self.problem(.badRequest, ProtocolError(.malformed, error.message))
+        }
+    }
+
+    // MARK: - Endpoints
+
+    private func hello() throws -> GatewayResponse {
+        let current = identity()
+        var hello = Hello(site: store.siteID, agreementKey: Base64URL.encode(keys.agreement.publicKey.rawRepresentation), signature: "", certificate: current.certificatePEM)
+        hello.signature = Base64URL.encode(try ManagerSignature.sign(hello.transcript, with: current.signingKey))
+        return try Self.json(hello)
+    }
+
+    private func enroll(_ request: GatewayRequest) async throws -> GatewayResponse {
+        let sealed: SealedBox = try Self.decode(request.body)
+        let plaintext = try sealed.open(with: keys.agreement, context: "portico-enroll-v1")
+        let enrollment: EnrollRequest
+        do { enrollment = try JSONDecoder().decode(EnrollRequest.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the enrollment request is not valid JSON") }
+        guard let signingKeyBytes = Base64URL.decode(enrollment.signingKey), let agreementKeyBytes = Base64URL.decode(enrollment.agreementKey),
+              let signingKey = try? Curve25519.Signing.PublicKey(rawRepresentation: signingKeyBytes),
+              let agreementKey = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: agreementKeyBytes),
+              let signature = Base64URL.decode(enrollment.signature)
+        else { throw ProtocolError(.malformed, "the enrollment request's keys or signature are not well formed") }
+        guard signingKey.isValidSignature(signature, for: enrollment.transcript) else { throw ProtocolError(.badSignature, "the enrollment request is not signed by its signing key") }
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        guard abs(now - enrollment.timestampMilliseconds) <= configuration.clockSkewMilliseconds else { throw ProtocolError(.staleTimestamp, "the enrollment request's time is too far from the manager's") }
+
+        let deviceID = DeviceID.derive(fromSigningKey: signingKeyBytes)
+        if let existing = try await store.device(id: deviceID) {
+            // The same key enrolling again (a lost answer, a retry): answer again, if it may.
+            guard existing.state != .revoked && existing.state != .wiped else { throw ProtocolError(.deviceRevoked, "this device was revoked") }
+        } else {
+            var groupID: String? = nil
+            if let token = enrollment.token {
+                let parts = token.split(separator: ".", maxSplits: 1)
+                guard parts.count == 2, let secret = Base64URL.decode(String(parts[1])) else { throw ProtocolError(.enrollmentRefused, "the enrollment token is not well formed") }
+                do {
+                    groupID = try await store.consumeEnrollmentToken(id: String(parts[0]), secret: secret, now: now).groupID
+                } catch let refusal as EnrollmentRefusal {
+                    try? await store.audit(AuditEntry(actor: "device:\(deviceID)", action: "device.enroll", target: String(parts[0]), source: request.clientAddress?.ipAddress ?? "-", result: "refused", detail: refusal.rawValue))
+                    // The agent is told only that it was refused; the reason is in the audit log.
+                    throw ProtocolError(.enrollmentRefused, "the enrollment token was not accepted (\(refusal.rawValue))")
+                }
+            } else {
+                throw ProtocolError(.enrollmentRefused, "enrollment needs a token (operator credentials arrive with the operator accounts of the web services API)")
+            }
+            let device = DeviceRecord(id: deviceID, signingKey: signingKeyBytes, agreementKey: agreementKeyBytes, hostname: enrollment.hostname, os: enrollment.os)
+            try await store.addDevice(device)
+            if let groupID { try await store.addDevice(deviceID, toGroup: groupID) }
+            try? await store.audit(AuditEntry(actor: "device:\(deviceID)", action: "device.enroll", target: deviceID, source: request.clientAddress?.ipAddress ?? "-", result: "ok", detail: enrollment.hostname))
+            logger.info("device enrolled", metadata: ["device": "\(deviceID)", "hostname": "\(enrollment.hostname)"])
+        }
+        let siteKeyBytes = keys.siteKey.withUnsafeBytes { Array($0) }
+        var response = EnrollResponse(
+            deviceID: deviceID, checkInIntervalSeconds: configuration.checkInIntervalSeconds,
+            siteKey: try SealedBox.seal(siteKeyBytes, to: agreementKey, context: "portico-site-key-v1"))
+        response.signature = Base64URL.encode(try ManagerSignature.sign(response.transcript(signingKey: enrollment.signingKey), with: identity().signingKey))
+        return try Self.json(response)
+    }
+
+    private func openSession(_ request: GatewayRequest) async throws -> GatewayResponse {
+        let handshake: SessionRequest = try Self.decode(request.body)
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        guard abs(now - handshake.timestampMilliseconds) <= configuration.clockSkewMilliseconds else { throw ProtocolError(.staleTimestamp, "the handshake's time is too far from the manager's") }
+        guard let device = try await store.device(id: handshake.deviceID) else { throw ProtocolError(.unknownDevice, "no such device") }
+        guard device.state != .revoked && device.state != .wiped else { throw ProtocolError(.deviceRevoked, "this device was revoked") }
+        guard let signingKey = try? Curve25519.Signing.PublicKey(rawRepresentation: device.signingKey),
+              let signature = Base64URL.decode(handshake.signature), signingKey.isValidSignature(signature, for: handshake.transcript)
+        else { throw ProtocolError(.badSignature, "the handshake is not signed by the device's key") }
+        guard let ephemeralBytes = Base64URL.decode(handshake.ephemeralKey), let agentEphemeral = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: ephemeralBytes),
+              let nonce = Base64URL.decode(handshake.nonce), nonce.count == 16
+        else { throw ProtocolError(.malformed, "the handshake's ephemeral key or nonce is not well formed") }
+        guard sessions.claimNonce(handshake.nonce, until: now + 2 * configuration.clockSkewMilliseconds, now: now) else {
+            throw ProtocolError(.replayed, "this handshake was seen before")
+        }
+        let ephemeral = Curve25519.KeyAgreement.PrivateKey()
+        let sessionID = (0..<16).map { _ in UInt8.random(in: 0...255) }
+        let current = identity()
+        var response = SessionResponse(sessionID: Base64URL.encode(sessionID), ephemeralKey: Base64URL.encode(ephemeral.publicKey.rawRepresentation),
+                                       expiresMilliseconds: now + configuration.sessionLifetimeMilliseconds, certificate: current.certificatePEM)
+        let transcript = response.transcript(request: handshake)
+        response.signature = Base64URL.encode(try ManagerSignature.sign(transcript, with: current.signingKey))
+        let keys = SessionKeys.derive(sharedSecret: try ephemeral.sharedSecretFromKeyAgreement(with: agentEphemeral), sessionID: sessionID, transcript: transcript)
+        sessions.add(.init(deviceID: device.id, keys: keys, expiresMilliseconds: response.expiresMilliseconds, lastCounter: 0))
+        return try Self.json(response)
+    }
+
+    private func message(_ request: GatewayRequest) async throws -> GatewayResponse {
+        let bytes = Array(request.body.readableBytesView)
+        let (sessionID, counter) = try Envelope.header(of: bytes)
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        let session = try sessions.accept(sessionID: sessionID, counter: counter, now: now)
+        let (_, plaintext) = try Envelope.open(bytes, keys: session.keys, direction: .agentToManager)
+        let message: AgentMessage
+        do { message = try JSONDecoder().decode(AgentMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the message is not a known agent message") }
+        let reply = try await handle(message, deviceID: session.deviceID, now: now)
+        let sealed = try Envelope.seal(Array(try JSONEncoder().encode(reply)), keys: session.keys, counter: counter, direction: .managerToAgent)
+        return GatewayResponse(status: .ok, headers: ["content-type": "application/octet-stream"], body: ByteBuffer(bytes: sealed))
+    }
+
+    private func handle(_ message: AgentMessage, deviceID: String, now: Int64) async throws -> ManagerMessage {
+        switch message {
+        case .checkIn(let checkIn):
+            try await store.recordCheckIn(CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status))
+            let serial = try await store.policySerial()
+            let commands = try await store.takeCommands(forDevice: deviceID, now: now)
+            let loaded = inFlight.withLockedValue { $0 } > configuration.backOffAbove
+            let base = configuration.checkInIntervalSeconds * (loaded ? 2 : 1)
+            let jitter = max(1, base / 10)
+            return .checkIn(CheckInReply(
+                policyChanged: serial != checkIn.policySerial, policySerial: serial,
+                commands: commands.map { DeviceCommand(id: $0.id, kind: $0.kind.rawValue, arguments: $0.arguments) },
+                nextCheckInSeconds: base + Int.random(in: -jitter...jitter), backOff: loaded,
+                nextCertificate: nextCertificate.withLockedValue { $0 }))
+        case .fetchPolicy:
+            let serial = try await store.policySerial()
+            let policies = try await store.publishedPolicies(forDevice: deviceID)
+            let contents = PolicyBundle.Contents(serial: serial, policies: policies.map { .init(id: $0.policyID, name: $0.policyName, version: $0.version, document: $0.document) })
+            let signingKey = identity().signingKey
+            return .policy(try PolicyBundle.make(contents, siteKey: keys.siteKey) { try ManagerSignature.sign($0, with: signingKey) })
+        case .events(let events):
+            guard events.count <= 1000 else { throw ProtocolError(.malformed, "at most 1000 events in one batch") }
+            try await store.ingestEvents(events.map { EventRecord(deviceID: deviceID, eventID: $0.id, kind: $0.kind, occurredMilliseconds: $0.occurredMilliseconds, body: $0.body) })
+            // Durable now, new or seen before: every id is acknowledged.
+            return .eventsAccepted(events.map(\.id))
+        case .commandResult(let result):
+            try await store.acknowledgeCommand(id: result.commandID, deviceID: deviceID, succeeded: result.succeeded, result: result.detail, now: now)
+            if let command = try await store.command(id: result.commandID), result.succeeded {
+                switch command.kind {
+                case .lock: try await store.setDeviceState(id: deviceID, to: .locked)
+                case .unlock: try await store.setDeviceState(id: deviceID, to: .active)
+                case .wipe:
+                    try await store.setDeviceState(id: deviceID, to: .wiped)
+                    sessions.removeSessions(ofDevice: deviceID)
+                case .remoteHelp, .passwordReset: break
+                }
+            }
+            return .ok
+        }
+    }
+
+    /// The remote-help response code for a challenge a device shows.
+    public func remoteHelpResponse(deviceID: String, challenge: String) async throws -> String {
+        guard let device = try await store.device(id: deviceID) else { throw StoreError.notFound("device \(deviceID)") }
+        let agreement = try Curve25519.KeyAgreement.PublicKey(rawRepresentation: device.agreementKey)
+        let secret = RemoteHelp.deviceSecret(try keys.agreement.sharedSecretFromKeyAgreement(with: agreement), deviceID: deviceID)
+        return RemoteHelp.response(to: challenge, secret: secret)
+    }
+
+    // MARK: - Encoding
+
+    private static func decode<T: Decodable>(_ body: ByteBuffer) throws -> T {
+        do { return try JSONDecoder().decode(T.self, from: Data(body.readableBytesView)) } catch { throw ProtocolError(.malformed, "the request body is not the expected JSON") }
+    }
+
+    private static func json<T: Encodable>(_ value: T) throws -> GatewayResponse {
+        GatewayResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: try JSONEncoder().encode(value)))
+    }
+
+    private struct Problem: Encodable {
+        let error: String
+        let message: String
+    }
+
+    static func problem(_ status: HTTPResponseStatus, _ error: ProtocolError) -> GatewayResponse {
+        let body = (try? JSONEncoder().encode(Problem(error: error.code.rawValue, message: error.message))) ?? Data()
+        return GatewayResponse(status: status, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: body))
+    }
+
+    static func status(for code: ProtocolError.Code) -> HTTPResponseStatus {
+        switch code {
+        case .malformed, .decryptionFailed: .badRequest
+        case .badSignature, .notPinned, .enrollmentRefused: .forbidden
+        case .unknownDevice, .unknownSession, .sessionExpired, .staleTimestamp: .unauthorized
+        case .deviceRevoked: .forbidden
+        case .replayed: .conflict
+        case .overloaded: .tooManyRequests
+        }
+    }
+}

@@ -1,0 +1,104 @@
+import Crypto
+import Foundation
+import Logging
+import PorticoAgent
+import PorticoGateway
+import PorticoManager
+import PorticoProtocol
+import PorticoStore
+import Testing
+
+/// A real manager on loopback: gateway (client HTTPS and plain listeners), SQLite store and
+/// the agent service, with a bootstrap file pinning its generated certificate.
+struct TestManager {
+    let gateway: Gateway
+    let store: Store
+    let agent: AgentService
+    let directory: String
+    let httpsURL: String
+    let plainURL: String
+    let bootstrap: BootstrapFile
+    let identity: ReloadableIdentity
+
+    static var quiet: Logger {
+        var logger = Logger(label: "portico-manager-test")
+        logger.logLevel = .critical
+        return logger
+    }
+
+    static func with<T>(configuration: AgentService.Configuration = AgentService.Configuration(), _ body: (TestManager) async throws -> T) async throws -> T {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("portico-manager-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let yaml = """
+            site: {name: test-site}
+            data_dir: data
+            identity: {generate: ecdsa-p256, reload_interval: 1h}
+            listeners:
+              client: {bind: 127.0.0.1, port: 0, access_log: false}
+              client_plain: {bind: 127.0.0.1, port: 0, access_log: false}
+              replication: {enabled: false}
+              console: {enabled: false}
+              reporting: {enabled: false}
+              webservices: {enabled: false}
+            routes:
+              - {listeners: [client, client_plain], path: /agent/v1/*, service: agent}
+            """
+        try yaml.write(toFile: directory + "/portico.yaml", atomically: true, encoding: .utf8)
+        let config = try ConfigurationLoader(knownServices: BuiltinServices.names.union(["agent"])).load(file: directory + "/portico.yaml")
+        let cache = IdentityCache()
+        let prepared = try ConfigurationCheck.prepare(config, generateMissing: true, cache: cache)
+        let identity = try #require(prepared.identity(of: .client))
+        let store = try await Store.open(.sqlite(path: config.dataDirectory + "/portico.sqlite"), siteID: config.siteName, logger: quiet)
+        let agent = AgentService(store: store, keys: try ManagerKeys.loadOrCreate(in: config.dataDirectory), identity: { identity.current }, configuration: configuration, logger: quiet)
+        var services = ServiceRegistry()
+        services.register("agent", agent)
+        let gateway = Gateway(configuration: prepared, identityCache: cache, services: services, logger: quiet)
+        try await gateway.start()
+        let https = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .client)?.port))"
+        let plain = "http://127.0.0.1:\(try #require(await gateway.boundAddress(of: .clientPlain)?.port))"
+        let manager = TestManager(
+            gateway: gateway, store: store, agent: agent, directory: directory, httpsURL: https, plainURL: plain,
+            bootstrap: BootstrapFile(site: config.siteName, managerURLs: [https, plain], pinned: PinnedCertificates(pem: [identity.current.certificatePEM])),
+            identity: identity)
+        do {
+            let result = try await body(manager)
+            await gateway.stop()
+            await store.close()
+            return result
+        } catch {
+            await gateway.stop()
+            await store.close()
+            throw error
+        }
+    }
+
+    /// Creates an enrollment token and returns what an installer would hand the agent.
+    func makeToken(usesAllowed: Int? = 1, expiresInMilliseconds: Int64? = 3_600_000, group: String? = nil) async throws -> String {
+        let id = "t-\(UUID().uuidString.prefix(8).lowercased())"
+        let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        try await store.createEnrollmentToken(EnrollmentTokenRecord(
+            id: id, secretHash: Array(SHA256.hash(data: secret)), groupID: group, usesAllowed: usesAllowed,
+            expiresMilliseconds: expiresInMilliseconds.map { now + $0 }, createdBy: "test"))
+        return id + "." + Base64URL.encode(secret)
+    }
+
+    /// Enrolls a new agent and returns a client for it on `url`.
+    func enrolledAgent(url: String? = nil, group: String? = nil, hostname: String = "laptop") async throws -> AgentClient {
+        let state = try await AgentClient.enroll(bootstrap: bootstrap, token: try await makeToken(group: group), hostname: hostname, os: "linux", managerURL: url ?? httpsURL)
+        return AgentClient(state: state, managerURL: url ?? httpsURL)
+    }
+}
+
+/// Runs `body` with an agent client and shuts it down after.
+func withAgent<T>(_ client: AgentClient, _ body: (AgentClient) async throws -> T) async throws -> T {
+    do {
+        let result = try await body(client)
+        await client.shutdown()
+        return result
+    } catch {
+        await client.shutdown()
+        throw error
+    }
+}
