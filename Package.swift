@@ -122,6 +122,9 @@ let package = Package(
             dependencies: [
                 "PorticoGateway",
                 "PorticoStore",
+                "PorticoManager",
+                "PorticoProtocol",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -174,7 +174,7 @@ struct Bench: AsyncParsableCommand {
     }
 }
 
-private func loadOrExit(_ options: ConfigOptions) throws -> GatewayConfiguration {
+func loadOrExit(_ options: ConfigOptions) throws -> GatewayConfiguration {
     do {
         return try options.load()
     } catch {
@@ -183,7 +183,7 @@ private func loadOrExit(_ options: ConfigOptions) throws -> GatewayConfiguration
     }
 }
 
-private func openOrExit(_ config: GatewayConfiguration, migrate: Bool) async throws -> Store {
+func openOrExit(_ config: GatewayConfiguration, migrate: Bool) async throws -> Store {
     var logger = Logger(label: "portico.store")
     logger.logLevel = .warning
     do {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import PorticoGateway
+import PorticoManager
 import PorticoStore
 import ServiceLifecycle
 
@@ -9,7 +10,7 @@ struct Portico: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portico",
         abstract: "Central manager for endpoint security agents.",
-        subcommands: [Serve.self, Config.self, Database.self],
+        subcommands: [Serve.self, Config.self, Database.self, Token.self, AgentConfig.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -21,7 +22,7 @@ struct ConfigOptions: ParsableArguments {
 
     /// Loads the configuration or returns the problems.
     func load() throws(ConfigurationError) -> GatewayConfiguration {
-        let loader = ConfigurationLoader()
+        let loader = ConfigurationLoader(knownServices: ManagerServices.allNames)
         if let config { return try loader.load(file: config) }
         if FileExists.at("conf/portico.yaml") { return try loader.load(file: "conf/portico.yaml") }
         var defaults = GatewayConfiguration(baseDirectory: Paths.resolve("conf", against: Paths.currentDirectory))
@@ -65,10 +66,19 @@ struct Serve: AsyncParsableCommand {
             printError("portico: cannot open the database \(prepared.configuration.storeConfiguration.redacted): \(error)")
             throw ExitCode(1)
         }
+        let services: ServiceRegistry
+        do {
+            services = try ManagerServices.registry(prepared: prepared, store: store, logger: Logger(label: "portico.agent")).0
+        } catch {
+            await store.close()
+            printError("portico: \(error)")
+            throw ExitCode(1)
+        }
         let options = self.options
         let gateway = Gateway(
             configuration: prepared,
             identityCache: cache,
+            services: services,
             logger: logger,
             source: { () throws(ConfigurationError) -> GatewayConfiguration in try options.load() },
             handleSIGHUP: true
