@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "portico", targets: ["portico"]),
+        .executable(name: "portico-agent", targets: ["portico-agent"]),
         .library(name: "PorticoGateway", targets: ["PorticoGateway"]),
         .library(name: "PorticoStore", targets: ["PorticoStore"]),
         .library(name: "PorticoProtocol", targets: ["PorticoProtocol"]),
@@ -128,6 +129,17 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "portico-agent",
+            dependencies: [
+                "PorticoAgent",
+                "PorticoProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

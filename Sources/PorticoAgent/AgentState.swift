@@ -49,6 +49,6 @@ public struct AgentState: Codable, Sendable, Equatable {
         guard FileManager.default.createFile(atPath: temporary, contents: try encoder.encode(self), attributes: [.posixPermissions: 0o600]) else {
             throw ProtocolError(.malformed, "cannot write \(temporary)")
         }
-        _ = try FileManager.default.replaceItemAt(URL(fileURLWithPath: path), withItemAt: URL(fileURLWithPath: temporary))
+        guard rename(temporary, path) == 0 else { throw ProtocolError(.malformed, "cannot replace \(path): \(String(cString: strerror(errno)))") }
     }
 }

@@ -117,8 +117,14 @@ public final class AgentService: HTTPService {
                     groupID = try await store.consumeEnrollmentToken(id: String(parts[0]), secret: secret, now: now).groupID
                 } catch let refusal as EnrollmentRefusal {
                     try? await store.audit(AuditEntry(actor: "device:\(deviceID)", action: "device.enroll", target: String(parts[0]), source: request.clientAddress?.ipAddress ?? "-", result: "refused", detail: refusal.rawValue))
-                    // The agent is told only that it was refused; the reason is in the audit log.
-                    throw ProtocolError(.enrollmentRefused, "the enrollment token was not accepted (\(refusal.rawValue))")
+                    // Only a holder of the right secret learns why; anyone else cannot tell an
+                    // unknown token from a wrong secret. The audit log has the reason either way.
+                    switch refusal {
+                    case .unknown, .wrongSecret: throw ProtocolError(.enrollmentRefused, "the enrollment token was not accepted")
+                    case .expired: throw ProtocolError(.enrollmentRefused, "the enrollment token has expired")
+                    case .revoked: throw ProtocolError(.enrollmentRefused, "the enrollment token was revoked")
+                    case .usedUp: throw ProtocolError(.enrollmentRefused, "the enrollment token has been used as often as it allows")
+                    }
                 }
             } else {
                 throw ProtocolError(.enrollmentRefused, "enrollment needs a token (operator credentials arrive with the operator accounts of the web services API)")

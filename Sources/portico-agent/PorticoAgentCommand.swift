@@ -1,0 +1,91 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import PorticoAgent
+import PorticoProtocol
+
+@main
+struct PorticoAgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "portico-agent",
+        abstract: "Reference Portico agent, and a load simulator of many agents.",
+        subcommands: [Enroll.self, Run.self, Status.self, Simulate.self])
+}
+
+struct Enroll: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Enroll this machine with the manager named in a bootstrap file.")
+    @Option(help: "The bootstrap file from `portico agent-config export`.") var bootstrap: String
+    @Option(help: "An enrollment token (else the one in the bootstrap file).") var token: String?
+    @Option(help: "Where the agent keeps its keys and state.") var state: String
+    @Option(help: "A manager URL to use instead of the bootstrap file's first.") var url: String?
+
+    func run() async throws {
+        let file = try readBootstrap(bootstrap)
+        guard let token = token ?? file.enrollmentToken else { throw ValidationError("no token: pass --token or put one in the bootstrap file") }
+        let enrolled = try await AgentClient.enroll(bootstrap: file, token: token, hostname: ProcessInfo.processInfo.hostName,
+                                                    os: ProcessInfo.processInfo.operatingSystemVersionString, managerURL: url)
+        try enrolled.save(to: state)
+        print("enrolled as \(enrolled.deviceID)")
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check in at the interval the manager asks, apply policies, carry out commands.")
+    @Option(help: "The agent's state folder.") var state: String
+    @Flag(help: "Check in once and exit.") var once = false
+
+    func run() async throws {
+        let client = AgentClient(state: try AgentState.load(from: state))
+        var failures = 0
+        while true {
+            do {
+                let reply = try await client.checkIn()
+                if reply.policyChanged {
+                    let contents = try await client.fetchPolicy()
+                    let data = try JSONEncoder().encode(contents)
+                    guard FileManager.default.createFile(atPath: state + "/policy.json", contents: data, attributes: [.posixPermissions: 0o600]) else {
+                        throw ValidationError("cannot write \(state)/policy.json")
+                    }
+                    print("policy serial \(contents.serial): \(contents.policies.count) polic\(contents.policies.count == 1 ? "y" : "ies")")
+                }
+                for command in reply.commands {
+                    // The reference agent records commands; a real one locks the screen, wipes...
+                    print("command \(command.kind) \(command.id)")
+                    try await client.reportResult(commandID: command.id, succeeded: true, detail: "carried out by the reference agent")
+                }
+                try await client.state.save(to: state)
+                failures = 0
+                if once { break }
+                try await Task.sleep(for: .seconds(max(1, reply.nextCheckInSeconds)))
+            } catch let error as CancellationError {
+                throw error
+            } catch {
+                failures += 1
+                print("check-in failed: \(error)")
+                if once { await client.shutdown(); throw ExitCode(1) }
+                // Exponential backoff with jitter, at most ten minutes.
+                let delay = min(600.0, pow(2.0, Double(min(failures, 10)))) * Double.random(in: 0.5...1.0)
+                try await Task.sleep(for: .seconds(delay))
+            }
+        }
+        await client.shutdown()
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show what the agent knows of itself.")
+    @Option(help: "The agent's state folder.") var state: String
+
+    func run() async throws {
+        let current = try AgentState.load(from: state)
+        print("device: \(current.deviceID)")
+        print("managers: \(current.managerURLs.joined(separator: ", "))")
+        print("policy serial: \(current.policySerial)")
+        print("pinned certificates: \(current.pinned.pem.count)")
+        print("check-in interval: \(current.checkInIntervalSeconds) s")
+    }
+}
+
+func readBootstrap(_ path: String) throws -> BootstrapFile {
+    try JSONDecoder().decode(BootstrapFile.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+}
