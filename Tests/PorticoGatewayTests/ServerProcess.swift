@@ -4,6 +4,8 @@ import NIOCore
 import NIOPosix
 import Testing
 
+@testable import PorticoGateway
+
 /// The `portico` executable built beside the tests, run as a real process.
 final class ServerProcess: Sendable {
     /// Where the test binary's build put the executable.
@@ -75,6 +77,17 @@ final class ServerProcess: Sendable {
 
     var text: String { output.withLockedValue { $0.text } }
 
+    /// The port a listener bound, read from the process's "listening" log line (so tests can
+    /// let it bind port 0 rather than guess a free one another test might take first).
+    func boundPort(_ role: ListenerRole) -> Int? {
+        for line in text.split(separator: "\n") where line.hasSuffix("listening") && line.contains("listener=\(role.rawValue) ") {
+            guard let start = line.range(of: "address=") else { continue }
+            let address = line[start.upperBound...].prefix { $0 != " " }
+            return address.split(separator: ":").last.flatMap { Int($0) }
+        }
+        return nil
+    }
+
     /// Returns once the output holds `needle` at least `count` times: the process's log is
     /// the event waited on.
     func waitFor(_ needle: String, count: Int = 1) async {
@@ -112,16 +125,5 @@ final class ServerProcess: Sendable {
 
     deinit {
         if process.isRunning { process.terminate() }
-    }
-
-    /// Free loopback ports, one per role, found by binding port 0.
-    static func freePorts(_ count: Int) async throws -> [Int] {
-        var channels: [any Channel] = []
-        for _ in 0..<count {
-            channels.append(try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get())
-        }
-        let ports = channels.compactMap { $0.localAddress?.port }
-        for channel in channels { try await channel.close() }
-        return ports
     }
 }
