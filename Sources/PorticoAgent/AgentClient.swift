@@ -41,9 +41,20 @@ public actor AgentClient {
 
     /// Enrolls a new device with a token and returns its state (not yet saved).
     public static func enroll(bootstrap: BootstrapFile, token: String, keys: DeviceKeys = DeviceKeys(), hostname: String, os: String, managerURL: String? = nil, http: HTTPClient? = nil) async throws -> AgentState {
+        try await enroll(bootstrap: bootstrap, credential: .token(token), keys: keys, hostname: hostname, os: os, managerURL: managerURL, http: http)
+    }
+
+    /// What an agent enrolls with.
+    public enum Credential: Sendable {
+        case token(String)
+        /// An operator's name and password (sealed to the manager like the rest of the request).
+        case `operator`(name: String, password: String)
+    }
+
+    public static func enroll(bootstrap: BootstrapFile, credential: Credential, keys: DeviceKeys = DeviceKeys(), hostname: String, os: String, managerURL: String? = nil, http: HTTPClient? = nil) async throws -> AgentState {
         let client = http ?? makeHTTPClient(pinned: bootstrap.pinned)
         do {
-            let state = try await enroll(client: client, bootstrap: bootstrap, token: token, keys: keys, hostname: hostname, os: os, managerURL: managerURL)
+            let state = try await enroll(client: client, bootstrap: bootstrap, credential: credential, keys: keys, hostname: hostname, os: os, managerURL: managerURL)
             if http == nil { try? await client.shutdown() }
             return state
         } catch {
@@ -52,7 +63,7 @@ public actor AgentClient {
         }
     }
 
-    private static func enroll(client: HTTPClient, bootstrap: BootstrapFile, token: String, keys: DeviceKeys, hostname: String, os: String, managerURL: String?) async throws -> AgentState {
+    private static func enroll(client: HTTPClient, bootstrap: BootstrapFile, credential: Credential, keys: DeviceKeys, hostname: String, os: String, managerURL: String?) async throws -> AgentState {
         let url = managerURL ?? bootstrap.managerURLs.first ?? ""
         let hello: Hello = try await getJSON(client, url + "/agent/v1/hello")
         guard let signer = bootstrap.pinned.pinned(hello.certificate), let signature = Base64URL.decode(hello.signature),
@@ -61,8 +72,15 @@ public actor AgentClient {
         guard let agreementBytes = Base64URL.decode(hello.agreementKey), let managerAgreement = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: agreementBytes) else {
             throw ProtocolError(.malformed, "the manager's agreement key is not well formed")
         }
+        var token: String? = nil
+        var operatorName: String? = nil
+        var operatorPassword: String? = nil
+        switch credential {
+        case .token(let value): token = value
+        case .operator(let name, let password): (operatorName, operatorPassword) = (name, password)
+        }
         var request = EnrollRequest(
-            token: token, signingKey: Base64URL.encode(keys.signing.publicKey.rawRepresentation), agreementKey: Base64URL.encode(keys.agreement.publicKey.rawRepresentation),
+            token: token, operatorName: operatorName, operatorPassword: operatorPassword, signingKey: Base64URL.encode(keys.signing.publicKey.rawRepresentation), agreementKey: Base64URL.encode(keys.agreement.publicKey.rawRepresentation),
             hostname: hostname, os: os, timestampMilliseconds: nowMilliseconds())
         request.signature = Base64URL.encode(try keys.signing.signature(for: request.transcript))
         let sealed = try SealedBox.seal(Array(try JSONEncoder().encode(request)), to: managerAgreement, context: "portico-enroll-v1")

@@ -18,11 +18,20 @@ struct Enroll: AsyncParsableCommand {
     @Option(help: "An enrollment token (else the one in the bootstrap file).") var token: String?
     @Option(help: "Where the agent keeps its keys and state.") var state: String
     @Option(help: "A manager URL to use instead of the bootstrap file's first.") var url: String?
+    @Option(name: .customLong("operator"), help: "Enroll with an operator's credentials instead of a token; the password is read from standard input.") var operatorName: String?
 
     func run() async throws {
         let file = try readBootstrap(bootstrap)
-        guard let token = token ?? file.enrollmentToken else { throw ValidationError("no token: pass --token or put one in the bootstrap file") }
-        let enrolled = try await AgentClient.enroll(bootstrap: file, token: token, hostname: ProcessInfo.processInfo.hostName,
+        let credential: AgentClient.Credential
+        if let operatorName {
+            guard let password = readLine(strippingNewline: true), !password.isEmpty else { throw ValidationError("no password on standard input") }
+            credential = .operator(name: operatorName, password: password)
+        } else if let token = token ?? file.enrollmentToken {
+            credential = .token(token)
+        } else {
+            throw ValidationError("no token: pass --token, put one in the bootstrap file, or use --operator")
+        }
+        let enrolled = try await AgentClient.enroll(bootstrap: file, credential: credential, hostname: ProcessInfo.processInfo.hostName,
                                                     os: ProcessInfo.processInfo.operatingSystemVersionString, managerURL: url)
         try enrolled.save(to: state)
         print("enrolled as \(enrolled.deviceID)")

@@ -251,3 +251,46 @@ import X509
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct OperatorEnrollmentTests {
+    @Test func anOperatorCanEnrollADeviceAnAuditorCannotAndFailuresLockTheAccount() async throws {
+        var configuration = AgentService.Configuration()
+        configuration.lockAfterFailures = 3
+        try await TestManager.with(configuration: configuration) { manager in
+            try await manager.store.createOperator(OperatorRecord(name: "olive", passwordHash: try await PasswordHasher.hash("correct horse"), role: .operator))
+            try await manager.store.createOperator(OperatorRecord(name: "audrey", passwordHash: try await PasswordHasher.hash("battery staple"), role: .auditor))
+
+            let state = try await AgentClient.enroll(bootstrap: manager.bootstrap, credential: .operator(name: "olive", password: "correct horse"), hostname: "desk", os: "linux", managerURL: manager.plainURL)
+            #expect(try await manager.store.device(id: state.deviceID) != nil)
+
+            let refused = ProtocolError(.enrollmentRefused, "the operator credentials were not accepted")
+            await #expect(throws: refused) {
+                _ = try await AgentClient.enroll(bootstrap: manager.bootstrap, credential: .operator(name: "audrey", password: "battery staple"), hostname: "x", os: "linux")
+            }
+            await #expect(throws: refused) {
+                _ = try await AgentClient.enroll(bootstrap: manager.bootstrap, credential: .operator(name: "nobody", password: "x"), hostname: "x", os: "linux")
+            }
+            for _ in 0..<3 {
+                await #expect(throws: refused) {
+                    _ = try await AgentClient.enroll(bootstrap: manager.bootstrap, credential: .operator(name: "olive", password: "wrong"), hostname: "x", os: "linux")
+                }
+            }
+            // Locked now: even the right password is refused, and says why.
+            await #expect(throws: ProtocolError(.enrollmentRefused, "the operator account is locked")) {
+                _ = try await AgentClient.enroll(bootstrap: manager.bootstrap, credential: .operator(name: "olive", password: "correct horse"), hostname: "y", os: "linux")
+            }
+            let audit = try await manager.store.auditEntries(action: "device.enroll").filter { $0.result == "refused" }.map(\.detail)
+            #expect(audit.contains("role auditor may not enroll devices") && audit.contains("locked") && audit.filter { $0 == "bad credentials" }.count == 4)
+        }
+    }
+
+    @Test func passwordHashesAreSaltedAndVerifyOnlyTheRightPassword() async throws {
+        let first = try await PasswordHasher.hash("s3cret")
+        let second = try await PasswordHasher.hash("s3cret")
+        #expect(first != second)
+        #expect(first.hasPrefix("$scrypt$ln=15,r=8,p=1$"))
+        #expect(await PasswordHasher.verify("s3cret", against: first))
+        #expect(await PasswordHasher.verify("s3cret!", against: first) == false)
+        #expect(await PasswordHasher.verify("s3cret", against: "$bcrypt$whatever") == false)
+    }
+}

@@ -25,6 +25,9 @@ public final class AgentService: HTTPService {
         public var checkInIntervalSeconds: Int = 300
         /// Above this many requests in flight, agents are asked to back off.
         public var backOffAbove: Int = 5_000
+        /// Operator enrollments: failed attempts in a row before the account locks, and for how long.
+        public var lockAfterFailures: Int = 5
+        public var lockoutMilliseconds: Int64 = 15 * 60_000
 
         public init() {}
     }
@@ -126,8 +129,10 @@ public final class AgentService: HTTPService {
                     case .usedUp: throw ProtocolError(.enrollmentRefused, "the enrollment token has been used as often as it allows")
                     }
                 }
+            } else if let name = enrollment.operatorName, let password = enrollment.operatorPassword {
+                try await checkOperator(name: name, password: password, deviceID: deviceID, source: request.clientAddress?.ipAddress ?? "-", now: now)
             } else {
-                throw ProtocolError(.enrollmentRefused, "enrollment needs a token (operator credentials arrive with the operator accounts of the web services API)")
+                throw ProtocolError(.enrollmentRefused, "enrollment needs a token or operator credentials")
             }
             let device = DeviceRecord(id: deviceID, signingKey: signingKeyBytes, agreementKey: agreementKeyBytes, hostname: enrollment.hostname, os: enrollment.os)
             try await store.addDevice(device)
@@ -142,6 +147,30 @@ public final class AgentService: HTTPService {
         response.signature = Base64URL.encode(try ManagerSignature.sign(response.transcript(signingKey: enrollment.signingKey), with: identity().signingKey))
         return try Self.json(response)
     }
+
+    /// Operators who may enroll devices: admins and operators, not locked out or disabled.
+    /// Failures count towards the account's lockout and are audited.
+    private func checkOperator(name: String, password: String, deviceID: String, source: String, now: Int64) async throws {
+        let account = try await store.operatorAccount(named: name)
+        let valid: Bool
+        if let account {
+            valid = await PasswordHasher.verify(password, against: account.passwordHash)
+        } else {
+            // Spend the same time on an unknown name as on a known one.
+            _ = await PasswordHasher.verify(password, against: Self.decoyHash)
+            valid = false
+        }
+        guard let account, valid, !account.isLocked(at: now), !account.disabled, account.role != .auditor else {
+            let reason = account == nil || !valid ? "bad credentials" : account!.isLocked(at: now) ? "locked" : account!.disabled ? "disabled" : "role \(account!.role.rawValue) may not enroll devices"
+            if account != nil && !valid { _ = try? await store.recordLoginFailure(name: name, now: now, lockAfter: configuration.lockAfterFailures, lockFor: configuration.lockoutMilliseconds) }
+            try? await store.audit(AuditEntry(actor: "operator:\(name)", action: "device.enroll", target: deviceID, source: source, result: "refused", detail: reason))
+            throw ProtocolError(.enrollmentRefused, account?.isLocked(at: now) == true && valid ? "the operator account is locked" : "the operator credentials were not accepted")
+        }
+        try await store.recordLoginSuccess(name: name)
+    }
+
+    /// A hash of nothing in particular, so that a login for an unknown name costs what a real one does.
+    private static let decoyHash = "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 
     private func openSession(_ request: GatewayRequest) async throws -> GatewayResponse {
         let handshake: SessionRequest = try Self.decode(request.body)
