@@ -177,3 +177,22 @@ private func sha256(_ text: String) -> [UInt8] { Array(SHA256.hash(data: Array(t
         }
     }
 }
+
+@Suite struct CheckInTests {
+    @Test(arguments: Engines.all)
+    func aCheckInRecordsReadsTheSerialAndTakesCommandsInOneWrite(_ dialect: Dialect) async throws {
+        try await Engines.withStore(dialect) { store in
+            #expect(try await store.checkIn(CheckIn(deviceID: "ghost", atMilliseconds: 1, policySerial: 0, status: "ok")) == nil)
+            try await store.addDevice(DeviceRecord(id: "dev-1", signingKey: [1], agreementKey: [2], hostname: "a", os: "linux"))
+            _ = try await store.createPolicy(name: "P", document: "{}", by: "admin")
+            try await store.enqueueCommand(CommandRecord(id: "c1", deviceID: "dev-1", kind: .lock, issuedBy: "op", issuedMilliseconds: 1))
+            let first = try #require(try await store.checkIn(CheckIn(deviceID: "dev-1", atMilliseconds: 10, policySerial: 0, status: "ok")))
+            #expect(first.policySerial == 1)
+            #expect(first.commands.map(\.id) == ["c1"] && first.commands[0].state == .delivered)
+            #expect(try await store.command(id: "c1")?.state == .delivered)
+            #expect(try await store.device(id: "dev-1")?.lastCheckInMilliseconds == 10)
+            // Delivered but not acknowledged: given again.
+            #expect(try await store.checkIn(CheckIn(deviceID: "dev-1", atMilliseconds: 20, policySerial: 1, status: "ok"))?.commands.count == 1)
+        }
+    }
+}

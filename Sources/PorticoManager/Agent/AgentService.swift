@@ -215,9 +215,9 @@ public final class AgentService: HTTPService {
     private func handle(_ message: AgentMessage, deviceID: String, now: Int64) async throws -> ManagerMessage {
         switch message {
         case .checkIn(let checkIn):
-            try await store.recordCheckIn(CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status))
-            let serial = try await store.policySerial()
-            let commands = try await store.takeCommands(forDevice: deviceID, now: now)
+            guard let (serial, commands) = try await store.checkIn(CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status)) else {
+                throw ProtocolError(.unknownDevice, "the device no longer exists")
+            }
             let loaded = inFlight.withLockedValue { $0 } > configuration.backOffAbove
             let base = configuration.checkInIntervalSeconds * (loaded ? 2 : 1)
             let jitter = max(1, base / 10)

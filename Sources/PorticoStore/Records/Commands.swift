@@ -127,3 +127,35 @@ extension CommandRecord {
             expiresMilliseconds: try row.decode(column: "expires_ms", as: Int64?.self))
     }
 }
+
+extension Store {
+    /// A whole check-in in one write: records it, reads the site's policy serial, and takes
+    /// the device's pending commands (marking them delivered). Returns nil for an unknown device.
+    public func checkIn(_ checkIn: CheckIn) async throws -> (policySerial: Int64, commands: [CommandRecord])? {
+        try Validate.identifier(checkIn.deviceID, field: "checkin.device_id")
+        try Validate.text(checkIn.status, field: "checkin.status", maxBytes: 4096)
+        try Validate.nonNegative(checkIn.policySerial, field: "checkin.policy_serial")
+        return try await write { transaction in
+            let db = transaction.database
+            let updated = try await db.raw("""
+                UPDATE devices SET last_checkin_ms = \(bind: checkIn.atMilliseconds), policy_serial = \(bind: checkIn.policySerial), status = \(bind: checkIn.status)
+                WHERE id = \(bind: checkIn.deviceID) RETURNING id
+                """).all()
+            guard !updated.isEmpty else { return nil }
+            let serial = try await db.raw("SELECT value FROM counters WHERE name = 'policy_serial'").first()?.decode(column: "value", as: Int64.self) ?? 0
+            var commands = try await db.raw("""
+                SELECT * FROM commands WHERE device_id = \(bind: checkIn.deviceID) AND state IN ('pending', 'delivered')
+                AND (expires_ms IS NULL OR expires_ms > \(bind: checkIn.atMilliseconds)) ORDER BY issued_ms, id
+                """).all().map(CommandRecord.init(row:))
+            if commands.contains(where: { $0.state == .pending }) {
+                let hlc = transaction.timestamp()
+                for index in commands.indices where commands[index].state == .pending {
+                    try await db.raw("UPDATE commands SET state = 'delivered', updated_ms = \(bind: checkIn.atMilliseconds), hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: commands[index].id)").run()
+                    try await transaction.logChange(entity: "command", key: commands[index].id, op: .upsert, hlc: hlc)
+                    commands[index].state = .delivered
+                }
+            }
+            return (serial, commands)
+        }
+    }
+}
