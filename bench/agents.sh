@@ -35,4 +35,10 @@ for _ in $(seq 100); do curl -sk https://127.0.0.1:19451/healthz >/dev/null 2>&1
 token=$("$bin/portico" token create --config "$work/portico.yaml" --unlimited --expires 1h)
 url=https://127.0.0.1:19451; [ "$kind" = plain ] && url=http://127.0.0.1:19452
 "$bin/portico" agent-config export --config "$work/portico.yaml" --url "$url" --token "$token" -o "$work/bootstrap.json"
-"$bin/portico-agent" simulate --bootstrap "$work/bootstrap.json" --agents "$agents" --duration "$seconds" | tail -3
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+before=$(ticks)
+"$bin/portico-agent" simulate --bootstrap "$work/bootstrap.json" --agents "$agents" --duration "$seconds" | tail -2 | tee "$work/result.txt"
+after=$(ticks)
+checkins=$(tail -1 "$work/result.txt" | cut -f2)
+# Enrollment is inside the window too; with short runs this overstates the per-check-in cost.
+awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$checkins" 'BEGIN { printf "server CPU: %.0f us per check-in (%.1f s over the run)\n", t / hz * 1e6 / n, t / hz }'
