@@ -122,3 +122,54 @@ struct RawServer {
 }
 
 import NIOPosix
+
+/// The operator's path to a first agent, through the real executables.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct FirstAgentTests {
+    @Test func serveTokenBootstrapEnrollRunAndStatus() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try dir.write("portico.yaml", """
+            data_dir: data
+            identity: {generate: ecdsa-p256}
+            listeners:
+              client: {bind: 127.0.0.1, port: 0}
+              client_plain: {bind: 127.0.0.1, port: 0}
+              replication: {enabled: false}
+              console: {enabled: false}
+              reporting: {enabled: false}
+              webservices: {enabled: false}
+            routes:
+              - {listeners: [client, client_plain], path: /agent/v1/*, service: agent}
+            """)
+        let serve = try ServerProcess(["serve", "--config", config])
+        await serve.waitFor("listening", count: 2)
+        let https = "https://127.0.0.1:\(try #require(serve.boundPort(.client)))"
+
+        let tokenRun = try ServerProcess(["token", "create", "--config", config, "--expires", "1h"])
+        #expect(await tokenRun.wait() == 0)
+        let token = tokenRun.text.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.hasPrefix("t-") && token.contains("."))
+
+        let bootstrap = dir.file("bootstrap.json")
+        let export = try ServerProcess(["agent-config", "export", "--config", config, "--url", https, "--token", token, "--output", bootstrap])
+        #expect(await export.wait() == 0)
+        let attributes = try FileManager.default.attributesOfItem(atPath: bootstrap)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+
+        let state = dir.file("agent")
+        let enroll = try ServerProcess(["enroll", "--bootstrap", bootstrap, "--state", state], executable: "portico-agent")
+        #expect(await enroll.wait() == 0, "enroll said: \(enroll.text)")
+        #expect(enroll.text.hasPrefix("enrolled as d-"))
+        let run = try ServerProcess(["run", "--state", state, "--once"], executable: "portico-agent")
+        #expect(await run.wait() == 0, "run said: \(run.text)")
+        let status = try ServerProcess(["status", "--state", state], executable: "portico-agent")
+        #expect(await status.wait() == 0)
+        #expect(status.text.contains("pinned certificates: 1"))
+        // The one-time token is spent: a second machine cannot use it.
+        let again = try ServerProcess(["enroll", "--bootstrap", bootstrap, "--state", dir.file("agent2")], executable: "portico-agent")
+        #expect(await again.wait() != 0)
+        #expect(again.text.contains("used as often as it allows"))
+
+        serve.signal(SIGTERM)
+        #expect(await serve.wait() == 0)
+    }
+}

@@ -9,12 +9,14 @@ import Testing
 /// The `portico` executable built beside the tests, run as a real process.
 final class ServerProcess: Sendable {
     /// Where the test binary's build put the executable.
-    static var executable: String? {
+    static var executable: String? { executable(named: "portico") }
+
+    static func executable(named name: String) -> String? {
         let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         var dir = testBinary.deletingLastPathComponent()
         // The runner may be inside the .xctest bundle.
         for _ in 0..<4 {
-            let candidate = dir.appendingPathComponent("portico").path
+            let candidate = dir.appendingPathComponent(name).path
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
             dir = dir.deletingLastPathComponent()
         }
@@ -43,9 +45,10 @@ final class ServerProcess: Sendable {
     }
     private let output = NIOLockedValueBox(Output())
 
-    /// Starts `portico` with `arguments`, collecting its standard output and error.
-    init(_ arguments: [String]) throws {
-        let path = try #require(Self.executable, "the portico executable was not built beside the tests")
+    /// Starts `portico` (or another executable of the package) with `arguments`, collecting
+    /// its standard output and error.
+    init(_ arguments: [String], executable name: String = "portico") throws {
+        let path = try #require(Self.executable(named: name), "the \(name) executable was not built beside the tests")
         process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
