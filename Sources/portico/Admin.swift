@@ -26,16 +26,10 @@ struct Admin: AsyncParsableCommand {
                 printError("portico: a password of at least 12 characters is needed")
                 throw ExitCode(1)
             }
-            let store = try await openOrExit(try loadOrExit(options), migrate: true)
-            do {
+            try await withStore(options) { store, _ in
                 try await store.createOperator(OperatorRecord(name: name, passwordHash: try await PasswordHasher.hash(password), role: parsedRole))
                 try await store.audit(AuditEntry(actor: "cli:\(NSUserName())", action: "operator.create", target: name, source: "local", result: "ok", detail: parsedRole.rawValue))
-                await store.close()
                 writeLine("created \(parsedRole.rawValue) \(name)")
-            } catch {
-                await store.close()
-                printError("portico: \(error)")
-                throw ExitCode(1)
             }
         }
     }
@@ -46,16 +40,10 @@ struct Admin: AsyncParsableCommand {
         @Argument var name: String
 
         func run() async throws {
-            let store = try await openOrExit(try loadOrExit(options), migrate: true)
-            do {
+            try await withStore(options) { store, _ in
                 try await store.unlockOperator(name: name)
                 try await store.audit(AuditEntry(actor: "cli:\(NSUserName())", action: "operator.unlock", target: name, source: "local", result: "ok"))
-                await store.close()
                 writeLine("unlocked \(name)")
-            } catch {
-                await store.close()
-                printError("portico: \(error)")
-                throw ExitCode(1)
             }
         }
     }

@@ -22,9 +22,7 @@ struct Token: AsyncParsableCommand {
                 printError("portico: --expires must look like 30m, 24h or 7d")
                 throw ExitCode(1)
             }
-            let config = try loadOrExit(options)
-            let store = try await openOrExit(config, migrate: true)
-            do {
+            try await withStore(options) { store, _ in
                 var groupID: String? = nil
                 if let group {
                     guard let found = try await store.groups().first(where: { $0.name == group }) else {
@@ -39,12 +37,7 @@ struct Token: AsyncParsableCommand {
                     id: id, secretHash: Array(SHA256.hash(data: secret)), groupID: groupID, usesAllowed: unlimited ? nil : uses,
                     expiresMilliseconds: expiresAt, createdBy: "cli:\(NSUserName())"))
                 try await store.audit(AuditEntry(actor: "cli:\(NSUserName())", action: "token.create", target: id, source: "local", result: "ok"))
-                await store.close()
                 writeLine("\(id).\(Base64URL.encode(secret))")
-            } catch {
-                await store.close()
-                printError("portico: \(error)")
-                throw ExitCode(1)
             }
         }
     }
@@ -54,9 +47,7 @@ struct Token: AsyncParsableCommand {
         @OptionGroup var options: ConfigOptions
 
         func run() async throws {
-            let store = try await openOrExit(try loadOrExit(options), migrate: true)
-            let tokens = try await store.enrollmentTokens()
-            await store.close()
+            let tokens = try await withStore(options) { store, _ in try await store.enrollmentTokens() }
             writeLine("id\tuses\tallowed\texpires\trevoked\tgroup")
             for token in tokens {
                 let expires = token.expiresMilliseconds.map { ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double($0) / 1000)) } ?? "never"
@@ -71,16 +62,10 @@ struct Token: AsyncParsableCommand {
         @Argument var id: String
 
         func run() async throws {
-            let store = try await openOrExit(try loadOrExit(options), migrate: true)
-            do {
+            try await withStore(options) { store, _ in
                 try await store.revokeEnrollmentToken(id: id)
                 try await store.audit(AuditEntry(actor: "cli:\(NSUserName())", action: "token.revoke", target: id, source: "local", result: "ok"))
-                await store.close()
                 writeLine("revoked \(id)")
-            } catch {
-                await store.close()
-                printError("portico: \(error)")
-                throw ExitCode(1)
             }
         }
     }

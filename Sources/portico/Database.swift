@@ -22,17 +22,10 @@ struct Database: AsyncParsableCommand {
         @OptionGroup var options: ConfigOptions
 
         func run() async throws {
-            let config = try loadOrExit(options)
-            let store = try await openOrExit(config, migrate: false)
-            do {
+            try await withStore(options, migrate: false) { store, config in
                 let before = try await store.schemaVersion()
                 let applied = try await store.migrate()
-                print(applied.isEmpty ? "already at schema version \(before)" : "migrated \(config.storeConfiguration.redacted) from schema version \(before) to \(applied.last!)")
-                await store.close()
-            } catch {
-                await store.close()
-                printError("portico: \(error)")
-                throw ExitCode(1)
+                writeLine(applied.isEmpty ? "already at schema version \(before)" : "migrated \(config.storeConfiguration.redacted) from schema version \(before) to \(applied.last!)")
             }
         }
     }
@@ -42,17 +35,16 @@ struct Database: AsyncParsableCommand {
         @OptionGroup var options: ConfigOptions
 
         func run() async throws {
-            let config = try loadOrExit(options)
-            let store = try await openOrExit(config, migrate: false)
-            let version = try await store.schemaVersion()
-            print("database: \(config.storeConfiguration.redacted)")
-            print("schema version: \(version) (this binary: \(Store.latestSchemaVersion))")
-            for migration in try await store.appliedMigrations() {
-                print("  applied \(migration.version): \(migration.name)")
+            try await withStore(options, migrate: false) { store, config in
+                let version = try await store.schemaVersion()
+                writeLine("database: \(config.storeConfiguration.redacted)")
+                writeLine("schema version: \(version) (this binary: \(Store.latestSchemaVersion))")
+                for migration in try await store.appliedMigrations() {
+                    writeLine("  applied \(migration.version): \(migration.name)")
+                }
+                let pending = Store.latestSchemaVersion - version
+                writeLine(pending > 0 ? "pending: \(pending) migration\(pending == 1 ? "" : "s") (run portico db migrate, or start serve)" : "pending: none")
             }
-            let pending = Store.latestSchemaVersion - version
-            print(pending > 0 ? "pending: \(pending) migration\(pending == 1 ? "" : "s") (run portico db migrate, or start serve)" : "pending: none")
-            await store.close()
         }
     }
 
@@ -171,6 +163,25 @@ struct Bench: AsyncParsableCommand {
 
     static func seconds(_ duration: Swift.Duration) -> Double {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+}
+
+/// Opens the configured store, runs `body`, and closes the store whatever happens; an error
+/// is printed as a sentence and becomes exit status 1.
+func withStore<T>(_ options: ConfigOptions, migrate: Bool = true, _ body: (Store, GatewayConfiguration) async throws -> T) async throws -> T {
+    let config = try loadOrExit(options)
+    let store = try await openOrExit(config, migrate: migrate)
+    do {
+        let result = try await body(store, config)
+        await store.close()
+        return result
+    } catch let exit as ExitCode {
+        await store.close()
+        throw exit
+    } catch {
+        await store.close()
+        printError("portico: \(error)")
+        throw ExitCode(1)
     }
 }
 
