@@ -12,7 +12,7 @@ struct WriteJob: Sendable {
 }
 
 /// Group commit: writes that arrive while a transaction is committing wait and go together
-/// in the next one, so many callers share one fsync.
+/// in the next one, so many callers share one fsync. A write that throws is undone alone.
 actor WriteBatcher {
     private let engine: Store.Engine
     private let dialect: Dialect
@@ -64,26 +64,47 @@ actor WriteBatcher {
         case failed(any Error)
     }
 
+    /// A job threw while the batch ran without savepoints: the batch is redone with them.
+    private struct JobFailed: Error {}
+
+    /// Commits a batch. First optimistically, with no savepoints (most writes succeed, and a
+    /// savepoint costs two statements per write); if any write throws, the transaction is
+    /// rolled back and the batch runs again with each write in its own savepoint, so that
+    /// the failure stays its own. Writes only touch the database, so running one twice
+    /// before a commit is harmless.
     private func commit(_ batch: [WriteJob]) async {
         let dialect = self.dialect
         let outcomes: [Outcome]
         do {
-            outcomes = try await withWriter { db in
-                try await Store.inTransaction(db, dialect: dialect) { db -> [Outcome] in
-                    var outcomes: [Outcome] = []
-                    outcomes.reserveCapacity(batch.count)
-                    for job in batch {
-                        try await db.raw("SAVEPOINT w").run()
-                        do {
-                            outcomes.append(.done(try await job.execute(db)))
-                            try await db.raw("RELEASE SAVEPOINT w").run()
-                        } catch {
-                            try await db.raw("ROLLBACK TO SAVEPOINT w").run()
-                            try await db.raw("RELEASE SAVEPOINT w").run()
-                            outcomes.append(.failed(error))
+            do {
+                outcomes = try await withWriter { db in
+                    try await Store.inTransaction(db, dialect: dialect) { db -> [Outcome] in
+                        var outcomes: [Outcome] = []
+                        outcomes.reserveCapacity(batch.count)
+                        for job in batch {
+                            do { outcomes.append(.done(try await job.execute(db))) } catch { throw JobFailed() }
                         }
+                        return outcomes
                     }
-                    return outcomes
+                }
+            } catch is JobFailed {
+                outcomes = try await withWriter { db in
+                    try await Store.inTransaction(db, dialect: dialect) { db -> [Outcome] in
+                        var outcomes: [Outcome] = []
+                        outcomes.reserveCapacity(batch.count)
+                        for job in batch {
+                            try await db.raw("SAVEPOINT w").run()
+                            do {
+                                outcomes.append(.done(try await job.execute(db)))
+                                try await db.raw("RELEASE SAVEPOINT w").run()
+                            } catch {
+                                try await db.raw("ROLLBACK TO SAVEPOINT w").run()
+                                try await db.raw("RELEASE SAVEPOINT w").run()
+                                outcomes.append(.failed(error))
+                            }
+                        }
+                        return outcomes
+                    }
                 }
             }
         } catch {
