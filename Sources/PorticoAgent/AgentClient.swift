@@ -12,6 +12,8 @@ public actor AgentClient {
     public private(set) var state: AgentState
     private var http: HTTPClient
     private var session: (keys: SessionKeys, expires: Int64)?
+    /// SHA-256 of each pinned certificate, reported at check-in; recomputed when the pins change.
+    private var pinnedFingerprints: [String]
     private var counter: UInt64 = 0
     /// The manager URL in use (the first of the state's that answers).
     public let managerURL: String
@@ -20,6 +22,15 @@ public actor AgentClient {
         self.state = state
         self.managerURL = managerURL ?? state.managerURLs.first ?? ""
         self.http = http ?? Self.makeHTTPClient(pinned: state.pinned)
+        self.pinnedFingerprints = Self.fingerprints(of: state.pinned)
+    }
+
+    static func fingerprints(of pinned: PinnedCertificates) -> [String] {
+        pinned.certificates.map { certificate in
+            var serializer = DER.Serializer()
+            try? serializer.serialize(certificate)
+            return SHA256.hash(data: serializer.serializedBytes).map { String(format: "%02x", $0) }.joined()
+        }
     }
 
     /// An HTTP client that trusts only the pinned manager certificates for TLS.
@@ -158,16 +169,12 @@ public actor AgentClient {
 
     /// Checks in; pins a next certificate the manager announces.
     public func checkIn(status: String = "ok") async throws -> CheckInReply {
-        let fingerprints = state.pinned.certificates.map { certificate -> String in
-            var serializer = DER.Serializer()
-            try? serializer.serialize(certificate)
-            return SHA256.hash(data: serializer.serializedBytes).map { String(format: "%02x", $0) }.joined()
-        }
-        guard case .checkIn(let reply) = try await send(.checkIn(CheckInRequest(policySerial: state.policySerial, status: status, pinnedFingerprints: fingerprints))) else {
+        guard case .checkIn(let reply) = try await send(.checkIn(CheckInRequest(policySerial: state.policySerial, status: status, pinnedFingerprints: pinnedFingerprints))) else {
             throw ProtocolError(.malformed, "the manager did not answer the check-in")
         }
         if let next = reply.nextCertificate, state.pinned.pinned(next) == nil {
             state.pinned.add(next)
+            pinnedFingerprints = Self.fingerprints(of: state.pinned)
             // New connections must trust the announced certificate too.
             let old = http
             http = Self.makeHTTPClient(pinned: state.pinned)
