@@ -17,7 +17,11 @@ public enum ManagerServices {
             throw ManagerError("no TLS listener is enabled, so there is no server identity to sign agent policies with; enable the client listener")
         }
         let keys = try ManagerKeys.loadOrCreate(in: configuration.dataDirectory)
-        let agent = AgentService(store: store, keys: keys, identity: { identity.current }, logger: logger)
+        var settings = AgentService.Configuration()
+        settings.sessionLifetimeMilliseconds = configuration.agents.sessionLifetime.nanoseconds / 1_000_000
+        settings.checkInIntervalSeconds = Int(configuration.agents.checkInInterval.nanoseconds / 1_000_000_000)
+        settings.clockSkewMilliseconds = configuration.agents.clockSkew.nanoseconds / 1_000_000
+        let agent = AgentService(store: store, keys: keys, identity: { identity.current }, configuration: settings, logger: logger)
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         return (registry, agent)

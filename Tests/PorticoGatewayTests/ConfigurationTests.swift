@@ -64,6 +64,17 @@ import Testing
         #expect(config.listeners[.client]?.trustedProxies.map(\.description) == ["10.0.0.0/8", "0:0:0:0:0:0:0:1/128"])
     }
 
+    @Test func agentSettingsAreReadAndChecked() throws {
+        let config = try loader.load(yaml: "agents: {session_lifetime: 30m, checkin_interval: 90s}", file: "/c/p.yaml")
+        #expect(config.agents.sessionLifetime == .minutes(30))
+        #expect(config.agents.checkInInterval == .seconds(90))
+        #expect(config.agents.clockSkew == .minutes(5))
+        let found = problems("agents:\n  session_lifetime: 10ms\n  checkin_intervall: 5m\n")
+        #expect(found.map { $0.location?.line } == [3, 2])
+        #expect(found.contains { $0.message.contains("did you mean 'checkin_interval'") })
+        #expect(found.contains { $0.message.contains("agents.session_lifetime must be at least 1s") })
+    }
+
     @Test func unknownKeyIsReportedAtItsLineWithASuggestion() {
         let found = problems("""
             site:

@@ -60,7 +60,7 @@ public struct ConfigurationLoader: Sendable {
 
     private func read(_ root: Node, into config: inout GatewayConfiguration, reader: inout NodeReader) {
         let base = Paths.directory(of: reader.file)
-        guard let top = reader.mapping(root, at: "the top level", keys: ["site", "data_dir", "storage", "identity", "listeners", "routes", "upstreams", "shutdown"]) else { return }
+        guard let top = reader.mapping(root, at: "the top level", keys: ["site", "data_dir", "storage", "agents", "identity", "listeners", "routes", "upstreams", "shutdown"]) else { return }
         if let site = top["site"], let keys = reader.mapping(site.value, at: "site", keys: ["name"]) {
             if let name = keys["name"], let value = reader.string(name.value, at: "site.name") {
                 if value.isEmpty { reader.error("site.name must not be empty", at: name.value) } else { config.siteName = value }
@@ -81,6 +81,16 @@ public struct ConfigurationLoader: Sendable {
             }
             if let size = settings["pool_size"], let value = reader.int(size.value, at: "storage.postgres.pool_size") {
                 if (1...256).contains(value) { config.storage.postgresPoolSize = value } else { reader.error("storage.postgres.pool_size must be between 1 and 256", at: size.value) }
+            }
+        }
+        if let agents = top["agents"], let keys = reader.mapping(agents.value, at: "agents", keys: ["session_lifetime", "checkin_interval", "clock_skew"]) {
+            for (key, keyPath) in [("session_lifetime", \AgentSettings.sessionLifetime), ("checkin_interval", \.checkInInterval), ("clock_skew", \.clockSkew)] {
+                guard let entry = keys[key], let value = reader.duration(entry.value, at: "agents.\(key)") else { continue }
+                if value.nanoseconds < 1_000_000_000 {
+                    reader.error("agents.\(key) must be at least 1s", at: entry.value)
+                } else {
+                    config.agents[keyPath: keyPath] = value
+                }
             }
         }
         if let shutdown = top["shutdown"], let keys = reader.mapping(shutdown.value, at: "shutdown", keys: ["grace_period"]) {

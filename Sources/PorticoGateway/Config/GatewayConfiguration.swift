@@ -20,6 +20,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var upstreams: [String: UpstreamConfiguration] = [:]
     /// `storage`: where state is kept; SQLite under `data_dir` unless a PostgreSQL URL is set.
     public var storage: StorageSettings = StorageSettings()
+    /// `agents`: how the manager talks to endpoint agents.
+    public var agents: AgentSettings = AgentSettings()
     /// `shutdown.grace_period`: how long a drain waits for in-flight requests before closing.
     public var shutdownGracePeriod: TimeAmount = .seconds(30)
     /// The file this configuration was read from, if any.
@@ -55,6 +57,18 @@ public struct StorageSettings: Sendable, Equatable {
     public var postgresURL: String?
     /// `storage.postgres.pool_size`: connections per manager.
     public var postgresPoolSize: Int = 8
+
+    public init() {}
+}
+
+/// `agents`: settings of the agent protocol (the service itself lives in another layer).
+public struct AgentSettings: Sendable, Equatable {
+    /// `agents.session_lifetime`: how long a conversation's keys are good for.
+    public var sessionLifetime: TimeAmount = .minutes(15)
+    /// `agents.checkin_interval`: the interval handed to agents, before jitter.
+    public var checkInInterval: TimeAmount = .minutes(5)
+    /// `agents.clock_skew`: how far an agent's clock may be from the manager's.
+    public var clockSkew: TimeAmount = .minutes(5)
 
     public init() {}
 }
