@@ -10,7 +10,7 @@ struct Portico: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portico",
         abstract: "Central manager for endpoint security agents.",
-        subcommands: [Serve.self, Config.self, Database.self, Token.self, AgentConfig.self, Admin.self],
+        subcommands: [Serve.self, Config.self, Database.self, Token.self, AgentConfig.self, Admin.self, Cert.self],
         defaultSubcommand: Serve.self
     )
 }

@@ -75,3 +75,24 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct CertShowTests {
+    @Test(.enabled(if: ExternalClientTests.usable("openssl"), "openssl is not installed (apt-get install openssl)"))
+    func certShowAgreesWithOpenSSL() async throws {
+        let dir = try TemporaryDirectory()
+        let generated = try IdentityGenerator.generate(keyType: .rsa2048, commonName: "show-me", names: ["portico.example.com"])
+        try IdentityGenerator.write(generated, certificatePath: dir.file("ssl/server.crt"), privateKeyPath: dir.file("ssl/server.key"))
+        let config = try dir.write("portico.yaml", "listeners:\n  replication: {enabled: false}\n")
+        let show = try ServerProcess(["cert", "show", "--config", config])
+        #expect(await show.wait() == 0, "cert show said: \(show.text)")
+        let openssl = try await Tools.run("openssl", ["x509", "-in", dir.file("ssl/server.crt"), "-noout", "-serial", "-fingerprint", "-sha256", "-text"])
+        func value(_ prefix: String, in text: String) -> String? {
+            text.split(separator: "\n").first { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces) }
+        }
+        #expect(value("serial:", in: show.text)?.uppercased() == value("serial=", in: openssl.output))
+        #expect(value("sha256 fingerprint:", in: show.text) == value("sha256 Fingerprint=", in: openssl.output))
+        #expect(show.text.contains("key: RSA 2048 bits") && openssl.output.contains("Public-Key: (2048 bit)"))
+        #expect(show.text.contains("DNS:portico.example.com") && openssl.output.contains("DNS:portico.example.com"))
+        #expect(show.text.contains("served by: client, console, reporting, webservices"))
+    }
+}
