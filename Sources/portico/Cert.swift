@@ -8,7 +8,85 @@ import _CryptoExtras
 
 /// `portico cert`: the server identity, as an operator looks after it.
 struct Cert: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The server certificate.", subcommands: [Show.self])
+    static let configuration = CommandConfiguration(abstract: "The server certificate.", subcommands: [Show.self, Generate.self, Import.self])
+
+    /// Where a staged identity waits: beside the live one, in `next/`.
+    static func stagedPaths(_ config: GatewayConfiguration) -> (certificate: String, key: String) {
+        let folder = Paths.directory(of: config.identity.certificate) + "/next"
+        return (folder + "/server.crt", folder + "/server.key")
+    }
+
+    struct Generate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make a new self-signed identity and stage it (not live until rotated or --live).")
+        @OptionGroup var options: ConfigOptions
+        @Option(help: "rsa-2048, rsa-3072 or ecdsa-p256.") var key: String = "rsa-2048"
+        @Option(help: "Validity in days.") var days: Int = 825
+        @Option(name: .customLong("san"), help: "An extra DNS name or IP address (repeatable).") var names: [String] = []
+        @Flag(help: "Replace the live identity at once (listeners pick it up; open connections keep theirs).") var live = false
+
+        func run() async throws {
+            guard let keyType = KeyType(rawValue: key) else {
+                printError("portico: --key must be rsa-2048, rsa-3072 or ecdsa-p256")
+                throw ExitCode(1)
+            }
+            guard (1...3650).contains(days) else {
+                printError("portico: --days must be between 1 and 3650")
+                throw ExitCode(1)
+            }
+            let config = try loadOrExit(options)
+            let generated = try IdentityGenerator.generate(keyType: keyType, commonName: config.siteName, names: config.identity.names + names, days: days)
+            let target = live ? (config.identity.certificate, config.identity.privateKey) : stagedPaths(config)
+            do {
+                try IdentityGenerator.write(generated, certificatePath: target.0, privateKeyPath: target.1)
+            } catch {
+                printError("portico: \(error)")
+                throw ExitCode(1)
+            }
+            writeLine(live ? "replaced the live identity at \(target.0)" : "staged a new identity at \(target.0)")
+        }
+    }
+
+    struct Import: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Install an identity from PEM files or a PKCS#12 bundle (password from a prompt or standard input). Checked first; changes nothing when it is refused.")
+        @OptionGroup var options: ConfigOptions
+        @Option(help: "PEM certificate (leaf first; a chain may follow in the same file).") var certificate: String?
+        @Option(help: "PEM chain of intermediates, if not in the certificate file.") var chain: String?
+        @Option(help: "PEM private key.") var key: String?
+        @Option(help: "A PKCS#12 bundle instead of PEM files.") var pkcs12: String?
+        @Flag(help: "Stage it instead of replacing the live identity.") var staged = false
+
+        func run() async throws {
+            let config = try loadOrExit(options)
+            let certificatePEM: [UInt8]
+            let keyPEM: [UInt8]
+            do {
+                if let pkcs12 {
+                    let password = readPassword(prompt: "PKCS#12 password: ") ?? ""
+                    (certificatePEM, keyPEM) = try IdentityImport.fromPKCS12(path: pkcs12, password: password)
+                } else if let certificate, let key {
+                    var chainBytes = try FileContents.read(certificate)
+                    if let chain { chainBytes += Array("\n".utf8) + (try FileContents.read(chain)) }
+                    (certificatePEM, keyPEM) = (chainBytes, try FileContents.read(key))
+                } else {
+                    throw ManagerCommandError("give --certificate and --key, or --pkcs12")
+                }
+                try IdentityImport.check(certificatePEM: certificatePEM, keyPEM: keyPEM)
+            } catch {
+                printError("portico: refused: \(error)")
+                throw ExitCode(1)
+            }
+            let target = staged ? stagedPaths(config) : (config.identity.certificate, config.identity.privateKey)
+            do {
+                try SecureFile.write(keyPEM, to: target.1, mode: 0o600)
+                try SecureFile.write(certificatePEM, to: target.0, mode: 0o644)
+            } catch {
+                printError("portico: \(error)")
+                throw ExitCode(1)
+            }
+            writeLine(staged ? "staged the imported identity at \(target.0)" : "installed the imported identity at \(target.0); listeners pick it up at the next check or SIGHUP")
+        }
+    }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Subject, names, key, serial, validity, fingerprint, and which listeners serve it.")

@@ -96,3 +96,74 @@ import Testing
         #expect(show.text.contains("served by: client, console, reporting, webservices"))
     }
 }
+
+@Suite(.serialized, .timeLimit(.minutes(2))) struct CertImportTests {
+    let portico = ServerProcess.executable(named: "portico") ?? "portico"
+
+    private func setUp() throws -> (TemporaryDirectory, String, String) {
+        let dir = try TemporaryDirectory()
+        let live = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "live")
+        try IdentityGenerator.write(live, certificatePath: dir.file("ssl/server.crt"), privateKeyPath: dir.file("ssl/server.key"))
+        let config = try dir.write("portico.yaml", "listeners:\n  replication: {enabled: false}\n")
+        return (dir, config, live.certificatePEM)
+    }
+
+    @Test func aGoodPEMIdentityReplacesTheLiveOneAndBadOnesChangeNothing() async throws {
+        let (dir, config, livePEM) = try setUp()
+        let other = try IdentityGenerator.generate(keyType: .rsa2048, commonName: "other")
+        let stranger = try IdentityGenerator.generate(keyType: .rsa2048, commonName: "stranger")
+        let expired = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "old", days: 1, now: Date(timeIntervalSinceNow: -5 * 86_400))
+        try dir.write("other.crt", other.certificatePEM)
+        try dir.write("other.key", other.privateKeyPEM)
+        try dir.write("stranger.key", stranger.privateKeyPEM)
+        try dir.write("expired.crt", expired.certificatePEM)
+        try dir.write("expired.key", expired.privateKeyPEM)
+        // A "chain" whose second certificate did not issue the first.
+        try dir.write("broken-chain.crt", other.certificatePEM + stranger.certificatePEM)
+
+        for (name, cert, key, reason) in [
+            ("mismatched key", "other.crt", "stranger.key", "does not belong to the certificate"),
+            ("expired", "expired.crt", "expired.key", "expired on"),
+            ("broken chain", "broken-chain.crt", "other.key", "the chain does not link"),
+        ] {
+            let result = try await Tools.run(portico, ["cert", "import", "--config", config, "--certificate", dir.file(cert), "--key", dir.file(key)])
+            #expect(result.status == 1, "\(name) was accepted")
+            #expect(result.output.contains("refused") && result.output.contains(reason), "\(name): \(result.output)")
+            #expect(try String(contentsOfFile: dir.file("ssl/server.crt"), encoding: .utf8) == livePEM, "\(name) changed the live identity")
+        }
+
+        let good = try await Tools.run(portico, ["cert", "import", "--config", config, "--certificate", dir.file("other.crt"), "--key", dir.file("other.key")])
+        #expect(good.status == 0, "\(good.output)")
+        let installed = try ServerIdentity.load(certificatePath: dir.file("ssl/server.crt"), privateKeyPath: dir.file("ssl/server.key"))
+        #expect(installed.leaf.subject.description.contains("other"))
+        let mode = try FileManager.default.attributesOfItem(atPath: dir.file("ssl/server.key"))[.posixPermissions] as? NSNumber
+        #expect(mode?.intValue == 0o600)
+    }
+
+    @Test(.enabled(if: ExternalClientTests.usable("openssl"), "openssl is not installed (apt-get install openssl)"))
+    func aPKCS12BundleImportsWithItsPasswordFromStandardInput() async throws {
+        let (dir, config, _) = try setUp()
+        let bundled = try IdentityGenerator.generate(keyType: .rsa2048, commonName: "bundled")
+        try dir.write("b.crt", bundled.certificatePEM)
+        try dir.write("b.key", bundled.privateKeyPEM)
+        let export = try await Tools.run("openssl", ["pkcs12", "-export", "-in", dir.file("b.crt"), "-inkey", dir.file("b.key"), "-out", dir.file("b.p12"), "-passout", "pass:pa55word"])
+        #expect(export.status == 0, "\(export.output)")
+
+        let wrong = try await Tools.run(portico, ["cert", "import", "--config", config, "--pkcs12", dir.file("b.p12")], input: "nope\n")
+        #expect(wrong.status == 1 && wrong.output.contains("does not open with this password"), "\(wrong.output)")
+        let right = try await Tools.run(portico, ["cert", "import", "--config", config, "--pkcs12", dir.file("b.p12"), "--staged"], input: "pa55word\n")
+        #expect(right.status == 0, "\(right.output)")
+        let staged = try ServerIdentity.load(certificatePath: dir.file("ssl/next/server.crt"), privateKeyPath: dir.file("ssl/next/server.key"))
+        #expect(staged.leaf.subject.description.contains("bundled"))
+    }
+
+    @Test func generateStagesANewIdentityWithoutTouchingTheLiveOne() async throws {
+        let (dir, config, livePEM) = try setUp()
+        let result = try await Tools.run(portico, ["cert", "generate", "--config", config, "--key", "ecdsa-p256", "--days", "30", "--san", "next.example.com"])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(try String(contentsOfFile: dir.file("ssl/server.crt"), encoding: .utf8) == livePEM)
+        let staged = try ServerIdentity.load(certificatePath: dir.file("ssl/next/server.crt"), privateKeyPath: dir.file("ssl/next/server.key"))
+        #expect(staged.notValidAfter.timeIntervalSinceNow < 31 * 86_400)
+        #expect("\(try staged.leaf.extensions.subjectAlternativeNames!)".contains("next.example.com"))
+    }
+}

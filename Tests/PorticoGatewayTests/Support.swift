@@ -328,7 +328,7 @@ enum Tools {
     /// Runs a program to completion, capturing stdout and stderr together, on a thread of
     /// its own so that the concurrency pool is never blocked.
     static func run(_ tool: String, _ arguments: [String], input: String? = nil) async throws -> Result {
-        let executable = try #require(path(of: tool), "\(tool) is not installed")
+        let executable = tool.hasPrefix("/") ? tool : try #require(path(of: tool), "\(tool) is not installed")
         return try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread {
                 do {
