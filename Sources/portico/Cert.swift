@@ -8,7 +8,7 @@ import _CryptoExtras
 
 /// `portico cert`: the server identity, as an operator looks after it.
 struct Cert: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The server certificate.", subcommands: [Show.self, Generate.self, Import.self])
+    static let configuration = CommandConfiguration(abstract: "The server certificate.", subcommands: [Show.self, Generate.self, CSR.self, Import.self])
 
     /// Where a staged identity waits: beside the live one, in `next/`.
     static func stagedPaths(_ config: GatewayConfiguration) -> (certificate: String, key: String) {
@@ -43,6 +43,48 @@ struct Cert: AsyncParsableCommand {
                 throw ExitCode(1)
             }
             writeLine(live ? "replaced the live identity at \(target.0)" : "staged a new identity at \(target.0)")
+        }
+    }
+
+    struct CSR: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "csr", abstract: "A certificate signing request for the live (or staged) key, to have a corporate CA sign; import the result with cert import.")
+        @OptionGroup var options: ConfigOptions
+        @Flag(help: "Use the staged key instead of the live one.") var staged = false
+        @Option(name: .customLong("san"), help: "A DNS name or IP address to request (repeatable; default: the current certificate's names).") var names: [String] = []
+        @Option(name: .shortAndLong, help: "Where to write it (default: standard output).") var output: String?
+
+        func run() async throws {
+            let config = try loadOrExit(options)
+            let paths = staged ? stagedPaths(config) : (config.identity.certificate, config.identity.privateKey)
+            do {
+                let identity = try ServerIdentity.load(certificatePath: paths.0, privateKeyPath: paths.1)
+                var sans: [GeneralName] = []
+                if names.isEmpty {
+                    sans = (try identity.leaf.extensions.subjectAlternativeNames).map(Array.init) ?? []
+                } else {
+                    for name in names {
+                        if let bytes = IdentityGenerator.ipBytesForCSR(name) {
+                            sans.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(bytes))))
+                        } else {
+                            sans.append(.dnsName(name))
+                        }
+                    }
+                }
+                let request = try CertificateSigningRequest(
+                    version: .v1, subject: identity.leaf.subject, privateKey: identity.signingKey,
+                    attributes: .init([try .init(ExtensionRequest(extensions: try Certificate.Extensions { SubjectAlternativeNames(sans) }))]),
+                    signatureAlgorithm: ManagerSignatureAlgorithm.for(identity.signingKey.publicKey))
+                let pem = try request.serializeAsPEM().pemString + "\n"
+                if let output {
+                    try SecureFile.write(Array(pem.utf8), to: output, mode: 0o644)
+                } else {
+                    writeLine(pem.trimmingCharacters(in: .newlines))
+                }
+            } catch {
+                printError("portico: \(error)")
+                throw ExitCode(1)
+            }
         }
     }
 
@@ -103,6 +145,10 @@ struct Cert: AsyncParsableCommand {
                     pairs.append((certificate, key, [listener.role]))
                 }
             }
+            let staged = stagedPaths(config)
+            if FileManager.default.fileExists(atPath: staged.certificate) {
+                pairs.append((staged.certificate, staged.key, []))
+            }
             for pair in pairs where shown.insert(pair.certificate).inserted {
                 let identity: ServerIdentity
                 do {
@@ -140,7 +186,7 @@ struct Cert: AsyncParsableCommand {
                 "valid from: \(formatter.string(from: leaf.notValidBefore))",
                 "valid until: \(formatter.string(from: leaf.notValidAfter)) (\(days) days left)",
                 "sha256 fingerprint: \(identity.fingerprint.map { String(format: "%02X", $0) }.joined(separator: ":"))",
-                "served by: \(roles.map(\.rawValue).joined(separator: ", "))",
+                roles.isEmpty ? "served by: none (staged as the next identity)" : "served by: \(roles.map(\.rawValue).joined(separator: ", "))",
             ]
         }
 
@@ -156,5 +202,14 @@ struct Cert: AsyncParsableCommand {
             if bytes.count == 4 { return bytes.map(String.init).joined(separator: ".") }
             return stride(from: 0, to: bytes.count, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }.joined(separator: ":")
         }
+    }
+}
+
+/// The signature algorithm for a key of the identity.
+enum ManagerSignatureAlgorithm {
+    static func `for`(_ key: Certificate.PublicKey) -> Certificate.SignatureAlgorithm {
+        if _RSA.Signing.PublicKey(key) != nil { return .sha256WithRSAEncryption }
+        if P384.Signing.PublicKey(key) != nil { return .ecdsaWithSHA384 }
+        return .ecdsaWithSHA256
     }
 }

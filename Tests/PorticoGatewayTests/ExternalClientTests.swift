@@ -167,3 +167,24 @@ import Testing
         #expect("\(try staged.leaf.extensions.subjectAlternativeNames!)".contains("next.example.com"))
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct CertCSRTests {
+    @Test(.enabled(if: ExternalClientTests.usable("openssl"), "openssl is not installed (apt-get install openssl)"))
+    func aCSRForTheLiveKeyVerifiesAndAsksForTheNames() async throws {
+        let dir = try TemporaryDirectory()
+        let live = try IdentityGenerator.generate(keyType: .rsa2048, commonName: "site-a")
+        try IdentityGenerator.write(live, certificatePath: dir.file("ssl/server.crt"), privateKeyPath: dir.file("ssl/server.key"))
+        let config = try dir.write("portico.yaml", "site: {name: site-a}\n")
+        let portico = try #require(ServerProcess.executable(named: "portico"))
+        let made = try await Tools.run(portico, ["cert", "csr", "--config", config, "--san", "portico.corp.example", "--san", "10.2.3.4", "--output", dir.file("req.csr")])
+        #expect(made.status == 0, "\(made.output)")
+        let check = try await Tools.run("openssl", ["req", "-in", dir.file("req.csr"), "-noout", "-verify", "-text"])
+        #expect(check.output.contains("verify OK") || check.output.contains("Certificate request self-signature verify OK"), "\(check.output)")
+        #expect(check.output.contains("DNS:portico.corp.example") && check.output.contains("IP Address:10.2.3.4"))
+        #expect(check.output.contains("CN = site-a") || check.output.contains("CN=site-a"))
+        // The request is for the live key.
+        let requestKey = try await Tools.run("openssl", ["req", "-in", dir.file("req.csr"), "-noout", "-pubkey"])
+        let liveKey = try await Tools.run("openssl", ["pkey", "-in", dir.file("ssl/server.key"), "-pubout"])
+        #expect(requestKey.output == liveKey.output)
+    }
+}

@@ -173,3 +173,18 @@ import NIOPosix
         #expect(await serve.wait() == 0)
     }
 }
+
+@Suite(.serialized, .timeLimit(.minutes(2))) struct ExpiryWarningTests {
+    @Test func aCertificateNearItsEndIsWarnedAboutInTheLog() async throws {
+        let dir = try TemporaryDirectory()
+        let soon = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "soon", days: 10)
+        try IdentityGenerator.write(soon, certificatePath: dir.file("ssl/server.crt"), privateKeyPath: dir.file("ssl/server.key"))
+        var yaml = "data_dir: data\nlisteners:\n"
+        for role in ListenerRole.allCases { yaml += "  \(role.rawValue): {bind: 127.0.0.1, port: 0}\n" }
+        let process = try ServerProcess(["serve", "--config", try dir.write("portico.yaml", yaml)])
+        await process.waitFor("the server certificate expires soon")
+        #expect(process.text.contains("days_left=9") || process.text.contains("days_left=10"))
+        process.signal(SIGTERM)
+        #expect(await process.wait() == 0)
+    }
+}

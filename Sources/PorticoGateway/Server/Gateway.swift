@@ -29,6 +29,8 @@ public actor Gateway: Service {
     /// Pools replaced by a reload, closing once their requests in flight are done.
     private var retiringPools: [Task<Void, Never>] = []
     private var started = false
+    /// When each certificate's expiry was last warned about (at most once a day each).
+    private var expiryWarned: [String: ContinuousClock.Instant] = [:]
 
     /// - Parameters:
     ///   - configuration: a configuration already prepared by ``ConfigurationCheck``.
@@ -95,6 +97,7 @@ public actor Gateway: Service {
         for note in prepared.notes { logger.notice("\(note)") }
         for identity in prepared.distinctIdentities {
             metrics.recordIdentity(identity, outcome: nil)
+            warnIfExpiring(identity)
         }
         applyPools(prepared.configuration)
         do {
@@ -217,7 +220,20 @@ public actor Gateway: Service {
             case .unchanged:
                 break
             }
+            warnIfExpiring(identity)
         }
+    }
+
+    /// Warns in the log, once a day, from 30 days before a served certificate expires.
+    private func warnIfExpiring(_ identity: ReloadableIdentity) {
+        let daysLeft = identity.current.notValidAfter.timeIntervalSinceNow / 86_400
+        guard daysLeft < 30 else { return }
+        let now = ContinuousClock.now
+        if let last = expiryWarned[identity.certificatePath], now - last < .seconds(86_400) { return }
+        expiryWarned[identity.certificatePath] = now
+        logger.warning("the server certificate expires soon; install a new one (portico cert generate or cert import)", metadata: [
+            "certificate": "\(identity.certificatePath)", "days_left": "\(Int(daysLeft))", "expires": "\(identity.current.notValidAfter)",
+        ])
     }
 
     private func pollIdentities() async {

@@ -83,6 +83,9 @@ public enum IdentityGenerator {
         return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// The bytes of an IPv4 or IPv6 literal, or nil for a DNS name.
+    public static func ipBytesForCSR(_ text: String) -> [UInt8]? { ipBytes(text) }
+
     static func ipBytes(_ text: String) -> [UInt8]? {
         var v4 = in_addr()
         if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: v4) { Array($0) } }
