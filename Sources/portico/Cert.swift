@@ -2,6 +2,7 @@ import ArgumentParser
 import Crypto
 import Foundation
 import PorticoGateway
+import PorticoProtocol
 import SwiftASN1
 import X509
 import _CryptoExtras
@@ -74,7 +75,7 @@ struct Cert: AsyncParsableCommand {
                 let request = try CertificateSigningRequest(
                     version: .v1, subject: identity.leaf.subject, privateKey: identity.signingKey,
                     attributes: .init([try .init(ExtensionRequest(extensions: try Certificate.Extensions { SubjectAlternativeNames(sans) }))]),
-                    signatureAlgorithm: ManagerSignatureAlgorithm.for(identity.signingKey.publicKey))
+                    signatureAlgorithm: ManagerSignature.algorithm(for: identity.signingKey.publicKey))
                 let pem = try request.serializeAsPEM().pemString + "\n"
                 if let output {
                     try SecureFile.write(Array(pem.utf8), to: output, mode: 0o644)
@@ -136,7 +137,6 @@ struct Cert: AsyncParsableCommand {
 
         func run() async throws {
             let config = try loadOrExit(options)
-            var shown: Set<String> = []
             var pairs: [(certificate: String, key: String, roles: [ListenerRole])] = []
             for listener in config.enabledListeners where listener.tls {
                 let certificate = listener.certificate ?? config.identity.certificate
@@ -149,7 +149,7 @@ struct Cert: AsyncParsableCommand {
             if FileManager.default.fileExists(atPath: staged.certificate) {
                 pairs.append((staged.certificate, staged.key, []))
             }
-            for pair in pairs where shown.insert(pair.certificate).inserted {
+            for pair in pairs {
                 let identity: ServerIdentity
                 do {
                     identity = try ServerIdentity.load(certificatePath: pair.certificate, privateKeyPath: pair.key)
@@ -205,11 +205,3 @@ struct Cert: AsyncParsableCommand {
     }
 }
 
-/// The signature algorithm for a key of the identity.
-enum ManagerSignatureAlgorithm {
-    static func `for`(_ key: Certificate.PublicKey) -> Certificate.SignatureAlgorithm {
-        if _RSA.Signing.PublicKey(key) != nil { return .sha256WithRSAEncryption }
-        if P384.Signing.PublicKey(key) != nil { return .ecdsaWithSHA384 }
-        return .ecdsaWithSHA256
-    }
-}

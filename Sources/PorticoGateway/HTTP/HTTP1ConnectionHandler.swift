@@ -235,7 +235,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             return
         }
         context.write(wrapOutboundOut(fixed.http1(date: date.current(), includeBody: !isHead, allocator: context.channel.allocator)), promise: nil)
-        finish(status: fixed.status.code, bytes: fixed.body.readableBytes, close: false, started: started, method: method, uri: uri, context: context)
+        finish(status: Int(fixed.status.code), bytes: fixed.body.readableBytes, close: false, started: started, method: method, uri: uri, context: context)
     }
 
     private func write(_ response: GatewayResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
@@ -248,10 +248,6 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         context.write(wrapOutboundOut(buffer), promise: nil)
         finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: started, method: method, uri: uri, context: context)
-    }
-
-    private func finish(status: UInt, bytes: Int, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
-        finish(status: Int(status), bytes: bytes, close: close, started: started, method: method, uri: uri, context: context)
     }
 
     private func finish(status: Int, bytes: Int, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {

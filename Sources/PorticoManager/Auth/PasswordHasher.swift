@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import NIOPosix
 import PorticoProtocol
+import PorticoStore
 import _CryptoExtras
 
 /// Operator passwords: scrypt (N = 2^15, r = 8, p = 1, 32 MiB, about 0.1 s), stored as
@@ -33,18 +34,11 @@ public enum PasswordHasher {
               let salt = Base64URL.decode(String(parts[2])), let expected = Base64URL.decode(String(parts[3]))
         else { return false }
         guard let derived = try? await NIOThreadPool.singleton.runIfActive({ try derive(password, salt: salt, logRounds: ln, blockSize: r, parallelism: p) }) else { return false }
-        return ConstantTimeBytes.equal(derived, expected)
+        return ConstantTime.equal(derived, expected)
     }
 
     private static func derive(_ password: String, salt: [UInt8], logRounds: Int, blockSize: Int, parallelism: Int) throws -> [UInt8] {
         let key = try KDF.Scrypt.deriveKey(from: Array(password.utf8), salt: salt, outputByteCount: 32, rounds: 1 << logRounds, blockSize: blockSize, parallelism: parallelism)
         return key.withUnsafeBytes { Array($0) }
-    }
-}
-
-enum ConstantTimeBytes {
-    static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        return zip(a, b).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
     }
 }

@@ -62,20 +62,24 @@ extension Store {
     /// Commands a device should receive now (pending or delivered but not acknowledged, not
     /// expired), oldest first; they are marked delivered in the same transaction.
     public func takeCommands(forDevice deviceID: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> [CommandRecord] {
-        try await write { transaction in
-            let rows = try await transaction.database.raw("""
-                SELECT * FROM commands WHERE device_id = \(bind: deviceID) AND state IN ('pending', 'delivered')
-                AND (expires_ms IS NULL OR expires_ms > \(bind: now)) ORDER BY issued_ms, id
-                """).all()
-            var commands = try rows.map(CommandRecord.init(row:))
-            let hlc = transaction.timestamp()
-            for index in commands.indices where commands[index].state == .pending {
-                try await transaction.database.raw("UPDATE commands SET state = 'delivered', updated_ms = \(bind: now), hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: commands[index].id)").run()
-                try await transaction.logChange(entity: "command", key: commands[index].id, op: .upsert, hlc: hlc)
-                commands[index].state = .delivered
-            }
-            return commands
+        try await write { transaction in try await Self.deliverOpenCommands(transaction, deviceID: deviceID, now: now) }
+    }
+
+    /// The device's open commands, oldest first, with the pending ones marked delivered (and
+    /// logged as changes) in `transaction`.
+    static func deliverOpenCommands(_ transaction: Transaction, deviceID: String, now: Int64) async throws -> [CommandRecord] {
+        var commands = try await transaction.database.raw("""
+            SELECT * FROM commands WHERE device_id = \(bind: deviceID) AND state IN ('pending', 'delivered')
+            AND (expires_ms IS NULL OR expires_ms > \(bind: now)) ORDER BY issued_ms, id
+            """).all().map(CommandRecord.init(row:))
+        guard commands.contains(where: { $0.state == .pending }) else { return commands }
+        let hlc = transaction.timestamp()
+        for index in commands.indices where commands[index].state == .pending {
+            try await transaction.database.raw("UPDATE commands SET state = 'delivered', updated_ms = \(bind: now), hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: commands[index].id)").run()
+            try await transaction.logChange(entity: "command", key: commands[index].id, op: .upsert, hlc: hlc)
+            commands[index].state = .delivered
         }
+        return commands
     }
 
     /// Records a device's answer to a command it was given.
@@ -143,18 +147,7 @@ extension Store {
                 """).all()
             guard !updated.isEmpty else { return nil }
             let serial = try await db.raw("SELECT value FROM counters WHERE name = 'policy_serial'").first()?.decode(column: "value", as: Int64.self) ?? 0
-            var commands = try await db.raw("""
-                SELECT * FROM commands WHERE device_id = \(bind: checkIn.deviceID) AND state IN ('pending', 'delivered')
-                AND (expires_ms IS NULL OR expires_ms > \(bind: checkIn.atMilliseconds)) ORDER BY issued_ms, id
-                """).all().map(CommandRecord.init(row:))
-            if commands.contains(where: { $0.state == .pending }) {
-                let hlc = transaction.timestamp()
-                for index in commands.indices where commands[index].state == .pending {
-                    try await db.raw("UPDATE commands SET state = 'delivered', updated_ms = \(bind: checkIn.atMilliseconds), hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: commands[index].id)").run()
-                    try await transaction.logChange(entity: "command", key: commands[index].id, op: .upsert, hlc: hlc)
-                    commands[index].state = .delivered
-                }
-            }
+            let commands = try await Self.deliverOpenCommands(transaction, deviceID: checkIn.deviceID, now: checkIn.atMilliseconds)
             return (serial, commands)
         }
     }
