@@ -5,12 +5,18 @@ import PorticoStore
 /// The role services the manager mounts on the gateway, by the names routes use.
 public enum ManagerServices {
     /// Names a config's routes may target besides the gateway's built-ins.
-    public static let names: Set<String> = ["agent"]
+    public static let names: Set<String> = ["agent", "api"]
 
     /// Every service name a route may target.
     public static var allNames: Set<String> { BuiltinServices.names.union(names) }
 
     /// Builds the registry for a prepared configuration and an open store.
+    /// What the embedded defaults route: agents on both client listeners, the API on webservices.
+    public static let defaultRoutes: [RouteConfiguration] = [
+        RouteConfiguration(listeners: [.client, .clientPlain], path: "/agent/v1/*", target: .service("agent"), maxBodyBytes: 2 << 20),
+        RouteConfiguration(listeners: [.webservices], path: "/api/v1/*", target: .service("api")),
+    ]
+
     public static func registry(prepared: PreparedConfiguration, store: Store, logger: Logger) throws -> (ServiceRegistry, AgentService) {
         let configuration = prepared.configuration
         guard let identity = prepared.identity(of: .client) ?? ListenerRole.allCases.lazy.compactMap({ prepared.identity(of: $0) }).first else {
@@ -24,6 +30,25 @@ public enum ManagerServices {
         let agent = AgentService(store: store, keys: keys, identity: { identity.current }, configuration: settings, logger: logger)
         var registry = ServiceRegistry()
         registry.register("agent", agent)
+        let api = APIService(store: store, agent: agent, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
+        registry.register("api", api)
         return (registry, agent)
+    }
+
+    /// The identity the client listener serves (or the first TLS listener's), and the staged
+    /// next one if `ssl/next/` holds one.
+    public static func identityStatus(_ prepared: PreparedConfiguration) -> APIService.IdentityStatus? {
+        let configuration = prepared.configuration
+        var servedBy: [ListenerRole] = []
+        var current: ServerIdentity?
+        for listener in configuration.enabledListeners where listener.tls {
+            guard let identity = prepared.identity(of: listener.role)?.current else { continue }
+            if current == nil { current = identity }
+            if identity.fingerprint == current?.fingerprint { servedBy.append(listener.role) }
+        }
+        guard let current else { return nil }
+        let staged = StagedIdentity.paths(configuration)
+        let next = try? ServerIdentity.load(certificatePath: staged.certificate, privateKeyPath: staged.key)
+        return APIService.IdentityStatus(current: IdentitySummary(current, listeners: servedBy), staged: next.map { IdentitySummary($0, listeners: []) })
     }
 }

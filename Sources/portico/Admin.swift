@@ -27,8 +27,12 @@ struct Admin: AsyncParsableCommand {
                 throw ExitCode(1)
             }
             try await withStore(options) { store, _ in
-                try await store.createOperator(OperatorRecord(name: name, passwordHash: try await PasswordHasher.hash(password), role: parsedRole))
-                try await store.audit(AuditEntry(actor: "cli:\(NSUserName())", action: "operator.create", target: name, source: "local", result: "ok", detail: parsedRole.rawValue))
+                let record = OperatorRecord(name: name, passwordHash: try await PasswordHasher.hash(password), role: parsedRole)
+                let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "operator.create", target: name, source: "local", result: "ok", detail: "role \(parsedRole.rawValue)")
+                try await store.write { transaction in
+                    try await transaction.createOperator(record)
+                    try await transaction.audit(entry)
+                }
                 writeLine("created \(parsedRole.rawValue) \(name)")
             }
         }
@@ -41,8 +45,11 @@ struct Admin: AsyncParsableCommand {
 
         func run() async throws {
             try await withStore(options) { store, _ in
-                try await store.unlockOperator(name: name)
-                try await store.audit(AuditEntry(actor: "cli:\(NSUserName())", action: "operator.unlock", target: name, source: "local", result: "ok"))
+                let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "operator.unlock", target: name, source: "local", result: "ok")
+                try await store.write { transaction in
+                    try await transaction.unlockOperator(name: name)
+                    try await transaction.audit(entry)
+                }
                 writeLine("unlocked \(name)")
             }
         }

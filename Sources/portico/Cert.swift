@@ -12,10 +12,7 @@ struct Cert: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The server certificate.", subcommands: [Show.self, Generate.self, CSR.self, Import.self])
 
     /// Where a staged identity waits: beside the live one, in `next/`.
-    static func stagedPaths(_ config: GatewayConfiguration) -> (certificate: String, key: String) {
-        let folder = Paths.directory(of: config.identity.certificate) + "/next"
-        return (folder + "/server.crt", folder + "/server.key")
-    }
+    static func stagedPaths(_ config: GatewayConfiguration) -> (certificate: String, key: String) { StagedIdentity.paths(config) }
 
     struct Generate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Make a new self-signed identity and stage it (not live until rotated or --live).")
@@ -163,44 +160,20 @@ struct Cert: AsyncParsableCommand {
         }
 
         static func describe(_ identity: ServerIdentity, path: String, roles: [ListenerRole]) -> [String] {
-            let leaf = identity.leaf
+            let summary = IdentitySummary(identity, listeners: roles)
             let formatter = ISO8601DateFormatter()
-            var names: [String] = []
-            if let sans = try? leaf.extensions.subjectAlternativeNames {
-                for name in sans {
-                    switch name {
-                    case .dnsName(let dns): names.append("DNS:\(dns)")
-                    case .ipAddress(let bytes): names.append("IP:\(ipText(Array(bytes.bytes)))")
-                    default: names.append("\(name)")
-                    }
-                }
-            }
-            let days = Int(leaf.notValidAfter.timeIntervalSinceNow / 86_400)
             return [
                 "certificate: \(path)",
-                "subject: \(leaf.subject)",
-                "issuer: \(leaf.issuer)\(leaf.issuer == leaf.subject ? " (self-signed)" : "")",
-                "names: \(names.joined(separator: ", "))",
-                "key: \(keyDescription(leaf.publicKey))",
-                "serial: \(identity.serialHex)",
-                "valid from: \(formatter.string(from: leaf.notValidBefore))",
-                "valid until: \(formatter.string(from: leaf.notValidAfter)) (\(days) days left)",
-                "sha256 fingerprint: \(identity.fingerprint.map { String(format: "%02X", $0) }.joined(separator: ":"))",
+                "subject: \(summary.subject)",
+                "issuer: \(summary.issuer)\(summary.selfSigned ? " (self-signed)" : "")",
+                "names: \(summary.names.joined(separator: ", "))",
+                "key: \(summary.key)",
+                "serial: \(summary.serialHex)",
+                "valid from: \(formatter.string(from: summary.notBefore))",
+                "valid until: \(formatter.string(from: summary.notAfter)) (\(Int(summary.notAfter.timeIntervalSinceNow / 86_400)) days left)",
+                "sha256 fingerprint: \(summary.fingerprint)",
                 roles.isEmpty ? "served by: none (staged as the next identity)" : "served by: \(roles.map(\.rawValue).joined(separator: ", "))",
             ]
-        }
-
-        static func keyDescription(_ key: Certificate.PublicKey) -> String {
-            if let rsa = _RSA.Signing.PublicKey(key) { return "RSA \(rsa.keySizeInBits) bits" }
-            if P256.Signing.PublicKey(key) != nil { return "ECDSA P-256" }
-            if P384.Signing.PublicKey(key) != nil { return "ECDSA P-384" }
-            if P521.Signing.PublicKey(key) != nil { return "ECDSA P-521" }
-            return "Ed25519"
-        }
-
-        static func ipText(_ bytes: [UInt8]) -> String {
-            if bytes.count == 4 { return bytes.map(String.init).joined(separator: ".") }
-            return stride(from: 0, to: bytes.count, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }.joined(separator: ":")
         }
     }
 }

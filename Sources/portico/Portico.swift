@@ -27,6 +27,7 @@ struct ConfigOptions: ParsableArguments {
         if FileExists.at("conf/portico.yaml") { return try loader.load(file: "conf/portico.yaml") }
         var defaults = GatewayConfiguration(baseDirectory: Paths.resolve("conf", against: Paths.currentDirectory))
         defaults.dataDirectory = Paths.resolve("data", against: Paths.currentDirectory)
+        defaults.routes = ManagerServices.defaultRoutes
         return defaults
     }
 

@@ -19,6 +19,9 @@ struct TestManager {
     let plainURL: String
     let bootstrap: BootstrapFile
     let identity: ReloadableIdentity
+    let api: APIService
+    /// `https://127.0.0.1:<port>/api/v1` on the webservices listener.
+    let apiURL: String
 
     static var quiet: Logger {
         var logger = Logger(label: "portico-manager-test")
@@ -26,7 +29,8 @@ struct TestManager {
         return logger
     }
 
-    static func with<T>(configuration: AgentService.Configuration = AgentService.Configuration(), _ body: (TestManager) async throws -> T) async throws -> T {
+    static func with<T>(configuration: AgentService.Configuration = AgentService.Configuration(), api apiConfiguration: APIService.Configuration = APIService.Configuration(),
+                        _ body: (TestManager) async throws -> T) async throws -> T {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("portico-manager-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -40,12 +44,13 @@ struct TestManager {
               replication: {enabled: false}
               console: {enabled: false}
               reporting: {enabled: false}
-              webservices: {enabled: false}
+              webservices: {bind: 127.0.0.1, port: 0, access_log: false}
             routes:
               - {listeners: [client, client_plain], path: /agent/v1/*, service: agent}
+              - {listener: webservices, path: /api/v1/*, service: api}
             """
         try yaml.write(toFile: directory + "/portico.yaml", atomically: true, encoding: .utf8)
-        let config = try ConfigurationLoader(knownServices: BuiltinServices.names.union(["agent"])).load(file: directory + "/portico.yaml")
+        let config = try ConfigurationLoader(knownServices: ManagerServices.allNames).load(file: directory + "/portico.yaml")
         let cache = IdentityCache()
         let prepared = try ConfigurationCheck.prepare(config, generateMissing: true, cache: cache)
         let identity = try #require(prepared.identity(of: .client))
@@ -53,14 +58,17 @@ struct TestManager {
         let agent = AgentService(store: store, keys: try ManagerKeys.loadOrCreate(in: config.dataDirectory), identity: { identity.current }, configuration: configuration, logger: quiet)
         var services = ServiceRegistry()
         services.register("agent", agent)
+        let api = APIService(store: store, agent: agent, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
+        services.register("api", api)
         let gateway = Gateway(configuration: prepared, identityCache: cache, services: services, logger: quiet)
         try await gateway.start()
         let https = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .client)?.port))"
         let plain = "http://127.0.0.1:\(try #require(await gateway.boundAddress(of: .clientPlain)?.port))"
+        let apiURL = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .webservices)?.port))/api/v1"
         let manager = TestManager(
             gateway: gateway, store: store, agent: agent, directory: directory, httpsURL: https, plainURL: plain,
             bootstrap: BootstrapFile(site: config.siteName, managerURLs: [https, plain], pinned: PinnedCertificates(pem: [identity.current.certificatePEM])),
-            identity: identity)
+            identity: identity, api: api, apiURL: apiURL)
         do {
             let result = try await body(manager)
             await gateway.stop()

@@ -40,6 +40,7 @@ public final class AgentService: HTTPService {
     private let logger: Logger
     private let nextCertificate = NIOLockedValueBox<String?>(nil)
     private let inFlight = NIOLockedValueBox(0)
+    private let authenticator: OperatorAuthenticator
 
     /// - Parameter identity: the manager's current identity (certificate and signing key).
     public init(store: Store, keys: ManagerKeys, identity: @escaping @Sendable () -> ServerIdentity, configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.agent")) {
@@ -48,6 +49,7 @@ public final class AgentService: HTTPService {
         self.identity = identity
         self.configuration = configuration
         self.logger = logger
+        self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds))
     }
 
     /// Announces the certificate the manager will switch to; agents pin it at their next check-in.
@@ -151,26 +153,16 @@ public final class AgentService: HTTPService {
     /// Operators who may enroll devices: admins and operators, not locked out or disabled.
     /// Failures count towards the account's lockout and are audited.
     private func checkOperator(name: String, password: String, deviceID: String, source: String, now: Int64) async throws {
-        let account = try await store.operatorAccount(named: name)
-        let valid: Bool
-        if let account {
-            valid = await PasswordHasher.verify(password, against: account.passwordHash)
-        } else {
-            // Spend the same time on an unknown name as on a known one.
-            _ = await PasswordHasher.verify(password, against: Self.decoyHash)
-            valid = false
+        let outcome = try await authenticator.authenticate(name: name, password: password, now: now)
+        var refusal = outcome.auditReason
+        if case .accepted(let account) = outcome {
+            guard account.role == .auditor else { return }
+            refusal = "role auditor may not enroll devices"
         }
-        guard let account, valid, !account.isLocked(at: now), !account.disabled, account.role != .auditor else {
-            let reason = account == nil || !valid ? "bad credentials" : account!.isLocked(at: now) ? "locked" : account!.disabled ? "disabled" : "role \(account!.role.rawValue) may not enroll devices"
-            if account != nil && !valid { _ = try? await store.recordLoginFailure(name: name, now: now, lockAfter: configuration.lockAfterFailures, lockFor: configuration.lockoutMilliseconds) }
-            try? await store.audit(AuditEntry(actor: "operator:\(name)", action: "device.enroll", target: deviceID, source: source, result: "refused", detail: reason))
-            throw ProtocolError(.enrollmentRefused, account?.isLocked(at: now) == true && valid ? "the operator account is locked" : "the operator credentials were not accepted")
-        }
-        try await store.recordLoginSuccess(name: name)
+        try? await store.audit(AuditEntry(actor: "operator:\(name)", action: "device.enroll", target: deviceID, source: source, result: "refused", detail: refusal))
+        if case .locked = outcome { throw ProtocolError(.enrollmentRefused, "the operator account is locked") }
+        throw ProtocolError(.enrollmentRefused, "the operator credentials were not accepted")
     }
-
-    /// A hash of nothing in particular, so that a login for an unknown name costs what a real one does.
-    private static let decoyHash = "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 
     private func openSession(_ request: GatewayRequest) async throws -> GatewayResponse {
         let handshake: SessionRequest = try Self.decode(request.body)

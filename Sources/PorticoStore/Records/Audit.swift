@@ -48,19 +48,15 @@ extension Store {
 
     /// Audit entries, newest first, before `beforeID` when paging.
     public func auditEntries(actor: String? = nil, action: String? = nil, beforeID: Int64? = nil, limit: Int = 100) async throws -> [AuditEntry] {
-        try await read { db in
-            var query = SQLQueryString("SELECT * FROM audit_log WHERE 1 = 1")
-            if let actor { query.appendInterpolation(unsafeRaw: " AND actor = "); query.appendInterpolation(bind: actor) }
-            if let action { query.appendInterpolation(unsafeRaw: " AND action = "); query.appendInterpolation(bind: action) }
-            if let beforeID { query.appendInterpolation(unsafeRaw: " AND id < "); query.appendInterpolation(bind: beforeID) }
-            query.appendInterpolation(unsafeRaw: " ORDER BY id DESC LIMIT ")
-            query.appendInterpolation(bind: limit)
-            return try await db.raw(query).all().map {
-                AuditEntry(id: try $0.decode(column: "id", as: Int64.self), atMilliseconds: try $0.decode(column: "at_ms", as: Int64.self),
-                           actor: try $0.decode(column: "actor", as: String.self), action: try $0.decode(column: "action", as: String.self),
-                           target: try $0.decode(column: "target", as: String.self), source: try $0.decode(column: "source", as: String.self),
-                           result: try $0.decode(column: "result", as: String.self), detail: try $0.decode(column: "detail", as: String.self))
-            }
-        }
+        try await auditEntries(AuditFilter(actor: actor, action: action), beforeID: beforeID, limit: limit)
+    }
+}
+
+extension AuditEntry {
+    init(row: any SQLRow) throws {
+        self.init(id: try row.decode(column: "id", as: Int64.self), atMilliseconds: try row.decode(column: "at_ms", as: Int64.self),
+                  actor: try row.decode(column: "actor", as: String.self), action: try row.decode(column: "action", as: String.self),
+                  target: try row.decode(column: "target", as: String.self), source: try row.decode(column: "source", as: String.self),
+                  result: try row.decode(column: "result", as: String.self), detail: try row.decode(column: "detail", as: String.self))
     }
 }

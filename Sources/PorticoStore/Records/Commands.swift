@@ -41,21 +41,23 @@ public struct CommandRecord: Sendable, Equatable {
 extension Store {
     /// Queues a command for a device.
     public func enqueueCommand(_ command: CommandRecord) async throws {
-        try Validate.identifier(command.id, field: "command.id")
-        try Validate.identifier(command.deviceID, field: "command.device_id")
-        try Validate.text(command.arguments, field: "command.arguments", maxBytes: 16 * 1024)
-        try await write { transaction in
-            guard try await transaction.database.raw("SELECT id FROM devices WHERE id = \(bind: command.deviceID)").first() != nil else {
-                throw StoreError.notFound("device \(command.deviceID)")
+        try await write { try await $0.enqueueCommand(command) }
+    }
+
+    /// Commands, newest first, optionally for one device or in one state; `before` is the
+    /// (issued time, id) of the last one of the previous page.
+    public func commands(deviceID: String? = nil, state: CommandState? = nil, before: (Int64, String)? = nil, limit: Int = 100) async throws -> [CommandRecord] {
+        try await read { db in
+            var query = SQLQueryString("SELECT * FROM commands WHERE 1 = 1")
+            if let deviceID { query.appendInterpolation(unsafeRaw: " AND device_id = "); query.appendInterpolation(bind: deviceID) }
+            if let state { query.appendInterpolation(unsafeRaw: " AND state = "); query.appendInterpolation(bind: state.rawValue) }
+            if let before {
+                query.appendInterpolation(unsafeRaw: " AND (issued_ms < "); query.appendInterpolation(bind: before.0)
+                query.appendInterpolation(unsafeRaw: " OR (issued_ms = "); query.appendInterpolation(bind: before.0)
+                query.appendInterpolation(unsafeRaw: " AND id < "); query.appendInterpolation(bind: before.1); query.appendInterpolation(unsafeRaw: "))")
             }
-            let hlc = transaction.timestamp()
-            try await transaction.database.raw("""
-                INSERT INTO commands (id, device_id, kind, arguments, state, result, issued_by, issued_ms, updated_ms, expires_ms, origin_site, hlc)
-                VALUES (\(bind: command.id), \(bind: command.deviceID), \(bind: command.kind.rawValue), \(bind: command.arguments), 'pending', NULL,
-                        \(bind: command.issuedBy), \(bind: command.issuedMilliseconds), \(bind: command.issuedMilliseconds), \(bind: command.expiresMilliseconds),
-                        \(bind: transaction.siteID), \(bind: Int64(bitPattern: hlc)))
-                """).run()
-            try await transaction.logChange(entity: "command", key: command.id, op: .upsert, hlc: hlc)
+            query.appendInterpolation(unsafeRaw: " ORDER BY issued_ms DESC, id DESC LIMIT "); query.appendInterpolation(bind: limit)
+            return try await db.raw(query).all().map(CommandRecord.init(row:))
         }
     }
 
@@ -114,6 +116,26 @@ extension Store {
 
     public func command(id: String) async throws -> CommandRecord? {
         try await read { db in try await db.raw("SELECT * FROM commands WHERE id = \(bind: id)").first().map(CommandRecord.init(row:)) }
+    }
+}
+
+extension Transaction {
+    /// Queues a command for a device.
+    public func enqueueCommand(_ command: CommandRecord) async throws {
+        try Validate.identifier(command.id, field: "command.id")
+        try Validate.identifier(command.deviceID, field: "command.device_id")
+        try Validate.text(command.arguments, field: "command.arguments", maxBytes: 16 * 1024)
+        guard try await database.raw("SELECT id FROM devices WHERE id = \(bind: command.deviceID)").first() != nil else {
+            throw StoreError.notFound("device \(command.deviceID)")
+        }
+        let hlc = timestamp()
+        try await database.raw("""
+            INSERT INTO commands (id, device_id, kind, arguments, state, result, issued_by, issued_ms, updated_ms, expires_ms, origin_site, hlc)
+            VALUES (\(bind: command.id), \(bind: command.deviceID), \(bind: command.kind.rawValue), \(bind: command.arguments), 'pending', NULL,
+                    \(bind: command.issuedBy), \(bind: command.issuedMilliseconds), \(bind: command.issuedMilliseconds), \(bind: command.expiresMilliseconds),
+                    \(bind: siteID), \(bind: Int64(bitPattern: hlc)))
+            """).run()
+        try await logChange(entity: "command", key: command.id, op: .upsert, hlc: hlc)
     }
 }
 

@@ -47,21 +47,32 @@ public struct ConsoleSessionRecord: Sendable, Equatable {
     }
 }
 
-extension Store {
+extension Transaction {
     public func createAPIToken(_ token: APITokenRecord) async throws {
         try Validate.identifier(token.id, field: "api_token.id", maxLength: 64)
         guard token.secretHash.count == 32 else { throw StoreError.invalid("api_token.secret_hash", "must be a 32-byte SHA-256") }
         try Validate.text(token.name, field: "api_token.name", maxBytes: 128)
         for scope in token.scopes { try Validate.identifier(scope, field: "api_token.scopes", maxLength: 64) }
-        try await write { transaction in
-            let hlc = transaction.timestamp()
-            try await transaction.database.raw("""
-                INSERT INTO api_tokens (id, secret_hash, name, role, scopes, expires_ms, revoked, created_by, created_ms, origin_site, hlc)
-                VALUES (\(bind: token.id), \(bind: Data(token.secretHash)), \(bind: token.name), \(bind: token.role.rawValue), \(bind: token.scopes.joined(separator: " ")),
-                        \(bind: token.expiresMilliseconds), 0, \(bind: token.createdBy), \(bind: Int64(HybridLogicalClock.wallMilliseconds())), \(bind: transaction.siteID), \(bind: Int64(bitPattern: hlc)))
-                """).run()
-            try await transaction.logChange(entity: "api_token", key: token.id, op: .upsert, hlc: hlc)
-        }
+        let hlc = timestamp()
+        try await database.raw("""
+            INSERT INTO api_tokens (id, secret_hash, name, role, scopes, expires_ms, revoked, created_by, created_ms, origin_site, hlc)
+            VALUES (\(bind: token.id), \(bind: Data(token.secretHash)), \(bind: token.name), \(bind: token.role.rawValue), \(bind: token.scopes.joined(separator: " ")),
+                    \(bind: token.expiresMilliseconds), \(bind: token.revoked ? 1 : 0), \(bind: token.createdBy), \(bind: Int64(HybridLogicalClock.wallMilliseconds())), \(bind: siteID), \(bind: Int64(bitPattern: hlc)))
+            """).run()
+        try await logChange(entity: "api_token", key: token.id, op: .upsert, hlc: hlc)
+    }
+
+    public func revokeAPIToken(id: String) async throws {
+        let hlc = timestamp()
+        let updated = try await database.raw("UPDATE api_tokens SET revoked = 1, hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: id) RETURNING id").all()
+        guard !updated.isEmpty else { throw StoreError.notFound("API token \(id)") }
+        try await logChange(entity: "api_token", key: id, op: .upsert, hlc: hlc)
+    }
+}
+
+extension Store {
+    public func createAPIToken(_ token: APITokenRecord) async throws {
+        try await write { try await $0.createAPIToken(token) }
     }
 
     public func apiToken(id: String) async throws -> APITokenRecord? {
@@ -73,12 +84,7 @@ extension Store {
     }
 
     public func revokeAPIToken(id: String) async throws {
-        try await write { transaction in
-            let hlc = transaction.timestamp()
-            let updated = try await transaction.database.raw("UPDATE api_tokens SET revoked = 1, hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: id) RETURNING id").all()
-            guard !updated.isEmpty else { throw StoreError.notFound("API token \(id)") }
-            try await transaction.logChange(entity: "api_token", key: id, op: .upsert, hlc: hlc)
-        }
+        try await write { try await $0.revokeAPIToken(id: id) }
     }
 
     public func createConsoleSession(_ session: ConsoleSessionRecord) async throws {

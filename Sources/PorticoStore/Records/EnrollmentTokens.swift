@@ -37,18 +37,7 @@ public enum EnrollmentRefusal: String, Error, Sendable {
 
 extension Store {
     public func createEnrollmentToken(_ token: EnrollmentTokenRecord) async throws {
-        try Validate.identifier(token.id, field: "token.id", maxLength: 64)
-        guard token.secretHash.count == 32 else { throw StoreError.invalid("token.secret_hash", "must be a 32-byte SHA-256") }
-        if let uses = token.usesAllowed, uses < 1 { throw StoreError.invalid("token.uses_allowed", "must be at least 1") }
-        try await write { transaction in
-            let hlc = transaction.timestamp()
-            try await transaction.database.raw("""
-                INSERT INTO enrollment_tokens (id, secret_hash, group_id, uses_allowed, uses, expires_ms, revoked, created_by, created_ms, origin_site, hlc)
-                VALUES (\(bind: token.id), \(bind: Data(token.secretHash)), \(bind: token.groupID), \(bind: token.usesAllowed), 0, \(bind: token.expiresMilliseconds),
-                        0, \(bind: token.createdBy), \(bind: token.createdMilliseconds), \(bind: transaction.siteID), \(bind: Int64(bitPattern: hlc)))
-                """).run()
-            try await transaction.logChange(entity: "enrollment_token", key: token.id, op: .upsert, hlc: hlc)
-        }
+        try await write { try await $0.createEnrollmentToken(token) }
     }
 
     /// Checks a presented secret and counts one use, atomically: two agents racing for a
@@ -72,16 +61,40 @@ extension Store {
     }
 
     public func revokeEnrollmentToken(id: String) async throws {
-        try await write { transaction in
-            let hlc = transaction.timestamp()
-            let updated = try await transaction.database.raw("UPDATE enrollment_tokens SET revoked = 1, hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: id) RETURNING id").all()
-            guard !updated.isEmpty else { throw StoreError.notFound("enrollment token \(id)") }
-            try await transaction.logChange(entity: "enrollment_token", key: id, op: .upsert, hlc: hlc)
-        }
+        try await write { try await $0.revokeEnrollmentToken(id: id) }
+    }
+
+    public func enrollmentToken(id: String) async throws -> EnrollmentTokenRecord? {
+        try await read { db in try await db.raw("SELECT * FROM enrollment_tokens WHERE id = \(bind: id)").first().map(EnrollmentTokenRecord.init(row:)) }
     }
 
     public func enrollmentTokens() async throws -> [EnrollmentTokenRecord] {
         try await read { db in try await db.raw("SELECT * FROM enrollment_tokens ORDER BY created_ms, id").all().map(EnrollmentTokenRecord.init(row:)) }
+    }
+}
+
+extension Transaction {
+    public func createEnrollmentToken(_ token: EnrollmentTokenRecord) async throws {
+        try Validate.identifier(token.id, field: "token.id", maxLength: 64)
+        guard token.secretHash.count == 32 else { throw StoreError.invalid("token.secret_hash", "must be a 32-byte SHA-256") }
+        if let uses = token.usesAllowed, uses < 1 { throw StoreError.invalid("token.uses_allowed", "must be at least 1") }
+        if let group = token.groupID, try await database.raw("SELECT id FROM device_groups WHERE id = \(bind: group)").first() == nil {
+            throw StoreError.notFound("group \(group)")
+        }
+        let hlc = timestamp()
+        try await database.raw("""
+            INSERT INTO enrollment_tokens (id, secret_hash, group_id, uses_allowed, uses, expires_ms, revoked, created_by, created_ms, origin_site, hlc)
+            VALUES (\(bind: token.id), \(bind: Data(token.secretHash)), \(bind: token.groupID), \(bind: token.usesAllowed), 0, \(bind: token.expiresMilliseconds),
+                    0, \(bind: token.createdBy), \(bind: token.createdMilliseconds), \(bind: siteID), \(bind: Int64(bitPattern: hlc)))
+            """).run()
+        try await logChange(entity: "enrollment_token", key: token.id, op: .upsert, hlc: hlc)
+    }
+
+    public func revokeEnrollmentToken(id: String) async throws {
+        let hlc = timestamp()
+        let updated = try await database.raw("UPDATE enrollment_tokens SET revoked = 1, hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: id) RETURNING id").all()
+        guard !updated.isEmpty else { throw StoreError.notFound("enrollment token \(id)") }
+        try await logChange(entity: "enrollment_token", key: id, op: .upsert, hlc: hlc)
     }
 }
 

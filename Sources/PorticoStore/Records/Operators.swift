@@ -28,22 +28,74 @@ public struct OperatorRecord: Sendable, Equatable {
     public func isLocked(at now: Int64) -> Bool { (lockedUntilMilliseconds ?? 0) > now }
 }
 
-extension Store {
+extension Transaction {
     public func createOperator(_ record: OperatorRecord) async throws {
         try Validate.identifier(record.name, field: "operator.name", maxLength: 64)
         guard !record.passwordHash.isEmpty else { throw StoreError.invalid("operator.password_hash", "must not be empty") }
-        try await write { transaction in
-            if try await transaction.database.raw("SELECT name FROM operators WHERE name = \(bind: record.name)").first() != nil {
-                throw StoreError(kind: .conflict, message: "an operator named \(record.name) already exists")
-            }
-            let hlc = transaction.timestamp()
-            try await transaction.database.raw("""
-                INSERT INTO operators (name, password_hash, role, failed_logins, locked_until_ms, disabled, created_ms, origin_site, hlc)
-                VALUES (\(bind: record.name), \(bind: record.passwordHash), \(bind: record.role.rawValue), 0, NULL, \(bind: record.disabled ? 1 : 0),
-                        \(bind: Int64(HybridLogicalClock.wallMilliseconds())), \(bind: transaction.siteID), \(bind: Int64(bitPattern: hlc)))
-                """).run()
-            try await transaction.logChange(entity: "operator", key: record.name, op: .upsert, hlc: hlc)
+        if try await database.raw("SELECT name FROM operators WHERE name = \(bind: record.name)").first() != nil {
+            throw StoreError(kind: .conflict, message: "an operator named \(record.name) already exists")
         }
+        let hlc = timestamp()
+        try await database.raw("""
+            INSERT INTO operators (name, password_hash, role, failed_logins, locked_until_ms, disabled, created_ms, origin_site, hlc)
+            VALUES (\(bind: record.name), \(bind: record.passwordHash), \(bind: record.role.rawValue), 0, NULL, \(bind: record.disabled ? 1 : 0),
+                    \(bind: Int64(HybridLogicalClock.wallMilliseconds())), \(bind: siteID), \(bind: Int64(bitPattern: hlc)))
+            """).run()
+        try await logChange(entity: "operator", key: record.name, op: .upsert, hlc: hlc)
+    }
+
+    /// Changes an operator's role, password hash or disabled flag; nil leaves it as it is.
+    /// A new password or a disabled account also ends the operator's API sessions.
+    @discardableResult
+    public func updateOperator(name: String, role: OperatorRole? = nil, passwordHash: String? = nil, disabled: Bool? = nil) async throws -> OperatorRecord {
+        guard var account = try await database.raw("SELECT * FROM operators WHERE name = \(bind: name)").first().map(OperatorRecord.init(row:)) else {
+            throw StoreError.notFound("operator \(name)")
+        }
+        if let role { account.role = role }
+        if let passwordHash {
+            guard !passwordHash.isEmpty else { throw StoreError.invalid("operator.password_hash", "must not be empty") }
+            account.passwordHash = passwordHash
+        }
+        if let disabled { account.disabled = disabled }
+        let hlc = timestamp()
+        try await database.raw("""
+            UPDATE operators SET role = \(bind: account.role.rawValue), password_hash = \(bind: account.passwordHash), disabled = \(bind: account.disabled ? 1 : 0),
+            hlc = \(bind: Int64(bitPattern: hlc)) WHERE name = \(bind: name)
+            """).run()
+        try await logChange(entity: "operator", key: name, op: .upsert, hlc: hlc)
+        if passwordHash != nil || disabled == true { try await endAuthSessions(operatorName: name) }
+        return account
+    }
+
+    /// Removes an operator and ends their sessions. The audit log keeps their name.
+    public func deleteOperator(name: String) async throws {
+        let removed = try await database.raw("DELETE FROM operators WHERE name = \(bind: name) RETURNING name").all()
+        guard !removed.isEmpty else { throw StoreError.notFound("operator \(name)") }
+        try await logChange(entity: "operator", key: name, op: .delete, hlc: timestamp())
+        try await endAuthSessions(operatorName: name)
+        try await database.raw("DELETE FROM console_sessions WHERE operator = \(bind: name)").run()
+    }
+
+    /// An admin lifts a lockout.
+    public func unlockOperator(name: String) async throws {
+        let updated = try await database.raw("UPDATE operators SET failed_logins = 0, locked_until_ms = NULL WHERE name = \(bind: name) RETURNING name").all()
+        guard !updated.isEmpty else { throw StoreError.notFound("operator \(name)") }
+    }
+
+    /// How many admins can still sign in (not disabled).
+    public func activeAdminCount() async throws -> Int {
+        try await database.raw("SELECT COUNT(*) AS n FROM operators WHERE role = 'admin' AND disabled = 0").first()?.decode(column: "n", as: Int.self) ?? 0
+    }
+}
+
+extension Store {
+    public func createOperator(_ record: OperatorRecord) async throws {
+        try await write { try await $0.createOperator(record) }
+    }
+
+    /// Every operator, by name.
+    public func operators() async throws -> [OperatorRecord] {
+        try await read { db in try await db.raw("SELECT * FROM operators ORDER BY name").all().map(OperatorRecord.init(row:)) }
     }
 
     public func operatorAccount(named name: String) async throws -> OperatorRecord? {
@@ -73,10 +125,7 @@ extension Store {
 
     /// An admin lifts a lockout.
     public func unlockOperator(name: String) async throws {
-        try await write { transaction in
-            let updated = try await transaction.database.raw("UPDATE operators SET failed_logins = 0, locked_until_ms = NULL WHERE name = \(bind: name) RETURNING name").all()
-            guard !updated.isEmpty else { throw StoreError.notFound("operator \(name)") }
-        }
+        try await write { try await $0.unlockOperator(name: name) }
     }
 }
 

@@ -39,27 +39,11 @@ extension Store {
     }
 
     public func addPeer(_ peer: PeerRecord) async throws {
-        try Validate.identifier(peer.name, field: "peer.name", maxLength: 64)
-        guard peer.url.hasPrefix("https://") else { throw StoreError.invalid("peer.url", "must be an https:// URL") }
-        guard peer.certificateFingerprint.count == 64, peer.certificateFingerprint.allSatisfy(\.isHexDigit) else {
-            throw StoreError.invalid("peer.certificate_fingerprint", "must be a SHA-256 in 64 hex digits")
-        }
-        try await write { transaction in
-            if try await transaction.database.raw("SELECT name FROM peers WHERE name = \(bind: peer.name)").first() != nil {
-                throw StoreError(kind: .conflict, message: "a peer named \(peer.name) already exists")
-            }
-            try await transaction.database.raw("""
-                INSERT INTO peers (name, url, certificate_fingerprint, site_id, added_ms)
-                VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), \(bind: peer.siteID), \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
-                """).run()
-        }
+        try await write { try await $0.addPeer(peer) }
     }
 
     public func removePeer(name: String) async throws {
-        try await write { transaction in
-            let removed = try await transaction.database.raw("DELETE FROM peers WHERE name = \(bind: name) RETURNING name").all()
-            guard !removed.isEmpty else { throw StoreError.notFound("peer \(name)") }
-        }
+        try await write { try await $0.removePeer(name: name) }
     }
 
     public func peers() async throws -> [PeerRecord] {
@@ -73,11 +57,47 @@ extension Store {
 
     /// Moves a device to a new lifecycle state (locked, wiped, revoked, active again).
     public func setDeviceState(id: String, to state: DeviceState) async throws {
-        try await write { transaction in
-            let hlc = transaction.timestamp()
-            let updated = try await transaction.database.raw("UPDATE devices SET state = \(bind: state.rawValue), hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: id) RETURNING id").all()
-            guard !updated.isEmpty else { throw StoreError.notFound("device \(id)") }
-            try await transaction.logChange(entity: "device", key: id, op: .upsert, hlc: hlc)
+        try await write { try await $0.setDeviceState(id: id, to: state) }
+    }
+}
+
+extension Transaction {
+    /// Moves a device to a new lifecycle state (locked, wiped, revoked, active again).
+    public func setDeviceState(id: String, to state: DeviceState) async throws {
+        let hlc = timestamp()
+        let updated = try await database.raw("UPDATE devices SET state = \(bind: state.rawValue), hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: id) RETURNING id").all()
+        guard !updated.isEmpty else { throw StoreError.notFound("device \(id)") }
+        try await logChange(entity: "device", key: id, op: .upsert, hlc: hlc)
+    }
+
+    /// Forgets a device: its row, group memberships and open commands. Its events and the
+    /// audit log stay as history. The agent must enroll again to come back.
+    public func deleteDevice(id: String) async throws {
+        let removed = try await database.raw("DELETE FROM devices WHERE id = \(bind: id) RETURNING id").all()
+        guard !removed.isEmpty else { throw StoreError.notFound("device \(id)") }
+        let hlc = timestamp()
+        try await database.raw("DELETE FROM device_group_members WHERE device_id = \(bind: id)").run()
+        try await database.raw("UPDATE commands SET state = 'expired', updated_ms = \(bind: Int64(HybridLogicalClock.wallMilliseconds())), hlc = \(bind: Int64(bitPattern: hlc)) WHERE device_id = \(bind: id) AND state IN ('pending', 'delivered')").run()
+        try await logChange(entity: "device", key: id, op: .delete, hlc: hlc)
+    }
+
+    public func addPeer(_ peer: PeerRecord) async throws {
+        try Validate.identifier(peer.name, field: "peer.name", maxLength: 64)
+        guard peer.url.hasPrefix("https://") else { throw StoreError.invalid("peer.url", "must be an https:// URL") }
+        guard peer.certificateFingerprint.count == 64, peer.certificateFingerprint.allSatisfy(\.isHexDigit) else {
+            throw StoreError.invalid("peer.certificate_fingerprint", "must be a SHA-256 in 64 hex digits")
         }
+        if try await database.raw("SELECT name FROM peers WHERE name = \(bind: peer.name)").first() != nil {
+            throw StoreError(kind: .conflict, message: "a peer named \(peer.name) already exists")
+        }
+        try await database.raw("""
+            INSERT INTO peers (name, url, certificate_fingerprint, site_id, added_ms)
+            VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), \(bind: peer.siteID), \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
+            """).run()
+    }
+
+    public func removePeer(name: String) async throws {
+        let removed = try await database.raw("DELETE FROM peers WHERE name = \(bind: name) RETURNING name").all()
+        guard !removed.isEmpty else { throw StoreError.notFound("peer \(name)") }
     }
 }

@@ -125,6 +125,23 @@ enum Migrations {
                 "CREATE INDEX commands_expiry ON commands (state, expires_ms)",
             ]
         },
+        Migration(version: 3, name: "API sessions; audit, event and command lookups") { d in
+            [
+                """
+                CREATE TABLE auth_sessions (
+                    id TEXT PRIMARY KEY, operator TEXT NOT NULL, access_hash \(d.blob) NOT NULL, access_expires_ms BIGINT NOT NULL,
+                    refresh_hash \(d.blob) NOT NULL, refresh_expires_ms BIGINT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
+                    created_ms BIGINT NOT NULL, source TEXT NOT NULL)
+                """,
+                "CREATE INDEX auth_sessions_operator ON auth_sessions (operator)",
+                "CREATE INDEX audit_log_actor ON audit_log (actor, id)",
+                "CREATE INDEX audit_log_action ON audit_log (action, id)",
+                "CREATE INDEX events_time ON events (occurred_ms, device_id, event_id)",
+                "CREATE INDEX events_device_time ON events (device_id, occurred_ms)",
+                "CREATE INDEX commands_issued ON commands (issued_ms, id)",
+                "CREATE INDEX commands_device_issued ON commands (device_id, issued_ms)",
+            ]
+        },
     ]
 
     /// The schema version this binary writes.

@@ -1,0 +1,592 @@
+import Crypto
+import Foundation
+import PorticoProtocol
+import PorticoStore
+
+// MARK: - Request bodies
+
+struct RemoteHelpBody: APIRequestBody {
+    static let fields: Set<String> = ["challenge"]
+    var challenge: String
+
+    func validate() -> [APIProblem.FieldError] {
+        challenge.isEmpty || challenge.utf8.count > 64 ? [.init(field: "challenge", message: "must be the 1 to 64 character code the device shows")] : []
+    }
+}
+
+struct GroupBody: APIRequestBody {
+    static let fields: Set<String> = ["name", "description"]
+    var name: String
+    var description: String?
+
+    func validate() -> [APIProblem.FieldError] { GroupPatch(name: name, description: description).validate() }
+}
+
+struct GroupPatch: APIRequestBody {
+    static let fields: Set<String> = ["name", "description"]
+    var name: String?
+    var description: String?
+
+    func validate() -> [APIProblem.FieldError] {
+        var problems: [APIProblem.FieldError] = []
+        if let name, name.trimmingCharacters(in: .whitespaces).isEmpty || name.utf8.count > 128 { problems.append(.init(field: "name", message: "must be 1 to 128 bytes, not only spaces")) }
+        if let description, description.utf8.count > 1024 { problems.append(.init(field: "description", message: "must be at most 1024 bytes")) }
+        return problems
+    }
+}
+
+struct PolicyBody: APIRequestBody {
+    static let fields: Set<String> = ["name", "document"]
+    var name: String
+    var document: JSONValue
+
+    func validate() -> [APIProblem.FieldError] {
+        var problems: [APIProblem.FieldError] = []
+        if name.trimmingCharacters(in: .whitespaces).isEmpty || name.utf8.count > 128 { problems.append(.init(field: "name", message: "must be 1 to 128 bytes, not only spaces")) }
+        if !document.isObject { problems.append(.init(field: "document", message: "must be a JSON object")) }
+        return problems
+    }
+}
+
+struct PolicyVersionBody: APIRequestBody {
+    static let fields: Set<String> = ["document"]
+    var document: JSONValue
+
+    func validate() -> [APIProblem.FieldError] { document.isObject ? [] : [.init(field: "document", message: "must be a JSON object")] }
+}
+
+struct PublishBody: APIRequestBody {
+    static let fields: Set<String> = ["version"]
+    var version: Int
+
+    func validate() -> [APIProblem.FieldError] { version >= 1 ? [] : [.init(field: "version", message: "must be at least 1")] }
+}
+
+struct EnrollmentTokenBody: APIRequestBody {
+    static let fields: Set<String> = ["group_id", "uses", "expires_in_seconds"]
+    var groupId: String?
+    var uses: Int?
+    var expiresInSeconds: Int?
+
+    func validate() -> [APIProblem.FieldError] {
+        var problems: [APIProblem.FieldError] = []
+        if let uses, !(1...1_000_000).contains(uses) { problems.append(.init(field: "uses", message: "must be from 1 to 1000000")) }
+        if let expiresInSeconds, !(60...31_536_000).contains(expiresInSeconds) { problems.append(.init(field: "expires_in_seconds", message: "must be from 60 to 31536000 (a year)")) }
+        if let groupId, groupId.isEmpty || groupId.utf8.count > 128 { problems.append(.init(field: "group_id", message: "must be a group id")) }
+        return problems
+    }
+}
+
+struct CommandBody: APIRequestBody {
+    static let fields: Set<String> = ["device_id", "kind", "arguments", "expires_in_seconds", "confirm"]
+    var deviceId: String
+    var kind: String
+    var arguments: JSONValue?
+    var expiresInSeconds: Int?
+    var confirm: Bool?
+
+    /// What the API may queue; a remote-help response is answered at once instead.
+    static let kinds: [CommandKind] = [.lock, .unlock, .wipe, .passwordReset]
+
+    func validate() -> [APIProblem.FieldError] {
+        var problems: [APIProblem.FieldError] = []
+        if deviceId.isEmpty || deviceId.utf8.count > 128 { problems.append(.init(field: "device_id", message: "must be a device id")) }
+        if let parsed = CommandKind(rawValue: kind), Self.kinds.contains(parsed) {
+            if parsed == .wipe, confirm != true { problems.append(.init(field: "confirm", message: "must be true to wipe a device: wiping erases it")) }
+        } else {
+            problems.append(.init(field: "kind", message: "must be one of \(Self.kinds.map(\.rawValue).joined(separator: ", "))"))
+        }
+        if let arguments, !arguments.isObject { problems.append(.init(field: "arguments", message: "must be a JSON object")) }
+        if let expiresInSeconds, !(60...2_592_000).contains(expiresInSeconds) { problems.append(.init(field: "expires_in_seconds", message: "must be from 60 to 2592000 (30 days)")) }
+        return problems
+    }
+}
+
+struct OperatorBody: APIRequestBody {
+    static let fields: Set<String> = ["name", "role", "password"]
+    var name: String
+    var role: String
+    var password: String
+
+    func validate() -> [APIProblem.FieldError] {
+        var problems: [APIProblem.FieldError] = []
+        if name.isEmpty || name.utf8.count > 64 || !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@".contains($0)) }) {
+            problems.append(.init(field: "name", message: "must be 1 to 64 letters, digits, '-', '_', '.' or '@'"))
+        }
+        if OperatorRole(rawValue: role) == nil { problems.append(.init(field: "role", message: "must be admin, operator or auditor")) }
+        problems += OperatorPatch.passwordProblems(password)
+        return problems
+    }
+}
+
+struct OperatorPatch: APIRequestBody {
+    static let fields: Set<String> = ["role", "password", "disabled"]
+    var role: String?
+    var password: String?
+    var disabled: Bool?
+
+    func validate() -> [APIProblem.FieldError] {
+        var problems: [APIProblem.FieldError] = []
+        if let role, OperatorRole(rawValue: role) == nil { problems.append(.init(field: "role", message: "must be admin, operator or auditor")) }
+        if let password { problems += Self.passwordProblems(password) }
+        return problems
+    }
+
+    static func passwordProblems(_ password: String) -> [APIProblem.FieldError] {
+        password.count < 12 || password.utf8.count > 1024 ? [.init(field: "password", message: "must be 12 to 1024 characters")] : []
+    }
+}
+
+struct APITokenBody: APIRequestBody {
+    static let fields: Set<String> = ["name", "role", "scopes", "expires_in_seconds"]
+    var name: String
+    var role: String
+    var scopes: [String]?
+    var expiresInSeconds: Int?
+
+    func validate() -> [APIProblem.FieldError] {
+        var problems: [APIProblem.FieldError] = []
+        if name.trimmingCharacters(in: .whitespaces).isEmpty || name.utf8.count > 128 { problems.append(.init(field: "name", message: "must be 1 to 128 bytes, not only spaces")) }
+        if OperatorRole(rawValue: role) == nil { problems.append(.init(field: "role", message: "must be admin, operator or auditor")) }
+        let unknown = (scopes ?? []).filter { !APIService.scopes.contains($0) }
+        if !unknown.isEmpty { problems.append(.init(field: "scopes", message: "has unknown scopes: \(unknown.joined(separator: ", "))")) }
+        if let expiresInSeconds, !(60...63_072_000).contains(expiresInSeconds) { problems.append(.init(field: "expires_in_seconds", message: "must be from 60 to 63072000 (two years)")) }
+        return problems
+    }
+}
+
+struct RemoteHelpAnswer: Encodable, Sendable {
+    var deviceId: String
+    var response: String
+}
+
+struct IdentityView: Encodable, Sendable {
+    var current: CertificateView
+    var staged: CertificateView?
+}
+
+// MARK: - Handlers
+
+extension APIService {
+    var now: Int64 { Int64(HybridLogicalClock.wallMilliseconds()) }
+
+    // Devices
+
+    func listDevices(_ context: APIContext) async throws -> APIReply {
+        let (limit, cursor) = try context.paging(parts: 1)
+        let filter = DeviceFilter(state: try context.choice("state", as: DeviceState.self), hostname: try context.string("hostname"), os: try context.string("os"),
+                                  groupID: try context.string("group_id"), lastCheckInBefore: try context.time("checked_in_before"))
+        let devices = try await store.devices(filter, after: cursor?[0], limit: limit + 1)
+        let page = Array(devices.prefix(limit))
+        return try .json(Page(items: page.map { DeviceView($0) }, nextCursor: devices.count > limit ? page.last.map { Cursor.encode([$0.id]) } : nil))
+    }
+
+    func showDevice(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        guard let device = try await store.device(id: id) else { throw APIProblem.notFound("device \(id)") }
+        return try .json(DeviceView(device, groups: try await store.groupIDs(ofDevice: id)))
+    }
+
+    func revokeDevice(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        try await store.write { transaction in
+            try await transaction.setDeviceState(id: id, to: .revoked)
+            try await transaction.audit(context.entry("device.revoke", target: id))
+        }
+        agent?.endSessions(ofDevice: id)
+        guard let device = try await store.device(id: id) else { throw APIProblem.notFound("device \(id)") }
+        return try .json(DeviceView(device, groups: try await store.groupIDs(ofDevice: id)))
+    }
+
+    func deleteDevice(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        try await store.write { transaction in
+            try await transaction.deleteDevice(id: id)
+            try await transaction.audit(context.entry("device.delete", target: id))
+        }
+        agent?.endSessions(ofDevice: id)
+        return .noContent
+    }
+
+    /// The response code for a challenge a locked device shows its user (read out over the
+    /// phone); it unlocks that device only. Audited, as it grants access.
+    func remoteHelp(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        let body = try APIJSON.decode(RemoteHelpBody.self, from: context.request)
+        guard let agent else { throw APIProblem(.conflict, "remote help needs the agent service, which this manager does not run") }
+        guard try await store.device(id: id) != nil else { throw APIProblem.notFound("device \(id)") }
+        let response = try await agent.remoteHelpResponse(deviceID: id, challenge: body.challenge)
+        try await store.audit(context.entry("device.remote_help", target: id))
+        return try .json(RemoteHelpAnswer(deviceId: id, response: response))
+    }
+
+    // Groups
+
+    func listGroups(_ context: APIContext) async throws -> APIReply {
+        let sizes = try await store.groupSizes()
+        let groups = try await store.groups()
+        return try .json(Page(items: groups.map { GroupView($0, deviceCount: sizes[$0.id] ?? 0) }, nextCursor: nil))
+    }
+
+    func createGroup(_ context: APIContext) async throws -> APIReply {
+        let body = try APIJSON.decode(GroupBody.self, from: context.request)
+        let group = try await store.write { transaction in
+            let group = try await transaction.createGroup(name: body.name, description: body.description ?? "")
+            try await transaction.audit(context.entry("group.create", target: group.id, detail: "name \(group.name)"))
+            return group
+        }
+        return try .json(GroupView(group, deviceCount: 0), status: .created)
+    }
+
+    func showGroup(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        guard let group = try await store.group(id: id) else { throw APIProblem.notFound("group \(id)") }
+        return try .json(GroupView(group, deviceCount: try await store.groupSizes()[id] ?? 0))
+    }
+
+    func updateGroup(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        let body = try APIJSON.decode(GroupPatch.self, from: context.request)
+        let group = try await store.write { transaction in
+            let group = try await transaction.updateGroup(id: id, name: body.name, description: body.description)
+            try await transaction.audit(context.entry("group.update", target: id, detail: "name \(group.name)"))
+            return group
+        }
+        return try .json(GroupView(group, deviceCount: try await store.groupSizes()[id] ?? 0))
+    }
+
+    func deleteGroup(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        try await store.write { transaction in
+            try await transaction.deleteGroup(id: id)
+            try await transaction.audit(context.entry("group.delete", target: id))
+        }
+        return .noContent
+    }
+
+    func addGroupMember(_ context: APIContext) async throws -> APIReply {
+        let (group, device) = (context.parameter("id"), context.parameter("device_id"))
+        try await store.write { transaction in
+            try await transaction.addExistingDevice(device, toGroup: group)
+            try await transaction.audit(context.entry("group.add_device", target: group, detail: "device \(device)"))
+        }
+        return .noContent
+    }
+
+    func removeGroupMember(_ context: APIContext) async throws -> APIReply {
+        let (group, device) = (context.parameter("id"), context.parameter("device_id"))
+        try await store.write { transaction in
+            try await transaction.removeDevice(device, fromGroup: group)
+            try await transaction.audit(context.entry("group.remove_device", target: group, detail: "device \(device)"))
+        }
+        return .noContent
+    }
+
+    // Policies
+
+    func listPolicies(_ context: APIContext) async throws -> APIReply {
+        try .json(Page(items: try await store.policies().map { PolicyView($0) }, nextCursor: nil))
+    }
+
+    func createPolicy(_ context: APIContext) async throws -> APIReply {
+        let body = try APIJSON.decode(PolicyBody.self, from: context.request)
+        let caller = try context.caller
+        let document = try body.document.canonicalText()
+        let policy = try await store.write { transaction in
+            let policy = try await transaction.createPolicy(name: body.name, document: document, by: caller.actor)
+            try await transaction.audit(context.entry("policy.create", target: policy.id, detail: "name \(policy.name)"))
+            return policy
+        }
+        return try .json(PolicyView(policy, groups: []), status: .created)
+    }
+
+    func showPolicy(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        guard let policy = try await store.policy(id: id) else { throw APIProblem.notFound("policy \(id)") }
+        return try .json(PolicyView(policy, groups: try await store.policyAssignments(policyID: id)))
+    }
+
+    func policyHistory(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        guard let policy = try await store.policy(id: id) else { throw APIProblem.notFound("policy \(id)") }
+        let versions = try await store.policyVersions(policyID: id).reversed()
+        return try .json(Page(items: versions.map { PolicyVersionView($0, published: $0.version == policy.publishedVersion, withDocument: false) }, nextCursor: nil))
+    }
+
+    func showPolicyVersion(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        guard let number = Int(context.parameter("version")), number >= 1 else { throw APIProblem.invalid("version", "must be a version number (1, 2, ...)") }
+        guard let policy = try await store.policy(id: id) else { throw APIProblem.notFound("policy \(id)") }
+        guard let version = try await store.policyVersions(policyID: id).first(where: { $0.version == number }) else {
+            throw APIProblem.notFound("version \(number) of policy \(id)")
+        }
+        return try .json(PolicyVersionView(version, published: number == policy.publishedVersion, withDocument: true))
+    }
+
+    func addPolicyVersion(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        let body = try APIJSON.decode(PolicyVersionBody.self, from: context.request)
+        let caller = try context.caller
+        let document = try body.document.canonicalText()
+        let number = try await store.write { transaction in
+            let number = try await transaction.addPolicyVersion(policyID: id, document: document, by: caller.actor)
+            try await transaction.audit(context.entry("policy.add_version", target: id, detail: "version \(number)"))
+            return number
+        }
+        guard let policy = try await store.policy(id: id), let version = try await store.policyVersions(policyID: id).first(where: { $0.version == number }) else {
+            throw APIProblem.notFound("policy \(id)")
+        }
+        return try .json(PolicyVersionView(version, published: number == policy.publishedVersion, withDocument: true), status: .created)
+    }
+
+    func publishPolicy(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        let body = try APIJSON.decode(PublishBody.self, from: context.request)
+        try await store.write { transaction in
+            try await transaction.publishPolicy(policyID: id, version: body.version)
+            try await transaction.audit(context.entry("policy.publish", target: id, detail: "version \(body.version)"))
+        }
+        guard let policy = try await store.policy(id: id) else { throw APIProblem.notFound("policy \(id)") }
+        return try .json(PolicyView(policy, groups: try await store.policyAssignments(policyID: id)))
+    }
+
+    func assignPolicy(_ context: APIContext) async throws -> APIReply {
+        let (policy, group) = (context.parameter("id"), context.parameter("group_id"))
+        try await store.write { transaction in
+            try await transaction.assignExistingPolicy(policyID: policy, toGroup: group)
+            try await transaction.audit(context.entry("policy.assign", target: policy, detail: "group \(group)"))
+        }
+        return .noContent
+    }
+
+    func unassignPolicy(_ context: APIContext) async throws -> APIReply {
+        let (policy, group) = (context.parameter("id"), context.parameter("group_id"))
+        try await store.write { transaction in
+            try await transaction.unassignPolicy(policyID: policy, fromGroup: group)
+            try await transaction.audit(context.entry("policy.unassign", target: policy, detail: "group \(group)"))
+        }
+        return .noContent
+    }
+
+    // Enrollment tokens
+
+    func listEnrollmentTokens(_ context: APIContext) async throws -> APIReply {
+        try .json(Page(items: try await store.enrollmentTokens().map { EnrollmentTokenView($0) }, nextCursor: nil))
+    }
+
+    /// A token to install agents with: one use unless `uses` says more, a week unless
+    /// `expires_in_seconds` says otherwise. The secret is in this answer only.
+    func createEnrollmentToken(_ context: APIContext) async throws -> APIReply {
+        let body = try APIJSON.decode(EnrollmentTokenBody.self, from: context.request)
+        let caller = try context.caller
+        let id = "t-" + BearerSecret.newID().prefix(12)
+        let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        let now = self.now
+        let record = EnrollmentTokenRecord(id: id, secretHash: Array(SHA256.hash(data: secret)), groupID: body.groupId, usesAllowed: body.uses ?? 1,
+                                           expiresMilliseconds: now + Int64(body.expiresInSeconds ?? 7 * 86_400) * 1000, createdBy: caller.actor, createdMilliseconds: now)
+        try await store.write { transaction in
+            try await transaction.createEnrollmentToken(record)
+            try await transaction.audit(context.entry("enrollment_token.create", target: id, detail: "uses \(record.usesAllowed ?? 0), group \(record.groupID ?? "-")"))
+        }
+        return try .json(EnrollmentTokenView(record, token: "\(id).\(Base64URL.encode(secret))"), status: .created)
+    }
+
+    func showEnrollmentToken(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        guard let token = try await store.enrollmentToken(id: id) else { throw APIProblem.notFound("enrollment token \(id)") }
+        return try .json(EnrollmentTokenView(token))
+    }
+
+    func revokeEnrollmentToken(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        try await store.write { transaction in
+            try await transaction.revokeEnrollmentToken(id: id)
+            try await transaction.audit(context.entry("enrollment_token.revoke", target: id))
+        }
+        guard let token = try await store.enrollmentToken(id: id) else { throw APIProblem.notFound("enrollment token \(id)") }
+        return try .json(EnrollmentTokenView(token))
+    }
+
+    // Commands
+
+    func listCommands(_ context: APIContext) async throws -> APIReply {
+        let (limit, cursor) = try context.paging(parts: 2)
+        var before: (Int64, String)?
+        if let cursor {
+            guard let issued = Int64(cursor[0]) else { throw APIProblem.invalid("cursor", "is not one this API gave out") }
+            before = (issued, cursor[1])
+        }
+        let commands = try await store.commands(deviceID: try context.string("device_id"), state: try context.choice("state", as: CommandState.self), before: before, limit: limit + 1)
+        let page = Array(commands.prefix(limit))
+        return try .json(Page(items: page.map(CommandView.init), nextCursor: commands.count > limit ? page.last.map { Cursor.encode(["\($0.issuedMilliseconds)", $0.id]) } : nil))
+    }
+
+    func issueCommand(_ context: APIContext) async throws -> APIReply {
+        let body = try APIJSON.decode(CommandBody.self, from: context.request)
+        let caller = try context.caller
+        guard let kind = CommandKind(rawValue: body.kind) else { throw APIProblem.invalid("kind", "is not a command") }
+        let now = self.now
+        let command = CommandRecord(deviceID: body.deviceId, kind: kind, arguments: try body.arguments.map { try $0.canonicalText() } ?? "",
+                                    issuedBy: caller.actor, issuedMilliseconds: now, expiresMilliseconds: now + Int64(body.expiresInSeconds ?? 7 * 86_400) * 1000)
+        try await store.write { transaction in
+            try await transaction.enqueueCommand(command)
+            try await transaction.audit(context.entry("command.issue", target: body.deviceId, detail: "\(kind.rawValue) \(command.id)"))
+        }
+        return try .json(CommandView(command), status: .created)
+    }
+
+    func showCommand(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        guard let command = try await store.command(id: id) else { throw APIProblem.notFound("command \(id)") }
+        return try .json(CommandView(command))
+    }
+
+    // Events and audit
+
+    func listEvents(_ context: APIContext) async throws -> APIReply {
+        let (limit, cursor) = try context.paging(parts: 3)
+        var before: (Int64, String, String)?
+        if let cursor {
+            guard let occurred = Int64(cursor[0]) else { throw APIProblem.invalid("cursor", "is not one this API gave out") }
+            before = (occurred, cursor[1], cursor[2])
+        }
+        let filter = EventFilter(deviceID: try context.string("device_id"), kind: try context.string("kind"), since: try context.time("since"), until: try context.time("until"))
+        let events = try await store.events(filter, before: before, limit: limit + 1)
+        let page = Array(events.prefix(limit))
+        return try .json(Page(items: page.map(EventView.init), nextCursor: events.count > limit ? page.last.map { Cursor.encode(["\($0.occurredMilliseconds)", $0.deviceID, $0.eventID]) } : nil))
+    }
+
+    func listAudit(_ context: APIContext) async throws -> APIReply {
+        let (limit, cursor) = try context.paging(parts: 1)
+        var before: Int64?
+        if let cursor {
+            guard let id = Int64(cursor[0]) else { throw APIProblem.invalid("cursor", "is not one this API gave out") }
+            before = id
+        }
+        let filter = AuditFilter(actor: try context.string("actor"), action: try context.string("action"), target: try context.string("target"),
+                                 result: try context.string("result"), since: try context.time("since"), until: try context.time("until"))
+        let entries = try await store.auditEntries(filter, beforeID: before, limit: limit + 1)
+        let page = Array(entries.prefix(limit))
+        return try .json(Page(items: page.map(AuditView.init), nextCursor: entries.count > limit ? page.last.map { Cursor.encode(["\($0.id ?? 0)"]) } : nil))
+    }
+
+    // Operators
+
+    func listOperators(_ context: APIContext) async throws -> APIReply {
+        let now = self.now
+        return try .json(Page(items: try await store.operators().map { OperatorView($0, now: now) }, nextCursor: nil))
+    }
+
+    func createOperator(_ context: APIContext) async throws -> APIReply {
+        let body = try APIJSON.decode(OperatorBody.self, from: context.request)
+        guard let role = OperatorRole(rawValue: body.role) else { throw APIProblem.invalid("role", "must be admin, operator or auditor") }
+        let hash = try await PasswordHasher.hash(body.password)
+        let record = OperatorRecord(name: body.name, passwordHash: hash, role: role)
+        try await store.write { transaction in
+            try await transaction.createOperator(record)
+            try await transaction.audit(context.entry("operator.create", target: body.name, detail: "role \(role.rawValue)"))
+        }
+        return try .json(OperatorView(record), status: .created)
+    }
+
+    func showOperator(_ context: APIContext) async throws -> APIReply {
+        let name = context.parameter("name")
+        guard let account = try await store.operatorAccount(named: name) else { throw APIProblem.notFound("operator \(name)") }
+        return try .json(OperatorView(account))
+    }
+
+    /// Role, password or disabled flag. The last admin who can sign in cannot be demoted or
+    /// disabled, so the manager never loses its last administrator.
+    func updateOperator(_ context: APIContext) async throws -> APIReply {
+        let name = context.parameter("name")
+        let body = try APIJSON.decode(OperatorPatch.self, from: context.request)
+        let role = body.role.flatMap(OperatorRole.init(rawValue:))
+        let hash = if let password = body.password { try await PasswordHasher.hash(password) } else { String?.none }
+        var changes: [String] = []
+        if let role { changes.append("role \(role.rawValue)") }
+        if hash != nil { changes.append("password") }
+        if let disabled = body.disabled { changes.append(disabled ? "disabled" : "enabled") }
+        let detail = changes.isEmpty ? "no change" : changes.joined(separator: ", ")
+        let account = try await store.write { transaction in
+            let account = try await transaction.updateOperator(name: name, role: role, passwordHash: hash, disabled: body.disabled)
+            if try await transaction.activeAdminCount() == 0 {
+                throw APIProblem(.conflict, "\(name) is the last admin who can sign in; make another admin first")
+            }
+            try await transaction.audit(context.entry("operator.update", target: name, detail: detail))
+            return account
+        }
+        return try .json(OperatorView(account))
+    }
+
+    func deleteOperator(_ context: APIContext) async throws -> APIReply {
+        let name = context.parameter("name")
+        try await store.write { transaction in
+            try await transaction.deleteOperator(name: name)
+            if try await transaction.activeAdminCount() == 0 {
+                throw APIProblem(.conflict, "\(name) is the last admin who can sign in; make another admin first")
+            }
+            try await transaction.audit(context.entry("operator.delete", target: name))
+        }
+        return .noContent
+    }
+
+    func unlockOperator(_ context: APIContext) async throws -> APIReply {
+        let name = context.parameter("name")
+        try await store.write { transaction in
+            try await transaction.unlockOperator(name: name)
+            try await transaction.audit(context.entry("operator.unlock", target: name))
+        }
+        guard let account = try await store.operatorAccount(named: name) else { throw APIProblem.notFound("operator \(name)") }
+        return try .json(OperatorView(account))
+    }
+
+    // API tokens
+
+    func listAPITokens(_ context: APIContext) async throws -> APIReply {
+        try .json(Page(items: try await store.apiTokens().map { APITokenView($0) }, nextCursor: nil))
+    }
+
+    /// A token for automation with a role and optional scopes, 90 days unless
+    /// `expires_in_seconds` says otherwise. The secret is in this answer only.
+    func createAPIToken(_ context: APIContext) async throws -> APIReply {
+        let body = try APIJSON.decode(APITokenBody.self, from: context.request)
+        let caller = try context.caller
+        guard let role = OperatorRole(rawValue: body.role) else { throw APIProblem.invalid("role", "must be admin, operator or auditor") }
+        let id = BearerSecret.newID()
+        let secret = BearerSecret.make(.token, id: id)
+        let record = APITokenRecord(id: id, secretHash: secret.hash, name: body.name, role: role, scopes: (body.scopes ?? []).sorted(),
+                                    expiresMilliseconds: now + Int64(body.expiresInSeconds ?? 90 * 86_400) * 1000, createdBy: caller.actor)
+        try await store.write { transaction in
+            try await transaction.createAPIToken(record)
+            try await transaction.audit(context.entry("api_token.create", target: id, detail: "\(body.name), role \(role.rawValue)"))
+        }
+        return try .json(APITokenView(record, token: secret.text), status: .created)
+    }
+
+    func showAPIToken(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        guard let token = try await store.apiToken(id: id) else { throw APIProblem.notFound("API token \(id)") }
+        return try .json(APITokenView(token))
+    }
+
+    func revokeAPIToken(_ context: APIContext) async throws -> APIReply {
+        let id = context.parameter("id")
+        try await store.write { transaction in
+            try await transaction.revokeAPIToken(id: id)
+            try await transaction.audit(context.entry("api_token.revoke", target: id))
+        }
+        guard let token = try await store.apiToken(id: id) else { throw APIProblem.notFound("API token \(id)") }
+        return try .json(APITokenView(token))
+    }
+
+    // Peers and identity
+
+    func listPeers(_ context: APIContext) async throws -> APIReply {
+        try .json(Page(items: try await store.peers().map(PeerView.init), nextCursor: nil))
+    }
+
+    func showIdentity(_ context: APIContext) async throws -> APIReply {
+        guard let status = identityStatus() else { throw APIProblem.notFound("a server identity (no TLS listener is enabled)") }
+        return try .json(IdentityView(current: CertificateView(status.current), staged: status.staged.map(CertificateView.init)))
+    }
+}

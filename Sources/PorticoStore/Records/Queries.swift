@@ -1,0 +1,160 @@
+import Foundation
+import SQLKit
+
+/// Which devices a listing returns.
+public struct DeviceFilter: Sendable, Equatable {
+    public var state: DeviceState?
+    /// A case-insensitive substring of the hostname.
+    public var hostname: String?
+    public var os: String?
+    public var groupID: String?
+    /// Only devices whose last check-in is before this time (or that never checked in).
+    public var lastCheckInBefore: Int64?
+
+    public init(state: DeviceState? = nil, hostname: String? = nil, os: String? = nil, groupID: String? = nil, lastCheckInBefore: Int64? = nil) {
+        self.state = state
+        self.hostname = hostname
+        self.os = os
+        self.groupID = groupID
+        self.lastCheckInBefore = lastCheckInBefore
+    }
+}
+
+/// Which events a query returns.
+public struct EventFilter: Sendable, Equatable {
+    public var deviceID: String?
+    public var kind: String?
+    /// Occurred at or after (milliseconds since 1970).
+    public var since: Int64?
+    /// Occurred before.
+    public var until: Int64?
+
+    public init(deviceID: String? = nil, kind: String? = nil, since: Int64? = nil, until: Int64? = nil) {
+        self.deviceID = deviceID
+        self.kind = kind
+        self.since = since
+        self.until = until
+    }
+}
+
+/// Which audit entries a query returns.
+public struct AuditFilter: Sendable, Equatable {
+    public var actor: String?
+    public var action: String?
+    public var target: String?
+    public var result: String?
+    public var since: Int64?
+    public var until: Int64?
+
+    public init(actor: String? = nil, action: String? = nil, target: String? = nil, result: String? = nil, since: Int64? = nil, until: Int64? = nil) {
+        self.actor = actor
+        self.action = action
+        self.target = target
+        self.result = result
+        self.since = since
+        self.until = until
+    }
+}
+
+extension SQLQueryString {
+    fileprivate mutating func and<T: Encodable & Sendable>(_ clause: String, _ value: T?) {
+        guard let value else { return }
+        appendInterpolation(unsafeRaw: " AND \(clause) ")
+        appendInterpolation(bind: value)
+    }
+}
+
+extension Store {
+    /// Devices matching `filter`, by id, after the id `after` (keyset paging: a page never
+    /// repeats or skips a device because others were added or removed meanwhile).
+    public func devices(_ filter: DeviceFilter = DeviceFilter(), after: String? = nil, limit: Int = 100) async throws -> [DeviceRecord] {
+        try await read { db in
+            var query = SQLQueryString("SELECT * FROM devices d WHERE 1 = 1")
+            query.and("d.state =", filter.state?.rawValue)
+            query.and("d.os =", filter.os)
+            if let hostname = filter.hostname {
+                query.appendInterpolation(unsafeRaw: " AND LOWER(d.hostname) LIKE ")
+                query.appendInterpolation(bind: "%" + Self.escapeLike(hostname.lowercased()) + "%")
+                query.appendInterpolation(unsafeRaw: " ESCAPE '\\'")
+            }
+            if let group = filter.groupID {
+                query.appendInterpolation(unsafeRaw: " AND EXISTS (SELECT 1 FROM device_group_members m WHERE m.device_id = d.id AND m.group_id = ")
+                query.appendInterpolation(bind: group)
+                query.appendInterpolation(unsafeRaw: ")")
+            }
+            if let before = filter.lastCheckInBefore {
+                query.appendInterpolation(unsafeRaw: " AND (d.last_checkin_ms IS NULL OR d.last_checkin_ms < ")
+                query.appendInterpolation(bind: before)
+                query.appendInterpolation(unsafeRaw: ")")
+            }
+            query.and("d.id >", after)
+            query.appendInterpolation(unsafeRaw: " ORDER BY d.id LIMIT ")
+            query.appendInterpolation(bind: limit)
+            return try await db.raw(query).all().map(DeviceRecord.init(row:))
+        }
+    }
+
+    /// Device counts: total, by state, and checked in since `onlineSince`.
+    public func deviceCounts(onlineSince: Int64) async throws -> (total: Int, online: Int, byState: [DeviceState: Int]) {
+        try await read { db in
+            var byState: [DeviceState: Int] = [:]
+            var total = 0
+            for row in try await db.raw("SELECT state, COUNT(*) AS n FROM devices GROUP BY state").all() {
+                let n = try row.decode(column: "n", as: Int.self)
+                total += n
+                if let state = DeviceState(rawValue: try row.decode(column: "state", as: String.self)) { byState[state, default: 0] += n }
+            }
+            let online = try await db.raw("SELECT COUNT(*) AS n FROM devices WHERE last_checkin_ms >= \(bind: onlineSince)").first()?.decode(column: "n", as: Int.self) ?? 0
+            return (total, online, byState)
+        }
+    }
+
+    /// Events matching `filter`, newest first; `before` is the (occurred time, device, event id)
+    /// of the last event of the previous page.
+    public func events(_ filter: EventFilter, before: (Int64, String, String)? = nil, limit: Int = 100) async throws -> [EventRecord] {
+        try await read { db in
+            var query = SQLQueryString("SELECT device_id, event_id, kind, occurred_ms, body FROM events WHERE 1 = 1")
+            query.and("device_id =", filter.deviceID)
+            query.and("kind =", filter.kind)
+            query.and("occurred_ms >=", filter.since)
+            query.and("occurred_ms <", filter.until)
+            if let before {
+                query.appendInterpolation(unsafeRaw: " AND (occurred_ms < "); query.appendInterpolation(bind: before.0)
+                query.appendInterpolation(unsafeRaw: " OR (occurred_ms = "); query.appendInterpolation(bind: before.0)
+                query.appendInterpolation(unsafeRaw: " AND (device_id < "); query.appendInterpolation(bind: before.1)
+                query.appendInterpolation(unsafeRaw: " OR (device_id = "); query.appendInterpolation(bind: before.1)
+                query.appendInterpolation(unsafeRaw: " AND event_id < "); query.appendInterpolation(bind: before.2)
+                query.appendInterpolation(unsafeRaw: "))))")
+            }
+            query.appendInterpolation(unsafeRaw: " ORDER BY occurred_ms DESC, device_id DESC, event_id DESC LIMIT ")
+            query.appendInterpolation(bind: limit)
+            return try await db.raw(query).all().map(EventRecord.init(row:))
+        }
+    }
+
+    /// Audit entries matching `filter`, newest first, with ids below `beforeID` when paging.
+    public func auditEntries(_ filter: AuditFilter, beforeID: Int64? = nil, limit: Int = 100) async throws -> [AuditEntry] {
+        try await read { db in
+            var query = SQLQueryString("SELECT * FROM audit_log WHERE 1 = 1")
+            query.and("actor =", filter.actor)
+            query.and("action =", filter.action)
+            query.and("target =", filter.target)
+            query.and("result =", filter.result)
+            query.and("at_ms >=", filter.since)
+            query.and("at_ms <", filter.until)
+            query.and("id <", beforeID)
+            query.appendInterpolation(unsafeRaw: " ORDER BY id DESC LIMIT ")
+            query.appendInterpolation(bind: limit)
+            return try await db.raw(query).all().map(AuditEntry.init(row:))
+        }
+    }
+
+    static func escapeLike(_ text: String) -> String {
+        var escaped = ""
+        for character in text {
+            if character == "%" || character == "_" || character == "\\" { escaped.append("\\") }
+            escaped.append(character)
+        }
+        return escaped
+    }
+}
