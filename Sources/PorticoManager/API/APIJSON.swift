@@ -52,6 +52,11 @@ enum APIJSON {
             throw APIProblem(.validation, "unknown field\(unknown.count == 1 ? "" : "s"): \(unknown.joined(separator: ", "))",
                              errors: unknown.map { .init(field: $0, message: "is not a field of this request") })
         }
+        let nulls = dictionary.filter { $0.value is NSNull }.keys.sorted()
+        if !nulls.isEmpty {
+            throw APIProblem(.validation, "null is not a value here; leave out \(nulls.joined(separator: ", ")) instead",
+                             errors: nulls.map { .init(field: $0, message: "must not be null; leave the field out to keep the default") })
+        }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         let value: T

@@ -29,7 +29,7 @@ struct GroupPatch: APIRequestBody {
 
     func validate() -> [APIProblem.FieldError] {
         var problems: [APIProblem.FieldError] = []
-        if let name, name.trimmingCharacters(in: .whitespaces).isEmpty || name.utf8.count > 128 { problems.append(.init(field: "name", message: "must be 1 to 128 bytes, not only spaces")) }
+        if let name, name.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty || name.utf8.count > 128 { problems.append(.init(field: "name", message: "must be 1 to 128 bytes, not only spaces")) }
         if let description, description.utf8.count > 1024 { problems.append(.init(field: "description", message: "must be at most 1024 bytes")) }
         return problems
     }
@@ -42,7 +42,7 @@ struct PolicyBody: APIRequestBody {
 
     func validate() -> [APIProblem.FieldError] {
         var problems: [APIProblem.FieldError] = []
-        if name.trimmingCharacters(in: .whitespaces).isEmpty || name.utf8.count > 128 { problems.append(.init(field: "name", message: "must be 1 to 128 bytes, not only spaces")) }
+        if name.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty || name.utf8.count > 128 { problems.append(.init(field: "name", message: "must be 1 to 128 bytes, not only spaces")) }
         if !document.isObject { problems.append(.init(field: "document", message: "must be a JSON object")) }
         return problems
     }
@@ -146,7 +146,7 @@ struct APITokenBody: APIRequestBody {
 
     func validate() -> [APIProblem.FieldError] {
         var problems: [APIProblem.FieldError] = []
-        if name.trimmingCharacters(in: .whitespaces).isEmpty || name.utf8.count > 128 { problems.append(.init(field: "name", message: "must be 1 to 128 bytes, not only spaces")) }
+        if name.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty || name.utf8.count > 128 { problems.append(.init(field: "name", message: "must be 1 to 128 bytes, not only spaces")) }
         if OperatorRole(rawValue: role) == nil { problems.append(.init(field: "role", message: "must be admin, operator or auditor")) }
         let unknown = (scopes ?? []).filter { !APIService.scopes.contains($0) }
         if !unknown.isEmpty { problems.append(.init(field: "scopes", message: "has unknown scopes: \(unknown.joined(separator: ", "))")) }

@@ -268,19 +268,19 @@ struct APIContext: Sendable {
     }
 
     func integer(_ name: String, default fallback: Int, range: ClosedRange<Int>) throws -> Int {
-        guard let text = query[name], !text.isEmpty else { return fallback }
+        guard let text = query[name] else { return fallback }
         guard let value = Int(text), range.contains(value) else { throw APIProblem.invalid(name, "must be an integer from \(range.lowerBound) to \(range.upperBound)") }
         return value
     }
 
     func time(_ name: String) throws -> Int64? {
-        guard let text = query[name], !text.isEmpty else { return nil }
+        guard let text = query[name] else { return nil }
         guard let value = APIJSON.parseTime(text) else { throw APIProblem.invalid(name, "must be an RFC 3339 time such as 2026-01-31T12:00:00Z") }
         return value
     }
 
     func choice<E: RawRepresentable & CaseIterable>(_ name: String, as type: E.Type) throws -> E? where E.RawValue == String {
-        guard let text = query[name], !text.isEmpty else { return nil }
+        guard let text = query[name] else { return nil }
         guard let value = E(rawValue: text) else { throw APIProblem.invalid(name, "must be one of \(E.allCases.map(\.rawValue).joined(separator: ", "))") }
         return value
     }

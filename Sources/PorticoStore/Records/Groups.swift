@@ -91,7 +91,7 @@ extension Transaction {
 
     static func validateGroup(name: String, description: String) throws {
         try Validate.text(name, field: "group.name", maxBytes: 128)
-        guard !name.trimmingCharacters(in: .whitespaces).isEmpty else { throw StoreError.invalid("group.name", "must not be empty") }
+        guard !name.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw StoreError.invalid("group.name", "must not be empty") }
         try Validate.text(description, field: "group.description", maxBytes: 1024)
     }
 }

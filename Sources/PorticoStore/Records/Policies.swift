@@ -104,7 +104,7 @@ extension Transaction {
     /// Creates a policy with its first version.
     public func createPolicy(name: String, document: String, by author: String) async throws -> PolicyRecord {
         try Validate.text(name, field: "policy.name", maxBytes: 128)
-        guard !name.trimmingCharacters(in: .whitespaces).isEmpty else { throw StoreError.invalid("policy.name", "must not be empty") }
+        guard !name.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw StoreError.invalid("policy.name", "must not be empty") }
         try Validate.text(document, field: "policy.document", maxBytes: Store.maxPolicyBytes)
         let id = UUID().uuidString.lowercased()
         if try await database.raw("SELECT id FROM policies WHERE name = \(bind: name)").first() != nil {
