@@ -1,0 +1,140 @@
+import Crypto
+import Foundation
+import Testing
+
+@testable import PorticoStore
+
+/// The store operations the web services API stands on, on every engine.
+@Suite struct AdministrationTests {
+    static func device(_ id: String, hostname: String, os: String = "linux") -> DeviceRecord {
+        DeviceRecord(id: id, signingKey: [1, 2, 3], agreementKey: [4, 5, 6], hostname: hostname, os: os)
+    }
+
+    @Test(arguments: Engines.all)
+    func devicesFilterAndPageByID(_ dialect: Dialect) async throws {
+        try await Engines.withStore(dialect) { store in
+            for (id, host, os) in [("a1", "Laptop-01", "linux"), ("a2", "laptop_02", "macos"), ("a3", "desk%03", "linux"), ("a4", "server", "linux")] {
+                try await store.addDevice(Self.device(id, hostname: host, os: os))
+            }
+            let group = try await store.createGroup(name: "Laptops")
+            try await store.write { try await $0.addExistingDevice("a2", toGroup: group.id) }
+            try await store.recordCheckIn(CheckIn(deviceID: "a4", atMilliseconds: 5_000, policySerial: 0, status: "ok"))
+            try await store.setDeviceState(id: "a3", to: .locked)
+
+            #expect(try await store.devices(DeviceFilter(hostname: "LAPTOP")).map(\.id) == ["a1", "a2"])
+            // LIKE's wildcards in the filter are literal characters.
+            #expect(try await store.devices(DeviceFilter(hostname: "_0")).map(\.id) == ["a2"])
+            #expect(try await store.devices(DeviceFilter(hostname: "%")).map(\.id) == ["a3"])
+            #expect(try await store.devices(DeviceFilter(os: "macos")).map(\.id) == ["a2"])
+            #expect(try await store.devices(DeviceFilter(groupID: group.id)).map(\.id) == ["a2"])
+            #expect(try await store.devices(DeviceFilter(state: .locked)).map(\.id) == ["a3"])
+            #expect(try await store.devices(DeviceFilter(lastCheckInBefore: 6_000)).map(\.id) == ["a1", "a2", "a3", "a4"])
+            #expect(try await store.devices(DeviceFilter(lastCheckInBefore: 4_000)).map(\.id) == ["a1", "a2", "a3"])
+            #expect(try await store.devices(after: "a2", limit: 1).map(\.id) == ["a3"])
+            let counts = try await store.deviceCounts(onlineSince: 1_000)
+            #expect(counts.total == 4 && counts.online == 1 && counts.byState[.locked] == 1)
+
+            try await store.write { try await $0.deleteDevice(id: "a2") }
+            #expect(try await store.device(id: "a2") == nil)
+            #expect(try await store.groupSizes()[group.id] == nil)
+            await #expect(throws: StoreError.notFound("device a2")) { try await store.write { try await $0.deleteDevice(id: "a2") } }
+        }
+    }
+
+    @Test(arguments: Engines.all)
+    func eventsAndAuditEntriesQueryNewestFirstByFilter(_ dialect: Dialect) async throws {
+        try await Engines.withStore(dialect) { store in
+            try await store.ingestEvents([
+                EventRecord(deviceID: "d1", eventID: "1", kind: "scan", occurredMilliseconds: 100, body: "{}"),
+                EventRecord(deviceID: "d1", eventID: "2", kind: "malware", occurredMilliseconds: 200, body: "{}"),
+                EventRecord(deviceID: "d2", eventID: "3", kind: "scan", occurredMilliseconds: 200, body: "{}"),
+                EventRecord(deviceID: "d2", eventID: "4", kind: "scan", occurredMilliseconds: 300, body: "{}"),
+            ])
+            #expect(try await store.events(EventFilter()).map(\.eventID) == ["4", "3", "2", "1"])
+            #expect(try await store.events(EventFilter(kind: "scan", since: 150)).map(\.eventID) == ["4", "3"])
+            #expect(try await store.events(EventFilter(deviceID: "d1", until: 200)).map(\.eventID) == ["1"])
+            #expect(try await store.events(EventFilter(), before: (200, "d2", "3"), limit: 10).map(\.eventID) == ["2", "1"])
+
+            for (actor, action, result) in [("operator:a", "group.create", "ok"), ("operator:b", "group.create", "denied"), ("token:t", "policy.publish", "ok")] {
+                try await store.audit(AuditEntry(atMilliseconds: 1_000, actor: actor, action: action, target: "x", source: "127.0.0.1", result: result))
+            }
+            #expect(try await store.auditEntries(AuditFilter(action: "group.create")).map(\.actor) == ["operator:b", "operator:a"])
+            #expect(try await store.auditEntries(AuditFilter(result: "ok")).map(\.action) == ["policy.publish", "group.create"])
+            #expect(try await store.auditEntries(AuditFilter(since: 1_001)).isEmpty)
+            let newest = try #require(try await store.auditEntries(AuditFilter()).first?.id)
+            #expect(try await store.auditEntries(AuditFilter(), beforeID: newest, limit: 1).map(\.actor) == ["operator:b"])
+        }
+    }
+
+    @Test(arguments: Engines.all)
+    func groupsPoliciesAndCommandsChangeWithTheirAuditInOneTransaction(_ dialect: Dialect) async throws {
+        try await Engines.withStore(dialect) { store in
+            try await store.addDevice(Self.device("d1", hostname: "one"))
+            let group = try await store.createGroup(name: "Kiosks")
+            let policy = try await store.createPolicy(name: "Locked down", document: "{}", by: "test")
+            let serial = try await store.policySerial()
+            try await store.write { transaction in
+                try await transaction.addExistingDevice("d1", toGroup: group.id)
+                try await transaction.assignExistingPolicy(policyID: policy.id, toGroup: group.id)
+                try await transaction.audit(AuditEntry(actor: "operator:a", action: "policy.assign", target: policy.id, source: "-", result: "ok"))
+            }
+            #expect(try await store.policySerial() > serial)
+            #expect(try await store.policyAssignments(policyID: policy.id) == [group.id])
+            // A failure inside the transaction leaves neither the change nor its audit entry.
+            await #expect(throws: StoreError.self) {
+                try await store.write { transaction in
+                    try await transaction.audit(AuditEntry(actor: "operator:a", action: "group.update", target: group.id, source: "-", result: "ok"))
+                    _ = try await transaction.updateGroup(id: group.id, name: "Renamed", description: nil)
+                    try await transaction.unassignPolicy(policyID: policy.id, fromGroup: "no-such-group")
+                }
+            }
+            #expect(try await store.group(id: group.id)?.name == "Kiosks")
+            #expect(try await store.auditEntries(AuditFilter(action: "group.update")).isEmpty)
+
+            let renamed = try await store.write { try await $0.updateGroup(id: group.id, name: "Renamed", description: "all kiosks") }
+            #expect(renamed.description == "all kiosks")
+            let other = try await store.createGroup(name: "Other")
+            await #expect(throws: StoreError(kind: .conflict, message: "a group named Renamed already exists")) {
+                _ = try await store.write { try await $0.updateGroup(id: other.id, name: "Renamed", description: nil) }
+            }
+            try await store.write { try await $0.deleteGroup(id: group.id) }
+            #expect(try await store.policyAssignments(policyID: policy.id).isEmpty)
+            #expect(try await store.groupIDs(ofDevice: "d1").isEmpty)
+            #expect(try await store.policies().map(\.name) == ["Locked down"])
+
+            let first = CommandRecord(id: "c1", deviceID: "d1", kind: .lock, issuedBy: "a", issuedMilliseconds: 10)
+            let second = CommandRecord(id: "c2", deviceID: "d1", kind: .unlock, issuedBy: "a", issuedMilliseconds: 20)
+            try await store.enqueueCommand(first)
+            try await store.enqueueCommand(second)
+            #expect(try await store.commands(deviceID: "d1").map(\.id) == ["c2", "c1"])
+            #expect(try await store.commands(before: (20, "c2")).map(\.id) == ["c1"])
+            #expect(try await store.commands(state: .acknowledged).isEmpty)
+        }
+    }
+
+    @Test(arguments: Engines.all)
+    func operatorsAndSessionsLifecycle(_ dialect: Dialect) async throws {
+        try await Engines.withStore(dialect) { store in
+            try await store.createOperator(OperatorRecord(name: "ada", passwordHash: "h1", role: .admin))
+            try await store.createOperator(OperatorRecord(name: "olive", passwordHash: "h2", role: .operator))
+            let session = AuthSessionRecord(id: "s1", operatorName: "olive", accessHash: Array(repeating: 1, count: 32), accessExpiresMilliseconds: 10,
+                                            refreshHash: Array(repeating: 2, count: 32), refreshExpiresMilliseconds: 20, source: "127.0.0.1")
+            try await store.write { try await $0.createAuthSession(session) }
+            #expect(try await store.authSession(id: "s1") == session)
+            try await store.write { try await $0.renewAuthSession(id: "s1", accessHash: Array(repeating: 3, count: 32), accessExpiresMilliseconds: 30, refreshHash: Array(repeating: 4, count: 32)) }
+            #expect(try await store.authSession(id: "s1")?.accessExpiresMilliseconds == 30)
+
+            let updated = try await store.write { try await $0.updateOperator(name: "olive", role: .auditor, passwordHash: "h3") }
+            #expect(updated.role == .auditor && updated.passwordHash == "h3")
+            // A new password ends the operator's sessions.
+            #expect(try await store.authSession(id: "s1")?.revoked == true)
+            #expect(try await store.write { try await $0.activeAdminCount() } == 1)
+            try await store.write { _ = try await $0.updateOperator(name: "ada", disabled: true) }
+            #expect(try await store.write { try await $0.activeAdminCount() } == 0)
+            try await store.write { try await $0.deleteOperator(name: "olive") }
+            #expect(try await store.operators().map(\.name) == ["ada"])
+            try await store.write { try await $0.pruneAuthSessions(now: 100) }
+            #expect(try await store.authSession(id: "s1") == nil)
+        }
+    }
+}
