@@ -17,7 +17,15 @@ public enum ManagerServices {
         RouteConfiguration(listeners: [.webservices], path: "/api/v1/*", target: .service("api")),
     ]
 
-    public static func registry(prepared: PreparedConfiguration, store: Store, logger: Logger) throws -> (ServiceRegistry, AgentService) {
+    /// What `serve` runs besides the gateway.
+    public struct Runtime: Sendable {
+        public let registry: ServiceRegistry
+        public let agent: AgentService
+        public let api: APIService
+        public let rotation: IdentityRotation
+    }
+
+    public static func registry(prepared: PreparedConfiguration, store: Store, logger: Logger) throws -> Runtime {
         let configuration = prepared.configuration
         guard let identity = prepared.identity(of: .client) ?? ListenerRole.allCases.lazy.compactMap({ prepared.identity(of: $0) }).first else {
             throw ManagerError("no TLS listener is enabled, so there is no server identity to sign agent policies with; enable the client listener")
@@ -28,11 +36,23 @@ public enum ManagerServices {
         settings.checkInIntervalSeconds = Int(configuration.agents.checkInInterval.nanoseconds / 1_000_000_000)
         settings.clockSkewMilliseconds = configuration.agents.clockSkew.nanoseconds / 1_000_000
         let agent = AgentService(store: store, keys: keys, identity: { identity.current }, configuration: settings, logger: logger)
+        let rotation = IdentityRotation(configuration: configuration, identities: liveIdentities(prepared), agent: agent, store: store, logger: Logger(label: "portico.identity"))
+        let api = APIService(store: store, agent: agent, rotation: rotation, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
         var registry = ServiceRegistry()
         registry.register("agent", agent)
-        let api = APIService(store: store, agent: agent, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
         registry.register("api", api)
-        return (registry, agent)
+        return Runtime(registry: registry, agent: agent, api: api, rotation: rotation)
+    }
+
+    /// The identities loaded from the configured identity files (the ones a rotation replaces).
+    public static func liveIdentities(_ prepared: PreparedConfiguration) -> [ReloadableIdentity] {
+        var found: [ReloadableIdentity] = []
+        for role in ListenerRole.allCases {
+            guard let identity = prepared.identity(of: role), identity.certificatePath == prepared.configuration.identity.certificate,
+                  !found.contains(where: { $0 === identity }) else { continue }
+            found.append(identity)
+        }
+        return found
     }
 
     /// The identity the client listener serves (or the first TLS listener's), and the staged
@@ -47,8 +67,7 @@ public enum ManagerServices {
             if identity.fingerprint == current?.fingerprint { servedBy.append(listener.role) }
         }
         guard let current else { return nil }
-        let staged = StagedIdentity.paths(configuration)
-        let next = try? ServerIdentity.load(certificatePath: staged.certificate, privateKeyPath: staged.key)
+        let next = StagedIdentity.load(configuration)
         return APIService.IdentityStatus(current: IdentitySummary(current, listeners: servedBy), staged: next.map { IdentitySummary($0, listeners: []) })
     }
 }

@@ -9,7 +9,7 @@ import _CryptoExtras
 
 /// `portico cert`: the server identity, as an operator looks after it.
 struct Cert: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The server certificate.", subcommands: [Show.self, Generate.self, CSR.self, Import.self])
+    static let configuration = CommandConfiguration(abstract: "The server certificate.", subcommands: [Show.self, Generate.self, CSR.self, Import.self, Rotate.self])
 
     /// Where a staged identity waits: beside the live one, in `next/`.
     static func stagedPaths(_ config: GatewayConfiguration) -> (certificate: String, key: String) { StagedIdentity.paths(config) }
@@ -41,6 +41,89 @@ struct Cert: AsyncParsableCommand {
                 throw ExitCode(1)
             }
             writeLine(live ? "replaced the live identity at \(target.0)" : "staged a new identity at \(target.0)")
+        }
+    }
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Rotate the identity without stranding agents: stage the next one (or adopt a staged one), announce it at check-ins, switch once enough agents pinned it.",
+            discussion: """
+                The running manager announces a staged identity to every agent that checks in; agents pin it beside the \
+                current one. When --switch-at of the active agents (checked in within --active-window) have pinned it, the \
+                listeners switch by themselves. --status shows the progress; --force switches now (running listeners \
+                pick the new pair up within seconds).
+                """)
+        @OptionGroup var options: ConfigOptions
+        @Option(help: "rsa-2048, rsa-3072 or ecdsa-p256, for a newly generated identity.") var key: String = "rsa-2048"
+        @Option(help: "Validity in days, for a newly generated identity.") var days: Int = 825
+        @Option(name: .customLong("san"), help: "An extra DNS name or IP address (repeatable).") var names: [String] = []
+        @Option(help: "Percent of active agents that must have pinned the next identity before the switch.") var switchAt: Double = 95
+        @Option(help: "Agents that checked in within this long count as active (30m, 12h, 7d).") var activeWindow: String = "7d"
+        @Flag(help: "Show the progress of the rotation under way.") var status = false
+        @Flag(help: "Switch to the staged identity now, whatever the progress.") var force = false
+
+        func run() async throws {
+            let config = try loadOrExit(options)
+            if status { return try await showStatus(config) }
+            if force {
+                guard StagedIdentity.load(config) != nil else {
+                    printError("portico: no next identity is staged; run portico cert rotate first")
+                    throw ExitCode(1)
+                }
+                do { try StagedIdentity.promote(config) } catch {
+                    printError("portico: \(error)")
+                    throw ExitCode(1)
+                }
+                writeLine("switched: \(config.identity.certificate) is the staged identity now (the old one is in \(Paths.directory(of: config.identity.certificate))/previous/)")
+                writeLine("a running manager serves it within seconds")
+                return
+            }
+            guard (1...100).contains(switchAt) else {
+                printError("portico: --switch-at must be a percent from 1 to 100")
+                throw ExitCode(1)
+            }
+            guard let window = parseLifetime(activeWindow), window >= 3_600_000 else {
+                printError("portico: --active-window must be a duration of an hour or more, such as 12h or 7d")
+                throw ExitCode(1)
+            }
+            guard let keyType = KeyType(rawValue: key) else {
+                printError("portico: --key must be rsa-2048, rsa-3072 or ecdsa-p256")
+                throw ExitCode(1)
+            }
+            let paths = StagedIdentity.paths(config)
+            do {
+                if StagedIdentity.load(config) == nil {
+                    let generated = try IdentityGenerator.generate(keyType: keyType, commonName: config.siteName, names: config.identity.names + names, days: days)
+                    try IdentityGenerator.write(generated, certificatePath: paths.certificate, privateKeyPath: paths.key)
+                    writeLine("staged a new identity at \(paths.certificate)")
+                } else {
+                    writeLine("rotating to the identity already staged at \(paths.certificate)")
+                }
+                try StagedIdentity.writePlan(StagedIdentity.Plan(switchAt: switchAt / 100, activeWindowSeconds: Int(window / 1000)), config)
+            } catch {
+                printError("portico: \(error)")
+                throw ExitCode(1)
+            }
+            writeLine("agents pin it at their next check-in; the listeners switch when \(Self.percent(switchAt / 100)) of active agents have (portico cert rotate --status)")
+        }
+
+        func showStatus(_ config: GatewayConfiguration) async throws {
+            guard let staged = StagedIdentity.load(config) else {
+                writeLine("no rotation under way: nothing is staged at \(StagedIdentity.paths(config).certificate)")
+                return
+            }
+            let plan = StagedIdentity.plan(config)
+            let since = Int64(Date().timeIntervalSince1970 * 1000) - Int64(plan.activeWindowSeconds) * 1000
+            let progress = try await withStore(options) { store, _ in try await store.pinProgress(fingerprint: staged.fingerprintHex, activeSince: since) }
+            let share = progress.active == 0 ? 0 : Double(progress.acknowledged) / Double(progress.active)
+            writeLine("next identity: \(IdentitySummary(staged, listeners: []).fingerprint)")
+            writeLine("acknowledged: \(progress.acknowledged) of \(progress.active) active agents (\(Self.percent(share)))")
+            writeLine("switches at: \(Self.percent(plan.switchAt)) (active: checked in within \(plan.activeWindowSeconds / 3600) h)")
+        }
+
+        static func percent(_ share: Double) -> String {
+            let value = (share * 1000).rounded() / 10
+            return value == value.rounded() ? "\(Int(value))%" : "\(value)%"
         }
     }
 

@@ -67,9 +67,9 @@ struct Serve: AsyncParsableCommand {
             printError("portico: cannot open the database \(prepared.configuration.storeConfiguration.redacted): \(error)")
             throw ExitCode(1)
         }
-        let services: ServiceRegistry
+        let runtime: ManagerServices.Runtime
         do {
-            services = try ManagerServices.registry(prepared: prepared, store: store, logger: Logger(label: "portico.agent")).0
+            runtime = try ManagerServices.registry(prepared: prepared, store: store, logger: Logger(label: "portico.agent"))
         } catch {
             await store.close()
             printError("portico: \(error)")
@@ -79,13 +79,13 @@ struct Serve: AsyncParsableCommand {
         let gateway = Gateway(
             configuration: prepared,
             identityCache: cache,
-            services: services,
+            services: runtime.registry,
             logger: logger,
             source: { () throws(ConfigurationError) -> GatewayConfiguration in try options.load() },
             handleSIGHUP: true
         )
         let group = ServiceGroup(
-            configuration: .init(services: [.init(service: gateway)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(services: [.init(service: gateway), .init(service: runtime.rotation)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         do {
             try await group.run()

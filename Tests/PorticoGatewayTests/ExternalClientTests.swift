@@ -157,6 +157,33 @@ import Testing
         #expect(staged.leaf.subject.description.contains("bundled"))
     }
 
+    @Test func rotateStagesReportsProgressAndForcesTheSwitch() async throws {
+        let (dir, config, livePEM) = try setUp()
+        let none = try await Tools.run(portico, ["cert", "rotate", "--config", config, "--status"])
+        #expect(none.status == 0 && none.output.contains("no rotation under way"), "\(none.output)")
+        let badShare = try await Tools.run(portico, ["cert", "rotate", "--config", config, "--switch-at", "120"])
+        #expect(badShare.status == 1 && badShare.output.contains("--switch-at"), "\(badShare.output)")
+        #expect(!FileManager.default.fileExists(atPath: dir.file("ssl/next/server.crt")))
+
+        let started = try await Tools.run(portico, ["cert", "rotate", "--config", config, "--key", "ecdsa-p256", "--switch-at", "80", "--active-window", "2d"])
+        #expect(started.status == 0 && started.output.contains("staged a new identity"), "\(started.output)")
+        let staged = try ServerIdentity.load(certificatePath: dir.file("ssl/next/server.crt"), privateKeyPath: dir.file("ssl/next/server.key"))
+        let status = try await Tools.run(portico, ["cert", "rotate", "--config", config, "--status"])
+        #expect(status.status == 0, "\(status.output)")
+        #expect(status.output.contains("acknowledged: 0 of 0 active agents (0%)") && status.output.contains("switches at: 80% (active: checked in within 48 h)"), "\(status.output)")
+        #expect(status.output.contains(staged.fingerprint.map { String(format: "%02X", $0) }.joined(separator: ":")))
+        #expect(try String(contentsOfFile: dir.file("ssl/server.crt"), encoding: .utf8) == livePEM)
+
+        let forced = try await Tools.run(portico, ["cert", "rotate", "--config", config, "--force"])
+        #expect(forced.status == 0, "\(forced.output)")
+        #expect(try ServerIdentity.load(certificatePath: dir.file("ssl/server.crt"), privateKeyPath: dir.file("ssl/server.key")).fingerprint == staged.fingerprint)
+        #expect(try String(contentsOfFile: dir.file("ssl/previous/server.crt"), encoding: .utf8) == livePEM)
+        let mode = try FileManager.default.attributesOfItem(atPath: dir.file("ssl/previous/server.key"))[.posixPermissions] as? NSNumber
+        #expect(mode?.intValue == 0o600)
+        let again = try await Tools.run(portico, ["cert", "rotate", "--config", config, "--force"])
+        #expect(again.status == 1 && again.output.contains("no next identity is staged"), "\(again.output)")
+    }
+
     @Test func generateStagesANewIdentityWithoutTouchingTheLiveOne() async throws {
         let (dir, config, livePEM) = try setUp()
         let result = try await Tools.run(portico, ["cert", "generate", "--config", config, "--key", "ecdsa-p256", "--days", "30", "--san", "next.example.com"])

@@ -26,10 +26,10 @@ struct APICaller {
     let client: HTTPClient
     let base: String
 
-    static func with<T>(_ manager: TestManager, _ body: (APICaller) async throws -> T) async throws -> T {
+    static func with<T>(_ manager: TestManager, trustAny: Bool = false, _ body: (APICaller) async throws -> T) async throws -> T {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(manager.identity.current.chain)
-        tls.certificateVerification = .noHostnameVerification
+        tls.certificateVerification = trustAny ? .none : .noHostnameVerification
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(tlsConfiguration: tls))
         do {
             let result = try await body(APICaller(client: client, base: manager.apiURL))

@@ -20,6 +20,7 @@ struct TestManager {
     let bootstrap: BootstrapFile
     let identity: ReloadableIdentity
     let api: APIService
+    let rotation: IdentityRotation
     /// `https://127.0.0.1:<port>/api/v1` on the webservices listener.
     let apiURL: String
 
@@ -58,7 +59,8 @@ struct TestManager {
         let agent = AgentService(store: store, keys: try ManagerKeys.loadOrCreate(in: config.dataDirectory), identity: { identity.current }, configuration: configuration, logger: quiet)
         var services = ServiceRegistry()
         services.register("agent", agent)
-        let api = APIService(store: store, agent: agent, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
+        let rotation = IdentityRotation(configuration: config, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store, logger: quiet)
+        let api = APIService(store: store, agent: agent, rotation: rotation, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
         services.register("api", api)
         let gateway = Gateway(configuration: prepared, identityCache: cache, services: services, logger: quiet)
         try await gateway.start()
@@ -68,7 +70,7 @@ struct TestManager {
         let manager = TestManager(
             gateway: gateway, store: store, agent: agent, directory: directory, httpsURL: https, plainURL: plain,
             bootstrap: BootstrapFile(site: config.siteName, managerURLs: [https, plain], pinned: PinnedCertificates(pem: [identity.current.certificatePEM])),
-            identity: identity, api: api, apiURL: apiURL)
+            identity: identity, api: api, rotation: rotation, apiURL: apiURL)
         do {
             let result = try await body(manager)
             await gateway.stop()

@@ -62,10 +62,72 @@ public struct IdentitySummary: Sendable, Equatable {
     }
 }
 
-/// Where a staged identity waits until it goes live: beside the live one, in `next/`.
+/// The next identity: staged beside the live one in `next/` until the switch, when the live
+/// pair moves to `previous/` and the staged pair takes its place.
 public enum StagedIdentity {
+    /// What an operator chose when starting a rotation, kept beside the staged pair.
+    public struct Plan: Codable, Sendable, Equatable {
+        /// The share of active agents (0 to 1) that must have pinned the next certificate
+        /// before the listeners switch by themselves.
+        public var switchAt: Double
+        /// Agents that checked in within this many seconds count as active.
+        public var activeWindowSeconds: Int
+        public var startedMilliseconds: Int64
+
+        public init(switchAt: Double = 0.95, activeWindowSeconds: Int = 7 * 86_400, startedMilliseconds: Int64 = Int64(Date().timeIntervalSince1970 * 1000)) {
+            self.switchAt = switchAt
+            self.activeWindowSeconds = activeWindowSeconds
+            self.startedMilliseconds = startedMilliseconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case switchAt = "switch_at", activeWindowSeconds = "active_window_s", startedMilliseconds = "started_ms"
+        }
+    }
+
     public static func paths(_ configuration: GatewayConfiguration) -> (certificate: String, key: String) {
         let folder = Paths.directory(of: configuration.identity.certificate) + "/next"
         return (folder + "/server.crt", folder + "/server.key")
+    }
+
+    static func planPath(_ configuration: GatewayConfiguration) -> String {
+        Paths.directory(of: configuration.identity.certificate) + "/next/rotation.json"
+    }
+
+    /// The staged identity, if one is there and loads.
+    public static func load(_ configuration: GatewayConfiguration) -> ServerIdentity? {
+        let staged = paths(configuration)
+        guard FileManager.default.fileExists(atPath: staged.certificate) else { return nil }
+        return try? ServerIdentity.load(certificatePath: staged.certificate, privateKeyPath: staged.key)
+    }
+
+    /// The rotation plan; a staged identity without one rotates with the defaults.
+    public static func plan(_ configuration: GatewayConfiguration) -> Plan {
+        guard let data = FileManager.default.contents(atPath: planPath(configuration)), let plan = try? JSONDecoder().decode(Plan.self, from: data) else { return Plan() }
+        return plan
+    }
+
+    public static func writePlan(_ plan: Plan, _ configuration: GatewayConfiguration) throws(IdentityError) {
+        let data = (try? JSONEncoder().encode(plan)) ?? Data()
+        try SecureFile.write(Array(data), to: planPath(configuration), mode: 0o600)
+    }
+
+    /// Makes the staged pair live: the live pair is kept in `previous/`, then the staged key
+    /// and certificate take its place (each by an atomic rename). Listeners pick the new pair
+    /// up at their next reload.
+    public static func promote(_ configuration: GatewayConfiguration) throws(IdentityError) {
+        let staged = paths(configuration)
+        let live = (configuration.identity.certificate, configuration.identity.privateKey)
+        // Refuse a staged pair that would not load, before touching anything.
+        _ = try ServerIdentity.load(certificatePath: staged.certificate, privateKeyPath: staged.key)
+        let previous = Paths.directory(of: live.0) + "/previous"
+        if let certificate = FileManager.default.contents(atPath: live.0), let key = FileManager.default.contents(atPath: live.1) {
+            try SecureFile.write(Array(certificate), to: previous + "/server.crt", mode: 0o644)
+            try SecureFile.write(Array(key), to: previous + "/server.key", mode: 0o600)
+        }
+        for (from, to) in [(staged.key, live.1), (staged.certificate, live.0)] where rename(from, to) != 0 {
+            throw IdentityError.generation("cannot move \(from) to \(to): \(String(cString: strerror(errno)))")
+        }
+        try? FileManager.default.removeItem(atPath: planPath(configuration))
     }
 }

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import PorticoGateway
 import PorticoProtocol
 import PorticoStore
 
@@ -163,6 +164,44 @@ struct RemoteHelpAnswer: Encodable, Sendable {
 struct IdentityView: Encodable, Sendable {
     var current: CertificateView
     var staged: CertificateView?
+    var rotation: RotationView?
+}
+
+struct RotationView: Encodable, Sendable {
+    var acknowledged: Int
+    var active: Int
+    var share: Double
+    var switchAt: Double
+    var activeWindowSeconds: Int
+    var startedAt: String
+
+    init(_ status: IdentityRotation.Status) {
+        acknowledged = status.acknowledged
+        active = status.active
+        share = (status.share * 1000).rounded() / 1000
+        switchAt = status.plan.switchAt
+        activeWindowSeconds = status.plan.activeWindowSeconds
+        startedAt = APIJSON.time(status.plan.startedMilliseconds)
+    }
+}
+
+struct RotateBody: APIRequestBody {
+    static let fields: Set<String> = ["key", "days", "names", "switch_at", "active_window_seconds"]
+    var key: String?
+    var days: Int?
+    var names: [String]?
+    var switchAt: Double?
+    var activeWindowSeconds: Int?
+
+    func validate() -> [APIProblem.FieldError] {
+        var problems: [APIProblem.FieldError] = []
+        if let key, KeyType(rawValue: key) == nil { problems.append(.init(field: "key", message: "must be rsa-2048, rsa-3072 or ecdsa-p256")) }
+        if let days, !(1...3650).contains(days) { problems.append(.init(field: "days", message: "must be from 1 to 3650")) }
+        if let names, names.count > 32 || names.contains(where: { $0.isEmpty || $0.utf8.count > 253 }) { problems.append(.init(field: "names", message: "must be up to 32 DNS names or IP addresses")) }
+        if let switchAt, !(switchAt > 0 && switchAt <= 1) { problems.append(.init(field: "switch_at", message: "must be a share above 0 and at most 1")) }
+        if let activeWindowSeconds, !(3600...31_536_000).contains(activeWindowSeconds) { problems.append(.init(field: "active_window_seconds", message: "must be from 3600 to 31536000")) }
+        return problems
+    }
 }
 
 // MARK: - Handlers
@@ -586,7 +625,37 @@ extension APIService {
     }
 
     func showIdentity(_ context: APIContext) async throws -> APIReply {
+        try .json(try await identityView())
+    }
+
+    func identityView() async throws -> IdentityView {
         guard let status = identityStatus() else { throw APIProblem.notFound("a server identity (no TLS listener is enabled)") }
-        return try .json(IdentityView(current: CertificateView(status.current), staged: status.staged.map(CertificateView.init)))
+        let rotation = try await self.rotation?.status()
+        return IdentityView(current: CertificateView(status.current), staged: status.staged.map(CertificateView.init), rotation: rotation.map(RotationView.init))
+    }
+
+    /// Stages a new self-signed identity and announces it to agents at their check-ins; the
+    /// listeners switch when `switch_at` of the active agents have pinned it.
+    func rotateIdentity(_ context: APIContext) async throws -> APIReply {
+        let body = try APIJSON.decode(RotateBody.self, from: context.request)
+        guard let rotation else { throw APIProblem(.conflict, "identity rotation needs the agent service, which this manager does not run") }
+        let keyType = KeyType(rawValue: body.key ?? "rsa-2048") ?? .rsa2048
+        let plan = StagedIdentity.Plan(switchAt: body.switchAt ?? 0.95, activeWindowSeconds: body.activeWindowSeconds ?? 7 * 86_400)
+        let status: IdentityRotation.Status
+        do {
+            status = try await rotation.stage(keyType: keyType, days: body.days ?? 825, names: body.names ?? [], plan: plan)
+        } catch let error as RotationError {
+            throw APIProblem(.conflict, error.description)
+        }
+        try await store.audit(context.entry("identity.rotate", target: status.fingerprintHex, detail: "\(keyType.rawValue), switch at \(plan.switchAt)"))
+        return try .json(try await identityView(), status: .created)
+    }
+
+    /// Makes the staged identity live now, whatever share of agents has pinned it.
+    func switchIdentity(_ context: APIContext) async throws -> APIReply {
+        guard let rotation, let status = try await rotation.status() else { throw APIProblem(.conflict, "no next identity is staged; POST /api/v1/identity/rotate first") }
+        try rotation.switchNow()
+        try await store.audit(context.entry("identity.switch", target: status.fingerprintHex, detail: "forced at \(status.acknowledged) of \(status.active) agents"))
+        return try .json(try await identityView())
     }
 }

@@ -60,6 +60,8 @@ extension APIService {
         // Peers and the server identity.
         APIRoute(.GET, "/peers", .permission(.read("peers"))) { try await $0.listPeers($1) },
         APIRoute(.GET, "/identity", .permission(.read("identity"))) { try await $0.showIdentity($1) },
+        APIRoute(.POST, "/identity/rotate", .permission(.admin("identity.write")), action: "identity.rotate") { try await $0.rotateIdentity($1) },
+        APIRoute(.POST, "/identity/switch", .permission(.admin("identity.write")), action: "identity.switch") { try await $0.switchIdentity($1) },
     ]
 
     /// Every scope a token may be limited to.

@@ -41,16 +41,18 @@ public final class APIService: HTTPService {
 
     let store: Store
     let agent: AgentService?
+    let rotation: IdentityRotation?
     let identityStatus: @Sendable () -> IdentityStatus?
     let configuration: Configuration
     let logger: Logger
     let throttle: LoginThrottle
     let authenticator: OperatorAuthenticator
 
-    public init(store: Store, agent: AgentService?, identityStatus: @escaping @Sendable () -> IdentityStatus?, configuration: Configuration = Configuration(),
-                logger: Logger = Logger(label: "portico.api")) {
+    public init(store: Store, agent: AgentService?, rotation: IdentityRotation? = nil, identityStatus: @escaping @Sendable () -> IdentityStatus?,
+                configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.api")) {
         self.store = store
         self.agent = agent
+        self.rotation = rotation
         self.identityStatus = identityStatus
         self.configuration = configuration
         self.logger = logger

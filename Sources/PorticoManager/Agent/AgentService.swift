@@ -52,6 +52,9 @@ public final class AgentService: HTTPService {
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds))
     }
 
+    /// The certificate announced, if any.
+    public var announcedCertificate: String? { nextCertificate.withLockedValue { $0 } }
+
     /// Announces the certificate the manager will switch to; agents pin it at their next check-in.
     public func announceNextCertificate(_ pem: String?) {
         nextCertificate.withLockedValue { $0 = pem }
@@ -207,7 +210,7 @@ public final class AgentService: HTTPService {
     private func handle(_ message: AgentMessage, deviceID: String, now: Int64) async throws -> ManagerMessage {
         switch message {
         case .checkIn(let checkIn):
-            guard let (serial, commands) = try await store.checkIn(CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status)) else {
+            guard let (serial, commands) = try await store.checkIn(CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints)) else {
                 throw ProtocolError(.unknownDevice, "the device no longer exists")
             }
             let loaded = inFlight.withLockedValue { $0 } > configuration.backOffAbove

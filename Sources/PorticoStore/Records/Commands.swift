@@ -164,8 +164,8 @@ extension Store {
         return try await write { transaction in
             let db = transaction.database
             let updated = try await db.raw("""
-                UPDATE devices SET last_checkin_ms = \(bind: checkIn.atMilliseconds), policy_serial = \(bind: checkIn.policySerial), status = \(bind: checkIn.status)
-                WHERE id = \(bind: checkIn.deviceID) RETURNING id
+                UPDATE devices SET last_checkin_ms = \(bind: checkIn.atMilliseconds), policy_serial = \(bind: checkIn.policySerial), status = \(bind: checkIn.status),
+                pinned = \(bind: checkIn.pinnedText) WHERE id = \(bind: checkIn.deviceID) RETURNING id
                 """).all()
             guard !updated.isEmpty else { return nil }
             let serial = try await db.raw("SELECT value FROM counters WHERE name = 'policy_serial'").first()?.decode(column: "value", as: Int64.self) ?? 0

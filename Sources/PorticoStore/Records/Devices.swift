@@ -51,13 +51,19 @@ public struct CheckIn: Sendable, Equatable {
     public var atMilliseconds: Int64
     public var policySerial: Int64
     public var status: String
+    /// SHA-256 fingerprints (hex) of the manager certificates the agent has pinned.
+    public var pinned: [String]
 
-    public init(deviceID: String, atMilliseconds: Int64, policySerial: Int64, status: String) {
+    public init(deviceID: String, atMilliseconds: Int64, policySerial: Int64, status: String, pinned: [String] = []) {
         self.deviceID = deviceID
         self.atMilliseconds = atMilliseconds
         self.policySerial = policySerial
         self.status = status
+        self.pinned = pinned
     }
+
+    /// The pinned fingerprints as stored: lower-case hex, space-separated.
+    var pinnedText: String { pinned.prefix(8).map { $0.lowercased() }.filter { $0.count == 64 && $0.allSatisfy(\.isHexDigit) }.joined(separator: " ") }
 }
 
 extension Store {
@@ -91,10 +97,24 @@ extension Store {
         try Validate.nonNegative(checkIn.policySerial, field: "checkin.policy_serial")
         return try await write { transaction in
             let updated = try await transaction.database.raw("""
-                UPDATE devices SET last_checkin_ms = \(bind: checkIn.atMilliseconds), policy_serial = \(bind: checkIn.policySerial), status = \(bind: checkIn.status)
-                WHERE id = \(bind: checkIn.deviceID) RETURNING id
+                UPDATE devices SET last_checkin_ms = \(bind: checkIn.atMilliseconds), policy_serial = \(bind: checkIn.policySerial), status = \(bind: checkIn.status),
+                pinned = \(bind: checkIn.pinnedText) WHERE id = \(bind: checkIn.deviceID) RETURNING id
                 """).all()
             return !updated.isEmpty
+        }
+    }
+}
+
+extension Store {
+    /// How many active devices (not wiped or revoked, checked in since `activeSince`) there
+    /// are, and how many of them reported `fingerprint` among their pinned certificates.
+    public func pinProgress(fingerprint: String, activeSince: Int64) async throws -> (acknowledged: Int, active: Int) {
+        try await read { db in
+            let row = try await db.raw("""
+                SELECT COUNT(*) AS active, COALESCE(SUM(CASE WHEN pinned LIKE \(bind: "%" + fingerprint.lowercased() + "%") THEN 1 ELSE 0 END), 0) AS acknowledged
+                FROM devices WHERE state IN ('active', 'locked') AND last_checkin_ms >= \(bind: activeSince)
+                """).first()
+            return (try row?.decode(column: "acknowledged", as: Int.self) ?? 0, try row?.decode(column: "active", as: Int.self) ?? 0)
         }
     }
 }

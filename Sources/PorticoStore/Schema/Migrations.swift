@@ -142,6 +142,9 @@ enum Migrations {
                 "CREATE INDEX commands_device_issued ON commands (device_id, issued_ms)",
             ]
         },
+        Migration(version: 4, name: "certificates each device has pinned") { _ in
+            ["ALTER TABLE devices ADD COLUMN pinned TEXT NOT NULL DEFAULT ''"]
+        },
     ]
 
     /// The schema version this binary writes.
