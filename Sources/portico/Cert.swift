@@ -2,6 +2,7 @@ import ArgumentParser
 import Crypto
 import Foundation
 import PorticoGateway
+import PorticoManager
 import PorticoProtocol
 import SwiftASN1
 import X509
@@ -140,23 +141,7 @@ struct Cert: AsyncParsableCommand {
             let paths = staged ? stagedPaths(config) : (config.identity.certificate, config.identity.privateKey)
             do {
                 let identity = try ServerIdentity.load(certificatePath: paths.0, privateKeyPath: paths.1)
-                var sans: [GeneralName] = []
-                if names.isEmpty {
-                    sans = (try identity.leaf.extensions.subjectAlternativeNames).map(Array.init) ?? []
-                } else {
-                    for name in names {
-                        if let bytes = IdentityGenerator.ipBytesForCSR(name) {
-                            sans.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(bytes))))
-                        } else {
-                            sans.append(.dnsName(name))
-                        }
-                    }
-                }
-                let request = try CertificateSigningRequest(
-                    version: .v1, subject: identity.leaf.subject, privateKey: identity.signingKey,
-                    attributes: .init([try .init(ExtensionRequest(extensions: try Certificate.Extensions { SubjectAlternativeNames(sans) }))]),
-                    signatureAlgorithm: ManagerSignature.algorithm(for: identity.signingKey.publicKey))
-                let pem = try request.serializeAsPEM().pemString + "\n"
+                let pem = try IdentityRequests.signingRequest(for: identity, names: names)
                 if let output {
                     try SecureFile.write(Array(pem.utf8), to: output, mode: 0o644)
                 } else {
@@ -175,7 +160,7 @@ struct Cert: AsyncParsableCommand {
         @OptionGroup var options: ConfigOptions
         @Option(help: "PEM certificate (leaf first; a chain may follow in the same file).") var certificate: String?
         @Option(help: "PEM chain of intermediates, if not in the certificate file.") var chain: String?
-        @Option(help: "PEM private key.") var key: String?
+        @Option(help: "PEM private key (default: the live or staged key, for a certificate signed from portico cert csr).") var key: String?
         @Option(help: "A PKCS#12 bundle instead of PEM files.") var pkcs12: String?
         @Flag(help: "Stage it instead of replacing the live identity.") var staged = false
 
@@ -187,12 +172,17 @@ struct Cert: AsyncParsableCommand {
                 if let pkcs12 {
                     let password = readPassword(prompt: "PKCS#12 password: ") ?? ""
                     (certificatePEM, keyPEM) = try IdentityImport.fromPKCS12(path: pkcs12, password: password)
-                } else if let certificate, let key {
+                } else if let certificate {
                     var chainBytes = try FileContents.read(certificate)
                     if let chain { chainBytes += Array("\n".utf8) + (try FileContents.read(chain)) }
-                    (certificatePEM, keyPEM) = (chainBytes, try FileContents.read(key))
+                    // Without --key: the certificate a CA signed from this manager's request
+                    // goes with the live or staged key.
+                    guard let keyBytes = try key.map({ try FileContents.read($0) }) ?? IdentityRequests.matchingKey(for: chainBytes, configuration: config) else {
+                        throw ManagerCommandError("give --key: the certificate belongs to neither the live nor the staged key")
+                    }
+                    (certificatePEM, keyPEM) = (chainBytes, keyBytes)
                 } else {
-                    throw ManagerCommandError("give --certificate and --key, or --pkcs12")
+                    throw ManagerCommandError("give --certificate (and --key unless it was signed from portico cert csr), or --pkcs12")
                 }
                 try IdentityImport.check(certificatePEM: certificatePEM, keyPEM: keyPEM)
             } catch {
@@ -201,8 +191,7 @@ struct Cert: AsyncParsableCommand {
             }
             let target = staged ? stagedPaths(config) : (config.identity.certificate, config.identity.privateKey)
             do {
-                try SecureFile.write(keyPEM, to: target.1, mode: 0o600)
-                try SecureFile.write(certificatePEM, to: target.0, mode: 0o644)
+                _ = try IdentityRequests.install(certificatePEM: certificatePEM, keyPEM: keyPEM, staged: staged, configuration: config)
             } catch {
                 printError("portico: \(error)")
                 throw ExitCode(1)

@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import PorticoGateway
 @testable import PorticoManager
 import PorticoStore
 import Testing
@@ -96,6 +97,12 @@ import Testing
         "GET /identity": Sample(path: { _ in "/identity" }, status: 200),
         // Routes run in order: the admin's rotate stages the identity that the admin's switch makes live.
         "POST /identity/rotate": Sample(path: { _ in "/identity/rotate" }, body: { _ in #"{"key":"ecdsa-p256","days":30,"switch_at":1}"# }, status: 201),
+        "POST /identity/csr": Sample(path: { _ in "/identity/csr" }, body: { _ in #"{"names":["portico.corp.example"]}"# }, status: 200),
+        "POST /identity/import": Sample(path: { _ in "/identity/import" }, body: { _ in
+            let generated = try! IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "imported", days: 30)
+            let body = try! JSONSerialization.data(withJSONObject: ["certificate": generated.certificatePEM, "key": generated.privateKeyPEM])
+            return String(decoding: body, as: UTF8.self)
+        }, status: 200),
         "POST /identity/switch": Sample(path: { _ in "/identity/switch" }, status: 200),
     ]
 

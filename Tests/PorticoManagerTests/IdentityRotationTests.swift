@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import PorticoAgent
 @testable import PorticoManager
@@ -5,6 +6,7 @@ import PorticoGateway
 import PorticoProtocol
 import PorticoStore
 import Testing
+import X509
 
 /// A full rotation with agents: staged, announced, pinned, switched; nobody stranded.
 @Suite(.timeLimit(.minutes(3))) struct IdentityRotationTests {
@@ -95,6 +97,62 @@ import Testing
             // The old pair is kept beside the live one.
             let previous = try ServerIdentity.load(certificatePath: manager.directory + "/ssl/previous/server.crt", privateKeyPath: manager.directory + "/ssl/previous/server.key")
             #expect(previous.fingerprint == before)
+        }
+    }
+}
+
+/// A certificate from a corporate CA through the API: a CSR for the live key, the signed
+/// certificate imported with its chain (staged, then switched), and bad imports refused.
+@Suite(.timeLimit(.minutes(2))) struct IdentityImportAPITests {
+    @Test func aCSRSignedByACAImportsWithoutItsKeyAndBadImportsChangeNothing() async throws {
+        try await TestManager.with { manager in
+            let admin = try await manager.apiToken(role: .admin)
+            try await APICaller.with(manager, trustAny: true) { api in
+                let requested = try await api.call(.POST, "/identity/csr", token: admin, json: #"{"names":["portico.corp.example","10.1.2.3"]}"#)
+                let pem = try #require(requested.json["csr"] as? String)
+                let csr = try CertificateSigningRequest(pemEncoded: pem)
+                #expect(csr.publicKey == manager.identity.current.leaf.publicKey)
+                #expect(pem.hasPrefix("-----BEGIN CERTIFICATE REQUEST-----"))
+
+                // A corporate CA signs it.
+                let caKey = P256.Signing.PrivateKey()
+                let caName = try DistinguishedName { CommonName("Corp CA") }
+                let now = Date()
+                let ca = try Certificate(version: .v3, serialNumber: .init(), publicKey: .init(caKey.publicKey), notValidBefore: now - 60, notValidAfter: now + 86_400 * 365,
+                                         issuer: caName, subject: caName, signatureAlgorithm: .ecdsaWithSHA256,
+                                         extensions: try .init { Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil)) }, issuerPrivateKey: .init(caKey))
+                let leaf = try Certificate(version: .v3, serialNumber: .init(), publicKey: csr.publicKey, notValidBefore: now - 60, notValidAfter: now + 86_400 * 90,
+                                           issuer: caName, subject: csr.subject, signatureAlgorithm: .ecdsaWithSHA256,
+                                           extensions: try .init { SubjectAlternativeNames([.dnsName("portico.corp.example")]) }, issuerPrivateKey: .init(caKey))
+                let chain = try leaf.serializeAsPEM().pemString + "\n" + (try ca.serializeAsPEM().pemString) + "\n"
+
+                // Refused, each for its reason, and nothing staged.
+                let stranger = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "stranger")
+                func body(_ fields: [String: String]) -> String { String(decoding: try! JSONSerialization.data(withJSONObject: fields), as: UTF8.self) }
+                let mismatched = try await api.call(.POST, "/identity/import", token: admin, json: body(["certificate": chain, "key": stranger.privateKeyPEM]))
+                #expect(mismatched.status == 422, "\(mismatched.text)")
+                let unsigned = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "unsigned")
+                let noKey = try await api.call(.POST, "/identity/import", token: admin, json: body(["certificate": unsigned.certificatePEM]))
+                #expect(noKey.status == 422 && (noKey.json["detail"] as? String)?.contains("neither the live nor the staged key") == true, "\(noKey.text)")
+                let expired = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "old", days: 1, now: Date(timeIntervalSinceNow: -5 * 86_400))
+                #expect(try await api.call(.POST, "/identity/import", token: admin, json: body(["certificate": expired.certificatePEM, "key": expired.privateKeyPEM])).status == 422)
+                #expect(try await api.call(.POST, "/identity/import", token: admin, json: body(["pkcs12": "bm90IGEgYnVuZGxl", "password": "x"])).status == 422)
+                #expect(try await api.call(.POST, "/identity/import", token: admin, json: body(["certificate": chain, "pkcs12": "AA=="])).status == 422)
+                #expect(try await api.call(.GET, "/identity", token: admin).json["staged"] == nil)
+
+                // The CA's certificate, without a key: it goes with the live key, staged.
+                let imported = try await api.call(.POST, "/identity/import", token: admin, json: body(["certificate": chain]))
+                #expect(imported.status == 200, "\(imported.text)")
+                let staged = try #require(imported.json["staged"] as? [String: Any])
+                #expect(staged["issuer"] as? String == "CN=Corp CA" && staged["self_signed"] as? Bool == false)
+                #expect(imported.json["rotation"] != nil)
+                #expect(manager.agent.announcedCertificate != nil)
+                #expect(try await api.call(.POST, "/identity/switch", token: admin).status == 200)
+                #expect(manager.identity.current.leaf.issuer == caName)
+                #expect(manager.identity.current.chain.count == 2)
+                let audit = try await manager.store.auditEntries(AuditFilter(action: "identity.import"))
+                #expect(audit.filter { $0.result == "ok" }.count == 1 && audit.filter { $0.result == "failed" }.count == 5)
+            }
         }
     }
 }

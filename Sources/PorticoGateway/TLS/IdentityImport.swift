@@ -27,6 +27,21 @@ public enum IdentityImport {
         } catch {
             throw ImportError("\(path) is not a PKCS#12 bundle, or does not open with this password")
         }
+        return try pem(of: bundle, source: path)
+    }
+
+    /// The same from the bundle's bytes.
+    public static func fromPKCS12(bytes: [UInt8], password: String) throws -> (certificatePEM: [UInt8], keyPEM: [UInt8]) {
+        let bundle: NIOSSLPKCS12Bundle
+        do {
+            bundle = try NIOSSLPKCS12Bundle(buffer: bytes, passphrase: Array(password.utf8))
+        } catch {
+            throw ImportError("the bundle is not PKCS#12, or does not open with this password")
+        }
+        return try pem(of: bundle, source: "the bundle")
+    }
+
+    private static func pem(of bundle: NIOSSLPKCS12Bundle, source path: String) throws -> (certificatePEM: [UInt8], keyPEM: [UInt8]) {
         var certificates = ""
         for certificate in bundle.certificateChain {
             let pem = try Certificate(derEncoded: certificate.toDERBytes()).serializeAsPEM().pemString

@@ -61,6 +61,8 @@ extension APIService {
         APIRoute(.GET, "/peers", .permission(.read("peers"))) { try await $0.listPeers($1) },
         APIRoute(.GET, "/identity", .permission(.read("identity"))) { try await $0.showIdentity($1) },
         APIRoute(.POST, "/identity/rotate", .permission(.admin("identity.write")), action: "identity.rotate") { try await $0.rotateIdentity($1) },
+        APIRoute(.POST, "/identity/csr", .permission(.admin("identity.write")), action: "identity.csr") { try await $0.identityCSR($1) },
+        APIRoute(.POST, "/identity/import", .permission(.admin("identity.write")), action: "identity.import") { try await $0.importIdentity($1) },
         APIRoute(.POST, "/identity/switch", .permission(.admin("identity.write")), action: "identity.switch") { try await $0.switchIdentity($1) },
     ]
 

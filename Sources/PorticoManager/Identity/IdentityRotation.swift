@@ -104,6 +104,11 @@ public final class IdentityRotation: Service, Sendable {
         return status
     }
 
+    /// Loads the live files again at once (after an import replaced them).
+    public func reloadLive() {
+        for identity in identities { identity.reload(force: true) }
+    }
+
     /// Makes the staged identity live now, whatever the share.
     public func switchNow() throws {
         guard StagedIdentity.load(configuration) != nil else { throw RotationError("no next identity is staged") }
