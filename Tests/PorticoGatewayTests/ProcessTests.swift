@@ -188,3 +188,63 @@ import NIOPosix
         #expect(await process.wait() == 0)
     }
 }
+
+/// `portico cert rotate` against a running manager with a real agent: announced at a
+/// check-in, acknowledged at the next, switched by the manager itself; the agent carries on.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct RotationProcessTests {
+    @Test func aRotationSwitchesOnceTheAgentPinnedTheNextIdentityAndTheAgentCarriesOn() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try dir.write("portico.yaml", """
+            data_dir: data
+            identity: {generate: ecdsa-p256}
+            listeners:
+              client: {bind: 127.0.0.1, port: 0}
+              client_plain: {enabled: false}
+              replication: {enabled: false}
+              console: {enabled: false}
+              reporting: {enabled: false}
+              webservices: {enabled: false}
+            routes:
+              - {listeners: [client], path: /agent/v1/*, service: agent}
+            """)
+        let serve = try ServerProcess(["serve", "--config", config])
+        await serve.waitFor("listening")
+        let port = try #require(serve.boundPort(.client))
+        let tokenRun = try ServerProcess(["token", "create", "--config", config, "--expires", "1h"])
+        #expect(await tokenRun.wait() == 0)
+        let bootstrap = dir.file("bootstrap.json")
+        let export = try ServerProcess(["agent-config", "export", "--config", config, "--url", "https://127.0.0.1:\(port)",
+                                        "--token", tokenRun.text.trimmingCharacters(in: .whitespacesAndNewlines), "--output", bootstrap])
+        #expect(await export.wait() == 0)
+        let state = dir.file("agent")
+        let enroll = try ServerProcess(["enroll", "--bootstrap", bootstrap, "--state", state], executable: "portico-agent")
+        #expect(await enroll.wait() == 0, "enroll said: \(enroll.text)")
+        func checkIn() async throws {
+            let run = try ServerProcess(["run", "--state", state, "--once"], executable: "portico-agent")
+            #expect(await run.wait() == 0, "run said: \(run.text)")
+        }
+        try await checkIn()
+
+        let rotate = try ServerProcess(["cert", "rotate", "--config", config, "--key", "ecdsa-p256", "--switch-at", "100"])
+        #expect(await rotate.wait() == 0, "rotate said: \(rotate.text)")
+        let staged = try ServerIdentity.load(certificatePath: dir.file("ssl/next/server.crt"), privateKeyPath: dir.file("ssl/next/server.key"))
+        await serve.waitFor("announcing the staged identity to agents")
+        try await checkIn()   // learns of it and pins it
+        let status = try ServerProcess(["status", "--state", state], executable: "portico-agent")
+        #expect(await status.wait() == 0)
+        #expect(status.text.contains("pinned certificates: 2"), "\(status.text)")
+        try await checkIn()   // reports it pinned: 1 of 1 active agents
+        await serve.waitFor("the staged identity is live")
+
+        let probe = try await TLSProbe.connect(port: port)
+        #expect(try probe.peerCertificate?.toDERBytes() == staged.chain[0].toDERBytes())
+        await probe.close()
+        try await checkIn()   // over TLS with the new certificate
+        let after = try ServerProcess(["cert", "rotate", "--config", config, "--status"])
+        #expect(await after.wait() == 0)
+        #expect(after.text.contains("no rotation under way"), "\(after.text)")
+
+        serve.signal(SIGTERM)
+        #expect(await serve.wait() == 0)
+    }
+}

@@ -67,6 +67,13 @@ import X509
                     #expect(try await agent.checkIn().policyChanged)
                     #expect(try await agent.fetchPolicy().policies.map(\.document) == [#"{"v":2}"#])
                 }
+                // Fresh connections too (a restarted agent): TLS now meets the new certificate,
+                // which each agent picks out among its pins.
+                for (index, agent) in agents.enumerated() {
+                    let restarted = AgentClient(state: await agent.state, managerURL: index % 2 == 0 ? manager.httpsURL : manager.plainURL)
+                    let reply = try await withAgent(restarted) { try await $0.checkIn() }
+                    #expect(!reply.policyChanged)
+                }
                 #expect(try await manager.store.auditEntries(AuditFilter(action: "identity.rotate", result: "ok")).count == 1)
             } catch {
                 for agent in agents { await agent.shutdown() }

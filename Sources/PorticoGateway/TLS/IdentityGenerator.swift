@@ -44,13 +44,18 @@ public enum IdentityGenerator {
                 sans.append(.dnsName(name))
             }
         }
-        let subject = try DistinguishedName {
-            CommonName(commonName)
-            OrganizationName("Portico")
-        }
         var serial = [UInt8](repeating: 0, count: 16)
         for index in serial.indices { serial[index] = UInt8.random(in: 0...255) }
         serial[0] &= 0x7F
+        // Each identity gets a subject of its own: agents trust the old and the next identity
+        // side by side during a rotation, and TLS looks a trusted certificate up by subject, so
+        // two with one subject could be confused for each other.
+        let subject = try DistinguishedName {
+            OrganizationalUnitName("identity " + serial.prefix(4).map { String(format: "%02x", $0) }.joined())
+            CommonName(commonName)
+            OrganizationName("Portico")
+        }
+        let keyIdentifier = SubjectKeyIdentifier(hash: privateKey.publicKey)
         let certificate = try Certificate(
             version: .v3,
             serialNumber: Certificate.SerialNumber(bytes: serial),
@@ -64,7 +69,8 @@ public enum IdentityGenerator {
                 Critical(BasicConstraints.notCertificateAuthority)
                 try ExtendedKeyUsage([.serverAuth, .clientAuth])
                 SubjectAlternativeNames(sans)
-                SubjectKeyIdentifier(hash: privateKey.publicKey)
+                keyIdentifier
+                AuthorityKeyIdentifier(keyIdentifier: keyIdentifier.keyIdentifier)
             },
             issuerPrivateKey: privateKey
         )
