@@ -36,7 +36,7 @@ public actor AgentClient {
     /// An HTTP client that trusts only the pinned manager certificates for TLS.
     public static func makeHTTPClient(pinned: PinnedCertificates) -> HTTPClient {
         var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .certificates(pinned.pem.compactMap { try? NIOSSLCertificate(bytes: Array($0.utf8), format: .pem) })
+        tls.trustRoots = .certificates(pinned.tlsTrustRoots.compactMap { try? NIOSSLCertificate(bytes: Array($0.utf8), format: .pem) })
         tls.certificateVerification = .noHostnameVerification
         tls.minimumTLSVersion = .tlsv12
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
@@ -174,6 +174,7 @@ public actor AgentClient {
         }
         if let next = reply.nextCertificate, state.pinned.pinned(next) == nil {
             state.pinned.add(next)
+            state.pinned.addAuthorities(reply.nextAuthorities ?? [])
             pinnedFingerprints = Self.fingerprints(of: state.pinned)
             // New connections must trust the announced certificate too.
             let old = http

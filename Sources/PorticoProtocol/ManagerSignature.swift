@@ -28,10 +28,36 @@ public enum ManagerSignature {
 /// The manager certificates an agent trusts: pinned at enrollment from the bootstrap file,
 /// plus any next certificate the manager announced inside an authenticated session.
 public struct PinnedCertificates: Sendable, Codable, Equatable {
-    /// PEM certificates.
+    /// PEM certificates: the manager's own, whose keys sign.
     public var pem: [String]
+    /// PEM certificates of the authorities that issued a CA-signed manager certificate, up to
+    /// its self-signed root. Trusted for TLS only, never for signatures.
+    public var authorities: [String]
 
-    public init(pem: [String]) { self.pem = pem }
+    public init(pem: [String], authorities: [String] = []) {
+        self.pem = pem
+        self.authorities = authorities
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        pem = try container.decode([String].self, forKey: .pem)
+        authorities = try container.decodeIfPresent([String].self, forKey: .authorities) ?? []
+    }
+
+    enum CodingKeys: String, CodingKey { case pem, authorities }
+
+    /// Every certificate a TLS connection to the manager may chain to.
+    public var tlsTrustRoots: [String] { pem + authorities }
+
+    /// Adds authorities for TLS (those not already held).
+    public mutating func addAuthorities(_ certificatesPEM: [String]) {
+        for candidate in certificatesPEM {
+            guard let certificate = try? Certificate(pemEncoded: candidate),
+                  !authorities.contains(where: { (try? Certificate(pemEncoded: $0)) == certificate }) else { continue }
+            authorities.append(candidate)
+        }
+    }
 
     public var certificates: [Certificate] { pem.compactMap { try? Certificate(pemEncoded: $0) } }
 

@@ -266,18 +266,23 @@ public struct CheckInReply: Codable, Sendable, Equatable {
     public var backOff: Bool
     /// A certificate the manager will switch to (PEM); the agent pins it alongside the old one.
     public var nextCertificate: String?
+    /// When that certificate is CA-signed: its issuers up to the root (PEM), for TLS only.
+    public var nextAuthorities: [String]?
 
-    public init(policyChanged: Bool, policySerial: Int64, commands: [DeviceCommand], nextCheckInSeconds: Int, backOff: Bool = false, nextCertificate: String? = nil) {
+    public init(policyChanged: Bool, policySerial: Int64, commands: [DeviceCommand], nextCheckInSeconds: Int, backOff: Bool = false, nextCertificate: String? = nil,
+                nextAuthorities: [String]? = nil) {
         self.policyChanged = policyChanged
         self.policySerial = policySerial
         self.commands = commands
         self.nextCheckInSeconds = nextCheckInSeconds
         self.backOff = backOff
         self.nextCertificate = nextCertificate
+        self.nextAuthorities = nextAuthorities
     }
 
     enum CodingKeys: String, CodingKey {
         case policyChanged = "policy_changed", policySerial = "policy_serial", commands, nextCheckInSeconds = "next_checkin_s", backOff = "back_off", nextCertificate = "next_certificate"
+        case nextAuthorities = "next_authorities"
     }
 }
 

@@ -97,7 +97,7 @@ struct AgentConfig: AsyncParsableCommand {
                 if let https = config.listeners[.client], https.enabled { managerURLs.append("https://\(host):\(https.port)") }
                 if let plain = config.listeners[.clientPlain], plain.enabled { managerURLs.append("http://\(host):\(plain.port)") }
             }
-            let bootstrap = BootstrapFile(site: config.siteName, managerURLs: managerURLs, pinned: PinnedCertificates(pem: [identity.certificatePEM]), enrollmentToken: token)
+            let bootstrap = BootstrapFile(site: config.siteName, managerURLs: managerURLs, pinned: PinnedCertificates(pem: [identity.certificatePEM], authorities: identity.authorityPEMs), enrollmentToken: token)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             let data = try encoder.encode(bootstrap)

@@ -145,6 +145,8 @@ import X509
                 #expect(try await api.call(.POST, "/identity/import", token: admin, json: body(["certificate": expired.certificatePEM, "key": expired.privateKeyPEM])).status == 422)
                 #expect(try await api.call(.POST, "/identity/import", token: admin, json: body(["pkcs12": "bm90IGEgYnVuZGxl", "password": "x"])).status == 422)
                 #expect(try await api.call(.POST, "/identity/import", token: admin, json: body(["certificate": chain, "pkcs12": "AA=="])).status == 422)
+                let rootless = try await api.call(.POST, "/identity/import", token: admin, json: body(["certificate": try leaf.serializeAsPEM().pemString]))
+                #expect(rootless.status == 422 && (rootless.json["detail"] as? String)?.contains("root CA certificate") == true, "\(rootless.text)")
                 #expect(try await api.call(.GET, "/identity", token: admin).json["staged"] == nil)
 
                 // The CA's certificate, without a key: it goes with the live key, staged.
@@ -154,11 +156,17 @@ import X509
                 #expect(staged["issuer"] as? String == "CN=Corp CA" && staged["self_signed"] as? Bool == false)
                 #expect(imported.json["rotation"] != nil)
                 #expect(manager.agent.announcedCertificate != nil)
+                // An agent pins the CA-signed certificate before the switch ...
+                let agent = try await manager.enrolledAgent()
+                _ = try await withAgent(agent) { try await $0.checkIn() }
                 #expect(try await api.call(.POST, "/identity/switch", token: admin).status == 200)
                 #expect(manager.identity.current.leaf.issuer == caName)
                 #expect(manager.identity.current.chain.count == 2)
+                // ... and, restarted, reaches the manager serving it over TLS.
+                let restarted = AgentClient(state: await agent.state, managerURL: manager.httpsURL)
+                #expect(try await withAgent(restarted) { try await $0.checkIn() }.nextCertificate == nil)
                 let audit = try await manager.store.auditEntries(AuditFilter(action: "identity.import"))
-                #expect(audit.filter { $0.result == "ok" }.count == 1 && audit.filter { $0.result == "failed" }.count == 5)
+                #expect(audit.filter { $0.result == "ok" }.count == 1 && audit.filter { $0.result == "failed" }.count == 6)
             }
         }
     }

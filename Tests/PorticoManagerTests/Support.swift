@@ -69,7 +69,7 @@ struct TestManager {
         let apiURL = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .webservices)?.port))/api/v1"
         let manager = TestManager(
             gateway: gateway, store: store, agent: agent, directory: directory, httpsURL: https, plainURL: plain,
-            bootstrap: BootstrapFile(site: config.siteName, managerURLs: [https, plain], pinned: PinnedCertificates(pem: [identity.current.certificatePEM])),
+            bootstrap: BootstrapFile(site: config.siteName, managerURLs: [https, plain], pinned: PinnedCertificates(pem: [identity.current.certificatePEM], authorities: identity.current.authorityPEMs)),
             identity: identity, api: api, rotation: rotation, apiURL: apiURL)
         do {
             let result = try await body(manager)

@@ -17,6 +17,13 @@ public enum IdentityImport {
             }
             if now > parent.notValidAfter { throw ImportError("the chain certificate \(parent.subject) expired on \(parent.notValidAfter)") }
         }
+        // Agents verify TLS to the manager against what they pinned: for a CA-signed
+        // certificate that is its root, so the chain must reach it.
+        if let last = chain.last, chain.count > 1 || last.issuer != last.subject {
+            guard last.issuer == last.subject, last.publicKey.isValidSignature(last.signature, for: last) else {
+                throw ImportError("the chain must end with its root CA certificate (self-signed), which agents pin to verify the connection; append it to the certificate file")
+            }
+        }
     }
 
     /// The certificate chain and key of a PKCS#12 bundle, as PEM.

@@ -19,6 +19,11 @@ public struct ServerIdentity: Sendable {
     /// The leaf certificate in PEM, as agents pin it.
     public let certificatePEM: String
 
+    /// The certificates after the leaf (its issuers), as PEM; empty for a self-signed identity.
+    public var authorityPEMs: [String] {
+        chain.dropFirst().compactMap { try? Certificate(derEncoded: $0.toDERBytes()).serializeAsPEM().pemString }
+    }
+
     /// Serial number as colon-free lowercase hex.
     public var serialHex: String { leaf.serialNumber.bytes.map { String(format: "%02x", $0) }.joined() }
     public var fingerprintHex: String { fingerprint.map { String(format: "%02x", $0) }.joined() }

@@ -38,7 +38,7 @@ public final class AgentService: HTTPService {
     private let configuration: Configuration
     private let sessions = SessionTable()
     private let logger: Logger
-    private let nextCertificate = NIOLockedValueBox<String?>(nil)
+    private let nextCertificate = NIOLockedValueBox<(pem: String, authorities: [String])?>(nil)
     private let inFlight = NIOLockedValueBox(0)
     private let authenticator: OperatorAuthenticator
 
@@ -53,11 +53,12 @@ public final class AgentService: HTTPService {
     }
 
     /// The certificate announced, if any.
-    public var announcedCertificate: String? { nextCertificate.withLockedValue { $0 } }
+    public var announcedCertificate: String? { nextCertificate.withLockedValue { $0?.pem } }
 
     /// Announces the certificate the manager will switch to; agents pin it at their next check-in.
-    public func announceNextCertificate(_ pem: String?) {
-        nextCertificate.withLockedValue { $0 = pem }
+    /// - Parameter authorities: for a CA-signed certificate, its issuers up to the root (PEM).
+    public func announceNextCertificate(_ pem: String?, authorities: [String] = []) {
+        nextCertificate.withLockedValue { $0 = pem.map { ($0, authorities) } }
     }
 
     /// Open sessions, for metrics and tests.
@@ -214,13 +215,14 @@ public final class AgentService: HTTPService {
                 throw ProtocolError(.unknownDevice, "the device no longer exists")
             }
             let loaded = inFlight.withLockedValue { $0 } > configuration.backOffAbove
+            let next = nextCertificate.withLockedValue { $0 }
             let base = configuration.checkInIntervalSeconds * (loaded ? 2 : 1)
             let jitter = max(1, base / 10)
             return .checkIn(CheckInReply(
                 policyChanged: serial != checkIn.policySerial, policySerial: serial,
                 commands: commands.map { DeviceCommand(id: $0.id, kind: $0.kind.rawValue, arguments: $0.arguments) },
                 nextCheckInSeconds: base + Int.random(in: -jitter...jitter), backOff: loaded,
-                nextCertificate: nextCertificate.withLockedValue { $0 }))
+                nextCertificate: next?.pem, nextAuthorities: next.flatMap { $0.authorities.isEmpty ? nil : $0.authorities }))
         case .fetchPolicy:
             let serial = try await store.policySerial()
             let policies = try await store.publishedPolicies(forDevice: deviceID)

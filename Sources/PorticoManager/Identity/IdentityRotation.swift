@@ -81,7 +81,7 @@ public final class IdentityRotation: Service, Sendable {
         guard let staged = StagedIdentity.load(configuration) else { return nil }
         if announced.withLockedValue({ $0?.fingerprint }) != staged.fingerprint {
             announced.withLockedValue { $0 = (staged.fingerprint, staged.certificatePEM) }
-            agent.announceNextCertificate(staged.certificatePEM)
+            agent.announceNextCertificate(staged.certificatePEM, authorities: staged.authorityPEMs)
             logger.notice("announcing the staged identity to agents", metadata: ["fingerprint": "\(staged.fingerprintHex)"])
         }
         let plan = StagedIdentity.plan(configuration)
