@@ -248,3 +248,45 @@ import NIOPosix
         #expect(await serve.wait() == 0)
     }
 }
+
+/// `portico cert import` into a running manager: the open connection keeps its session and
+/// goes on answering; new connections meet the imported certificate.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct LiveImportProcessTests {
+    @Test func anImportSwapsTheLiveIdentityWithoutDroppingAnOpenConnection() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try dir.write("portico.yaml", """
+            data_dir: data
+            identity: {generate: ecdsa-p256, reload_interval: 1s}
+            listeners:
+              client: {bind: 127.0.0.1, port: 0}
+              client_plain: {enabled: false}
+              replication: {enabled: false}
+              console: {enabled: false}
+              reporting: {enabled: false}
+              webservices: {enabled: false}
+            """)
+        let serve = try ServerProcess(["serve", "--config", config])
+        await serve.waitFor("listening")
+        let port = try #require(serve.boundPort(.client))
+        let before = try ServerIdentity.load(certificatePath: dir.file("ssl/server.crt"), privateKeyPath: dir.file("ssl/server.key"))
+        let open = try await TLSProbe.connect(port: port)
+        #expect(try open.peerCertificate?.toDERBytes() == before.chain[0].toDERBytes())
+        #expect(try await open.get("/healthz").contains("200"))
+
+        let next = try IdentityGenerator.generate(keyType: .rsa2048, commonName: "imported")
+        let cert = try dir.write("imported.crt", next.certificatePEM)
+        let key = try dir.write("imported.key", next.privateKeyPEM)
+        let result = try await Tools.run(ServerProcess.executable(named: "portico") ?? "portico", ["cert", "import", "--config", config, "--certificate", cert, "--key", key])
+        #expect(result.status == 0, "\(result.output)")
+        await serve.waitFor("server certificate reloaded")
+
+        // The open connection carries on; a new one gets the imported certificate.
+        #expect(try await open.get("/healthz").contains("200"))
+        await open.close()
+        let fresh = try await TLSProbe.connect(port: port)
+        #expect(try fresh.peerCertificate?.toDERBytes() == ServerIdentity.parse(certificatePEM: Array(next.certificatePEM.utf8), privateKeyPEM: Array(next.privateKeyPEM.utf8)).chain[0].toDERBytes())
+        await fresh.close()
+        serve.signal(SIGTERM)
+        #expect(await serve.wait() == 0)
+    }
+}
