@@ -33,10 +33,15 @@ struct Token: AsyncParsableCommand {
                 let id = "t-" + (0..<5).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
                 let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
                 let expiresAt = Int64(Date().timeIntervalSince1970 * 1000) + lifetime
-                try await store.createEnrollmentToken(EnrollmentTokenRecord(
+                let record = EnrollmentTokenRecord(
                     id: id, secretHash: Array(SHA256.hash(data: secret)), groupID: groupID, usesAllowed: unlimited ? nil : uses,
-                    expiresMilliseconds: expiresAt, createdBy: "cli:\(NSUserName())"))
-                try await store.audit(AuditEntry(actor: "cli:\(NSUserName())", action: "token.create", target: id, source: "local", result: "ok"))
+                    expiresMilliseconds: expiresAt, createdBy: "cli:\(NSUserName())")
+                let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "enrollment_token.create", target: id, source: "local", result: "ok",
+                                       detail: "uses \(record.usesAllowed.map(String.init) ?? "unlimited"), group \(groupID ?? "-")")
+                try await store.write { transaction in
+                    try await transaction.createEnrollmentToken(record)
+                    try await transaction.audit(entry)
+                }
                 writeLine("\(id).\(Base64URL.encode(secret))")
             }
         }
@@ -63,8 +68,11 @@ struct Token: AsyncParsableCommand {
 
         func run() async throws {
             try await withStore(options) { store, _ in
-                try await store.revokeEnrollmentToken(id: id)
-                try await store.audit(AuditEntry(actor: "cli:\(NSUserName())", action: "token.revoke", target: id, source: "local", result: "ok"))
+                let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "enrollment_token.revoke", target: id, source: "local", result: "ok")
+                try await store.write { transaction in
+                    try await transaction.revokeEnrollmentToken(id: id)
+                    try await transaction.audit(entry)
+                }
                 writeLine("revoked \(id)")
             }
         }
