@@ -36,6 +36,7 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-kit.git", from: "2.17.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
     ],
     targets: [
         .target(
@@ -106,8 +107,17 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Mustache", package: "swift-mustache"),
             ],
-            resources: [.embedInCode("API/openapi.yaml")],
+            resources: [
+                .embedInCode("API/openapi.yaml"),
+                .embedInCode("Console/templates/layout.mustache"),
+                .embedInCode("Console/templates/login.mustache"),
+                .embedInCode("Console/templates/dashboard.mustache"),
+                .embedInCode("Console/templates/devices.mustache"),
+                .embedInCode("Console/templates/device.mustache"),
+                .embedInCode("Console/templates/message.mustache"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -5,7 +5,7 @@ import PorticoStore
 /// The role services the manager mounts on the gateway, by the names routes use.
 public enum ManagerServices {
     /// Names a config's routes may target besides the gateway's built-ins.
-    public static let names: Set<String> = ["agent", "api"]
+    public static let names: Set<String> = ["agent", "api", "console"]
 
     /// Every service name a route may target.
     public static var allNames: Set<String> { BuiltinServices.names.union(names) }
@@ -15,6 +15,7 @@ public enum ManagerServices {
     public static let defaultRoutes: [RouteConfiguration] = [
         RouteConfiguration(listeners: [.client, .clientPlain], path: "/agent/v1/*", target: .service("agent"), maxBodyBytes: 2 << 20),
         RouteConfiguration(listeners: [.webservices], path: "/api/v1/*", target: .service("api")),
+        RouteConfiguration(listeners: [.console], path: "/*", target: .service("console")),
     ]
 
     /// What `serve` runs besides the gateway.
@@ -22,6 +23,7 @@ public enum ManagerServices {
         public let registry: ServiceRegistry
         public let agent: AgentService
         public let api: APIService
+        public let console: ConsoleService
         public let rotation: IdentityRotation
     }
 
@@ -41,7 +43,9 @@ public enum ManagerServices {
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         registry.register("api", api)
-        return Runtime(registry: registry, agent: agent, api: api, rotation: rotation)
+        let console = try ConsoleService(store: store, agent: agent, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.console"))
+        registry.register("console", console)
+        return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation)
     }
 
     /// The identities loaded from the configured identity files (the ones a rotation replaces).

@@ -17,6 +17,11 @@ public struct StoreError: Error, Sendable, CustomStringConvertible, Equatable {
         StoreError(kind: .invalidValue, message: "\(field) \(problem)")
     }
 
+    /// A change that cannot be made in the current state.
+    public static func conflict(_ message: String) -> StoreError {
+        StoreError(kind: .conflict, message: message)
+    }
+
     public static func notFound(_ what: String) -> StoreError {
         StoreError(kind: .notFound, message: "\(what) does not exist")
     }

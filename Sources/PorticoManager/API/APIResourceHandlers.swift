@@ -304,10 +304,7 @@ extension APIService {
     func remoteHelp(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
         let body = try APIJSON.decode(RemoteHelpBody.self, from: context.request)
-        guard let agent else { throw APIProblem(.conflict, "remote help needs the agent service, which this manager does not run") }
-        guard try await store.device(id: id) != nil else { throw APIProblem.notFound("device \(id)") }
-        let response = try await agent.remoteHelpResponse(deviceID: id, challenge: body.challenge)
-        try await store.audit(context.entry("device.remote_help", target: id))
+        let response = try await operations.remoteHelpResponse(deviceID: id, challenge: body.challenge, by: try context.actor)
         return try .json(RemoteHelpAnswer(deviceId: id, response: response))
     }
 
@@ -520,13 +517,9 @@ extension APIService {
         let caller = try context.caller
         guard try await store.device(id: body.deviceId) != nil else { throw APIProblem.invalid("device_id", "names no enrolled device") }
         guard let kind = CommandKind(rawValue: body.kind) else { throw APIProblem.invalid("kind", "is not a command") }
-        let now = self.now
-        let command = CommandRecord(deviceID: body.deviceId, kind: kind, arguments: try body.arguments.map { try $0.canonicalText() } ?? "",
-                                    issuedBy: caller.actor, issuedMilliseconds: now, expiresMilliseconds: now + Int64(body.expiresInSeconds ?? 7 * 86_400) * 1000)
-        try await store.write { transaction in
-            try await transaction.enqueueCommand(command)
-            try await transaction.audit(context.entry("command.issue", target: body.deviceId, detail: "\(kind.rawValue) \(command.id)"))
-        }
+        _ = caller
+        let command = try await operations.issueCommand(deviceID: body.deviceId, kind: kind, arguments: try body.arguments.map { try $0.canonicalText() } ?? "",
+                                                        expiresInSeconds: body.expiresInSeconds ?? 7 * 86_400, by: try context.actor)
         return try .json(CommandView(command), status: .created)
     }
 

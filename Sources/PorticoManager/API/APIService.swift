@@ -47,6 +47,7 @@ public final class APIService: HTTPService {
     let logger: Logger
     let throttle: LoginThrottle
     let authenticator: OperatorAuthenticator
+    let operations: ManagerOperations
 
     public init(store: Store, agent: AgentService?, rotation: IdentityRotation? = nil, identityStatus: @escaping @Sendable () -> IdentityStatus?,
                 configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.api")) {
@@ -58,6 +59,7 @@ public final class APIService: HTTPService {
         self.logger = logger
         self.throttle = LoginThrottle(limit: configuration.loginFailuresPerSource, windowMilliseconds: configuration.loginWindowMilliseconds)
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds))
+        self.operations = ManagerOperations(store: store, agent: agent)
     }
 
     static let prefix = "/api/v1"
@@ -243,6 +245,11 @@ struct APIContext: Sendable {
             guard let principal else { throw APIProblem(.unauthenticated, "this endpoint needs a bearer token") }
             return principal
         }
+    }
+
+    /// The caller as the shared operations name them.
+    var actor: ManagerOperations.Actor {
+        get throws { ManagerOperations.Actor(name: try caller.actor, source: source) }
     }
 
     /// An audit entry for this caller and source.

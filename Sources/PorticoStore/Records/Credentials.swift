@@ -88,13 +88,7 @@ extension Store {
     }
 
     public func createConsoleSession(_ session: ConsoleSessionRecord) async throws {
-        guard session.idHash.count == 32 else { throw StoreError.invalid("session.id_hash", "must be a 32-byte SHA-256") }
-        try await write { transaction in
-            try await transaction.database.raw("""
-                INSERT INTO console_sessions (id_hash, operator, csrf_token, created_ms, expires_ms, source)
-                VALUES (\(bind: Data(session.idHash)), \(bind: session.operatorName), \(bind: session.csrfToken), \(bind: session.createdMilliseconds), \(bind: session.expiresMilliseconds), \(bind: session.source))
-                """).run()
-        }
+        try await write { try await $0.createConsoleSession(session) }
     }
 
     /// The session for a cookie's hash, if it exists and has not expired.
@@ -109,9 +103,22 @@ extension Store {
     }
 
     public func deleteConsoleSession(idHash: [UInt8]) async throws {
-        try await write { transaction in
-            try await transaction.database.raw("DELETE FROM console_sessions WHERE id_hash = \(bind: Data(idHash))").run()
-        }
+        try await write { try await $0.deleteConsoleSession(idHash: idHash) }
+    }
+}
+
+extension Transaction {
+    public func createConsoleSession(_ session: ConsoleSessionRecord) async throws {
+        guard session.idHash.count == 32 else { throw StoreError.invalid("session.id_hash", "must be a 32-byte SHA-256") }
+        try await database.raw("""
+            INSERT INTO console_sessions (id_hash, operator, csrf_token, created_ms, expires_ms, source)
+            VALUES (\(bind: Data(session.idHash)), \(bind: session.operatorName), \(bind: session.csrfToken), \(bind: session.createdMilliseconds), \(bind: session.expiresMilliseconds), \(bind: session.source))
+            """).run()
+        try await database.raw("DELETE FROM console_sessions WHERE expires_ms < \(bind: session.createdMilliseconds)").run()
+    }
+
+    public func deleteConsoleSession(idHash: [UInt8]) async throws {
+        try await database.raw("DELETE FROM console_sessions WHERE id_hash = \(bind: Data(idHash))").run()
     }
 }
 

@@ -63,7 +63,10 @@ extension Transaction {
             hlc = \(bind: Int64(bitPattern: hlc)) WHERE name = \(bind: name)
             """).run()
         try await logChange(entity: "operator", key: name, op: .upsert, hlc: hlc)
-        if passwordHash != nil || disabled == true { try await endAuthSessions(operatorName: name) }
+        if passwordHash != nil || disabled == true {
+            try await endAuthSessions(operatorName: name)
+            try await database.raw("DELETE FROM console_sessions WHERE operator = \(bind: name)").run()
+        }
         return account
     }
 

@@ -158,3 +158,37 @@ extension Store {
         return escaped
     }
 }
+
+/// The fleet at a glance, for the console's dashboard.
+public struct FleetSummary: Sendable, Equatable {
+    /// Devices not wiped or revoked.
+    public var total: Int
+    /// Checked in since the online threshold.
+    public var online: Int
+    /// Not checked in since the stale threshold, or never.
+    public var stale: Int
+    /// On the site's current policy serial.
+    public var compliant: Int
+    /// Commands not yet acknowledged, failed or expired.
+    public var commandsOpen: Int
+    public var policySerial: Int64
+}
+
+extension Store {
+    public func fleetSummary(onlineSince: Int64, staleBefore: Int64) async throws -> FleetSummary {
+        let serial = try await policySerial()
+        return try await read { db in
+            let row = try await db.raw("""
+                SELECT COUNT(*) AS total,
+                       COALESCE(SUM(CASE WHEN last_checkin_ms >= \(bind: onlineSince) THEN 1 ELSE 0 END), 0) AS online,
+                       COALESCE(SUM(CASE WHEN last_checkin_ms IS NULL OR last_checkin_ms < \(bind: staleBefore) THEN 1 ELSE 0 END), 0) AS stale,
+                       COALESCE(SUM(CASE WHEN policy_serial = \(bind: serial) THEN 1 ELSE 0 END), 0) AS compliant
+                FROM devices WHERE state IN ('active', 'locked')
+                """).first()
+            let open = try await db.raw("SELECT COUNT(*) AS n FROM commands WHERE state IN ('pending', 'delivered')").first()?.decode(column: "n", as: Int.self) ?? 0
+            return FleetSummary(total: try row?.decode(column: "total", as: Int.self) ?? 0, online: try row?.decode(column: "online", as: Int.self) ?? 0,
+                                stale: try row?.decode(column: "stale", as: Int.self) ?? 0, compliant: try row?.decode(column: "compliant", as: Int.self) ?? 0,
+                                commandsOpen: open, policySerial: serial)
+        }
+    }
+}

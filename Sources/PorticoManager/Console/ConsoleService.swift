@@ -1,0 +1,308 @@
+import Crypto
+import Foundation
+import Logging
+import Mustache
+import NIOCore
+import NIOHTTP1
+import PorticoGateway
+import PorticoProtocol
+import PorticoStore
+
+/// The console role: server-rendered pages for operators in a browser. No script and no
+/// outside fetch: every page works with JavaScript off. A login sets a session cookie
+/// (`Secure`, `HttpOnly`, `SameSite=Strict`); every form carries the session's CSRF token,
+/// and the login form one of its own. What each role sees and may do is what the API allows
+/// it (the same permissions, the same operations and audit entries).
+public final class ConsoleService: HTTPService {
+    public struct Configuration: Sendable {
+        /// How long a console session lasts from login.
+        public var sessionMilliseconds: Int64 = 8 * 3_600_000
+        public init() {}
+    }
+
+    static let sessionCookie = "portico_session"
+    static let loginCookie = "portico_login"
+
+    let store: Store
+    let operations: ManagerOperations
+    let authenticator: OperatorAuthenticator
+    let throttle: LoginThrottle
+    let identityStatus: @Sendable () -> APIService.IdentityStatus?
+    let configuration: Configuration
+    let logger: Logger
+    let templates: MustacheLibrary
+
+    public init(store: Store, agent: AgentService?, identityStatus: @escaping @Sendable () -> APIService.IdentityStatus?, api: APIService.Configuration = .init(),
+                configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.console")) throws {
+        self.store = store
+        self.operations = ManagerOperations(store: store, agent: agent)
+        self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: api.lockAfterFailures, lockoutMilliseconds: api.lockoutMilliseconds))
+        self.throttle = LoginThrottle(limit: api.loginFailuresPerSource, windowMilliseconds: api.loginWindowMilliseconds)
+        self.identityStatus = identityStatus
+        self.configuration = configuration
+        self.logger = logger
+        var library = MustacheLibrary()
+        for (name, bytes) in ConsoleTemplates.all { try library.register(String(decoding: bytes, as: UTF8.self), named: name) }
+        self.templates = library
+    }
+
+    /// A signed-in operator's session.
+    struct Session {
+        var record: ConsoleSessionRecord
+        var account: OperatorRecord
+        var actor: ManagerOperations.Actor
+        var mayAct: Bool { Permission.write("commands").roles.contains(account.role) }
+    }
+
+    public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
+        let path = String(request.path)
+        let segments = path.split(separator: "/").map(String.init)
+        let source = request.clientAddress?.ipAddress ?? "-"
+        do {
+            switch (request.method, segments.first ?? "") {
+            case (.GET, "login") where segments.count == 1: return loginPage(error: nil, name: "", status: .ok)
+            case (.POST, "login") where segments.count == 1: return try await login(request, source: source)
+            default: break
+            }
+            guard let session = try await session(of: request, source: source) else {
+                if request.method == .GET { return Self.redirect("/login") }
+                return page(.forbidden, title: "Signed out", template: "message", ["heading": "Your session has ended", "text": "Sign in again to continue.", "back": "/login"], session: nil)
+            }
+            if request.method == .POST {
+                let form = Self.form(request.body)
+                guard let token = form["csrf"], ConstantTime.equal(Array(token.utf8), Array(session.record.csrfToken.utf8)) else {
+                    try? await store.audit(AuditEntry(actor: session.actor.name, action: "console.form", target: path, source: source, result: "denied", detail: "missing or wrong CSRF token"))
+                    return page(.forbidden, title: "Refused", template: "message",
+                                ["heading": "This form was refused", "text": "It did not carry this session's form token. Reload the page and try again.", "back": "/"], session: session)
+                }
+                switch segments.count {
+                case 1 where segments[0] == "logout": return try await logout(session)
+                case 3 where segments[0] == "devices" && segments[2] == "commands": return try await issueCommand(deviceID: segments[1], form: form, session: session)
+                case 3 where segments[0] == "devices" && segments[2] == "remote-help": return try await remoteHelp(deviceID: segments[1], form: form, session: session)
+                default: break
+                }
+            } else if request.method == .GET {
+                switch segments.count {
+                case 0: return try await dashboard(session)
+                case 1 where segments[0] == "devices": return try await devices(request, session: session)
+                case 2 where segments[0] == "devices": return try await device(segments[1], session: session, notice: APIContext.parseQuery(request.uri)["done"].map { "The \($0) command is queued; the device gets it at its next check-in." })
+                default: break
+                }
+            }
+            return page(.notFound, title: "Not found", template: "message", ["heading": "Not found", "text": "There is no page at \(path).", "back": "/"], session: session)
+        } catch let error as StoreError where error.kind == .notFound || error.kind == .conflict || error.kind == .invalidValue {
+            return page(error.kind == .notFound ? .notFound : .conflict, title: "Not done", template: "message", ["heading": "Not done", "text": error.message, "back": "/"], session: nil)
+        }
+    }
+
+    // MARK: - Sessions
+
+    private func session(of request: GatewayRequest, source: String) async throws -> Session? {
+        guard let secret = Self.cookies(request.headers)[Self.sessionCookie], let bytes = Base64URL.decode(secret), bytes.count == 32 else { return nil }
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        guard let record = try await store.consoleSession(idHash: Array(SHA256.hash(data: bytes)), now: now),
+              let account = try await store.operatorAccount(named: record.operatorName), !account.disabled else { return nil }
+        return Session(record: record, account: account, actor: .init(name: "operator:\(account.name)", source: source))
+    }
+
+    private func login(_ request: GatewayRequest, source: String) async throws -> GatewayResponse {
+        let form = Self.form(request.body)
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        guard let cookie = Self.cookies(request.headers)[Self.loginCookie], let token = form["csrf"], ConstantTime.equal(Array(cookie.utf8), Array(token.utf8)) else {
+            return loginPage(error: "The sign-in form expired. Please try again.", name: form["name"] ?? "", status: .forbidden)
+        }
+        if let retry = throttle.retryAfter(source: source, now: now) {
+            var response = loginPage(error: "Too many failed sign-ins from this address. Try again in \(retry) seconds.", name: form["name"] ?? "", status: .tooManyRequests)
+            response.headers.add(name: "retry-after", value: "\(retry)")
+            return response
+        }
+        let name = form["name"] ?? ""
+        let outcome = try await authenticator.authenticate(name: name, password: form["password"] ?? "", now: now)
+        guard case .accepted(let account) = outcome else {
+            throttle.recordFailure(source: source, now: now)
+            try await store.audit(AuditEntry(actor: "operator:\(name)", action: "auth.login", target: name, source: source, result: "failed", detail: "console: \(outcome.auditReason)"))
+            if case .locked(let until) = outcome {
+                return loginPage(error: "This account is locked until \(APIJSON.time(until)) after repeated failed sign-ins. An admin can unlock it.", name: name, status: .forbidden)
+            }
+            return loginPage(error: "The name or password is not right.", name: name, status: .unauthorized)
+        }
+        let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        let csrf = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255) })
+        let record = ConsoleSessionRecord(idHash: Array(SHA256.hash(data: secret)), operatorName: account.name, csrfToken: csrf, createdMilliseconds: now,
+                                          expiresMilliseconds: now + configuration.sessionMilliseconds, source: source)
+        try await store.write { transaction in
+            try await transaction.createConsoleSession(record)
+            try await transaction.audit(AuditEntry(actor: "operator:\(account.name)", action: "auth.login", target: account.name, source: source, result: "ok", detail: "console"))
+        }
+        var response = Self.redirect("/")
+        response.headers.add(name: "set-cookie", value: "\(Self.sessionCookie)=\(Base64URL.encode(secret)); Path=/; Max-Age=\(configuration.sessionMilliseconds / 1000); Secure; HttpOnly; SameSite=Strict")
+        response.headers.add(name: "set-cookie", value: "\(Self.loginCookie)=; Path=/login; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
+        return response
+    }
+
+    private func logout(_ session: Session) async throws -> GatewayResponse {
+        try await store.write { transaction in
+            try await transaction.deleteConsoleSession(idHash: session.record.idHash)
+            try await transaction.audit(session.actor.entry("auth.logout", target: session.account.name, detail: "console"))
+        }
+        var response = Self.redirect("/login")
+        response.headers.add(name: "set-cookie", value: "\(Self.sessionCookie)=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
+        return response
+    }
+
+    private func loginPage(error: String?, name: String, status: HTTPResponseStatus) -> GatewayResponse {
+        let token = Base64URL.encode((0..<24).map { _ in UInt8.random(in: 0...255) })
+        var response = page(status, title: "Sign in", template: "login", ["csrf": token, "name": name], session: nil, error: error)
+        response.headers.add(name: "set-cookie", value: "\(Self.loginCookie)=\(token); Path=/login; Max-Age=3600; Secure; HttpOnly; SameSite=Strict")
+        return response
+    }
+
+    // MARK: - Pages
+
+    private func dashboard(_ session: Session) async throws -> GatewayResponse {
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        let fleet = try await store.fleetSummary(onlineSince: now - 3_600_000, staleBefore: now - 7 * 86_400_000)
+        let events = try await store.events(EventFilter(), limit: 10)
+        let identity = identityStatus()
+        let peers = try await store.peers().count
+        let context: [String: Any] = [
+            "devices": ["total": fleet.total, "online": fleet.online, "stale": fleet.stale, "compliant": fleet.compliant],
+            "commandsPending": fleet.commandsOpen,
+            "certificate": ["days": identity.map { $0.current.daysRemaining() } ?? 0, "rotating": identity?.staged != nil],
+            "peers": peers,
+            "events": events.map { ["at": APIJSON.time($0.occurredMilliseconds), "deviceId": $0.deviceID, "kind": $0.kind] },
+        ]
+        return page(.ok, title: "Dashboard", template: "dashboard", context, session: session, nav: "dashboard")
+    }
+
+    private func devices(_ request: GatewayRequest, session: Session) async throws -> GatewayResponse {
+        let query = APIContext.parseQuery(request.uri)
+        let text = (query["q"] ?? "").trimmingCharacters(in: .whitespaces)
+        let state = query["state"].flatMap(DeviceState.init(rawValue:))
+        let after = query["after"]
+        let devices = try await store.devices(DeviceFilter(state: state, hostname: text.isEmpty ? nil : String(text.prefix(128))), after: after, limit: 101)
+        let shown = devices.prefix(100)
+        var next: String?
+        if devices.count > 100, let last = shown.last {
+            var components = URLComponents()
+            components.queryItems = [URLQueryItem(name: "q", value: text), URLQueryItem(name: "state", value: state?.rawValue ?? ""), URLQueryItem(name: "after", value: last.id)]
+            next = components.percentEncodedQuery
+        }
+        let context: [String: Any] = [
+            "query": text,
+            "states": DeviceState.allCases.map { ["value": $0.rawValue, "selected": $0 == state] },
+            "devices": shown.map(Self.deviceContext),
+            "next": next as Any,
+        ]
+        return page(.ok, title: "Devices", template: "devices", context, session: session, nav: "devices")
+    }
+
+    private func device(_ id: String, session: Session, notice: String? = nil, remoteHelp: String? = nil) async throws -> GatewayResponse {
+        guard let device = try await store.device(id: id) else {
+            return page(.notFound, title: "Not found", template: "message", ["heading": "No such device", "text": "There is no device \(id).", "back": "/devices"], session: session)
+        }
+        let commands = try await store.commands(deviceID: id, limit: 20)
+        let events = try await store.events(EventFilter(deviceID: id), limit: 20)
+        let context: [String: Any] = [
+            "device": Self.deviceContext(device),
+            "canAct": session.mayAct,
+            "csrf": session.record.csrfToken,
+            "remoteHelp": remoteHelp as Any,
+            "commands": commands.map { ["issued": APIJSON.time($0.issuedMilliseconds), "kind": $0.kind.rawValue, "state": $0.state.rawValue, "result": $0.result ?? "", "issuedBy": $0.issuedBy] },
+            "events": events.map { ["at": APIJSON.time($0.occurredMilliseconds), "kind": $0.kind, "body": $0.body] },
+        ]
+        return page(.ok, title: device.hostname, template: "device", context, session: session, nav: "devices", notice: notice)
+    }
+
+    private func issueCommand(deviceID: String, form: [String: String], session: Session) async throws -> GatewayResponse {
+        guard session.mayAct else { return forbidden(session) }
+        guard let kind = form["kind"].flatMap(CommandKind.init(rawValue:)), [.lock, .unlock, .wipe].contains(kind) else {
+            return page(.unprocessableEntity, title: "Not done", template: "message", ["heading": "Not done", "text": "That is not a command the console sends.", "back": "/devices/\(deviceID)"], session: session)
+        }
+        if kind == .wipe, form["confirm"] != "yes" {
+            return page(.unprocessableEntity, title: "Not done", template: "message",
+                        ["heading": "The device was not wiped", "text": "Tick the box to confirm that the device is to be erased.", "back": "/devices/\(deviceID)"], session: session)
+        }
+        _ = try await operations.issueCommand(deviceID: deviceID, kind: kind, by: session.actor)
+        return Self.redirect("/devices/\(deviceID)?done=\(kind.rawValue)")
+    }
+
+    private func remoteHelp(deviceID: String, form: [String: String], session: Session) async throws -> GatewayResponse {
+        guard session.mayAct else { return forbidden(session) }
+        let challenge = (form["challenge"] ?? "").trimmingCharacters(in: .whitespaces)
+        guard !challenge.isEmpty, challenge.utf8.count <= 64 else {
+            return page(.unprocessableEntity, title: "Not done", template: "message", ["heading": "No challenge", "text": "Type the challenge the device shows.", "back": "/devices/\(deviceID)"], session: session)
+        }
+        let response = try await operations.remoteHelpResponse(deviceID: deviceID, challenge: challenge, by: session.actor)
+        return try await device(deviceID, session: session, remoteHelp: response)
+    }
+
+    private func forbidden(_ session: Session) -> GatewayResponse {
+        page(.forbidden, title: "Not allowed", template: "message",
+             ["heading": "Not allowed", "text": "The \(session.account.role.rawValue) role may not do this.", "back": "/"], session: session)
+    }
+
+    // MARK: - Rendering
+
+    static func deviceContext(_ device: DeviceRecord) -> [String: Any] {
+        ["id": device.id, "hostname": device.hostname, "os": device.os, "state": device.state.rawValue, "enrolled": APIJSON.time(device.enrolledMilliseconds),
+         "lastCheckIn": APIJSON.time(device.lastCheckInMilliseconds) ?? "never", "policySerial": device.policySerial]
+    }
+
+    private func page(_ status: HTTPResponseStatus, title: String, template: String, _ context: [String: Any], session: Session?, nav: String? = nil,
+                      notice: String? = nil, error: String? = nil) -> GatewayResponse {
+        let content = templates.render(context, withTemplate: template) ?? ""
+        var layout: [String: Any] = ["title": title, "content": content, "notice": notice as Any, "error": error as Any]
+        if let session {
+            layout["operator"] = ["name": session.account.name, "role": session.account.role.rawValue, "csrf": session.record.csrfToken,
+                                  "nav": [nav ?? "": true]]
+        }
+        let html = templates.render(layout, withTemplate: "layout") ?? ""
+        return GatewayResponse(status: status, headers: Self.securityHeaders(contentType: "text/html; charset=utf-8"), body: ByteBuffer(string: html))
+    }
+
+    static func securityHeaders(contentType: String) -> HTTPHeaders {
+        [
+            "content-type": contentType,
+            "cache-control": "no-store",
+            "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer",
+            "x-frame-options": "DENY",
+        ]
+    }
+
+    static func redirect(_ location: String) -> GatewayResponse {
+        var headers = securityHeaders(contentType: "text/plain; charset=utf-8")
+        headers.add(name: "location", value: location)
+        return GatewayResponse(status: .seeOther, headers: headers, body: ByteBuffer(string: "See \(location)\n"))
+    }
+
+    // MARK: - Parsing
+
+    static func cookies(_ headers: HTTPHeaders) -> [String: String] {
+        var cookies: [String: String] = [:]
+        for header in headers["cookie"] {
+            for pair in header.split(separator: ";") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                guard kv.count == 2 else { continue }
+                let name = kv[0].trimmingCharacters(in: .whitespaces)
+                if cookies[name] == nil { cookies[name] = kv[1].trimmingCharacters(in: .whitespaces) }
+            }
+        }
+        return cookies
+    }
+
+    /// An `application/x-www-form-urlencoded` body.
+    static func form(_ body: ByteBuffer) -> [String: String] {
+        APIContext.parseQuery("?" + String(decoding: body.readableBytesView.prefix(64 * 1024), as: UTF8.self))
+    }
+}
+
+/// The page templates, compiled into the binary.
+enum ConsoleTemplates {
+    static let all: [(String, [UInt8])] = [
+        ("layout", PackageResources.layout_mustache), ("login", PackageResources.login_mustache), ("dashboard", PackageResources.dashboard_mustache),
+        ("devices", PackageResources.devices_mustache), ("device", PackageResources.device_mustache), ("message", PackageResources.message_mustache),
+    ]
+}

@@ -1,0 +1,191 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+@testable import PorticoManager
+import PorticoProtocol
+import PorticoStore
+import Testing
+
+/// A browser, as far as the console needs one: cookies kept, redirects not followed.
+final class ConsoleBrowser {
+    let client: HTTPClient
+    let base: String
+    var cookies: [String: String] = [:]
+
+    struct Page {
+        let status: UInt
+        let headers: HTTPHeaders
+        let html: String
+        var location: String? { headers.first(name: "location") }
+
+        /// The value of a hidden `csrf` field on the page.
+        var csrf: String? {
+            guard let range = html.range(of: "name=\"csrf\" value=\"") else { return nil }
+            return String(html[range.upperBound...].prefix { $0 != "\"" })
+        }
+    }
+
+    init(_ manager: TestManager) {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(manager.identity.current.chain)
+        tls.certificateVerification = .noHostnameVerification
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
+        configuration.redirectConfiguration = .disallow
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        base = manager.consoleURL
+    }
+
+    func shutdown() async { try? await client.shutdown() }
+
+    /// Runs `body` with a fresh browser and shuts it down after.
+    static func with<T>(_ manager: TestManager, _ body: (ConsoleBrowser) async throws -> T) async throws -> T {
+        let browser = ConsoleBrowser(manager)
+        do {
+            let result = try await body(browser)
+            await browser.shutdown()
+            return result
+        } catch {
+            await browser.shutdown()
+            throw error
+        }
+    }
+
+    func get(_ path: String) async throws -> Page { try await send(.GET, path, form: nil) }
+
+    func post(_ path: String, _ form: [(String, String)]) async throws -> Page { try await send(.POST, path, form: form) }
+
+    private func send(_ method: HTTPMethod, _ path: String, form: [(String, String)]?) async throws -> Page {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = method
+        if !cookies.isEmpty { request.headers.add(name: "cookie", value: cookies.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")) }
+        if let form {
+            var allowed = CharacterSet.alphanumerics
+            allowed.insert(charactersIn: "-._~")
+            let body = form.map { "\($0.0)=\($0.1.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")" }.joined(separator: "&")
+            request.headers.add(name: "content-type", value: "application/x-www-form-urlencoded")
+            request.body = .bytes(ByteBuffer(string: body))
+        }
+        let response = try await client.execute(request, timeout: .seconds(30))
+        for header in response.headers["set-cookie"] {
+            let pair = header.split(separator: ";")[0].split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = String(pair[0])
+            let value = pair.count > 1 ? String(pair[1]) : ""
+            if value.isEmpty || header.contains("Max-Age=0") { cookies[name] = nil } else { cookies[name] = value }
+        }
+        let body = try await response.body.collect(upTo: 4 << 20)
+        return Page(status: response.status.code, headers: response.headers, html: String(buffer: body))
+    }
+
+    /// Signs in through the login form.
+    func signIn(_ name: String, password: String = "correct horse battery") async throws -> Page {
+        let form = try await get("/login")
+        return try await post("/login", [("csrf", form.csrf ?? ""), ("name", name), ("password", password)])
+    }
+}
+
+@Suite struct ConsoleTests {
+    @Test func signingInSetsAStrictSessionCookieAndTheDashboardShowsTheFleet() async throws {
+        try await TestManager.with { manager in
+            try await manager.makeOperator("ada", role: .admin)
+            _ = try await manager.makeDevice(hostname: "kiosk-1")
+            try await ConsoleBrowser.with(manager) { browser in
+            let anonymous = try await browser.get("/")
+            #expect(anonymous.status == 303 && anonymous.location == "/login")
+            let form = try await browser.get("/login")
+            #expect(form.status == 200 && form.csrf != nil)
+            #expect(form.headers["set-cookie"].contains { $0.hasPrefix("portico_login=") && $0.contains("Secure") && $0.contains("HttpOnly") && $0.contains("SameSite=Strict") })
+            #expect(form.headers.first(name: "content-security-policy")?.contains("default-src 'none'") == true)
+            #expect(!form.html.contains("<script"))
+
+            let wrong = try await browser.post("/login", [("csrf", form.csrf ?? ""), ("name", "ada"), ("password", "not it")])
+            #expect(wrong.status == 401 && wrong.html.contains("The name or password is not right"))
+            let signedIn = try await browser.signIn("ada")
+            #expect(signedIn.status == 303 && signedIn.location == "/")
+            let cookie = try #require(signedIn.headers["set-cookie"].first { $0.hasPrefix("portico_session=") })
+            #expect(cookie.contains("Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/"))
+
+            let dashboard = try await browser.get("/")
+            #expect(dashboard.status == 200)
+            #expect(dashboard.html.contains("<b id=\"devices-total\">1</b>"))
+            #expect(dashboard.html.contains("ada (admin)"))
+            let logins = try await manager.store.auditEntries(AuditFilter(action: "auth.login"))
+            #expect(logins.map(\.result) == ["ok", "failed"] && logins.allSatisfy { $0.detail.hasPrefix("console") })
+            }
+        }
+    }
+
+    @Test func aFormWithoutTheSessionsTokenIsRefusedAndChangesNothing() async throws {
+        try await TestManager.with { manager in
+            try await manager.makeOperator("olive", role: .operator)
+            let device = try await manager.makeDevice(hostname: "laptop")
+            try await ConsoleBrowser.with(manager) { browser in
+            // The login form needs its token too.
+            let noLoginToken = try await browser.post("/login", [("name", "olive"), ("password", "correct horse battery")])
+            #expect(noLoginToken.status == 403)
+            _ = try await browser.signIn("olive")
+
+            let missing = try await browser.post("/devices/\(device)/commands", [("kind", "lock")])
+            #expect(missing.status == 403 && missing.html.contains("form token"))
+            let forged = try await browser.post("/devices/\(device)/commands", [("csrf", "forged"), ("kind", "lock")])
+            #expect(forged.status == 403)
+            #expect(try await manager.store.commands(deviceID: device).isEmpty)
+            #expect(try await manager.store.auditEntries(AuditFilter(action: "console.form", result: "denied")).count == 2)
+            }
+        }
+    }
+
+    @Test func eachRoleSeesAndDoesWhatTheAPIAllowsIt() async throws {
+        try await TestManager.with { manager in
+            try await manager.makeOperator("audrey", role: .auditor)
+            try await manager.makeOperator("olive", role: .operator)
+            let device = try await manager.makeDevice(hostname: "desk")
+
+            try await ConsoleBrowser.with(manager) { auditor in
+            _ = try await auditor.signIn("audrey")
+            let seen = try await auditor.get("/devices/\(device)")
+            #expect(seen.status == 200 && seen.html.contains("desk"))
+            #expect(!seen.html.contains("id=\"lock\"") && !seen.html.contains("id=\"wipe\""))
+            let csrf = try #require(seen.csrf)
+            let refused = try await auditor.post("/devices/\(device)/commands", [("csrf", csrf), ("kind", "lock")])
+            #expect(refused.status == 403)
+            #expect(try await manager.store.commands(deviceID: device).isEmpty)
+            }
+
+            try await ConsoleBrowser.with(manager) { operator_ in
+            _ = try await operator_.signIn("olive")
+            let page = try await operator_.get("/devices/\(device)")
+            #expect(page.html.contains("id=\"lock\"") && page.html.contains("id=\"wipe\""))
+            let token = try #require(page.csrf)
+            let locked = try await operator_.post("/devices/\(device)/commands", [("csrf", token), ("kind", "lock")])
+            #expect(locked.status == 303 && locked.location == "/devices/\(device)?done=lock")
+            let after = try await operator_.get(try #require(locked.location))
+            #expect(after.html.contains("The lock command is queued"))
+            #expect(after.html.contains("<td class=\"command-state\">pending</td>"))
+            // Wiping needs the box ticked.
+            let unconfirmed = try await operator_.post("/devices/\(device)/commands", [("csrf", token), ("kind", "wipe")])
+            #expect(unconfirmed.status == 422)
+            #expect(try await manager.store.commands(deviceID: device).map(\.kind) == [.lock])
+            let wiped = try await operator_.post("/devices/\(device)/commands", [("csrf", token), ("kind", "wipe"), ("confirm", "yes")])
+            #expect(wiped.status == 303)
+            #expect(try await manager.store.commands(deviceID: device).map(\.kind) == [.wipe, .lock])
+            let audit = try await manager.store.auditEntries(AuditFilter(action: "command.issue"))
+            #expect(audit.count == 2 && audit.allSatisfy { $0.actor == "operator:olive" && $0.target == device && $0.source == "127.0.0.1" })
+
+            // Remote help answers the code the manager computes for that device.
+            let challenge = RemoteHelp.makeChallenge(now: Int64(Date().timeIntervalSince1970 * 1000))
+            let help = try await operator_.post("/devices/\(device)/remote-help", [("csrf", token), ("challenge", challenge)])
+            let expected = try await manager.agent.remoteHelpResponse(deviceID: device, challenge: challenge)
+            #expect(help.status == 200 && help.html.contains("<span class=\"code\" id=\"remote-help-response\">\(expected)</span>"))
+
+            // Searching finds it; logging out ends the session.
+            #expect(try await operator_.get("/devices?q=DES").html.contains("/devices/\(device)"))
+            #expect(!(try await operator_.get("/devices?q=nothing").html.contains("/devices/\(device)")))
+            let out = try await operator_.post("/logout", [("csrf", token)])
+            #expect(out.status == 303 && out.location == "/login")
+            #expect(try await operator_.get("/").location == "/login")
+            }
+        }
+    }
+}
