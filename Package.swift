@@ -117,6 +117,8 @@ let package = Package(
                 .embedInCode("Console/templates/devices.mustache"),
                 .embedInCode("Console/templates/device.mustache"),
                 .embedInCode("Console/templates/message.mustache"),
+                .embedInCode("Console/templates/audit.mustache"),
+                .embedInCode("Console/templates/report.mustache"),
             ],
             swiftSettings: swiftSettings
         ),

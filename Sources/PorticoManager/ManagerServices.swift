@@ -5,7 +5,7 @@ import PorticoStore
 /// The role services the manager mounts on the gateway, by the names routes use.
 public enum ManagerServices {
     /// Names a config's routes may target besides the gateway's built-ins.
-    public static let names: Set<String> = ["agent", "api", "console"]
+    public static let names: Set<String> = ["agent", "api", "console", "reporting"]
 
     /// Every service name a route may target.
     public static var allNames: Set<String> { BuiltinServices.names.union(names) }
@@ -16,6 +16,8 @@ public enum ManagerServices {
         RouteConfiguration(listeners: [.client, .clientPlain], path: "/agent/v1/*", target: .service("agent"), maxBodyBytes: 2 << 20),
         RouteConfiguration(listeners: [.webservices], path: "/api/v1/*", target: .service("api")),
         RouteConfiguration(listeners: [.console], path: "/*", target: .service("console")),
+        RouteConfiguration(listeners: [.console, .reporting], path: "/reports/*", target: .service("reporting")),
+        RouteConfiguration(listeners: [.reporting], path: "/*", target: .service("reporting")),
     ]
 
     /// What `serve` runs besides the gateway.
@@ -25,6 +27,7 @@ public enum ManagerServices {
         public let api: APIService
         public let console: ConsoleService
         public let rotation: IdentityRotation
+        public let history: FleetHistory
     }
 
     public static func registry(prepared: PreparedConfiguration, store: Store, logger: Logger) throws -> Runtime {
@@ -43,9 +46,10 @@ public enum ManagerServices {
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         registry.register("api", api)
-        let console = try ConsoleService(store: store, agent: agent, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.console"))
+        let console = try ConsoleService(store: store, agent: agent, identityStatus: { identityStatus(prepared) }, reportsURL: "/reports/compliance", logger: Logger(label: "portico.console"))
         registry.register("console", console)
-        return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation)
+        registry.register("reporting", try ReportingService(store: store, api: api, logger: Logger(label: "portico.reporting")))
+        return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store))
     }
 
     /// The identities loaded from the configured identity files (the ones a rotation replaces).

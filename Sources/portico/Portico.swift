@@ -85,7 +85,7 @@ struct Serve: AsyncParsableCommand {
             handleSIGHUP: true
         )
         let group = ServiceGroup(
-            configuration: .init(services: [.init(service: gateway), .init(service: runtime.rotation)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(services: [.init(service: gateway), .init(service: runtime.rotation), .init(service: runtime.history)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         do {
             try await group.run()

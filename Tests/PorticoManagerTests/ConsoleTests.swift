@@ -188,4 +188,68 @@ final class ConsoleBrowser {
             }
         }
     }
+
+    @Test func theAuditLogPageIsForAdminsAndAuditorsAndFilters() async throws {
+        try await TestManager.with { manager in
+            try await manager.makeOperator("audrey", role: .auditor)
+            try await manager.makeOperator("olive", role: .operator)
+            try await ConsoleBrowser.with(manager) { browser in
+                _ = try await browser.signIn("olive")
+                let home = try await browser.get("/")
+                #expect(!home.html.contains("href=\"/audit\""))
+                #expect(try await browser.get("/audit").status == 403)
+            }
+            try await ConsoleBrowser.with(manager) { browser in
+                _ = try await browser.signIn("audrey")
+                #expect(try await browser.get("/").html.contains("href=\"/audit\""))
+                let all = try await browser.get("/audit")
+                #expect(all.status == 200 && all.html.contains("operator:olive") && all.html.contains("operator:audrey"))
+                let filtered = try await browser.get("/audit?actor=operator%3Aolive&action=auth.login")
+                #expect(filtered.html.contains("operator:olive") && !filtered.html.contains("<td>operator:audrey</td>"))
+            }
+        }
+    }
+
+    @Test func theComplianceReportIsAPageWithAChartAndCSVAndJSONForScripts() async throws {
+        try await TestManager.with { manager in
+            try await manager.makeOperator("audrey", role: .auditor)
+            let policy = try await manager.store.createPolicy(name: "Base", document: "{}", by: "t")
+            let serial = try await manager.store.policySerial()
+            for index in 0..<4 { _ = try await manager.makeDevice(hostname: "m\(index)", id: "d-\(index)") }
+            for id in ["d-0", "d-1", "d-2"] { try await manager.store.recordCheckIn(CheckIn(deviceID: id, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), policySerial: serial, status: "ok")) }
+            _ = policy
+            try await ConsoleBrowser.with(manager) { browser in
+                _ = try await browser.signIn("audrey")
+                let page = try await browser.get("/reports/compliance")
+                #expect(page.status == 200)
+                #expect(page.html.contains("3 of 4 active devices (75.0%)"))
+                #expect(page.html.contains("<svg") && page.html.contains("class=\"bar\""))
+                let csv = try await browser.get("/reports/compliance.csv")
+                #expect(csv.headers.first(name: "content-type")?.hasPrefix("text/csv") == true)
+                let lines = csv.html.split(separator: "\r\n")
+                #expect(lines.first == "day,devices,compliant,compliant_percent,online,stale,policy_serial")
+                #expect(lines.last?.hasSuffix(",4,3,75.0%,3,1,\(serial)") == true, "\(csv.html)")
+                let bad = try await browser.get("/reports/compliance.json?from=yesterday")
+                #expect(bad.status == 422)
+            }
+            // Scripts: a bearer token, on the reporting listener itself.
+            let token = try await manager.apiToken(role: .auditor)
+            try await APICaller.with(manager) { api in
+                let base = manager.reportingURL
+                let unauthenticated = try await api.client.execute(HTTPClientRequest(url: base + "/reports/compliance.json"), timeout: .seconds(10))
+                #expect(unauthenticated.status == .unauthorized)
+                var request = HTTPClientRequest(url: base + "/reports/compliance.json")
+                request.headers.add(name: "authorization", value: "Bearer \(token)")
+                let answer = try await api.client.execute(request, timeout: .seconds(10))
+                let body = try await answer.body.collect(upTo: 1 << 20)
+                let json = try #require(try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any])
+                let items = try #require(json["items"] as? [[String: Any]])
+                #expect(answer.status == .ok && items.last?["compliant"] as? String == "3" && items.last?["devices"] as? String == "4")
+                let scoped = try await manager.apiToken(role: .admin, scopes: ["devices.read"])
+                var refused = HTTPClientRequest(url: base + "/reports/compliance.csv")
+                refused.headers.add(name: "authorization", value: "Bearer \(scoped)")
+                #expect(try await api.client.execute(refused, timeout: .seconds(10)).status == .forbidden)
+            }
+        }
+    }
 }

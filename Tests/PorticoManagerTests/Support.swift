@@ -25,6 +25,8 @@ struct TestManager {
     let apiURL: String
     /// `https://127.0.0.1:<port>` on the console listener.
     let consoleURL: String
+    /// `https://127.0.0.1:<port>` on the reporting listener.
+    let reportingURL: String
 
     static var quiet: Logger {
         var logger = Logger(label: "portico-manager-test")
@@ -46,12 +48,14 @@ struct TestManager {
               client_plain: {bind: 127.0.0.1, port: 0, access_log: false}
               replication: {enabled: false}
               console: {bind: 127.0.0.1, port: 0, access_log: false}
-              reporting: {enabled: false}
+              reporting: {bind: 127.0.0.1, port: 0, access_log: false}
               webservices: {bind: 127.0.0.1, port: 0, access_log: false}
             routes:
               - {listeners: [client, client_plain], path: /agent/v1/*, service: agent}
               - {listener: webservices, path: /api/v1/*, service: api}
               - {listener: console, path: /*, service: console}
+              - {listeners: [console, reporting], path: /reports/*, service: reporting}
+              - {listener: reporting, path: /*, service: reporting}
             """
         try yaml.write(toFile: directory + "/portico.yaml", atomically: true, encoding: .utf8)
         let config = try ConfigurationLoader(knownServices: ManagerServices.allNames).load(file: directory + "/portico.yaml")
@@ -65,17 +69,20 @@ struct TestManager {
         let rotation = IdentityRotation(configuration: config, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store, logger: quiet)
         let api = APIService(store: store, agent: agent, rotation: rotation, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
         services.register("api", api)
-        services.register("console", try ConsoleService(store: store, agent: agent, identityStatus: { ManagerServices.identityStatus(prepared) }, api: apiConfiguration, logger: quiet))
+        services.register("console", try ConsoleService(store: store, agent: agent, identityStatus: { ManagerServices.identityStatus(prepared) }, api: apiConfiguration,
+                                                        reportsURL: "/reports/compliance", logger: quiet))
+        services.register("reporting", try ReportingService(store: store, api: api, logger: quiet))
         let gateway = Gateway(configuration: prepared, identityCache: cache, services: services, logger: quiet)
         try await gateway.start()
         let https = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .client)?.port))"
         let plain = "http://127.0.0.1:\(try #require(await gateway.boundAddress(of: .clientPlain)?.port))"
         let apiURL = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .webservices)?.port))/api/v1"
         let consoleURL = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .console)?.port))"
+        let reportingURL = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .reporting)?.port))"
         let manager = TestManager(
             gateway: gateway, store: store, agent: agent, directory: directory, httpsURL: https, plainURL: plain,
             bootstrap: BootstrapFile(site: config.siteName, managerURLs: [https, plain], pinned: PinnedCertificates(pem: [identity.current.certificatePEM], authorities: identity.current.authorityPEMs)),
-            identity: identity, api: api, rotation: rotation, apiURL: apiURL, consoleURL: consoleURL)
+            identity: identity, api: api, rotation: rotation, apiURL: apiURL, consoleURL: consoleURL, reportingURL: reportingURL)
         do {
             let result = try await body(manager)
             await gateway.stop()

@@ -66,9 +66,10 @@ extension APIService {
         APIRoute(.POST, "/identity/switch", .permission(.admin("identity.write")), action: "identity.switch") { try await $0.switchIdentity($1) },
     ]
 
-    /// Every scope a token may be limited to.
+    /// Every scope a token may be limited to: one per endpoint, and `reports.read` for the
+    /// reporting listener's CSV and JSON.
     static var scopes: Set<String> {
-        var scopes: Set<String> = []
+        var scopes: Set<String> = ["reports.read"]
         for route in routes { if case .permission(let permission) = route.access { scopes.insert(permission.scope) } }
         return scopes
     }

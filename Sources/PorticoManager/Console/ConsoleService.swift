@@ -30,10 +30,10 @@ public final class ConsoleService: HTTPService {
     let identityStatus: @Sendable () -> APIService.IdentityStatus?
     let configuration: Configuration
     let logger: Logger
-    let templates: MustacheLibrary
+    let pages: ConsolePages
 
     public init(store: Store, agent: AgentService?, identityStatus: @escaping @Sendable () -> APIService.IdentityStatus?, api: APIService.Configuration = .init(),
-                configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.console")) throws {
+                configuration: Configuration = Configuration(), reportsURL: String? = nil, logger: Logger = Logger(label: "portico.console")) throws {
         self.store = store
         self.operations = ManagerOperations(store: store, agent: agent)
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: api.lockAfterFailures, lockoutMilliseconds: api.lockoutMilliseconds))
@@ -41,18 +41,10 @@ public final class ConsoleService: HTTPService {
         self.identityStatus = identityStatus
         self.configuration = configuration
         self.logger = logger
-        var library = MustacheLibrary()
-        for (name, bytes) in ConsoleTemplates.all { try library.register(String(decoding: bytes, as: UTF8.self), named: name) }
-        self.templates = library
+        self.pages = try ConsolePages(store: store, reportsURL: reportsURL)
     }
 
-    /// A signed-in operator's session.
-    struct Session {
-        var record: ConsoleSessionRecord
-        var account: OperatorRecord
-        var actor: ManagerOperations.Actor
-        var mayAct: Bool { Permission.write("commands").roles.contains(account.role) }
-    }
+    typealias Session = ConsoleSession
 
     public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
         let path = String(request.path)
@@ -85,6 +77,7 @@ public final class ConsoleService: HTTPService {
                 switch segments.count {
                 case 0: return try await dashboard(session)
                 case 1 where segments[0] == "devices": return try await devices(request, session: session)
+                case 1 where segments[0] == "audit": return try await audit(request, session: session)
                 case 2 where segments[0] == "devices": return try await device(segments[1], session: session, notice: APIContext.parseQuery(request.uri)["done"].map { "The \($0) command is queued; the device gets it at its next check-in." })
                 default: break
                 }
@@ -98,11 +91,7 @@ public final class ConsoleService: HTTPService {
     // MARK: - Sessions
 
     private func session(of request: GatewayRequest, source: String) async throws -> Session? {
-        guard let secret = Self.cookies(request.headers)[Self.sessionCookie], let bytes = Base64URL.decode(secret), bytes.count == 32 else { return nil }
-        let now = Int64(HybridLogicalClock.wallMilliseconds())
-        guard let record = try await store.consoleSession(idHash: Array(SHA256.hash(data: bytes)), now: now),
-              let account = try await store.operatorAccount(named: record.operatorName), !account.disabled else { return nil }
-        return Session(record: record, account: account, actor: .init(name: "operator:\(account.name)", source: source))
+        try await pages.session(of: request, source: source)
     }
 
     private func login(_ request: GatewayRequest, source: String) async throws -> GatewayResponse {
@@ -237,65 +226,46 @@ public final class ConsoleService: HTTPService {
         return try await device(deviceID, session: session, remoteHelp: response)
     }
 
+    /// The audit log, newest first, for the roles the API lets read it.
+    private func audit(_ request: GatewayRequest, session: Session) async throws -> GatewayResponse {
+        guard session.mayAudit else { return forbidden(session) }
+        let query = APIContext.parseQuery(request.uri)
+        func value(_ name: String) -> String? { query[name].map { String($0.trimmingCharacters(in: .whitespaces).prefix(256)) }.flatMap { $0.isEmpty ? nil : $0 } }
+        let filter = AuditFilter(actor: value("actor"), action: value("action"), result: value("result"))
+        let entries = try await store.auditEntries(filter, beforeID: value("before").flatMap { Int64($0) }, limit: 101)
+        let shown = entries.prefix(100)
+        var older: String?
+        if entries.count > 100, let last = shown.last?.id {
+            var components = URLComponents()
+            components.queryItems = [URLQueryItem(name: "actor", value: filter.actor ?? ""), URLQueryItem(name: "action", value: filter.action ?? ""),
+                                     URLQueryItem(name: "result", value: filter.result ?? ""), URLQueryItem(name: "before", value: "\(last)")]
+            older = components.percentEncodedQuery
+        }
+        let context: [String: Any] = [
+            "filter": ["actor": filter.actor ?? "", "action": filter.action ?? ""],
+            "results": ["ok", "failed", "denied"].map { ["value": $0, "selected": $0 == filter.result] },
+            "entries": shown.map { ["at": APIJSON.time($0.atMilliseconds), "actor": $0.actor, "action": $0.action, "target": $0.target, "source": $0.source, "result": $0.result, "detail": $0.detail] },
+            "older": older as Any,
+        ]
+        return page(.ok, title: "Audit log", template: "audit", context, session: session, nav: "audit")
+    }
+
     private func forbidden(_ session: Session) -> GatewayResponse {
         page(.forbidden, title: "Not allowed", template: "message",
              ["heading": "Not allowed", "text": "The \(session.account.role.rawValue) role may not do this.", "back": "/"], session: session)
     }
 
-    // MARK: - Rendering
+    private func page(_ status: HTTPResponseStatus, title: String, template: String, _ context: [String: Any], session: ConsoleSession?, nav: String? = nil,
+                      notice: String? = nil, error: String? = nil) -> GatewayResponse {
+        pages.page(status, title: title, template: template, context, session: session, nav: nav, notice: notice, error: error)
+    }
 
+    static func redirect(_ location: String) -> GatewayResponse { ConsolePages.redirect(location) }
+    static func cookies(_ headers: HTTPHeaders) -> [String: String] { ConsolePages.cookies(headers) }
+    static func form(_ body: ByteBuffer) -> [String: String] { ConsolePages.form(body) }
     static func deviceContext(_ device: DeviceRecord) -> [String: Any] {
         ["id": device.id, "hostname": device.hostname, "os": device.os, "state": device.state.rawValue, "enrolled": APIJSON.time(device.enrolledMilliseconds),
          "lastCheckIn": APIJSON.time(device.lastCheckInMilliseconds) ?? "never", "policySerial": device.policySerial]
-    }
-
-    private func page(_ status: HTTPResponseStatus, title: String, template: String, _ context: [String: Any], session: Session?, nav: String? = nil,
-                      notice: String? = nil, error: String? = nil) -> GatewayResponse {
-        let content = templates.render(context, withTemplate: template) ?? ""
-        var layout: [String: Any] = ["title": title, "content": content, "notice": notice as Any, "error": error as Any]
-        if let session {
-            layout["operator"] = ["name": session.account.name, "role": session.account.role.rawValue, "csrf": session.record.csrfToken,
-                                  "nav": [nav ?? "": true]]
-        }
-        let html = templates.render(layout, withTemplate: "layout") ?? ""
-        return GatewayResponse(status: status, headers: Self.securityHeaders(contentType: "text/html; charset=utf-8"), body: ByteBuffer(string: html))
-    }
-
-    static func securityHeaders(contentType: String) -> HTTPHeaders {
-        [
-            "content-type": contentType,
-            "cache-control": "no-store",
-            "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            "x-content-type-options": "nosniff",
-            "referrer-policy": "no-referrer",
-            "x-frame-options": "DENY",
-        ]
-    }
-
-    static func redirect(_ location: String) -> GatewayResponse {
-        var headers = securityHeaders(contentType: "text/plain; charset=utf-8")
-        headers.add(name: "location", value: location)
-        return GatewayResponse(status: .seeOther, headers: headers, body: ByteBuffer(string: "See \(location)\n"))
-    }
-
-    // MARK: - Parsing
-
-    static func cookies(_ headers: HTTPHeaders) -> [String: String] {
-        var cookies: [String: String] = [:]
-        for header in headers["cookie"] {
-            for pair in header.split(separator: ";") {
-                let kv = pair.split(separator: "=", maxSplits: 1)
-                guard kv.count == 2 else { continue }
-                let name = kv[0].trimmingCharacters(in: .whitespaces)
-                if cookies[name] == nil { cookies[name] = kv[1].trimmingCharacters(in: .whitespaces) }
-            }
-        }
-        return cookies
-    }
-
-    /// An `application/x-www-form-urlencoded` body.
-    static func form(_ body: ByteBuffer) -> [String: String] {
-        APIContext.parseQuery("?" + String(decoding: body.readableBytesView.prefix(64 * 1024), as: UTF8.self))
     }
 }
 
@@ -304,5 +274,6 @@ enum ConsoleTemplates {
     static let all: [(String, [UInt8])] = [
         ("layout", PackageResources.layout_mustache), ("login", PackageResources.login_mustache), ("dashboard", PackageResources.dashboard_mustache),
         ("devices", PackageResources.devices_mustache), ("device", PackageResources.device_mustache), ("message", PackageResources.message_mustache),
+        ("audit", PackageResources.audit_mustache), ("report", PackageResources.report_mustache),
     ]
 }

@@ -192,3 +192,55 @@ extension Store {
         }
     }
 }
+
+/// The fleet as it stood on one day (the last snapshot taken that day, UTC).
+public struct FleetSnapshot: Sendable, Equatable {
+    /// `YYYY-MM-DD`.
+    public var day: String
+    public var atMilliseconds: Int64
+    public var summary: FleetSummary
+}
+
+extension Store {
+    /// Records today's snapshot (replacing an earlier one of the same day).
+    public func recordFleetSnapshot(_ summary: FleetSummary, at milliseconds: Int64) async throws {
+        let day = Self.day(of: milliseconds)
+        try await write { transaction in
+            try await transaction.database.raw("""
+                INSERT INTO fleet_snapshots (day, at_ms, total, online, stale, compliant, policy_serial)
+                VALUES (\(bind: day), \(bind: milliseconds), \(bind: summary.total), \(bind: summary.online), \(bind: summary.stale), \(bind: summary.compliant), \(bind: summary.policySerial))
+                ON CONFLICT (day) DO UPDATE SET at_ms = excluded.at_ms, total = excluded.total, online = excluded.online, stale = excluded.stale,
+                    compliant = excluded.compliant, policy_serial = excluded.policy_serial
+                """).run()
+        }
+    }
+
+    /// Snapshots from `from` to `to` (days, inclusive), oldest first.
+    public func fleetSnapshots(from: String, to: String) async throws -> [FleetSnapshot] {
+        try await read { db in
+            try await db.raw("SELECT * FROM fleet_snapshots WHERE day >= \(bind: from) AND day <= \(bind: to) ORDER BY day").all().map { row in
+                FleetSnapshot(day: try row.decode(column: "day", as: String.self), atMilliseconds: try row.decode(column: "at_ms", as: Int64.self),
+                              summary: FleetSummary(total: try row.decode(column: "total", as: Int.self), online: try row.decode(column: "online", as: Int.self),
+                                                    stale: try row.decode(column: "stale", as: Int.self), compliant: try row.decode(column: "compliant", as: Int.self),
+                                                    commandsOpen: 0, policySerial: try row.decode(column: "policy_serial", as: Int64.self)))
+            }
+        }
+    }
+
+    /// Active devices by the policy serial they hold.
+    public func devicesByPolicySerial() async throws -> [(serial: Int64, devices: Int)] {
+        try await read { db in
+            try await db.raw("SELECT policy_serial, COUNT(*) AS n FROM devices WHERE state IN ('active', 'locked') GROUP BY policy_serial ORDER BY policy_serial DESC").all().map {
+                (try $0.decode(column: "policy_serial", as: Int64.self), try $0.decode(column: "n", as: Int.self))
+            }
+        }
+    }
+
+    /// `YYYY-MM-DD` (UTC) of a time.
+    public static func day(of milliseconds: Int64) -> String {
+        var seconds = time_t(milliseconds / 1000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        return String(format: "%04d-%02d-%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday))
+    }
+}

@@ -145,6 +145,13 @@ enum Migrations {
         Migration(version: 4, name: "certificates each device has pinned") { _ in
             ["ALTER TABLE devices ADD COLUMN pinned TEXT NOT NULL DEFAULT ''"]
         },
+        Migration(version: 5, name: "daily fleet snapshots for reports") { _ in
+            ["""
+             CREATE TABLE fleet_snapshots (
+                 day TEXT PRIMARY KEY, at_ms BIGINT NOT NULL, total INTEGER NOT NULL, online INTEGER NOT NULL,
+                 stale INTEGER NOT NULL, compliant INTEGER NOT NULL, policy_serial BIGINT NOT NULL)
+             """]
+        },
     ]
 
     /// The schema version this binary writes.

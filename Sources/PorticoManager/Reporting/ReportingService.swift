@@ -1,0 +1,196 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import PorticoGateway
+import PorticoStore
+import ServiceLifecycle
+
+/// The reporting role: reports as HTML pages with charts drawn on the server (inline SVG),
+/// and the same data as CSV and JSON at stable URLs for scripts. Operators read them with
+/// their console session (the cookie is the host's); scripts with a bearer token (an API
+/// token, or an access token from the API's login). Every role may read reports; a scoped
+/// token needs `reports.read`.
+public final class ReportingService: HTTPService {
+    let store: Store
+    let api: APIService
+    let pages: ConsolePages
+    let logger: Logger
+
+    public init(store: Store, api: APIService, consoleURL: String? = nil, logger: Logger = Logger(label: "portico.reporting")) throws {
+        self.store = store
+        self.api = api
+        self.pages = try ConsolePages(store: store, reportsURL: nil)
+        self.logger = logger
+    }
+
+    public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
+        let path = String(request.path)
+        let source = request.clientAddress?.ipAddress ?? "-"
+        guard request.method == .GET else { return Self.plain(.methodNotAllowed, "reports are read with GET\n", allow: "GET") }
+        let session = try await pages.session(of: request, source: source)
+        if session == nil {
+            if request.headers.first(name: "authorization") == nil {
+                return path.hasSuffix(".csv") || path.hasSuffix(".json") ? Self.plain(.unauthorized, "sign in to the console, or send Authorization: Bearer <token>\n")
+                    : ConsolePages.redirect("/login")
+            }
+            do {
+                let principal = try await api.authenticate(request)
+                guard principal.scopes.isEmpty || principal.scopes.contains("reports.read") else { return Self.plain(.forbidden, "the token's scopes do not include reports.read\n") }
+            } catch let problem as APIProblem {
+                return APIService.response(problem, instance: path)
+            }
+        }
+        let query = APIContext.parseQuery(request.uri)
+        switch path {
+        case "/", "/reports":
+            guard let session else { return Self.plain(.notFound, "no page here\n") }
+            return pages.page(.ok, title: "Reports", template: "message",
+                              ["heading": "Reports", "text": "Compliance: devices on the current policies, day by day.", "back": "/reports/compliance"], session: session, nav: "reports")
+        case "/reports/compliance", "/reports/compliance.csv", "/reports/compliance.json":
+            let report: Report
+            do { report = try await compliance(from: query["from"], to: query["to"]) } catch let problem as APIProblem {
+                return Self.plain(.unprocessableEntity, problem.detail + "\n")
+            }
+            if path.hasSuffix(".csv") { return Self.csv(report) }
+            if path.hasSuffix(".json") { return try Self.json(report) }
+            guard let session else { return Self.plain(.notFound, "the HTML report is for the console; use compliance.csv or compliance.json\n") }
+            return pages.page(.ok, title: report.title, template: "report", report.context(csv: "/reports/compliance.csv?\(report.range)", json: "/reports/compliance.json?\(report.range)"),
+                              session: session, nav: "reports")
+        default:
+            return Self.plain(.notFound, "no report at \(path)\n")
+        }
+    }
+
+    // MARK: - Reports
+
+    /// A report: columns and rows (the CSV and JSON), a summary and a chart (the page).
+    struct Report: Sendable {
+        var title: String
+        var summary: String
+        var columns: [String]
+        var rows: [[String]]
+        var chart: String
+        var range: String
+
+        func context(csv: String, json: String) -> [String: Any] {
+            ["title": title, "summary": summary, "chart": chart, "columns": columns, "rows": rows.map { ["cells": $0] }, "csv": csv, "json": json]
+        }
+    }
+
+    /// Devices on the current policy serial, per day, from the daily snapshots (today's taken now).
+    func compliance(from: String?, to: String?) async throws -> Report {
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        let today = Store.day(of: now)
+        let end = try Self.day(to, field: "to") ?? today
+        let start = try Self.day(from, field: "from") ?? Store.day(of: now - 29 * 86_400_000)
+        guard start <= end else { throw APIProblem.invalid("from", "must not be after to") }
+        try await store.recordFleetSnapshot(try await FleetHistory.summary(store, now: now), at: now)
+        let snapshots = try await store.fleetSnapshots(from: start, to: end)
+        let rows = snapshots.map { snapshot -> [String] in
+            let s = snapshot.summary
+            return [snapshot.day, "\(s.total)", "\(s.compliant)", Self.percent(s.compliant, of: s.total), "\(s.online)", "\(s.stale)", "\(s.policySerial)"]
+        }
+        let latest = snapshots.last?.summary
+        let summary = latest.map { "\($0.compliant) of \($0.total) active devices (\(Self.percent($0.compliant, of: $0.total))) hold policy serial \($0.policySerial)." }
+            ?? "No snapshots in this range."
+        let chart = Self.barChart(snapshots.map { ($0.day, $0.summary.total == 0 ? 0 : Double($0.summary.compliant) / Double($0.summary.total)) },
+                                  label: "Share of active devices on the current policies, per day")
+        return Report(title: "Compliance", summary: summary, columns: ["day", "devices", "compliant", "compliant_percent", "online", "stale", "policy_serial"],
+                      rows: rows, chart: chart, range: "from=\(start)&to=\(end)")
+    }
+
+    static func day(_ text: String?, field: String) throws -> String? {
+        guard let text, !text.isEmpty else { return nil }
+        let parts = text.split(separator: "-")
+        guard text.count == 10, parts.count == 3, let year = Int(parts[0]), let month = Int(parts[1]), let day = Int(parts[2]),
+              (1970...9999).contains(year), (1...12).contains(month), (1...31).contains(day) else {
+            throw APIProblem.invalid(field, "must be a day such as 2026-01-31")
+        }
+        return text
+    }
+
+    static func percent(_ part: Int, of whole: Int) -> String {
+        whole == 0 ? "0%" : String(format: "%.1f%%", Double(part) * 100 / Double(whole))
+    }
+
+    /// An accessible bar chart of shares (0...1), drawn as inline SVG.
+    static func barChart(_ bars: [(label: String, share: Double)], label: String) -> String {
+        let width = 640, height = 200, left = 40, bottom = 30
+        let slot = bars.isEmpty ? 0 : Double(width - left - 10) / Double(bars.count)
+        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"\(escape(label))\" width=\"\(width)\" height=\"\(height)\" viewBox=\"0 0 \(width) \(height)\">"
+        svg += "<title>\(escape(label))</title>"
+        for tick in [0, 50, 100] {
+            let y = Double(height - bottom) - Double(tick) / 100 * Double(height - bottom - 10)
+            svg += "<line x1=\"\(left)\" x2=\"\(width - 10)\" y1=\"\(y)\" y2=\"\(y)\" stroke=\"#e3e6ec\"/><text x=\"4\" y=\"\(y + 4)\" font-size=\"11\">\(tick)%</text>"
+        }
+        for (index, bar) in bars.enumerated() {
+            let h = max(0, min(1, bar.share)) * Double(height - bottom - 10)
+            let x = Double(left) + Double(index) * slot + slot * 0.15
+            svg += "<rect class=\"bar\" x=\"\(x)\" y=\"\(Double(height - bottom) - h)\" width=\"\(slot * 0.7)\" height=\"\(h)\" fill=\"#3b6fb6\"><title>\(escape(bar.label)): \(String(format: "%.1f", bar.share * 100))%</title></rect>"
+            if bars.count <= 10 || index % max(1, bars.count / 6) == 0 {
+                svg += "<text x=\"\(x)\" y=\"\(height - 10)\" font-size=\"10\">\(escape(String(bar.label.suffix(5))))</text>"
+            }
+        }
+        return svg + "</svg>"
+    }
+
+    static func escape(_ text: String) -> String {
+        text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+    }
+
+    // MARK: - Formats
+
+    static func csv(_ report: Report) -> GatewayResponse {
+        func field(_ text: String) -> String {
+            // Quote when needed, and defuse spreadsheet formulas.
+            var value = text
+            if let first = value.first, "=+-@".contains(first), Double(value) == nil { value = "'" + value }
+            return value.contains(where: { ",\"\n\r".contains($0) }) ? "\"" + value.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : value
+        }
+        var text = report.columns.map(field).joined(separator: ",") + "\r\n"
+        for row in report.rows { text += row.map(field).joined(separator: ",") + "\r\n" }
+        var headers = ConsolePages.securityHeaders(contentType: "text/csv; charset=utf-8")
+        headers.add(name: "content-disposition", value: "attachment; filename=\"\(report.title.lowercased()).csv\"")
+        return GatewayResponse(status: .ok, headers: headers, body: ByteBuffer(string: text))
+    }
+
+    static func json(_ report: Report) throws -> GatewayResponse {
+        let items = report.rows.map { row in Dictionary(uniqueKeysWithValues: zip(report.columns, row).map { column, value in (column, column == "day" || column.hasSuffix("percent") ? value : value) }) }
+        let body = try JSONSerialization.data(withJSONObject: ["report": report.title.lowercased(), "columns": report.columns, "items": items], options: [.sortedKeys])
+        return GatewayResponse(status: .ok, headers: ConsolePages.securityHeaders(contentType: "application/json"), body: ByteBuffer(bytes: body))
+    }
+
+    static func plain(_ status: HTTPResponseStatus, _ text: String, allow: String? = nil) -> GatewayResponse {
+        var headers = ConsolePages.securityHeaders(contentType: "text/plain; charset=utf-8")
+        if let allow { headers.add(name: "allow", value: allow) }
+        return GatewayResponse(status: status, headers: headers, body: ByteBuffer(string: text))
+    }
+}
+
+/// Takes a snapshot of the fleet every hour, so that reports can show it day by day.
+public final class FleetHistory: Service, Sendable {
+    let store: Store
+    let logger: Logger
+
+    public init(store: Store, logger: Logger = Logger(label: "portico.reporting")) {
+        self.store = store
+        self.logger = logger
+    }
+
+    static func summary(_ store: Store, now: Int64) async throws -> FleetSummary {
+        try await store.fleetSummary(onlineSince: now - 3_600_000, staleBefore: now - 7 * 86_400_000)
+    }
+
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                let now = Int64(HybridLogicalClock.wallMilliseconds())
+                do { try await self.store.recordFleetSnapshot(try await Self.summary(self.store, now: now), at: now) } catch {
+                    self.logger.error("fleet snapshot not recorded", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: .seconds(3600))
+            }
+        }
+    }
+}
