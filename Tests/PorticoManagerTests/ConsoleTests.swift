@@ -110,6 +110,8 @@ final class ConsoleBrowser {
             #expect(dashboard.status == 200)
             #expect(dashboard.html.contains("<b id=\"devices-total\">1</b>"))
             #expect(dashboard.html.contains("ada (admin)"))
+            // Nothing unset shows through as "nil".
+            #expect(!dashboard.html.contains("nil"))
             let logins = try await manager.store.auditEntries(AuditFilter(action: "auth.login"))
             #expect(logins.map(\.result) == ["ok", "failed"] && logins.allSatisfy { $0.detail.hasPrefix("console") })
             }

@@ -44,10 +44,15 @@ struct ConsolePages: Sendable {
     func page(_ status: HTTPResponseStatus, title: String, template: String, _ context: [String: Any], session: ConsoleSession?, nav: String? = nil,
               notice: String? = nil, error: String? = nil) -> GatewayResponse {
         let content = templates.render(context, withTemplate: template) ?? ""
-        var layout: [String: Any] = ["title": title, "content": content, "notice": notice as Any, "error": error as Any]
+        var layout: [String: Any] = ["title": title, "content": content]
+        // Absent, not nil: a nil in the context would print as "nil".
+        if let notice { layout["notice"] = notice }
+        if let error { layout["error"] = error }
         if let session {
-            layout["operator"] = ["name": session.account.name, "role": session.account.role.rawValue, "csrf": session.record.csrfToken,
-                                  "nav": [nav ?? "": true], "mayAudit": session.mayAudit, "reports": reportsURL as Any]
+            var current: [String: Any] = ["name": session.account.name, "role": session.account.role.rawValue, "csrf": session.record.csrfToken,
+                                          "nav": [nav ?? "": true], "mayAudit": session.mayAudit]
+            if let reportsURL { current["reports"] = reportsURL }
+            layout["operator"] = current
         }
         let html = templates.render(layout, withTemplate: "layout") ?? ""
         return GatewayResponse(status: status, headers: Self.securityHeaders(contentType: "text/html; charset=utf-8"), body: ByteBuffer(string: html))

@@ -52,7 +52,8 @@ public final class ConsoleService: HTTPService {
         let source = request.clientAddress?.ipAddress ?? "-"
         do {
             switch (request.method, segments.first ?? "") {
-            case (.GET, "login") where segments.count == 1: return loginPage(error: nil, name: "", status: .ok)
+            case (.GET, "login") where segments.count == 1: return loginPage(error: nil, name: "", status: .ok, request: request)
+            case (.GET, "favicon.ico"): return page(.notFound, title: "Not found", template: "message", ["heading": "Not found", "text": "", "back": "/"], session: nil)
             case (.POST, "login") where segments.count == 1: return try await login(request, source: source)
             default: break
             }
@@ -98,10 +99,10 @@ public final class ConsoleService: HTTPService {
         let form = Self.form(request.body)
         let now = Int64(HybridLogicalClock.wallMilliseconds())
         guard let cookie = Self.cookies(request.headers)[Self.loginCookie], let token = form["csrf"], ConstantTime.equal(Array(cookie.utf8), Array(token.utf8)) else {
-            return loginPage(error: "The sign-in form expired. Please try again.", name: form["name"] ?? "", status: .forbidden)
+            return loginPage(error: "The sign-in form expired. Please try again.", name: form["name"] ?? "", status: .forbidden, request: request)
         }
         if let retry = throttle.retryAfter(source: source, now: now) {
-            var response = loginPage(error: "Too many failed sign-ins from this address. Try again in \(retry) seconds.", name: form["name"] ?? "", status: .tooManyRequests)
+            var response = loginPage(error: "Too many failed sign-ins from this address. Try again in \(retry) seconds.", name: form["name"] ?? "", status: .tooManyRequests, request: request)
             response.headers.add(name: "retry-after", value: "\(retry)")
             return response
         }
@@ -111,9 +112,9 @@ public final class ConsoleService: HTTPService {
             throttle.recordFailure(source: source, now: now)
             try await store.audit(AuditEntry(actor: "operator:\(name)", action: "auth.login", target: name, source: source, result: "failed", detail: "console: \(outcome.auditReason)"))
             if case .locked(let until) = outcome {
-                return loginPage(error: "This account is locked until \(APIJSON.time(until)) after repeated failed sign-ins. An admin can unlock it.", name: name, status: .forbidden)
+                return loginPage(error: "This account is locked until \(APIJSON.time(until)) after repeated failed sign-ins. An admin can unlock it.", name: name, status: .forbidden, request: request)
             }
-            return loginPage(error: "The name or password is not right.", name: name, status: .unauthorized)
+            return loginPage(error: "The name or password is not right.", name: name, status: .unauthorized, request: request)
         }
         let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
         let csrf = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255) })
@@ -139,8 +140,11 @@ public final class ConsoleService: HTTPService {
         return response
     }
 
-    private func loginPage(error: String?, name: String, status: HTTPResponseStatus) -> GatewayResponse {
-        let token = Base64URL.encode((0..<24).map { _ in UInt8.random(in: 0...255) })
+    /// The sign-in form. Its token is the browser's login cookie (made here when it has none,
+    /// kept when it has one, so that two tabs or a stray request do not spoil each other's form).
+    private func loginPage(error: String?, name: String, status: HTTPResponseStatus, request: GatewayRequest) -> GatewayResponse {
+        let existing = Self.cookies(request.headers)[Self.loginCookie].flatMap { Base64URL.decode($0)?.count == 24 ? $0 : nil }
+        let token = existing ?? Base64URL.encode((0..<24).map { _ in UInt8.random(in: 0...255) })
         var response = page(status, title: "Sign in", template: "login", ["csrf": token, "name": name], session: nil, error: error)
         response.headers.add(name: "set-cookie", value: "\(Self.loginCookie)=\(token); Path=/login; Max-Age=3600; Secure; HttpOnly; SameSite=Strict")
         return response
@@ -177,12 +181,12 @@ public final class ConsoleService: HTTPService {
             components.queryItems = [URLQueryItem(name: "q", value: text), URLQueryItem(name: "state", value: state?.rawValue ?? ""), URLQueryItem(name: "after", value: last.id)]
             next = components.percentEncodedQuery
         }
-        let context: [String: Any] = [
+        var context: [String: Any] = [
             "query": text,
             "states": DeviceState.allCases.map { ["value": $0.rawValue, "selected": $0 == state] },
             "devices": shown.map(Self.deviceContext),
-            "next": next as Any,
         ]
+        if let next { context["next"] = next }
         return page(.ok, title: "Devices", template: "devices", context, session: session, nav: "devices")
     }
 
@@ -192,14 +196,14 @@ public final class ConsoleService: HTTPService {
         }
         let commands = try await store.commands(deviceID: id, limit: 20)
         let events = try await store.events(EventFilter(deviceID: id), limit: 20)
-        let context: [String: Any] = [
+        var context: [String: Any] = [
             "device": Self.deviceContext(device),
             "canAct": session.mayAct,
             "csrf": session.record.csrfToken,
-            "remoteHelp": remoteHelp as Any,
             "commands": commands.map { ["issued": APIJSON.time($0.issuedMilliseconds), "kind": $0.kind.rawValue, "state": $0.state.rawValue, "result": $0.result ?? "", "issuedBy": $0.issuedBy] },
             "events": events.map { ["at": APIJSON.time($0.occurredMilliseconds), "kind": $0.kind, "body": $0.body] },
         ]
+        if let remoteHelp { context["remoteHelp"] = remoteHelp }
         return page(.ok, title: device.hostname, template: "device", context, session: session, nav: "devices", notice: notice)
     }
 
@@ -241,12 +245,12 @@ public final class ConsoleService: HTTPService {
                                      URLQueryItem(name: "result", value: filter.result ?? ""), URLQueryItem(name: "before", value: "\(last)")]
             older = components.percentEncodedQuery
         }
-        let context: [String: Any] = [
+        var context: [String: Any] = [
             "filter": ["actor": filter.actor ?? "", "action": filter.action ?? ""],
             "results": ["ok", "failed", "denied"].map { ["value": $0, "selected": $0 == filter.result] },
             "entries": shown.map { ["at": APIJSON.time($0.atMilliseconds), "actor": $0.actor, "action": $0.action, "target": $0.target, "source": $0.source, "result": $0.result, "detail": $0.detail] },
-            "older": older as Any,
         ]
+        if let older { context["older"] = older }
         return page(.ok, title: "Audit log", template: "audit", context, session: session, nav: "audit")
     }
 

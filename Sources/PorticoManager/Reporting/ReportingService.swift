@@ -20,7 +20,7 @@ public final class ReportingService: HTTPService {
     public init(store: Store, api: APIService, consoleURL: String? = nil, logger: Logger = Logger(label: "portico.reporting")) throws {
         self.store = store
         self.api = api
-        self.pages = try ConsolePages(store: store, reportsURL: nil)
+        self.pages = try ConsolePages(store: store, reportsURL: "/reports/compliance")
         self.logger = logger
     }
 

@@ -1,0 +1,91 @@
+import Foundation
+import PorticoGateway
+import Testing
+
+/// The console in a real browser: Debian's headless Chromium driven by Selenium through
+/// chromedriver, against the real `portico serve`, with a real `portico-agent`. The script
+/// (Tests/browser/console_flow.py) signs in, locks the agent from its page, sees the lock
+/// acknowledged and audited, opens the compliance report, and saves screenshots.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct BrowserTests {
+    static let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    static let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    /// The first `python3` on the PATH, if it has Selenium.
+    static let python: String? = {
+        guard let python = Tools.path(of: "python3") else { return nil }
+        let environment = URL(fileURLWithPath: python).resolvingSymlinksInPath().deletingLastPathComponent().deletingLastPathComponent()
+        let candidates = [URL(fileURLWithPath: python).deletingLastPathComponent().deletingLastPathComponent(), environment]
+        for root in candidates {
+            let lib = root.appendingPathComponent("lib")
+            for version in (try? FileManager.default.contentsOfDirectory(atPath: lib.path)) ?? [] where version.hasPrefix("python3") {
+                if FileManager.default.fileExists(atPath: lib.appendingPathComponent(version).appendingPathComponent("site-packages/selenium").path) { return python }
+            }
+        }
+        return nil
+    }()
+    static let usable = chromium != nil && chromedriver != nil && python != nil
+    static let required = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
+
+    @Test(.enabled(if: usable || required, "needs chromium and chromium-driver (apt-get install chromium chromium-driver) and Selenium for python3 on PATH (pip install selenium)"))
+    func anOperatorLocksADeviceFromTheConsoleInChromium() async throws {
+        let chromium = try #require(Self.chromium, "chromium is not installed")
+        let chromedriver = try #require(Self.chromedriver, "chromium-driver is not installed")
+        let python = try #require(Self.python, "python3 on PATH has no Selenium")
+        let portico = try #require(ServerProcess.executable(named: "portico"))
+        let agent = try #require(ServerProcess.executable(named: "portico-agent"))
+        let dir = try TemporaryDirectory()
+        let config = try dir.write("portico.yaml", """
+            data_dir: data
+            identity: {generate: ecdsa-p256}
+            listeners:
+              client: {bind: 127.0.0.1, port: 0}
+              client_plain: {enabled: false}
+              replication: {enabled: false}
+              console: {bind: 127.0.0.1, port: 0}
+              reporting: {enabled: false}
+              webservices: {enabled: false}
+            routes:
+              - {listeners: [client], path: /agent/v1/*, service: agent}
+              - {listener: console, path: /*, service: console}
+              - {listener: console, path: /reports/*, service: reporting}
+            """)
+        let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ada", "--role", "admin"], input: "correct horse battery\n")
+        #expect(admin.status == 0, "\(admin.output)")
+        let serve = try ServerProcess(["serve", "--config", config])
+        await serve.waitFor("listening", count: 2)
+        let client = try #require(serve.boundPort(.client))
+        let console = try #require(serve.boundPort(.console))
+
+        let token = try await Tools.run(portico, ["token", "create", "--config", config, "--expires", "1h"])
+        let bootstrap = dir.file("bootstrap.json")
+        let export = try await Tools.run(portico, ["agent-config", "export", "--config", config, "--url", "https://127.0.0.1:\(client)",
+                                                   "--token", token.output.trimmingCharacters(in: .whitespacesAndNewlines), "--output", bootstrap])
+        #expect(export.status == 0, "\(export.output)")
+        let enrolled = try await Tools.run(agent, ["enroll", "--bootstrap", bootstrap, "--state", dir.file("agent")])
+        #expect(enrolled.status == 0, "\(enrolled.output)")
+        let device = try #require(enrolled.output.split(separator: " ").first { $0.hasPrefix("d-") }.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
+
+        let shots = dir.file("screenshots")
+        try FileManager.default.createDirectory(atPath: shots, withIntermediateDirectories: true)
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("browser/console_flow.py").path
+        let flow = try await Tools.run("/usr/bin/env", [
+            "CONSOLE=https://127.0.0.1:\(console)", "NAME=ada", "PASSWORD=correct horse battery", "DEVICE=\(device)",
+            "AGENT_RUN=\(agent) run --state \(dir.file("agent")) --once", "SCREENSHOTS=\(shots)", "CHROMIUM=\(chromium)", "CHROMEDRIVER=\(chromedriver)",
+            python, script,
+        ])
+        #expect(flow.status == 0, "the browser flow failed:\n\(flow.output)")
+        for name in ["dashboard.png", "compliance-report.png"] {
+            let png = FileManager.default.contents(atPath: shots + "/" + name) ?? Data()
+            #expect(png.starts(with: [0x89, 0x50, 0x4E, 0x47]) && png.count > 5_000, "\(name) is not a screenshot")
+        }
+        // Kept for review where CI collects artifacts.
+        if let keep = ProcessInfo.processInfo.environment["PORTICO_SCREENSHOTS"] {
+            try? FileManager.default.createDirectory(atPath: keep, withIntermediateDirectories: true)
+            for name in ["dashboard.png", "compliance-report.png"] {
+                try? FileManager.default.removeItem(atPath: keep + "/" + name)
+                try? FileManager.default.copyItem(atPath: shots + "/" + name, toPath: keep + "/" + name)
+            }
+        }
+        serve.signal(SIGTERM)
+        #expect(await serve.wait() == 0)
+    }
+}
