@@ -119,6 +119,7 @@ let package = Package(
                 .embedInCode("Console/templates/message.mustache"),
                 .embedInCode("Console/templates/audit.mustache"),
                 .embedInCode("Console/templates/report.mustache"),
+                .embedInCode("Console/templates/reports.mustache"),
             ],
             swiftSettings: swiftSettings
         ),

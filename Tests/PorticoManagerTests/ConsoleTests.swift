@@ -254,4 +254,53 @@ final class ConsoleBrowser {
             }
         }
     }
+
+    @Test func rolloutFreshnessEventAndCommandReportsCountWhatHappened() async throws {
+        try await TestManager.with { manager in
+            try await manager.makeOperator("audrey", role: .auditor)
+            let group = try await manager.store.createGroup(name: "Fleet")
+            let policy = try await manager.store.createPolicy(name: "Base", document: "{}", by: "t")
+            try await manager.store.publishPolicy(policyID: policy.id, version: 1)
+            try await manager.store.assignPolicy(policyID: policy.id, toGroup: group.id)
+            let serial = try await manager.store.policySerial()
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            for index in 0..<3 {
+                let id = try await manager.makeDevice(hostname: "m\(index)", id: "d-\(index)")
+                try await manager.store.addDevice(id, toGroup: group.id)
+            }
+            try await manager.store.recordCheckIn(CheckIn(deviceID: "d-0", atMilliseconds: now, policySerial: serial, status: "ok"))
+            try await manager.store.recordCheckIn(CheckIn(deviceID: "d-1", atMilliseconds: now - 2 * 86_400_000, policySerial: 0, status: "ok"))
+            try await manager.store.ingestEvents([
+                EventRecord(deviceID: "d-0", eventID: "1", kind: "malware", occurredMilliseconds: now, body: "{}"),
+                EventRecord(deviceID: "d-0", eventID: "2", kind: "malware", occurredMilliseconds: now, body: "{}"),
+                EventRecord(deviceID: "d-1", eventID: "3", kind: "scan", occurredMilliseconds: now - 86_400_000, body: "{}"),
+            ])
+            try await manager.store.enqueueCommand(CommandRecord(id: "c1", deviceID: "d-0", kind: .lock, issuedBy: "t"))
+            try await manager.store.enqueueCommand(CommandRecord(id: "c2", deviceID: "d-0", kind: .lock, issuedBy: "t"))
+            try await manager.store.acknowledgeCommand(id: "c1", deviceID: "d-0", succeeded: true, result: "locked")
+            try await ConsoleBrowser.with(manager) { browser in
+                _ = try await browser.signIn("audrey")
+                func items(_ name: String) async throws -> [[String: Any]] {
+                    let page = try await browser.get("/reports/\(name).json")
+                    #expect(page.status == 200, "\(name): \(page.html)")
+                    return (try JSONSerialization.jsonObject(with: Data(page.html.utf8)) as? [String: Any])?["items"] as? [[String: Any]] ?? []
+                }
+                let index = try await browser.get("/reports")
+                #expect(["compliance", "rollout", "freshness", "events", "commands"].allSatisfy { index.html.contains("href=\"/reports/\($0)\"") })
+                let rollout = try await items("rollout")
+                #expect(rollout.count == 1 && rollout[0]["policy"] as? String == "Base" && rollout[0]["targeted"] as? String == "3" && rollout[0]["current"] as? String == "1")
+                let freshness = Dictionary(uniqueKeysWithValues: try await items("freshness").map { ($0["last_check_in"] as? String ?? "", $0["devices"] as? String ?? "") })
+                #expect(freshness == ["under an hour": "1", "under a day": "0", "under a week": "1", "a week or more": "0", "never": "1"])
+                let events = try await items("events").map { "\($0["kind"] as? String ?? "")=\($0["events"] as? String ?? "")" }
+                #expect(events.sorted() == ["malware=2", "scan=1"])
+                let commands = try await items("commands").map { "\($0["kind"] as? String ?? "")/\($0["state"] as? String ?? "")=\($0["commands"] as? String ?? "")" }
+                #expect(commands == ["lock/acknowledged=1", "lock/pending=1"])
+                for name in ["rollout", "freshness", "events", "commands"] {
+                    let page = try await browser.get("/reports/\(name)")
+                    #expect(page.status == 200 && page.html.contains("<svg"), "\(name)")
+                }
+                #expect(try await browser.get("/reports/nothing").status == 404)
+            }
+        }
+    }
 }

@@ -278,6 +278,6 @@ enum ConsoleTemplates {
     static let all: [(String, [UInt8])] = [
         ("layout", PackageResources.layout_mustache), ("login", PackageResources.login_mustache), ("dashboard", PackageResources.dashboard_mustache),
         ("devices", PackageResources.devices_mustache), ("device", PackageResources.device_mustache), ("message", PackageResources.message_mustache),
-        ("audit", PackageResources.audit_mustache), ("report", PackageResources.report_mustache),
+        ("audit", PackageResources.audit_mustache), ("report", PackageResources.report_mustache), ("reports", PackageResources.reports_mustache),
     ]
 }

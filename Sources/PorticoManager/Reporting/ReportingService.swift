@@ -42,23 +42,49 @@ public final class ReportingService: HTTPService {
             }
         }
         let query = APIContext.parseQuery(request.uri)
-        switch path {
-        case "/", "/reports":
-            guard let session else { return Self.plain(.notFound, "no page here\n") }
-            return pages.page(.ok, title: "Reports", template: "message",
-                              ["heading": "Reports", "text": "Compliance: devices on the current policies, day by day.", "back": "/reports/compliance"], session: session, nav: "reports")
-        case "/reports/compliance", "/reports/compliance.csv", "/reports/compliance.json":
-            let report: Report
-            do { report = try await compliance(from: query["from"], to: query["to"]) } catch let problem as APIProblem {
-                return Self.plain(.unprocessableEntity, problem.detail + "\n")
-            }
-            if path.hasSuffix(".csv") { return Self.csv(report) }
-            if path.hasSuffix(".json") { return try Self.json(report) }
-            guard let session else { return Self.plain(.notFound, "the HTML report is for the console; use compliance.csv or compliance.json\n") }
-            return pages.page(.ok, title: report.title, template: "report", report.context(csv: "/reports/compliance.csv?\(report.range)", json: "/reports/compliance.json?\(report.range)"),
-                              session: session, nav: "reports")
+        if path == "/" || path == "/reports" || path == "/reports/" {
+            guard let session else { return Self.plain(.notFound, "the index is for the console; reports are at /reports/<name>.csv and .json\n") }
+            return pages.page(.ok, title: "Reports", template: "reports",
+                              ["reports": Self.catalog.map { ["name": $0.name, "title": $0.title, "about": $0.about] }], session: session, nav: "reports")
+        }
+        guard path.hasPrefix("/reports/") else { return Self.plain(.notFound, "no report at \(path)\n") }
+        var name = String(path.dropFirst("/reports/".count))
+        var format = "html"
+        for suffix in ["csv", "json"] where name.hasSuffix("." + suffix) {
+            format = suffix
+            name = String(name.dropLast(suffix.count + 1))
+        }
+        guard Self.catalog.contains(where: { $0.name == name }) else { return Self.plain(.notFound, "no report named \(name)\n") }
+        let report: Report
+        do { report = try await self.report(name, from: query["from"], to: query["to"]) } catch let problem as APIProblem {
+            return Self.plain(.unprocessableEntity, problem.detail + "\n")
+        }
+        switch format {
+        case "csv": return Self.csv(report)
+        case "json": return try Self.json(report)
         default:
-            return Self.plain(.notFound, "no report at \(path)\n")
+            guard let session else { return Self.plain(.notFound, "the HTML report is for the console; use \(name).csv or \(name).json\n") }
+            return pages.page(.ok, title: report.title, template: "report",
+                              report.context(csv: "/reports/\(name).csv?\(report.range)", json: "/reports/\(name).json?\(report.range)"), session: session, nav: "reports")
+        }
+    }
+
+    /// The reports, by the name in their URL.
+    static let catalog: [(name: String, title: String, about: String)] = [
+        ("compliance", "Compliance", "Active devices on the current policies, day by day."),
+        ("rollout", "Policy rollout", "Each published policy version: devices it targets, and how many have it."),
+        ("freshness", "Check-in freshness", "Active devices by how long ago they last checked in."),
+        ("events", "Events", "Events agents reported, by type and day."),
+        ("commands", "Command outcomes", "Commands issued, by kind and how they ended."),
+    ]
+
+    func report(_ name: String, from: String?, to: String?) async throws -> Report {
+        switch name {
+        case "compliance": return try await compliance(from: from, to: to)
+        case "rollout": return try await rollout()
+        case "freshness": return try await freshness()
+        case "events": return try await events(from: from, to: to)
+        default: return try await commandOutcomes(from: from, to: to)
         }
     }
 
@@ -81,10 +107,7 @@ public final class ReportingService: HTTPService {
     /// Devices on the current policy serial, per day, from the daily snapshots (today's taken now).
     func compliance(from: String?, to: String?) async throws -> Report {
         let now = Int64(HybridLogicalClock.wallMilliseconds())
-        let today = Store.day(of: now)
-        let end = try Self.day(to, field: "to") ?? today
-        let start = try Self.day(from, field: "from") ?? Store.day(of: now - 29 * 86_400_000)
-        guard start <= end else { throw APIProblem.invalid("from", "must not be after to") }
+        let (start, end) = try Self.range(from: from, to: to, now: now)
         try await store.recordFleetSnapshot(try await FleetHistory.summary(store, now: now), at: now)
         let snapshots = try await store.fleetSnapshots(from: start, to: end)
         let rows = snapshots.map { snapshot -> [String] in
@@ -98,6 +121,64 @@ public final class ReportingService: HTTPService {
                                   label: "Share of active devices on the current policies, per day")
         return Report(title: "Compliance", summary: summary, columns: ["day", "devices", "compliant", "compliant_percent", "online", "stale", "policy_serial"],
                       rows: rows, chart: chart, range: "from=\(start)&to=\(end)")
+    }
+
+    func rollout() async throws -> Report {
+        let rows = try await store.policyRollout()
+        let chart = Self.barChart(rows.map { ("\($0.policy) v\($0.version)", $0.targeted == 0 ? 0 : Double($0.current) / Double($0.targeted)) },
+                                  label: "Share of targeted devices holding each published policy version")
+        let summary = rows.isEmpty ? "No policy is published." : "\(rows.count) published \(rows.count == 1 ? "policy" : "policies"); \(rows.reduce(0) { $0 + $1.current }) of \(rows.reduce(0) { $0 + $1.targeted }) targeted devices are up to date."
+        return Report(title: "Policy rollout", summary: summary, columns: ["policy", "version", "targeted", "current", "current_percent"],
+                      rows: rows.map { [$0.policy, "\($0.version)", "\($0.targeted)", "\($0.current)", Self.percent($0.current, of: $0.targeted)] }, chart: chart, range: "")
+    }
+
+    func freshness() async throws -> Report {
+        let buckets = try await store.checkInFreshness(now: Int64(HybridLogicalClock.wallMilliseconds()))
+        let total = buckets.reduce(0) { $0 + $1.devices }
+        let chart = Self.barChart(buckets.map { ($0.bucket, total == 0 ? 0 : Double($0.devices) / Double(total)) }, label: "Active devices by time since their last check-in")
+        return Report(title: "Check-in freshness", summary: "\(total) active devices.", columns: ["last_check_in", "devices", "percent"],
+                      rows: buckets.map { [$0.bucket, "\($0.devices)", Self.percent($0.devices, of: total)] }, chart: chart, range: "")
+    }
+
+    func events(from: String?, to: String?) async throws -> Report {
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        let (start, end) = try Self.range(from: from, to: to, now: now)
+        let rows = try await store.eventCountsByDay(since: try Self.milliseconds(start), until: try Self.milliseconds(end) + 86_400_000)
+        var perDay: [(String, Int)] = []
+        for row in rows {
+            if perDay.last?.0 == row.day { perDay[perDay.count - 1].1 += row.events } else { perDay.append((row.day, row.events)) }
+        }
+        let most = max(1, perDay.map(\.1).max() ?? 1)
+        let chart = Self.barChart(perDay.map { ($0.0, Double($0.1) / Double(most)) }, label: "Events per day, relative to the busiest day (\(most))")
+        return Report(title: "Events", summary: "\(rows.reduce(0) { $0 + $1.events }) events from \(start) to \(end).", columns: ["day", "kind", "events"],
+                      rows: rows.map { [$0.day, $0.kind, "\($0.events)"] }, chart: chart, range: "from=\(start)&to=\(end)")
+    }
+
+    func commandOutcomes(from: String?, to: String?) async throws -> Report {
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        let (start, end) = try Self.range(from: from, to: to, now: now)
+        let rows = try await store.commandOutcomes(since: try Self.milliseconds(start), until: try Self.milliseconds(end) + 86_400_000)
+        var byKind: [(String, Int, Int)] = []
+        for row in rows {
+            let done = row.state == "acknowledged" ? row.commands : 0
+            if let index = byKind.firstIndex(where: { $0.0 == row.kind }) { byKind[index].1 += row.commands; byKind[index].2 += done } else { byKind.append((row.kind, row.commands, done)) }
+        }
+        let chart = Self.barChart(byKind.map { ($0.0, $0.1 == 0 ? 0 : Double($0.2) / Double($0.1)) }, label: "Share of commands acknowledged, by kind")
+        return Report(title: "Command outcomes", summary: "\(rows.reduce(0) { $0 + $1.commands }) commands issued from \(start) to \(end).", columns: ["kind", "state", "commands"],
+                      rows: rows.map { [$0.kind, $0.state, "\($0.commands)"] }, chart: chart, range: "from=\(start)&to=\(end)")
+    }
+
+    /// `from` and `to` days, the last 30 days by default.
+    static func range(from: String?, to: String?, now: Int64) throws -> (String, String) {
+        let end = try day(to, field: "to") ?? Store.day(of: now)
+        let start = try day(from, field: "from") ?? Store.day(of: now - 29 * 86_400_000)
+        guard start <= end else { throw APIProblem.invalid("from", "must not be after to") }
+        return (start, end)
+    }
+
+    static func milliseconds(_ day: String) throws -> Int64 {
+        guard let date = try? Date.ISO8601FormatStyle().parse(day + "T00:00:00Z") else { throw APIProblem.invalid("from", "must be a day such as 2026-01-31") }
+        return Int64(date.timeIntervalSince1970 * 1000)
     }
 
     static func day(_ text: String?, field: String) throws -> String? {

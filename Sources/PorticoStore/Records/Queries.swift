@@ -244,3 +244,65 @@ extension Store {
         return String(format: "%04d-%02d-%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday))
     }
 }
+
+/// Report queries: counts grouped the way the reports show them.
+extension Store {
+    /// Active devices by how long ago they last checked in: under an hour, a day, a week,
+    /// longer, never.
+    public func checkInFreshness(now: Int64) async throws -> [(bucket: String, devices: Int)] {
+        try await read { db in
+            let row = try await db.raw("""
+                SELECT COALESCE(SUM(CASE WHEN last_checkin_ms >= \(bind: now - 3_600_000) THEN 1 ELSE 0 END), 0) AS hour,
+                       COALESCE(SUM(CASE WHEN last_checkin_ms < \(bind: now - 3_600_000) AND last_checkin_ms >= \(bind: now - 86_400_000) THEN 1 ELSE 0 END), 0) AS day,
+                       COALESCE(SUM(CASE WHEN last_checkin_ms < \(bind: now - 86_400_000) AND last_checkin_ms >= \(bind: now - 7 * 86_400_000) THEN 1 ELSE 0 END), 0) AS week,
+                       COALESCE(SUM(CASE WHEN last_checkin_ms < \(bind: now - 7 * 86_400_000) THEN 1 ELSE 0 END), 0) AS older,
+                       COALESCE(SUM(CASE WHEN last_checkin_ms IS NULL THEN 1 ELSE 0 END), 0) AS never
+                FROM devices WHERE state IN ('active', 'locked')
+                """).first()
+            return try [("under an hour", "hour"), ("under a day", "day"), ("under a week", "week"), ("a week or more", "older"), ("never", "never")].map {
+                ($0.0, try row?.decode(column: $0.1, as: Int.self) ?? 0)
+            }
+        }
+    }
+
+    /// Events per UTC day and kind, received in `[since, until)`.
+    public func eventCountsByDay(since: Int64, until: Int64) async throws -> [(day: String, kind: String, events: Int)] {
+        let rows = try await read { db in
+            try await db.raw("""
+                SELECT occurred_ms / 86400000 AS day_number, kind, COUNT(*) AS n FROM events
+                WHERE occurred_ms >= \(bind: since) AND occurred_ms < \(bind: until) GROUP BY occurred_ms / 86400000, kind ORDER BY day_number, kind
+                """).all().map { (try $0.decode(column: "day_number", as: Int64.self), try $0.decode(column: "kind", as: String.self), try $0.decode(column: "n", as: Int.self)) }
+        }
+        return rows.map { (Self.day(of: $0.0 * 86_400_000), $0.1, $0.2) }
+    }
+
+    /// Commands issued in `[since, until)`, by kind and state.
+    public func commandOutcomes(since: Int64, until: Int64) async throws -> [(kind: String, state: String, commands: Int)] {
+        try await read { db in
+            try await db.raw("""
+                SELECT kind, state, COUNT(*) AS n FROM commands WHERE issued_ms >= \(bind: since) AND issued_ms < \(bind: until)
+                GROUP BY kind, state ORDER BY kind, state
+                """).all().map { (try $0.decode(column: "kind", as: String.self), try $0.decode(column: "state", as: String.self), try $0.decode(column: "n", as: Int.self)) }
+        }
+    }
+
+    /// Each published policy: the active devices its groups hold, and how many of them are
+    /// on the site's current policy serial (so have its published version).
+    public func policyRollout() async throws -> [(policy: String, version: Int, targeted: Int, current: Int)] {
+        let serial = try await policySerial()
+        return try await read { db in
+            try await db.raw("""
+                SELECT p.name, p.published_version, COUNT(DISTINCT d.id) AS targeted,
+                       COUNT(DISTINCT CASE WHEN d.policy_serial = \(bind: serial) THEN d.id END) AS current
+                FROM policies p
+                LEFT JOIN policy_assignments a ON a.policy_id = p.id
+                LEFT JOIN device_group_members m ON m.group_id = a.group_id
+                LEFT JOIN devices d ON d.id = m.device_id AND d.state IN ('active', 'locked')
+                WHERE p.published_version IS NOT NULL GROUP BY p.id, p.name, p.published_version ORDER BY p.name
+                """).all().map {
+                (try $0.decode(column: "name", as: String.self), try $0.decode(column: "published_version", as: Int.self),
+                 try $0.decode(column: "targeted", as: Int.self), try $0.decode(column: "current", as: Int.self))
+            }
+        }
+    }
+}
