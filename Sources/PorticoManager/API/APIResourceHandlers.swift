@@ -380,11 +380,8 @@ extension APIService {
         let body = try APIJSON.decode(PolicyBody.self, from: context.request)
         let caller = try context.caller
         let document = try body.document.canonicalText()
-        let policy = try await store.write { transaction in
-            let policy = try await transaction.createPolicy(name: body.name, document: document, by: caller.actor)
-            try await transaction.audit(context.entry("policy.create", target: policy.id, detail: "name \(policy.name)"))
-            return policy
-        }
+        _ = caller
+        let policy = try await operations.createPolicy(name: body.name, document: document, by: try context.actor)
         return try .json(PolicyView(policy, groups: []), status: .created)
     }
 
@@ -416,11 +413,8 @@ extension APIService {
         let body = try APIJSON.decode(PolicyVersionBody.self, from: context.request)
         let caller = try context.caller
         let document = try body.document.canonicalText()
-        let number = try await store.write { transaction in
-            let number = try await transaction.addPolicyVersion(policyID: id, document: document, by: caller.actor)
-            try await transaction.audit(context.entry("policy.add_version", target: id, detail: "version \(number)"))
-            return number
-        }
+        _ = caller
+        let number = try await operations.addPolicyVersion(policyID: id, document: document, by: try context.actor)
         guard let policy = try await store.policy(id: id), let version = try await store.policyVersions(policyID: id).first(where: { $0.version == number }) else {
             throw APIProblem.notFound("policy \(id)")
         }
@@ -430,31 +424,20 @@ extension APIService {
     func publishPolicy(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
         let body = try APIJSON.decode(PublishBody.self, from: context.request)
-        guard let current = try await store.policy(id: id) else { throw APIProblem.notFound("policy \(id)") }
-        guard body.version <= current.currentVersion else { throw APIProblem.invalid("version", "must be an existing version, 1 to \(current.currentVersion)") }
-        try await store.write { transaction in
-            try await transaction.publishPolicy(policyID: id, version: body.version)
-            try await transaction.audit(context.entry("policy.publish", target: id, detail: "version \(body.version)"))
-        }
+        try await operations.publishPolicy(policyID: id, version: body.version, by: try context.actor)
         guard let policy = try await store.policy(id: id) else { throw APIProblem.notFound("policy \(id)") }
         return try .json(PolicyView(policy, groups: try await store.policyAssignments(policyID: id)))
     }
 
     func assignPolicy(_ context: APIContext) async throws -> APIReply {
         let (policy, group) = (context.parameter("id"), context.parameter("group_id"))
-        try await store.write { transaction in
-            try await transaction.assignExistingPolicy(policyID: policy, toGroup: group)
-            try await transaction.audit(context.entry("policy.assign", target: policy, detail: "group \(group)"))
-        }
+        try await operations.assignPolicy(policyID: policy, groupID: group, by: try context.actor)
         return .noContent
     }
 
     func unassignPolicy(_ context: APIContext) async throws -> APIReply {
         let (policy, group) = (context.parameter("id"), context.parameter("group_id"))
-        try await store.write { transaction in
-            try await transaction.unassignPolicy(policyID: policy, fromGroup: group)
-            try await transaction.audit(context.entry("policy.unassign", target: policy, detail: "group \(group)"))
-        }
+        try await operations.unassignPolicy(policyID: policy, groupID: group, by: try context.actor)
         return .noContent
     }
 
@@ -468,18 +451,9 @@ extension APIService {
     /// `expires_in_seconds` says otherwise. The secret is in this answer only.
     func createEnrollmentToken(_ context: APIContext) async throws -> APIReply {
         let body = try APIJSON.decode(EnrollmentTokenBody.self, from: context.request)
-        let caller = try context.caller
-        if let group = body.groupId, try await store.group(id: group) == nil { throw APIProblem.invalid("group_id", "names no group") }
-        let id = "t-" + BearerSecret.newID().prefix(12)
-        let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
-        let now = self.now
-        let record = EnrollmentTokenRecord(id: id, secretHash: Array(SHA256.hash(data: secret)), groupID: body.groupId, usesAllowed: body.uses ?? 1,
-                                           expiresMilliseconds: now + Int64(body.expiresInSeconds ?? 7 * 86_400) * 1000, createdBy: caller.actor, createdMilliseconds: now)
-        try await store.write { transaction in
-            try await transaction.createEnrollmentToken(record)
-            try await transaction.audit(context.entry("enrollment_token.create", target: id, detail: "uses \(record.usesAllowed ?? 0), group \(record.groupID ?? "-")"))
-        }
-        return try .json(EnrollmentTokenView(record, token: "\(id).\(Base64URL.encode(secret))"), status: .created)
+        let created = try await operations.createEnrollmentToken(groupID: body.groupId, uses: body.uses ?? 1, expiresInSeconds: body.expiresInSeconds ?? 7 * 86_400,
+                                                                 by: try context.actor)
+        return try .json(EnrollmentTokenView(created.record, token: created.token), status: .created)
     }
 
     func showEnrollmentToken(_ context: APIContext) async throws -> APIReply {
@@ -490,10 +464,7 @@ extension APIService {
 
     func revokeEnrollmentToken(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
-        try await store.write { transaction in
-            try await transaction.revokeEnrollmentToken(id: id)
-            try await transaction.audit(context.entry("enrollment_token.revoke", target: id))
-        }
+        try await operations.revokeEnrollmentToken(id: id, by: try context.actor)
         guard let token = try await store.enrollmentToken(id: id) else { throw APIProblem.notFound("enrollment token \(id)") }
         return try .json(EnrollmentTokenView(token))
     }
@@ -568,12 +539,7 @@ extension APIService {
     func createOperator(_ context: APIContext) async throws -> APIReply {
         let body = try APIJSON.decode(OperatorBody.self, from: context.request)
         guard let role = OperatorRole(rawValue: body.role) else { throw APIProblem.invalid("role", "must be admin, operator or auditor") }
-        let hash = try await PasswordHasher.hash(body.password)
-        let record = OperatorRecord(name: body.name, passwordHash: hash, role: role)
-        try await store.write { transaction in
-            try await transaction.createOperator(record)
-            try await transaction.audit(context.entry("operator.create", target: body.name, detail: "role \(role.rawValue)"))
-        }
+        let record = try await operations.createOperator(name: body.name, role: role, password: body.password, by: try context.actor)
         return try .json(OperatorView(record), status: .created)
     }
 
@@ -620,10 +586,7 @@ extension APIService {
 
     func unlockOperator(_ context: APIContext) async throws -> APIReply {
         let name = context.parameter("name")
-        try await store.write { transaction in
-            try await transaction.unlockOperator(name: name)
-            try await transaction.audit(context.entry("operator.unlock", target: name))
-        }
+        try await operations.unlockOperator(name: name, by: try context.actor)
         guard let account = try await store.operatorAccount(named: name) else { throw APIProblem.notFound("operator \(name)") }
         return try .json(OperatorView(account))
     }
@@ -640,15 +603,10 @@ extension APIService {
         let body = try APIJSON.decode(APITokenBody.self, from: context.request)
         let caller = try context.caller
         guard let role = OperatorRole(rawValue: body.role) else { throw APIProblem.invalid("role", "must be admin, operator or auditor") }
-        let id = BearerSecret.newID()
-        let secret = BearerSecret.make(.token, id: id)
-        let record = APITokenRecord(id: id, secretHash: secret.hash, name: body.name, role: role, scopes: (body.scopes ?? []).sorted(),
-                                    expiresMilliseconds: now + Int64(body.expiresInSeconds ?? 90 * 86_400) * 1000, createdBy: caller.actor)
-        try await store.write { transaction in
-            try await transaction.createAPIToken(record)
-            try await transaction.audit(context.entry("api_token.create", target: id, detail: "\(body.name), role \(role.rawValue)"))
-        }
-        return try .json(APITokenView(record, token: secret.text), status: .created)
+        _ = caller
+        let created = try await operations.createAPIToken(name: body.name, role: role, scopes: body.scopes ?? [], expiresInSeconds: body.expiresInSeconds ?? 90 * 86_400,
+                                                          by: try context.actor)
+        return try .json(APITokenView(created.record, token: created.token), status: .created)
     }
 
     func showAPIToken(_ context: APIContext) async throws -> APIReply {
@@ -659,10 +617,7 @@ extension APIService {
 
     func revokeAPIToken(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
-        try await store.write { transaction in
-            try await transaction.revokeAPIToken(id: id)
-            try await transaction.audit(context.entry("api_token.revoke", target: id))
-        }
+        try await operations.revokeAPIToken(id: id, by: try context.actor)
         guard let token = try await store.apiToken(id: id) else { throw APIProblem.notFound("API token \(id)") }
         return try .json(APITokenView(token))
     }
