@@ -120,6 +120,11 @@ let package = Package(
                 .embedInCode("Console/templates/audit.mustache"),
                 .embedInCode("Console/templates/report.mustache"),
                 .embedInCode("Console/templates/reports.mustache"),
+                .embedInCode("Console/templates/policies.mustache"),
+                .embedInCode("Console/templates/policy.mustache"),
+                .embedInCode("Console/templates/tokens.mustache"),
+                .embedInCode("Console/templates/operators.mustache"),
+                .embedInCode("Console/templates/peers.mustache"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -303,4 +303,91 @@ final class ConsoleBrowser {
             }
         }
     }
+
+    @Test func policiesAreCreatedVersionedComparedPublishedAndAssignedFromTheConsole() async throws {
+        try await TestManager.with { manager in
+            try await manager.makeOperator("olive", role: .operator)
+            try await manager.makeOperator("audrey", role: .auditor)
+            let group = try await manager.store.createGroup(name: "Laptops")
+            try await ConsoleBrowser.with(manager) { browser in
+                _ = try await browser.signIn("olive")
+                let list = try await browser.get("/policies")
+                let csrf = try #require(list.csrf)
+                let broken = try await browser.post("/policies", [("csrf", csrf), ("name", "Firewall"), ("document", "{not json")])
+                #expect(broken.status == 422)
+                #expect(try await manager.store.policies().isEmpty)
+                let created = try await browser.post("/policies", [("csrf", csrf), ("name", "Firewall"), ("document", #"{"inbound":"deny","log":true}"#)])
+                #expect(created.status == 303)
+                let path = try #require(created.location)
+                let id = String(path.dropFirst("/policies/".count))
+                let next = try await browser.post(path + "/versions", [("csrf", csrf), ("document", #"{"inbound":"allow","log":true}"#)])
+                #expect(next.location == path + "?version=2&diff=1")
+                let diff = try await browser.get(try #require(next.location))
+                #expect(diff.html.contains("<span class=\"removed\">-   &quot;inbound&quot; : &quot;deny&quot;,</span>") || diff.html.contains("<span class=\"removed\">-   &quot;inbound&quot;:&quot;deny&quot;"),
+                        "\(diff.html)")
+                #expect(diff.html.contains("class=\"added\">+"))
+                #expect(try await browser.post(path + "/publish", [("csrf", csrf), ("version", "2")]).status == 303)
+                #expect(try await browser.post(path + "/assign", [("csrf", csrf), ("group", group.id)]).status == 303)
+                let shown = try await browser.get(path)
+                #expect(shown.html.contains("<span id=\"published\">version 2</span>") && shown.html.contains("<td>Laptops</td>"))
+                #expect(try await manager.store.policy(id: id)?.publishedVersion == 2)
+                #expect(try await manager.store.policyAssignments(policyID: id) == [group.id])
+                let audit = try await manager.store.auditEntries(AuditFilter(actor: "operator:olive")).map(\.action)
+                #expect(["policy.create", "policy.add_version", "policy.publish", "policy.assign"].allSatisfy(audit.contains))
+            }
+            try await ConsoleBrowser.with(manager) { browser in
+                _ = try await browser.signIn("audrey")
+                let policy = try #require(try await manager.store.policies().first)
+                let page = try await browser.get("/policies/\(policy.id)")
+                #expect(page.status == 200 && !page.html.contains("id=\"publish\"") && !page.html.contains("id=\"add-version\""))
+                #expect(try await browser.post("/policies/\(policy.id)/publish", [("csrf", try #require(page.csrf)), ("version", "1")]).status == 403)
+                #expect(try await manager.store.policy(id: policy.id)?.publishedVersion == 2)
+            }
+        }
+    }
+
+    @Test func enrollmentTokensOperatorsAPITokensAndPeersFromTheConsole() async throws {
+        try await TestManager.with { manager in
+            try await manager.makeOperator("ada", role: .admin)
+            try await manager.makeOperator("olive", role: .operator)
+            try await manager.store.addPeer(PeerRecord(name: "site-b", url: "https://b.example:8444", certificateFingerprint: String(repeating: "ab", count: 32)))
+            try await ConsoleBrowser.with(manager) { browser in
+                _ = try await browser.signIn("olive")
+                #expect(try await browser.get("/operators").status == 403)
+                #expect(!(try await browser.get("/").html.contains("href=\"/operators\"")))
+                let tokens = try await browser.get("/enrollment-tokens")
+                let csrf = try #require(tokens.csrf)
+                let created = try await browser.post("/enrollment-tokens", [("csrf", csrf), ("group", ""), ("uses", "5"), ("hours", "2")])
+                #expect(created.status == 201)
+                let token = try #require(created.html.range(of: "<code id=\"new-token\">").map { String(created.html[$0.upperBound...].prefix { $0 != "<" }) })
+                let id = String(token.prefix { $0 != "." })
+                #expect(try await manager.store.enrollmentToken(id: id)?.usesAllowed == 5)
+                // The secret is shown once: the list does not carry it.
+                #expect(!(try await browser.get("/enrollment-tokens").html.contains(token)))
+                #expect(try await browser.post("/enrollment-tokens/\(id)/revoke", [("csrf", csrf)]).status == 303)
+                #expect(try await manager.store.enrollmentToken(id: id)?.revoked == true)
+                #expect(try await browser.get("/peers").html.contains("https://b.example:8444"))
+            }
+            try await ConsoleBrowser.with(manager) { browser in
+                _ = try await browser.signIn("ada")
+                let page = try await browser.get("/operators")
+                let csrf = try #require(page.csrf)
+                #expect(try await browser.post("/operators", [("csrf", csrf), ("name", "newbie"), ("role", "auditor"), ("password", "short")]).status == 422)
+                #expect(try await browser.post("/operators", [("csrf", csrf), ("name", "newbie"), ("role", "auditor"), ("password", "long enough password")]).status == 303)
+                #expect(try await manager.store.operatorAccount(named: "newbie")?.role == .auditor)
+                for _ in 0..<5 { _ = try await manager.store.recordLoginFailure(name: "olive", now: Int64(Date().timeIntervalSince1970 * 1000), lockAfter: 5, lockFor: 600_000) }
+                #expect(try await browser.get("/operators").html.contains("action=\"/operators/olive/unlock\""))
+                #expect(try await browser.post("/operators/olive/unlock", [("csrf", csrf)]).status == 303)
+                #expect(try await manager.store.operatorAccount(named: "olive")?.lockedUntilMilliseconds == nil)
+                let made = try await browser.post("/api-tokens", [("csrf", csrf), ("name", "ci"), ("role", "auditor"), ("days", "7")])
+                #expect(made.status == 201)
+                let secret = try #require(made.html.range(of: "<code id=\"new-api-token\">").map { String(made.html[$0.upperBound...].prefix { $0 != "<" }) })
+                let status = try await APICaller.with(manager) { api in try await api.call(.GET, "/devices", token: secret).status }
+                #expect(status == 200)
+                let tokenID = try #require(try await manager.store.apiTokens().first { $0.name == "ci" }?.id)
+                #expect(try await browser.post("/api-tokens/\(tokenID)/revoke", [("csrf", csrf)]).status == 303)
+                #expect(try await manager.store.apiToken(id: tokenID)?.revoked == true)
+            }
+        }
+    }
 }

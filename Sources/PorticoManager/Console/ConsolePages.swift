@@ -16,6 +16,7 @@ struct ConsoleSession {
     /// What the API would let this role do.
     var mayAct: Bool { Permission.write("commands").roles.contains(account.role) }
     var mayAudit: Bool { Permission.auditing("audit.read").roles.contains(account.role) }
+    func may(_ permission: Permission) -> Bool { permission.roles.contains(account.role) }
 }
 
 /// Pages, sessions and forms, for the console and the reports.
@@ -50,7 +51,8 @@ struct ConsolePages: Sendable {
         if let error { layout["error"] = error }
         if let session {
             var current: [String: Any] = ["name": session.account.name, "role": session.account.role.rawValue, "csrf": session.record.csrfToken,
-                                          "nav": [nav ?? "": true], "mayAudit": session.mayAudit]
+                                          "nav": [nav ?? "": true], "mayAudit": session.mayAudit,
+                                          "mayAdminister": session.may(.admin("operators.read"))]
             if let reportsURL { current["reports"] = reportsURL }
             layout["operator"] = current
         }

@@ -72,7 +72,8 @@ public final class ConsoleService: HTTPService {
                 case 1 where segments[0] == "logout": return try await logout(session)
                 case 3 where segments[0] == "devices" && segments[2] == "commands": return try await issueCommand(deviceID: segments[1], form: form, session: session)
                 case 3 where segments[0] == "devices" && segments[2] == "remote-help": return try await remoteHelp(deviceID: segments[1], form: form, session: session)
-                default: break
+                default:
+                    if let response = try await administer(segments, form: form, session: session) { return response }
                 }
             } else if request.method == .GET {
                 switch segments.count {
@@ -80,7 +81,8 @@ public final class ConsoleService: HTTPService {
                 case 1 where segments[0] == "devices": return try await devices(request, session: session)
                 case 1 where segments[0] == "audit": return try await audit(request, session: session)
                 case 2 where segments[0] == "devices": return try await device(segments[1], session: session, notice: APIContext.parseQuery(request.uri)["done"].map { "The \($0) command is queued; the device gets it at its next check-in." })
-                default: break
+                default:
+                    if let response = try await show(segments, query: APIContext.parseQuery(request.uri), session: session) { return response }
                 }
             }
             return page(.notFound, title: "Not found", template: "message", ["heading": "Not found", "text": "There is no page at \(path).", "back": "/"], session: session)
@@ -254,12 +256,12 @@ public final class ConsoleService: HTTPService {
         return page(.ok, title: "Audit log", template: "audit", context, session: session, nav: "audit")
     }
 
-    private func forbidden(_ session: Session) -> GatewayResponse {
+    func forbidden(_ session: Session) -> GatewayResponse {
         page(.forbidden, title: "Not allowed", template: "message",
              ["heading": "Not allowed", "text": "The \(session.account.role.rawValue) role may not do this.", "back": "/"], session: session)
     }
 
-    private func page(_ status: HTTPResponseStatus, title: String, template: String, _ context: [String: Any], session: ConsoleSession?, nav: String? = nil,
+    func page(_ status: HTTPResponseStatus, title: String, template: String, _ context: [String: Any], session: ConsoleSession?, nav: String? = nil,
                       notice: String? = nil, error: String? = nil) -> GatewayResponse {
         pages.page(status, title: title, template: template, context, session: session, nav: nav, notice: notice, error: error)
     }
@@ -279,5 +281,7 @@ enum ConsoleTemplates {
         ("layout", PackageResources.layout_mustache), ("login", PackageResources.login_mustache), ("dashboard", PackageResources.dashboard_mustache),
         ("devices", PackageResources.devices_mustache), ("device", PackageResources.device_mustache), ("message", PackageResources.message_mustache),
         ("audit", PackageResources.audit_mustache), ("report", PackageResources.report_mustache), ("reports", PackageResources.reports_mustache),
+        ("policies", PackageResources.policies_mustache), ("policy", PackageResources.policy_mustache), ("tokens", PackageResources.tokens_mustache),
+        ("operators", PackageResources.operators_mustache), ("peers", PackageResources.peers_mustache),
     ]
 }
