@@ -390,4 +390,42 @@ final class ConsoleBrowser {
             }
         }
     }
+
+    @Test func everyPageAnswersEachRoleAsTheAPIWould() async throws {
+        try await TestManager.with { manager in
+            for role in OperatorRole.allCases { try await manager.makeOperator("op-\(role.rawValue)", role: role) }
+            let device = try await manager.makeDevice(hostname: "box")
+            let policy = try await manager.store.createPolicy(name: "P", document: "{}", by: "t")
+            let pages: [(path: String, roles: Set<OperatorRole>)] = [
+                ("/", [.admin, .operator, .auditor]), ("/devices", [.admin, .operator, .auditor]), ("/devices/\(device)", [.admin, .operator, .auditor]),
+                ("/policies", [.admin, .operator, .auditor]), ("/policies/\(policy.id)", [.admin, .operator, .auditor]),
+                ("/enrollment-tokens", [.admin, .operator, .auditor]), ("/peers", [.admin, .operator, .auditor]),
+                ("/audit", [.admin, .auditor]), ("/operators", [.admin]),
+                ("/reports", [.admin, .operator, .auditor]), ("/reports/compliance", [.admin, .operator, .auditor]),
+            ]
+            var mismatches: [String] = []
+            for role in OperatorRole.allCases {
+                try await ConsoleBrowser.with(manager) { browser in
+                    _ = try await browser.signIn("op-\(role.rawValue)")
+                    for page in pages {
+                        let answer = try await browser.get(page.path)
+                        let expected: UInt = page.roles.contains(role) ? 200 : 403
+                        if answer.status != expected { mismatches.append("\(page.path) as \(role): \(answer.status), expected \(expected)") }
+                        if answer.status == 200 {
+                            // Forms that change things appear only for roles that may use them.
+                            let writes = answer.html.contains("id=\"lock\"") || answer.html.contains("id=\"create-policy\"") || answer.html.contains("id=\"create-token\"")
+                            if role == .auditor, writes { mismatches.append("\(page.path) shows a changing form to an auditor") }
+                        }
+                    }
+                    let anonymous = ConsoleBrowser(manager)
+                    for page in pages where page.path != "/reports" && !page.path.hasPrefix("/reports/") {
+                        let answer = try await anonymous.get(page.path)
+                        if answer.status != 303 || answer.location != "/login" { mismatches.append("\(page.path) without a session: \(answer.status)") }
+                    }
+                    await anonymous.shutdown()
+                }
+            }
+            #expect(mismatches.isEmpty, "\(mismatches.joined(separator: "\n"))")
+        }
+    }
 }
