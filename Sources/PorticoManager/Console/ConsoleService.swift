@@ -249,7 +249,7 @@ public final class ConsoleService: HTTPService {
         }
         var context: [String: Any] = [
             "filter": ["actor": filter.actor ?? "", "action": filter.action ?? ""],
-            "results": ["ok", "failed", "denied"].map { ["value": $0, "selected": $0 == filter.result] },
+            "results": ["ok", "failed", "denied"].map { ["value": $0, "selected": $0 == (filter.result ?? "")] },
             "entries": shown.map { ["at": APIJSON.time($0.atMilliseconds), "actor": $0.actor, "action": $0.action, "target": $0.target, "source": $0.source, "result": $0.result, "detail": $0.detail] },
         ]
         if let older { context["older"] = older }
