@@ -246,7 +246,7 @@ final class ConsoleBrowser {
                 let body = try await answer.body.collect(upTo: 1 << 20)
                 let json = try #require(try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any])
                 let items = try #require(json["items"] as? [[String: Any]])
-                #expect(answer.status == .ok && items.last?["compliant"] as? String == "3" && items.last?["devices"] as? String == "4")
+                #expect(answer.status == .ok && items.last?["compliant"] as? Int == 3 && items.last?["devices"] as? Int == 4)
                 let scoped = try await manager.apiToken(role: .admin, scopes: ["devices.read"])
                 var refused = HTTPClientRequest(url: base + "/reports/compliance.csv")
                 refused.headers.add(name: "authorization", value: "Bearer \(scoped)")
@@ -288,12 +288,12 @@ final class ConsoleBrowser {
                 let index = try await browser.get("/reports")
                 #expect(["compliance", "rollout", "freshness", "events", "commands"].allSatisfy { index.html.contains("href=\"/reports/\($0)\"") })
                 let rollout = try await items("rollout")
-                #expect(rollout.count == 1 && rollout[0]["policy"] as? String == "Base" && rollout[0]["targeted"] as? String == "3" && rollout[0]["current"] as? String == "1")
-                let freshness = Dictionary(uniqueKeysWithValues: try await items("freshness").map { ($0["last_check_in"] as? String ?? "", $0["devices"] as? String ?? "") })
-                #expect(freshness == ["under an hour": "1", "under a day": "0", "under a week": "1", "a week or more": "0", "never": "1"])
-                let events = try await items("events").map { "\($0["kind"] as? String ?? "")=\($0["events"] as? String ?? "")" }
+                #expect(rollout.count == 1 && rollout[0]["policy"] as? String == "Base" && rollout[0]["targeted"] as? Int == 3 && rollout[0]["current"] as? Int == 1)
+                let freshness = Dictionary(uniqueKeysWithValues: try await items("freshness").map { ($0["last_check_in"] as? String ?? "", $0["devices"] as? Int ?? -1) })
+                #expect(freshness == ["under an hour": 1, "under a day": 0, "under a week": 1, "a week or more": 0, "never": 1])
+                let events = try await items("events").map { "\($0["kind"] as? String ?? "")=\($0["events"] as? Int ?? -1)" }
                 #expect(events.sorted() == ["malware=2", "scan=1"])
-                let commands = try await items("commands").map { "\($0["kind"] as? String ?? "")/\($0["state"] as? String ?? "")=\($0["commands"] as? String ?? "")" }
+                let commands = try await items("commands").map { "\($0["kind"] as? String ?? "")/\($0["state"] as? String ?? "")=\($0["commands"] as? Int ?? -1)" }
                 #expect(commands == ["lock/acknowledged=1", "lock/pending=1"])
                 for name in ["rollout", "freshness", "events", "commands"] {
                     let page = try await browser.get("/reports/\(name)")

@@ -378,9 +378,7 @@ extension APIService {
 
     func createPolicy(_ context: APIContext) async throws -> APIReply {
         let body = try APIJSON.decode(PolicyBody.self, from: context.request)
-        let caller = try context.caller
         let document = try body.document.canonicalText()
-        _ = caller
         let policy = try await operations.createPolicy(name: body.name, document: document, by: try context.actor)
         return try .json(PolicyView(policy, groups: []), status: .created)
     }
@@ -411,9 +409,7 @@ extension APIService {
     func addPolicyVersion(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
         let body = try APIJSON.decode(PolicyVersionBody.self, from: context.request)
-        let caller = try context.caller
         let document = try body.document.canonicalText()
-        _ = caller
         let number = try await operations.addPolicyVersion(policyID: id, document: document, by: try context.actor)
         guard let policy = try await store.policy(id: id), let version = try await store.policyVersions(policyID: id).first(where: { $0.version == number }) else {
             throw APIProblem.notFound("policy \(id)")
@@ -485,10 +481,8 @@ extension APIService {
 
     func issueCommand(_ context: APIContext) async throws -> APIReply {
         let body = try APIJSON.decode(CommandBody.self, from: context.request)
-        let caller = try context.caller
         guard try await store.device(id: body.deviceId) != nil else { throw APIProblem.invalid("device_id", "names no enrolled device") }
         guard let kind = CommandKind(rawValue: body.kind) else { throw APIProblem.invalid("kind", "is not a command") }
-        _ = caller
         let command = try await operations.issueCommand(deviceID: body.deviceId, kind: kind, arguments: try body.arguments.map { try $0.canonicalText() } ?? "",
                                                         expiresInSeconds: body.expiresInSeconds ?? 7 * 86_400, by: try context.actor)
         return try .json(CommandView(command), status: .created)
@@ -601,9 +595,7 @@ extension APIService {
     /// `expires_in_seconds` says otherwise. The secret is in this answer only.
     func createAPIToken(_ context: APIContext) async throws -> APIReply {
         let body = try APIJSON.decode(APITokenBody.self, from: context.request)
-        let caller = try context.caller
         guard let role = OperatorRole(rawValue: body.role) else { throw APIProblem.invalid("role", "must be admin, operator or auditor") }
-        _ = caller
         let created = try await operations.createAPIToken(name: body.name, role: role, scopes: body.scopes ?? [], expiresInSeconds: body.expiresInSeconds ?? 90 * 86_400,
                                                           by: try context.actor)
         return try .json(APITokenView(created.record, token: created.token), status: .created)

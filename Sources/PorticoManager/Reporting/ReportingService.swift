@@ -237,7 +237,10 @@ public final class ReportingService: HTTPService {
     }
 
     static func json(_ report: Report) throws -> GatewayResponse {
-        let items = report.rows.map { row in Dictionary(uniqueKeysWithValues: zip(report.columns, row).map { column, value in (column, column == "day" || column.hasSuffix("percent") ? value : value) }) }
+        // Counts are numbers; days, names and percentages stay text.
+        let items = report.rows.map { row in
+            Dictionary(uniqueKeysWithValues: zip(report.columns, row).map { column, value -> (String, Any) in (column, Int(value).map { $0 as Any } ?? value) })
+        }
         let body = try JSONSerialization.data(withJSONObject: ["report": report.title.lowercased(), "columns": report.columns, "items": items], options: [.sortedKeys])
         return GatewayResponse(status: .ok, headers: ConsolePages.securityHeaders(contentType: "application/json"), body: ByteBuffer(bytes: body))
     }
