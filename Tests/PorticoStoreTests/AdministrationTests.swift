@@ -137,4 +137,47 @@ import Testing
             #expect(try await store.authSession(id: "s1") == nil)
         }
     }
+
+    @Test(arguments: Engines.all)
+    func reportQueriesCountOnEveryEngine(_ dialect: Dialect) async throws {
+        try await Engines.withStore(dialect) { store in
+            let now: Int64 = 1_763_769_600_000  // 2025-11-22T00:00:00Z
+            let group = try await store.createGroup(name: "Fleet")
+            let policy = try await store.createPolicy(name: "Base", document: "{}", by: "t")
+            try await store.publishPolicy(policyID: policy.id, version: 1)
+            try await store.assignPolicy(policyID: policy.id, toGroup: group.id)
+            let serial = try await store.policySerial()
+            for id in ["a", "b", "c"] {
+                try await store.addDevice(Self.device(id, hostname: id))
+                try await store.addDevice(id, toGroup: group.id)
+            }
+            try await store.recordCheckIn(CheckIn(deviceID: "a", atMilliseconds: now - 60_000, policySerial: serial, status: "ok", pinned: [String(repeating: "ab", count: 32)]))
+            try await store.recordCheckIn(CheckIn(deviceID: "b", atMilliseconds: now - 2 * 86_400_000, policySerial: 0, status: "ok"))
+
+            let summary = try await store.fleetSummary(onlineSince: now - 3_600_000, staleBefore: now - 7 * 86_400_000)
+            #expect(summary.total == 3 && summary.online == 1 && summary.stale == 1 && summary.compliant == 1 && summary.policySerial == serial)
+            try await store.recordFleetSnapshot(summary, at: now)
+            var later = summary
+            later.compliant = 3
+            try await store.recordFleetSnapshot(later, at: now + 1_000)
+            let snapshots = try await store.fleetSnapshots(from: "2025-11-01", to: "2025-11-30")
+            #expect(snapshots.count == 1 && snapshots[0].day == "2025-11-22" && snapshots[0].summary.compliant == 3)
+
+            let freshness = try await store.checkInFreshness(now: now)
+            #expect(freshness.map(\.devices) == [1, 0, 1, 0, 1])
+            let rollout = try await store.policyRollout()
+            #expect(rollout.count == 1 && rollout[0].targeted == 3 && rollout[0].current == 1)
+            #expect(try await store.devicesByPolicySerial().map(\.devices).reduce(0, +) == 3)
+            #expect(try await store.pinProgress(fingerprint: String(repeating: "AB", count: 32), activeSince: now - 86_400_000) == (1, 1))
+
+            try await store.ingestEvents([
+                EventRecord(deviceID: "a", eventID: "1", kind: "scan", occurredMilliseconds: now - 1, body: "{}"),
+                EventRecord(deviceID: "a", eventID: "2", kind: "scan", occurredMilliseconds: now + 5, body: "{}"),
+            ])
+            let days = try await store.eventCountsByDay(since: now - 86_400_000, until: now + 86_400_000)
+            #expect(days.map { "\($0.day) \($0.kind) \($0.events)" } == ["2025-11-21 scan 1", "2025-11-22 scan 1"])
+            try await store.enqueueCommand(CommandRecord(id: "c1", deviceID: "a", kind: .lock, issuedBy: "t", issuedMilliseconds: now))
+            #expect(try await store.commandOutcomes(since: now - 1, until: now + 1).map { "\($0.kind)/\($0.state)=\($0.commands)" } == ["lock/pending=1"])
+        }
+    }
 }
