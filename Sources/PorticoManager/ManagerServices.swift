@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import PorticoGateway
 import PorticoStore
@@ -5,7 +6,7 @@ import PorticoStore
 /// The role services the manager mounts on the gateway, by the names routes use.
 public enum ManagerServices {
     /// Names a config's routes may target besides the gateway's built-ins.
-    public static let names: Set<String> = ["agent", "api", "console", "reporting"]
+    public static let names: Set<String> = ["agent", "api", "console", "reporting", "replication"]
 
     /// Every service name a route may target.
     public static var allNames: Set<String> { BuiltinServices.names.union(names) }
@@ -18,7 +19,16 @@ public enum ManagerServices {
         RouteConfiguration(listeners: [.console], path: "/*", target: .service("console")),
         RouteConfiguration(listeners: [.console, .reporting], path: "/reports/*", target: .service("reporting")),
         RouteConfiguration(listeners: [.reporting], path: "/*", target: .service("reporting")),
+        RouteConfiguration(listeners: [.replication], path: "/replication/v1/*", target: .service("replication")),
     ]
+
+    /// The folder of peers' certificates: the replication listener's `trust`, when it is a folder.
+    public static func peerTrustFolder(_ configuration: GatewayConfiguration) -> String? {
+        guard let trust = configuration.listeners[.replication]?.trust else { return nil }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: trust, isDirectory: &isDirectory), isDirectory.boolValue else { return nil }
+        return trust.hasSuffix("/") ? String(trust.dropLast()) : trust
+    }
 
     /// What `serve` runs besides the gateway.
     public struct Runtime: Sendable {
@@ -28,6 +38,7 @@ public enum ManagerServices {
         public let console: ConsoleService
         public let rotation: IdentityRotation
         public let history: FleetHistory
+        public let links: PeerLinks
     }
 
     public static func registry(prepared: PreparedConfiguration, store: Store, logger: Logger) throws -> Runtime {
@@ -42,14 +53,16 @@ public enum ManagerServices {
         settings.clockSkewMilliseconds = configuration.agents.clockSkew.nanoseconds / 1_000_000
         let agent = AgentService(store: store, keys: keys, identity: { identity.current }, configuration: settings, logger: logger)
         let rotation = IdentityRotation(configuration: configuration, identities: liveIdentities(prepared), agent: agent, store: store, logger: Logger(label: "portico.identity"))
-        let api = APIService(store: store, agent: agent, rotation: rotation, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
+        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: peerTrustFolder(configuration), logger: Logger(label: "portico.replication"))
+        let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         registry.register("api", api)
         let console = try ConsoleService(store: store, agent: agent, identityStatus: { identityStatus(prepared) }, reportsURL: "/reports/compliance", logger: Logger(label: "portico.console"))
         registry.register("console", console)
         registry.register("reporting", try ReportingService(store: store, api: api, logger: Logger(label: "portico.reporting")))
-        return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store))
+        registry.register("replication", ReplicationService(store: store, logger: Logger(label: "portico.replication")))
+        return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store), links: links)
     }
 
     /// The identities loaded from the configured identity files (the ones a rotation replaces).

@@ -10,7 +10,7 @@ struct Portico: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portico",
         abstract: "Central manager for endpoint security agents.",
-        subcommands: [Serve.self, Config.self, Database.self, Token.self, AgentConfig.self, Admin.self, Cert.self],
+        subcommands: [Serve.self, Config.self, Database.self, Token.self, AgentConfig.self, Admin.self, Cert.self, Peer.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -85,7 +85,7 @@ struct Serve: AsyncParsableCommand {
             handleSIGHUP: true
         )
         let group = ServiceGroup(
-            configuration: .init(services: [.init(service: gateway), .init(service: runtime.rotation), .init(service: runtime.history)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(services: [.init(service: gateway), .init(service: runtime.rotation), .init(service: runtime.history), .init(service: runtime.links)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         do {
             try await group.run()

@@ -290,3 +290,34 @@ import NIOPosix
         #expect(await serve.wait() == 0)
     }
 }
+
+/// `portico peer add|list|remove`: recorded in the store, the certificate kept in the
+/// replication listener's trust folder.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct PeerCommandTests {
+    @Test func peersAreAddedListedAndRemovedWithTheirCertificates() async throws {
+        let dir = try TemporaryDirectory()
+        let portico = try #require(ServerProcess.executable(named: "portico"))
+        let untrusting = try dir.write("plain.yaml", "data_dir: data\n")
+        let peer = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "site-b")
+        let certificate = try dir.write("site-b.crt", peer.certificatePEM)
+        let refused = try await Tools.run(portico, ["peer", "add", "--config", untrusting, "--name", "site-b", "--url", "https://b.example:8444", "--certificate", certificate])
+        #expect(refused.status == 1 && refused.output.contains("listeners.replication.trust"), "\(refused.output)")
+
+        try FileManager.default.createDirectory(atPath: dir.file("ssl/peers"), withIntermediateDirectories: true)
+        let config = try dir.write("portico.yaml", "data_dir: data\nlisteners:\n  replication: {trust: ssl/peers/}\n")
+        let notPEM = try await Tools.run(portico, ["peer", "add", "--config", config, "--name", "site-b", "--url", "https://b.example:8444", "--certificate", config])
+        #expect(notPEM.status == 1 && notPEM.output.contains("is not a PEM certificate"), "\(notPEM.output)")
+        let added = try await Tools.run(portico, ["peer", "add", "--config", config, "--name", "site-b", "--url", "https://b.example:8444", "--certificate", certificate])
+        #expect(added.status == 0, "\(added.output)")
+        #expect(try String(contentsOfFile: dir.file("ssl/peers/site-b.pem"), encoding: .utf8) == peer.certificatePEM)
+        let fingerprint = try ServerIdentity.parse(certificatePEM: Array(peer.certificatePEM.utf8), privateKeyPEM: Array(peer.privateKeyPEM.utf8)).fingerprintHex
+        let listed = try await Tools.run(portico, ["peer", "list", "--config", config])
+        #expect(listed.output.contains("site-b\thttps://b.example:8444\t\(fingerprint)"), "\(listed.output)")
+        let again = try await Tools.run(portico, ["peer", "add", "--config", config, "--name", "site-b", "--url", "https://b.example:8444", "--certificate", certificate])
+        #expect(again.status != 0 && again.output.contains("already exists"), "\(again.output)")
+        let removed = try await Tools.run(portico, ["peer", "remove", "--config", config, "site-b"])
+        #expect(removed.status == 0, "\(removed.output)")
+        #expect(!FileManager.default.fileExists(atPath: dir.file("ssl/peers/site-b.pem")))
+        #expect(!(try await Tools.run(portico, ["peer", "list", "--config", config])).output.contains("site-b"))
+    }
+}

@@ -27,6 +27,9 @@ struct TestManager {
     let consoleURL: String
     /// `https://127.0.0.1:<port>` on the reporting listener.
     let reportingURL: String
+    /// `https://127.0.0.1:<port>` on the replication listener (mutual TLS; trusts `ssl/peers/`).
+    let replicationURL: String
+    let links: PeerLinks
 
     static var quiet: Logger {
         var logger = Logger(label: "portico-manager-test")
@@ -34,19 +37,25 @@ struct TestManager {
         return logger
     }
 
+    /// - Parameters:
+    ///   - site: the site's name (and id).
+    ///   - before: runs with the manager's folder before anything is loaded (to place identity or peer files).
     static func with<T>(configuration: AgentService.Configuration = AgentService.Configuration(), api apiConfiguration: APIService.Configuration = APIService.Configuration(),
+                        site: String = "test-site", before: (String) throws -> Void = { _ in },
                         _ body: (TestManager) async throws -> T) async throws -> T {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("portico-manager-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory + "/ssl/peers", withIntermediateDirectories: true)
+        try before(directory)
         let yaml = """
-            site: {name: test-site}
+            site: {name: \(site)}
             data_dir: data
             identity: {generate: ecdsa-p256, reload_interval: 1h}
             listeners:
               client: {bind: 127.0.0.1, port: 0, access_log: false}
               client_plain: {bind: 127.0.0.1, port: 0, access_log: false}
-              replication: {enabled: false}
+              replication: {bind: 127.0.0.1, port: 0, access_log: false, trust: ssl/peers/}
               console: {bind: 127.0.0.1, port: 0, access_log: false}
               reporting: {bind: 127.0.0.1, port: 0, access_log: false}
               webservices: {bind: 127.0.0.1, port: 0, access_log: false}
@@ -56,6 +65,7 @@ struct TestManager {
               - {listener: console, path: /*, service: console}
               - {listeners: [console, reporting], path: /reports/*, service: reporting}
               - {listener: reporting, path: /*, service: reporting}
+              - {listener: replication, path: /replication/v1/*, service: replication}
             """
         try yaml.write(toFile: directory + "/portico.yaml", atomically: true, encoding: .utf8)
         let config = try ConfigurationLoader(knownServices: ManagerServices.allNames).load(file: directory + "/portico.yaml")
@@ -67,11 +77,13 @@ struct TestManager {
         var services = ServiceRegistry()
         services.register("agent", agent)
         let rotation = IdentityRotation(configuration: config, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store, logger: quiet)
-        let api = APIService(store: store, agent: agent, rotation: rotation, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
+        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", logger: quiet)
+        let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
         services.register("api", api)
         services.register("console", try ConsoleService(store: store, agent: agent, identityStatus: { ManagerServices.identityStatus(prepared) }, api: apiConfiguration,
                                                         reportsURL: "/reports/compliance", logger: quiet))
         services.register("reporting", try ReportingService(store: store, api: api, logger: quiet))
+        services.register("replication", ReplicationService(store: store, logger: quiet))
         let gateway = Gateway(configuration: prepared, identityCache: cache, services: services, logger: quiet)
         try await gateway.start()
         let https = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .client)?.port))"
@@ -79,10 +91,12 @@ struct TestManager {
         let apiURL = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .webservices)?.port))/api/v1"
         let consoleURL = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .console)?.port))"
         let reportingURL = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .reporting)?.port))"
+        let replicationURL = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .replication)?.port))"
         let manager = TestManager(
             gateway: gateway, store: store, agent: agent, directory: directory, httpsURL: https, plainURL: plain,
             bootstrap: BootstrapFile(site: config.siteName, managerURLs: [https, plain], pinned: PinnedCertificates(pem: [identity.current.certificatePEM], authorities: identity.current.authorityPEMs)),
-            identity: identity, api: api, rotation: rotation, apiURL: apiURL, consoleURL: consoleURL, reportingURL: reportingURL)
+            identity: identity, api: api, rotation: rotation, apiURL: apiURL, consoleURL: consoleURL, reportingURL: reportingURL,
+            replicationURL: replicationURL, links: links)
         do {
             let result = try await body(manager)
             await gateway.stop()

@@ -617,7 +617,8 @@ extension APIService {
     // Peers and identity
 
     func listPeers(_ context: APIContext) async throws -> APIReply {
-        try .json(Page(items: try await store.peers().map(PeerView.init), nextCursor: nil))
+        let statuses = links?.statuses ?? [:]
+        return try .json(Page(items: try await store.peers().map { PeerView($0, status: statuses[$0.name]) }, nextCursor: nil))
     }
 
     func showIdentity(_ context: APIContext) async throws -> APIReply {

@@ -42,6 +42,7 @@ public final class APIService: HTTPService {
     let store: Store
     let agent: AgentService?
     let rotation: IdentityRotation?
+    let links: PeerLinks?
     let identityStatus: @Sendable () -> IdentityStatus?
     let configuration: Configuration
     let logger: Logger
@@ -49,11 +50,12 @@ public final class APIService: HTTPService {
     let authenticator: OperatorAuthenticator
     let operations: ManagerOperations
 
-    public init(store: Store, agent: AgentService?, rotation: IdentityRotation? = nil, identityStatus: @escaping @Sendable () -> IdentityStatus?,
+    public init(store: Store, agent: AgentService?, rotation: IdentityRotation? = nil, links: PeerLinks? = nil, identityStatus: @escaping @Sendable () -> IdentityStatus?,
                 configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.api")) {
         self.store = store
         self.agent = agent
         self.rotation = rotation
+        self.links = links
         self.identityStatus = identityStatus
         self.configuration = configuration
         self.logger = logger

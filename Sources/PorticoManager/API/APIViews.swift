@@ -249,12 +249,18 @@ struct PeerView: Encodable, Sendable {
     var url: String
     var certificateFingerprint: String
     var siteId: String?
+    var connected: Bool
+    var lastContactAt: String?
+    var lastError: String?
 
-    init(_ peer: PeerRecord) {
+    init(_ peer: PeerRecord, status: PeerLinks.Status?) {
         name = peer.name
         url = peer.url
         certificateFingerprint = peer.certificateFingerprint
         siteId = peer.siteID
+        connected = status?.connected ?? false
+        lastContactAt = APIJSON.time(status?.lastContactMilliseconds)
+        lastError = status?.lastError
     }
 }
 

@@ -96,6 +96,12 @@ extension Transaction {
             """).run()
     }
 
+    /// Records the site a peer said it is.
+    public func setPeerSite(name: String, siteID: String) async throws {
+        try Validate.text(siteID, field: "peer.site_id", maxBytes: 128)
+        try await database.raw("UPDATE peers SET site_id = \(bind: siteID) WHERE name = \(bind: name)").run()
+    }
+
     public func removePeer(name: String) async throws {
         let removed = try await database.raw("DELETE FROM peers WHERE name = \(bind: name) RETURNING name").all()
         guard !removed.isEmpty else { throw StoreError.notFound("peer \(name)") }

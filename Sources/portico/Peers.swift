@@ -1,0 +1,83 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import NIOSSL
+import PorticoGateway
+import PorticoManager
+import PorticoStore
+
+/// `portico peer add|remove|list`: the managers of other sites this one replicates with.
+struct Peer: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Peer managers in other sites.", subcommands: [Add.self, Remove.self, List.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add a peer: its replication URL and its certificate, which the replication listener then trusts (after SIGHUP) and this manager pins when it calls the peer.")
+        @OptionGroup var options: ConfigOptions
+        @Option var name: String
+        @Option(help: "The peer's replication listener, https://host:8444.") var url: String
+        @Option(help: "The peer's server certificate (PEM), as its `portico cert show` describes it.") var certificate: String
+
+        func run() async throws {
+            let config = try loadOrExit(options)
+            guard let trust = config.listeners[.replication]?.trust else {
+                printError("portico: set listeners.replication.trust to a folder (for example ssl/peers/) first: peers' certificates are kept there")
+                throw ExitCode(1)
+            }
+            let pem: [UInt8]
+            let fingerprint: String
+            do {
+                pem = try FileContents.read(certificate)
+                guard let leaf = try NIOSSLCertificate.fromPEMBytes(pem).first else { throw ManagerCommandError("\(certificate) holds no certificate") }
+                fingerprint = SHA256.hash(data: try leaf.toDERBytes()).map { String(format: "%02x", $0) }.joined()
+            } catch {
+                printError("portico: \(certificate) is not a PEM certificate: \(error)")
+                throw ExitCode(1)
+            }
+            let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "peer.add", target: name, source: "local", result: "ok", detail: "\(url) \(fingerprint)")
+            try await withStore(options) { store, _ in
+                try await store.write { transaction in
+                    try await transaction.addPeer(PeerRecord(name: name, url: url, certificateFingerprint: fingerprint))
+                    try await transaction.audit(entry)
+                }
+            }
+            do {
+                try SecureFile.write(pem, to: (trust.hasSuffix("/") ? trust : trust + "/") + name + ".pem", mode: 0o644)
+            } catch {
+                printError("portico: the peer is recorded but its certificate could not be written: \(error)")
+                throw ExitCode(1)
+            }
+            writeLine("added peer \(name) (\(url), SHA-256 \(fingerprint)); send the manager SIGHUP so that its replication listener trusts it")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a peer and its certificate from the replication trust folder.")
+        @OptionGroup var options: ConfigOptions
+        @Argument var name: String
+
+        func run() async throws {
+            let config = try loadOrExit(options)
+            let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "peer.remove", target: name, source: "local", result: "ok")
+            try await withStore(options) { store, _ in
+                try await store.write { transaction in
+                    try await transaction.removePeer(name: name)
+                    try await transaction.audit(entry)
+                }
+            }
+            if let trust = config.listeners[.replication]?.trust { try? FileManager.default.removeItem(atPath: (trust.hasSuffix("/") ? trust : trust + "/") + name + ".pem") }
+            writeLine("removed peer \(name); send the manager SIGHUP so that its replication listener stops trusting it")
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the peers.")
+        @OptionGroup var options: ConfigOptions
+
+        func run() async throws {
+            let peers = try await withStore(options) { store, _ in try await store.peers() }
+            writeLine("name\turl\tsha256\tsite")
+            for peer in peers { writeLine("\(peer.name)\t\(peer.url)\t\(peer.certificateFingerprint)\t\(peer.siteID ?? "-")") }
+        }
+    }
+}
