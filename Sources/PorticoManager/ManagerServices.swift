@@ -58,7 +58,8 @@ public enum ManagerServices {
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         registry.register("api", api)
-        let console = try ConsoleService(store: store, agent: agent, identityStatus: { identityStatus(prepared) }, reportsURL: "/reports/compliance", logger: Logger(label: "portico.console"))
+        let console = try ConsoleService(store: store, agent: agent, identityStatus: { identityStatus(prepared) }, reportsURL: "/reports/compliance", links: links,
+                                         logger: Logger(label: "portico.console"))
         registry.register("console", console)
         registry.register("reporting", try ReportingService(store: store, api: api, logger: Logger(label: "portico.reporting")))
         registry.register("replication", ReplicationService(store: store, logger: Logger(label: "portico.replication")))

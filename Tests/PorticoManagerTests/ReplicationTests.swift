@@ -46,6 +46,12 @@ import Testing
             let token = try await a.apiToken(role: .auditor)
             let peers = try await APICaller.with(a) { api in try await api.call(.GET, "/peers", token: token) }
             #expect(peers.items.first?["connected"] as? Bool == true && peers.items.first?["site_id"] as? String == "site-b" && peers.items.first?["last_contact_at"] is String)
+            try await a.makeOperator("audrey", role: .auditor)
+            try await ConsoleBrowser.with(a) { browser in
+                _ = try await browser.signIn("audrey")
+                #expect(try await browser.get("/").html.contains("<b id=\"peers\">1 of 1 connected</b>"))
+                #expect(try await browser.get("/peers").html.contains("<td class=\"peer-link\">connected, last contact"))
+            }
         }
     }
 

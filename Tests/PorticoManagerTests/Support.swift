@@ -81,7 +81,7 @@ struct TestManager {
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
         services.register("api", api)
         services.register("console", try ConsoleService(store: store, agent: agent, identityStatus: { ManagerServices.identityStatus(prepared) }, api: apiConfiguration,
-                                                        reportsURL: "/reports/compliance", logger: quiet))
+                                                        reportsURL: "/reports/compliance", links: links, logger: quiet))
         services.register("reporting", try ReportingService(store: store, api: api, logger: quiet))
         services.register("replication", ReplicationService(store: store, logger: quiet))
         let gateway = Gateway(configuration: prepared, identityCache: cache, services: services, logger: quiet)

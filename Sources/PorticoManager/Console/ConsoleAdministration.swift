@@ -31,7 +31,11 @@ extension ConsoleService {
             guard session.may(.read("peers")) else { return forbidden(session) }
             let peers = try await store.peers()
             return page(.ok, title: "Peers", template: "peers", [
-                "peers": peers.map { ["name": $0.name, "url": $0.url, "fingerprint": $0.certificateFingerprint, "site": $0.siteID ?? "not yet seen"] },
+                "peers": peers.map { peer -> [String: Any] in
+                    let status = links?.statuses[peer.name]
+                    return ["name": peer.name, "url": peer.url, "fingerprint": peer.certificateFingerprint, "site": peer.siteID ?? "not yet seen",
+                            "link": status.map { $0.connected ? "connected, last contact \(APIJSON.time($0.lastContactMilliseconds) ?? "-")" : "down: \($0.lastError ?? "unknown")" } ?? "not tried yet"]
+                },
             ], session: session, nav: "peers")
         default:
             return nil

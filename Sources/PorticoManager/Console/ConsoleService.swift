@@ -28,12 +28,14 @@ public final class ConsoleService: HTTPService {
     let authenticator: OperatorAuthenticator
     let throttle: LoginThrottle
     let identityStatus: @Sendable () -> APIService.IdentityStatus?
+    let links: PeerLinks?
     let configuration: Configuration
     let logger: Logger
     let pages: ConsolePages
 
     public init(store: Store, agent: AgentService?, identityStatus: @escaping @Sendable () -> APIService.IdentityStatus?, api: APIService.Configuration = .init(),
-                configuration: Configuration = Configuration(), reportsURL: String? = nil, logger: Logger = Logger(label: "portico.console")) throws {
+                configuration: Configuration = Configuration(), reportsURL: String? = nil, links: PeerLinks? = nil, logger: Logger = Logger(label: "portico.console")) throws {
+        self.links = links
         self.store = store
         self.operations = ManagerOperations(store: store, agent: agent)
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: api.lockAfterFailures, lockoutMilliseconds: api.lockoutMilliseconds))
@@ -159,7 +161,9 @@ public final class ConsoleService: HTTPService {
         let fleet = try await store.fleetSummary(onlineSince: now - 3_600_000, staleBefore: now - 7 * 86_400_000)
         let events = try await store.events(EventFilter(), limit: 10)
         let identity = identityStatus()
-        let peers = try await store.peers().count
+        let peerCount = try await store.peers().count
+        let connected = links?.statuses.values.filter(\.connected).count ?? 0
+        let peers = peerCount == 0 ? "none" : "\(connected) of \(peerCount) connected"
         let context: [String: Any] = [
             "devices": ["total": fleet.total, "online": fleet.online, "stale": fleet.stale, "compliant": fleet.compliant],
             "commandsPending": fleet.commandsOpen,
