@@ -1,3 +1,5 @@
+import NIOSSL
+import Crypto
 import Foundation
 import Logging
 import PorticoGateway
@@ -21,6 +23,17 @@ public enum ManagerServices {
         RouteConfiguration(listeners: [.reporting], path: "/*", target: .service("reporting")),
         RouteConfiguration(listeners: [.replication], path: "/replication/v1/*", target: .service("replication")),
     ]
+
+    /// Records the peers the config file names (new ones added, URL and certificate brought up
+    /// to date); peers added with `portico peer add` stay as they are.
+    public static func syncConfiguredPeers(_ configuration: GatewayConfiguration, store: Store) async throws {
+        for peer in configuration.peers {
+            let pem = try FileContents.read(peer.certificate)
+            guard let leaf = try NIOSSLCertificate.fromPEMBytes(pem).first else { throw ManagerError("\(peer.certificate) holds no certificate") }
+            let fingerprint = SHA256.hash(data: try leaf.toDERBytes()).map { String(format: "%02x", $0) }.joined()
+            try await store.write { try await $0.upsertPeer(PeerRecord(name: peer.name, url: peer.url, certificateFingerprint: fingerprint)) }
+        }
+    }
 
     /// The folder of peers' certificates: the replication listener's `trust`, when it is a folder.
     public static func peerTrustFolder(_ configuration: GatewayConfiguration) -> String? {
@@ -53,7 +66,8 @@ public enum ManagerServices {
         settings.clockSkewMilliseconds = configuration.agents.clockSkew.nanoseconds / 1_000_000
         let agent = AgentService(store: store, keys: keys, identity: { identity.current }, configuration: settings, logger: logger)
         let rotation = IdentityRotation(configuration: configuration, identities: liveIdentities(prepared), agent: agent, store: store, logger: Logger(label: "portico.identity"))
-        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: peerTrustFolder(configuration), logger: Logger(label: "portico.replication"))
+        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: peerTrustFolder(configuration), configured: configuration.peers,
+                              logger: Logger(label: "portico.replication"))
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
         var registry = ServiceRegistry()
         registry.register("agent", agent)

@@ -75,6 +75,13 @@ struct Serve: AsyncParsableCommand {
             printError("portico: \(error)")
             throw ExitCode(1)
         }
+        do {
+            try await ManagerServices.syncConfiguredPeers(prepared.configuration, store: store)
+        } catch {
+            await store.close()
+            printError("portico: the peers in the config cannot be recorded: \(error)")
+            throw ExitCode(1)
+        }
         let options = self.options
         let gateway = Gateway(
             configuration: prepared,

@@ -265,4 +265,22 @@ import Testing
         #expect(CIDR("10.0.0.0/33") == nil)
         #expect(CIDR("example.com") == nil)
     }
+
+    @Test func peersNeedANameAnHTTPSURLAndACertificateEachProblemOnItsLine() throws {
+        let loader = ConfigurationLoader()
+        var found: [ConfigurationDiagnostic] = []
+        do { _ = try loader.load(yaml: """
+            peers:
+              - {name: site-b, url: "https://b.example:8444", certificate: b.crt}
+              - {name: site-b, url: "https://c.example:8444", certificate: c.crt}
+              - {name: site-d, url: "http://d.example:8444", certificate: d.crt}
+              - {name: site-e, url: "https://e.example:8444"}
+            """, file: "/etc/portico/portico.yaml") } catch { found = error.diagnostics }
+        #expect(found.map { $0.location?.line } == [3, 4, 5], "\(found)")
+        #expect(found[0].message.contains("'site-b' is used by another peer"))
+        #expect(found[1].message.contains("must be an https:// URL"))
+        #expect(found[2].message.contains("needs the peer's certificate"))
+        let config = try loader.load(yaml: "peers:\n  - {name: site-b, url: \"https://b.example:8444/\", certificate: peers/b.crt}\n", file: "/srv/conf/portico.yaml")
+        #expect(config.peers == [PeerConfiguration(name: "site-b", url: "https://b.example:8444", certificate: "/srv/conf/peers/b.crt")])
+    }
 }

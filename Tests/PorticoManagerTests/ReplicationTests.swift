@@ -105,4 +105,26 @@ import Testing
             }
         }
     }
+
+    @Test func peersNamedInTheConfigFileAreTrustedAndRecorded() async throws {
+        let a = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "site-a")
+        let b = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "site-b")
+        // A names B in its config (B's address is not known yet: A will fail to call it);
+        // B names A with A's real address.
+        try await TestManager.with(site: "site-a", before: { dir in
+            try IdentityGenerator.write(a, certificatePath: dir + "/ssl/server.crt", privateKeyPath: dir + "/ssl/server.key")
+            try b.certificatePEM.write(toFile: dir + "/site-b.crt", atomically: true, encoding: .utf8)
+        }, extraYAML: "peers:\n  - {name: site-b, url: \"https://127.0.0.1:1\", certificate: site-b.crt}") { managerA in
+            #expect(try await managerA.store.peers().map(\.name) == ["site-b"])
+            try await TestManager.with(site: "site-b", before: { dir in
+                try IdentityGenerator.write(b, certificatePath: dir + "/ssl/server.crt", privateKeyPath: dir + "/ssl/server.key")
+                try a.certificatePEM.write(toFile: dir + "/site-a.crt", atomically: true, encoding: .utf8)
+            }, extraYAML: "peers:\n  - {name: site-a, url: \"\(managerA.replicationURL)\", certificate: site-a.crt}") { managerB in
+                let fromB = try await managerB.links.checkAll()
+                #expect(fromB.map(\.connected) == [true], "\(fromB)")
+                let fromA = try await managerA.links.checkAll()
+                #expect(fromA.map(\.connected) == [false] && fromA.first?.lastError != nil)
+            }
+        }
+    }
 }

@@ -41,7 +41,7 @@ struct TestManager {
     ///   - site: the site's name (and id).
     ///   - before: runs with the manager's folder before anything is loaded (to place identity or peer files).
     static func with<T>(configuration: AgentService.Configuration = AgentService.Configuration(), api apiConfiguration: APIService.Configuration = APIService.Configuration(),
-                        site: String = "test-site", before: (String) throws -> Void = { _ in },
+                        site: String = "test-site", before: (String) throws -> Void = { _ in }, extraYAML: String = "",
                         _ body: (TestManager) async throws -> T) async throws -> T {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("portico-manager-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -66,6 +66,7 @@ struct TestManager {
               - {listeners: [console, reporting], path: /reports/*, service: reporting}
               - {listener: reporting, path: /*, service: reporting}
               - {listener: replication, path: /replication/v1/*, service: replication}
+            \(extraYAML)
             """
         try yaml.write(toFile: directory + "/portico.yaml", atomically: true, encoding: .utf8)
         let config = try ConfigurationLoader(knownServices: ManagerServices.allNames).load(file: directory + "/portico.yaml")
@@ -77,7 +78,8 @@ struct TestManager {
         var services = ServiceRegistry()
         services.register("agent", agent)
         let rotation = IdentityRotation(configuration: config, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store, logger: quiet)
-        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", logger: quiet)
+        try await ManagerServices.syncConfiguredPeers(config, store: store)
+        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", configured: config.peers, logger: quiet)
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
         services.register("api", api)
         services.register("console", try ConsoleService(store: store, agent: agent, identityStatus: { ManagerServices.identityStatus(prepared) }, api: apiConfiguration,

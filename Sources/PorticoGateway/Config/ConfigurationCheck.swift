@@ -111,6 +111,15 @@ public enum ConfigurationCheck {
                     continue
                 }
             }
+            if listener.role == .replication {
+                for (index, peer) in config.peers.enumerated() {
+                    do {
+                        trust += try TrustBundle.load(peer.certificate)
+                    } catch {
+                        diagnostics.append(ConfigurationDiagnostic("peers[\(index)].certificate: \(error.message)", at: config.locations["peers[\(index)].certificate"]))
+                    }
+                }
+            }
             if listener.clientAuth != .none && trust.isEmpty {
                 notes.append("\(listener.role) asks for client certificates but trusts none yet; every client certificate will be refused until \(path).trust names peer certificates or a CA")
             }

@@ -60,7 +60,7 @@ public struct ConfigurationLoader: Sendable {
 
     private func read(_ root: Node, into config: inout GatewayConfiguration, reader: inout NodeReader) {
         let base = Paths.directory(of: reader.file)
-        guard let top = reader.mapping(root, at: "the top level", keys: ["site", "data_dir", "storage", "agents", "identity", "listeners", "routes", "upstreams", "shutdown"]) else { return }
+        guard let top = reader.mapping(root, at: "the top level", keys: ["site", "data_dir", "storage", "agents", "identity", "listeners", "routes", "upstreams", "shutdown", "peers"]) else { return }
         if let site = top["site"], let keys = reader.mapping(site.value, at: "site", keys: ["name"]) {
             if let name = keys["name"], let value = reader.string(name.value, at: "site.name") {
                 if value.isEmpty { reader.error("site.name must not be empty", at: name.value) } else { config.siteName = value }
@@ -109,6 +109,41 @@ public struct ConfigurationLoader: Sendable {
         }
         if let routes = top["routes"] {
             readRoutes(routes.value, into: &config, reader: &reader)
+        }
+        if let peers = top["peers"] {
+            readPeers(peers.value, into: &config, base: base, reader: &reader)
+        }
+    }
+
+    private func readPeers(_ node: Node, into config: inout GatewayConfiguration, base: String, reader: inout NodeReader) {
+        guard let list = reader.sequence(node, at: "peers") else { return }
+        var seen: Set<String> = []
+        for (index, item) in list.enumerated() {
+            let path = "peers[\(index)]"
+            guard let keys = reader.mapping(item, at: path, keys: ["name", "url", "certificate"]) else { continue }
+            guard let nameNode = keys["name"], let name = reader.string(nameNode.value, at: "\(path).name") else {
+                if keys["name"] == nil { reader.error("\(path) needs a name", at: item) }
+                continue
+            }
+            if name.isEmpty || name.utf8.count > 64 || !name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") }) {
+                reader.error("\(path).name '\(name)' must be 1 to 64 printable characters without spaces or '/'", at: nameNode.value)
+                continue
+            }
+            if !seen.insert(name).inserted { reader.error("\(path).name '\(name)' is used by another peer", at: nameNode.value) }
+            guard let urlNode = keys["url"], let url = reader.string(urlNode.value, at: "\(path).url") else {
+                if keys["url"] == nil { reader.error("\(path) needs a url, https://host:8444", at: item) }
+                continue
+            }
+            guard url.hasPrefix("https://"), !url.dropFirst(8).prefix(while: { $0 != "/" && $0 != ":" }).isEmpty else {
+                reader.error("\(path).url '\(url)' must be an https:// URL of the peer's replication listener", at: urlNode.value)
+                continue
+            }
+            guard let certificateNode = keys["certificate"], let certificate = reader.string(certificateNode.value, at: "\(path).certificate") else {
+                if keys["certificate"] == nil { reader.error("\(path) needs the peer's certificate (a PEM file)", at: item) }
+                continue
+            }
+            config.peers.append(PeerConfiguration(name: name, url: url.hasSuffix("/") ? String(url.dropLast()) : url, certificate: Paths.resolve(certificate, against: base)))
+            config.locations["\(path).certificate"] = reader.location(certificateNode.value)
         }
     }
 

@@ -16,6 +16,9 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var listeners: [ListenerRole: ListenerConfiguration]
     /// `routes`: what each listener sends where, in file order.
     public var routes: [RouteConfiguration] = []
+    /// `peers`: managers of other sites this one replicates with; their certificates are
+    /// trusted by the replication listener besides `listeners.replication.trust`.
+    public var peers: [PeerConfiguration] = []
     /// `upstreams.<name>`: HTTP backends that routes may target.
     public var upstreams: [String: UpstreamConfiguration] = [:]
     /// `storage`: where state is kept; SQLite under `data_dir` unless a PostgreSQL URL is set.
@@ -252,4 +255,20 @@ public struct SourceLocation: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { "\(file):\(line):\(column)" }
+}
+
+/// One entry of `peers`.
+public struct PeerConfiguration: Sendable, Equatable {
+    /// `name`: how this site calls the peer.
+    public var name: String
+    /// `url`: the peer's replication listener, `https://host:8444`.
+    public var url: String
+    /// `certificate`: the peer's server certificate (PEM file), trusted for its connections.
+    public var certificate: String
+
+    public init(name: String, url: String, certificate: String) {
+        self.name = name
+        self.url = url
+        self.certificate = certificate
+    }
 }

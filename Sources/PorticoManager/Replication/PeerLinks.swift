@@ -24,16 +24,19 @@ public final class PeerLinks: Service, Sendable {
     let identity: @Sendable () -> ServerIdentity
     /// Where peers' certificates are kept (`listeners.replication.trust`), as `<name>.pem`.
     let trustFolder: String?
+    /// Certificates of the peers named in the config file, by name.
+    let configured: [String: String]
     let schemaVersion: Int
     let interval: Duration
     let logger: Logger
     private let board = NIOLockedValueBox<[String: Status]>([:])
 
-    public init(store: Store, identity: @escaping @Sendable () -> ServerIdentity, trustFolder: String?, schemaVersion: Int = Store.latestSchemaVersion,
-                interval: Duration = .seconds(10), logger: Logger = Logger(label: "portico.replication")) {
+    public init(store: Store, identity: @escaping @Sendable () -> ServerIdentity, trustFolder: String?, configured: [PeerConfiguration] = [],
+                schemaVersion: Int = Store.latestSchemaVersion, interval: Duration = .seconds(10), logger: Logger = Logger(label: "portico.replication")) {
         self.store = store
         self.identity = identity
         self.trustFolder = trustFolder
+        self.configured = Dictionary(configured.map { ($0.name, $0.certificate) }, uniquingKeysWith: { first, _ in first })
         self.schemaVersion = schemaVersion
         self.interval = interval
         self.logger = logger
@@ -74,9 +77,9 @@ public final class PeerLinks: Service, Sendable {
 
     private func hello(_ peer: PeerRecord) async -> Status {
         var status = Status(name: peer.name, connected: false, lastContactMilliseconds: board.withLockedValue { $0[peer.name]?.lastContactMilliseconds }, lastError: nil)
-        guard let folder = trustFolder, let pem = FileManager.default.contents(atPath: folder + "/" + peer.name + ".pem"),
+        guard let path = configured[peer.name] ?? trustFolder.map({ $0 + "/" + peer.name + ".pem" }), let pem = FileManager.default.contents(atPath: path),
               let certificates = try? NIOSSLCertificate.fromPEMBytes(Array(pem)), !certificates.isEmpty else {
-            status.lastError = "no certificate for \(peer.name) in the replication trust folder"
+            status.lastError = "no certificate for \(peer.name) in the config file's peers or the replication trust folder"
             return status
         }
         let own = identity()

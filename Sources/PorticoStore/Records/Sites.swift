@@ -96,6 +96,17 @@ extension Transaction {
             """).run()
     }
 
+    /// Adds a peer or brings its URL and fingerprint up to date (peers from the config file).
+    public func upsertPeer(_ peer: PeerRecord) async throws {
+        try Validate.identifier(peer.name, field: "peer.name", maxLength: 64)
+        guard peer.url.hasPrefix("https://") else { throw StoreError.invalid("peer.url", "must be an https:// URL") }
+        try await database.raw("""
+            INSERT INTO peers (name, url, certificate_fingerprint, site_id, added_ms)
+            VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), NULL, \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
+            ON CONFLICT (name) DO UPDATE SET url = excluded.url, certificate_fingerprint = excluded.certificate_fingerprint
+            """).run()
+    }
+
     /// Records the site a peer said it is.
     public func setPeerSite(name: String, siteID: String) async throws {
         try Validate.text(siteID, field: "peer.site_id", maxBytes: 128)
