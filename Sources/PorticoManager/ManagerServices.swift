@@ -30,7 +30,7 @@ public enum ManagerServices {
         for peer in configuration.peers {
             let pem = try FileContents.read(peer.certificate)
             guard let leaf = try NIOSSLCertificate.fromPEMBytes(pem).first else { throw ManagerError("\(peer.certificate) holds no certificate") }
-            let fingerprint = SHA256.hash(data: try leaf.toDERBytes()).map { String(format: "%02x", $0) }.joined()
+            let fingerprint = try leaf.sha256Hex()
             try await store.write { try await $0.upsertPeer(PeerRecord(name: peer.name, url: peer.url, certificateFingerprint: fingerprint)) }
         }
     }

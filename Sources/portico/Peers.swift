@@ -1,5 +1,4 @@
 import ArgumentParser
-import Crypto
 import Foundation
 import NIOSSL
 import PorticoGateway
@@ -29,7 +28,7 @@ struct Peer: AsyncParsableCommand {
             do {
                 pem = try FileContents.read(certificate)
                 guard let leaf = try NIOSSLCertificate.fromPEMBytes(pem).first else { throw ManagerCommandError("\(certificate) holds no certificate") }
-                fingerprint = SHA256.hash(data: try leaf.toDERBytes()).map { String(format: "%02x", $0) }.joined()
+                fingerprint = try leaf.sha256Hex()
             } catch {
                 printError("portico: \(certificate) is not a PEM certificate: \(error)")
                 throw ExitCode(1)

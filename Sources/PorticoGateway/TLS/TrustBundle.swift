@@ -1,3 +1,4 @@
+import Crypto
 import NIOSSL
 
 #if canImport(Glibc)
@@ -35,5 +36,12 @@ enum TrustBundle {
             }
         }
         return certificates
+    }
+}
+
+extension NIOSSLCertificate {
+    /// SHA-256 of the certificate's DER, in lower-case hex: how peers are recognised.
+    public func sha256Hex() throws -> String {
+        SHA256.hash(data: try toDERBytes()).map { String(format: "%02x", $0) }.joined()
     }
 }

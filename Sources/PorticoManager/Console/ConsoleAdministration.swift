@@ -51,19 +51,19 @@ extension ConsoleService {
             guard let document = Self.jsonObject(form["document"]) else { return invalid("The document is not a JSON object.", back: "/policies", session: session) }
             let name = (form["name"] ?? "").trimmingCharacters(in: .whitespaces)
             let policy = try await operations.createPolicy(name: name, document: document, by: actor)
-            return Self.redirect("/policies/\(policy.id)")
+            return ConsolePages.redirect("/policies/\(policy.id)")
         case (3, "policies", "versions"):
             guard session.may(.write("policies")) else { return forbidden(session) }
             guard let document = Self.jsonObject(form["document"]) else {
                 return invalid("The new version is not a JSON object; nothing was saved.", back: "/policies/\(segments[1])", session: session)
             }
             let number = try await operations.addPolicyVersion(policyID: segments[1], document: document, by: actor)
-            return Self.redirect("/policies/\(segments[1])?version=\(number)&diff=\(number - 1)")
+            return ConsolePages.redirect("/policies/\(segments[1])?version=\(number)&diff=\(number - 1)")
         case (3, "policies", "publish"):
             guard session.may(.write("policies")) else { return forbidden(session) }
             guard let version = form["version"].flatMap({ Int($0) }) else { return invalid("Choose a version to publish.", back: "/policies/\(segments[1])", session: session) }
             try await operations.publishPolicy(policyID: segments[1], version: version, by: actor)
-            return Self.redirect("/policies/\(segments[1])")
+            return ConsolePages.redirect("/policies/\(segments[1])")
         case (3, "policies", "assign"), (3, "policies", "unassign"):
             guard session.may(.write("policies")) else { return forbidden(session) }
             let group = form["group"] ?? ""
@@ -72,7 +72,7 @@ extension ConsoleService {
             } else {
                 try await operations.unassignPolicy(policyID: segments[1], groupID: group, by: actor)
             }
-            return Self.redirect("/policies/\(segments[1])")
+            return ConsolePages.redirect("/policies/\(segments[1])")
         case (1, "enrollment-tokens", _):
             guard session.may(.write("enrollment_tokens")) else { return forbidden(session) }
             guard let uses = Int(form["uses"] ?? "1"), (1...1_000_000).contains(uses), let hours = Int(form["hours"] ?? "168"), (1...8760).contains(hours) else {
@@ -84,7 +84,7 @@ extension ConsoleService {
         case (3, "enrollment-tokens", "revoke"):
             guard session.may(.write("enrollment_tokens")) else { return forbidden(session) }
             try await operations.revokeEnrollmentToken(id: segments[1], by: actor)
-            return Self.redirect("/enrollment-tokens")
+            return ConsolePages.redirect("/enrollment-tokens")
         case (1, "operators", _):
             guard session.may(.admin("operators.write")) else { return forbidden(session) }
             let name = form["name"] ?? ""
@@ -93,11 +93,11 @@ extension ConsoleService {
                 return invalid("A name of letters, digits, '-', '_', '.' or '@', a role, and a password of at least 12 characters are needed.", back: "/operators", session: session)
             }
             _ = try await operations.createOperator(name: name, role: role, password: password, by: actor)
-            return Self.redirect("/operators?done=" + (name.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""))
+            return ConsolePages.redirect("/operators?done=" + (name.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""))
         case (3, "operators", "unlock"):
             guard session.may(.admin("operators.write")) else { return forbidden(session) }
             try await operations.unlockOperator(name: segments[1], by: actor)
-            return Self.redirect("/operators")
+            return ConsolePages.redirect("/operators")
         case (1, "api-tokens", _):
             guard session.may(.admin("api_tokens.write")) else { return forbidden(session) }
             let name = (form["name"] ?? "").trimmingCharacters(in: .whitespaces)
@@ -110,7 +110,7 @@ extension ConsoleService {
         case (3, "api-tokens", "revoke"):
             guard session.may(.admin("api_tokens.write")) else { return forbidden(session) }
             try await operations.revokeAPIToken(id: segments[1], by: actor)
-            return Self.redirect("/operators")
+            return ConsolePages.redirect("/operators")
         default:
             return nil
         }

@@ -60,11 +60,11 @@ public final class ConsoleService: HTTPService {
             default: break
             }
             guard let session = try await session(of: request, source: source) else {
-                if request.method == .GET { return Self.redirect("/login") }
+                if request.method == .GET { return ConsolePages.redirect("/login") }
                 return page(.forbidden, title: "Signed out", template: "message", ["heading": "Your session has ended", "text": "Sign in again to continue.", "back": "/login"], session: nil)
             }
             if request.method == .POST {
-                let form = Self.form(request.body)
+                let form = ConsolePages.form(request.body)
                 guard let token = form["csrf"], ConstantTime.equal(Array(token.utf8), Array(session.record.csrfToken.utf8)) else {
                     try? await store.audit(AuditEntry(actor: session.actor.name, action: "console.form", target: path, source: source, result: "denied", detail: "missing or wrong CSRF token"))
                     return page(.forbidden, title: "Refused", template: "message",
@@ -100,9 +100,9 @@ public final class ConsoleService: HTTPService {
     }
 
     private func login(_ request: GatewayRequest, source: String) async throws -> GatewayResponse {
-        let form = Self.form(request.body)
+        let form = ConsolePages.form(request.body)
         let now = Int64(HybridLogicalClock.wallMilliseconds())
-        guard let cookie = Self.cookies(request.headers)[Self.loginCookie], let token = form["csrf"], ConstantTime.equal(Array(cookie.utf8), Array(token.utf8)) else {
+        guard let cookie = ConsolePages.cookies(request.headers)[Self.loginCookie], let token = form["csrf"], ConstantTime.equal(Array(cookie.utf8), Array(token.utf8)) else {
             return loginPage(error: "The sign-in form expired. Please try again.", name: form["name"] ?? "", status: .forbidden, request: request)
         }
         if let retry = throttle.retryAfter(source: source, now: now) {
@@ -128,7 +128,7 @@ public final class ConsoleService: HTTPService {
             try await transaction.createConsoleSession(record)
             try await transaction.audit(AuditEntry(actor: "operator:\(account.name)", action: "auth.login", target: account.name, source: source, result: "ok", detail: "console"))
         }
-        var response = Self.redirect("/")
+        var response = ConsolePages.redirect("/")
         response.headers.add(name: "set-cookie", value: "\(Self.sessionCookie)=\(Base64URL.encode(secret)); Path=/; Max-Age=\(configuration.sessionMilliseconds / 1000); Secure; HttpOnly; SameSite=Strict")
         response.headers.add(name: "set-cookie", value: "\(Self.loginCookie)=; Path=/login; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
         return response
@@ -139,7 +139,7 @@ public final class ConsoleService: HTTPService {
             try await transaction.deleteConsoleSession(idHash: session.record.idHash)
             try await transaction.audit(session.actor.entry("auth.logout", target: session.account.name, detail: "console"))
         }
-        var response = Self.redirect("/login")
+        var response = ConsolePages.redirect("/login")
         response.headers.add(name: "set-cookie", value: "\(Self.sessionCookie)=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
         return response
     }
@@ -147,7 +147,7 @@ public final class ConsoleService: HTTPService {
     /// The sign-in form. Its token is the browser's login cookie (made here when it has none,
     /// kept when it has one, so that two tabs or a stray request do not spoil each other's form).
     private func loginPage(error: String?, name: String, status: HTTPResponseStatus, request: GatewayRequest) -> GatewayResponse {
-        let existing = Self.cookies(request.headers)[Self.loginCookie].flatMap { Base64URL.decode($0)?.count == 24 ? $0 : nil }
+        let existing = ConsolePages.cookies(request.headers)[Self.loginCookie].flatMap { Base64URL.decode($0)?.count == 24 ? $0 : nil }
         let token = existing ?? Base64URL.encode((0..<24).map { _ in UInt8.random(in: 0...255) })
         var response = page(status, title: "Sign in", template: "login", ["csrf": token, "name": name], session: nil, error: error)
         response.headers.add(name: "set-cookie", value: "\(Self.loginCookie)=\(token); Path=/login; Max-Age=3600; Secure; HttpOnly; SameSite=Strict")
@@ -158,7 +158,7 @@ public final class ConsoleService: HTTPService {
 
     private func dashboard(_ session: Session) async throws -> GatewayResponse {
         let now = Int64(HybridLogicalClock.wallMilliseconds())
-        let fleet = try await store.fleetSummary(onlineSince: now - 3_600_000, staleBefore: now - 7 * 86_400_000)
+        let fleet = try await FleetHistory.summary(store, now: now)
         let events = try await store.events(EventFilter(), limit: 10)
         let identity = identityStatus()
         let peerCount = try await store.peers().count
@@ -223,7 +223,7 @@ public final class ConsoleService: HTTPService {
                         ["heading": "The device was not wiped", "text": "Tick the box to confirm that the device is to be erased.", "back": "/devices/\(deviceID)"], session: session)
         }
         _ = try await operations.issueCommand(deviceID: deviceID, kind: kind, by: session.actor)
-        return Self.redirect("/devices/\(deviceID)?done=\(kind.rawValue)")
+        return ConsolePages.redirect("/devices/\(deviceID)?done=\(kind.rawValue)")
     }
 
     private func remoteHelp(deviceID: String, form: [String: String], session: Session) async throws -> GatewayResponse {
@@ -270,9 +270,6 @@ public final class ConsoleService: HTTPService {
         pages.page(status, title: title, template: template, context, session: session, nav: nav, notice: notice, error: error)
     }
 
-    static func redirect(_ location: String) -> GatewayResponse { ConsolePages.redirect(location) }
-    static func cookies(_ headers: HTTPHeaders) -> [String: String] { ConsolePages.cookies(headers) }
-    static func form(_ body: ByteBuffer) -> [String: String] { ConsolePages.form(body) }
     static func deviceContext(_ device: DeviceRecord) -> [String: Any] {
         ["id": device.id, "hostname": device.hostname, "os": device.os, "state": device.state.rawValue, "enrolled": APIJSON.time(device.enrolledMilliseconds),
          "lastCheckIn": APIJSON.time(device.lastCheckInMilliseconds) ?? "never", "policySerial": device.policySerial]

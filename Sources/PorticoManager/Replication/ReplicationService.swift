@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import Logging
 import NIOCore
@@ -37,10 +36,9 @@ public final class ReplicationService: HTTPService {
     }
 
     public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
-        guard let certificate = request.clientCertificate, let der = try? certificate.toDERBytes() else {
+        guard let fingerprint = try? request.clientCertificate?.sha256Hex() else {
             return Self.answer(.forbidden, ["error": "a peer certificate is required"])
         }
-        let fingerprint = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
         guard let peer = try await store.peers().first(where: { $0.certificateFingerprint == fingerprint }) else {
             logger.warning("replication refused: the client certificate is not a configured peer's", metadata: ["fingerprint": "\(fingerprint)"])
             return Self.answer(.forbidden, ["error": "this certificate (SHA-256 \(fingerprint)) is not a configured peer's"])

@@ -17,7 +17,7 @@ public final class ReportingService: HTTPService {
     let pages: ConsolePages
     let logger: Logger
 
-    public init(store: Store, api: APIService, consoleURL: String? = nil, logger: Logger = Logger(label: "portico.reporting")) throws {
+    public init(store: Store, api: APIService, logger: Logger = Logger(label: "portico.reporting")) throws {
         self.store = store
         self.api = api
         self.pages = try ConsolePages(store: store, reportsURL: "/reports/compliance")
