@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PostgresKit
@@ -18,6 +19,9 @@ public final class Store: Sendable {
     /// The site this manager belongs to; it is the origin of every local change.
     public let siteID: String
     public let clock: HybridLogicalClock
+    /// Moves whenever a committed write has added to the change log (peers waiting for
+    /// changes are answered at once).
+    public let changeFeed = ChangeFeed()
     let engine: Engine
     private let batcher: WriteBatcher
     private let logger: Logger
@@ -110,9 +114,13 @@ public final class Store: Sendable {
     public func write<T: Sendable>(_ body: @escaping @Sendable (Transaction) async throws -> T) async throws -> T {
         let promise = MultiThreadedEventLoopGroup.singleton.any().makePromise(of: T.self)
         let job = WriteJob(
-            execute: { [siteID, clock, dialect] database in
-                let value = try await body(Transaction(database: database, dialect: dialect, siteID: siteID, clock: clock))
-                return { promise.succeed(value) }
+            execute: { [siteID, clock, dialect, changeFeed] database in
+                let effects = TransactionEffects()
+                let value = try await body(Transaction(database: database, dialect: dialect, siteID: siteID, clock: clock, effects: effects))
+                return {
+                    if effects.loggedChange { changeFeed.signal() }
+                    promise.succeed(value)
+                }
             },
             fail: { promise.fail($0) }
         )
@@ -207,17 +215,74 @@ public struct Transaction: Sendable {
     public let dialect: Dialect
     public let siteID: String
     let clock: HybridLogicalClock
+    let effects: TransactionEffects
 
     /// A hybrid-logical-clock timestamp for a change made now.
     public func timestamp() -> UInt64 { clock.now() }
 
     /// Appends to the change log, in this transaction, so that peers can stream the change.
+    /// A local change also stamps the row with this site and `hlc` (the version peers
+    /// compare), and a local delete leaves a tombstone so that an older update arriving
+    /// later from a peer cannot bring the row back.
     public func logChange(entity: String, key: String, op: ChangeOperation, hlc: UInt64, origin: String? = nil) async throws {
+        try await orderChangeLog()
+        if origin == nil, let described = ReplicatedEntity.byName[entity], !described.history, let values = described.keyValues(key) {
+            switch op {
+            case .upsert:
+                try await database.raw("""
+                    UPDATE \(unsafeRaw: described.table) SET origin_site = \(bind: siteID), hlc = \(bind: Int64(bitPattern: hlc)) WHERE \(described.keyCondition(values))
+                    """).run()
+            case .delete:
+                try await recordTombstone(entity: entity, key: key, origin: siteID, hlc: hlc)
+            }
+        }
         try await database.raw("""
             INSERT INTO change_log (entity, entity_key, op, origin_site, hlc)
             VALUES (\(bind: entity), \(bind: key), \(bind: op.rawValue), \(bind: origin ?? siteID), \(bind: Int64(bitPattern: hlc)))
             """).run()
+        effects.changeLogged()
     }
+
+    /// Appends many upserts of one entity with one origin and clock (events of a batch).
+    func logChanges(entity: String, keys: [String], hlc: UInt64, origin: String) async throws {
+        guard !keys.isEmpty else { return }
+        try await orderChangeLog()
+        for chunk in stride(from: 0, to: keys.count, by: 200).map({ keys[$0..<min($0 + 200, keys.count)] }) {
+            let rows = chunk.map { key in
+                SQLGroupExpression([SQLBind(entity), SQLBind(key), SQLBind(ChangeOperation.upsert.rawValue), SQLBind(origin), SQLBind(Int64(bitPattern: hlc))] as [any SQLExpression])
+            }
+            try await database.raw("INSERT INTO change_log (entity, entity_key, op, origin_site, hlc) VALUES \(SQLList(rows))").run()
+        }
+        effects.changeLogged()
+    }
+
+    /// Writes (or moves forward) a deleted row's tombstone; true when it changed.
+    @discardableResult
+    func recordTombstone(entity: String, key: String, origin: String, hlc: UInt64) async throws -> Bool {
+        let written = try await database.raw("""
+            INSERT INTO tombstones (entity, entity_key, origin_site, hlc) VALUES (\(bind: entity), \(bind: key), \(bind: origin), \(bind: Int64(bitPattern: hlc)))
+            ON CONFLICT (entity, entity_key) DO UPDATE SET origin_site = excluded.origin_site, hlc = excluded.hlc
+            WHERE excluded.hlc > tombstones.hlc OR (excluded.hlc = tombstones.hlc AND excluded.origin_site > tombstones.origin_site)
+            RETURNING hlc
+            """).all()
+        return !written.isEmpty
+    }
+
+    /// The change log's sequence must follow commit order, or a peer reading past a
+    /// sequence number could miss a row that commits later with a smaller one. SQLite has one
+    /// writer; on PostgreSQL, managers sharing the database take turns appending.
+    private func orderChangeLog() async throws {
+        if dialect == .postgres {
+            try await database.raw("SELECT pg_advisory_xact_lock(7365403)").run()
+        }
+    }
+}
+
+/// What a write did that matters once it has committed.
+final class TransactionEffects: Sendable {
+    private let logged = NIOLockedValueBox(false)
+    func changeLogged() { logged.withLockedValue { $0 = true } }
+    var loggedChange: Bool { logged.withLockedValue { $0 } }
 }
 
 /// What happened to a row.

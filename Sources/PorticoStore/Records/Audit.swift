@@ -32,11 +32,14 @@ extension Transaction {
         try Validate.text(entry.action, field: "audit.action", maxBytes: 128)
         try Validate.text(entry.target, field: "audit.target", maxBytes: 512)
         try Validate.text(entry.detail, field: "audit.detail", maxBytes: 8192)
+        let key = UUID().uuidString.lowercased()
+        let hlc = timestamp()
         try await database.raw("""
-            INSERT INTO audit_log (at_ms, actor, action, target, source, result, detail, origin_site, hlc)
+            INSERT INTO audit_log (at_ms, actor, action, target, source, result, detail, entry_key, origin_site, hlc)
             VALUES (\(bind: entry.atMilliseconds), \(bind: entry.actor), \(bind: entry.action), \(bind: entry.target), \(bind: entry.source),
-                    \(bind: entry.result), \(bind: entry.detail), \(bind: siteID), \(bind: Int64(bitPattern: timestamp())))
+                    \(bind: entry.result), \(bind: entry.detail), \(bind: key), \(bind: siteID), \(bind: Int64(bitPattern: hlc)))
             """).run()
+        try await logChange(entity: "audit", key: key, op: .upsert, hlc: hlc)
     }
 }
 

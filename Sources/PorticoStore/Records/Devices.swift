@@ -150,16 +150,7 @@ extension Store {
     /// Changes after `sequence`, oldest first, for a peer to pull.
     public func changes(after sequence: Int64, limit: Int = 1000) async throws -> [ChangeRecord] {
         try await read { db in
-            try await db.raw("SELECT seq, entity, entity_key, op, origin_site, hlc FROM change_log WHERE seq > \(bind: sequence) ORDER BY seq LIMIT \(bind: limit)").all().map { row in
-                ChangeRecord(
-                    sequence: try row.decode(column: "seq", as: Int64.self),
-                    entity: try row.decode(column: "entity", as: String.self),
-                    key: try row.decode(column: "entity_key", as: String.self),
-                    op: ChangeOperation(rawValue: try row.decode(column: "op", as: String.self)) ?? .upsert,
-                    originSite: try row.decode(column: "origin_site", as: String.self),
-                    hlc: UInt64(bitPattern: try row.decode(column: "hlc", as: Int64.self))
-                )
-            }
+            try await db.raw("SELECT seq, entity, entity_key, op, origin_site, hlc FROM change_log WHERE seq > \(bind: sequence) ORDER BY seq LIMIT \(bind: limit)").all().map(ChangeRecord.init(row:))
         }
     }
 }

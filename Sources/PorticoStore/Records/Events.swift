@@ -40,6 +40,7 @@ extension Store {
         let received = Int64(HybridLogicalClock.wallMilliseconds())
         return try await write { transaction in
             var inserted: [String] = []
+            var keys: [String] = []
             let hlc = Int64(bitPattern: transaction.timestamp())
             for chunk in stride(from: 0, to: events.count, by: 100).map({ events[$0..<min($0 + 100, events.count)] }) {
                 let rows = chunk.map { event in
@@ -50,11 +51,16 @@ extension Store {
                 }
                 let query = SQLQueryString("""
                     INSERT INTO events (device_id, event_id, kind, occurred_ms, received_ms, body, origin_site, hlc) VALUES \
-                    \(SQLList(rows)) ON CONFLICT (device_id, event_id) DO NOTHING RETURNING event_id
+                    \(SQLList(rows)) ON CONFLICT (device_id, event_id) DO NOTHING RETURNING device_id, event_id
                     """)
                 let returned = try await transaction.database.raw(query).all()
-                inserted += try returned.map { try $0.decode(column: "event_id", as: String.self) }
+                for row in returned {
+                    let id = try row.decode(column: "event_id", as: String.self)
+                    inserted.append(id)
+                    keys.append(try row.decode(column: "device_id", as: String.self) + "/" + id)
+                }
             }
+            try await transaction.logChanges(entity: "event", keys: keys, hlc: UInt64(bitPattern: hlc), origin: transaction.siteID)
             return inserted
         }
     }

@@ -24,8 +24,8 @@ extension Transaction {
             throw StoreError(kind: .conflict, message: "a group named \(name) already exists")
         }
         try await database.raw("""
-            INSERT INTO device_groups (id, name, description, origin_site, hlc)
-            VALUES (\(bind: group.id), \(bind: name), \(bind: description), \(bind: siteID), \(bind: Int64(bitPattern: hlc)))
+            INSERT INTO device_groups (id, name, description, created_hlc, origin_site, hlc)
+            VALUES (\(bind: group.id), \(bind: name), \(bind: description), \(bind: Int64(bitPattern: hlc)), \(bind: siteID), \(bind: Int64(bitPattern: hlc)))
             """).run()
         try await logChange(entity: "group", key: group.id, op: .upsert, hlc: hlc)
         return group

@@ -111,7 +111,7 @@ extension Transaction {
             throw StoreError(kind: .conflict, message: "a policy named \(name) already exists")
         }
         let hlc = timestamp()
-        try await database.raw("INSERT INTO policies (id, name, current_version, published_version, origin_site, hlc) VALUES (\(bind: id), \(bind: name), 1, NULL, \(bind: siteID), \(bind: Int64(bitPattern: hlc)))").run()
+        try await database.raw("INSERT INTO policies (id, name, current_version, published_version, created_hlc, origin_site, hlc) VALUES (\(bind: id), \(bind: name), 1, NULL, \(bind: Int64(bitPattern: hlc)), \(bind: siteID), \(bind: Int64(bitPattern: hlc)))").run()
         try await insertVersion(policyID: id, version: 1, document: document, author: author, hlc: hlc)
         try await logChange(entity: "policy", key: id, op: .upsert, hlc: hlc)
         try await Store.bumpPolicySerial(self)
@@ -176,6 +176,7 @@ extension Transaction {
             INSERT INTO policy_versions (policy_id, version, document, created_by, created_ms, origin_site, hlc)
             VALUES (\(bind: policyID), \(bind: version), \(bind: document), \(bind: author), \(bind: Int64(HybridLogicalClock.wallMilliseconds())), \(bind: siteID), \(bind: Int64(bitPattern: hlc)))
             """).run()
+        try await logChange(entity: "policy_version", key: "\(policyID)/\(version)", op: .upsert, hlc: hlc)
     }
 }
 

@@ -152,6 +152,34 @@ enum Migrations {
                  stale INTEGER NOT NULL, compliant INTEGER NOT NULL, policy_serial BIGINT NOT NULL)
              """]
         },
+        Migration(version: 6, name: "replication: tombstones, cursors, audit keys, per-peer history") { _ in
+            [
+                // A deleted row's last change, so that an older update arriving later cannot bring it back.
+                """
+                CREATE TABLE tombstones (
+                    entity TEXT NOT NULL, entity_key TEXT NOT NULL, origin_site TEXT NOT NULL, hlc BIGINT NOT NULL,
+                    PRIMARY KEY (entity, entity_key))
+                """,
+                // How far this manager has applied each peer site's change log, and what it last saw there.
+                """
+                CREATE TABLE replication_cursors (
+                    site_id TEXT PRIMARY KEY, position BIGINT NOT NULL, head BIGINT NOT NULL,
+                    last_hlc BIGINT NOT NULL DEFAULT 0, updated_ms BIGINT NOT NULL)
+                """,
+                // Audit entries get a key that is the same on every site.
+                "ALTER TABLE audit_log ADD COLUMN entry_key TEXT",
+                "CREATE UNIQUE INDEX audit_log_entry_key ON audit_log (entry_key)",
+                // Events and audit: both ways, send only, receive only or none, per peer.
+                "ALTER TABLE peers ADD COLUMN history TEXT NOT NULL DEFAULT 'both'",
+                "CREATE INDEX change_log_entity ON change_log (entity, entity_key)",
+                // When a group or policy was created (the clock of its first change), which
+                // decides, identically on every site, which of two same-name creations is renamed.
+                "ALTER TABLE device_groups ADD COLUMN created_hlc BIGINT NOT NULL DEFAULT 0",
+                "UPDATE device_groups SET created_hlc = hlc",
+                "ALTER TABLE policies ADD COLUMN created_hlc BIGINT NOT NULL DEFAULT 0",
+                "UPDATE policies SET created_hlc = hlc",
+            ]
+        },
     ]
 
     /// The schema version this binary writes.
