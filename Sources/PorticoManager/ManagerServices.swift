@@ -31,7 +31,7 @@ public enum ManagerServices {
             let pem = try FileContents.read(peer.certificate)
             guard let leaf = try NIOSSLCertificate.fromPEMBytes(pem).first else { throw ManagerError("\(peer.certificate) holds no certificate") }
             let fingerprint = try leaf.sha256Hex()
-            try await store.write { try await $0.upsertPeer(PeerRecord(name: peer.name, url: peer.url, certificateFingerprint: fingerprint)) }
+            try await store.write { try await $0.upsertPeer(PeerRecord(name: peer.name, url: peer.url, certificateFingerprint: fingerprint, history: PeerHistory(rawValue: peer.history) ?? .both)) }
         }
     }
 
@@ -54,7 +54,7 @@ public enum ManagerServices {
         public let links: PeerLinks
     }
 
-    public static func registry(prepared: PreparedConfiguration, store: Store, logger: Logger) throws -> Runtime {
+    public static func registry(prepared: PreparedConfiguration, store: Store, metrics: GatewayMetrics? = nil, logger: Logger) throws -> Runtime {
         let configuration = prepared.configuration
         guard let identity = prepared.identity(of: .client) ?? ListenerRole.allCases.lazy.compactMap({ prepared.identity(of: $0) }).first else {
             throw ManagerError("no TLS listener is enabled, so there is no server identity to sign agent policies with; enable the client listener")
@@ -67,7 +67,7 @@ public enum ManagerServices {
         let agent = AgentService(store: store, keys: keys, identity: { identity.current }, configuration: settings, logger: logger)
         let rotation = IdentityRotation(configuration: configuration, identities: liveIdentities(prepared), agent: agent, store: store, logger: Logger(label: "portico.identity"))
         let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: peerTrustFolder(configuration), configured: configuration.peers,
-                              logger: Logger(label: "portico.replication"))
+                              metrics: metrics?.registry, logger: Logger(label: "portico.replication"))
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
         var registry = ServiceRegistry()
         registry.register("agent", agent)

@@ -16,9 +16,14 @@ struct Peer: AsyncParsableCommand {
         @Option var name: String
         @Option(help: "The peer's replication listener, https://host:8444.") var url: String
         @Option(help: "The peer's server certificate (PEM), as its `portico cert show` describes it.") var certificate: String
+        @Option(help: "Which way events and audit entries go with this peer: both, send, receive or none.") var history: String = "both"
 
         func run() async throws {
             let config = try loadOrExit(options)
+            guard let mode = PeerHistory(rawValue: history) else {
+                printError("portico: --history must be one of both, send, receive or none, not \(history)")
+                throw ExitCode(1)
+            }
             guard let trust = config.listeners[.replication]?.trust else {
                 printError("portico: set listeners.replication.trust to a folder (for example ssl/peers/) first: peers' certificates are kept there")
                 throw ExitCode(1)
@@ -36,7 +41,7 @@ struct Peer: AsyncParsableCommand {
             let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "peer.add", target: name, source: "local", result: "ok", detail: "\(url) \(fingerprint)")
             try await withStore(options) { store, _ in
                 try await store.write { transaction in
-                    try await transaction.addPeer(PeerRecord(name: name, url: url, certificateFingerprint: fingerprint))
+                    try await transaction.addPeer(PeerRecord(name: name, url: url, certificateFingerprint: fingerprint, history: mode))
                     try await transaction.audit(entry)
                 }
             }
@@ -74,9 +79,12 @@ struct Peer: AsyncParsableCommand {
         @OptionGroup var options: ConfigOptions
 
         func run() async throws {
-            let peers = try await withStore(options) { store, _ in try await store.peers() }
-            writeLine("name\turl\tsha256\tsite")
-            for peer in peers { writeLine("\(peer.name)\t\(peer.url)\t\(peer.certificateFingerprint)\t\(peer.siteID ?? "-")") }
+            let (peers, cursors) = try await withStore(options) { store, _ in (try await store.peers(), try await store.replicationCursors()) }
+            writeLine("name\turl\tsha256\tsite\thistory\tapplied\tbehind")
+            for peer in peers {
+                let cursor = peer.siteID.flatMap { cursors[$0] }
+                writeLine("\(peer.name)\t\(peer.url)\t\(peer.certificateFingerprint)\t\(peer.siteID ?? "-")\t\(peer.history.rawValue)\t\(cursor.map { String($0.position) } ?? "-")\t\(cursor.map { String($0.behind) } ?? "-")")
+            }
         }
     }
 }

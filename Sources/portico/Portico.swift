@@ -67,9 +67,10 @@ struct Serve: AsyncParsableCommand {
             printError("portico: cannot open the database \(prepared.configuration.storeConfiguration.redacted): \(error)")
             throw ExitCode(1)
         }
+        let metrics = GatewayMetrics()
         let runtime: ManagerServices.Runtime
         do {
-            runtime = try ManagerServices.registry(prepared: prepared, store: store, logger: Logger(label: "portico.agent"))
+            runtime = try ManagerServices.registry(prepared: prepared, store: store, metrics: metrics, logger: Logger(label: "portico.agent"))
         } catch {
             await store.close()
             printError("portico: \(error)")
@@ -88,6 +89,7 @@ struct Serve: AsyncParsableCommand {
             identityCache: cache,
             services: runtime.registry,
             logger: logger,
+            metrics: metrics,
             source: { () throws(ConfigurationError) -> GatewayConfiguration in try options.load() },
             handleSIGHUP: true
         )

@@ -41,7 +41,7 @@ struct TestManager {
     ///   - site: the site's name (and id).
     ///   - before: runs with the manager's folder before anything is loaded (to place identity or peer files).
     static func with<T>(configuration: AgentService.Configuration = AgentService.Configuration(), api apiConfiguration: APIService.Configuration = APIService.Configuration(),
-                        site: String = "test-site", before: (String) throws -> Void = { _ in }, extraYAML: String = "",
+                        site: String = "test-site", before: (String) throws -> Void = { _ in }, extraYAML: String = "", linkTiming: PeerLinks.Timing = .fast,
                         _ body: (TestManager) async throws -> T) async throws -> T {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("portico-manager-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -79,14 +79,16 @@ struct TestManager {
         services.register("agent", agent)
         let rotation = IdentityRotation(configuration: config, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store, logger: quiet)
         try await ManagerServices.syncConfiguredPeers(config, store: store)
-        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", configured: config.peers, logger: quiet)
+        let metrics = GatewayMetrics()
+        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", configured: config.peers, timing: linkTiming,
+                              metrics: metrics.registry, logger: quiet)
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
         services.register("api", api)
         services.register("console", try ConsoleService(store: store, agent: agent, identityStatus: { ManagerServices.identityStatus(prepared) }, api: apiConfiguration,
                                                         reportsURL: "/reports/compliance", links: links, logger: quiet))
         services.register("reporting", try ReportingService(store: store, api: api, logger: quiet))
         services.register("replication", ReplicationService(store: store, logger: quiet))
-        let gateway = Gateway(configuration: prepared, identityCache: cache, services: services, logger: quiet)
+        let gateway = Gateway(configuration: prepared, identityCache: cache, services: services, logger: quiet, metrics: metrics)
         try await gateway.start()
         let https = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .client)?.port))"
         let plain = "http://127.0.0.1:\(try #require(await gateway.boundAddress(of: .clientPlain)?.port))"
@@ -101,10 +103,12 @@ struct TestManager {
             replicationURL: replicationURL, links: links)
         do {
             let result = try await body(manager)
+            links.stopPullers()
             await gateway.stop()
             await store.close()
             return result
         } catch {
+            links.stopPullers()
             await gateway.stop()
             await store.close()
             throw error
@@ -139,4 +143,27 @@ func withAgent<T>(_ client: AgentClient, _ body: (AgentClient) async throws -> T
         await client.shutdown()
         throw error
     }
+}
+
+extension PeerLinks.Timing {
+    /// Short intervals, so that tests see links come up and digests compared quickly.
+    static var fast: Self {
+        var timing = Self()
+        timing.hello = .milliseconds(200)
+        timing.longPoll = .seconds(5)
+        timing.digest = .milliseconds(500)
+        return timing
+    }
+}
+
+/// Waits for `condition` to hold, checking it every 20 ms, and fails the test if it does not
+/// within `limit`.
+func eventually(_ what: String, within limit: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + limit
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    Issue.record("\(what): not within \(limit)")
+    throw CancellationError()
 }

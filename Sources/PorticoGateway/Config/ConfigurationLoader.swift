@@ -120,7 +120,7 @@ public struct ConfigurationLoader: Sendable {
         var seen: Set<String> = []
         for (index, item) in list.enumerated() {
             let path = "peers[\(index)]"
-            guard let keys = reader.mapping(item, at: path, keys: ["name", "url", "certificate"]) else { continue }
+            guard let keys = reader.mapping(item, at: path, keys: ["name", "url", "certificate", "history"]) else { continue }
             guard let nameNode = keys["name"], let name = reader.string(nameNode.value, at: "\(path).name") else {
                 if keys["name"] == nil { reader.error("\(path) needs a name", at: item) }
                 continue
@@ -142,7 +142,15 @@ public struct ConfigurationLoader: Sendable {
                 if keys["certificate"] == nil { reader.error("\(path) needs the peer's certificate (a PEM file)", at: item) }
                 continue
             }
-            config.peers.append(PeerConfiguration(name: name, url: url.hasSuffix("/") ? String(url.dropLast()) : url, certificate: Paths.resolve(certificate, against: base)))
+            var history = "both"
+            if let historyNode = keys["history"], let mode = reader.string(historyNode.value, at: "\(path).history") {
+                guard PeerConfiguration.historyModes.contains(mode) else {
+                    reader.error("\(path).history '\(mode)' must be one of \(PeerConfiguration.historyModes.joined(separator: ", ")): which way events and audit entries go", at: historyNode.value)
+                    continue
+                }
+                history = mode
+            }
+            config.peers.append(PeerConfiguration(name: name, url: url.hasSuffix("/") ? String(url.dropLast()) : url, certificate: Paths.resolve(certificate, against: base), history: history))
             config.locations["\(path).certificate"] = reader.location(certificateNode.value)
         }
     }

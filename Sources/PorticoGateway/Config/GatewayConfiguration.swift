@@ -265,10 +265,16 @@ public struct PeerConfiguration: Sendable, Equatable {
     public var url: String
     /// `certificate`: the peer's server certificate (PEM file), trusted for its connections.
     public var certificate: String
+    /// `history`: which way events and audit entries go with this peer: `both` (default),
+    /// `send` (this site sends its own, takes none), `receive`, or `none`.
+    public var history: String
 
-    public init(name: String, url: String, certificate: String) {
+    public static let historyModes = ["both", "send", "receive", "none"]
+
+    public init(name: String, url: String, certificate: String, history: String = "both") {
         self.name = name
         self.url = url
         self.certificate = certificate
+        self.history = history
     }
 }

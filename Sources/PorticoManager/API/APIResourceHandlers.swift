@@ -618,7 +618,8 @@ extension APIService {
 
     func listPeers(_ context: APIContext) async throws -> APIReply {
         let statuses = links?.statuses ?? [:]
-        return try .json(Page(items: try await store.peers().map { PeerView($0, status: statuses[$0.name]) }, nextCursor: nil))
+        let cursors = try await store.replicationCursors()
+        return try .json(Page(items: try await store.peers().map { PeerView($0, status: statuses[$0.name], cursor: $0.siteID.flatMap { cursors[$0] }) }, nextCursor: nil))
     }
 
     func showIdentity(_ context: APIContext) async throws -> APIReply {

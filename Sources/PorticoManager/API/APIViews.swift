@@ -252,8 +252,15 @@ struct PeerView: Encodable, Sendable {
     var connected: Bool
     var lastContactAt: String?
     var lastError: String?
+    var history: String
+    var cursor: Int64?
+    var head: Int64?
+    var behind: Int64
+    var lagMs: Int64?
+    var applied: Int
+    var divergent: [String]
 
-    init(_ peer: PeerRecord, status: PeerLinks.Status?) {
+    init(_ peer: PeerRecord, status: PeerLinks.Status?, cursor stored: ReplicationCursor?) {
         name = peer.name
         url = peer.url
         certificateFingerprint = peer.certificateFingerprint
@@ -261,6 +268,13 @@ struct PeerView: Encodable, Sendable {
         connected = status?.connected ?? false
         lastContactAt = APIJSON.time(status?.lastContactMilliseconds)
         lastError = status?.lastError
+        history = peer.history.rawValue
+        cursor = status?.cursor ?? stored?.position
+        head = status?.head ?? stored?.head
+        behind = max(0, (head ?? 0) - (cursor ?? 0))
+        lagMs = status?.lagMilliseconds
+        applied = status?.applied ?? 0
+        divergent = status?.divergent ?? []
     }
 }
 

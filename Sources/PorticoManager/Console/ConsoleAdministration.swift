@@ -30,11 +30,18 @@ extension ConsoleService {
         case (1, "peers"):
             guard session.may(.read("peers")) else { return forbidden(session) }
             let peers = try await store.peers()
+            let cursors = try await store.replicationCursors()
             return page(.ok, title: "Peers", template: "peers", [
                 "peers": peers.map { peer -> [String: Any] in
                     let status = links?.statuses[peer.name]
+                    let view = PeerView(peer, status: status, cursor: peer.siteID.flatMap { cursors[$0] })
+                    let replication = view.cursor.map { cursor in
+                        view.behind > 0 ? "catching up: \(cursor) of \(view.head ?? cursor), \(view.behind) behind" : "up to date at \(cursor)"
+                    } ?? "nothing pulled yet"
                     return ["name": peer.name, "url": peer.url, "fingerprint": peer.certificateFingerprint, "site": peer.siteID ?? "not yet seen",
-                            "link": status.map { $0.connected ? "connected, last contact \(APIJSON.time($0.lastContactMilliseconds) ?? "-")" : "down: \($0.lastError ?? "unknown")" } ?? "not tried yet"]
+                            "link": status.map { $0.connected ? "connected, last contact \(APIJSON.time($0.lastContactMilliseconds) ?? "-")" : "down: \($0.lastError ?? "unknown")" } ?? "not tried yet",
+                            "replication": replication + (view.divergent.isEmpty ? "" : "; differs in " + view.divergent.joined(separator: ", ")),
+                            "history": peer.history.rawValue]
                 },
             ], session: session, nav: "peers")
         default:

@@ -55,9 +55,44 @@ public final class ReplicationService: HTTPService {
             }
             if peer.siteID != theirs.siteID { try await store.write { try await $0.setPeerSite(name: peer.name, siteID: theirs.siteID) } }
             return Self.answer(.ok, ["site_id": store.siteID, "schema_version": schemaVersion, "peer": peer.name])
+        case (.GET, "/replication/v1/changes"):
+            return try await changes(for: peer, request)
+        case (.GET, "/replication/v1/digest"):
+            let digest = try await store.replicationDigest()
+            return GatewayResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: try JSONEncoder().encode(digest)))
         default:
             return Self.answer(.notFound, ["error": "no replication endpoint \(request.method.rawValue) \(request.path)"])
         }
+    }
+
+    /// The longest a request for changes waits for one.
+    static let longestWait = 30_000
+
+    /// `GET /replication/v1/changes?after=N&limit=N&wait=ms&history=0|1&schema=N`: a page of
+    /// this site's change log after `after`, leaving out the asking site's own changes. When
+    /// there is nothing new it waits up to `wait` ms and answers as soon as a change commits.
+    private func changes(for peer: PeerRecord, _ request: GatewayRequest) async throws -> GatewayResponse {
+        let query = Dictionary((URLComponents(string: request.uri)?.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { _, last in last })
+        if let schema = query["schema"], Int(schema) != schemaVersion {
+            return Self.answer(.conflict, ["error": "schema version \(schema) cannot replicate with this manager's \(schemaVersion); upgrade the older manager", "schema_version": schemaVersion])
+        }
+        guard let site = peer.siteID else {
+            return Self.answer(.conflict, ["error": "say hello first: this manager does not know the peer's site yet"])
+        }
+        guard let after = Int64(query["after"] ?? "0"), after >= 0 else { return Self.answer(.badRequest, ["error": "after must be a log position, 0 or more"]) }
+        guard let limit = Int(query["limit"] ?? "1000"), (1...10_000).contains(limit) else { return Self.answer(.badRequest, ["error": "limit must be 1 to 10000"]) }
+        guard let wait = Int(query["wait"] ?? "0"), (0...Self.longestWait).contains(wait) else {
+            return Self.answer(.badRequest, ["error": "wait must be 0 to \(Self.longestWait) milliseconds"])
+        }
+        // History goes to the peer only when this side sends it and the peer takes it.
+        let history = peer.history.sends && query["history"] != "0"
+        let generation = store.changeFeed.generation
+        var batch = try await store.changeBatch(after: after, excludingOrigin: site, history: history, limit: limit)
+        if batch.changes.isEmpty, batch.next >= batch.head, wait > 0 {
+            await store.changeFeed.wait(past: generation, timeout: .milliseconds(wait))
+            batch = try await store.changeBatch(after: batch.next, excludingOrigin: site, history: history, limit: limit)
+        }
+        return GatewayResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: try JSONEncoder().encode(batch)))
     }
 
     static func answer(_ status: HTTPResponseStatus, _ body: [String: any Sendable]) -> GatewayResponse {

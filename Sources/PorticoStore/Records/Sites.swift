@@ -8,13 +8,27 @@ public struct PeerRecord: Sendable, Equatable {
     /// SHA-256 of the peer's certificate, hex.
     public var certificateFingerprint: String
     public var siteID: String?
+    /// Which way events and audit entries go with this peer.
+    public var history: PeerHistory
 
-    public init(name: String, url: String, certificateFingerprint: String, siteID: String? = nil) {
+    public init(name: String, url: String, certificateFingerprint: String, siteID: String? = nil, history: PeerHistory = .both) {
         self.name = name
         self.url = url
         self.certificateFingerprint = certificateFingerprint
         self.siteID = siteID
+        self.history = history
     }
+}
+
+/// Which way history (events and audit entries) replicates with a peer. Everything else
+/// always goes both ways.
+public enum PeerHistory: String, Sendable, CaseIterable {
+    case both, send, receive, none
+
+    /// This site sends its history to the peer.
+    public var sends: Bool { self == .both || self == .send }
+    /// This site takes the peer's history.
+    public var receives: Bool { self == .both || self == .receive }
 }
 
 extension Store {
@@ -48,9 +62,10 @@ extension Store {
 
     public func peers() async throws -> [PeerRecord] {
         try await read { db in
-            try await db.raw("SELECT name, url, certificate_fingerprint, site_id FROM peers ORDER BY name").all().map {
+            try await db.raw("SELECT name, url, certificate_fingerprint, site_id, history FROM peers ORDER BY name").all().map {
                 PeerRecord(name: try $0.decode(column: "name", as: String.self), url: try $0.decode(column: "url", as: String.self),
-                           certificateFingerprint: try $0.decode(column: "certificate_fingerprint", as: String.self), siteID: try $0.decode(column: "site_id", as: String?.self))
+                           certificateFingerprint: try $0.decode(column: "certificate_fingerprint", as: String.self), siteID: try $0.decode(column: "site_id", as: String?.self),
+                           history: PeerHistory(rawValue: try $0.decode(column: "history", as: String.self)) ?? .both)
             }
         }
     }
@@ -91,8 +106,9 @@ extension Transaction {
             throw StoreError(kind: .conflict, message: "a peer named \(peer.name) already exists")
         }
         try await database.raw("""
-            INSERT INTO peers (name, url, certificate_fingerprint, site_id, added_ms)
-            VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), \(bind: peer.siteID), \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
+            INSERT INTO peers (name, url, certificate_fingerprint, site_id, history, added_ms)
+            VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), \(bind: peer.siteID), \(bind: peer.history.rawValue),
+                    \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
             """).run()
     }
 
@@ -101,9 +117,9 @@ extension Transaction {
         try Validate.identifier(peer.name, field: "peer.name", maxLength: 64)
         guard peer.url.hasPrefix("https://") else { throw StoreError.invalid("peer.url", "must be an https:// URL") }
         try await database.raw("""
-            INSERT INTO peers (name, url, certificate_fingerprint, site_id, added_ms)
-            VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), NULL, \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
-            ON CONFLICT (name) DO UPDATE SET url = excluded.url, certificate_fingerprint = excluded.certificate_fingerprint
+            INSERT INTO peers (name, url, certificate_fingerprint, site_id, history, added_ms)
+            VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), NULL, \(bind: peer.history.rawValue), \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
+            ON CONFLICT (name) DO UPDATE SET url = excluded.url, certificate_fingerprint = excluded.certificate_fingerprint, history = excluded.history
             """).run()
     }
 
