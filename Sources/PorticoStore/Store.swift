@@ -24,6 +24,7 @@ public final class Store: Sendable {
     public let changeFeed = ChangeFeed()
     let engine: Engine
     private let batcher: WriteBatcher
+    private let listener = NIOLockedValueBox<Task<Void, Never>?>(nil)
     private let logger: Logger
 
     enum Engine: Sendable {
@@ -74,6 +75,7 @@ public final class Store: Sendable {
             await store.close()
             throw error
         }
+        if case .postgres(let client, _) = engine { store.listenForChanges(client) }
         return store
     }
 
@@ -86,8 +88,38 @@ public final class Store: Sendable {
         self.batcher = WriteBatcher(engine: engine, dialect: dialect, logger: logger)
     }
 
+    /// On PostgreSQL, other managers sharing the database commit changes too: one pooled
+    /// connection listens for their notifications and moves the change feed, so that peers'
+    /// long polls are answered at once whichever manager made the change.
+    private func listenForChanges(_ client: PostgresClient) {
+        let feed = changeFeed
+        let logger = logger
+        let task = Task {
+            while !Task.isCancelled {
+                do {
+                    try await client.withConnection { connection in
+                        try await connection.listen(on: "portico_changes") { notifications in
+                            for try await _ in notifications { feed.signal() }
+                        }
+                    }
+                } catch is CancellationError {
+                    return
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.warning("listening for other managers' changes failed; retrying", metadata: ["error": "\(error)"])
+                    try? await Task.sleep(for: .seconds(1))
+                }
+            }
+        }
+        listener.withLockedValue { $0 = task }
+    }
+
     /// Closes connections after writes already submitted have committed.
     public func close() async {
+        if let task = listener.withLockedValue({ $0 }) {
+            task.cancel()
+            await task.value
+        }
         await batcher.finish()
         switch engine {
         case .sqlite(let writer, let reader):
@@ -273,7 +305,8 @@ public struct Transaction: Sendable {
     /// writer; on PostgreSQL, managers sharing the database take turns appending.
     private func orderChangeLog() async throws {
         if dialect == .postgres {
-            try await database.raw("SELECT pg_advisory_xact_lock(7365403)").run()
+            // The notification is delivered at commit, to every manager sharing the database.
+            try await database.raw("SELECT pg_advisory_xact_lock(7365403), pg_notify('portico_changes', '')").run()
         }
     }
 }

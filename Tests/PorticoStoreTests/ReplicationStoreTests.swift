@@ -196,4 +196,24 @@ import Testing
             #expect(small.changes.count == 1 && small.next == small.changes[0].sequence && small.next < small.head)
         }
     }
+
+    /// A peer's long poll is answered when a change commits, also one committed by another
+    /// manager sharing the PostgreSQL database.
+    @Test(arguments: Engines.all)
+    func theChangeFeedMovesWhenAChangeCommitsWhicheverManagerMadeIt(_ dialect: Dialect) async throws {
+        try await Engines.withDatabase(dialect) { configuration in
+            let listening = try await Store.open(configuration, siteID: "site-a", logger: Engines.logger)
+            let writing = dialect == .postgres ? try await Store.open(configuration, siteID: "site-a", logger: Engines.logger) : listening
+            let seen = listening.changeFeed.generation
+            // Nothing logged, nothing moves.
+            try await writing.recordCheckIn(CheckIn(deviceID: "nobody", atMilliseconds: 1, policySerial: 0, status: "ok"))
+            #expect(listening.changeFeed.generation == seen || dialect == .postgres)
+            async let waited: Void = listening.changeFeed.wait(past: seen, timeout: .seconds(20))
+            _ = try await writing.createGroup(name: "Laptops")
+            await waited
+            #expect(listening.changeFeed.generation != seen)
+            if writing !== listening { await writing.close() }
+            await listening.close()
+        }
+    }
 }

@@ -79,7 +79,8 @@ final class ListenerMetrics: Sendable {
 }
 
 extension MetricNameDescriptor {
-    static func portico(_ name: String, unit: String, help: String) -> MetricNameDescriptor {
+    /// A series named `portico_<name>_<unit>`.
+    public static func portico(_ name: String, unit: String, help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "portico", metricName: name, unitName: unit, helpText: help)
     }
 }

@@ -327,20 +327,20 @@ public final class PeerLinks: Service, Sendable {
     private func publish(_ status: Status) {
         guard let metrics else { return }
         let labels = [("peer", status.name)]
-        metrics.makeGauge(name: "portico_replication_connected", labels: labels, help: "1 while the link to the peer is up").set(to: status.connected ? 1 : 0)
-        metrics.makeGauge(name: "portico_replication_cursor", labels: labels, help: "How far this site has applied the peer's change log").set(to: Double(status.cursor ?? 0))
-        metrics.makeGauge(name: "portico_replication_behind_changes", labels: labels, help: "Entries of the peer's change log not applied yet").set(to: Double(status.behind))
-        metrics.makeGauge(name: "portico_replication_lag_seconds", labels: labels, help: "Age of the newest change applied from the peer while behind; 0 when caught up")
+        metrics.makeGauge(descriptor: .portico("replication_connected", unit: "", help: "1 while the link to the peer is up"), labels: labels).set(to: status.connected ? 1 : 0)
+        metrics.makeGauge(descriptor: .portico("replication_cursor", unit: "", help: "How far this site has applied the peer's change log"), labels: labels).set(to: Double(status.cursor ?? 0))
+        metrics.makeGauge(descriptor: .portico("replication_behind", unit: "changes", help: "Entries of the peer's change log not applied yet"), labels: labels).set(to: Double(status.behind))
+        metrics.makeGauge(descriptor: .portico("replication_lag", unit: "seconds", help: "Age of the newest change applied from the peer while behind; 0 when caught up"), labels: labels)
             .set(to: Double(status.lagMilliseconds ?? 0) / 1000)
-        metrics.makeGauge(name: "portico_replication_divergent_entities", labels: labels, help: "Entities whose digest differed from the peer's at the last comparison")
+        metrics.makeGauge(descriptor: .portico("replication_divergent", unit: "entities", help: "Entities whose digest differed from the peer's at the last comparison"), labels: labels)
             .set(to: Double(status.divergent.count))
     }
 
     private func appliedCounter(_ peer: String) -> Counter? {
-        metrics?.makeCounter(name: "portico_replication_applied_total", labels: [("peer", peer)], help: "Changes from the peer applied here")
+        metrics?.makeCounter(descriptor: .portico("replication_applied", unit: "total", help: "Changes from the peer applied here"), labels: [("peer", peer)])
     }
 
     private func errorCounter(_ peer: String) -> Counter? {
-        metrics?.makeCounter(name: "portico_replication_errors_total", labels: [("peer", peer)], help: "Failed pulls from the peer")
+        metrics?.makeCounter(descriptor: .portico("replication_errors", unit: "total", help: "Failed pulls from the peer"), labels: [("peer", peer)])
     }
 }
