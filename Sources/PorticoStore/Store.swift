@@ -277,11 +277,18 @@ public struct Transaction: Sendable {
 
     /// Appends many upserts of one entity with one origin and clock (events of a batch).
     func logChanges(entity: String, keys: [String], hlc: UInt64, origin: String) async throws {
-        guard !keys.isEmpty else { return }
+        try await logChanges(keys.map { ChangeRecord(sequence: 0, entity: entity, key: $0, op: .upsert, originSite: origin, hlc: hlc) })
+    }
+
+    /// Appends changes whose rows are already written and stamped (applied from a peer, or
+    /// new history), many per statement.
+    func logChanges(_ changes: [ChangeRecord]) async throws {
+        guard !changes.isEmpty else { return }
         try await orderChangeLog()
-        for chunk in stride(from: 0, to: keys.count, by: 200).map({ keys[$0..<min($0 + 200, keys.count)] }) {
-            let rows = chunk.map { key in
-                SQLGroupExpression([SQLBind(entity), SQLBind(key), SQLBind(ChangeOperation.upsert.rawValue), SQLBind(origin), SQLBind(Int64(bitPattern: hlc))] as [any SQLExpression])
+        for chunk in stride(from: 0, to: changes.count, by: 200).map({ changes[$0..<min($0 + 200, changes.count)] }) {
+            let rows = chunk.map { change in
+                SQLGroupExpression([SQLBind(change.entity), SQLBind(change.key), SQLBind(change.op.rawValue), SQLBind(change.originSite),
+                                    SQLBind(Int64(bitPattern: change.hlc))] as [any SQLExpression])
             }
             try await database.raw("INSERT INTO change_log (entity, entity_key, op, origin_site, hlc) VALUES \(SQLList(rows))").run()
         }

@@ -15,7 +15,7 @@ extension GatewayConfiguration {
 
 struct Database: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "db", abstract: "Work with the manager's database.", subcommands: [Migrate.self, Status.self, IngestProbe.self, Bench.self])
+        commandName: "db", abstract: "Work with the manager's database.", subcommands: [Migrate.self, Status.self, IngestProbe.self, Bench.self, Seed.self])
 
     struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Apply the schema migrations this binary knows to the database.")
@@ -202,5 +202,48 @@ func openOrExit(_ config: GatewayConfiguration, migrate: Bool) async throws -> S
     } catch {
         printError("portico: cannot open the database \(config.storeConfiguration.redacted): \(error)")
         throw ExitCode(1)
+    }
+}
+
+/// Writes replicated changes as fast as the store takes them: groups, and events from a
+/// thousand devices. `bench/replication.sh` uses it to give a peer something to catch up
+/// with. Not for operators.
+struct Seed: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "seed", shouldDisplay: false)
+    @OptionGroup var options: ConfigOptions
+    @Option var groups: Int = 10_000
+    @Option var events: Int = 90_000
+
+    func run() async throws {
+        let config = try loadOrExit(options)
+        let store = try await openOrExit(config, migrate: true)
+        let run = "\(UInt32.random(in: 0...UInt32.max))"
+        let groups = self.groups
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for writer in 0..<8 {
+                group.addTask {
+                    for n in stride(from: writer, to: groups, by: 8) { _ = try await store.createGroup(name: "seed-\(run)-\(n)") }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let events = self.events
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for writer in 0..<8 {
+                group.addTask {
+                    var batch = writer
+                    while batch * 100 < events {
+                        try await store.ingestEvents((0..<min(100, events - batch * 100)).map {
+                            EventRecord(deviceID: "seed-\(run)-\(batch % 1000)", eventID: "\(batch)-\($0)", kind: "process.started", occurredMilliseconds: Int64(batch),
+                                        body: #"{"path":"/usr/bin/true","user":"root"}"#)
+                        })
+                        batch += 8
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        writeLine("\(try await store.changeLogHead())")
+        await store.close()
     }
 }

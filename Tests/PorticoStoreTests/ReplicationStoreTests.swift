@@ -165,10 +165,10 @@ import Testing
             var batch = try await a.changeBatch(after: 0, excludingOrigin: b.siteID, history: true)
             #expect(!batch.changes.isEmpty)
             var bad = batch
-            bad.changes[0].row?["name"] = .integer(5)
+            bad.changes[0].row?[0] = .integer(5)
             await #expect(throws: StoreError.self) { try await b.apply(bad) }
             bad = batch
-            bad.changes.append(ReplicatedChange(sequence: 99, entity: "secrets", key: "x", op: "upsert", origin: "site-a", hlc: 1, row: [:]))
+            bad.changes.append(ReplicatedChange(sequence: 99, entity: "secrets", key: "x", op: "upsert", origin: "site-a", hlc: 1, row: []))
             await #expect(throws: StoreError.invalid("change.entity", "secrets is not something this manager replicates")) { try await b.apply(bad) }
             #expect(try await b.groups().isEmpty)
             #expect(try await b.replicationCursors().isEmpty)

@@ -3,7 +3,9 @@ import Foundation
 import SQLKit
 
 /// One change as peers exchange it: where it sits in the sending site's log, what it
-/// changed, where and when it was first made, and the row as it is now (none for a delete).
+/// changed, where and when it was first made, and the row as it is now (none for a delete):
+/// the values of the entity's replicated columns, in the order both sides know (managers of
+/// one schema version describe every entity alike).
 public struct ReplicatedChange: Codable, Sendable, Equatable {
     public var sequence: Int64
     public var entity: String
@@ -11,7 +13,7 @@ public struct ReplicatedChange: Codable, Sendable, Equatable {
     public var op: String
     public var origin: String
     public var hlc: UInt64
-    public var row: [String: ReplicatedValue]?
+    public var row: [ReplicatedValue]?
 
     enum CodingKeys: String, CodingKey { case sequence = "seq", entity, key, op, origin, hlc, row }
 }
@@ -114,7 +116,7 @@ extension Store {
     struct Versioned {
         let origin: String
         let hlc: UInt64
-        var values: [String: ReplicatedValue] = [:]
+        var values: [ReplicatedValue] = []
     }
 
     /// The current rows behind upsert entries, by entity and key. Single-column keys are
@@ -132,24 +134,22 @@ extension Store {
                     rows += try await db.raw("SELECT \(unsafeRaw: selected) FROM \(unsafeRaw: entity.table) WHERE \(unsafeRaw: entity.key[0].name) IN (\(list))").all()
                 }
             } else {
-                for key in keys {
-                    guard let values = entity.keyValues(key) else { continue }
-                    if let row = try await db.raw("SELECT \(unsafeRaw: selected) FROM \(unsafeRaw: entity.table) WHERE \(entity.keyCondition(values))").first() { rows.append(row) }
+                let parsed = keys.compactMap(entity.keyValues)
+                for chunk in stride(from: 0, to: parsed.count, by: 100).map({ parsed[$0..<min($0 + 100, parsed.count)] }) {
+                    var condition = SQLQueryString("")
+                    for (index, values) in chunk.enumerated() {
+                        if index > 0 { condition.appendInterpolation(unsafeRaw: " OR ") }
+                        condition.appendInterpolation(unsafeRaw: "(")
+                        condition.appendInterpolation(entity.keyCondition(values))
+                        condition.appendInterpolation(unsafeRaw: ")")
+                    }
+                    rows += try await db.raw("SELECT \(unsafeRaw: selected) FROM \(unsafeRaw: entity.table) WHERE \(condition)").all()
                 }
             }
             for row in rows {
                 var versioned = Versioned(origin: try row.decode(column: "origin_site", as: String.self), hlc: UInt64(bitPattern: try row.decode(column: "hlc", as: Int64.self)))
-                var keyParts: [String] = []
-                for column in entity.key {
-                    let value = try ReplicatedValue(row: row, column: column)
-                    switch value {
-                    case .integer(let number): keyParts.append(String(number))
-                    case .text(let text): keyParts.append(text)
-                    case .null: keyParts.append("")
-                    }
-                }
-                for column in entity.columns { versioned.values[column.name] = try ReplicatedValue(row: row, column: column) }
-                found[EntityKey(entity: name, key: keyParts.joined(separator: "/"))] = versioned
+                versioned.values = try entity.columns.map { try ReplicatedValue(row: row, column: $0) }
+                found[EntityKey(entity: name, key: try entity.keyString(of: row))] = versioned
             }
         }
         return found
@@ -157,10 +157,20 @@ extension Store {
 
     private static func tombstones(of entries: [ChangeRecord], in db: any SQLDatabase) async throws -> [EntityKey: Versioned] {
         var found: [EntityKey: Versioned] = [:]
-        for entry in entries {
-            if let row = try await db.raw("SELECT origin_site, hlc FROM tombstones WHERE entity = \(bind: entry.entity) AND entity_key = \(bind: entry.key)").first() {
-                found[EntityKey(entity: entry.entity, key: entry.key)] = Versioned(origin: try row.decode(column: "origin_site", as: String.self),
-                                                                                   hlc: UInt64(bitPattern: try row.decode(column: "hlc", as: Int64.self)))
+        for (entity, group) in Dictionary(grouping: entries, by: \.entity) {
+            for (key, version) in try await tombstones(entity: entity, keys: group.map(\.key), in: db) { found[EntityKey(entity: entity, key: key)] = version }
+        }
+        return found
+    }
+
+    /// The tombstones of some keys of one entity, by key.
+    static func tombstones(entity: String, keys: [String], in db: any SQLDatabase) async throws -> [String: Versioned] {
+        var found: [String: Versioned] = [:]
+        for chunk in stride(from: 0, to: keys.count, by: 500).map({ keys[$0..<min($0 + 500, keys.count)] }) {
+            let list = SQLList(chunk.map { SQLBind($0) as any SQLExpression })
+            for row in try await db.raw("SELECT entity_key, origin_site, hlc FROM tombstones WHERE entity = \(bind: entity) AND entity_key IN (\(list))").all() {
+                found[try row.decode(column: "entity_key", as: String.self)] = Versioned(origin: try row.decode(column: "origin_site", as: String.self),
+                                                                                          hlc: UInt64(bitPattern: try row.decode(column: "hlc", as: Int64.self)))
             }
         }
         return found
@@ -174,21 +184,34 @@ extension Store {
         return try await write { transaction in
             var outcome = ApplyOutcome()
             var movesSerial = false
-            var newest: UInt64 = 0
-            for change in batch.changes where change.origin != transaction.siteID {
-                guard let entity = ReplicatedEntity.byName[change.entity] else { continue }
-                if entity.history && !history { continue }
-                transaction.clock.observe(change.hlc)
-                newest = max(newest, change.hlc)
-                let result = change.op == ChangeOperation.delete.rawValue
-                    ? try await transaction.applyDelete(change, of: entity)
-                    : try await transaction.applyUpsert(change, of: entity)
-                switch result {
-                case .skipped: outcome.skipped += 1
-                case .applied: outcome.applied += 1
-                case .renamed: outcome.applied += 1; outcome.renamed += 1
+            let relevant = batch.changes.filter { change in
+                change.origin != transaction.siteID && ReplicatedEntity.byName[change.entity].map { !$0.history || history } == true
+            }
+            let newest = relevant.map(\.hlc).max() ?? 0
+            transaction.clock.observe(newest)
+            // Runs of one entity and operation go together: upserts as a few multi-row statements.
+            var start = 0
+            while start < relevant.count {
+                let entity = ReplicatedEntity.byName[relevant[start].entity]!
+                let op = relevant[start].op
+                var end = start + 1
+                while end < relevant.count, end - start < 200, relevant[end].entity == entity.name, relevant[end].op == op { end += 1 }
+                let run = Array(relevant[start..<end])
+                start = end
+                var results: [ApplyResult] = []
+                if op == ChangeOperation.delete.rawValue {
+                    for change in run { results.append(try await transaction.applyDelete(change, of: entity)) }
+                } else {
+                    results = try await transaction.applyUpserts(run, of: entity)
                 }
-                if result != .skipped && entity.movesPolicySerial { movesSerial = true }
+                for result in results {
+                    switch result {
+                    case .skipped: outcome.skipped += 1
+                    case .applied: outcome.applied += 1
+                    case .renamed: outcome.applied += 1; outcome.renamed += 1
+                    }
+                    if result != .skipped && entity.movesPolicySerial { movesSerial = true }
+                }
             }
             if movesSerial { try await Store.bumpPolicySerial(transaction) }
             try await transaction.database.raw("""
@@ -214,9 +237,11 @@ extension Store {
         case ChangeOperation.delete.rawValue:
             guard !entity.history else { throw StoreError.invalid("change.op", "\(change.entity) is never deleted") }
         case ChangeOperation.upsert.rawValue:
-            guard let row = change.row else { throw StoreError.invalid("change.row", "is missing for an upsert of \(change.entity) \(change.key)") }
-            for column in entity.columns {
-                guard (row[column.name] ?? .null).fits(column) else {
+            guard let row = change.row, row.count == entity.columns.count else {
+                throw StoreError.invalid("change.row", "does not have the \(entity.columns.count) columns of \(change.entity) \(change.key)")
+            }
+            for (column, value) in zip(entity.columns, row) {
+                guard value.fits(column) else {
                     throw StoreError.invalid("change.row.\(column.name)", "does not fit \(change.entity) \(change.key)")
                 }
             }
@@ -283,13 +308,7 @@ extension Transaction {
         var origin = change.origin
         var hlc = change.hlc
         var result = ApplyResult.applied
-        if entity.history {
-            let inserted = try await database.raw(upsertStatement(entity, keyValues: keyValues, row: row, origin: origin, hlc: hlc, key: change.key)).all()
-            guard !inserted.isEmpty else { return .skipped }
-            try await logChange(entity: entity.name, key: change.key, op: .upsert, hlc: hlc, origin: origin)
-            return .applied
-        }
-        if entity.uniqueName, let name = row["name"]?.text {
+        if entity.uniqueName, let nameIndex = entity.columnIndex("name"), let name = row[nameIndex].text {
             // Would it apply at all?
             if let mine = try await database.raw("SELECT origin_site, hlc FROM \(unsafeRaw: entity.table) WHERE \(entity.keyCondition(keyValues))").first() {
                 let version = (UInt64(bitPattern: try mine.decode(column: "hlc", as: Int64.self)), try mine.decode(column: "origin_site", as: String.self))
@@ -301,10 +320,10 @@ extension Transaction {
                 // Same name, another object: the later creation (clock, then id) becomes `Name ~N`, the same choice on every site.
                 let otherID = try other.decode(column: "id", as: String.self)
                 let otherCreated = try other.decode(column: "created_hlc", as: Int64.self)
-                let incomingCreated: Int64 = if case .integer(let created) = row["created_hlc"] ?? .null { created } else { 0 }
+                let incomingCreated: Int64 = if let index = entity.columnIndex("created_hlc"), case .integer(let created) = row[index] { created } else { 0 }
                 let renamed = try await freeName(after: name, in: entity)
                 if (incomingCreated, change.key) > (otherCreated, otherID) {
-                    row["name"] = .text(renamed)
+                    row[nameIndex] = .text(renamed)
                     hlc = timestamp()
                     origin = siteID
                 } else {
@@ -322,6 +341,80 @@ extension Transaction {
         guard !written.isEmpty else { return .skipped }
         try await logChange(entity: entity.name, key: change.key, op: .upsert, hlc: hlc, origin: origin)
         return result
+    }
+
+    /// Applies upserts of one entity together: the tombstones of their keys read at once,
+    /// then one multi-row `INSERT … ON CONFLICT DO UPDATE … WHERE newer` for the changes
+    /// that cannot collide by name, and the log entries of those written in one more
+    /// statement. The rest (a name another object has, a key twice) go one at a time.
+    fileprivate func applyUpserts(_ run: [ReplicatedChange], of entity: ReplicatedEntity) async throws -> [ApplyResult] {
+        var results: [ApplyResult] = []
+        let tombstones = entity.history ? [:] : try await Store.tombstones(entity: entity.name, keys: run.map(\.key), in: database)
+        let nameIndex = entity.uniqueName ? entity.columnIndex("name") : nil
+        var holders: [String: String] = [:]
+        if let nameIndex {
+            let names = Array(Set(run.compactMap { $0.row?[nameIndex].text }))
+            if !names.isEmpty {
+                let list = SQLList(names.map { SQLBind($0) as any SQLExpression })
+                for row in try await database.raw("SELECT \(unsafeRaw: entity.key[0].name) AS id, name FROM \(unsafeRaw: entity.table) WHERE name IN (\(list))").all() {
+                    holders[try row.decode(column: "name", as: String.self)] = try row.decode(column: "id", as: String.self)
+                }
+            }
+        }
+        var together: [ReplicatedChange] = []
+        var alone: [ReplicatedChange] = []
+        var keys: Set<String> = []
+        var names: Set<String> = []
+        for change in run {
+            if let tombstone = tombstones[change.key], !Self.newer((change.hlc, change.origin), than: (tombstone.hlc, tombstone.origin)) {
+                results.append(.skipped)
+                continue
+            }
+            if !keys.insert(change.key).inserted {
+                alone.append(change)
+                continue
+            }
+            if let nameIndex, let name = change.row?[nameIndex].text {
+                if let holder = holders[name], holder != change.key { alone.append(change); continue }
+                if !names.insert(name).inserted { alone.append(change); continue }
+            }
+            together.append(change)
+        }
+        if !together.isEmpty {
+            let written = try await database.raw(multiRowUpsert(together, of: entity)).all()
+            let writtenKeys = Set(try written.map { try entity.keyString(of: $0) })
+            let logged = together.filter { writtenKeys.contains($0.key) }
+            try await logChanges(logged.map { ChangeRecord(sequence: 0, entity: entity.name, key: $0.key, op: .upsert, originSite: $0.origin, hlc: $0.hlc) })
+            results += together.map { writtenKeys.contains($0.key) ? .applied : .skipped }
+        }
+        for change in alone { results.append(try await applyUpsert(change, of: entity)) }
+        return results
+    }
+
+    private func multiRowUpsert(_ changes: [ReplicatedChange], of entity: ReplicatedEntity) -> SQLQueryString {
+        let columns = entity.key + entity.columns
+        let rows = changes.map { change -> any SQLExpression in
+            var values: [any SQLExpression] = []
+            for (column, value) in zip(entity.key, entity.keyValues(change.key) ?? []) { values.append(value.bind(as: column)) }
+            for (column, value) in zip(entity.columns, change.row ?? []) { values.append(value.bind(as: column)) }
+            values.append(SQLBind(change.origin))
+            values.append(SQLBind(Int64(bitPattern: change.hlc)))
+            return SQLGroupExpression(values)
+        }
+        var query = SQLQueryString("INSERT INTO \(unsafeRaw: entity.table) (\(unsafeRaw: columns.map(\.name).joined(separator: ", ")), origin_site, hlc) VALUES \(SQLList(rows)) ")
+        query.appendInterpolation(unsafeRaw: conflictClause(entity))
+        query.appendInterpolation(unsafeRaw: " RETURNING " + entity.key.map(\.name).joined(separator: ", "))
+        return query
+    }
+
+    /// What a replicated row does when its key exists: history is never changed; everything
+    /// else takes the newer version (clock, then site).
+    private func conflictClause(_ entity: ReplicatedEntity) -> String {
+        let target = "ON CONFLICT (\(entity.key.map(\.name).joined(separator: ", "))) "
+        if entity.history { return target + "DO NOTHING" }
+        let table = entity.table
+        let assignments = (entity.columns.map(\.name) + ["origin_site", "hlc"]).map { "\($0) = excluded.\($0)" }.joined(separator: ", ")
+        return target + "DO UPDATE SET \(assignments) WHERE excluded.hlc > \(table).hlc OR (excluded.hlc = \(table).hlc AND excluded.origin_site > \(table).origin_site)"
     }
 
     /// Deletes this site's row if the peer's delete is newer, and keeps the tombstone.
@@ -350,7 +443,7 @@ extension Transaction {
 
     /// `INSERT … SELECT … WHERE no newer tombstone ON CONFLICT … DO UPDATE … WHERE newer RETURNING`:
     /// one statement that writes the row only when it is the latest version this site knows.
-    private func upsertStatement(_ entity: ReplicatedEntity, keyValues: [ReplicatedValue], row: [String: ReplicatedValue], origin: String, hlc: UInt64, key: String) -> SQLQueryString {
+    private func upsertStatement(_ entity: ReplicatedEntity, keyValues: [ReplicatedValue], row: [ReplicatedValue], origin: String, hlc: UInt64, key: String) -> SQLQueryString {
         let columns = entity.key + entity.columns
         let stamp = Int64(bitPattern: hlc)
         var query = SQLQueryString("INSERT INTO \(unsafeRaw: entity.table) (\(unsafeRaw: columns.map(\.name).joined(separator: ", ")), origin_site, hlc) SELECT ")
@@ -359,9 +452,9 @@ extension Transaction {
             query.appendInterpolation(value.bind(as: column))
             query.appendInterpolation(unsafeRaw: " AS \(column.sqlType(dialect))), ")
         }
-        for column in entity.columns {
+        for (column, value) in zip(entity.columns, row) {
             query.appendInterpolation(unsafeRaw: "CAST(")
-            query.appendInterpolation((row[column.name] ?? .null).bind(as: column))
+            query.appendInterpolation(value.bind(as: column))
             query.appendInterpolation(unsafeRaw: " AS \(column.sqlType(dialect))), ")
         }
         query.appendInterpolation(unsafeRaw: "CAST(")
@@ -378,17 +471,7 @@ extension Transaction {
         query.appendInterpolation(bind: stamp)
         query.appendInterpolation(unsafeRaw: " AND origin_site >= ")
         query.appendInterpolation(bind: origin)
-        query.appendInterpolation(unsafeRaw: "))) ON CONFLICT (\(entity.key.map(\.name).joined(separator: ", "))) ")
-        if entity.history {
-            query.appendInterpolation(unsafeRaw: "DO NOTHING")
-        } else {
-            let table = entity.table
-            let assignments = (entity.columns.map(\.name) + ["origin_site", "hlc"]).map { "\($0) = excluded.\($0)" }.joined(separator: ", ")
-            query.appendInterpolation(unsafeRaw: """
-                DO UPDATE SET \(assignments) WHERE excluded.hlc > \(table).hlc OR (excluded.hlc = \(table).hlc AND excluded.origin_site > \(table).origin_site)
-                """)
-        }
-        query.appendInterpolation(unsafeRaw: " RETURNING hlc")
+        query.appendInterpolation(unsafeRaw: "))) " + conflictClause(entity) + " RETURNING hlc")
         return query
     }
 

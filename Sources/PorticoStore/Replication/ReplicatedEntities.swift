@@ -98,6 +98,22 @@ struct ReplicatedEntity: Sendable {
         return values
     }
 
+    /// Where a replicated column sits in a change's row.
+    func columnIndex(_ name: String) -> Int? { columns.firstIndex { $0.name == name } }
+
+    /// The change log's key of a row that has the key columns.
+    func keyString(of row: any SQLRow) throws -> String {
+        var parts: [String] = []
+        for column in key {
+            switch try ReplicatedValue(row: row, column: column) {
+            case .integer(let number): parts.append(String(number))
+            case .text(let text): parts.append(text)
+            case .null: parts.append("")
+            }
+        }
+        return parts.joined(separator: "/")
+    }
+
     /// `k1 = ? AND k2 = ?` for one key.
     func keyCondition(_ values: [ReplicatedValue]) -> SQLQueryString {
         var condition = SQLQueryString("")
