@@ -285,7 +285,7 @@ public final class PeerLinks: Service, Sendable {
             }
             throw ManagerError("the peer answered \(response.status.code): \(answer?["error"] as? String ?? "")")
         }
-        return try JSONDecoder().decode(ChangeBatch.self, from: Data(body.readableBytesView))
+        return try ChangeBatch(json: Array(body.readableBytesView))
     }
 
     /// Compares this site's digest with the peer's and records the entities that differ.

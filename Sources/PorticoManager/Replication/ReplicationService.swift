@@ -92,7 +92,7 @@ public final class ReplicationService: HTTPService {
             await store.changeFeed.wait(past: generation, timeout: .milliseconds(wait))
             batch = try await store.changeBatch(after: batch.next, excludingOrigin: site, history: history, limit: limit)
         }
-        return GatewayResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: try JSONEncoder().encode(batch)))
+        return GatewayResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: batch.json()))
     }
 
     static func answer(_ status: HTTPResponseStatus, _ body: [String: any Sendable]) -> GatewayResponse {

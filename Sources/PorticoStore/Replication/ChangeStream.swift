@@ -6,7 +6,7 @@ import SQLKit
 /// changed, where and when it was first made, and the row as it is now (none for a delete):
 /// the values of the entity's replicated columns, in the order both sides know (managers of
 /// one schema version describe every entity alike).
-public struct ReplicatedChange: Codable, Sendable, Equatable {
+public struct ReplicatedChange: Sendable, Equatable {
     public var sequence: Int64
     public var entity: String
     public var key: String
@@ -14,12 +14,10 @@ public struct ReplicatedChange: Codable, Sendable, Equatable {
     public var origin: String
     public var hlc: UInt64
     public var row: [ReplicatedValue]?
-
-    enum CodingKeys: String, CodingKey { case sequence = "seq", entity, key, op, origin, hlc, row }
 }
 
 /// A page of a site's change log.
-public struct ChangeBatch: Codable, Sendable, Equatable {
+public struct ChangeBatch: Sendable, Equatable {
     /// The site whose log this is.
     public var siteID: String
     /// The last sequence number in the log when the page was read.
@@ -35,8 +33,6 @@ public struct ChangeBatch: Codable, Sendable, Equatable {
         self.next = next
         self.changes = changes
     }
-
-    enum CodingKeys: String, CodingKey { case siteID = "site_id", head, next, changes }
 }
 
 /// How far this manager has applied a peer site's log.

@@ -128,26 +128,10 @@ struct ReplicatedEntity: Sendable {
 
 /// A column's value on the wire: blobs travel as base64 text and are typed back by the
 /// entity's description.
-public enum ReplicatedValue: Codable, Sendable, Equatable {
+public enum ReplicatedValue: Sendable, Equatable {
     case null
     case integer(Int64)
     case text(String)
-
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() { self = .null } else if let number = try? container.decode(Int64.self) { self = .integer(number) } else {
-            self = .text(try container.decode(String.self))
-        }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        switch self {
-        case .null: try container.encodeNil()
-        case .integer(let number): try container.encode(number)
-        case .text(let text): try container.encode(text)
-        }
-    }
 
     /// Reads a column of a row.
     init(row: any SQLRow, column: ReplicatedColumn) throws {
