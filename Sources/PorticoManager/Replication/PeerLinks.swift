@@ -221,6 +221,7 @@ public final class PeerLinks: Service, Sendable {
         var failures = 0
         var lastDigest = ContinuousClock.now - timing.digest
         var lastProgressLog = ContinuousClock.now
+        var ahead: (Int64, Task<ChangeBatch, any Error>)?
         pulling: while !Task.isCancelled {
             guard let peer = try? await store.peers().first(where: { $0.name == name }), let site = peer.siteID,
                   statuses[name]?.connected == true else { break pulling }
@@ -232,10 +233,23 @@ public final class PeerLinks: Service, Sendable {
                 }
                 guard let http = client?.0 else { break pulling }
                 let cursor = try await store.replicationCursors()[site]
-                let caughtUp = cursor.map { $0.position >= $0.head } ?? false
-                let batch = try await fetch(peer: peer, after: cursor?.position ?? 0, wait: caughtUp ? timing.longPoll : .zero, with: http)
+                let position = cursor?.position ?? 0
+                let batch: ChangeBatch
+                if let (after, page) = ahead, after == position {
+                    batch = try await page.value
+                } else {
+                    ahead?.1.cancel()
+                    let caughtUp = cursor.map { $0.position >= $0.head } ?? false
+                    batch = try await fetch(peer: peer, after: position, wait: caughtUp ? timing.longPoll : .zero, with: http)
+                }
+                ahead = nil
                 guard batch.siteID == site else {
                     throw ManagerError("the peer now says it is site \(batch.siteID), not \(site); its hello will be checked again")
+                }
+                // While behind, the next page is read while this one is applied.
+                if batch.next < batch.head {
+                    let next = batch.next
+                    ahead = (next, Task { try await self.fetch(peer: peer, after: next, wait: .zero, with: http) })
                 }
                 let outcome = try await store.apply(batch, history: peer.history.receives)
                 failures = 0
@@ -262,6 +276,8 @@ public final class PeerLinks: Service, Sendable {
             } catch is CancellationError {
                 break pulling
             } catch {
+                ahead?.1.cancel()
+                ahead = nil
                 failures += 1
                 update(name) { $0.lastError = "\(error)" }
                 errorCounter(name)?.increment()
@@ -269,6 +285,7 @@ public final class PeerLinks: Service, Sendable {
                 try? await Task.sleep(for: min(.milliseconds(200) * (1 << min(failures, 6)), timing.hello))
             }
         }
+        ahead?.1.cancel()
         if let client { try? await client.0.shutdown() }
     }
 
