@@ -216,4 +216,22 @@ import Testing
             await listening.close()
         }
     }
+
+    /// Managers of one site sharing a database take turns pulling a peer: one holds the lease
+    /// until it gives it up or lets it run out.
+    @Test(arguments: Engines.all)
+    func oneManagerOfASiteHoldsThePullLeaseAtATime(_ dialect: Dialect) async throws {
+        try await Engines.withStore(dialect) { store in
+            #expect(try await store.holdReplicationLease(site: "site-b", holder: "one", forMilliseconds: 30_000) == (true, "one"))
+            #expect(try await store.holdReplicationLease(site: "site-b", holder: "two", forMilliseconds: 30_000) == (false, "one"))
+            #expect(try await store.holdReplicationLease(site: "site-c", holder: "two", forMilliseconds: 30_000) == (true, "two"))
+            #expect(try await store.holdReplicationLease(site: "site-b", holder: "one", forMilliseconds: -1) == (true, "one"), "renewed by its holder")
+            // Run out (renewed into the past): the other takes it.
+            #expect(try await store.holdReplicationLease(site: "site-b", holder: "two", forMilliseconds: 30_000) == (true, "two"))
+            try await store.releaseReplicationLease(site: "site-b", holder: "one")
+            #expect(try await store.holdReplicationLease(site: "site-b", holder: "one", forMilliseconds: 30_000) == (false, "two"), "only the holder releases")
+            try await store.releaseReplicationLease(site: "site-b", holder: "two")
+            #expect(try await store.holdReplicationLease(site: "site-b", holder: "one", forMilliseconds: 30_000) == (true, "one"))
+        }
+    }
 }

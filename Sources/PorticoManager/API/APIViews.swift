@@ -259,6 +259,7 @@ struct PeerView: Encodable, Sendable {
     var lagMs: Int64?
     var applied: Int
     var divergent: [String]
+    var pulledBy: String?
 
     init(_ peer: PeerRecord, status: PeerLinks.Status?, cursor stored: ReplicationCursor?) {
         name = peer.name
@@ -275,6 +276,7 @@ struct PeerView: Encodable, Sendable {
         lagMs = status?.lagMilliseconds
         applied = status?.applied ?? 0
         divergent = status?.divergent ?? []
+        pulledBy = status?.pulledBy
     }
 }
 

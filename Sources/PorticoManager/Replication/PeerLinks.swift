@@ -34,6 +34,9 @@ public final class PeerLinks: Service, Sendable {
         /// Entities whose digests differed from the peer's in the last comparison made
         /// while both were caught up.
         public var divergent: [String] = []
+        /// Another manager of this site that pulls from the peer meanwhile (managers sharing
+        /// a database take turns); nil when this one does.
+        public var pulledBy: String?
 
         public var behind: Int64 { max(0, (head ?? 0) - (cursor ?? 0)) }
         public var catchingUp: Bool { behind > 0 }
@@ -63,6 +66,8 @@ public final class PeerLinks: Service, Sendable {
     let timing: Timing
     let logger: Logger
     let metrics: PrometheusCollectorRegistry?
+    /// How this manager names itself when it holds a pull lease.
+    public let instance: String
     private let board = NIOLockedValueBox<[String: Status]>([:])
     private let pullers = NIOLockedValueBox<[String: Task<Void, Never>]>([:])
 
@@ -77,7 +82,11 @@ public final class PeerLinks: Service, Sendable {
         self.timing = timing
         self.metrics = metrics
         self.logger = logger
+        self.instance = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier):\(UUID().uuidString.prefix(8).lowercased())"
     }
+
+    /// How long a pull lease lasts; it is renewed at a third of that.
+    static let leaseMilliseconds: Int64 = 30_000
 
     /// The last known status of every link, by peer name.
     public var statuses: [String: Status] { board.withLockedValue { $0 } }
@@ -222,10 +231,25 @@ public final class PeerLinks: Service, Sendable {
         var lastDigest = ContinuousClock.now - timing.digest
         var lastProgressLog = ContinuousClock.now
         var ahead: (Int64, Task<ChangeBatch, any Error>)?
+        var leased: (site: String, renewAt: ContinuousClock.Instant)?
         pulling: while !Task.isCancelled {
             guard let peer = try? await store.peers().first(where: { $0.name == name }), let site = peer.siteID,
                   statuses[name]?.connected == true else { break pulling }
             do {
+                // Managers sharing the database: one pulls each peer, the others stand by.
+                if leased?.site != site || ContinuousClock.now >= leased!.renewAt {
+                    let lease = try await store.holdReplicationLease(site: site, holder: instance, forMilliseconds: Self.leaseMilliseconds)
+                    guard lease.held else {
+                        leased = nil
+                        ahead?.1.cancel()
+                        ahead = nil
+                        update(name) { $0.pulledBy = lease.holder }
+                        try await Task.sleep(for: timing.hello)
+                        continue
+                    }
+                    leased = (site, .now + .milliseconds(Self.leaseMilliseconds / 3))
+                    update(name) { $0.pulledBy = nil }
+                }
                 let fingerprint = identity().fingerprintHex
                 if client?.fingerprint != fingerprint {
                     if let old = client { try? await old.0.shutdown() }
@@ -287,6 +311,7 @@ public final class PeerLinks: Service, Sendable {
         }
         ahead?.1.cancel()
         if let client { try? await client.0.shutdown() }
+        if let leased { try? await store.releaseReplicationLease(site: leased.site, holder: instance) }
     }
 
     private func fetch(peer: PeerRecord, after: Int64, wait: Duration, with client: HTTPClient) async throws -> ChangeBatch {

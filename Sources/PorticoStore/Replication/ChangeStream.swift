@@ -260,6 +260,31 @@ extension Store {
         }
     }
 
+    /// Takes or renews the right to pull a peer site's log, for managers of one site sharing
+    /// a database: one pulls, the others stand by and take over when its lease runs out.
+    /// - Returns: whether `holder` has it, and who does.
+    public func holdReplicationLease(site: String, holder: String, forMilliseconds duration: Int64) async throws -> (held: Bool, holder: String) {
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        return try await write { transaction in
+            let taken = try await transaction.database.raw("""
+                INSERT INTO replication_leases (site_id, holder, until_ms) VALUES (\(bind: site), \(bind: holder), \(bind: now + duration))
+                ON CONFLICT (site_id) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                WHERE replication_leases.holder = excluded.holder OR replication_leases.until_ms < \(bind: now)
+                RETURNING holder
+                """).all()
+            if !taken.isEmpty { return (true, holder) }
+            let current = try await transaction.database.raw("SELECT holder FROM replication_leases WHERE site_id = \(bind: site)").first()
+            return (false, try current?.decode(column: "holder", as: String.self) ?? "")
+        }
+    }
+
+    /// Gives the lease up (a manager stopping), so that another takes over at once.
+    public func releaseReplicationLease(site: String, holder: String) async throws {
+        try await write { transaction in
+            try await transaction.database.raw("DELETE FROM replication_leases WHERE site_id = \(bind: site) AND holder = \(bind: holder)").run()
+        }
+    }
+
     /// The last sequence number of this site's change log.
     public func changeLogHead() async throws -> Int64 {
         try await read { db in try await db.raw("SELECT MAX(seq) AS head FROM change_log").first()?.decode(column: "head", as: Int64?.self) ?? 0 }

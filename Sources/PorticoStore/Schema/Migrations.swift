@@ -180,6 +180,9 @@ enum Migrations {
                 "UPDATE policies SET created_hlc = hlc",
             ]
         },
+        Migration(version: 7, name: "replication leases: one manager of a site pulls each peer") { _ in
+            ["CREATE TABLE replication_leases (site_id TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL)"]
+        },
     ]
 
     /// The schema version this binary writes.
