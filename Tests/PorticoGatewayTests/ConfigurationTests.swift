@@ -275,12 +275,19 @@ import Testing
               - {name: site-b, url: "https://c.example:8444", certificate: c.crt}
               - {name: site-d, url: "http://d.example:8444", certificate: d.crt}
               - {name: site-e, url: "https://e.example:8444"}
+              - {name: site-f, url: "https://f.example:8444", certificate: f.crt, history: sometimes}
             """, file: "/etc/portico/portico.yaml") } catch { found = error.diagnostics }
-        #expect(found.map { $0.location?.line } == [3, 4, 5], "\(found)")
+        #expect(found.map { $0.location?.line } == [3, 4, 5, 6], "\(found)")
         #expect(found[0].message.contains("'site-b' is used by another peer"))
         #expect(found[1].message.contains("must be an https:// URL"))
         #expect(found[2].message.contains("needs the peer's certificate"))
-        let config = try loader.load(yaml: "peers:\n  - {name: site-b, url: \"https://b.example:8444/\", certificate: peers/b.crt}\n", file: "/srv/conf/portico.yaml")
-        #expect(config.peers == [PeerConfiguration(name: "site-b", url: "https://b.example:8444", certificate: "/srv/conf/peers/b.crt")])
+        #expect(found[3].message.contains("history 'sometimes' must be one of both, send, receive, none"), "\(found[3].message)")
+        let config = try loader.load(yaml: """
+            peers:
+              - {name: site-b, url: "https://b.example:8444/", certificate: peers/b.crt}
+              - {name: site-c, url: "https://c.example:8444", certificate: peers/c.crt, history: send}
+            """, file: "/srv/conf/portico.yaml")
+        #expect(config.peers == [PeerConfiguration(name: "site-b", url: "https://b.example:8444", certificate: "/srv/conf/peers/b.crt"),
+                                 PeerConfiguration(name: "site-c", url: "https://c.example:8444", certificate: "/srv/conf/peers/c.crt", history: "send")])
     }
 }

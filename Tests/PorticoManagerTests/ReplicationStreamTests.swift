@@ -156,6 +156,32 @@ import Testing
         }
     }
 
+    @Test func eventsAndAuditGoOneWayWhenThePeerSaysSo() async throws {
+        try await Self.withChain(startLinks: false) { chain in
+            let (a, b) = (chain.a, chain.b)
+            // A sends its history to B and takes none of B's.
+            let peerB = try #require(try await a.store.peers().first { $0.name == "site-b" })
+            try await a.store.write { try await $0.upsertPeer(PeerRecord(name: peerB.name, url: peerB.url, certificateFingerprint: peerB.certificateFingerprint, history: .send)) }
+            try await a.store.ingestEvents([EventRecord(deviceID: "dev-a", eventID: "a1", kind: "scan", occurredMilliseconds: 1, body: "{}")])
+            try await b.store.ingestEvents([EventRecord(deviceID: "dev-b", eventID: "b1", kind: "scan", occurredMilliseconds: 1, body: "{}")])
+            try await b.store.audit(AuditEntry(actor: "operator:bob", action: "group.create", target: "x", source: "127.0.0.1", result: "ok"))
+            _ = try await b.store.createGroup(name: "made-at-b-after-its-events")
+            try await Self.running([a, b]) {
+                try await eventually("A's events at B") { try await b.store.eventCount() == 2 }
+                try await eventually("B's group at A") { try await a.store.groups().map(\.name) == ["made-at-b-after-its-events"] }
+            }
+            // B's group came after B's event and audit entry in B's log: they were left out, not late.
+            #expect(try await a.store.eventCount() == 1)
+            #expect(try await a.store.auditEntries(actor: "operator:bob").isEmpty)
+            let console = try await ConsoleBrowser.with(b) { browser in
+                try await b.makeOperator("audrey", role: .auditor)
+                _ = try await browser.signIn("audrey")
+                return try await browser.get("/peers").html
+            }
+            #expect(console.contains("<td class=\"peer-replication\">up to date at"), "\(console)")
+        }
+    }
+
     @Test func changesAreRefusedToAnUnlistedCertificateAndToAnotherSchemaVersion() async throws {
         try await Self.withChain(startLinks: false) { chain in
             let (a, b) = (chain.a, chain.b)
