@@ -4,7 +4,7 @@ import Testing
 
 @testable import PorticoGateway
 
-@Suite struct LimitsTests {
+@Suite(.timeLimit(.minutes(2))) struct LimitsTests {
     @Test func fiveHundredTricklingClientsDoNotStopANormalOne() async throws {
         try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 2s}"]) { gw in
             let port = try await gw.port(.clientPlain)
@@ -33,6 +33,19 @@ import Testing
                 let count = Int(try #require(line?.split(separator: " ").last))
                 #expect((count ?? 0) >= 500)
             }
+        }
+    }
+
+    /// The idle timeout starts after each answer, even when the head timeout that was running
+    /// before is much longer (the connection's check is re-armed for the earlier deadline).
+    @Test func aKeptAliveConnectionIsClosedAfterTheIdleTimeoutNotTheLongerHeadTimeout() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 10m, idle_timeout: 1s}"]) { gw in
+            let connection = try await TLSFreeConnection(port: try await gw.port(.clientPlain))
+            #expect(try await connection.request("/healthz").hasPrefix("HTTP/1.1 200"))
+            // Closed with no further answer (what was read is the one response); the test's own
+            // time limit catches a wait for the 10m head timeout.
+            let everything = await connection.raw.responseUntilClose()
+            #expect(everything.components(separatedBy: "HTTP/1.1 ").count - 1 <= 1, "\(everything)")
         }
     }
 

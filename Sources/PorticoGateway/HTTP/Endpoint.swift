@@ -14,8 +14,8 @@ enum Endpoint: Sendable {
     case upstream(UpstreamPool)
 }
 
-/// A response encoded once at load.
-struct FixedResponse: Sendable {
+/// A response encoded once at load (a class: an endpoint holding it is copied per request).
+final class FixedResponse: Sendable {
     /// The response as given, for the rare answers that cannot use the encodings below.
     let response: GatewayResponse
     let status: HTTPResponseStatus

@@ -6,10 +6,18 @@ import NIOHTTP1
 /// parameters. At each segment a literal child is tried before a `{param}` child, and the
 /// deepest prefix route (`/x/*`) seen on the way is the fallback.
 final class Router<Target: Sendable>: Sendable {
-    struct Route: Sendable {
+    /// A class, so that a match hands out one reference (copying a struct of a target,
+    /// a pattern and a limit retained each part, on every request).
+    final class Route: Sendable {
         let target: Target
         let pattern: String
         let maxBodyBytes: Int?
+
+        init(target: Target, pattern: String, maxBodyBytes: Int?) {
+            self.target = target
+            self.pattern = pattern
+            self.maxBodyBytes = maxBodyBytes
+        }
     }
 
     /// What a lookup found.
