@@ -24,7 +24,15 @@ public final class Store: Sendable {
     public let changeFeed = ChangeFeed()
     let engine: Engine
     private let batcher: WriteBatcher
-    private let listener = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    private let listening = NIOLockedValueBox(Listening())
+
+    /// The connection that listens for other managers' changes (PostgreSQL), started by the
+    /// first wait for changes: managers without peers never hold it.
+    private struct Listening {
+        var task: Task<Void, Never>?
+        var ready = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
     private let logger: Logger
 
     enum Engine: Sendable {
@@ -75,7 +83,6 @@ public final class Store: Sendable {
             await store.close()
             throw error
         }
-        if case .postgres(let client, _) = engine { store.listenForChanges(client) }
         return store
     }
 
@@ -88,35 +95,64 @@ public final class Store: Sendable {
         self.batcher = WriteBatcher(engine: engine, dialect: dialect, logger: logger)
     }
 
+    /// Returns once a change has committed after `generation` of ``changeFeed`` (by this
+    /// manager, or on PostgreSQL by any manager sharing the database), or after `timeout`.
+    public func waitForChanges(past generation: UInt64, timeout: Duration) async {
+        await listenForChanges()
+        await changeFeed.wait(past: generation, timeout: timeout)
+    }
+
     /// On PostgreSQL, other managers sharing the database commit changes too: one pooled
     /// connection listens for their notifications and moves the change feed, so that peers'
-    /// long polls are answered at once whichever manager made the change.
-    private func listenForChanges(_ client: PostgresClient) {
+    /// long polls are answered at once whichever manager made the change. Returns once the
+    /// listener is in place (or has failed: then polls wait for their timeout).
+    public func listenForChanges() async {
+        guard case .postgres(let client, _) = engine else { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = listening.withLockedValue { state -> Bool in
+                if state.ready { return true }
+                state.waiters.append(continuation)
+                if state.task == nil { state.task = Task { await self.listen(client) } }
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+
+    private func listen(_ client: PostgresClient) async {
         let feed = changeFeed
-        let logger = logger
-        let task = Task {
-            while !Task.isCancelled {
-                do {
-                    try await client.withConnection { connection in
-                        try await connection.listen(on: "portico_changes") { notifications in
-                            for try await _ in notifications { feed.signal() }
-                        }
+        while !Task.isCancelled {
+            do {
+                try await client.withConnection { connection in
+                    try await connection.listen(on: "portico_changes") { notifications in
+                        self.listenerReady()
+                        for try await _ in notifications { feed.signal() }
                     }
-                } catch is CancellationError {
-                    return
-                } catch {
-                    if Task.isCancelled { return }
-                    logger.warning("listening for other managers' changes failed; retrying", metadata: ["error": "\(error)"])
-                    try? await Task.sleep(for: .seconds(1))
                 }
+            } catch is CancellationError {
+                break
+            } catch {
+                listenerReady()  // waiters go on; their polls wait for the timeout meanwhile
+                if Task.isCancelled { break }
+                logger.warning("listening for other managers' changes failed; retrying", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
             }
         }
-        listener.withLockedValue { $0 = task }
+        listenerReady()
+    }
+
+    private func listenerReady() {
+        let waiters = listening.withLockedValue { state in
+            state.ready = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
     }
 
     /// Closes connections after writes already submitted have committed.
     public func close() async {
-        if let task = listener.withLockedValue({ $0 }) {
+        if let task = listening.withLockedValue({ $0.task }) {
             task.cancel()
             await task.value
         }
@@ -156,7 +192,13 @@ public final class Store: Sendable {
             },
             fail: { promise.fail($0) }
         )
-        try await batcher.submit(job)
+        do {
+            try await batcher.submit(job)
+        } catch {
+            // Refused (the store is closing): the promise must still be completed.
+            promise.fail(error)
+            throw error
+        }
         return try await promise.futureResult.get()
     }
 

@@ -204,11 +204,13 @@ import Testing
         try await Engines.withDatabase(dialect) { configuration in
             let listening = try await Store.open(configuration, siteID: "site-a", logger: Engines.logger)
             let writing = dialect == .postgres ? try await Store.open(configuration, siteID: "site-a", logger: Engines.logger) : listening
+            // What a peer's long poll does first: listen (returns once the listener is in place).
+            await listening.listenForChanges()
             let seen = listening.changeFeed.generation
             // Nothing logged, nothing moves.
             try await writing.recordCheckIn(CheckIn(deviceID: "nobody", atMilliseconds: 1, policySerial: 0, status: "ok"))
             #expect(listening.changeFeed.generation == seen || dialect == .postgres)
-            async let waited: Void = listening.changeFeed.wait(past: seen, timeout: .seconds(20))
+            async let waited: Void = listening.waitForChanges(past: seen, timeout: .seconds(20))
             _ = try await writing.createGroup(name: "Laptops")
             await waited
             #expect(listening.changeFeed.generation != seen)

@@ -32,6 +32,19 @@ import Testing
         }
     }
 
+    /// A write that arrives while the store closes (a replication link giving its lease
+    /// back at shutdown) is refused with a reason, not lost or left hanging.
+    @Test(arguments: Engines.all)
+    func aWriteAfterCloseIsRefused(_ dialect: Dialect) async throws {
+        try await Engines.withDatabase(dialect) { configuration in
+            let store = try await Store.open(configuration, siteID: "s", logger: Engines.logger)
+            await store.close()
+            await #expect(throws: StoreError.unavailable("the store is closed")) {
+                try await store.releaseReplicationLease(site: "peer", holder: "me")
+            }
+        }
+    }
+
     @Test(arguments: Engines.all)
     func aDatabaseFromANewerBinaryIsRefused(_ dialect: Dialect) async throws {
         try await Engines.withDatabase(dialect) { configuration in

@@ -99,16 +99,20 @@ public final class PeerLinks: Service, Sendable {
                 try? await Task.sleep(for: self.timing.hello)
             }
         }
-        stopPullers()
+        // Wait for the pulls to end, so that they give their leases back before the store closes.
+        for task in stopPullers() { await task.value }
     }
 
-    /// Stops every pull (when the manager shuts down, or a test is done with the links).
-    public func stopPullers() {
+    /// Stops every pull (when the manager shuts down, or a test is done with the links);
+    /// returns them, to be awaited.
+    @discardableResult
+    public func stopPullers() -> [Task<Void, Never>] {
         let running = pullers.withLockedValue { running in
             defer { running = [:] }
             return running
         }
         for task in running.values { task.cancel() }
+        return Array(running.values)
     }
 
     /// Starts pulling from every connected peer that is not pulled from yet.

@@ -89,7 +89,7 @@ public final class ReplicationService: HTTPService {
         let generation = store.changeFeed.generation
         var batch = try await store.changeBatch(after: after, excludingOrigin: site, history: history, limit: limit)
         if batch.changes.isEmpty, batch.next >= batch.head, wait > 0 {
-            await store.changeFeed.wait(past: generation, timeout: .milliseconds(wait))
+            await store.waitForChanges(past: generation, timeout: .milliseconds(wait))
             batch = try await store.changeBatch(after: batch.next, excludingOrigin: site, history: history, limit: limit)
         }
         return GatewayResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: batch.json()))
