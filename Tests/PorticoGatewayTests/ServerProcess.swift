@@ -92,15 +92,22 @@ final class ServerProcess: Sendable {
     }
 
     /// Returns once the output holds `needle` at least `count` times: the process's log is
-    /// the event waited on.
+    /// the event waited on. If the test is cancelled meanwhile (its time limit), the process
+    /// is killed, which ends its output and the wait, so a missing line fails the test
+    /// instead of hanging the run.
     func waitFor(_ needle: String, count: Int = 1) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = output.withLockedValue { state -> Bool in
-                if state.occurrences(of: needle) >= count { return true }
-                state.waiters.append((needle, count, continuation))
-                return false
+        let pid = process.processIdentifier
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = output.withLockedValue { state -> Bool in
+                    if state.occurrences(of: needle) >= count || state.ended { return true }
+                    state.waiters.append((needle, count, continuation))
+                    return false
+                }
+                if now { continuation.resume() }
             }
-            if now { continuation.resume() }
+        } onCancel: {
+            kill(pid, SIGKILL)
         }
     }
 

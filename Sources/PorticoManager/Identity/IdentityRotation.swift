@@ -59,7 +59,12 @@ public final class IdentityRotation: Service, Sendable {
     /// the staged identity, and switch when the plan's share is reached. Returns the status.
     @discardableResult
     public func tick(now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> Status? {
-        for identity in identities { identity.reload() }
+        for identity in identities {
+            // The gateway's own check would find these unchanged afterwards: say it here.
+            if case .reloaded = identity.reload() {
+                logger.notice("server certificate reloaded", metadata: ["certificate": "\(identity.certificatePath)", "serial": "\(identity.current.serialHex)"])
+            }
+        }
         guard let status = try await status(now: now) else {
             if announced.withLockedValue({ $0 }) != nil {
                 announced.withLockedValue { $0 = nil }
