@@ -159,18 +159,19 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let started = NIODeadline.now()
         let pending = Pending(head: head, route: nil, parameters: [], errorResponse: nil, body: nil, bodyLimit: limits.maxBodyBytes, started: started)
 
-        if head.headers.count > limits.maxHeaderCount || Self.headSize(head) > limits.maxHeaderBytes {
+        let facts = HeadFacts(head)
+        if head.headers.count > limits.maxHeaderCount || facts.size > limits.maxHeaderBytes {
             let response = GatewayResponse.plain(.requestHeaderFieldsTooLarge, "request headers are too large")
             write(response, isHead: false, close: true, started: started, method: head.method.rawValue, uri: head.uri, context: context)
             return
         }
-        let host = head.headers.first(name: "host").map(RequestDispatch.hostWithoutPort)
+        let host = facts.host.map(RequestDispatch.hostWithoutPort)
         switch snapshot.router.match(method: head.method.rawValue, host: host, path: RequestDispatch.path(of: head.uri)) {
         case .found(let route, let parameters):
             pending.route = route
             pending.parameters = parameters
             pending.bodyLimit = route.maxBodyBytes ?? limits.maxBodyBytes
-            if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > pending.bodyLimit {
+            if let length = facts.contentLength.flatMap({ Int($0) }), length > pending.bodyLimit {
                 let response = GatewayResponse.plain(.payloadTooLarge, "request body is larger than \(pending.bodyLimit) bytes")
                 write(response, isHead: false, close: true, started: started, method: head.method.rawValue, uri: head.uri, context: context)
                 return
@@ -182,7 +183,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             pending.errorResponse = nil
         }
         state = .receiving(pending)
-        if head.headers.contains(name: "content-length") || head.headers.contains(name: "transfer-encoding") {
+        if facts.hasBody {
             schedule(context: context, after: limits.bodyTimeout)
         }
     }
@@ -358,10 +359,49 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         context.close(promise: nil)
     }
 
-    private static func headSize(_ head: HTTPRequestHead) -> Int {
-        var size = head.uri.utf8.count + 16
-        for (name, value) in head.headers { size += name.utf8.count + value.utf8.count + 4 }
-        return size
+}
+
+/// What the handler needs from a request head, found in one pass over its headers (it
+/// used to take five: the size, then host, content length and two presence checks).
+private struct HeadFacts {
+    /// URI and headers as they came, roughly in bytes.
+    var size: Int
+    /// The first `Host` and `Content-Length` values.
+    var host: String?
+    var contentLength: String?
+    /// `Content-Length` or `Transfer-Encoding` is present: a body may follow.
+    var hasBody = false
+
+    init(_ head: HTTPRequestHead) {
+        size = head.uri.utf8.count + 16
+        for (name, value) in head.headers {
+            size += name.utf8.count + value.utf8.count + 4
+            switch name.utf8.count {
+            case 4 where host == nil && Self.named(name, "host"):
+                host = value
+            case 14 where Self.named(name, "content-length"):
+                if contentLength == nil { contentLength = value }
+                hasBody = true
+            case 17 where Self.named(name, "transfer-encoding"):
+                hasBody = true
+            default:
+                break
+            }
+        }
+    }
+
+    /// ASCII case-insensitive equality with a lower-case name of the same length.
+    private static func named(_ name: String, _ lowercase: StaticString) -> Bool {
+        var candidate = name.utf8.makeIterator()
+        var index = 0
+        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        while let byte = candidate.next() {
+            guard index < expected.count else { return false }
+            let folded = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+            guard folded == expected[index] else { return false }
+            index += 1
+        }
+        return index == expected.count
     }
 }
 

@@ -107,30 +107,35 @@ final class Router<Target: Sendable>: Sendable {
     private static func lookup(_ root: Node, method: String, path: Substring) -> Match {
         var parameters: [(String, Substring)] = []
         var allow: String? = nil
-        if let route = walk(root, segments: path.split(separator: "/")[...], method: method, parameters: &parameters, allow: &allow) {
+        if let route = walk(root, rest: path, method: method, parameters: &parameters, allow: &allow) {
             return .found(route, parameters: parameters)
         }
         if let allow { return .methodNotAllowed(allow: allow) }
         return .notFound
     }
 
-    /// Depth-first: literal, then parameter, then this node's prefix routes.
-    private static func walk(_ node: Node, segments: ArraySlice<Substring>, method: String, parameters: inout [(String, Substring)], allow: inout String?) -> Route? {
-        guard let segment = segments.first else {
+    /// Depth-first: literal, then parameter, then this node's prefix routes. `rest` is the
+    /// path still to match; its segments are taken one at a time, empty ones skipped (no
+    /// array of segments is built per request).
+    private static func walk(_ node: Node, rest path: Substring, method: String, parameters: inout [(String, Substring)], allow: inout String?) -> Route? {
+        let slash = UInt8(ascii: "/")
+        guard let start = path.utf8.firstIndex(where: { $0 != slash }) else {
             if !node.exact.isEmpty {
                 if let route = node.exact.route(for: method) { return route }
                 allow = allow ?? node.exact.allowHeader
             }
             return prefixRoute(node, method: method, allow: &allow)
         }
-        let rest = segments.dropFirst()
+        let end = path.utf8[start...].firstIndex(of: slash) ?? path.endIndex
+        let segment = path[start..<end]
+        let rest = path[end...]
         for (literal, child) in node.literals where literal.utf8.elementsEqual(segment.utf8) {
-            if let route = walk(child, segments: rest, method: method, parameters: &parameters, allow: &allow) { return route }
+            if let route = walk(child, rest: rest, method: method, parameters: &parameters, allow: &allow) { return route }
             break
         }
         if let parameter = node.parameter {
             parameters.append((parameter.name, segment))
-            if let route = walk(parameter.node, segments: rest, method: method, parameters: &parameters, allow: &allow) { return route }
+            if let route = walk(parameter.node, rest: rest, method: method, parameters: &parameters, allow: &allow) { return route }
             parameters.removeLast()
         }
         return prefixRoute(node, method: method, allow: &allow)
