@@ -65,7 +65,7 @@ import Testing
                 try await api.call(.POST, "/policies", token: admin, json: #"{"name":"Baseline","document":{"firewall":true}}"#)
             }
             let policyID = try #require(created.json["id"] as? String, "\(created.status) \(created.text)")
-            try await eventually("the policy reaches C") { try await c.store.policy(id: policyID) != nil }
+            try await eventually("the policy reaches C", watching: chain.all) { try await c.store.policy(id: policyID) != nil }
             #expect(try await Self.currentDocument(c.store, policyNamed: "Baseline")?.contains("firewall") == true)
             #expect(try await c.store.auditEntries(action: "policy.create").count == 1, "the audit entry travels with it")
 
@@ -73,7 +73,7 @@ import Testing
             async let fromA = a.store.addPolicyVersion(policyID: policyID, document: #"{"edit":"a"}"#, by: "alice")
             async let fromC = c.store.addPolicyVersion(policyID: policyID, document: #"{"edit":"c"}"#, by: "carol")
             _ = try await (fromA, fromC)
-            try await eventually("every site holds the same current document") {
+            try await eventually("every site holds the same current document", watching: chain.all) {
                 var documents: Set<String?> = []
                 for manager in chain.all { documents.insert(try await Self.currentDocument(manager.store, policyNamed: "Baseline")) }
                 return documents.count == 1 && documents.first! != nil && documents.first!!.contains("edit")
@@ -83,7 +83,7 @@ import Testing
             async let groupA = a.store.createGroup(name: "Laptops")
             async let groupC = c.store.createGroup(name: "Laptops")
             let (laptopsA, laptopsC) = try await (groupA, groupC)
-            try await eventually("both groups everywhere, one renamed") {
+            try await eventually("both groups everywhere, one renamed", watching: chain.all) {
                 for manager in chain.all {
                     let names = try await manager.store.groups().map(\.name).sorted()
                     if names != ["Laptops", "Laptops ~1"] { return false }
@@ -98,15 +98,15 @@ import Testing
 
             // Events reported at C arrive at A once, however many paths.
             try await c.store.ingestEvents((1...50).map { EventRecord(deviceID: "dev-c", eventID: "e\($0)", kind: "scan", occurredMilliseconds: Int64($0), body: "{}") })
-            try await eventually("C's events at A") { try await a.store.eventCount() == 50 }
+            try await eventually("C's events at A", watching: chain.all) { try await a.store.eventCount() == 50 }
             #expect(try await b.store.eventCount() == 50)
 
             // Caught up: digests agree and the API and /metrics say where each link stands.
-            try await eventually("B caught up with A and C") {
+            try await eventually("B caught up with A and C", watching: chain.all) {
                 let statuses = b.links.statuses
                 return statuses["site-a"]?.catchingUp == false && statuses["site-c"]?.catchingUp == false && statuses["site-a"]?.cursor != nil
             }
-            try await eventually("digests agree") {
+            try await eventually("digests agree", watching: chain.all) {
                 try await a.links.compareDigestsNow()
                 try await c.links.compareDigestsNow()
                 return a.links.statuses["site-b"]?.divergent == [] && c.links.statuses["site-b"]?.divergent == []
@@ -135,12 +135,12 @@ import Testing
             try await a.store.ingestEvents((1...300).map { EventRecord(deviceID: "dev-a", eventID: "e\($0)", kind: "scan", occurredMilliseconds: Int64($0), body: "{}") })
             // B comes up and catches up in pages of 50, showing progress.
             try await Self.running([a, b]) {
-                try await eventually("B has A's groups and events") {
+                try await eventually("B has A's groups and events", watching: [a, b]) {
                     let groups = try await b.store.groups().count
                     let events = try await b.store.eventCount()
                     return groups == 120 && events == 300
                 }
-                try await eventually("B reports itself caught up") { b.links.statuses["site-a"].map { !$0.catchingUp && $0.cursor != nil } ?? false }
+                try await eventually("B reports itself caught up", watching: [a, b]) { b.links.statuses["site-a"].map { !$0.catchingUp && $0.cursor != nil } ?? false }
             }
             let cursor = try #require(try await b.store.replicationCursors()["site-a"])
             #expect(cursor.position == cursor.head && cursor.position > 0)
@@ -149,7 +149,11 @@ import Testing
             // Down again; A changes a little; back up: only the new changes are pulled.
             for index in 121...125 { _ = try await a.store.createGroup(name: "group-\(index)") }
             try await Self.running([a, b]) {
-                try await eventually("B has the 5 new groups") { try await b.store.groups().count == 125 }
+                // The groups are committed before the link counts them: wait for both.
+                try await eventually("B has the 5 new groups and has counted them", watching: [a, b]) {
+                    let groups = try await b.store.groups().count
+                    return groups == 125 && (b.links.statuses["site-a"]?.applied ?? 0) - appliedFirst >= 5
+                }
             }
             #expect((b.links.statuses["site-a"]?.applied ?? 0) - appliedFirst == 5, "only what changed since the cursor is applied")
             #expect(try await b.store.eventCount() == 300)
@@ -167,8 +171,8 @@ import Testing
             try await b.store.audit(AuditEntry(actor: "operator:bob", action: "group.create", target: "x", source: "127.0.0.1", result: "ok"))
             _ = try await b.store.createGroup(name: "made-at-b-after-its-events")
             try await Self.running([a, b]) {
-                try await eventually("A's events at B") { try await b.store.eventCount() == 2 }
-                try await eventually("B's group at A") { try await a.store.groups().map(\.name) == ["made-at-b-after-its-events"] }
+                try await eventually("A's events at B", watching: [a, b]) { try await b.store.eventCount() == 2 }
+                try await eventually("B's group at A", watching: [a, b]) { try await a.store.groups().map(\.name) == ["made-at-b-after-its-events"] }
             }
             // B's group came after B's event and audit entry in B's log: they were left out, not late.
             #expect(try await a.store.eventCount() == 1)

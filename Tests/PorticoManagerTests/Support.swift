@@ -156,13 +156,22 @@ extension PeerLinks.Timing {
     }
 }
 
-/// Waits for `condition` to hold, checking it every 20 ms, and fails the test if it does not
-/// within `limit`.
-func eventually(_ what: String, within limit: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
+/// Waits for `condition` to hold: it is checked again whenever one of the managers' stores
+/// commits a replicated change or one of their peer links changes status, and the test fails
+/// if it does not hold within `limit`.
+func eventually(_ what: String, watching managers: [TestManager], within limit: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
+    let feeds = managers.flatMap { [$0.store.changeFeed, $0.links.changes] }
     let deadline = ContinuousClock.now + limit
     while ContinuousClock.now < deadline {
+        // Generations first, then the check: a change in between wakes the wait at once.
+        let seen = feeds.map(\.generation)
         if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
+        let remaining = deadline - ContinuousClock.now
+        await withTaskGroup(of: Void.self) { group in
+            for (feed, generation) in zip(feeds, seen) { group.addTask { await feed.wait(past: generation, timeout: remaining) } }
+            await group.next()
+            group.cancelAll()
+        }
     }
     Issue.record("\(what): not within \(limit)")
     throw CancellationError()

@@ -236,4 +236,23 @@ import Testing
             #expect(try await store.holdReplicationLease(site: "site-b", holder: "one", forMilliseconds: 30_000) == (true, "one"))
         }
     }
+
+    /// A wait ends when its task is cancelled (whoever raced several feeds has its answer),
+    /// and a signal wakes every waiter. The waits' own timeout (10 minutes) is past the
+    /// test's time limit, so a wait that ignored either would fail the test.
+    @Test(.timeLimit(.minutes(1))) func aChangeFeedWaitEndsOnASignalOrWhenCancelled() async {
+        let feed = ChangeFeed()
+        let seen = feed.generation
+        let cancelled = Task { await feed.wait(past: seen, timeout: .seconds(600)) }
+        cancelled.cancel()
+        await cancelled.value
+        #expect(feed.generation == seen)
+        async let first: Void = feed.wait(past: seen, timeout: .seconds(600))
+        async let second: Void = feed.wait(past: seen, timeout: .seconds(600))
+        feed.signal()
+        _ = await (first, second)
+        #expect(feed.generation == seen + 1)
+        // A wait for a generation already passed returns at once.
+        await feed.wait(past: seen, timeout: .seconds(600))
+    }
 }

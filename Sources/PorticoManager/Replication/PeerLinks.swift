@@ -66,6 +66,8 @@ public final class PeerLinks: Service, Sendable {
     let timing: Timing
     let logger: Logger
     let metrics: PrometheusCollectorRegistry?
+    /// Moves whenever a link's status changes (for whoever waits on the links).
+    public let changes = ChangeFeed()
     /// How this manager names itself when it holds a pull lease.
     public let instance: String
     private let board = NIOLockedValueBox<[String: Status]>([:])
@@ -158,6 +160,7 @@ public final class PeerLinks: Service, Sendable {
             return (before, status)
         }
         publish(after)
+        changes.signal()
         return (before, after)
     }
 

@@ -1,15 +1,18 @@
 import NIOConcurrencyHelpers
 
-/// A generation number that moves whenever committed writes have added to the change log;
-/// a peer's long poll waits on it instead of asking again and again.
+/// A generation number that moves whenever something of interest has happened (committed
+/// writes added to the change log; a replication link's status changed); a peer's long poll
+/// waits on it instead of asking again and again.
 ///
-/// It only sees this process's writes: a manager sharing its database with others learns
-/// of their changes when the wait times out.
+/// A store's feed only sees this process's writes, unless the store listens for other
+/// managers' (PostgreSQL, ``Store/waitForChanges(past:timeout:)``).
 public final class ChangeFeed: Sendable {
     private struct State {
         var generation: UInt64 = 0
         var nextWaiter: UInt64 = 0
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        /// Waits cancelled before they were registered.
+        var cancelled: Set<UInt64> = []
     }
 
     private let state = NIOLockedValueBox(State())
@@ -19,7 +22,7 @@ public final class ChangeFeed: Sendable {
     /// The current generation; pass it to ``wait(past:timeout:)``.
     public var generation: UInt64 { state.withLockedValue { $0.generation } }
 
-    /// New changes are in the log: wake every waiter.
+    /// Something happened: wake every waiter.
     public func signal() {
         let waiters = state.withLockedValue { state in
             state.generation &+= 1
@@ -29,21 +32,37 @@ public final class ChangeFeed: Sendable {
         for waiter in waiters.values { waiter.resume() }
     }
 
-    /// Returns once the generation has moved past `seen`, or after `timeout`.
+    /// Returns once the generation has moved past `seen`, after `timeout`, or when the task
+    /// is cancelled.
     public func wait(past seen: UInt64, timeout: Duration) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let id: UInt64? = state.withLockedValue { state in
-                guard state.generation == seen else { return nil }
-                let id = state.nextWaiter
-                state.nextWaiter &+= 1
-                state.waiters[id] = continuation
-                return id
-            }
-            guard let id else { return continuation.resume() }
-            Task {
-                try? await Task.sleep(for: timeout)
-                if let waiter = self.state.withLockedValue({ $0.waiters.removeValue(forKey: id) }) { waiter.resume() }
-            }
+        let id = state.withLockedValue { state -> UInt64 in
+            defer { state.nextWaiter &+= 1 }
+            return state.nextWaiter
         }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let registered = state.withLockedValue { state -> Bool in
+                    guard state.generation == seen, state.cancelled.remove(id) == nil else { return false }
+                    state.waiters[id] = continuation
+                    return true
+                }
+                guard registered else { return continuation.resume() }
+                Task {
+                    try? await Task.sleep(for: timeout)
+                    self.resume(id)
+                }
+            }
+        } onCancel: {
+            let waiter = state.withLockedValue { state -> CheckedContinuation<Void, Never>? in
+                if let waiter = state.waiters.removeValue(forKey: id) { return waiter }
+                state.cancelled.insert(id)
+                return nil
+            }
+            waiter?.resume()
+        }
+    }
+
+    private func resume(_ id: UInt64) {
+        if let waiter = state.withLockedValue({ $0.waiters.removeValue(forKey: id) }) { waiter.resume() }
     }
 }
