@@ -7,20 +7,28 @@ import NIOPosix
 final class RawTCP: Sendable {
     let channel: any Channel
     private let received: NIOLockedValueBox<ByteBuffer>
+    private let watchers: NIOLockedValueBox<[Watcher]>
+
+    struct Watcher: Sendable {
+        let text: String
+        let promise: EventLoopPromise<Void>
+    }
 
     static func connect(port: Int) async throws -> RawTCP {
         let received = NIOLockedValueBox(ByteBuffer())
+        let watchers = NIOLockedValueBox<[Watcher]>([])
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(received: received)) }
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(received: received, watchers: watchers)) }
             }
             .connect(host: "127.0.0.1", port: port).get()
-        return RawTCP(channel: channel, received: received)
+        return RawTCP(channel: channel, received: received, watchers: watchers)
     }
 
-    private init(channel: any Channel, received: NIOLockedValueBox<ByteBuffer>) {
+    private init(channel: any Channel, received: NIOLockedValueBox<ByteBuffer>, watchers: NIOLockedValueBox<[Watcher]>) {
         self.channel = channel
         self.received = received
+        self.watchers = watchers
     }
 
     func send(_ bytes: [UInt8]) async throws {
@@ -28,6 +36,19 @@ final class RawTCP: Sendable {
     }
 
     func send(_ text: String) async throws { try await send(Array(text.utf8)) }
+
+    /// Waits until what the server sent contains `text` (or the connection closes), and
+    /// returns everything received so far.
+    func received(containing text: String) async -> String {
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        let watcher = Watcher(text: text, promise: promise)
+        received.withLockedValue { buffer in
+            if String(buffer: buffer).contains(text) { promise.succeed() } else { watchers.withLockedValue { $0.append(watcher) } }
+        }
+        channel.closeFuture.whenComplete { _ in promise.succeed() }
+        try? await promise.futureResult.get()
+        return String(buffer: received.withLockedValue { $0 })
+    }
 
     /// Waits until the server closes the connection and returns everything it sent.
     func responseUntilClose() async -> String {
@@ -47,11 +68,25 @@ final class RawTCP: Sendable {
     private final class Collector: ChannelInboundHandler, Sendable {
         typealias InboundIn = ByteBuffer
         let received: NIOLockedValueBox<ByteBuffer>
-        init(received: NIOLockedValueBox<ByteBuffer>) { self.received = received }
+        let watchers: NIOLockedValueBox<[Watcher]>
+        init(received: NIOLockedValueBox<ByteBuffer>, watchers: NIOLockedValueBox<[Watcher]>) {
+            self.received = received
+            self.watchers = watchers
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var bytes = unwrapInboundIn(data)
-            _ = received.withLockedValue { $0.writeBuffer(&bytes) }
+            received.withLockedValue { buffer in
+                buffer.writeBuffer(&bytes)
+                let text = String(buffer: buffer)
+                watchers.withLockedValue { list in
+                    list.removeAll { watcher in
+                        guard text.contains(watcher.text) else { return false }
+                        watcher.promise.succeed()
+                        return true
+                    }
+                }
+            }
             context.fireChannelRead(data)
         }
 

@@ -3,15 +3,15 @@ import NIOCore
 import NIOExtras
 import NIOHTTP1
 
-/// Serves HTTP/1.1 on one connection: reads decoded request parts, routes each request,
-/// and writes each response as one buffer.
+/// Serves HTTP/1.1 on one connection: parses requests straight from the bytes read
+/// (``HTTP1Parser``), routes each one, and writes each response as one buffer.
 ///
-/// Requests are answered in order. While a response is pending, further pipelined parts are
-/// queued and reading from the socket stops, so a client cannot make the server buffer
+/// Requests are answered in order. While a response is pending, pipelined bytes stay
+/// unparsed and reading from the socket stops, so a client cannot make the server buffer
 /// without bound. Timers bound how long a client may take to send a head, a body, or the
 /// next request on a kept-alive connection.
 final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -30,20 +30,23 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// reassigned several times per request, and a struct this size was copied (and each of
     /// its references retained) every time.
     fileprivate final class Pending {
-        let head: HTTPRequestHead
+        let head: HTTP1RequestHead
         var route: Router<Endpoint>.Route?
         var parameters: [(String, Substring)]
         var errorResponse: GatewayResponse?
+        /// Whether the body is kept (a routed request) or dropped (an error answer).
+        var keepsBody = false
         var body: ByteBuffer?
+        var bodyBytes = 0
         var bodyLimit: Int
+        /// Close after the answer whatever the request asked (its body was not read).
+        var closeAfter = false
         let started: NIODeadline
 
-        init(head: HTTPRequestHead, route: Router<Endpoint>.Route?, parameters: [(String, Substring)], errorResponse: GatewayResponse?, body: ByteBuffer?, bodyLimit: Int, started: NIODeadline) {
+        init(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
             self.head = head
-            self.route = route
-            self.parameters = parameters
-            self.errorResponse = errorResponse
-            self.body = body
+            self.route = nil
+            self.parameters = []
             self.bodyLimit = bodyLimit
             self.started = started
         }
@@ -51,7 +54,12 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private let info: ConnectionInfo
     private var state: State = .idle
-    private var queued = CircularBuffer<HTTPServerRequestPart>()
+    private var parser: HTTP1Parser
+    /// Bytes read but not parsed yet: a partial head, or requests pipelined behind one
+    /// that is being answered. Nil when everything read has been parsed, so an idle
+    /// connection holds no buffer.
+    private var input: ByteBuffer?
+    private var parsing = false
     private var readPending = false
     private var needsFlush = false
     private var draining = false
@@ -64,9 +72,14 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var timer: Scheduled<Void>?
     private var timerRunsAt: NIODeadline?
     private var date = HTTPDate()
+    /// The last fixed response written with its `Date`, reused while the second lasts: a
+    /// connection asking for the same built-in again writes the same buffer.
+    private var lastFixed: (response: FixedResponse, date: String, includeBody: Bool, bytes: ByteBuffer)?
 
     init(info: ConnectionInfo) {
         self.info = info
+        let limits = info.snapshot.value.limits
+        self.parser = HTTP1Parser(maxHeadBytes: limits.maxHeaderBytes, maxHeaderCount: limits.maxHeaderCount)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -80,12 +93,14 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
-        if case .responding = state {
-            queued.append(part)
-            return
+        if state.isClosed { return }
+        var bytes = unwrapInboundIn(data)
+        if input == nil {
+            input = bytes
+        } else {
+            input!.writeBuffer(&bytes)
         }
-        process(part, context: context)
+        parse(context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -107,96 +122,135 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             draining = true
-            if case .idle = state, queued.isEmpty { close(context: context) }
+            if case .idle = state, (input?.readableBytes ?? 0) == 0 { close(context: context) }
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        switch state {
-        case .closed, .responding:
-            close(context: context)
-        case .idle, .receiving:
-            if error is HTTPParserError {
-                // A client that sends something other than HTTP gets one 400 and is closed.
-                let response = GatewayResponse.plain(.badRequest, "malformed HTTP request")
-                write(response, isHead: false, close: true, started: .now(), method: "-", uri: "-", context: context)
-            } else {
-                close(context: context)
-            }
-        }
+        close(context: context)
     }
 
-    // MARK: - Request parts
+    // MARK: - Requests
 
-    private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
-        switch (part, state) {
-        case (.head(let head), .idle):
-            receiveHead(head, context: context)
-        case (.body(var chunk), .receiving(let pending)):
-            guard pending.body != nil else { return }  // discarding the body of an error answer
-            if pending.body!.readableBytes + chunk.readableBytes > pending.bodyLimit {
-                let response = GatewayResponse.plain(.payloadTooLarge, "request body is larger than \(pending.bodyLimit) bytes")
-                write(response, isHead: false, close: true, started: pending.started, method: pending.head.method.rawValue, uri: pending.head.uri, context: context)
+    /// Parses and answers what `input` holds, until it runs out or a response is pending.
+    private func parse(context: ChannelHandlerContext) {
+        guard !parsing else { return }
+        parsing = true
+        defer { parsing = false }
+        while input != nil {
+            switch state {
+            case .responding, .closed: return
+            case .idle, .receiving: break
+            }
+            let event: HTTP1Parser.Event
+            do {
+                event = try parser.next(&input!)
+            } catch {
+                refuse(error, context: context)
                 return
             }
-            pending.body!.writeBuffer(&chunk)
-        case (.end, .receiving(let pending)):
-            cancelTimer()
-            respond(to: pending, context: context)
-        case (_, .closed):
-            return
-        default:
-            close(context: context)
+            switch event {
+            case .needMore:
+                if input!.readableBytes == 0 {
+                    input = nil
+                } else if input!.readerIndex > 4096 {
+                    input!.discardReadBytes()
+                }
+                return
+            case .head(let head):
+                receiveHead(head, context: context)
+            case .body(let chunk):
+                receiveBody(chunk, context: context)
+            case .end:
+                guard case .receiving(let pending) = state else { return }
+                cancelTimer()
+                respond(to: pending, context: context)
+            }
         }
     }
 
-    private func receiveHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+    /// Answers a request that could not be parsed, and closes.
+    private func refuse(_ error: HTTP1ParseError, context: ChannelHandlerContext) {
+        var method = "-"
+        var uri = "-"
+        var started = NIODeadline.now()
+        if case .receiving(let pending) = state {
+            method = pending.head.method
+            uri = pending.head.uri
+            started = pending.started
+        }
+        input = nil
+        write(.plain(error.status, error.message), isHead: false, close: true, started: started, method: method, uri: uri, context: context)
+    }
+
+    private func receiveHead(_ head: HTTP1RequestHead, context: ChannelHandlerContext) {
         cancelTimer()
         let snapshot = info.snapshot.current()
         let limits = snapshot.limits
-        let started = NIODeadline.now()
-        let pending = Pending(head: head, route: nil, parameters: [], errorResponse: nil, body: nil, bodyLimit: limits.maxBodyBytes, started: started)
-
-        let facts = HeadFacts(head)
-        if head.headers.count > limits.maxHeaderCount || facts.size > limits.maxHeaderBytes {
-            let response = GatewayResponse.plain(.requestHeaderFieldsTooLarge, "request headers are too large")
-            write(response, isHead: false, close: true, started: started, method: head.method.rawValue, uri: head.uri, context: context)
-            return
-        }
-        let host = facts.host.map(RequestDispatch.hostWithoutPort)
-        switch snapshot.router.match(method: head.method.rawValue, host: host, path: RequestDispatch.path(of: head.uri)) {
+        let pending = Pending(head: head, bodyLimit: limits.maxBodyBytes, started: .now())
+        state = .receiving(pending)
+        let host = head.host.map(RequestDispatch.hostWithoutPort)
+        switch snapshot.router.match(method: head.method, host: host, path: RequestDispatch.path(of: head.uri)) {
         case .found(let route, let parameters):
             pending.route = route
             pending.parameters = parameters
             pending.bodyLimit = route.maxBodyBytes ?? limits.maxBodyBytes
-            if let length = facts.contentLength.flatMap({ Int($0) }), length > pending.bodyLimit {
+            if let length = head.contentLength, length > pending.bodyLimit {
                 let response = GatewayResponse.plain(.payloadTooLarge, "request body is larger than \(pending.bodyLimit) bytes")
-                write(response, isHead: false, close: true, started: started, method: head.method.rawValue, uri: head.uri, context: context)
+                write(response, isHead: false, close: true, started: pending.started, method: head.method, uri: head.uri, context: context)
                 return
             }
-            pending.body = context.channel.allocator.buffer(capacity: 0)
+            pending.keepsBody = true
+            if head.expectsContinue && head.hasBody && head.minorVersion == 1 && (input?.readableBytes ?? 0) == 0 {
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+            }
         case .methodNotAllowed(let allow):
-            pending.errorResponse = .plain(.methodNotAllowed, "method \(head.method.rawValue) is not allowed here", headers: ["allow": allow])
+            pending.errorResponse = .plain(.methodNotAllowed, "method \(head.method) is not allowed here", headers: ["allow": allow])
         case .notFound:
             pending.errorResponse = nil
         }
-        state = .receiving(pending)
-        if facts.hasBody {
+        if head.hasBody && pending.route == nil && head.expectsContinue && (input?.readableBytes ?? 0) == 0 {
+            // The client waits to be told to send its body; it is told the answer instead,
+            // and the connection closes since the body may or may not follow.
+            pending.closeAfter = true
+            respond(to: pending, context: context)
+            return
+        }
+        if head.hasBody {
             schedule(context: context, after: limits.bodyTimeout)
+        }
+    }
+
+    private func receiveBody(_ chunk: ByteBuffer, context: ChannelHandlerContext) {
+        guard case .receiving(let pending) = state else { return }
+        pending.bodyBytes += chunk.readableBytes
+        if pending.bodyBytes > pending.bodyLimit {
+            // Kept or dropped, a body longer than the limit is not read to its end.
+            let response = GatewayResponse.plain(.payloadTooLarge, "request body is larger than \(pending.bodyLimit) bytes")
+            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+            return
+        }
+        guard pending.keepsBody else { return }
+        if pending.body == nil {
+            // Usually the whole body: kept as the slice it arrived in.
+            pending.body = chunk
+        } else {
+            var chunk = chunk
+            pending.body!.writeBuffer(&chunk)
         }
     }
 
     private func respond(to pending: Pending, context: ChannelHandlerContext) {
         let head = pending.head
-        let isHead = head.method == .HEAD
-        let close = !head.isKeepAlive || draining
+        let isHead = head.isHead
+        let close = !head.keepAlive || draining || pending.closeAfter
         guard let route = pending.route else {
             if let response = pending.errorResponse {
-                write(response, isHead: isHead, close: close, started: pending.started, method: head.method.rawValue, uri: head.uri, context: context)
+                write(response, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
             } else {
-                writeFixed(info.snapshot.value.notFound, isHead: isHead, close: close, started: pending.started, method: head.method.rawValue, uri: head.uri, context: context)
+                writeFixed(info.snapshot.value.notFound, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
             }
             return
         }
@@ -208,9 +262,9 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         )
         switch outcome {
         case .fixed(let fixed):
-            writeFixed(fixed, isHead: isHead, close: close, started: pending.started, method: head.method.rawValue, uri: head.uri, context: context)
+            writeFixed(fixed, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
         case .response(let response):
-            write(response, isHead: isHead, close: close, started: pending.started, method: head.method.rawValue, uri: head.uri, context: context)
+            write(response, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
         case .pending(let future):
             state = .responding
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -218,7 +272,9 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 let (handler, context) = loopBound.value
                 guard case .responding = handler.state else { return }
                 let response = (try? result.get()) ?? .plain(.internalServerError)
-                handler.write(response, isHead: isHead, close: close || handler.draining, started: pending.started, method: head.method.rawValue, uri: head.uri, context: context)
+                handler.write(response, isHead: isHead, close: close || handler.draining, started: pending.started, method: head.method, uri: head.uri, context: context)
+                // Serve what was pipelined behind this request.
+                handler.parse(context: context)
                 if handler.needsFlush {
                     handler.needsFlush = false
                     context.flush()
@@ -231,18 +287,19 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let trusted = info.snapshot.value.configuration.trustedProxies
         var parameters: [String: String] = [:]
         for (name, value) in pending.parameters { parameters[name] = String(value) }
+        let headers = pending.head.headers()
         return GatewayRequest(
-            method: pending.head.method,
+            method: HTTPMethod(rawValue: pending.head.method),
             uri: pending.head.uri,
-            headers: pending.head.headers,
+            headers: headers,
             body: pending.body ?? ByteBuffer(),
-            host: pending.head.headers.first(name: "host"),
+            host: pending.head.host,
             parameters: parameters,
             role: info.role,
             httpMajorVersion: 1,
             isTLS: info.isTLS,
             peerAddress: info.peerAddress,
-            clientAddress: info.clientAddress(headers: pending.head.headers, trusted: trusted),
+            clientAddress: info.clientAddress(headers: headers, trusted: trusted),
             peerIsTrustedProxy: info.peerIsTrustedProxy,
             clientCertificate: info.clientCertificate
         )
@@ -255,7 +312,15 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             write(fixed.response, isHead: isHead, close: true, started: started, method: method, uri: uri, context: context)
             return
         }
-        context.write(wrapOutboundOut(fixed.http1(date: date.current(), includeBody: !isHead, allocator: context.channel.allocator)), promise: nil)
+        let now = date.current()
+        let bytes: ByteBuffer
+        if let last = lastFixed, last.response === fixed, last.includeBody == !isHead, last.date == now {
+            bytes = last.bytes
+        } else {
+            bytes = fixed.http1(date: now, includeBody: !isHead, allocator: context.channel.allocator)
+            lastFixed = (fixed, now, !isHead, bytes)
+        }
+        context.write(wrapOutboundOut(bytes), promise: nil)
         finish(status: Int(fixed.status.code), bytes: fixed.body.readableBytes, close: false, started: started, method: method, uri: uri, context: context)
     }
 
@@ -283,15 +348,10 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         needsFlush = true
         state = .idle
         schedule(context: context, after: snapshot.limits.idleTimeout)
-        if draining && queued.isEmpty {
+        if draining && (input?.readableBytes ?? 0) == 0 {
             self.close(context: context)
             return
         }
-        // Serve what was pipelined behind this request before reading more from the socket.
-        while case .idle = state, let next = queued.popFirst() {
-            process(next, context: context)
-        }
-        if case .responding = state { return }
         if readPending {
             readPending = false
             context.read()
@@ -344,7 +404,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .receiving(let pending):
             info.snapshot.value.metrics.timeouts.increment()
             let response = GatewayResponse.plain(.requestTimeout, "the request body did not arrive in time")
-            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method.rawValue, uri: pending.head.uri, context: context)
+            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
         case .responding, .closed:
             break
         }
@@ -353,56 +413,13 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func close(context: ChannelHandlerContext) {
         guard !state.isClosed else { return }
         state = .closed
+        input = nil
         deadline = nil
         timer?.cancel()
         timer = nil
         context.close(promise: nil)
     }
 
-}
-
-/// What the handler needs from a request head, found in one pass over its headers (it
-/// used to take five: the size, then host, content length and two presence checks).
-private struct HeadFacts {
-    /// URI and headers as they came, roughly in bytes.
-    var size: Int
-    /// The first `Host` and `Content-Length` values.
-    var host: String?
-    var contentLength: String?
-    /// `Content-Length` or `Transfer-Encoding` is present: a body may follow.
-    var hasBody = false
-
-    init(_ head: HTTPRequestHead) {
-        size = head.uri.utf8.count + 16
-        for (name, value) in head.headers {
-            size += name.utf8.count + value.utf8.count + 4
-            switch name.utf8.count {
-            case 4 where host == nil && Self.named(name, "host"):
-                host = value
-            case 14 where Self.named(name, "content-length"):
-                if contentLength == nil { contentLength = value }
-                hasBody = true
-            case 17 where Self.named(name, "transfer-encoding"):
-                hasBody = true
-            default:
-                break
-            }
-        }
-    }
-
-    /// ASCII case-insensitive equality with a lower-case name of the same length.
-    private static func named(_ name: String, _ lowercase: StaticString) -> Bool {
-        var candidate = name.utf8.makeIterator()
-        var index = 0
-        let expected = UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-        while let byte = candidate.next() {
-            guard index < expected.count else { return false }
-            let folded = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
-            guard folded == expected[index] else { return false }
-            index += 1
-        }
-        return index == expected.count
-    }
 }
 
 extension HTTP1ConnectionHandler.State {

@@ -170,7 +170,6 @@ actor Listener {
     }
 
     private static func configureHTTP1(pipeline: ChannelPipeline.SynchronousOperations, info: ConnectionInfo) throws {
-        try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
         try pipeline.addHandler(HTTP1ConnectionHandler(info: info))
     }
 

@@ -1,0 +1,478 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOCore
+import NIOHTTP1
+
+/// A request head parsed straight from the connection's buffer.
+///
+/// The head keeps its bytes (a slice of the buffer it arrived in) and what the connection
+/// needs from it; the header list is only built as `HTTPHeaders` when a service asks for it
+/// (fixed responses never do).
+struct HTTP1RequestHead {
+    /// The head as received, request line to blank line.
+    let bytes: ByteBuffer
+    let method: String
+    let uri: String
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    let minorVersion: Int
+    /// The `Host` value, if any.
+    let host: String?
+    /// The declared body length; nil when there is none or the body is chunked.
+    let contentLength: Int?
+    let chunked: Bool
+    /// Whether the connection stays open after the response (by version and `Connection`).
+    let keepAlive: Bool
+    /// `Expect: 100-continue` was sent.
+    let expectsContinue: Bool
+    /// Where the header lines start in `bytes`.
+    let fieldsStart: Int
+
+    var hasBody: Bool { chunked || (contentLength ?? 0) > 0 }
+    var isHead: Bool { method == "HEAD" }
+
+    /// The header fields in the order received, names and values as sent (values trimmed).
+    func headers() -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        bytes.withUnsafeReadableBytes { raw in
+            var index = fieldsStart
+            while index < raw.count {
+                var end = index
+                while raw[end] != UInt8(ascii: "\n") { end += 1 }
+                let lineEnd = end > index && raw[end - 1] == UInt8(ascii: "\r") ? end - 1 : end
+                if lineEnd == index { break }
+                var colon = index
+                while raw[colon] != UInt8(ascii: ":") { colon += 1 }
+                var valueStart = colon + 1
+                var valueEnd = lineEnd
+                while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
+                while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
+                headers.add(
+                    name: String(decoding: UnsafeRawBufferPointer(rebasing: raw[index..<colon]), as: UTF8.self),
+                    value: String(decoding: UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd]), as: UTF8.self)
+                )
+                index = end + 1
+            }
+        }
+        return headers
+    }
+}
+
+/// Why a request could not be parsed; each answers with its status and closes the connection.
+enum HTTP1ParseError: Error, Equatable {
+    /// Not HTTP/1.x as RFC 9112 defines it (the reason says what was wrong).
+    case malformed(String)
+    /// The head is longer than the limit, or has more fields than allowed.
+    case headTooLarge
+    /// `HTTP/2.0`, `HTTP/3.0` and the like on an HTTP/1 connection.
+    case versionNotSupported
+    /// A transfer coding other than `chunked`.
+    case unsupportedTransferCoding
+
+    var status: HTTPResponseStatus {
+        switch self {
+        case .malformed: .badRequest
+        case .headTooLarge: .requestHeaderFieldsTooLarge
+        case .versionNotSupported: .httpVersionNotSupported
+        case .unsupportedTransferCoding: .notImplemented
+        }
+    }
+
+    var message: String {
+        switch self {
+        case .malformed(let reason): "malformed HTTP request: \(reason)"
+        case .headTooLarge: "request headers are too large"
+        case .versionNotSupported: "only HTTP/1.0 and HTTP/1.1 are served on this connection"
+        case .unsupportedTransferCoding: "the only transfer coding accepted is chunked"
+        }
+    }
+}
+
+/// Parses HTTP/1.1 requests (RFC 9112) from a connection's bytes, one event at a time:
+/// a head, the body in slices of the buffer (chunked framing removed), then the end.
+///
+/// It is strict where leniency lets two parsers disagree about where a request ends
+/// (request smuggling): whitespace before a field's colon, folded lines, a bare CR,
+/// `Content-Length` with `Transfer-Encoding`, differing `Content-Length`s, or a second
+/// `Host` are refused. A bare LF ends a line, as RFC 9112 allows.
+struct HTTP1Parser {
+    enum Event {
+        case head(HTTP1RequestHead)
+        case body(ByteBuffer)
+        case end
+        /// The buffer holds no complete event; read more.
+        case needMore
+    }
+
+    private enum State {
+        case head
+        case fixedBody(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers(seen: Int)
+        case ending
+    }
+
+    private var state: State = .head
+    var maxHeadBytes: Int
+    var maxHeaderCount: Int
+
+    init(maxHeadBytes: Int, maxHeaderCount: Int) {
+        self.maxHeadBytes = maxHeadBytes
+        self.maxHeaderCount = maxHeaderCount
+    }
+
+    /// Whether the parser is between requests (nothing of the next one consumed).
+    var isBetweenRequests: Bool {
+        if case .head = state { return true }
+        return false
+    }
+
+    /// The next event from `buffer`, consuming what it covers.
+    mutating func next(_ buffer: inout ByteBuffer) throws(HTTP1ParseError) -> Event {
+        switch state {
+        case .head:
+            guard let (head, length) = try parseHead(buffer) else { return .needMore }
+            buffer.moveReaderIndex(forwardBy: length)
+            if head.chunked {
+                state = .chunkSize
+            } else if let length = head.contentLength, length > 0 {
+                state = .fixedBody(remaining: length)
+            } else {
+                state = .ending
+            }
+            return .head(head)
+        case .ending:
+            state = .head
+            return .end
+        case .fixedBody(let remaining):
+            guard buffer.readableBytes > 0 else { return .needMore }
+            let take = min(remaining, buffer.readableBytes)
+            let slice = buffer.readSlice(length: take)!
+            state = take == remaining ? .ending : .fixedBody(remaining: remaining - take)
+            return .body(slice)
+        case .chunkSize:
+            guard let (size, length) = try parseChunkSize(buffer) else { return .needMore }
+            buffer.moveReaderIndex(forwardBy: length)
+            state = size == 0 ? .trailers(seen: 0) : .chunkData(remaining: size)
+            return try next(&buffer)
+        case .chunkData(let remaining):
+            guard buffer.readableBytes > 0 else { return .needMore }
+            let take = min(remaining, buffer.readableBytes)
+            let slice = buffer.readSlice(length: take)!
+            state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
+            return .body(slice)
+        case .chunkDataEnd:
+            guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return .needMore }
+            if first == UInt8(ascii: "\n") {
+                buffer.moveReaderIndex(forwardBy: 1)
+            } else if first == UInt8(ascii: "\r") {
+                guard let second = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) else { return .needMore }
+                guard second == UInt8(ascii: "\n") else { throw .malformed("chunk data not followed by CRLF") }
+                buffer.moveReaderIndex(forwardBy: 2)
+            } else {
+                throw .malformed("chunk longer than its size")
+            }
+            state = .chunkSize
+            return try next(&buffer)
+        case .trailers(let seen):
+            // Trailer fields are read and dropped: nothing here acts on them.
+            guard let (lineEnd, next) = Self.line(in: buffer) else {
+                if seen + buffer.readableBytes > maxHeadBytes { throw .headTooLarge }
+                return .needMore
+            }
+            let length = next - buffer.readerIndex
+            let isEmpty = lineEnd == buffer.readerIndex
+            buffer.moveReaderIndex(forwardBy: length)
+            if isEmpty {
+                state = .head
+                return .end
+            }
+            if seen + length > maxHeadBytes { throw .headTooLarge }
+            state = .trailers(seen: seen + length)
+            return try self.next(&buffer)
+        }
+    }
+
+    /// The end of the line starting at the reader index (before CRLF or LF) and where the
+    /// next line starts; nil if no LF has arrived yet.
+    private static func line(in buffer: ByteBuffer) -> (end: Int, next: Int)? {
+        buffer.withUnsafeReadableBytes { raw -> (Int, Int)? in
+            guard let base = raw.baseAddress, let found = memchr(base, Int32(UInt8(ascii: "\n")), raw.count) else { return nil }
+            let lf = base.distance(to: UnsafeRawPointer(found))
+            let end = lf > 0 && raw[lf - 1] == UInt8(ascii: "\r") ? lf - 1 : lf
+            return (buffer.readerIndex + end, buffer.readerIndex + lf + 1)
+        }
+    }
+
+    // MARK: - Head
+
+    /// A complete head and its length in bytes, or nil while it is incomplete.
+    private func parseHead(_ buffer: ByteBuffer) throws(HTTP1ParseError) -> (HTTP1RequestHead, Int)? {
+        guard let (scan, length) = try Self.withBytes(buffer, { raw throws(HTTP1ParseError) in try scanHead(raw) }) else {
+            return nil
+        }
+        let bytes = buffer.getSlice(at: buffer.readerIndex + scan.start, length: length - scan.start)!
+        let head = HTTP1RequestHead(
+            bytes: bytes,
+            method: scan.method,
+            uri: scan.uri,
+            minorVersion: scan.minorVersion,
+            host: scan.host,
+            contentLength: scan.contentLength,
+            chunked: scan.chunked,
+            keepAlive: scan.minorVersion == 1 ? !scan.connectionClose : scan.connectionKeepAlive && !scan.connectionClose,
+            expectsContinue: scan.expectsContinue,
+            fieldsStart: scan.fieldsStart - scan.start
+        )
+        return (head, length)
+    }
+
+    private struct HeadScan {
+        var start = 0
+        var method = ""
+        var uri = ""
+        var minorVersion = 1
+        var fieldsStart = 0
+        var host: String?
+        var contentLength: Int?
+        var chunked = false
+        var connectionClose = false
+        var connectionKeepAlive = false
+        var expectsContinue = false
+    }
+
+    /// Scans a head from the start of `raw`: nil if it has not all arrived.
+    private func scanHead(_ raw: UnsafeRawBufferPointer) throws(HTTP1ParseError) -> (HeadScan, Int)? {
+        var scan = HeadScan()
+        var index = 0
+        // RFC 9112 2.2: empty lines before the request line are ignored.
+        while index < raw.count, raw[index] == UInt8(ascii: "\r") || raw[index] == UInt8(ascii: "\n") {
+            index += 1
+            if index > 64 { throw .malformed("empty lines before the request line") }
+        }
+        scan.start = index
+        // The request line.
+        guard let (lineEnd, next) = try lineBounds(raw, from: index) else { return nil }
+        try parseRequestLine(raw, from: index, to: lineEnd, into: &scan)
+        index = next
+        scan.fieldsStart = index
+        var fields = 0
+        var hostCount = 0
+        var transferEncodings = 0
+        while true {
+            guard let (lineEnd, next) = try lineBounds(raw, from: index) else { return nil }
+            if lineEnd == index {
+                index = next
+                break
+            }
+            fields += 1
+            if fields > maxHeaderCount { throw .headTooLarge }
+            let first = raw[index]
+            if first == 0x20 || first == 0x09 { throw .malformed("folded header line") }
+            var colon = index
+            while colon < lineEnd, raw[colon] != UInt8(ascii: ":") {
+                guard Self.isTokenByte(raw[colon]) else {
+                    throw .malformed(raw[colon] == 0x20 || raw[colon] == 0x09 ? "whitespace in or after a header name" : "invalid character in a header name")
+                }
+                colon += 1
+            }
+            guard colon < lineEnd, colon > index else { throw .malformed("header line without a name and colon") }
+            var valueStart = colon + 1
+            var valueEnd = lineEnd
+            while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
+            while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
+            var v = valueStart
+            while v < valueEnd {
+                let byte = raw[v]
+                if byte < 0x20 && byte != 0x09 || byte == 0x7F { throw .malformed("control character in a header value") }
+                v += 1
+            }
+            let name = UnsafeRawBufferPointer(rebasing: raw[index..<colon])
+            let value = UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd])
+            switch name.count {
+            case 4 where Self.equalsLowercase(name, "host"):
+                hostCount += 1
+                if hostCount > 1 { throw .malformed("more than one Host header") }
+                scan.host = String(decoding: value, as: UTF8.self)
+            case 14 where Self.equalsLowercase(name, "content-length"):
+                let length = try Self.parseContentLength(value)
+                if let existing = scan.contentLength, existing != length { throw .malformed("differing Content-Length headers") }
+                scan.contentLength = length
+            case 17 where Self.equalsLowercase(name, "transfer-encoding"):
+                transferEncodings += 1
+                guard Self.equalsLowercase(value, "chunked") else { throw .unsupportedTransferCoding }
+                if transferEncodings > 1 { throw .malformed("chunked applied more than once") }
+                scan.chunked = true
+            case 10 where Self.equalsLowercase(name, "connection"):
+                Self.forEachToken(value) { token in
+                    if token.count == 5 && Self.equalsLowercase(token, "close") { scan.connectionClose = true }
+                    if token.count == 10 && Self.equalsLowercase(token, "keep-alive") { scan.connectionKeepAlive = true }
+                }
+            case 6 where Self.equalsLowercase(name, "expect"):
+                if Self.equalsLowercase(value, "100-continue") { scan.expectsContinue = true }
+            default:
+                break
+            }
+            index = next
+        }
+        if index - scan.start > maxHeadBytes { throw .headTooLarge }
+        if scan.chunked && scan.contentLength != nil { throw .malformed("both Content-Length and Transfer-Encoding") }
+        if scan.chunked && scan.minorVersion == 0 { throw .malformed("chunked transfer coding in an HTTP/1.0 request") }
+        if scan.minorVersion == 1 && hostCount == 0 { throw .malformed("an HTTP/1.1 request needs a Host header") }
+        return (scan, index)
+    }
+
+    /// Where the line starting at `start` ends (before CRLF or LF) and the next begins; nil
+    /// if it has not all arrived.
+    private func lineBounds(_ raw: UnsafeRawBufferPointer, from start: Int) throws(HTTP1ParseError) -> (Int, Int)? {
+        guard start < raw.count, let base = raw.baseAddress,
+              let found = memchr(base + start, Int32(UInt8(ascii: "\n")), raw.count - start)
+        else {
+            if raw.count > maxHeadBytes + 64 { throw .headTooLarge }
+            return nil
+        }
+        let lf = base.distance(to: UnsafeRawPointer(found))
+        if lf > maxHeadBytes + 64 { throw .headTooLarge }
+        // A CR left inside the line (a bare CR) fails the checks of names, values and the
+        // request line's parts.
+        let end = lf > start && raw[lf - 1] == UInt8(ascii: "\r") ? lf - 1 : lf
+        return (end, lf + 1)
+    }
+
+    private func parseRequestLine(_ raw: UnsafeRawBufferPointer, from start: Int, to end: Int, into scan: inout HeadScan) throws(HTTP1ParseError) {
+        var index = start
+        while index < end, raw[index] != 0x20 {
+            guard Self.isTokenByte(raw[index]) else { throw .malformed("invalid character in the method") }
+            index += 1
+        }
+        guard index > start, index < end else { throw .malformed("request line is not METHOD TARGET VERSION") }
+        let methodEnd = index
+        index += 1
+        let targetStart = index
+        while index < end, raw[index] != 0x20 {
+            let byte = raw[index]
+            guard byte > 0x20, byte != 0x7F else { throw .malformed("invalid character in the request target") }
+            index += 1
+        }
+        guard index > targetStart, index < end else { throw .malformed("request line is not METHOD TARGET VERSION") }
+        let targetEnd = index
+        index += 1
+        let version = UnsafeRawBufferPointer(rebasing: raw[index..<end])
+        guard version.count == 8, version.starts(with: "HTTP/".utf8), version[6] == UInt8(ascii: "."),
+              (0x30...0x39).contains(version[5]), (0x30...0x39).contains(version[7])
+        else { throw .malformed("request line is not METHOD TARGET VERSION") }
+        guard version[5] == UInt8(ascii: "1"), version[7] <= UInt8(ascii: "1") else { throw .versionNotSupported }
+        scan.minorVersion = Int(version[7] - 0x30)
+        scan.method = String(decoding: UnsafeRawBufferPointer(rebasing: raw[start..<methodEnd]), as: UTF8.self)
+        scan.uri = String(decoding: UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), as: UTF8.self)
+    }
+
+    // MARK: - Chunks
+
+    /// A chunk-size line's size and length, or nil while incomplete.
+    private func parseChunkSize(_ buffer: ByteBuffer) throws(HTTP1ParseError) -> (Int, Int)? {
+        guard let (lineEnd, next) = Self.line(in: buffer) else {
+            if buffer.readableBytes > 1024 { throw .malformed("chunk size line too long") }
+            return nil
+        }
+        if next - buffer.readerIndex > 1024 { throw .malformed("chunk size line too long") }
+        return try Self.withBytes(buffer) { raw throws(HTTP1ParseError) -> (Int, Int) in
+            let end = lineEnd - buffer.readerIndex
+            var index = 0
+            var size = 0
+            while index < end, let digit = Self.hexValue(raw[index]) {
+                guard index < 15 else { throw .malformed("chunk size too large") }
+                size = size << 4 | digit
+                index += 1
+            }
+            guard index > 0 else { throw .malformed("chunk size is not hexadecimal") }
+            // Anything after the size must be chunk extensions (`;name=value`), ignored here.
+            while index < end, raw[index] == 0x20 || raw[index] == 0x09 { index += 1 }
+            if index < end {
+                guard raw[index] == UInt8(ascii: ";") else { throw .malformed("chunk size is not hexadecimal") }
+                while index < end {
+                    let byte = raw[index]
+                    if byte < 0x20 && byte != 0x09 || byte == 0x7F { throw .malformed("control character in a chunk extension") }
+                    index += 1
+                }
+            }
+            return (size, next - buffer.readerIndex)
+        }
+    }
+
+    // MARK: - Bytes
+
+    /// `withUnsafeReadableBytes` for a body with typed throws (rethrows would widen the error).
+    private static func withBytes<T>(_ buffer: ByteBuffer, _ body: (UnsafeRawBufferPointer) throws(HTTP1ParseError) -> T) throws(HTTP1ParseError) -> T {
+        let result: Result<T, HTTP1ParseError> = buffer.withUnsafeReadableBytes { raw in
+            do throws(HTTP1ParseError) {
+                return .success(try body(raw))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    private static func hexValue(_ byte: UInt8) -> Int? {
+        switch byte {
+        case 0x30...0x39: Int(byte - 0x30)
+        case 0x41...0x46: Int(byte - 0x41 + 10)
+        case 0x61...0x66: Int(byte - 0x61 + 10)
+        default: nil
+        }
+    }
+
+    private static func parseContentLength(_ value: UnsafeRawBufferPointer) throws(HTTP1ParseError) -> Int {
+        guard !value.isEmpty, value.count <= 18 else { throw .malformed("Content-Length is not a number") }
+        var length = 0
+        for byte in value {
+            guard byte >= 0x30 && byte <= 0x39 else { throw .malformed("Content-Length is not a number") }
+            length = length * 10 + Int(byte - 0x30)
+        }
+        return length
+    }
+
+    /// `tchar` of RFC 9110 5.6.2.
+    private static let tokenBytes: [Bool] = (0..<256).map { byte in
+        switch UInt8(byte) {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"),
+             UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"): true
+        default: false
+        }
+    }
+
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        tokenBytes.withUnsafeBufferPointer { $0[Int(byte)] }
+    }
+
+    /// ASCII case-insensitive equality with a lower-case string.
+    private static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        let expected = lowercase.utf8Start
+        for index in 0..<bytes.count {
+            let byte = bytes[index]
+            let folded = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+            if folded != expected[index] { return false }
+        }
+        return true
+    }
+
+    /// Calls `body` with each comma-separated token of a list value, trimmed.
+    private static func forEachToken(_ value: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
+        var start = 0
+        while start <= value.count {
+            var end = start
+            while end < value.count, value[end] != UInt8(ascii: ",") { end += 1 }
+            var a = start
+            var b = end
+            while a < b, value[a] == 0x20 || value[a] == 0x09 { a += 1 }
+            while b > a, value[b - 1] == 0x20 || value[b - 1] == 0x09 { b -= 1 }
+            if b > a { body(UnsafeRawBufferPointer(rebasing: value[a..<b])) }
+            start = end + 1
+        }
+    }
+}

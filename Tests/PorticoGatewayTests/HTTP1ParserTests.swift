@@ -1,0 +1,167 @@
+import NIOCore
+import NIOHTTP1
+import Testing
+@testable import PorticoGateway
+
+/// The HTTP/1.1 request parser on raw bytes: framing, the facts it takes from a head, and
+/// what it refuses.
+@Suite struct HTTP1ParserTests {
+    /// What one request parsed into.
+    struct Parsed: Equatable {
+        var method: String
+        var uri: String
+        var headers: [String]
+        var body: String
+        var keepAlive: Bool
+    }
+
+    /// Parses every request in `chunks` (fed one after another, as reads would arrive).
+    static func parse(_ chunks: [String], maxHeadBytes: Int = 8192, maxHeaderCount: Int = 100) throws(HTTP1ParseError) -> [Parsed] {
+        var parser = HTTP1Parser(maxHeadBytes: maxHeadBytes, maxHeaderCount: maxHeaderCount)
+        var input = ByteBuffer()
+        var results: [Parsed] = []
+        var current: Parsed?
+        for chunk in chunks {
+            input.writeString(chunk)
+            loop: while true {
+                switch try parser.next(&input) {
+                case .needMore:
+                    break loop
+                case .head(let head):
+                    current = Parsed(method: head.method, uri: head.uri, headers: head.headers().map { "\($0.name)=\($0.value)" }, body: "", keepAlive: head.keepAlive)
+                case .body(let slice):
+                    current?.body += String(buffer: slice)
+                case .end:
+                    if let done = current { results.append(done) }
+                    current = nil
+                }
+            }
+        }
+        return results
+    }
+
+    /// The same bytes split at every position into two reads, and one byte per read.
+    static func splits(_ text: String) -> [[String]] {
+        let bytes = Array(text.utf8)
+        var result: [[String]] = (0...bytes.count).map { cut in
+            [String(decoding: bytes[..<cut], as: UTF8.self), String(decoding: bytes[cut...], as: UTF8.self)]
+        }
+        result.append(bytes.map { String(decoding: [$0], as: UTF8.self) })
+        return result
+    }
+
+    static func error(_ text: String, maxHeadBytes: Int = 8192, maxHeaderCount: Int = 100) -> HTTP1ParseError? {
+        do {
+            _ = try parse([text], maxHeadBytes: maxHeadBytes, maxHeaderCount: maxHeaderCount)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test func aSimpleRequestAndItsHeaders() throws {
+        let parsed = try Self.parse(["GET /healthz?x=1 HTTP/1.1\r\nHost: example.com:8441\r\nX-Padded:  a b \t\r\nAccept: */*\r\n\r\n"])
+        #expect(parsed == [Parsed(method: "GET", uri: "/healthz?x=1", headers: ["Host=example.com:8441", "X-Padded=a b", "Accept=*/*"], body: "", keepAlive: true)])
+    }
+
+    @Test func keepAliveFollowsTheVersionAndConnection() throws {
+        #expect(try Self.parse(["GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"]).first?.keepAlive == false)
+        #expect(try Self.parse(["GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, CLOSE\r\n\r\n"]).first?.keepAlive == false)
+        #expect(try Self.parse(["GET / HTTP/1.0\r\n\r\n"]).first?.keepAlive == false)
+        #expect(try Self.parse(["GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"]).first?.keepAlive == true)
+    }
+
+    @Test func pipelinedRequestsComeOutInOrderWhereverTheReadsSplit() throws {
+        let text = "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+            + "POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+            + "\r\n"  // an empty line between requests is allowed
+            + "POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nChecksum: 1\r\n\r\n"
+            + "GET /d HTTP/1.1\nHost: h\n\n"  // bare LF line ends
+        let expected = [
+            Parsed(method: "GET", uri: "/a", headers: ["Host=h"], body: "", keepAlive: true),
+            Parsed(method: "POST", uri: "/b", headers: ["Host=h", "Content-Length=5"], body: "hello", keepAlive: true),
+            Parsed(method: "POST", uri: "/c", headers: ["Host=h", "Transfer-Encoding=chunked"], body: "hello world", keepAlive: true),
+            Parsed(method: "GET", uri: "/d", headers: ["Host=h"], body: "", keepAlive: true),
+        ]
+        for chunks in Self.splits(text) {
+            #expect(try Self.parse(chunks) == expected, "split: \(chunks.map(\.count))")
+        }
+    }
+
+    @Test func anIncompleteRequestWaitsForMore() throws {
+        #expect(try Self.parse(["GET / HTTP/1.1\r\nHost: h\r\n"]).isEmpty)
+        #expect(try Self.parse(["POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhalf"]).isEmpty)
+        #expect(try Self.parse(["POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"]).isEmpty)
+    }
+
+    @Test func ambiguousFramingIsRefused() {
+        let refused: [(String, String)] = [
+            ("both lengths", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ("differing lengths", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            ("a length list", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n"),
+            ("a signed length", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n"),
+            ("space before the colon", "POST / HTTP/1.1\r\nHost: h\r\nContent-Length : 5\r\n\r\n"),
+            ("a folded line", "GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n  continued\r\n\r\n"),
+            ("a bare CR", "GET / HTTP/1.1\r\nHost: h\rX-A: 1\r\n\r\n"),
+            ("a NUL in a value", "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\u{0}b\r\n\r\n"),
+            ("two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            ("no host", "GET / HTTP/1.1\r\n\r\n"),
+            ("chunked twice", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ("chunked in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ("no version", "GET /\r\nHost: h\r\n\r\n"),
+            ("two spaces", "GET  / HTTP/1.1\r\nHost: h\r\n\r\n"),
+            ("a bad method", "G(T / HTTP/1.1\r\nHost: h\r\n\r\n"),
+            ("a control character in the target", "GET /a\u{1}b HTTP/1.1\r\nHost: h\r\n\r\n"),
+            ("a lower-case version", "GET / http/1.1\r\nHost: h\r\n\r\n"),
+            ("no colon", "GET / HTTP/1.1\r\nHost: h\r\nNoColon\r\n\r\n"),
+            ("an empty name", "GET / HTTP/1.1\r\nHost: h\r\n: v\r\n\r\n"),
+            ("a chunk size that is not hex", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            ("a chunk longer than its size", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n"),
+            ("a chunk size that overflows", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1000000000000000\r\n"),
+        ]
+        for (name, text) in refused {
+            guard case .malformed? = Self.error(text) else {
+                Issue.record("\(name): \(String(describing: Self.error(text)))")
+                continue
+            }
+        }
+    }
+
+    @Test func otherVersionsCodingsAndSizesGetTheirOwnAnswers() {
+        #expect(Self.error("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == .versionNotSupported)
+        #expect(Self.error("GET / HTTP/1.2\r\nHost: h\r\n\r\n") == .versionNotSupported)
+        #expect(Self.error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n") == .unsupportedTransferCoding)
+        #expect(Self.error("GET / HTTP/1.1\r\nHost: h\r\nX-Big: \(String(repeating: "a", count: 2000))\r\n\r\n", maxHeadBytes: 1024) == .headTooLarge)
+        // A head that never ends is refused once it passes the limit, not buffered on.
+        #expect(Self.error("GET / HTTP/1.1\r\nHost: h\r\nX-Big: \(String(repeating: "a", count: 2000))", maxHeadBytes: 1024) == .headTooLarge)
+        let many = (0..<11).map { "X-\($0): v\r\n" }.joined()
+        #expect(Self.error("GET / HTTP/1.1\r\nHost: h\r\n\(many)\r\n", maxHeaderCount: 10) == .headTooLarge)
+        #expect(Self.error("GET / HTTP/1.1\r\nHost: h\r\n\(many)\r\n", maxHeaderCount: 12) == nil)
+        let trailers = (0..<100).map { "T-\($0): \(String(repeating: "v", count: 20))\r\n" }.joined()
+        #expect(Self.error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\(trailers)\r\n", maxHeadBytes: 1024) == .headTooLarge)
+    }
+
+    @Test func headFactsAreTaken() throws {
+        var parser = HTTP1Parser(maxHeadBytes: 8192, maxHeaderCount: 100)
+        var input = ByteBuffer(string: "PUT /x HTTP/1.1\r\nhOsT: Example.com\r\ncontent-LENGTH: 3\r\nExpect: 100-Continue\r\n\r\nabc")
+        guard case .head(let head) = try parser.next(&input) else {
+            Issue.record("no head")
+            return
+        }
+        #expect(head.host == "Example.com")
+        #expect(head.contentLength == 3)
+        #expect(head.expectsContinue)
+        #expect(head.hasBody && !head.chunked && !head.isHead)
+        guard case .body(let body) = try parser.next(&input) else {
+            Issue.record("no body")
+            return
+        }
+        #expect(String(buffer: body) == "abc")
+        guard case .end = try parser.next(&input) else {
+            Issue.record("no end")
+            return
+        }
+        #expect(parser.isBetweenRequests)
+        #expect(input.readableBytes == 0)
+    }
+}
