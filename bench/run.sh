@@ -15,6 +15,8 @@ missing=()
 command -v wrk >/dev/null || missing+=("wrk (apt-get install wrk)")
 command -v h2load >/dev/null || missing+=("h2load (apt-get install nghttp2-client)")
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=("nginx (apt-get install nginx)")
+command -v openssl >/dev/null || missing+=("openssl (apt-get install openssl)")
+command -v python3 >/dev/null || missing+=("python3 (apt-get install python3)")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bench: missing: ${missing[*]}" >&2
   exit 2
@@ -25,6 +27,7 @@ work=$(mktemp -d /tmp/portico-bench.XXXXXX)
 cleanup() {
   [ -n "${portico_pid:-}" ] && kill "$portico_pid" 2>/dev/null || true
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  [ -f "$work/upstream.pid" ] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -35,18 +38,61 @@ portico_bin="$root/.build/release/portico"
 
 PORTICO_PORT=${PORTICO_PORT:-19441}
 NGINX_PORT=${NGINX_PORT:-19442}
+# The same two servers also listen with an ECDSA P-256 certificate (for resumed handshakes),
+# and both proxy /proxied to one upstream nginx of their own (a separate process, whose CPU
+# is counted for neither).
+PORTICO_EC_PORT=${PORTICO_EC_PORT:-19443}
+NGINX_EC_PORT=${NGINX_EC_PORT:-19444}
+UPSTREAM_PORT=${UPSTREAM_PORT:-19445}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+
+mkdir -p "$work/ec" "$work/upstream-tmp"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=bench \
+  -keyout "$work/ec/server.key" -out "$work/ec/server.crt" 2>/dev/null
+chmod 600 "$work/ec/server.key"
+
+cat > "$work/upstream.conf" <<CONF
+worker_processes 1;
+pid $work/upstream.pid;
+error_log $work/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/upstream-tmp;
+  proxy_temp_path $work/upstream-tmp;
+  fastcgi_temp_path $work/upstream-tmp;
+  uwsgi_temp_path $work/upstream-tmp;
+  scgi_temp_path $work/upstream-tmp;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UPSTREAM_PORT;
+    location = /proxied { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+CONF
 
 # Portico: only the client listener, no access log; it generates the RSA-2048 identity.
 cat > "$work/portico.yaml" <<YAML
 identity: {certificate: ssl/server.crt, private_key: ssl/server.key, generate: ${KEY_TYPE:-rsa-2048}}
 listeners:
   client: {bind: 127.0.0.1, port: $PORTICO_PORT, access_log: false, limits: {max_connections: 20000}}
+  console:
+    bind: 127.0.0.1
+    port: $PORTICO_EC_PORT
+    access_log: false
+    certificate: $work/ec/server.crt
+    private_key: $work/ec/server.key
+    limits: {max_connections: 20000}
   client_plain: {enabled: false}
   replication: {enabled: false}
-  console: {enabled: false}
   reporting: {enabled: false}
   webservices: {enabled: false}
+upstreams:
+  backend: {targets: ["http://127.0.0.1:$UPSTREAM_PORT"]}
+routes:
+  - {listener: client, path: /proxied, upstream: backend}
 YAML
+"$NGINX" -c "$work/upstream.conf" -p "$work"
 "$portico_bin" serve --config "$work/portico.yaml" --log-level warning 2>"$work/portico.log" &
 portico_pid=$!
 for _ in $(seq 100); do
@@ -75,6 +121,22 @@ http {
     ssl_certificate_key $work/ssl/server.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     location = /healthz { default_type text/plain; return 200 "ok\n"; }
+    location = /proxied {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_EC_PORT ssl http2;
+    ssl_certificate $work/ec/server.crt;
+    ssl_certificate_key $work/ec/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location = /healthz { default_type text/plain; return 200 "ok\n"; }
+  }
+  upstream backend {
+    server 127.0.0.1:$UPSTREAM_PORT;
+    keepalive 64;
   }
 }
 CONF
@@ -87,7 +149,11 @@ done
 # CPU ticks (user+system) of a server: portico's process, or nginx's master and workers.
 cpu_ticks() {
   local pids
-  if [ "$1" = portico ]; then pids=$portico_pid; else pids=$(pgrep -f "nginx: (master|worker)" | tr '\n' ' '); fi
+  if [ "$1" = portico ]; then pids=$portico_pid; else
+    local master
+    master=$(cat "$work/nginx.pid")
+    pids="$master $(pgrep -P "$master" | tr '\n' ' ')"
+  fi
   local total=0
   for p in $pids; do
     [ -r "/proc/$p/stat" ] || continue
@@ -109,6 +175,9 @@ measure() {  # name test command...
     h2)
       rps=$(echo "$out" | awk '/^finished in/ {print $4}')
       requests=$(echo "$out" | awk '/^requests:/ {print $8}') ;;
+    resume)
+      rps=$(echo "$out" | awk '/^rate/ {print $2}')
+      requests=$(echo "$out" | awk '/^connections/ {print $2}') ;;
     *)
       rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
       requests=$(echo "$out" | awk '/requests in/ {print $1}') ;;
@@ -118,7 +187,25 @@ measure() {  # name test command...
   printf "%s\t%s\t%s\t%s\n" "$test" "$server" "$rps" "$us" | tee -a "$results" >&2
 }
 
+# Resumed handshakes: 8 `openssl s_time -reuse` clients at once, each a new connection per
+# request resuming the session its first connection got (HTTP/1.0 GET, closed by the server).
+resumed() {  # port seconds
+  local start end total=0
+  start=$(date +%s.%N)
+  for i in $(seq 8); do
+    openssl s_time -connect "127.0.0.1:$1" -reuse -time "$2" -www /healthz > "$work/s_time.$i" 2>&1 &
+  done
+  wait
+  end=$(date +%s.%N)
+  for i in $(seq 8); do
+    total=$((total + $(awk '/connections in .* real seconds/ {print $1}' "$work/s_time.$i")))
+  done
+  echo "connections $total"
+  awk -v n="$total" -v a="$start" -v b="$end" 'BEGIN { printf "rate %.1f\n", n / (b - a) }'
+}
+
 DURATION=${DURATION:-10s}
+seconds=${DURATION%s}
 for round in $(seq "$rounds"); do
   echo "bench: round $round of $rounds" >&2
   for server in nginx portico; do
@@ -126,7 +213,41 @@ for round in $(seq "$rounds"); do
     measure $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
     measure $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
     measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
+    ec_port=$NGINX_EC_PORT; [ $server = portico ] && ec_port=$PORTICO_EC_PORT
+    measure $server resume resumed "$ec_port" "$seconds"
+    measure $server proxy wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/proxied"
   done
+done
+
+# Memory: RSS added by IDLE_CONNECTIONS kept-alive TLS connections (each did one request).
+rss_kb() {
+  local pids total=0
+  if [ "$1" = portico ]; then pids=$portico_pid; else
+    local master
+    master=$(cat "$work/nginx.pid")
+    pids="$master $(pgrep -P "$master" | tr '\n' ' ')"
+  fi
+  for p in $pids; do
+    total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
+  done
+  echo $total
+}
+for server in nginx portico; do
+  ec_port=$NGINX_EC_PORT; [ $server = portico ] && ec_port=$PORTICO_EC_PORT
+  before=$(rss_kb $server)
+  rm -f "$work/hold"; mkfifo "$work/hold"
+  python3 "$here/idle_tls.py" "$ec_port" "$IDLE_CONNECTIONS" < "$work/hold" > "$work/idle.out" 2>"$work/idle.err" &
+  idle_pid=$!
+  exec 3>"$work/hold"
+  while ! grep -q '^open' "$work/idle.out" 2>/dev/null; do
+    kill -0 $idle_pid 2>/dev/null || { echo "bench: idle_tls.py failed: $(cat "$work/idle.err")" >&2; exit 1; }
+    sleep 0.5
+  done
+  after=$(rss_kb $server)
+  opened=$(awk '/^open/ {print $2}' "$work/idle.out")
+  exec 3>&-
+  wait $idle_pid || true
+  printf "idle\t%s\t%s\t%s\t%s\n" "$server" "$opened" "$before" "$after" | tee -a "$work/idle.tsv" >&2
 done
 
 echo
@@ -141,11 +262,17 @@ for line in open(sys.argv[1]):
     except ValueError:
         pass
 med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
-for test in ["h1", "h2", "handshake"]:
+for test in ["h1", "h2", "handshake", "resume", "proxy"]:
     for server in ["nginx", "portico"]:
         if (test, server) in med:
             r, u = med[(test, server)]
             print(f"{test:<11} {server:<9} {r:>14.0f}  {u:>19.1f}")
     if (test, "nginx") in med and (test, "portico") in med:
         print(f"{test:<11} ratio     {med[(test,'portico')][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,'portico')][1] / med[(test,'nginx')][1]:>19.2f}")
+for server in ["nginx", "portico"]:
+    if ("resume", server) in med and ("handshake", server) in med:
+        print(f"{server}: resumed ECDSA handshakes are {med[('resume', server)][0] / med[('handshake', server)][0]:.1f}x its full RSA-2048 handshakes")
 PY
+echo
+echo "idle TLS connections: server, open, RSS before (KiB), after (KiB), KiB per connection"
+awk -F'\t' '{ printf "%-8s %6d %9d %9d %8.1f\n", $2, $3, $4, $5, ($5 - $4) / ($3 > 0 ? $3 : 1) }' "$work/idle.tsv"

@@ -149,4 +149,17 @@ struct TLSFreeConnection {
             #expect(closed.goAway)
         }
     }
+
+    @Test func anIdleHTTP2ConnectionIsClosedWithGoAwayAfterTheIdleTimeout() async throws {
+        try await TestGateway.with(listeners: [.console: "limits: {idle_timeout: 1s}"]) { gw in
+            let idle = try await HTTP2Stall.open(port: try await gw.port(.console), complete: true)
+            let closed = await idle.waitUntilClosed()
+            #expect(closed.answered)
+            #expect(closed.goAway)
+            try await TestClient.with { client in
+                let metrics = try await TestClient.get(client, try await gw.url(.webservices, "/metrics"))
+                #expect(metrics.body.contains(#"portico_client_timeouts_total{listener="console"} 1"#))
+            }
+        }
+    }
 }

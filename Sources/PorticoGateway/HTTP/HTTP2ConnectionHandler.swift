@@ -13,7 +13,7 @@ import NIOHTTP2
 /// flow-control credit as it consumes DATA, and writes each response as a HEADERS frame and
 /// at most one DATA frame. Writes made while handling a read are flushed once at the end of
 /// the read, so a burst of requests turns into one TLS record where it fits.
-final class HTTP2ConnectionHandler: ChannelInboundHandler {
+final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
@@ -43,9 +43,16 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     private var needsFlush = false
     private var draining = false
     private var closed = false
-    private var idleTimer: Scheduled<Void>?
-    /// Runs while some request is still being received; reset by every frame.
-    private var progressTimer: Scheduled<Void>?
+    /// Timeouts are checked by the loop's ``DeadlineSweeper`` from what the connection
+    /// records cheaply per frame (a flag): scheduling and cancelling a timer per frame or per
+    /// stream cost more than the frame. `idleSince`: no streams since then. `stalledSince`:
+    /// some request incomplete and no frame since then.
+    private var sawFrame = false
+    private var idleSince: NIODeadline?
+    private var stalledSince: NIODeadline?
+    private var sweeper: DeadlineSweeper?
+    private var context: ChannelHandlerContext?
+    var sweepIndex = -1
     private var date = HTTPDate()
 
     /// Inbound credit is granted back once this much of a window has been consumed.
@@ -56,17 +63,21 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        scheduleIdle(context: context)
+        self.context = context
+        let sweeper = DeadlineSweeper.current(on: context.eventLoop)
+        self.sweeper = sweeper
+        sweeper.register(self)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        idleTimer?.cancel()
-        progressTimer?.cancel()
+        sweeper?.unregister(self)
+        sweeper = nil
+        self.context = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        defer { watchProgress(context: context) }
+        sawFrame = true
         switch frame.payload {
         case .headers(let headers):
             if streams[frame.streamID] != nil {
@@ -80,7 +91,6 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
         case .rstStream:
             streams.removeValue(forKey: frame.streamID)
             discarding.removeValue(forKey: frame.streamID)
-            streamsChanged(context: context)
         default:
             break
         }
@@ -151,7 +161,6 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
             }
         }
         streams[id] = stream
-        streamsChanged(context: context)
         if stream.errorResponse?.status == .payloadTooLarge || stream.errorResponse?.status == .requestHeaderFieldsTooLarge {
             // Answer at once; what the client still sends is dropped.
             respondEarly(id, endStream: frame.endStream, context: context)
@@ -296,7 +305,6 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
         }
         needsFlush = true
         info.record(status: status, bytes: body?.readableBytes ?? 0, method: stream.method, uri: stream.uri, http: "2", started: stream.started)
-        streamsChanged(context: context)
     }
 
     private func flushIfNeeded(context: ChannelHandlerContext) {
@@ -309,57 +317,46 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler {
 
     // MARK: - Idle and closing
 
-    private func streamsChanged(context: ChannelHandlerContext) {
-        if streams.isEmpty {
-            if idleTimer == nil { scheduleIdle(context: context) }
-        } else if let timer = idleTimer {
-            timer.cancel()
-            idleTimer = nil
-        }
-    }
-
     /// Whether some stream is still receiving its request.
     private var receiving: Bool { streams.values.contains { !$0.responding } }
 
-    /// Restarts the progress timer while requests are incomplete: a client that opens
-    /// streams and stops sending must not hold the connection.
-    private func watchProgress(context: ChannelHandlerContext) {
-        progressTimer?.cancel()
-        progressTimer = nil
-        guard receiving else { return }
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        progressTimer = context.eventLoop.scheduleTask(in: info.snapshot.value.limits.bodyTimeout) {
-            let (handler, context) = loopBound.value
-            handler.progressTimer = nil
-            guard handler.receiving else { return }
-            handler.info.snapshot.value.metrics.timeouts.increment()
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: handler.highestStreamID, errorCode: .noError, opaqueData: nil))
-            context.writeAndFlush(handler.wrapOutboundOut(goAway), promise: nil)
-            handler.close(context: context)
+    func sweep(now: NIODeadline) {
+        guard !closed, let context else { return }
+        let limits = info.snapshot.value.limits
+        let active = sawFrame
+        sawFrame = false
+        if streams.isEmpty {
+            stalledSince = nil
+            guard !active, let since = idleSince else {
+                idleSince = now
+                return
+            }
+            if now - since >= limits.idleTimeout { timedOut(context: context) }
+            return
         }
+        idleSince = nil
+        // A client that opens streams and stops sending must not hold the connection.
+        guard receiving else {
+            stalledSince = nil
+            return
+        }
+        guard !active, let since = stalledSince else {
+            stalledSince = now
+            return
+        }
+        if now - since >= limits.bodyTimeout { timedOut(context: context) }
     }
 
-    private func scheduleIdle(context: ChannelHandlerContext) {
-        idleTimer?.cancel()
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        idleTimer = context.eventLoop.scheduleTask(in: info.snapshot.value.limits.idleTimeout) {
-            let (handler, context) = loopBound.value
-            handler.idleTimer = nil
-            guard handler.streams.isEmpty else { return }
-            handler.info.snapshot.value.metrics.timeouts.increment()
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: handler.highestStreamID, errorCode: .noError, opaqueData: nil))
-            context.writeAndFlush(handler.wrapOutboundOut(goAway), promise: nil)
-            handler.close(context: context)
-        }
+    private func timedOut(context: ChannelHandlerContext) {
+        info.snapshot.value.metrics.timeouts.increment()
+        let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: highestStreamID, errorCode: .noError, opaqueData: nil))
+        context.writeAndFlush(wrapOutboundOut(goAway), promise: nil)
+        close(context: context)
     }
 
     private func close(context: ChannelHandlerContext) {
         guard !closed else { return }
         closed = true
-        idleTimer?.cancel()
-        idleTimer = nil
-        progressTimer?.cancel()
-        progressTimer = nil
         context.close(promise: nil)
     }
 }

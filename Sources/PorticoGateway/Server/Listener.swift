@@ -188,11 +188,14 @@ actor Listener {
 /// Counts failed TLS handshakes and closes those connections; closes a connection whose
 /// handshake does not complete within `timeout` (a client that connects and sends nothing
 /// must not hold a slot); steps out once a handshake completes.
-final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler {
+final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler, DeadlineClient {
     typealias InboundIn = NIOAny
     private let metrics: ListenerMetrics
     private let timeout: TimeAmount
-    private var timer: Scheduled<Void>?
+    private var deadline: NIODeadline?
+    private var sweeper: DeadlineSweeper?
+    private var context: ChannelHandlerContext?
+    var sweepIndex = -1
 
     init(metrics: ListenerMetrics, timeout: TimeAmount) {
         self.metrics = metrics
@@ -200,23 +203,30 @@ final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        let metrics = self.metrics
-        timer = context.eventLoop.scheduleTask(in: timeout) {
-            metrics.timeouts.increment()
-            loopBound.value.close(promise: nil)
-        }
+        self.context = context
+        deadline = .now() + timeout
+        let sweeper = DeadlineSweeper.current(on: context.eventLoop)
+        self.sweeper = sweeper
+        sweeper.register(self)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        deadline = nil
+        sweeper?.unregister(self)
+        sweeper = nil
+        self.context = nil
+    }
+
+    func sweep(now: NIODeadline) {
+        guard let due = deadline, due <= now, let context else { return }
+        deadline = nil
+        metrics.timeouts.increment()
+        context.close(promise: nil)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
-            timer?.cancel()
-            timer = nil
+            deadline = nil
             context.fireUserInboundEventTriggered(event)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
             return
