@@ -175,7 +175,7 @@ measure() {  # name test command...
     h2)
       rps=$(echo "$out" | awk '/^finished in/ {print $4}')
       requests=$(echo "$out" | awk '/^requests:/ {print $8}') ;;
-    resume)
+    resume*)
       rps=$(echo "$out" | awk '/^rate/ {print $2}')
       requests=$(echo "$out" | awk '/^connections/ {print $2}') ;;
     *)
@@ -189,11 +189,12 @@ measure() {  # name test command...
 
 # Resumed handshakes: 8 `openssl s_time -reuse` clients at once, each a new connection per
 # request resuming the session its first connection got (HTTP/1.0 GET, closed by the server).
-resumed() {  # port seconds
-  local start end total=0
+resumed() {  # port seconds [openssl options]
+  local start end total=0 port=$1 seconds=$2
+  shift 2
   start=$(date +%s.%N)
   for i in $(seq 8); do
-    openssl s_time -connect "127.0.0.1:$1" -reuse -time "$2" -www /healthz > "$work/s_time.$i" 2>&1 &
+    openssl s_time -connect "127.0.0.1:$port" -reuse -time "$seconds" -www /healthz "$@" > "$work/s_time.$i" 2>&1 &
   done
   wait
   end=$(date +%s.%N)
@@ -215,6 +216,7 @@ for round in $(seq "$rounds"); do
     measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
     ec_port=$NGINX_EC_PORT; [ $server = portico ] && ec_port=$PORTICO_EC_PORT
     measure $server resume resumed "$ec_port" "$seconds"
+    measure $server resume12 resumed "$ec_port" "$seconds" -tls1_2
     measure $server proxy wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/proxied"
   done
 done
@@ -262,7 +264,7 @@ for line in open(sys.argv[1]):
     except ValueError:
         pass
 med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
-for test in ["h1", "h2", "handshake", "resume", "proxy"]:
+for test in ["h1", "h2", "handshake", "resume", "resume12", "proxy"]:
     for server in ["nginx", "portico"]:
         if (test, server) in med:
             r, u = med[(test, server)]
@@ -270,8 +272,9 @@ for test in ["h1", "h2", "handshake", "resume", "proxy"]:
     if (test, "nginx") in med and (test, "portico") in med:
         print(f"{test:<11} ratio     {med[(test,'portico')][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,'portico')][1] / med[(test,'nginx')][1]:>19.2f}")
 for server in ["nginx", "portico"]:
-    if ("resume", server) in med and ("handshake", server) in med:
-        print(f"{server}: resumed ECDSA handshakes are {med[('resume', server)][0] / med[('handshake', server)][0]:.1f}x its full RSA-2048 handshakes")
+    for test, name in [("resume", "TLS 1.3"), ("resume12", "TLS 1.2")]:
+        if (test, server) in med and ("handshake", server) in med:
+            print(f"{server}: resumed ECDSA {name} handshakes are {med[(test, server)][0] / med[('handshake', server)][0]:.1f}x its full RSA-2048 handshakes")
 PY
 echo
 echo "idle TLS connections: server, open, RSS before (KiB), after (KiB), KiB per connection"

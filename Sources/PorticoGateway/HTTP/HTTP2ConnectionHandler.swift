@@ -17,19 +17,34 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
-    private struct Stream {
-        var method: String
-        var uri: String
-        var authority: String?
-        var headers: HPACKHeaders
+    /// A stream's request state; a class, so that a lookup hands out one reference instead of
+    /// copying (and retaining every part of) a struct out of the dictionary and back.
+    private final class Stream {
+        let method: String
+        let uri: String
+        let authority: String?
+        let headers: HPACKHeaders
         var route: Router<Endpoint>.Route?
-        var parameters: [(String, Substring)]
+        var parameters: [(String, Substring)] = []
         var errorResponse: GatewayResponse?
-        var body: ByteBuffer
+        var body = ByteBuffer()
         var bodyLimit: Int
-        var started: NIODeadline
+        /// The declared `content-length`, checked against the DATA received.
+        let declaredLength: Int?
+        var receivedBytes = 0
+        let started: NIODeadline
         var unacknowledgedBytes: Int = 0
         var responding = false
+
+        init(method: String, uri: String, authority: String?, headers: HPACKHeaders, bodyLimit: Int, declaredLength: Int?) {
+            self.method = method
+            self.uri = uri
+            self.authority = authority
+            self.headers = headers
+            self.bodyLimit = bodyLimit
+            self.declaredLength = declaredLength
+            self.started = .now()
+        }
     }
 
     private let info: ConnectionInfo
@@ -54,6 +69,8 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
     private var context: ChannelHandlerContext?
     var sweepIndex = -1
     private var date = HTTPDate()
+    /// The last fixed response's headers with their `date`, reused while the second lasts.
+    private var lastFixed: (response: FixedResponse, date: String, headers: HPACKHeaders)?
 
     /// Inbound credit is granted back once this much of a window has been consumed.
     private static let windowUpdateThreshold = 32 * 1024
@@ -125,37 +142,32 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
         let snapshot = info.snapshot.current()
         let limits = snapshot.limits
         if id > highestStreamID { highestStreamID = id }
-        var method = ""
-        var path = ""
-        var authority: String? = nil
-        var size = 0
-        for (name, value, _) in frame.headers {
-            size += name.utf8.count + value.utf8.count + 32
-            switch name {
-            case ":method": method = value
-            case ":path": path = value
-            case ":authority": authority = value
-            default: break
-            }
+        let request: HTTP2RequestFields
+        do {
+            request = try HTTP2RequestFields(frame.headers)
+            if frame.endStream, let declared = request.contentLength, declared != 0 { throw HTTP2RequestFields.Malformed() }
+        } catch {
+            // RFC 9113 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError))), promise: nil)
+            needsFlush = true
+            return
         }
-        var stream = Stream(method: method, uri: path, authority: authority, headers: frame.headers, route: nil, parameters: [], errorResponse: nil,
-                            body: ByteBuffer(), bodyLimit: limits.maxBodyBytes, started: .now())
-        if frame.headers.count > limits.maxHeaderCount + 4 || size > limits.maxHeaderBytes {
+        let stream = Stream(method: request.method, uri: request.path, authority: request.authority, headers: frame.headers,
+                            bodyLimit: limits.maxBodyBytes, declaredLength: request.contentLength)
+        if frame.headers.count > limits.maxHeaderCount + 4 || request.size > limits.maxHeaderBytes {
             stream.errorResponse = .plain(.requestHeaderFieldsTooLarge, "request headers are too large")
-        } else if method.isEmpty || path.isEmpty {
-            stream.errorResponse = .plain(.badRequest, "a request needs :method and :path")
         } else {
-            let host = (authority ?? frame.headers.first(name: "host")).map(RequestDispatch.hostWithoutPort)
-            switch snapshot.router.match(method: method, host: host, path: RequestDispatch.path(of: path)) {
+            let host = (request.authority ?? frame.headers.first(name: "host")).map(RequestDispatch.hostWithoutPort)
+            switch snapshot.router.match(method: request.method, host: host, path: RequestDispatch.path(of: request.path)) {
             case .found(let route, let parameters):
                 stream.route = route
                 stream.parameters = parameters
                 stream.bodyLimit = route.maxBodyBytes ?? limits.maxBodyBytes
-                if let length = frame.headers.first(name: "content-length").flatMap({ Int($0) }), length > stream.bodyLimit {
+                if let length = request.contentLength, length > stream.bodyLimit {
                     stream.errorResponse = .plain(.payloadTooLarge, "request body is larger than \(stream.bodyLimit) bytes")
                 }
             case .methodNotAllowed(let allow):
-                stream.errorResponse = .plain(.methodNotAllowed, "method \(method) is not allowed here", headers: ["allow": allow])
+                stream.errorResponse = .plain(.methodNotAllowed, "method \(request.method) is not allowed here", headers: ["allow": allow])
             case .notFound:
                 stream.errorResponse = nil
             }
@@ -163,7 +175,7 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
         streams[id] = stream
         if stream.errorResponse?.status == .payloadTooLarge || stream.errorResponse?.status == .requestHeaderFieldsTooLarge {
             // Answer at once; what the client still sends is dropped.
-            respondEarly(id, endStream: frame.endStream, context: context)
+            respondEarly(id, stream: stream, endStream: frame.endStream, context: context)
         } else if frame.endStream {
             complete(id, context: context)
         }
@@ -171,8 +183,9 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
 
     private func receiveData(_ id: HTTP2StreamID, data: HTTP2Frame.FramePayload.Data, context: ChannelHandlerContext) {
         let length = data.paddingBytes.map { $0 + 1 } ?? 0
-        let flowControlled: Int
-        if case .byteBuffer(let buffer) = data.data { flowControlled = buffer.readableBytes + length } else { flowControlled = length }
+        var payload = 0
+        if case .byteBuffer(let buffer) = data.data { payload = buffer.readableBytes }
+        let flowControlled = payload + length
         grantConnectionCredit(flowControlled, context: context)
         if let budget = discarding[id] {
             let left = budget - flowControlled
@@ -189,20 +202,26 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
             }
             return
         }
-        guard var stream = streams[id], !stream.responding else { return }
+        guard let stream = streams[id], !stream.responding else { return }
+        stream.receivedBytes += payload
+        if let declared = stream.declaredLength, stream.receivedBytes > declared || (data.endStream && stream.receivedBytes != declared) {
+            // RFC 9113 8.1.1: DATA that does not add up to content-length makes the request malformed.
+            streams.removeValue(forKey: id)
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError))), promise: nil)
+            needsFlush = true
+            return
+        }
         if case .byteBuffer(var buffer) = data.data {
             if stream.route != nil && stream.errorResponse == nil {
                 if stream.body.readableBytes + buffer.readableBytes > stream.bodyLimit {
                     stream.errorResponse = .plain(.payloadTooLarge, "request body is larger than \(stream.bodyLimit) bytes")
-                    streams[id] = stream
-                    respondEarly(id, endStream: data.endStream, context: context)
+                    respondEarly(id, stream: stream, endStream: data.endStream, context: context)
                     return
                 }
                 stream.body.writeBuffer(&buffer)
             }
         }
         if data.endStream {
-            streams[id] = stream
             complete(id, context: context)
             return
         }
@@ -212,7 +231,6 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
             needsFlush = true
             stream.unacknowledgedBytes = 0
         }
-        streams[id] = stream
     }
 
     private func grantConnectionCredit(_ bytes: Int, context: ChannelHandlerContext) {
@@ -225,9 +243,8 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
     }
 
     private func complete(_ id: HTTP2StreamID, context: ChannelHandlerContext) {
-        guard var stream = streams[id], !stream.responding else { return }
+        guard let stream = streams[id], !stream.responding else { return }
         stream.responding = true
-        streams[id] = stream
         let isHead = stream.method == "HEAD"
         guard let route = stream.route, stream.errorResponse == nil else {
             if let response = stream.errorResponse {
@@ -253,8 +270,8 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
         }
     }
 
-    private func respondEarly(_ id: HTTP2StreamID, endStream: Bool, context: ChannelHandlerContext) {
-        guard let stream = streams[id], let response = stream.errorResponse else { return }
+    private func respondEarly(_ id: HTTP2StreamID, stream: Stream, endStream: Bool, context: ChannelHandlerContext) {
+        guard let response = stream.errorResponse else { return }
         write(response, to: id, isHead: false, context: context)
         if !endStream { discarding[id] = Self.discardBudget }
     }
@@ -286,8 +303,16 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
     // MARK: - Responses
 
     private func writeFixed(_ fixed: FixedResponse, to id: HTTP2StreamID, isHead: Bool, context: ChannelHandlerContext) {
-        var headers = fixed.http2Headers
-        headers.add(name: "date", value: date.current())
+        let now = date.current()
+        let headers: HPACKHeaders
+        if let last = lastFixed, last.response === fixed, last.date == now {
+            headers = last.headers
+        } else {
+            var fresh = fixed.http2Headers
+            fresh.add(name: "date", value: now)
+            lastFixed = (fixed, now, fresh)
+            headers = fresh
+        }
         writeFrames(id, headers: headers, body: isHead ? nil : fixed.body, status: Int(fixed.status.code), context: context)
     }
 

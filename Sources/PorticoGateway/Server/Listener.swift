@@ -180,7 +180,9 @@ actor Listener {
             HTTP2Setting(parameter: .maxHeaderListSize, value: limits.maxHeaderBytes),
             HTTP2Setting(parameter: .initialWindowSize, value: 65535),
         ]
-        try pipeline.addHandler(NIOHTTP2Handler(mode: .server, initialSettings: settings))
+        // Header and content-length validation happen in HTTP2ConnectionHandler, for what
+        // arrives only (HTTP2RequestFields); responses are built well-formed.
+        try pipeline.addHandler(NIOHTTP2Handler(mode: .server, initialSettings: settings, headerBlockValidation: .disabled, contentLengthValidation: .disabled))
         try pipeline.addHandler(HTTP2ConnectionHandler(info: info))
     }
 }
