@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
@@ -120,6 +121,167 @@ import Testing
                     #expect(next.status == 200)
                 }
             }
+        }
+    }
+}
+
+/// The gateway's own HTTP/1.1 client for plain-HTTP upstreams: kept-alive connections, the
+/// framings a response may use, and what it does when an upstream misbehaves.
+@Suite(.timeLimit(.minutes(1))) struct UpstreamClientTests {
+    static func ok(_ body: String, extra: String = "") -> String {
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\(extra)content-length: \(body.utf8.count)\r\n\r\n\(body)"
+    }
+
+    /// A gateway proxying `/up` on the plain client listener to `upstream`.
+    static func withFront(_ upstream: CannedUpstream, settings: String = "", _ run: (RunningGateway, HTTPClient) async throws -> Void) async throws {
+        let config = """
+            upstreams:
+              up: {targets: ["http://127.0.0.1:\(upstream.port)"]\(settings)}
+            routes:
+              - {listener: client_plain, path: /up, upstream: up}
+            """
+        try await TestGateway.with(body: config) { front in
+            try await TestClient.with(http2: false) { client in try await run(front, client) }
+        }
+    }
+
+    @Test func requestsReuseOneKeptAliveConnection() async throws {
+        let upstream = try await CannedUpstream.start { _, request in .answer(Self.ok("answer \(request)")) }
+        try await Self.withFront(upstream) { front, client in
+            for round in 0..<20 {
+                let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+                #expect(answer.status == 200)
+                #expect(answer.body == "answer \(round)")
+            }
+        }
+        #expect(upstream.requests == 20)
+        #expect(upstream.connections == 1)
+        await upstream.stop()
+    }
+
+    @Test func chunkedCloseDelimitedAndInterimResponsesAreRead() async throws {
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kept: yes\r\n\r\n5;ext\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n"
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n" + Self.ok("after interim")
+        let untilClose = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nread until the end"
+        let upstream = try await CannedUpstream.start { connection, request in
+            switch (connection, request) {
+            case (0, 0): .answer(chunked)
+            case (0, 1): .answer(interim)
+            default: .answerAndClose(untilClose)
+            }
+        }
+        try await Self.withFront(upstream) { front, client in
+            let first = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+            #expect(first.body == "hello world")
+            #expect(first.headers.first(name: "x-kept") == "yes")
+            #expect(first.headers.first(name: "transfer-encoding") == nil)
+            #expect(try await TestClient.get(client, try await front.url(.clientPlain, "/up")).body == "after interim")
+            #expect(try await TestClient.get(client, try await front.url(.clientPlain, "/up")).body == "read until the end")
+            // The close-delimited answer used its connection up; the next request gets a new one.
+            #expect(try await TestClient.get(client, try await front.url(.clientPlain, "/up")).body == "read until the end")
+        }
+        #expect(upstream.connections == 2)
+        await upstream.stop()
+    }
+
+    @Test func aKeptAliveConnectionClosedUnderARequestIsRetriedOnANewOne() async throws {
+        // Each connection answers its first request and drops the second unanswered, as a
+        // server does when its keep-alive timeout strikes as the request arrives.
+        let upstream = try await CannedUpstream.start { _, request in request == 0 ? .answer(Self.ok("fresh")) : .close }
+        try await Self.withFront(upstream) { front, client in
+            for _ in 0..<3 {
+                let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+                #expect(answer.status == 200 && answer.body == "fresh")
+            }
+            // A POST is not sent twice: it fails with the connection.
+            let post = try await TestClient.get(client, try await front.url(.clientPlain, "/up"), method: .POST, body: "once")
+            #expect(post.status == 502)
+        }
+        // Three connections: each GET after the first found its kept-alive connection dropped
+        // and went again on a new one; the POST failed with the third.
+        #expect(upstream.connections == 3)
+        await upstream.stop()
+    }
+
+    @Test func brokenSlowAndOversizedUpstreamsGetTheGatewaysOwnAnswers() async throws {
+        let upstream = try await CannedUpstream.start { connection, _ in
+            switch connection {
+            case 0: .answer("NOT HTTP AT ALL\r\n\r\n")
+            case 1: .close
+            case 2: .answer(Self.ok(String(repeating: "x", count: 2000)))
+            default: .ignore
+            }
+        }
+        try await Self.withFront(upstream, settings: ", response_timeout: 1s, max_response_bytes: 1000, retries: 0, passive: {max_failures: 100}") { front, client in
+            let malformed = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+            #expect(malformed.status == 502)
+            #expect(malformed.body.contains("malformed response"))
+            let closed = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+            #expect(closed.status == 502)
+            #expect(closed.body.contains("closed before a response"))
+            let large = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+            #expect(large.status == 502)
+            #expect(large.body.contains("larger than 1000 bytes"))
+            let slow = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+            #expect(slow.status == 504)
+        }
+        await upstream.stop()
+    }
+
+    @Test func theRequestGoesOutWithForwardingHeadersAndItsBody() async throws {
+        let seen = NIOLockedValueBox("")
+        let echo = try await RecordingUpstream.start(seen)
+        try await Self.withFront(echo.upstream) { front, client in
+            let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up?x=1"), method: .POST, headers: ["x-custom": "kept", "x-custom-hop": "dropped", "connection": "keep-alive, x-custom-hop"], body: "payload")
+            #expect(answer.status == 200)
+        }
+        let request = seen.withLockedValue { $0 }
+        #expect(request.hasPrefix("POST /up?x=1 HTTP/1.1\r\n"))
+        #expect(request.contains("x-custom: kept\r\n"))
+        #expect(request.contains("x-forwarded-for: 127.0.0.1\r\n"))
+        #expect(request.contains("x-forwarded-proto: http\r\n"))
+        #expect(request.contains("content-length: 7\r\n"))
+        #expect(request.hasSuffix("\r\n\r\npayload"))
+        #expect(!request.lowercased().contains("connection:"))
+        // A field the Connection header names is for this hop only.
+        #expect(!request.contains("dropped"))
+        await echo.upstream.stop()
+    }
+}
+
+/// A canned upstream that also keeps the last request it received.
+struct RecordingUpstream {
+    let upstream: CannedUpstream
+
+    static func start(_ seen: NIOLockedValueBox<String>) async throws -> RecordingUpstream {
+        let upstream = try await CannedUpstream.start { _, _ in .answer(UpstreamClientTests.ok("recorded")) }
+        try await upstream.channel.pipeline.addHandler(Recorder(seen: seen), position: .first).get()
+        return RecordingUpstream(upstream: upstream)
+    }
+
+    /// Sits on the listening channel and records what each accepted connection receives.
+    private final class Recorder: ChannelInboundHandler, Sendable {
+        typealias InboundIn = any Channel
+        let seen: NIOLockedValueBox<String>
+        init(seen: NIOLockedValueBox<String>) { self.seen = seen }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let child = unwrapInboundIn(data)
+            let seen = self.seen
+            child.pipeline.addHandler(Tap(seen: seen), position: .first).whenComplete { _ in }
+            context.fireChannelRead(data)
+        }
+    }
+
+    private final class Tap: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let seen: NIOLockedValueBox<String>
+        init(seen: NIOLockedValueBox<String>) { self.seen = seen }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let text = String(buffer: unwrapInboundIn(data))
+            seen.withLockedValue { $0 += text }
+            context.fireChannelRead(data)
         }
     }
 }

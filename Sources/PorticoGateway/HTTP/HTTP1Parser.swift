@@ -123,6 +123,14 @@ struct HTTP1Parser {
         self.maxHeaderCount = maxHeaderCount
     }
 
+    /// Parses only a body framed as given, then ends: for a response whose head was read
+    /// elsewhere (the upstream client).
+    static func body(chunked: Bool, length: Int, maxTrailerBytes: Int) -> HTTP1Parser {
+        var parser = HTTP1Parser(maxHeadBytes: maxTrailerBytes, maxHeaderCount: 0)
+        parser.state = chunked ? .chunkSize : length > 0 ? .fixedBody(remaining: length) : .ending
+        return parser
+    }
+
     /// Whether the parser is between requests (nothing of the next one consumed).
     var isBetweenRequests: Bool {
         if case .head = state { return true }

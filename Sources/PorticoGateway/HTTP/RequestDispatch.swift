@@ -26,9 +26,7 @@ enum RequestDispatch {
                 return .plain(.internalServerError, "the service failed to answer")
             })
         case .upstream(let pool):
-            let request = request()
-            let future = eventLoop.makeFutureWithTask { await pool.forward(request) }
-            return .pending(future)
+            return .pending(pool.forward(request(), on: eventLoop))
         }
     }
 

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Atomics
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 
@@ -13,6 +14,8 @@ final class UpstreamPool: Sendable {
     private let client: HTTPClient
     private let next = ManagedAtomic<Int>(0)
     private let logger: Logger
+    /// Kept-alive connections to plain-HTTP targets, per event loop.
+    private let loops = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<UpstreamConnections>]>([:])
 
     init(configuration: UpstreamConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
@@ -33,34 +36,140 @@ final class UpstreamPool: Sendable {
     private static let idempotentMethods: Set<String> = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
     private static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization"]
 
-    /// Sends the request to a target and returns its answer, or a 502/503/504 of the gateway's own.
-    func forward(_ request: GatewayRequest) async -> GatewayResponse {
+    /// Sends the request to a target and returns its answer, or a 502/503/504 of the gateway's
+    /// own, on `eventLoop`. Plain-HTTP targets are served by the gateway's own client on the
+    /// calling loop; HTTPS targets through AsyncHTTPClient.
+    func forward(_ request: GatewayRequest, on eventLoop: any EventLoop) -> EventLoopFuture<GatewayResponse> {
         let idempotent = Self.idempotentMethods.contains(request.method.rawValue)
         let attempts = idempotent ? 1 + configuration.retries : 1
-        var tried: Set<Int> = []
-        var lastProblem = "no target is available"
-        var lastStatus: HTTPResponseStatus = .serviceUnavailable
-        for _ in 0..<attempts {
-            guard let index = pick(excluding: tried) else { break }
-            tried.insert(index)
-            let target = targets[index]
-            do {
-                let response = try await send(request, to: target)
-                if [502, 503, 504].contains(response.status.code) {
-                    target.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
-                    if idempotent && tried.count < attempts && pick(excluding: tried) != nil { continue }
-                } else {
-                    target.recordSuccess()
-                }
-                return response
-            } catch {
-                target.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
-                lastProblem = "\(target.displayName): \(error)"
-                lastStatus = Self.isTimeout(error) ? .gatewayTimeout : .badGateway
-                logger.warning("upstream request failed", metadata: ["upstream": "\(configuration.name)", "target": "\(target.displayName)", "error": "\(error)"])
-            }
+        return attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: [], problem: "no target is available", status: .serviceUnavailable)
+    }
+
+    private func attempt(_ request: GatewayRequest, on eventLoop: any EventLoop, idempotent: Bool, attempts: Int, tried: Set<Int>,
+                         problem: String, status: HTTPResponseStatus) -> EventLoopFuture<GatewayResponse> {
+        guard tried.count < attempts, let index = pick(excluding: tried) else {
+            return eventLoop.makeSucceededFuture(.plain(status, "upstream \(configuration.name) did not answer (\(problem))"))
         }
-        return .plain(lastStatus, "upstream \(configuration.name) did not answer (\(lastProblem))")
+        let tried = tried.union([index])
+        let target = targets[index]
+        let sent: EventLoopFuture<GatewayResponse>
+        if target.plain != nil {
+            sent = sendPlain(request, to: index, on: eventLoop, idempotent: idempotent)
+        } else {
+            sent = eventLoop.makeFutureWithTask { try await self.send(request, to: target) }
+        }
+        let configuration = self.configuration
+        return sent.flatMap { response in
+            if [502, 503, 504].contains(response.status.code) {
+                target.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
+                if idempotent && tried.count < attempts && self.pick(excluding: tried) != nil {
+                    return self.attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: tried,
+                                        problem: "\(target.displayName) answered \(response.status.code)", status: response.status)
+                }
+            } else {
+                target.recordSuccess()
+            }
+            return eventLoop.makeSucceededFuture(response)
+        }.flatMapError { error in
+            target.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
+            self.logger.warning("upstream request failed", metadata: ["upstream": "\(configuration.name)", "target": "\(target.displayName)", "error": "\(error)"])
+            return self.attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: tried,
+                                problem: "\(target.displayName): \(error)", status: Self.isTimeout(error) ? .gatewayTimeout : .badGateway)
+        }
+    }
+
+    /// The calling loop's connections.
+    private func connections(on eventLoop: any EventLoop) -> UpstreamConnections {
+        let key = ObjectIdentifier(eventLoop)
+        return loops.withLockedValue { loops in
+            if let existing = loops[key] { return existing.value }
+            let created = UpstreamConnections(eventLoop: eventLoop, targets: targets.count)
+            loops[key] = NIOLoopBound(created, eventLoop: eventLoop)
+            return created
+        }
+    }
+
+    private func sendPlain(_ request: GatewayRequest, to index: Int, on eventLoop: any EventLoop, idempotent: Bool) -> EventLoopFuture<GatewayResponse> {
+        eventLoop.preconditionInEventLoop()
+        let endpoint = targets[index].plain!
+        let connections = self.connections(on: eventLoop)
+        let bytes = Self.encode(request, path: endpoint.basePath + request.uri, host: endpoint.port == 80 ? endpoint.host : "\(endpoint.host):\(endpoint.port)")
+        let isHead = request.method == .HEAD
+        let configuration = self.configuration
+        func exchange(fresh: Bool) -> EventLoopFuture<GatewayResponse> {
+            connections.acquire(target: index, host: endpoint.host, port: endpoint.port, connectTimeout: configuration.connectTimeout, fresh: fresh)
+                .assumeIsolated()
+                .flatMap { acquired in
+                    let reused = acquired.reused
+                    return acquired.connection.value.send(bytes, isHead: isHead, timeout: configuration.responseTimeout, maxBytes: configuration.maxResponseBytes, eventLoop: eventLoop)
+                        .assumeIsolated()
+                        .flatMapError { error in
+                            // A kept-alive connection the upstream closed as the request went out:
+                            // nothing was answered, so an idempotent request goes again on a new one.
+                            if reused, idempotent, case UpstreamFailure.connectionLost(answered: false) = error {
+                                return exchange(fresh: true)
+                            }
+                            return eventLoop.makeFailedFuture(error)
+                        }
+                        .nonisolated()
+                }
+                .nonisolated()
+        }
+        return exchange(fresh: false)
+    }
+
+    /// The request for an upstream as one buffer: hop-by-hop fields dropped, `X-Forwarded-*` set.
+    static func encode(_ request: GatewayRequest, path: String, host: String) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(256 + request.body.readableBytes)
+        buffer.writeString(request.method.rawValue)
+        buffer.writeStaticString(" ")
+        buffer.writeString(path)
+        buffer.writeStaticString(" HTTP/1.1\r\n")
+        var forwardedFor: [String] = []
+        var sawHost = false
+        // Fields the Connection header names are for this hop only (RFC 9110 7.6.1).
+        let connectionListed = Set(request.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingWhitespace().lowercased() })
+        for (name, value) in request.headers {
+            let lower = name.lowercased()
+            if hopByHop.contains(lower) || lower == "content-length" || lower == "expect" || connectionListed.contains(lower) { continue }
+            if lower == "x-forwarded-for" {
+                // Earlier hops are kept only when the peer is a trusted proxy.
+                if request.peerIsTrustedProxy { forwardedFor.append(value) }
+                continue
+            }
+            if lower == "x-forwarded-proto" || lower == "x-forwarded-host" { continue }
+            if lower == "host" { sawHost = true }
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        if !sawHost {
+            buffer.writeStaticString("host: ")
+            buffer.writeString(host)
+            buffer.writeStaticString("\r\n")
+        }
+        if let peer = request.peerAddress?.ipAddress { forwardedFor.append(peer) }
+        if !forwardedFor.isEmpty {
+            buffer.writeStaticString("x-forwarded-for: ")
+            buffer.writeString(forwardedFor.joined(separator: ", "))
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("x-forwarded-proto: ")
+        buffer.writeString(request.forwardedProto)
+        if let host = request.host {
+            buffer.writeStaticString("\r\nx-forwarded-host: ")
+            buffer.writeString(host)
+        }
+        if request.body.readableBytes > 0 || request.method == .POST || request.method == .PUT || request.method == .PATCH {
+            buffer.writeStaticString("\r\ncontent-length: ")
+            buffer.writeString(String(request.body.readableBytes))
+        }
+        buffer.writeStaticString("\r\n\r\n")
+        var body = request.body
+        buffer.writeBuffer(&body)
+        return buffer
     }
 
     /// The next available target in round-robin order, skipping `excluded`.
@@ -141,6 +250,7 @@ final class UpstreamPool: Sendable {
     }
 
     private static func isTimeout(_ error: any Error) -> Bool {
+        if let failure = error as? UpstreamFailure { return failure.isTimeout }
         if let error = error as? HTTPClientError, error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout { return true }
         return false
     }

@@ -6,6 +6,9 @@ final class UpstreamTarget: Sendable {
     /// `scheme://host:port` with any base path, no trailing slash.
     let base: String
     let displayName: String
+    /// Host, port and base path of a plain-HTTP target, which the gateway's own client serves;
+    /// nil for HTTPS targets.
+    let plain: (host: String, port: Int, basePath: String)?
 
     private struct Health {
         /// Set by active checks; a target starts healthy so that traffic flows before the first probe.
@@ -26,6 +29,28 @@ final class UpstreamTarget: Sendable {
         while trimmed.hasSuffix("/") { trimmed.removeLast() }
         self.base = trimmed
         self.displayName = url
+        self.plain = Self.plainEndpoint(trimmed)
+    }
+
+    private static func plainEndpoint(_ base: String) -> (host: String, port: Int, basePath: String)? {
+        guard base.hasPrefix("http://") else { return nil }
+        let rest = base.dropFirst("http://".count)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let authority = rest[..<slash]
+        let basePath = String(rest[slash...])
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else { return nil }
+            let host = String(authority[authority.index(after: authority.startIndex)..<close])
+            let after = authority[authority.index(after: close)...]
+            if after.isEmpty { return (host, 80, basePath) }
+            guard after.hasPrefix(":"), let port = Int(after.dropFirst()) else { return nil }
+            return (host, port, basePath)
+        }
+        if let colon = authority.lastIndex(of: ":") {
+            guard let port = Int(authority[authority.index(after: colon)...]) else { return nil }
+            return (String(authority[..<colon]), port, basePath)
+        }
+        return (String(authority), 80, basePath)
     }
 
     /// Whether requests may go to this target now.

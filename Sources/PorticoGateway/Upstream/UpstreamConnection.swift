@@ -1,0 +1,397 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Why an exchange with an upstream failed.
+enum UpstreamFailure: Error, CustomStringConvertible {
+    /// The connection closed or failed; `answered` says whether any of the response came.
+    case connectionLost(answered: Bool)
+    case connectFailed(String)
+    case timedOut
+    case malformedResponse(String)
+    case responseTooLarge(Int)
+
+    var description: String {
+        switch self {
+        case .connectionLost(let answered): answered ? "the connection closed in the middle of the response" : "the connection closed before a response"
+        case .connectFailed(let reason): "could not connect: \(reason)"
+        case .timedOut: "no response in time"
+        case .malformedResponse(let reason): "malformed response: \(reason)"
+        case .responseTooLarge(let limit): "the response is larger than \(limit) bytes"
+        }
+    }
+
+    var isTimeout: Bool {
+        if case .timedOut = self { return true }
+        return false
+    }
+}
+
+/// One kept-alive HTTP/1.1 connection to a plain-HTTP upstream, owned by one event loop.
+///
+/// A request is written as one buffer and its response read back with the gateway's own
+/// parser, on the event loop of the client connection that asked: no task hop, no lock.
+final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// A response being received.
+    private final class Exchange {
+        let promise: EventLoopPromise<GatewayResponse>
+        let isHead: Bool
+        let maxBytes: Int
+        var status: HTTPResponseStatus?
+        var headers = HTTPHeaders()
+        var body: ByteBuffer?
+        var bodyParser: HTTP1Parser?
+        /// The body runs until the connection closes.
+        var untilClose = false
+        var answered = false
+
+        init(promise: EventLoopPromise<GatewayResponse>, isHead: Bool, maxBytes: Int) {
+            self.promise = promise
+            self.isHead = isHead
+            self.maxBytes = maxBytes
+        }
+    }
+
+    let target: Int
+    private let owner: UpstreamConnections
+    private var context: ChannelHandlerContext?
+    private var exchange: Exchange?
+    private var input: ByteBuffer?
+    private var keepAlive = true
+    private(set) var isOpen = true
+    /// The response deadline while a request is out; the idle deadline while pooled.
+    private var deadline: NIODeadline?
+    private var sweeper: DeadlineSweeper?
+    var sweepIndex = -1
+
+    init(target: Int, owner: UpstreamConnections) {
+        self.target = target
+        self.owner = owner
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let sweeper = DeadlineSweeper.current(on: context.eventLoop)
+        self.sweeper = sweeper
+        sweeper.register(self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        sweeper?.unregister(self)
+        sweeper = nil
+        self.context = nil
+    }
+
+    /// Sends one request (head and body in `bytes`) and answers its response.
+    func send(_ bytes: ByteBuffer, isHead: Bool, timeout: TimeAmount, maxBytes: Int, eventLoop: any EventLoop) -> EventLoopFuture<GatewayResponse> {
+        let promise = eventLoop.makePromise(of: GatewayResponse.self)
+        guard let context, isOpen, exchange == nil else {
+            promise.fail(UpstreamFailure.connectionLost(answered: false))
+            return promise.futureResult
+        }
+        exchange = Exchange(promise: promise, isHead: isHead, maxBytes: maxBytes)
+        deadline = .now() + timeout
+        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        return promise.futureResult
+    }
+
+    /// Marks the connection idle in its pool until `until`.
+    func idle(until: NIODeadline) {
+        deadline = until
+    }
+
+    func sweep(now: NIODeadline) {
+        guard let due = deadline, due <= now else { return }
+        deadline = nil
+        fail(.timedOut)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        guard exchange != nil else {
+            // Bytes nobody asked for: the connection cannot be trusted for another request.
+            close()
+            return
+        }
+        if input == nil { input = bytes } else { input!.writeBuffer(&bytes) }
+        do {
+            try process()
+        } catch let failure as UpstreamFailure {
+            fail(failure)
+        } catch {
+            fail(.malformedResponse("\(error)"))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        isOpen = false
+        owner.forget(self)
+        if let exchange, exchange.untilClose, exchange.status != nil {
+            finish(exchange)
+        } else {
+            fail(.connectionLost(answered: exchange?.answered ?? false))
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        close()
+    }
+
+    // MARK: - Responses
+
+    private func process() throws {
+        while let exchange, input != nil {
+            if exchange.status == nil {
+                guard try readHead(exchange) else { return }
+                continue
+            }
+            if exchange.untilClose {
+                var rest = input!
+                input = nil
+                try append(&rest, to: exchange)
+                return
+            }
+            guard exchange.bodyParser != nil else {
+                finish(exchange)
+                return
+            }
+            let event: HTTP1Parser.Event
+            do {
+                event = try exchange.bodyParser!.next(&input!)
+            } catch {
+                throw UpstreamFailure.malformedResponse(error.message)
+            }
+            switch event {
+            case .needMore:
+                if input!.readableBytes == 0 { input = nil }
+                return
+            case .body(var chunk):
+                try append(&chunk, to: exchange)
+            case .end:
+                finish(exchange)
+            case .head:
+                throw UpstreamFailure.malformedResponse("unexpected head")
+            }
+        }
+    }
+
+    private func append(_ chunk: inout ByteBuffer, to exchange: Exchange) throws {
+        let total = (exchange.body?.readableBytes ?? 0) + chunk.readableBytes
+        if total > exchange.maxBytes { throw UpstreamFailure.responseTooLarge(exchange.maxBytes) }
+        if exchange.body == nil { exchange.body = chunk } else { exchange.body!.writeBuffer(&chunk) }
+    }
+
+    /// Reads a response head if it has all arrived; 1xx interim responses are skipped.
+    private func readHead(_ exchange: Exchange) throws -> Bool {
+        guard let head = try Self.parseHead(input!, maxBytes: 64 * 1024) else { return false }
+        exchange.answered = true
+        input!.moveReaderIndex(forwardBy: head.length)
+        if input!.readableBytes == 0 { input = nil }
+        if (100..<200).contains(head.status) { return true }
+        exchange.status = HTTPResponseStatus(statusCode: head.status)
+        exchange.headers = head.headers
+        keepAlive = head.keepAlive
+        let bodyless = exchange.isHead || head.status == 204 || head.status == 304
+        if bodyless {
+            exchange.bodyParser = nil
+        } else if head.chunked {
+            exchange.bodyParser = .body(chunked: true, length: 0, maxTrailerBytes: 64 * 1024)
+        } else if let length = head.contentLength {
+            if length > exchange.maxBytes { throw UpstreamFailure.responseTooLarge(exchange.maxBytes) }
+            exchange.bodyParser = length > 0 ? .body(chunked: false, length: length, maxTrailerBytes: 0) : nil
+        } else {
+            exchange.untilClose = true
+            keepAlive = false
+        }
+        if exchange.bodyParser == nil && !exchange.untilClose {
+            finish(exchange)
+            return false
+        }
+        return true
+    }
+
+    private func finish(_ exchange: Exchange) {
+        self.exchange = nil
+        deadline = nil
+        let response = GatewayResponse(status: exchange.status ?? .badGateway, headers: exchange.headers, body: exchange.body ?? ByteBuffer())
+        if !keepAlive || (input?.readableBytes ?? 0) > 0 {
+            close()
+        } else {
+            input = nil
+            owner.release(self)
+        }
+        exchange.promise.succeed(response)
+    }
+
+    private func fail(_ failure: UpstreamFailure) {
+        let exchange = self.exchange
+        self.exchange = nil
+        deadline = nil
+        close()
+        exchange?.promise.fail(failure)
+    }
+
+    func close() {
+        guard isOpen else { return }
+        isOpen = false
+        owner.forget(self)
+        context?.close(promise: nil)
+    }
+
+    // MARK: - Response heads
+
+    struct ResponseHead {
+        var status: Int
+        var headers: HTTPHeaders
+        var contentLength: Int?
+        var chunked: Bool
+        var keepAlive: Bool
+        var length: Int
+    }
+
+    /// Connection-level fields that are not passed on to the client.
+    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization", "content-length"]
+
+    /// A response head from the start of `buffer`, or nil until it has all arrived.
+    static func parseHead(_ buffer: ByteBuffer, maxBytes: Int) throws -> ResponseHead? {
+        try buffer.withUnsafeReadableBytes { raw -> ResponseHead? in
+            guard let base = raw.baseAddress else { return nil }
+            var lines: [(Int, Int)] = []
+            var index = 0
+            while true {
+                guard index < raw.count, let found = memchr(base + index, Int32(UInt8(ascii: "\n")), raw.count - index) else {
+                    if raw.count > maxBytes { throw UpstreamFailure.malformedResponse("head larger than \(maxBytes) bytes") }
+                    return nil
+                }
+                let lf = base.distance(to: UnsafeRawPointer(found))
+                let end = lf > index && raw[lf - 1] == UInt8(ascii: "\r") ? lf - 1 : lf
+                if end == index && !lines.isEmpty {
+                    index = lf + 1
+                    break
+                }
+                lines.append((index, end))
+                index = lf + 1
+                if index > maxBytes { throw UpstreamFailure.malformedResponse("head larger than \(maxBytes) bytes") }
+            }
+            func text(_ range: (Int, Int)) -> Substring {
+                String(decoding: UnsafeRawBufferPointer(rebasing: raw[range.0..<range.1]), as: UTF8.self)[...]
+            }
+            let statusLine = text(lines[0])
+            let parts = statusLine.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count >= 2, parts[0] == "HTTP/1.1" || parts[0] == "HTTP/1.0", parts[1].utf8.count == 3, let status = Int(parts[1]) else {
+                throw UpstreamFailure.malformedResponse("status line '\(statusLine.prefix(64))'")
+            }
+            var head = ResponseHead(status: status, headers: HTTPHeaders(), contentLength: nil, chunked: false, keepAlive: parts[0] == "HTTP/1.1", length: index)
+            for line in lines.dropFirst() {
+                let field = text(line)
+                guard let colon = field.firstIndex(of: ":"), colon != field.startIndex else {
+                    throw UpstreamFailure.malformedResponse("header line without a colon")
+                }
+                let name = field[..<colon]
+                let value = field[field.index(after: colon)...].trimmingWhitespace()
+                let lower = name.lowercased()
+                switch lower {
+                case "content-length":
+                    guard let length = Int(value), length >= 0 else { throw UpstreamFailure.malformedResponse("Content-Length '\(value)'") }
+                    if let existing = head.contentLength, existing != length { throw UpstreamFailure.malformedResponse("differing Content-Length headers") }
+                    head.contentLength = length
+                case "transfer-encoding":
+                    guard value.lowercased() == "chunked" else { throw UpstreamFailure.malformedResponse("transfer coding '\(value)'") }
+                    head.chunked = true
+                case "connection":
+                    for token in value.split(separator: ",") {
+                        switch token.trimmingWhitespace().lowercased() {
+                        case "close": head.keepAlive = false
+                        case "keep-alive": head.keepAlive = true
+                        default: break
+                        }
+                    }
+                default:
+                    break
+                }
+                if !hopByHop.contains(lower) { head.headers.add(name: String(name), value: String(value)) }
+            }
+            if head.chunked { head.contentLength = nil }
+            return head
+        }
+    }
+}
+
+extension Substring {
+    func trimmingWhitespace() -> Substring {
+        var result = self
+        while let first = result.first, first == " " || first == "\t" { result.removeFirst() }
+        while let last = result.last, last == " " || last == "\t" { result.removeLast() }
+        return result
+    }
+}
+
+/// The kept-alive connections of one upstream pool on one event loop.
+final class UpstreamConnections {
+    /// An idle connection is closed after this long: before most servers' own keep-alive
+    /// timeouts (Node's is 5 s), so that a request is rarely sent on a connection the
+    /// server is closing.
+    static let idleTimeout = TimeAmount.seconds(4)
+    static let maxIdlePerTarget = 64
+
+    private let eventLoop: any EventLoop
+    private var idle: [[UpstreamConnection]]
+
+    init(eventLoop: any EventLoop, targets: Int) {
+        self.eventLoop = eventLoop
+        self.idle = Array(repeating: [], count: targets)
+    }
+
+    /// A connection handed out by ``acquire``; bound to the loop that owns it.
+    struct Acquired: Sendable {
+        let connection: NIOLoopBound<UpstreamConnection>
+        let reused: Bool
+    }
+
+    /// An idle connection to the target (unless `fresh`), or a new one.
+    func acquire(target: Int, host: String, port: Int, connectTimeout: TimeAmount, fresh: Bool) -> EventLoopFuture<Acquired> {
+        while !fresh, let connection = idle[target].popLast() {
+            if connection.isOpen {
+                return eventLoop.makeSucceededFuture(Acquired(connection: NIOLoopBound(connection, eventLoop: eventLoop), reused: true))
+            }
+        }
+        let bound = NIOLoopBound(UpstreamConnection(target: target, owner: self), eventLoop: eventLoop)
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(bound.value)
+                }
+            }
+            .connect(host: host, port: port)
+            .flatMapErrorThrowing { error in
+                throw UpstreamFailure.connectFailed("\(error)")
+            }
+            .map { _ in Acquired(connection: bound, reused: false) }
+    }
+
+    func release(_ connection: UpstreamConnection) {
+        guard connection.isOpen else { return }
+        if idle[connection.target].count >= Self.maxIdlePerTarget {
+            connection.close()
+            return
+        }
+        connection.idle(until: .now() + Self.idleTimeout)
+        idle[connection.target].append(connection)
+    }
+
+    func forget(_ connection: UpstreamConnection) {
+        if let index = idle[connection.target].firstIndex(where: { $0 === connection }) {
+            idle[connection.target].remove(at: index)
+        }
+    }
+}

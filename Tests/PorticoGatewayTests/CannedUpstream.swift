@@ -1,0 +1,98 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// A loopback server that answers each request (once its head has arrived) with bytes the
+/// test chose, per connection and request number, and counts connections and requests.
+final class CannedUpstream: Sendable {
+    /// What to do with request `request` (from 0) on connection `connection` (from 0).
+    enum Action: Sendable {
+        case answer(String)
+        /// Answer, then close the connection.
+        case answerAndClose(String)
+        /// Close without answering.
+        case close
+        /// Never answer.
+        case ignore
+    }
+
+    let channel: any Channel
+    private let counts: NIOLockedValueBox<(connections: Int, requests: Int)>
+    var port: Int { channel.localAddress!.port! }
+    var connections: Int { counts.withLockedValue { $0.connections } }
+    var requests: Int { counts.withLockedValue { $0.requests } }
+
+    static func start(_ plan: @escaping @Sendable (_ connection: Int, _ request: Int) -> Action) async throws -> CannedUpstream {
+        let counts = NIOLockedValueBox((connections: 0, requests: 0))
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                let number = counts.withLockedValue { counts in
+                    counts.connections += 1
+                    return counts.connections - 1
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Handler(connection: number, plan: plan, counts: counts))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return CannedUpstream(channel: channel, counts: counts)
+    }
+
+    private init(channel: any Channel, counts: NIOLockedValueBox<(connections: Int, requests: Int)>) {
+        self.channel = channel
+        self.counts = counts
+    }
+
+    func stop() async { try? await channel.close() }
+
+    private final class Handler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let connection: Int
+        let plan: @Sendable (Int, Int) -> Action
+        let counts: NIOLockedValueBox<(connections: Int, requests: Int)>
+        var received = ""
+        var request = 0
+
+        init(connection: Int, plan: @escaping @Sendable (Int, Int) -> Action, counts: NIOLockedValueBox<(connections: Int, requests: Int)>) {
+            self.connection = connection
+            self.plan = plan
+            self.counts = counts
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            received += String(buffer: unwrapInboundIn(data))
+            // Requests here have no bodies, or tiny ones that arrive with their heads.
+            while let end = received.range(of: "\r\n\r\n") {
+                var consumed = end.upperBound
+                if let length = received[..<end.lowerBound].split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("content-length:") })
+                    .flatMap({ Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) }) {
+                    guard received.distance(from: end.upperBound, to: received.endIndex) >= length else { return }
+                    consumed = received.index(end.upperBound, offsetBy: length)
+                }
+                received = String(received[consumed...])
+                counts.withLockedValue { $0.requests += 1 }
+                let action = plan(connection, request)
+                request += 1
+                switch action {
+                case .answer(let text):
+                    context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text)), promise: nil)
+                case .answerAndClose(let text):
+                    let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                    context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text))).whenComplete { _ in loopBound.value.close(promise: nil) }
+                    return
+                case .close:
+                    context.close(promise: nil)
+                    return
+                case .ignore:
+                    return
+                }
+            }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            context.close(promise: nil)
+        }
+    }
+}
