@@ -129,7 +129,7 @@ import Testing
 /// framings a response may use, and what it does when an upstream misbehaves.
 @Suite(.timeLimit(.minutes(1))) struct UpstreamClientTests {
     static func ok(_ body: String, extra: String = "") -> String {
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\(extra)content-length: \(body.utf8.count)\r\n\r\n\(body)"
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\(extra)content-length: \(body.utf8.count)\r\n\r\n\(body)"
     }
 
     /// A gateway proxying `/up` on the plain client listener to `upstream`.
@@ -151,6 +151,9 @@ import Testing
             for round in 0..<20 {
                 let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
                 #expect(answer.status == 200)
+                // One Date, the gateway's own.
+                #expect(answer.headers["date"].count == 1)
+                #expect(answer.headers.first(name: "date")?.contains("1994") == false)
                 #expect(answer.body == "answer \(round)")
             }
         }

@@ -73,7 +73,8 @@ enum HTTP1Encoding {
     static func writeHeaders(_ headers: HTTPHeaders, contentLength: Int, close: Bool, into buffer: inout ByteBuffer) {
         buffer.writeStaticString("\r\n")
         for (name, value) in headers {
-            if name.caseInsensitiveEquals("content-length") || name.caseInsensitiveEquals("connection") || name.caseInsensitiveEquals("transfer-encoding") { continue }
+            // The gateway writes its own `date` (an upstream's would be a second one).
+            if name.caseInsensitiveEquals("content-length") || name.caseInsensitiveEquals("connection") || name.caseInsensitiveEquals("transfer-encoding") || name.caseInsensitiveEquals("date") { continue }
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)
@@ -98,7 +99,7 @@ enum HTTP2Encoding {
         for (name, value) in headers {
             let lower = name.lowercased()
             switch lower {
-            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "content-length": continue
+            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "content-length", "date": continue
             default: result.add(name: lower, value: value)
             }
         }
