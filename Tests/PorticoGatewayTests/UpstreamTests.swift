@@ -288,3 +288,36 @@ struct RecordingUpstream {
         }
     }
 }
+
+/// The upstream client's reading of response heads.
+@Suite struct UpstreamResponseHeadTests {
+    static func head(_ text: String) throws -> UpstreamConnection.ResponseHead? {
+        try UpstreamConnection.parseHead(ByteBuffer(string: text), maxBytes: 1024)
+    }
+
+    @Test func fieldsFramingAndKeepAliveAreRead() throws {
+        let text = "HTTP/1.1 200 OK\r\nServer: up\r\nDate: x\r\nContent-Length:  12 \r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: b\r\n\r\nbody"
+        let head = try #require(try Self.head(text))
+        #expect(head.status == 200)
+        #expect(head.contentLength == 12)
+        #expect(!head.chunked && head.keepAlive)
+        #expect(head.length == text.utf8.count - 4)
+        #expect(head.headers.map { "\($0.name)=\($0.value)" } == ["Server=up", "X-A=b"])
+        let chunked = try #require(try Self.head("HTTP/1.1 204\r\ntransfer-encoding: Chunked\r\nconnection: close\r\n\r\n"))
+        #expect(chunked.status == 204 && chunked.chunked && !chunked.keepAlive && chunked.contentLength == nil)
+        let old = try #require(try Self.head("HTTP/1.0 200 OK\nContent-Length: 0\n\n"))
+        #expect(!old.keepAlive && old.contentLength == 0)
+        #expect(try Self.head("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n") == nil)
+    }
+
+    @Test func malformedHeadsAreRefused() {
+        for text in [
+            "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 200OK\r\n\r\n", "ICY 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nNoColon\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX-Big: \(String(repeating: "a", count: 2000))\r\n\r\n",
+        ] {
+            #expect(throws: UpstreamFailure.self, "\(text.prefix(40))") { _ = try Self.head(text) }
+        }
+    }
+}

@@ -36,6 +36,10 @@ enum Engines {
                 let result = try await body(.postgres(url: replacingDatabase(in: admin, with: name), poolSize: 4))
                 try await adminQuery(admin, "DROP DATABASE \(name) WITH (FORCE)")
                 return result
+            } catch let error as PSQLError {
+                try? await adminQuery(admin, "DROP DATABASE \(name) WITH (FORCE)")
+                // PSQLError's description hides the server's message; a failing test should show it.
+                throw DescribedError(description: String(reflecting: error))
             } catch {
                 try? await adminQuery(admin, "DROP DATABASE \(name) WITH (FORCE)")
                 throw error
@@ -72,4 +76,9 @@ enum Engines {
             group.cancelAll()
         }
     }
+}
+
+/// An error whose description is the detail another error keeps out of its own.
+struct DescribedError: Error, CustomStringConvertible {
+    let description: String
 }

@@ -458,7 +458,7 @@ struct HTTP1Parser {
     }
 
     /// ASCII case-insensitive equality with a lower-case string.
-    private static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ lowercase: StaticString) -> Bool {
+    static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ lowercase: StaticString) -> Bool {
         guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
         let expected = lowercase.utf8Start
         for index in 0..<bytes.count {
@@ -470,7 +470,7 @@ struct HTTP1Parser {
     }
 
     /// Calls `body` with each comma-separated token of a list value, trimmed.
-    private static func forEachToken(_ value: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
+    static func forEachToken(_ value: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
         var start = 0
         while start <= value.count {
             var end = start
