@@ -147,15 +147,18 @@ for _ in $(seq 100); do
 done
 
 # CPU ticks (user+system) of a server: portico's process, or nginx's master and workers.
-cpu_ticks() {
-  local pids
-  if [ "$1" = portico ]; then pids=$portico_pid; else
+# The processes of a server: portico's, or the front nginx's master and workers (not the
+# upstream instance, which has its own pid file).
+server_pids() {
+  if [ "$1" = portico ]; then echo "$portico_pid"; else
     local master
     master=$(cat "$work/nginx.pid")
-    pids="$master $(pgrep -P "$master" | tr '\n' ' ')"
+    echo "$master $(pgrep -P "$master" | tr '\n' ' ')"
   fi
+}
+cpu_ticks() {
   local total=0
-  for p in $pids; do
+  for p in $(server_pids "$1"); do
     [ -r "/proc/$p/stat" ] || continue
     total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
   done
@@ -223,13 +226,8 @@ done
 
 # Memory: RSS added by IDLE_CONNECTIONS kept-alive TLS connections (each did one request).
 rss_kb() {
-  local pids total=0
-  if [ "$1" = portico ]; then pids=$portico_pid; else
-    local master
-    master=$(cat "$work/nginx.pid")
-    pids="$master $(pgrep -P "$master" | tr '\n' ' ')"
-  fi
-  for p in $pids; do
+  local total=0
+  for p in $(server_pids "$1"); do
     total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
   done
   echo $total

@@ -67,7 +67,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// ``DeadlineSweeper`` checks it: a task scheduled and cancelled per request cost 6% of
     /// the CPU of a small keep-alive request, and cancelling one searches every task of the loop.
     private var deadline: NIODeadline?
-    private var sweeper: DeadlineSweeper?
+    var sweeper: DeadlineSweeper?
     private var context: ChannelHandlerContext?
     var sweepIndex = -1
     private var date = HTTPDate()
@@ -83,16 +83,13 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        let sweeper = DeadlineSweeper.current(on: context.eventLoop)
-        self.sweeper = sweeper
-        sweeper.register(self)
+        joinSweeper(on: context.eventLoop)
         schedule(context: context, after: info.snapshot.value.limits.headerTimeout)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline = nil
-        sweeper?.unregister(self)
-        sweeper = nil
+        leaveSweeper()
         self.context = nil
     }
 

@@ -65,7 +65,7 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
     private var sawFrame = false
     private var idleSince: NIODeadline?
     private var stalledSince: NIODeadline?
-    private var sweeper: DeadlineSweeper?
+    var sweeper: DeadlineSweeper?
     private var context: ChannelHandlerContext?
     var sweepIndex = -1
     private var date = HTTPDate()
@@ -81,14 +81,11 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        let sweeper = DeadlineSweeper.current(on: context.eventLoop)
-        self.sweeper = sweeper
-        sweeper.register(self)
+        joinSweeper(on: context.eventLoop)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        sweeper?.unregister(self)
-        sweeper = nil
+        leaveSweeper()
         self.context = nil
     }
 

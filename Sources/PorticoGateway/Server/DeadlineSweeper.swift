@@ -5,8 +5,25 @@ import NIOCore
 protocol DeadlineClient: AnyObject {
     /// Where the client sits in its sweeper's list; kept by the sweeper.
     var sweepIndex: Int { get set }
+    /// The sweeper it joined; kept by ``joinSweeper(on:)`` and ``leaveSweeper()``.
+    var sweeper: DeadlineSweeper? { get set }
     /// Called on the event loop at every sweep.
     func sweep(now: NIODeadline)
+}
+
+extension DeadlineClient {
+    /// Joins the sweeper of the loop it runs on (a handler does so in `handlerAdded`).
+    func joinSweeper(on eventLoop: any EventLoop) {
+        let sweeper = DeadlineSweeper.current(on: eventLoop)
+        self.sweeper = sweeper
+        sweeper.register(self)
+    }
+
+    /// Leaves it (in `handlerRemoved`).
+    func leaveSweeper() {
+        sweeper?.unregister(self)
+        sweeper = nil
+    }
 }
 
 /// Checks the connection deadlines of one event loop (handshake, head, body and idle

@@ -195,7 +195,7 @@ final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler
     private let metrics: ListenerMetrics
     private let timeout: TimeAmount
     private var deadline: NIODeadline?
-    private var sweeper: DeadlineSweeper?
+    var sweeper: DeadlineSweeper?
     private var context: ChannelHandlerContext?
     var sweepIndex = -1
 
@@ -207,15 +207,12 @@ final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         deadline = .now() + timeout
-        let sweeper = DeadlineSweeper.current(on: context.eventLoop)
-        self.sweeper = sweeper
-        sweeper.register(self)
+        joinSweeper(on: context.eventLoop)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline = nil
-        sweeper?.unregister(self)
-        sweeper = nil
+        leaveSweeper()
         self.context = nil
     }
 

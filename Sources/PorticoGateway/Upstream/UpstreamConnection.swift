@@ -68,7 +68,7 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
     private(set) var isOpen = true
     /// The response deadline while a request is out; the idle deadline while pooled.
     private var deadline: NIODeadline?
-    private var sweeper: DeadlineSweeper?
+    var sweeper: DeadlineSweeper?
     var sweepIndex = -1
 
     init(target: Int, owner: UpstreamConnections) {
@@ -78,14 +78,11 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        let sweeper = DeadlineSweeper.current(on: context.eventLoop)
-        self.sweeper = sweeper
-        sweeper.register(self)
+        joinSweeper(on: context.eventLoop)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        sweeper?.unregister(self)
-        sweeper = nil
+        leaveSweeper()
         self.context = nil
     }
 
