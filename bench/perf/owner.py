@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Which module caused the CPU time in a profile.
+
+    perf record -e cpu-clock -F 999 -g -p <pid> -- sleep 5
+    perf script | python3 bench/perf/owner.py
+
+Each sample is charged to the module of its nearest frame that is not Swift runtime work
+(retain/release, exclusivity checks, malloc, metadata, copies): so retain/release is charged
+to the code that asked for it, and kernel time to the module that made the system call.
+"""
+import collections
+import re
+import sys
+
+RUNTIME = re.compile(r'swift_|RefCounts|AccessSet|malloc|free|_int_|memmove|memcpy|__GI_|Metadata|swift::|outlined|initializeWithCopy|destroy|assignWith|__tls_get_addr')
+MODULES = ['NIOHTTP2', 'NIOHPACK', 'NIOSSL', 'CNIOBoringSSL', 'NIOPosix', 'NIOCore', 'PorticoGateway', 'PorticoManager', 'PorticoStore', 'NIOHTTP1', 'AsyncHTTPClient']
+
+
+def module(frame):
+    for name in MODULES:
+        if name in frame:
+            return 'BoringSSL' if name == 'CNIOBoringSSL' else name
+    return None
+
+
+def samples(lines):
+    stack = []
+    for line in lines:
+        line = line.rstrip('\n')
+        if not line.strip():
+            if stack:
+                yield stack
+            stack = []
+        elif line[:1] in '\t ':
+            parts = line.strip().split(' ', 1)
+            if len(parts) == 2:
+                stack.append(parts[1].rsplit(' (', 1)[0])
+    if stack:
+        yield stack
+
+
+def main():
+    counts = collections.Counter()
+    total = 0
+    for stack in samples(sys.stdin):
+        total += 1
+        owner = 'other'
+        for frame in stack:
+            if RUNTIME.search(frame):
+                continue
+            found = module(frame)
+            if found:
+                owner = found
+                break
+        counts[owner] += 1
+    for name, count in counts.most_common():
+        print(f"{100 * count / max(total, 1):5.1f}%  {name}")
+
+
+if __name__ == '__main__':
+    main()
