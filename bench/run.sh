@@ -47,6 +47,14 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-19445}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 
 mkdir -p "$work/ec" "$work/upstream-tmp"
+
+# What both nginx instances set in their http block: no access log, temp files in the work
+# folder, keep-alive without a request limit.
+http_common() {
+  printf '  access_log off;\n'
+  for kind in client_body proxy fastcgi uwsgi scgi; do printf '  %s_temp_path %s;\n' "$kind" "$1"; done
+  printf '  keepalive_requests 1000000;\n'
+}
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=bench \
   -keyout "$work/ec/server.key" -out "$work/ec/server.crt" 2>/dev/null
 chmod 600 "$work/ec/server.key"
@@ -57,13 +65,7 @@ pid $work/upstream.pid;
 error_log $work/upstream-error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  client_body_temp_path $work/upstream-tmp;
-  proxy_temp_path $work/upstream-tmp;
-  fastcgi_temp_path $work/upstream-tmp;
-  uwsgi_temp_path $work/upstream-tmp;
-  scgi_temp_path $work/upstream-tmp;
-  keepalive_requests 1000000;
+$(http_common "$work/upstream-tmp")
   server {
     listen 127.0.0.1:$UPSTREAM_PORT;
     location = /proxied { default_type text/plain; return 200 "ok\n"; }
@@ -108,13 +110,7 @@ pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 20000; }
 http {
-  access_log off;
-  client_body_temp_path $work/nginx-tmp;
-  proxy_temp_path $work/nginx-tmp;
-  fastcgi_temp_path $work/nginx-tmp;
-  uwsgi_temp_path $work/nginx-tmp;
-  scgi_temp_path $work/nginx-tmp;
-  keepalive_requests 1000000;
+$(http_common "$work/nginx-tmp")
   server {
     listen 127.0.0.1:$NGINX_PORT ssl http2;
     ssl_certificate $work/ssl/server.crt;

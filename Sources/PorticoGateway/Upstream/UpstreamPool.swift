@@ -118,7 +118,30 @@ final class UpstreamPool: Sendable {
         return exchange(fresh: false)
     }
 
-    /// The request for an upstream as one buffer: hop-by-hop fields dropped, `X-Forwarded-*` set.
+    /// The fields an upstream receives, in order: the client's, less hop-by-hop ones (and those
+    /// the `Connection` header names), `content-length` and `expect` (set for the hop), then
+    /// `X-Forwarded-For` (earlier hops only from a trusted proxy), `-Proto` and `-Host`.
+    static func forEachForwardedHeader(of request: GatewayRequest, _ body: (String, String) -> Void) {
+        var forwardedFor: [String] = []
+        // Fields the Connection header names are for this hop only (RFC 9110 7.6.1).
+        let connectionListed = Set(request.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingWhitespace().lowercased() })
+        for (name, value) in request.headers {
+            let lower = name.lowercased()
+            if hopByHop.contains(lower) || lower == "content-length" || lower == "expect" || connectionListed.contains(lower) { continue }
+            if lower == "x-forwarded-for" {
+                if request.peerIsTrustedProxy { forwardedFor.append(value) }
+                continue
+            }
+            if lower == "x-forwarded-proto" || lower == "x-forwarded-host" { continue }
+            body(name, value)
+        }
+        if let peer = request.peerAddress?.ipAddress { forwardedFor.append(peer) }
+        if !forwardedFor.isEmpty { body("x-forwarded-for", forwardedFor.joined(separator: ", ")) }
+        body("x-forwarded-proto", request.forwardedProto)
+        if let host = request.host { body("x-forwarded-host", host) }
+    }
+
+    /// The request for an upstream as one buffer.
     static func encode(_ request: GatewayRequest, path: String, host: String) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(256 + request.body.readableBytes)
@@ -126,20 +149,9 @@ final class UpstreamPool: Sendable {
         buffer.writeStaticString(" ")
         buffer.writeString(path)
         buffer.writeStaticString(" HTTP/1.1\r\n")
-        var forwardedFor: [String] = []
         var sawHost = false
-        // Fields the Connection header names are for this hop only (RFC 9110 7.6.1).
-        let connectionListed = Set(request.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingWhitespace().lowercased() })
-        for (name, value) in request.headers {
-            let lower = name.lowercased()
-            if hopByHop.contains(lower) || lower == "content-length" || lower == "expect" || connectionListed.contains(lower) { continue }
-            if lower == "x-forwarded-for" {
-                // Earlier hops are kept only when the peer is a trusted proxy.
-                if request.peerIsTrustedProxy { forwardedFor.append(value) }
-                continue
-            }
-            if lower == "x-forwarded-proto" || lower == "x-forwarded-host" { continue }
-            if lower == "host" { sawHost = true }
+        forEachForwardedHeader(of: request) { name, value in
+            if name.caseInsensitiveEquals("host") { sawHost = true }
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)
@@ -150,23 +162,12 @@ final class UpstreamPool: Sendable {
             buffer.writeString(host)
             buffer.writeStaticString("\r\n")
         }
-        if let peer = request.peerAddress?.ipAddress { forwardedFor.append(peer) }
-        if !forwardedFor.isEmpty {
-            buffer.writeStaticString("x-forwarded-for: ")
-            buffer.writeString(forwardedFor.joined(separator: ", "))
+        if request.body.readableBytes > 0 || request.method == .POST || request.method == .PUT || request.method == .PATCH {
+            buffer.writeStaticString("content-length: ")
+            buffer.writeString(String(request.body.readableBytes))
             buffer.writeStaticString("\r\n")
         }
-        buffer.writeStaticString("x-forwarded-proto: ")
-        buffer.writeString(request.forwardedProto)
-        if let host = request.host {
-            buffer.writeStaticString("\r\nx-forwarded-host: ")
-            buffer.writeString(host)
-        }
-        if request.body.readableBytes > 0 || request.method == .POST || request.method == .PUT || request.method == .PATCH {
-            buffer.writeStaticString("\r\ncontent-length: ")
-            buffer.writeString(String(request.body.readableBytes))
-        }
-        buffer.writeStaticString("\r\n\r\n")
+        buffer.writeStaticString("\r\n")
         var body = request.body
         buffer.writeBuffer(&body)
         return buffer
@@ -187,22 +188,7 @@ final class UpstreamPool: Sendable {
     private func send(_ request: GatewayRequest, to target: UpstreamTarget) async throws -> GatewayResponse {
         var outgoing = HTTPClientRequest(url: target.base + request.uri)
         outgoing.method = request.method
-        var forwardedFor: [String] = []
-                for (name, value) in request.headers {
-            let lower = name.lowercased()
-            if Self.hopByHop.contains(lower) { continue }
-            if lower == "x-forwarded-for" {
-                // Earlier hops are kept only when the peer is a trusted proxy.
-                if request.peerIsTrustedProxy { forwardedFor.append(value) }
-                continue
-            }
-            if lower == "x-forwarded-proto" || lower == "x-forwarded-host" { continue }
-            outgoing.headers.add(name: name, value: value)
-        }
-        if let peer = request.peerAddress?.ipAddress { forwardedFor.append(peer) }
-        if !forwardedFor.isEmpty { outgoing.headers.replaceOrAdd(name: "x-forwarded-for", value: forwardedFor.joined(separator: ", ")) }
-        outgoing.headers.replaceOrAdd(name: "x-forwarded-proto", value: request.forwardedProto)
-        if let host = request.host { outgoing.headers.replaceOrAdd(name: "x-forwarded-host", value: host) }
+        Self.forEachForwardedHeader(of: request) { name, value in outgoing.headers.add(name: name, value: value) }
         if request.body.readableBytes > 0 || request.method == .POST || request.method == .PUT || request.method == .PATCH {
             outgoing.body = .bytes(request.body)
         }
