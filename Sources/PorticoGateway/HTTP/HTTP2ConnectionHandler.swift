@@ -3,23 +3,31 @@ import NIOCore
 import NIOExtras
 import NIOHPACK
 import NIOHTTP1
-import NIOHTTP2
 
-/// Serves HTTP/2 on one connection, answering streams from the frames on the connection
-/// channel instead of creating a channel per stream.
+/// Serves HTTP/2 on one connection: reads frames straight from the bytes TLS hands up
+/// (``HTTP2FrameReader``), keeps the protocol's state itself, answers each stream on the
+/// connection, and writes every frame of a read into one buffer, so that a burst of requests
+/// is answered with one write (one TLS record where it fits).
 ///
-/// `NIOHTTP2Handler` below it keeps the protocol state (settings, HPACK, outbound flow
-/// control, stream states); this handler keeps per-stream request state, grants inbound
-/// flow-control credit as it consumes DATA, and writes each response as a HEADERS frame and
-/// at most one DATA frame. Writes made while handling a read are flushed once at the end of
-/// the read, so a burst of requests turns into one TLS record where it fits.
-final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
-    typealias InboundIn = HTTP2Frame
-    typealias OutboundOut = HTTP2Frame
+/// What it keeps (RFC 9113): the preface and SETTINGS exchange, HPACK state both ways (with
+/// NIOHPACK's encoder and decoder), stream states and the concurrent-stream limit,
+/// CONTINUATION, flow control both ways (response bodies larger than the client's windows
+/// wait for WINDOW_UPDATE), PING, RST_STREAM and GOAWAY. Protocol errors end the connection
+/// with a GOAWAY that names the error, or reset only the stream where the RFC allows.
+///
+/// Protections: at most 128 concurrent streams; header blocks (across CONTINUATION) and
+/// decoded header lists are bounded; clients resetting many streams quickly ("rapid reset")
+/// or sending many frames that do nothing (empty DATA or CONTINUATION) are sent away with
+/// ENHANCE_YOUR_CALM; and reading stops while the socket is not writable, so a client that
+/// sends PINGs or SETTINGS without reading the answers cannot make the server buffer them.
+final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
-    /// A stream's request state; a class, so that a lookup hands out one reference instead of
-    /// copying (and retaining every part of) a struct out of the dictionary and back.
+    /// One stream, from its request's HEADERS until its response is written.
     private final class Stream {
+        let id: UInt32
         let method: String
         let uri: String
         let authority: String?
@@ -33,35 +41,101 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
         let declaredLength: Int?
         var receivedBytes = 0
         let started: NIODeadline
-        var unacknowledgedBytes: Int = 0
+        /// The client sent END_STREAM (the stream is half-closed on its side).
+        var requestComplete = false
+        /// The response has been produced (or is being produced by a service).
         var responding = false
+        /// How much more DATA the client may send, and how much it sent that has not been
+        /// granted back yet.
+        var receiveWindow: Int
+        var unacknowledgedBytes = 0
+        /// How much DATA the client lets us send.
+        var sendWindow: Int
+        /// Response body not yet sent for want of flow-control credit.
+        var pendingBody: ByteBuffer?
+        var status = 0
+        var responseBytes = 0
 
-        init(method: String, uri: String, authority: String?, headers: HPACKHeaders, bodyLimit: Int, declaredLength: Int?) {
-            self.method = method
-            self.uri = uri
-            self.authority = authority
+        init(id: UInt32, request: HTTP2RequestFields, headers: HPACKHeaders, bodyLimit: Int, receiveWindow: Int, sendWindow: Int) {
+            self.id = id
+            self.method = request.method
+            self.uri = request.path
+            self.authority = request.authority
             self.headers = headers
             self.bodyLimit = bodyLimit
-            self.declaredLength = declaredLength
+            self.declaredLength = request.contentLength
+            self.receiveWindow = receiveWindow
+            self.sendWindow = sendWindow
             self.started = .now()
         }
     }
 
-    private let info: ConnectionInfo
-    private var streams: [HTTP2StreamID: Stream] = [:]
-    /// Streams answered early (413, 431) whose remaining request body is read and dropped,
-    /// up to a budget, so that clients that do not expect an early answer still see it.
-    private var discarding: [HTTP2StreamID: Int] = [:]
+    /// A header block that continues in CONTINUATION frames.
+    private struct PartialBlock {
+        let streamID: UInt32
+        let endStream: Bool
+        var block: ByteBuffer
+    }
+
+    static let maxConcurrentStreams = 128
+    /// Our SETTINGS_INITIAL_WINDOW_SIZE and the connection's initial window (RFC 9113 6.9.2).
+    private static let initialWindow = 65_535
+    /// Inbound credit is granted back once this much of a window has been consumed.
+    private static let windowUpdateThreshold = 32 * 1024
+    private static let maxWindow = Int(Int32.max)
+    /// Answered streams whose remaining request body is read and dropped, up to a budget, so
+    /// that clients that do not expect an early answer (413, 431) still see it.
     private static let discardBudget = 256 * 1024
-    private var highestStreamID: HTTP2StreamID = .rootStream
-    private var connectionUnacknowledged = 0
+    /// Rapid reset: more than this many streams reset by the client within `resetWindow`.
+    private static let resetLimit = 200
+    private static let resetWindow = TimeAmount.seconds(30)
+    /// Frames that carry nothing (empty DATA without END_STREAM, empty CONTINUATION) allowed
+    /// between two completed requests.
+    private static let uselessFrameLimit = 1_000
+
+    private let info: ConnectionInfo
+    private var reader = HTTP2FrameReader()
+    private var decoder: HPACKDecoder
+    private var encoder: HPACKEncoder
+    /// Header blocks (all their frames) and decoded header lists larger than this end the
+    /// connection; between the configured header limit and this, requests get a 431.
+    private let maxHeaderBlock: Int
+    /// Bytes read but not yet a whole frame. Nil when everything read was consumed.
+    private var input: ByteBuffer?
+    /// What this read's frames answer, written as one buffer when the read completes.
+    private var out = ByteBuffer()
     private var needsFlush = false
+
+    private var streams: [UInt32: Stream] = [:]
+    private var discarding: [UInt32: Int] = [:]
+    /// Streams waiting for flow-control credit, in the order they ran out.
+    private var blocked: [Stream] = []
+    /// Streams reset here lately: frames the client sent before it saw the reset are ignored.
+    private var recentlyReset = [UInt32](repeating: 0, count: 128)
+    private var recentlyResetNext = 0
+    private var highestStreamID: UInt32 = 0
+    private var continuation: PartialBlock?
+    private var sawSettings = false
+
+    private var connectionReceiveWindow = initialWindow
+    private var connectionUnacknowledged = 0
+    private var connectionSendWindow = initialWindow
+    private var peerInitialWindow = initialWindow
+    private var peerMaxFrameSize = 16_384
+
+    private var resets = 0
+    private var resetWindowStart = NIODeadline.now()
+    private var uselessFrames = 0
+
     private var draining = false
+    private var peerGoingAway = false
     private var closed = false
+    private var readPending = false
+
     /// Timeouts are checked by the loop's ``DeadlineSweeper`` from what the connection
-    /// records cheaply per frame (a flag): scheduling and cancelling a timer per frame or per
-    /// stream cost more than the frame. `idleSince`: no streams since then. `stalledSince`:
-    /// some request incomplete and no frame since then.
+    /// records cheaply per read (a flag). `idleSince`: no streams since then.
+    /// `stalledSince`: some request incomplete, or some response waiting for credit, and
+    /// no frame since then.
     private var sawFrame = false
     private var idleSince: NIODeadline?
     private var stalledSince: NIODeadline?
@@ -72,42 +146,59 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
     /// The last fixed response's headers with their `date`, reused while the second lasts.
     private var lastFixed: (response: FixedResponse, date: String, headers: HPACKHeaders)?
 
-    /// Inbound credit is granted back once this much of a window has been consumed.
-    private static let windowUpdateThreshold = 32 * 1024
-
     init(info: ConnectionInfo) {
         self.info = info
+        let limits = info.snapshot.value.limits
+        self.maxHeaderBlock = max(2 * limits.maxHeaderBytes, 64 * 1024)
+        self.decoder = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: maxHeaderBlock)
+        self.encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+    }
+
+    /// The SETTINGS this server sends first.
+    static func settings(limits: ListenerLimits) -> [(UInt16, UInt32)] {
+        [
+            (HTTP2SettingID.maxConcurrentStreams, UInt32(maxConcurrentStreams)),
+            (HTTP2SettingID.initialWindowSize, UInt32(initialWindow)),
+            (HTTP2SettingID.maxHeaderListSize, UInt32(limits.maxHeaderBytes)),
+            (HTTP2SettingID.enablePush, 0),
+        ]
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        out = context.channel.allocator.buffer(capacity: 1024)
         joinSweeper(on: context.eventLoop)
+        // The server's connection preface is its SETTINGS (RFC 9113 3.4).
+        out.writeHTTP2Settings(Self.settings(limits: info.snapshot.value.limits))
+        writeOut(context: context)
+        flushIfNeeded(context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         leaveSweeper()
+        streams.removeAll()
+        blocked.removeAll()
         self.context = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
+        guard !closed else { return }
         sawFrame = true
-        switch frame.payload {
-        case .headers(let headers):
-            if streams[frame.streamID] != nil {
-                // Trailers: their end of stream completes the request.
-                if headers.endStream { complete(frame.streamID, context: context) }
-            } else {
-                open(frame.streamID, headers: headers, context: context)
-            }
-        case .data(let data):
-            receiveData(frame.streamID, data: data, context: context)
-        case .rstStream:
-            streams.removeValue(forKey: frame.streamID)
-            discarding.removeValue(forKey: frame.streamID)
-        default:
-            break
+        var bytes = unwrapInboundIn(data)
+        if input == nil {
+            input = bytes
+        } else {
+            input!.writeBuffer(&bytes)
         }
+        do {
+            while !closed, let (header, payload) = try reader.next(from: &input!) {
+                try process(header, payload, context: context)
+            }
+        } catch {
+            fail(error, context: context)
+            return
+        }
+        if input?.readableBytes == 0 { input = nil }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -115,46 +206,360 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
         context.fireChannelReadComplete()
     }
 
+    func read(context: ChannelHandlerContext) {
+        // A client that does not read what it is sent stops being read from.
+        guard context.channel.isWritable else {
+            readPending = true
+            return
+        }
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && readPending {
+            readPending = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             draining = true
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: highestStreamID, errorCode: .noError, opaqueData: nil))
-            context.writeAndFlush(wrapOutboundOut(goAway), promise: nil)
-            if streams.isEmpty { close(context: context) }
+            out.writeHTTP2GoAway(lastStreamID: highestStreamID, .noError)
+            writeOut(context: context)
+            flushIfNeeded(context: context)
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
+    func channelInactive(context: ChannelHandlerContext) {
+        closed = true
+        streams.removeAll()
+        blocked.removeAll()
+        context.fireChannelInactive()
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // NIOHTTP2Handler has already answered protocol errors (GOAWAY or RST_STREAM); a
-        // stream error leaves the connection usable.
-        if error is NIOHTTP2Errors.StreamClosed || error is NIOHTTP2Errors.NoSuchStream { return }
         close(context: context)
     }
 
-    // MARK: - Streams
+    // MARK: - Frames
 
-    private func open(_ id: HTTP2StreamID, headers frame: HTTP2Frame.FramePayload.Headers, context: ChannelHandlerContext) {
-        let snapshot = info.snapshot.current()
-        let limits = snapshot.limits
-        if id > highestStreamID { highestStreamID = id }
-        let request: HTTP2RequestFields
+    private func process(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+        if let partial = continuation {
+            guard header.type == HTTP2FrameType.continuation, header.streamID == partial.streamID else {
+                throw HTTP2ConnectionError(.protocolError, "expected CONTINUATION of stream \(partial.streamID)")
+            }
+        } else if !sawSettings {
+            guard header.type == HTTP2FrameType.settings, !header.has(HTTP2Flag.ack) else {
+                throw HTTP2ConnectionError(.protocolError, "the client preface must end with SETTINGS")
+            }
+            sawSettings = true
+        }
+        switch header.type {
+        case HTTP2FrameType.data: try receiveData(header, payload, context: context)
+        case HTTP2FrameType.headers: try receiveHeaders(header, payload, context: context)
+        case HTTP2FrameType.continuation: try receiveContinuation(header, payload, context: context)
+        case HTTP2FrameType.settings: try receiveSettings(header, payload, context: context)
+        case HTTP2FrameType.ping: try receivePing(header, payload)
+        case HTTP2FrameType.windowUpdate: try receiveWindowUpdate(header, payload, context: context)
+        case HTTP2FrameType.rstStream: try receiveReset(header, payload)
+        case HTTP2FrameType.priority:
+            guard header.streamID != 0 else { throw HTTP2ConnectionError(.protocolError, "PRIORITY on stream 0") }
+            if header.length != 5 { reset(header.streamID, .frameSizeError) }
+        case HTTP2FrameType.goAway:
+            guard header.streamID == 0 else { throw HTTP2ConnectionError(.protocolError, "GOAWAY on a stream") }
+            peerGoingAway = true
+        case HTTP2FrameType.pushPromise:
+            throw HTTP2ConnectionError(.protocolError, "clients cannot push")
+        default:
+            break  // Unknown frame types are ignored (RFC 9113 5.5).
+        }
+    }
+
+    /// The payload without its padding (RFC 9113 6.1, 6.2), and the priority fields of a
+    /// HEADERS frame skipped.
+    private func unpadded(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, priority: Bool = false) throws(HTTP2ConnectionError) -> ByteBuffer {
+        var payload = payload
+        var padding = 0
+        if header.has(HTTP2Flag.padded) {
+            guard let length = payload.readInteger(as: UInt8.self) else {
+                throw HTTP2ConnectionError(.frameSizeError, "a padded frame without its pad length")
+            }
+            padding = Int(length)
+        }
+        if priority && header.has(HTTP2Flag.priority) {
+            guard payload.readableBytes >= 5 else { throw HTTP2ConnectionError(.frameSizeError, "HEADERS too short for its priority fields") }
+            payload.moveReaderIndex(forwardBy: 5)
+        }
+        guard padding <= payload.readableBytes else {
+            throw HTTP2ConnectionError(.protocolError, "padding longer than the frame")
+        }
+        return payload.readSlice(length: payload.readableBytes - padding)!
+    }
+
+    private func receiveHeaders(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+        let id = header.streamID
+        guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "HEADERS on stream 0") }
+        let block = try unpadded(header, payload, priority: true)
+        let endStream = header.has(HTTP2Flag.endStream)
+        if header.has(HTTP2Flag.endHeaders) {
+            var block = block
+            try receiveHeaderBlock(id, block: &block, endStream: endStream, context: context)
+        } else {
+            continuation = PartialBlock(streamID: id, endStream: endStream, block: block)
+        }
+    }
+
+    private func receiveContinuation(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+        guard var partial = continuation else { throw HTTP2ConnectionError(.protocolError, "CONTINUATION without HEADERS") }
+        guard partial.block.readableBytes + payload.readableBytes <= maxHeaderBlock else {
+            throw HTTP2ConnectionError(.enhanceYourCalm, "header block larger than \(maxHeaderBlock) bytes")
+        }
+        if payload.readableBytes == 0 && !header.has(HTTP2Flag.endHeaders) { try countUseless() }
+        continuation = nil  // the block is uniquely held while it grows
+        var more = payload
+        partial.block.writeBuffer(&more)
+        if header.has(HTTP2Flag.endHeaders) {
+            try receiveHeaderBlock(partial.streamID, block: &partial.block, endStream: partial.endStream, context: context)
+        } else {
+            continuation = partial
+        }
+    }
+
+    private func receiveHeaderBlock(_ id: UInt32, block: inout ByteBuffer, endStream: Bool, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+        // Every block is decoded, whatever becomes of its stream: HPACK state is the connection's.
+        let headers: HPACKHeaders
         do {
-            request = try HTTP2RequestFields(frame.headers)
-            if frame.endStream, let declared = request.contentLength, declared != 0 { throw HTTP2RequestFields.Malformed() }
+            headers = try decoder.decodeHeaders(from: &block)
         } catch {
-            // RFC 9113 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError))), promise: nil)
-            needsFlush = true
+            throw HTTP2ConnectionError(.compressionError, "the header block could not be decoded")
+        }
+        if let stream = streams[id] {
+            // Trailers: they must end the stream and carry no pseudo-header fields.
+            guard !stream.requestComplete else { return reset(id, .streamClosed) }
+            guard endStream, !headers.contains(where: { $0.name.utf8.first == UInt8(ascii: ":") }) else {
+                return reset(id, .protocolError)
+            }
+            stream.requestComplete = true
+            complete(stream, context: context)
             return
         }
-        let stream = Stream(method: request.method, uri: request.path, authority: request.authority, headers: frame.headers,
-                            bodyLimit: limits.maxBodyBytes, declaredLength: request.contentLength)
-        if frame.headers.count > limits.maxHeaderCount + 4 || request.size > limits.maxHeaderBytes {
+        if id <= highestStreamID {
+            if discarding[id] != nil {
+                if endStream { discarding.removeValue(forKey: id) }
+                return
+            }
+            if wasRecentlyReset(id) { return }
+            throw HTTP2ConnectionError(.streamClosed, "HEADERS on closed stream \(id)")
+        }
+        guard id & 1 == 1 else { throw HTTP2ConnectionError(.protocolError, "clients open odd-numbered streams") }
+        highestStreamID = id
+        guard !draining, streams.count < Self.maxConcurrentStreams else { return reset(id, .refusedStream) }
+        open(id, headers: headers, endStream: endStream, context: context)
+    }
+
+    private func receiveData(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+        let id = header.streamID
+        guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "DATA on stream 0") }
+        guard id <= highestStreamID else { throw HTTP2ConnectionError(.protocolError, "DATA on idle stream \(id)") }
+        // The whole frame, padding included, counts against the windows (RFC 9113 6.9.1).
+        let flowControlled = header.length
+        guard flowControlled <= connectionReceiveWindow else {
+            throw HTTP2ConnectionError(.flowControlError, "DATA beyond the connection's window")
+        }
+        connectionReceiveWindow -= flowControlled
+        grantConnectionCredit(flowControlled)
+        var data = try unpadded(header, payload)
+        let endStream = header.has(HTTP2Flag.endStream)
+        if data.readableBytes == 0 && !endStream { try countUseless() }
+        if let budget = discarding[id] {
+            let left = budget - flowControlled
+            if endStream {
+                discarding.removeValue(forKey: id)
+            } else if left < 0 {
+                discarding.removeValue(forKey: id)
+                reset(id, .noError)
+            } else {
+                discarding[id] = left
+                if flowControlled > 0 { out.writeHTTP2WindowUpdate(id, increment: flowControlled) }
+            }
+            return
+        }
+        guard let stream = streams[id] else {
+            if wasRecentlyReset(id) { return }
+            throw HTTP2ConnectionError(.streamClosed, "DATA on closed stream \(id)")
+        }
+        guard !stream.requestComplete else { return reset(id, .streamClosed) }
+        guard flowControlled <= stream.receiveWindow else { return reset(id, .flowControlError) }
+        stream.receiveWindow -= flowControlled
+        stream.receivedBytes += data.readableBytes
+        if let declared = stream.declaredLength, stream.receivedBytes > declared || (endStream && stream.receivedBytes != declared) {
+            // RFC 9113 8.1.1: DATA that does not add up to content-length makes the request malformed.
+            return reset(id, .protocolError)
+        }
+        if stream.route != nil && stream.errorResponse == nil {
+            if stream.body.readableBytes + data.readableBytes > stream.bodyLimit {
+                stream.errorResponse = .plain(.payloadTooLarge, "request body is larger than \(stream.bodyLimit) bytes")
+                respondEarly(stream, endStream: endStream, context: context)
+                return
+            }
+            stream.body.writeBuffer(&data)
+        }
+        if endStream {
+            stream.requestComplete = true
+            complete(stream, context: context)
+            return
+        }
+        stream.unacknowledgedBytes += flowControlled
+        if stream.unacknowledgedBytes >= Self.windowUpdateThreshold {
+            out.writeHTTP2WindowUpdate(id, increment: stream.unacknowledgedBytes)
+            stream.receiveWindow += stream.unacknowledgedBytes
+            stream.unacknowledgedBytes = 0
+        }
+    }
+
+    private func grantConnectionCredit(_ bytes: Int) {
+        connectionUnacknowledged += bytes
+        if connectionUnacknowledged >= Self.windowUpdateThreshold {
+            out.writeHTTP2WindowUpdate(0, increment: connectionUnacknowledged)
+            connectionReceiveWindow += connectionUnacknowledged
+            connectionUnacknowledged = 0
+        }
+    }
+
+    private func receiveSettings(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+        guard header.streamID == 0 else { throw HTTP2ConnectionError(.protocolError, "SETTINGS on a stream") }
+        if header.has(HTTP2Flag.ack) {
+            guard header.length == 0 else { throw HTTP2ConnectionError(.frameSizeError, "SETTINGS acknowledgement with a payload") }
+            return
+        }
+        guard header.length % 6 == 0 else { throw HTTP2ConnectionError(.frameSizeError, "SETTINGS payload not a multiple of 6 bytes") }
+        var payload = payload
+        var windowGrew = false
+        while let id = payload.readInteger(as: UInt16.self), let value = payload.readInteger(as: UInt32.self) {
+            switch id {
+            case HTTP2SettingID.headerTableSize:
+                // Our encoder's table stays within what the client allows (and our 4 KiB).
+                try? encoder.setDynamicTableSize(min(Int(value), HPACKEncoder.defaultDynamicTableSize))
+            case HTTP2SettingID.enablePush:
+                guard value <= 1 else { throw HTTP2ConnectionError(.protocolError, "SETTINGS_ENABLE_PUSH must be 0 or 1") }
+            case HTTP2SettingID.initialWindowSize:
+                guard value <= UInt32(Self.maxWindow) else {
+                    throw HTTP2ConnectionError(.flowControlError, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
+                }
+                let delta = Int(value) - peerInitialWindow
+                peerInitialWindow = Int(value)
+                for stream in streams.values {
+                    stream.sendWindow += delta
+                    guard stream.sendWindow <= Self.maxWindow else {
+                        throw HTTP2ConnectionError(.flowControlError, "a stream's window grew above 2^31-1")
+                    }
+                }
+                windowGrew = windowGrew || delta > 0
+            case HTTP2SettingID.maxFrameSize:
+                guard value >= 16_384 && value <= 16_777_215 else {
+                    throw HTTP2ConnectionError(.protocolError, "SETTINGS_MAX_FRAME_SIZE out of range")
+                }
+                peerMaxFrameSize = Int(value)
+            default:
+                break  // MAX_CONCURRENT_STREAMS limits our pushes (we make none); others are advisory or unknown.
+            }
+        }
+        out.writeHTTP2FrameHeader(length: 0, type: HTTP2FrameType.settings, flags: HTTP2Flag.ack, streamID: 0)
+        if windowGrew { resumeBlocked(context: context) }
+    }
+
+    private func receivePing(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
+        guard header.streamID == 0 else { throw HTTP2ConnectionError(.protocolError, "PING on a stream") }
+        guard header.length == 8 else { throw HTTP2ConnectionError(.frameSizeError, "PING payload not 8 bytes") }
+        guard !header.has(HTTP2Flag.ack) else { return }
+        out.writeHTTP2FrameHeader(length: 8, type: HTTP2FrameType.ping, flags: HTTP2Flag.ack, streamID: 0)
+        out.writeImmutableBuffer(payload)
+    }
+
+    private func receiveWindowUpdate(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+        guard header.length == 4 else { throw HTTP2ConnectionError(.frameSizeError, "WINDOW_UPDATE payload not 4 bytes") }
+        let increment = Int(payload.getInteger(at: payload.readerIndex, as: UInt32.self)! & 0x7FFF_FFFF)
+        let id = header.streamID
+        if id == 0 {
+            guard increment > 0 else { throw HTTP2ConnectionError(.protocolError, "WINDOW_UPDATE of 0") }
+            connectionSendWindow += increment
+            guard connectionSendWindow <= Self.maxWindow else {
+                throw HTTP2ConnectionError(.flowControlError, "the connection's window grew above 2^31-1")
+            }
+        } else {
+            guard id <= highestStreamID else { throw HTTP2ConnectionError(.protocolError, "WINDOW_UPDATE on idle stream \(id)") }
+            guard let stream = streams[id] else { return }
+            guard increment > 0 else { return reset(id, .protocolError) }
+            stream.sendWindow += increment
+            guard stream.sendWindow <= Self.maxWindow else { return reset(id, .flowControlError) }
+        }
+        resumeBlocked(context: context)
+    }
+
+    private func receiveReset(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
+        guard header.length == 4 else { throw HTTP2ConnectionError(.frameSizeError, "RST_STREAM payload not 4 bytes") }
+        let id = header.streamID
+        guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "RST_STREAM on stream 0") }
+        guard id <= highestStreamID else { throw HTTP2ConnectionError(.protocolError, "RST_STREAM on idle stream \(id)") }
+        discarding.removeValue(forKey: id)
+        guard let stream = streams.removeValue(forKey: id) else { return }
+        unblock(stream)
+        // Rapid reset (CVE-2023-44487): opening and cancelling streams costs the client
+        // nothing and the server a request each.
+        let now = NIODeadline.now()
+        if now - resetWindowStart > Self.resetWindow {
+            resetWindowStart = now
+            resets = 0
+        }
+        resets += 1
+        if resets > Self.resetLimit {
+            throw HTTP2ConnectionError(.enhanceYourCalm, "too many streams reset")
+        }
+    }
+
+    private func countUseless() throws(HTTP2ConnectionError) {
+        uselessFrames += 1
+        if uselessFrames > Self.uselessFrameLimit {
+            throw HTTP2ConnectionError(.enhanceYourCalm, "too many empty frames")
+        }
+    }
+
+    /// A stream error (RFC 9113 5.4.2): the stream ends with RST_STREAM; the connection goes on.
+    private func reset(_ id: UInt32, _ error: HTTP2Error) {
+        out.writeHTTP2RSTStream(id, error)
+        if let stream = streams.removeValue(forKey: id) { unblock(stream) }
+        recentlyReset[recentlyResetNext] = id
+        recentlyResetNext = (recentlyResetNext + 1) % recentlyReset.count
+    }
+
+    private func wasRecentlyReset(_ id: UInt32) -> Bool {
+        recentlyReset.contains(id)
+    }
+
+    // MARK: - Requests
+
+    private func open(_ id: UInt32, headers: HPACKHeaders, endStream: Bool, context: ChannelHandlerContext) {
+        let snapshot = info.snapshot.current()
+        let limits = snapshot.limits
+        let request: HTTP2RequestFields
+        do {
+            request = try HTTP2RequestFields(headers)
+            if endStream, let declared = request.contentLength, declared != 0 { throw HTTP2RequestFields.Malformed() }
+        } catch {
+            // RFC 9113 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
+            return reset(id, .protocolError)
+        }
+        let stream = Stream(id: id, request: request, headers: headers, bodyLimit: limits.maxBodyBytes,
+                            receiveWindow: Self.initialWindow, sendWindow: peerInitialWindow)
+        stream.requestComplete = endStream
+        if headers.count > limits.maxHeaderCount + 4 || request.size > limits.maxHeaderBytes {
             stream.errorResponse = .plain(.requestHeaderFieldsTooLarge, "request headers are too large")
         } else {
-            let host = (request.authority ?? frame.headers.first(name: "host")).map(RequestDispatch.hostWithoutPort)
+            let host = (request.authority ?? headers.first(name: "host")).map(RequestDispatch.hostWithoutPort)
             switch snapshot.router.match(method: request.method, host: host, path: RequestDispatch.path(of: request.path)) {
             case .found(let route, let parameters):
                 stream.route = route
@@ -172,105 +577,51 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
         streams[id] = stream
         if stream.errorResponse?.status == .payloadTooLarge || stream.errorResponse?.status == .requestHeaderFieldsTooLarge {
             // Answer at once; what the client still sends is dropped.
-            respondEarly(id, stream: stream, endStream: frame.endStream, context: context)
-        } else if frame.endStream {
-            complete(id, context: context)
+            respondEarly(stream, endStream: endStream, context: context)
+        } else if endStream {
+            complete(stream, context: context)
         }
     }
 
-    private func receiveData(_ id: HTTP2StreamID, data: HTTP2Frame.FramePayload.Data, context: ChannelHandlerContext) {
-        let length = data.paddingBytes.map { $0 + 1 } ?? 0
-        var payload = 0
-        if case .byteBuffer(let buffer) = data.data { payload = buffer.readableBytes }
-        let flowControlled = payload + length
-        grantConnectionCredit(flowControlled, context: context)
-        if let budget = discarding[id] {
-            let left = budget - flowControlled
-            if data.endStream {
-                discarding.removeValue(forKey: id)
-            } else if left < 0 {
-                discarding.removeValue(forKey: id)
-                context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.noError))), promise: nil)
-                needsFlush = true
-            } else {
-                discarding[id] = left
-                context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: max(flowControlled, 1)))), promise: nil)
-                needsFlush = true
-            }
-            return
-        }
-        guard let stream = streams[id], !stream.responding else { return }
-        stream.receivedBytes += payload
-        if let declared = stream.declaredLength, stream.receivedBytes > declared || (data.endStream && stream.receivedBytes != declared) {
-            // RFC 9113 8.1.1: DATA that does not add up to content-length makes the request malformed.
-            streams.removeValue(forKey: id)
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError))), promise: nil)
-            needsFlush = true
-            return
-        }
-        if case .byteBuffer(var buffer) = data.data {
-            if stream.route != nil && stream.errorResponse == nil {
-                if stream.body.readableBytes + buffer.readableBytes > stream.bodyLimit {
-                    stream.errorResponse = .plain(.payloadTooLarge, "request body is larger than \(stream.bodyLimit) bytes")
-                    respondEarly(id, stream: stream, endStream: data.endStream, context: context)
-                    return
-                }
-                stream.body.writeBuffer(&buffer)
-            }
-        }
-        if data.endStream {
-            complete(id, context: context)
-            return
-        }
-        stream.unacknowledgedBytes += flowControlled
-        if stream.unacknowledgedBytes >= Self.windowUpdateThreshold {
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: stream.unacknowledgedBytes))), promise: nil)
-            needsFlush = true
-            stream.unacknowledgedBytes = 0
-        }
-    }
-
-    private func grantConnectionCredit(_ bytes: Int, context: ChannelHandlerContext) {
-        connectionUnacknowledged += bytes
-        if connectionUnacknowledged >= Self.windowUpdateThreshold {
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionUnacknowledged))), promise: nil)
-            needsFlush = true
-            connectionUnacknowledged = 0
-        }
-    }
-
-    private func complete(_ id: HTTP2StreamID, context: ChannelHandlerContext) {
-        guard let stream = streams[id], !stream.responding else { return }
+    private func complete(_ stream: Stream, context: ChannelHandlerContext) {
+        guard !stream.responding else { return }
         stream.responding = true
+        uselessFrames = 0
         let isHead = stream.method == "HEAD"
         guard let route = stream.route, stream.errorResponse == nil else {
             if let response = stream.errorResponse {
-                write(response, to: id, isHead: isHead, context: context)
+                write(response, to: stream, isHead: isHead, context: context)
             } else {
-                writeFixed(info.snapshot.value.notFound, to: id, isHead: isHead, context: context)
+                writeFixed(info.snapshot.value.notFound, to: stream, isHead: isHead, context: context)
             }
             return
         }
         switch RequestDispatch.run(route.target, request: makeRequest(stream), eventLoop: context.eventLoop, logger: info.snapshot.value.accessLogger) {
         case .fixed(let fixed):
-            writeFixed(fixed, to: id, isHead: isHead, context: context)
+            writeFixed(fixed, to: stream, isHead: isHead, context: context)
         case .response(let response):
-            write(response, to: id, isHead: isHead, context: context)
+            write(response, to: stream, isHead: isHead, context: context)
         case .pending(let future):
-            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let loopBound = NIOLoopBound((self, stream, context), eventLoop: context.eventLoop)
             future.whenComplete { result in
-                let (handler, context) = loopBound.value
-                guard handler.streams[id] != nil else { return }  // reset by the client meanwhile
-                handler.write((try? result.get()) ?? .plain(.internalServerError), to: id, isHead: isHead, context: context)
+                let (handler, stream, context) = loopBound.value
+                guard handler.streams[stream.id] === stream else { return }  // reset by the client meanwhile
+                handler.write((try? result.get()) ?? .plain(.internalServerError), to: stream, isHead: isHead, context: context)
+                handler.writeOut(context: context)
                 handler.flushIfNeeded(context: context)
             }
         }
     }
 
-    private func respondEarly(_ id: HTTP2StreamID, stream: Stream, endStream: Bool, context: ChannelHandlerContext) {
+    private func respondEarly(_ stream: Stream, endStream: Bool, context: ChannelHandlerContext) {
         guard let response = stream.errorResponse else { return }
-        write(response, to: id, isHead: false, context: context)
-        if !endStream { discarding[id] = Self.discardBudget }
+        stream.responding = true
+        if endStream {
+            stream.requestComplete = true
+        } else {
+            discarding[stream.id] = Self.discardBudget
+        }
+        write(response, to: stream, isHead: false, context: context)
     }
 
     private func makeRequest(_ stream: Stream) -> GatewayRequest {
@@ -299,7 +650,7 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
 
     // MARK: - Responses
 
-    private func writeFixed(_ fixed: FixedResponse, to id: HTTP2StreamID, isHead: Bool, context: ChannelHandlerContext) {
+    private func writeFixed(_ fixed: FixedResponse, to stream: Stream, isHead: Bool, context: ChannelHandlerContext) {
         let now = date.current()
         let headers: HPACKHeaders
         if let last = lastFixed, last.response === fixed, last.date == now {
@@ -310,37 +661,121 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
             lastFixed = (fixed, now, fresh)
             headers = fresh
         }
-        writeFrames(id, headers: headers, body: isHead ? nil : fixed.body, status: Int(fixed.status.code), context: context)
+        send(stream, headers: headers, body: isHead ? nil : fixed.body, status: Int(fixed.status.code), context: context)
     }
 
-    private func write(_ response: GatewayResponse, to id: HTTP2StreamID, isHead: Bool, context: ChannelHandlerContext) {
+    private func write(_ response: GatewayResponse, to stream: Stream, isHead: Bool, context: ChannelHandlerContext) {
         let headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: response.body.readableBytes, date: date.current())
-        writeFrames(id, headers: headers, body: isHead ? nil : response.body, status: Int(response.status.code), context: context)
+        send(stream, headers: headers, body: isHead ? nil : response.body, status: Int(response.status.code), context: context)
     }
 
-    private func writeFrames(_ id: HTTP2StreamID, headers: HPACKHeaders, body: ByteBuffer?, status: Int, context: ChannelHandlerContext) {
-        guard let stream = streams.removeValue(forKey: id) else { return }
+    private func send(_ stream: Stream, headers: HPACKHeaders, body: ByteBuffer?, status: Int, context: ChannelHandlerContext) {
         let hasBody = (body?.readableBytes ?? 0) > 0
-        context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: headers, endStream: !hasBody)))), promise: nil)
-        if hasBody, let body {
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(body), endStream: true)))), promise: nil)
+        writeHeaders(stream.id, headers, endStream: !hasBody)
+        stream.status = status
+        stream.responseBytes = body?.readableBytes ?? 0
+        if hasBody {
+            stream.pendingBody = body
+            writeData(stream, context: context)
+        } else {
+            finish(stream)
         }
+    }
+
+    /// HEADERS, followed by CONTINUATION frames if the block is larger than the client's
+    /// largest frame.
+    private func writeHeaders(_ id: UInt32, _ headers: HPACKHeaders, endStream: Bool) {
+        let start = out.writerIndex
+        let flags = HTTP2Flag.endHeaders | (endStream ? HTTP2Flag.endStream : 0)
+        out.writeHTTP2FrameHeader(length: 0, type: HTTP2FrameType.headers, flags: flags, streamID: id)
+        // Throws only when an encoding is already under way, which this handler never leaves.
+        try! encoder.encode(headers: headers, to: &out)
+        let length = out.writerIndex - start - 9
+        if length <= peerMaxFrameSize {
+            out.setHTTP2FrameLength(length, at: start)
+            return
+        }
+        var block = ByteBuffer(bytes: out.getBytes(at: start + 9, length: length)!)
+        out.moveWriterIndex(to: start)
+        var type = HTTP2FrameType.headers
+        while block.readableBytes > 0 {
+            var piece = block.readSlice(length: min(block.readableBytes, peerMaxFrameSize))!
+            var pieceFlags = block.readableBytes == 0 ? HTTP2Flag.endHeaders : 0
+            if type == HTTP2FrameType.headers && endStream { pieceFlags |= HTTP2Flag.endStream }
+            out.writeHTTP2FrameHeader(length: piece.readableBytes, type: type, flags: pieceFlags, streamID: id)
+            out.writeBuffer(&piece)
+            type = HTTP2FrameType.continuation
+        }
+    }
+
+    /// Writes as much of the stream's pending body as both windows allow; what is left waits
+    /// for WINDOW_UPDATE.
+    private func writeData(_ stream: Stream, context: ChannelHandlerContext) {
+        guard var body = stream.pendingBody else { return }
+        stream.pendingBody = nil
+        while body.readableBytes > 0 {
+            let length = min(body.readableBytes, peerMaxFrameSize, connectionSendWindow, stream.sendWindow)
+            guard length > 0 else {
+                stream.pendingBody = body
+                if !blocked.contains(where: { $0 === stream }) { blocked.append(stream) }
+                return
+            }
+            let last = length == body.readableBytes
+            out.writeHTTP2FrameHeader(length: length, type: HTTP2FrameType.data, flags: last ? HTTP2Flag.endStream : 0, streamID: stream.id)
+            var piece = body.readSlice(length: length)!
+            out.writeBuffer(&piece)
+            connectionSendWindow -= length
+            stream.sendWindow -= length
+            if out.readableBytes >= 64 * 1024 { writeOut(context: context) }
+        }
+        finish(stream)
+    }
+
+    private func resumeBlocked(context: ChannelHandlerContext) {
+        guard !blocked.isEmpty, connectionSendWindow > 0 else { return }
+        let waiting = blocked
+        blocked.removeAll()
+        for stream in waiting where streams[stream.id] === stream {
+            writeData(stream, context: context)
+        }
+    }
+
+    private func unblock(_ stream: Stream) {
+        if stream.pendingBody != nil {
+            stream.pendingBody = nil
+            blocked.removeAll { $0 === stream }
+        }
+    }
+
+    /// The response is written: the stream is closed on our side.
+    private func finish(_ stream: Stream) {
+        streams.removeValue(forKey: stream.id)
+        info.record(status: stream.status, bytes: stream.responseBytes, method: stream.method, uri: stream.uri, http: "2", started: stream.started)
+    }
+
+    /// Hands what `out` holds to the channel; flushed when the read completes.
+    private func writeOut(context: ChannelHandlerContext) {
+        guard out.readableBytes > 0 else { return }
+        context.write(wrapOutboundOut(out), promise: nil)
+        out = context.channel.allocator.buffer(capacity: 1024)
         needsFlush = true
-        info.record(status: status, bytes: body?.readableBytes ?? 0, method: stream.method, uri: stream.uri, http: "2", started: stream.started)
     }
 
     private func flushIfNeeded(context: ChannelHandlerContext) {
+        writeOut(context: context)
         if needsFlush {
             needsFlush = false
             context.flush()
         }
-        if draining && streams.isEmpty { close(context: context) }
+        if (draining || peerGoingAway) && streams.isEmpty { close(context: context) }
     }
 
     // MARK: - Idle and closing
 
-    /// Whether some stream is still receiving its request.
-    private var receiving: Bool { streams.values.contains { !$0.responding } }
+    /// Whether some stream is still receiving its request or waiting to send its response.
+    private var stalling: Bool {
+        !blocked.isEmpty || streams.values.contains { !$0.requestComplete && !$0.responding }
+    }
 
     func sweep(now: NIODeadline) {
         guard !closed, let context else { return }
@@ -357,8 +792,9 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
             return
         }
         idleSince = nil
-        // A client that opens streams and stops sending must not hold the connection.
-        guard receiving else {
+        // A client that opens streams and stops sending (or stops granting credit) must not
+        // hold the connection.
+        guard stalling else {
             stalledSince = nil
             return
         }
@@ -371,14 +807,27 @@ final class HTTP2ConnectionHandler: ChannelInboundHandler, DeadlineClient {
 
     private func timedOut(context: ChannelHandlerContext) {
         info.snapshot.value.metrics.timeouts.increment()
-        let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: highestStreamID, errorCode: .noError, opaqueData: nil))
-        context.writeAndFlush(wrapOutboundOut(goAway), promise: nil)
+        goAway(.noError, reason: "", context: context)
+    }
+
+    /// A connection error: GOAWAY naming it, then close.
+    private func fail(_ error: HTTP2ConnectionError, context: ChannelHandlerContext) {
+        goAway(error.code, reason: error.reason, context: context)
+    }
+
+    private func goAway(_ code: HTTP2Error, reason: String, context: ChannelHandlerContext) {
+        guard !closed else { return }
+        out.writeHTTP2GoAway(lastStreamID: highestStreamID, code, debug: reason)
         close(context: context)
     }
 
+    /// Closes once what has been written is flushed.
     private func close(context: ChannelHandlerContext) {
         guard !closed else { return }
         closed = true
-        context.close(promise: nil)
+        input = nil
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in loopBound.value.close(promise: nil) }
+        out = ByteBuffer()
     }
 }

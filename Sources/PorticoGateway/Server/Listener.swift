@@ -1,7 +1,6 @@
 import Logging
 import NIOCore
 import NIOHTTP1
-import NIOHTTP2
 import NIOPosix
 import NIOSSL
 import NIOTLS
@@ -174,15 +173,6 @@ actor Listener {
     }
 
     private static func configureHTTP2(pipeline: ChannelPipeline.SynchronousOperations, info: ConnectionInfo) throws {
-        let limits = info.snapshot.value.limits
-        let settings: HTTP2Settings = [
-            HTTP2Setting(parameter: .maxConcurrentStreams, value: 128),
-            HTTP2Setting(parameter: .maxHeaderListSize, value: limits.maxHeaderBytes),
-            HTTP2Setting(parameter: .initialWindowSize, value: 65535),
-        ]
-        // Header and content-length validation happen in HTTP2ConnectionHandler, for what
-        // arrives only (HTTP2RequestFields); responses are built well-formed.
-        try pipeline.addHandler(NIOHTTP2Handler(mode: .server, initialSettings: settings, headerBlockValidation: .disabled, contentLengthValidation: .disabled))
         try pipeline.addHandler(HTTP2ConnectionHandler(info: info))
     }
 }
