@@ -2,6 +2,7 @@
 # Portico beside nginx on loopback, same certificate, same body, alternating rounds.
 #
 #   bench/run.sh [rounds]        (default 3)
+#   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 handshake resume resume12 proxy idle)
 #
 # Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
 # is missing. Builds portico in release mode. Prints requests/s and server CPU
@@ -166,6 +167,7 @@ results="$work/results.tsv"
 : > "$results"
 measure() {  # name test command...
   local server=$1 test=$2; shift 2
+  selected "$test" || return 0
   local before after out rps requests
   before=$(cpu_ticks "$server")
   out=$("$@" 2>&1)
@@ -204,6 +206,9 @@ resumed() {  # port seconds [openssl options]
   awk -v n="$total" -v a="$start" -v b="$end" 'BEGIN { printf "rate %.1f\n", n / (b - a) }'
 }
 
+TESTS=" ${TESTS:-h1 h2 handshake resume resume12 proxy idle} "
+selected() { [[ "$TESTS" == *" $1 "* ]]; }
+
 DURATION=${DURATION:-10s}
 seconds=${DURATION%s}
 for round in $(seq "$rounds"); do
@@ -229,6 +234,7 @@ rss_kb() {
   echo $total
 }
 for server in nginx portico; do
+  selected idle || break
   ec_port=$NGINX_EC_PORT; [ $server = portico ] && ec_port=$PORTICO_EC_PORT
   before=$(rss_kb $server)
   rm -f "$work/hold"; mkfifo "$work/hold"
@@ -270,6 +276,7 @@ for server in ["nginx", "portico"]:
         if (test, server) in med and ("handshake", server) in med:
             print(f"{server}: resumed ECDSA {name} handshakes are {med[(test, server)][0] / med[('handshake', server)][0]:.1f}x its full RSA-2048 handshakes")
 PY
+selected idle || exit 0
 echo
 echo "idle TLS connections: server, open, RSS before (KiB), after (KiB), KiB per connection"
 awk -F'\t' '{ printf "%-8s %6d %9d %9d %8.1f\n", $2, $3, $4, $5, ($5 - $4) / ($3 > 0 ? $3 : 1) }' "$work/idle.tsv"

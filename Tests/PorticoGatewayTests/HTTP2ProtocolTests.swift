@@ -1,0 +1,240 @@
+import NIOHPACK
+import NIOCore
+import Testing
+
+@testable import PorticoGateway
+
+private typealias Kind = RawHTTP2.Kind
+private typealias Flag = RawHTTP2.Flag
+
+/// A client breaking one rule of RFC 9113 and the error the server must end the connection with.
+struct HTTP2Violation: Sendable, CustomStringConvertible {
+    let description: String
+    /// Frames after the preface and SETTINGS, built with a fresh HPACK encoder.
+    let frames: @Sendable () -> [UInt8]
+    let code: UInt32
+
+    static func block(_ fields: [(String, String)]) -> [UInt8] {
+        var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+        var buffer = ByteBuffer()
+        try! encoder.encode(headers: HPACKHeaders(fields), to: &buffer)
+        return Array(buffer.readableBytesView)
+    }
+
+    static let all: [HTTP2Violation] = [
+        .init(description: "DATA on stream 0", frames: { RawHTTP2.frame(Kind.data, stream: 0, [0]) }, code: 0x1),
+        .init(description: "a frame larger than SETTINGS_MAX_FRAME_SIZE",
+              frames: { RawHTTP2.frame(Kind.data, stream: 1, [UInt8](repeating: 0, count: 16_385)) }, code: 0x6),
+        .init(description: "WINDOW_UPDATE of 0 on the connection",
+              frames: { RawHTTP2.frame(Kind.windowUpdate, stream: 0, RawHTTP2.word(0)) }, code: 0x1),
+        .init(description: "a connection window beyond 2^31-1",
+              frames: { RawHTTP2.frame(Kind.windowUpdate, stream: 0, RawHTTP2.word(0x7FFF_FFFF)) }, code: 0x3),
+        .init(description: "a stream opened with an even id",
+              frames: { RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: 2, block(RawHTTP2.get("/healthz"))) }, code: 0x1),
+        .init(description: "a PING inside a header block",
+              frames: {
+                  RawHTTP2.frame(Kind.headers, stream: 1, block(RawHTTP2.get("/healthz")))
+                      + RawHTTP2.frame(Kind.ping, stream: 0, [UInt8](repeating: 0, count: 8))
+              }, code: 0x1),
+        .init(description: "CONTINUATION without HEADERS",
+              frames: { RawHTTP2.frame(Kind.continuation, flags: Flag.endHeaders, stream: 1, block(RawHTTP2.get("/healthz"))) }, code: 0x1),
+        .init(description: "PUSH_PROMISE from a client",
+              frames: { RawHTTP2.frame(Kind.pushPromise, flags: Flag.endHeaders, stream: 1, RawHTTP2.word(2)) }, code: 0x1),
+        .init(description: "a header block that does not decode (index 0)",
+              frames: { RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: 1, [0x80]) }, code: 0x9),
+        .init(description: "a PING of 7 bytes",
+              frames: { RawHTTP2.frame(Kind.ping, stream: 0, [UInt8](repeating: 0, count: 7)) }, code: 0x6),
+        .init(description: "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1",
+              frames: { RawHTTP2.frame(Kind.settings, stream: 0, [0, 4] + RawHTTP2.word(0x8000_0000)) }, code: 0x3),
+        .init(description: "SETTINGS_MAX_FRAME_SIZE below 16384",
+              frames: { RawHTTP2.frame(Kind.settings, stream: 0, [0, 5] + RawHTTP2.word(100)) }, code: 0x1),
+        .init(description: "SETTINGS of 5 bytes",
+              frames: { RawHTTP2.frame(Kind.settings, stream: 0, [0, 4, 0, 0, 1]) }, code: 0x6),
+        .init(description: "DATA on a stream already closed",
+              frames: {
+                  RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: 1, block(RawHTTP2.get("/healthz")))
+                      + RawHTTP2.frame(Kind.data, flags: Flag.endStream, stream: 1, [0x41])
+              }, code: 0x5),
+        .init(description: "RST_STREAM on a stream never opened",
+              frames: { RawHTTP2.frame(Kind.rstStream, stream: 5, RawHTTP2.word(8)) }, code: 0x1),
+        .init(description: "a header block beyond 64 KiB in CONTINUATION frames",
+              frames: {
+                  var bytes = RawHTTP2.frame(Kind.headers, stream: 1, block(RawHTTP2.get("/healthz")))
+                  for _ in 0..<5 { bytes += RawHTTP2.frame(Kind.continuation, stream: 1, [UInt8](repeating: 0x40, count: 16_000)) }
+                  return bytes
+              }, code: 0xB),
+    ]
+}
+
+@Suite(.timeLimit(.minutes(2))) struct HTTP2ProtocolTests {
+    static let routes = """
+        routes:
+          - {listener: console, path: /echo, service: echo}
+          - {listener: console, path: /slow, service: slow}
+        """
+
+    @Test func theServerSendsSettingsFirstAndAnswersSettingsPingAndRequests() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            let first = try #require(await h2.next { _ in true })
+            #expect(first.type == Kind.settings && !first.has(Flag.ack))
+            let settings = stride(from: 0, to: first.payload.count, by: 6).map { offset in
+                (UInt16(first.payload[offset]) << 8 | UInt16(first.payload[offset + 1]), first.word(at: offset + 2))
+            }
+            #expect(settings.contains { $0.0 == 3 && $0.1 == 128 }, "MAX_CONCURRENT_STREAMS: \(settings)")
+            #expect(await h2.next { $0.type == Kind.settings && $0.has(Flag.ack) } != nil)
+
+            try await h2.send(Kind.ping, stream: 0, [1, 2, 3, 4, 5, 6, 7, 8])
+            let pong = await h2.next { $0.type == Kind.ping }
+            #expect(pong?.has(Flag.ack) == true)
+            #expect(pong?.payload == [1, 2, 3, 4, 5, 6, 7, 8])
+
+            try await h2.headers(stream: 1, RawHTTP2.get("/healthz"), endStream: true)
+            #expect(await h2.next { $0.type == Kind.headers && $0.stream == 1 }?.status == "200")
+            await h2.close()
+        }
+    }
+
+    @Test(arguments: HTTP2Violation.all)
+    func aConnectionErrorEndsTheConnectionWithAGoAwayNamingIt(_ violation: HTTP2Violation) async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            try await h2.send(violation.frames())
+            let goAway = try #require(await h2.goAway(), "no GOAWAY for \(violation)")
+            #expect(goAway.code == violation.code, "\(violation): GOAWAY \(goAway.code) \(goAway.reason)")
+            #expect(!goAway.reason.isEmpty)
+            // And the server closes the connection.
+            #expect(await h2.next { _ in false } == nil)
+        }
+    }
+
+    @Test func aClientThatDoesNotSpeakHTTP2IsToldSo() async throws {
+        try await TestGateway.with { gw in
+            let port = try await gw.port(.console)
+            let http1 = try await RawHTTP2.connect(port: port, preface: false)
+            try await http1.send(Array("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8))
+            #expect(await http1.goAway()?.code == 0x1)
+
+            let noSettings = try await RawHTTP2.connect(port: port, preface: false)
+            try await noSettings.send(Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + RawHTTP2.frame(Kind.ping, stream: 0, [UInt8](repeating: 0, count: 8)))
+            #expect(await noSettings.goAway()?.code == 0x1)
+        }
+    }
+
+    @Test func aStreamErrorResetsOnlyThatStream() async throws {
+        let gate = Gate()
+        defer { gate.open() }
+        try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            try await h2.headers(stream: 1, RawHTTP2.post("/echo", length: 10), endStream: false)
+            try await h2.send(Kind.windowUpdate, stream: 1, RawHTTP2.word(0))
+            let reset = await h2.next { $0.type == Kind.rstStream }
+            #expect(reset?.stream == 1)
+            #expect(reset?.word(at: 0) == 0x1)
+            // Trailers on a stream whose request already ended are a stream error too.
+            try await h2.headers(stream: 3, RawHTTP2.get("/slow"), endStream: true)
+            try await h2.headers(stream: 3, [("x-late", "1")], endStream: true)
+            let closed = await h2.next { $0.type == Kind.rstStream && $0.stream == 3 }
+            #expect(closed?.word(at: 0) == 0x5)
+
+            try await h2.headers(stream: 5, RawHTTP2.get("/healthz"), endStream: true)
+            #expect(await h2.next { $0.type == Kind.headers && $0.stream == 5 }?.status == "200")
+            #expect(h2.frames.contains { $0.type == Kind.goAway } == false)
+            await h2.close()
+        }
+    }
+
+    @Test func headersInContinuationFramesAndTrailersMakeOneRequest() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            let block = h2.block(RawHTTP2.post("/echo") + [("x-split", "across-frames")])
+            let half = block.count / 2
+            try await h2.send(
+                RawHTTP2.frame(Kind.headers, stream: 1, Array(block[..<half]))
+                    + RawHTTP2.frame(Kind.continuation, flags: Flag.endHeaders, stream: 1, Array(block[half...]))
+                    + RawHTTP2.frame(Kind.data, stream: 1, Array("hello".utf8))
+            )
+            try await h2.headers(stream: 1, [("x-checksum", "5")], endStream: true)
+            let end = await h2.next { $0.type == Kind.data && $0.stream == 1 && $0.has(Flag.endStream) }
+            #expect(end != nil)
+            let response = h2.frames.filter { $0.stream == 1 }
+            #expect(response.first { $0.type == Kind.headers }?.status == "200")
+            let body = String(decoding: response.filter { $0.type == Kind.data }.flatMap(\.payload), as: UTF8.self)
+            #expect(body.contains("body=hello"), "\(body)")
+            #expect(body.contains("header.x-split=across-frames"), "\(body)")
+            await h2.close()
+        }
+    }
+
+    /// The client allows 100 bytes per stream: the server sends 100 and waits; each
+    /// WINDOW_UPDATE lets more through, until the whole body has arrived.
+    @Test func aResponseLargerThanTheClientsWindowWaitsForWindowUpdates() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(4, 100)])
+            let payload = String(repeating: "0123456789", count: 500)
+            try await h2.headers(stream: 1, RawHTTP2.post("/echo", length: payload.utf8.count), endStream: false)
+            try await h2.send(Kind.data, flags: Flag.endStream, stream: 1, Array(payload.utf8))
+            #expect(await h2.next { $0.type == Kind.data && $0.stream == 1 } != nil)
+            // The PING's answer comes after everything the server could send before it.
+            try await h2.send(Kind.ping, stream: 0, [9, 9, 9, 9, 9, 9, 9, 9])
+            #expect(await h2.next { $0.type == Kind.ping && $0.has(Flag.ack) } != nil)
+            func received() -> [UInt8] { h2.frames.filter { $0.type == Kind.data && $0.stream == 1 }.flatMap(\.payload) }
+            #expect(received().count == 100)
+
+            try await h2.send(Kind.windowUpdate, stream: 1, RawHTTP2.word(1_000_000))
+            let end = await h2.next { $0.type == Kind.data && $0.stream == 1 && $0.has(Flag.endStream) }
+            #expect(end != nil)
+            let body = String(decoding: received(), as: UTF8.self)
+            #expect(body.contains("body=\(payload)"))
+            await h2.close()
+        }
+    }
+
+    @Test func streamsBeyondTheConcurrencyLimitAreRefusedAndTheOthersAnswered() async throws {
+        let gate = Gate()
+        try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            var bytes: [UInt8] = []
+            for index in 0...128 {
+                bytes += RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: UInt32(2 * index + 1), h2.block(RawHTTP2.get("/slow")))
+            }
+            try await h2.send(bytes)
+            let refused = await h2.next { $0.type == Kind.rstStream }
+            #expect(refused?.stream == 257)
+            #expect(refused?.word(at: 0) == 0x7)
+            gate.open()
+            for index in 0..<128 {
+                let stream = UInt32(2 * index + 1)
+                #expect(await h2.next { $0.type == Kind.headers && $0.stream == stream }?.status == "200")
+            }
+            await h2.close()
+        }
+    }
+
+    /// CVE-2023-44487: a client opening and cancelling streams as fast as it can is sent away.
+    @Test func rapidResetIsSentAwayWithEnhanceYourCalm() async throws {
+        let gate = Gate()
+        try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            var bytes: [UInt8] = []
+            for index in 0..<250 {
+                let stream = UInt32(2 * index + 1)
+                bytes += RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: stream, h2.block(RawHTTP2.get("/slow")))
+                bytes += RawHTTP2.frame(Kind.rstStream, stream: stream, RawHTTP2.word(0x8))
+            }
+            try await h2.send(bytes)
+            #expect(await h2.goAway()?.code == 0xB)
+            gate.open()
+        }
+    }
+
+    @Test func aFloodOfEmptyDataFramesIsSentAway() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            var bytes = RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders, stream: 1, h2.block(RawHTTP2.post("/echo")))
+            for _ in 0..<1_100 { bytes += RawHTTP2.frame(Kind.data, stream: 1) }
+            try await h2.send(bytes)
+            #expect(await h2.goAway()?.code == 0xB)
+        }
+    }
+}
