@@ -95,6 +95,25 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
+    /// Built-in answers are sent with a cached block of literals, others through the encoder's
+    /// table; the client decodes both, with the default table and with none at all.
+    @Test(arguments: [nil, 0] as [UInt32?])
+    func responsesDecodeWhateverHeaderTableTheClientAllows(_ tableSize: UInt32?) async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let settings: [(UInt16, UInt32)] = tableSize.map { [(UInt16(1), $0)] } ?? []
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: settings)
+            for (index, path) in ["/healthz", "/echo", "/healthz", "/echo", "/healthz"].enumerated() {
+                let stream = UInt32(2 * index + 1)
+                try await h2.headers(stream: stream, RawHTTP2.get(path), endStream: true)
+                let answer = await h2.next { $0.type == Kind.headers && $0.stream == stream }
+                #expect(answer?.status == "200", "\(path): \(answer?.fields ?? [])")
+                #expect(answer?.fields.contains { $0.0 == "date" } == true)
+            }
+            #expect(!h2.frames.contains { $0.type == Kind.goAway })
+            await h2.close()
+        }
+    }
+
     @Test(arguments: HTTP2Violation.all)
     func aConnectionErrorEndsTheConnectionWithAGoAwayNamingIt(_ violation: HTTP2Violation) async throws {
         try await TestGateway.with(body: Self.routes) { gw in
