@@ -7,8 +7,9 @@ import NIOHTTP1
 /// (``HTTP1Parser``), routes each one, and writes each response as one buffer.
 ///
 /// Requests are answered in order. While a response is pending, pipelined bytes stay
-/// unparsed and reading from the socket stops, so a client cannot make the server buffer
-/// without bound. Timers bound how long a client may take to send a head, a body, or the
+/// unparsed, and once 64 KiB of them are buffered reading from the socket stops, so a client
+/// cannot make the server buffer without bound. (Stopping at once cost two `epoll_ctl`
+/// calls per proxied request: NIO drops and re-adds the socket's read interest.) Timers bound how long a client may take to send a head, a body, or the
 /// next request on a kept-alive connection.
 final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler, DeadlineClient {
     typealias InboundIn = ByteBuffer
@@ -118,8 +119,11 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         context.fireChannelReadComplete()
     }
 
+    /// Pipelined bytes buffered while a response is pending before reading stops.
+    private static let maxBufferedWhileResponding = 64 * 1024
+
     func read(context: ChannelHandlerContext) {
-        if case .responding = state {
+        if case .responding = state, (input?.readableBytes ?? 0) >= Self.maxBufferedWhileResponding {
             readPending = true
             return
         }

@@ -374,12 +374,18 @@ final class UpstreamConnections {
         let reused: Bool
     }
 
+    /// An idle, open connection to the target, if there is one.
+    func takeIdle(target: Int) -> UpstreamConnection? {
+        while let connection = idle[target].popLast() {
+            if connection.isOpen { return connection }
+        }
+        return nil
+    }
+
     /// An idle connection to the target (unless `fresh`), or a new one.
     func acquire(target: Int, host: String, port: Int, connectTimeout: TimeAmount, fresh: Bool) -> EventLoopFuture<Acquired> {
-        while !fresh, let connection = idle[target].popLast() {
-            if connection.isOpen {
-                return eventLoop.makeSucceededFuture(Acquired(connection: NIOLoopBound(connection, eventLoop: eventLoop), reused: true))
-            }
+        if !fresh, let connection = takeIdle(target: target) {
+            return eventLoop.makeSucceededFuture(Acquired(connection: NIOLoopBound(connection, eventLoop: eventLoop), reused: true))
         }
         let bound = NIOLoopBound(UpstreamConnection(target: target, owner: self), eventLoop: eventLoop)
         return ClientBootstrap(group: eventLoop)

@@ -58,10 +58,11 @@ final class UpstreamPool: Sendable {
         } else {
             sent = eventLoop.makeFutureWithTask { try await self.send(request, to: target) }
         }
-        let configuration = self.configuration
+        // The configuration is read through `self` in the closures: a copy of the struct per
+        // request retained and released every field of it.
         return sent.flatMap { response in
             if [502, 503, 504].contains(response.status.code) {
-                target.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
+                target.recordFailure(maxFailures: self.configuration.passiveMaxFailures, ejectFor: self.configuration.passiveEjectFor)
                 if idempotent && tried.count < attempts && self.pick(excluding: tried) != nil {
                     return self.attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: tried,
                                         problem: "\(target.displayName) answered \(response.status.code)", status: response.status)
@@ -71,8 +72,8 @@ final class UpstreamPool: Sendable {
             }
             return eventLoop.makeSucceededFuture(response)
         }.flatMapError { error in
-            target.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
-            self.logger.warning("upstream request failed", metadata: ["upstream": "\(configuration.name)", "target": "\(target.displayName)", "error": "\(error)"])
+            target.recordFailure(maxFailures: self.configuration.passiveMaxFailures, ejectFor: self.configuration.passiveEjectFor)
+            self.logger.warning("upstream request failed", metadata: ["upstream": "\(self.configuration.name)", "target": "\(target.displayName)", "error": "\(error)"])
             return self.attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: tried,
                                 problem: "\(target.displayName): \(error)", status: Self.isTimeout(error) ? .gatewayTimeout : .badGateway)
         }
@@ -95,13 +96,15 @@ final class UpstreamPool: Sendable {
         let connections = self.connections(on: eventLoop)
         let bytes = Self.encode(request, path: endpoint.basePath + request.uri, host: endpoint.port == 80 ? endpoint.host : "\(endpoint.host):\(endpoint.port)")
         let isHead = request.method == .HEAD
-        let configuration = self.configuration
+        let responseTimeout = configuration.responseTimeout
+        let maxResponseBytes = configuration.maxResponseBytes
+        let connectTimeout = configuration.connectTimeout
         func exchange(fresh: Bool) -> EventLoopFuture<GatewayResponse> {
-            connections.acquire(target: index, host: endpoint.host, port: endpoint.port, connectTimeout: configuration.connectTimeout, fresh: fresh)
+            connections.acquire(target: index, host: endpoint.host, port: endpoint.port, connectTimeout: connectTimeout, fresh: fresh)
                 .assumeIsolated()
                 .flatMap { acquired in
                     let reused = acquired.reused
-                    return acquired.connection.value.send(bytes, isHead: isHead, timeout: configuration.responseTimeout, maxBytes: configuration.maxResponseBytes, eventLoop: eventLoop)
+                    return acquired.connection.value.send(bytes, isHead: isHead, timeout: responseTimeout, maxBytes: maxResponseBytes, eventLoop: eventLoop)
                         .assumeIsolated()
                         .flatMapError { error in
                             // A kept-alive connection the upstream closed as the request went out:
@@ -114,6 +117,16 @@ final class UpstreamPool: Sendable {
                         .nonisolated()
                 }
                 .nonisolated()
+        }
+        // Usually a kept-alive connection is waiting: used at once, without a future for it.
+        if let connection = connections.takeIdle(target: index) {
+            let sent = connection.send(bytes, isHead: isHead, timeout: responseTimeout, maxBytes: maxResponseBytes, eventLoop: eventLoop)
+            guard idempotent else { return sent }
+            return sent.assumeIsolated().flatMapError { error in
+                // As above: lost before any answer, so sent again on a new connection.
+                if case UpstreamFailure.connectionLost(answered: false) = error { return exchange(fresh: true) }
+                return eventLoop.makeFailedFuture(error)
+            }.nonisolated()
         }
         return exchange(fresh: false)
     }
