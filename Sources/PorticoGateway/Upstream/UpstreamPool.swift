@@ -45,12 +45,12 @@ final class UpstreamPool: Sendable {
         return attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: [], problem: "no target is available", status: .serviceUnavailable)
     }
 
-    private func attempt(_ request: GatewayRequest, on eventLoop: any EventLoop, idempotent: Bool, attempts: Int, tried: Set<Int>,
+    private func attempt(_ request: GatewayRequest, on eventLoop: any EventLoop, idempotent: Bool, attempts: Int, tried: [Int],
                          problem: String, status: HTTPResponseStatus) -> EventLoopFuture<GatewayResponse> {
         guard tried.count < attempts, let index = pick(excluding: tried) else {
             return eventLoop.makeSucceededFuture(.plain(status, "upstream \(configuration.name) did not answer (\(problem))"))
         }
-        let tried = tried.union([index])
+        let tried = tried + [index]
         let target = targets[index]
         let sent: EventLoopFuture<GatewayResponse>
         if target.plain != nil {
@@ -58,25 +58,31 @@ final class UpstreamPool: Sendable {
         } else {
             sent = eventLoop.makeFutureWithTask { try await self.send(request, to: target) }
         }
-        // The configuration is read through `self` in the closures: a copy of the struct per
-        // request retained and released every field of it.
-        return sent.flatMap { response in
-            if [502, 503, 504].contains(response.status.code) {
-                target.recordFailure(maxFailures: self.configuration.passiveMaxFailures, ejectFor: self.configuration.passiveEjectFor)
-                if idempotent && tried.count < attempts && self.pick(excluding: tried) != nil {
-                    return self.attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: tried,
-                                        problem: "\(target.displayName) answered \(response.status.code)", status: response.status)
+        // One promise and one callback per exchange (a flatMap and a flatMapError were two of
+        // each); the configuration is read through `self`, not copied per request.
+        let promise = eventLoop.makePromise(of: GatewayResponse.self)
+        sent.whenComplete { result in
+            switch result {
+            case .success(let response):
+                if [502, 503, 504].contains(response.status.code) {
+                    target.recordFailure(maxFailures: self.configuration.passiveMaxFailures, ejectFor: self.configuration.passiveEjectFor)
+                    if idempotent && tried.count < attempts && self.pick(excluding: tried) != nil {
+                        promise.completeWith(self.attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: tried,
+                                                          problem: "\(target.displayName) answered \(response.status.code)", status: response.status))
+                        return
+                    }
+                } else {
+                    target.recordSuccess()
                 }
-            } else {
-                target.recordSuccess()
+                promise.succeed(response)
+            case .failure(let error):
+                target.recordFailure(maxFailures: self.configuration.passiveMaxFailures, ejectFor: self.configuration.passiveEjectFor)
+                self.logger.warning("upstream request failed", metadata: ["upstream": "\(self.configuration.name)", "target": "\(target.displayName)", "error": "\(error)"])
+                promise.completeWith(self.attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: tried,
+                                                  problem: "\(target.displayName): \(error)", status: Self.isTimeout(error) ? .gatewayTimeout : .badGateway))
             }
-            return eventLoop.makeSucceededFuture(response)
-        }.flatMapError { error in
-            target.recordFailure(maxFailures: self.configuration.passiveMaxFailures, ejectFor: self.configuration.passiveEjectFor)
-            self.logger.warning("upstream request failed", metadata: ["upstream": "\(self.configuration.name)", "target": "\(target.displayName)", "error": "\(error)"])
-            return self.attempt(request, on: eventLoop, idempotent: idempotent, attempts: attempts, tried: tried,
-                                problem: "\(target.displayName): \(error)", status: Self.isTimeout(error) ? .gatewayTimeout : .badGateway)
         }
+        return promise.futureResult
     }
 
     /// The calling loop's connections.
@@ -187,7 +193,7 @@ final class UpstreamPool: Sendable {
     }
 
     /// The next available target in round-robin order, skipping `excluded`.
-    func pick(excluding excluded: Set<Int> = []) -> Int? {
+    func pick(excluding excluded: [Int] = []) -> Int? {
         guard !targets.isEmpty else { return nil }
         let start = next.loadThenWrappingIncrement(ordering: .relaxed)
         let now = NIODeadline.now()
