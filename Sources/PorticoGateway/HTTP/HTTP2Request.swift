@@ -63,31 +63,39 @@ struct HTTP2RequestFields {
     }
 
     /// A lower-case token (RFC 9110 5.6.2): HTTP/2 field names must be lower case.
+    /// Both checks loop over the contiguous UTF-8 bytes: iterating `String.UTF8View` byte by
+    /// byte was 6% of a small request's CPU.
     private static func isValidName(_ name: String) -> Bool {
-        guard !name.isEmpty else { return false }
-        for byte in name.utf8 {
-            switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                 UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-                 UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
-                 UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-                continue
-            default:
-                return false
-            }
+        var name = name
+        return name.withUTF8 { bytes in
+            guard !bytes.isEmpty else { return false }
+            for byte in bytes where !tokenLowercase[Int(byte)] { return false }
+            return true
         }
-        return true
+    }
+
+    /// Bytes allowed in a lower-case token.
+    private static let tokenLowercase: [Bool] = (0..<256).map { value in
+        switch UInt8(value) {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
     }
 
     /// No NUL, CR or LF anywhere, and no whitespace at either end (RFC 9113 8.2.1).
     private static func isValidValue(_ value: String) -> Bool {
-        let utf8 = value.utf8
-        if let first = utf8.first, first == 0x20 || first == 0x09 { return false }
-        if let last = utf8.last, last == 0x20 || last == 0x09 { return false }
-        for byte in utf8 where byte == 0x00 || byte == 0x0A || byte == 0x0D {
-            return false
+        var value = value
+        return value.withUTF8 { bytes in
+            guard let first = bytes.first, let last = bytes.last else { return true }
+            if first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09 { return false }
+            for byte in bytes where byte == 0x00 || byte == 0x0A || byte == 0x0D { return false }
+            return true
         }
-        return true
     }
 
     private static func parseLength(_ value: String) -> Int? {
