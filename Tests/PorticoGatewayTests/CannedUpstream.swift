@@ -19,29 +19,53 @@ final class CannedUpstream: Sendable {
 
     let channel: any Channel
     private let counts: NIOLockedValueBox<(connections: Int, requests: Int)>
+    private let closes: NIOLockedValueBox<(count: Int, waiters: [(Int, EventLoopPromise<Void>)])>
     var port: Int { channel.localAddress!.port! }
     var connections: Int { counts.withLockedValue { $0.connections } }
     var requests: Int { counts.withLockedValue { $0.requests } }
 
+    /// Waits until `count` connections have been closed (by either side).
+    func waitUntilClosed(connections count: Int) async {
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        closes.withLockedValue { closes in
+            if closes.count >= count { promise.succeed() } else { closes.waiters.append((count, promise)) }
+        }
+        try? await promise.futureResult.get()
+    }
+
     static func start(_ plan: @escaping @Sendable (_ connection: Int, _ request: Int) -> Action) async throws -> CannedUpstream {
         let counts = NIOLockedValueBox((connections: 0, requests: 0))
+        let closes = NIOLockedValueBox((count: 0, waiters: [(Int, EventLoopPromise<Void>)]()))
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
                 let number = counts.withLockedValue { counts in
                     counts.connections += 1
                     return counts.connections - 1
                 }
+                channel.closeFuture.whenComplete { _ in
+                    closes.withLockedValue { closes in
+                        closes.count += 1
+                        let count = closes.count
+                        closes.waiters.removeAll { waiter in
+                            guard waiter.0 <= count else { return false }
+                            waiter.1.succeed()
+                            return true
+                        }
+                    }
+                }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(Handler(connection: number, plan: plan, counts: counts))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return CannedUpstream(channel: channel, counts: counts)
+        return CannedUpstream(channel: channel, counts: counts, closes: closes)
     }
 
-    private init(channel: any Channel, counts: NIOLockedValueBox<(connections: Int, requests: Int)>) {
+    private init(channel: any Channel, counts: NIOLockedValueBox<(connections: Int, requests: Int)>,
+                 closes: NIOLockedValueBox<(count: Int, waiters: [(Int, EventLoopPromise<Void>)])>) {
         self.channel = channel
         self.counts = counts
+        self.closes = closes
     }
 
     func stop() async { try? await channel.close() }

@@ -140,6 +140,33 @@ import Testing
         #expect(byLine[13]?.contains("service 'teleport'") == true)
     }
 
+    @Test func upstreamKeepaliveSettingsAreReadAndChecked() throws {
+        let config = try loader.load(yaml: """
+            upstreams:
+              api:
+                targets: [http://127.0.0.1:9000]
+                keepalive: {idle_connections: 8, idle_timeout: 30s}
+            """, file: "/etc/portico/portico.yaml")
+        let upstream = try #require(config.upstreams["api"])
+        #expect(upstream.keepaliveConnections == 8)
+        #expect(upstream.keepaliveTimeout == .seconds(30))
+
+        let found = problems("""
+            upstreams:
+              api:
+                targets: [http://127.0.0.1:9000]
+                keepalive:
+                  idle_connections: -1
+                  idle_timeout: 0s
+                  linger: 1s
+            """)
+        let byLine = Dictionary(uniqueKeysWithValues: found.compactMap { d in d.location.map { ($0.line, d.message) } })
+        #expect(found.count == 3, "\(found)")
+        #expect(byLine[5]?.contains("idle_connections must not be negative") == true)
+        #expect(byLine[6]?.contains("idle_timeout must be longer than 0s") == true)
+        #expect(byLine[7]?.contains("linger") == true)
+    }
+
     @Test func everyProblemIsReportedNotJustTheFirst() {
         let found = problems("""
             colour: blue

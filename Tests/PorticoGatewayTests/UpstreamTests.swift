@@ -162,6 +162,36 @@ import Testing
         await upstream.stop()
     }
 
+    @Test func keepaliveIdleConnectionsZeroOpensAConnectionPerRequest() async throws {
+        let upstream = try await CannedUpstream.start { _, request in .answer(Self.ok("answer \(request)")) }
+        try await Self.withFront(upstream, settings: ", keepalive: {idle_connections: 0}") { front, client in
+            for round in 0..<5 {
+                let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+                #expect(answer.body == "answer 0", "round \(round)")
+            }
+        }
+        #expect(upstream.requests == 5)
+        #expect(upstream.connections == 5)
+        await upstream.stop()
+    }
+
+    /// The idle connection is closed by the gateway after `keepalive.idle_timeout` (the
+    /// suite's time limit catches a connection that is never closed); the next request opens
+    /// a new one.
+    @Test func anIdleUpstreamConnectionIsClosedAfterItsIdleTimeout() async throws {
+        let upstream = try await CannedUpstream.start { _, request in .answer(Self.ok("answer \(request)")) }
+        try await Self.withFront(upstream, settings: ", keepalive: {idle_timeout: 1s}") { front, client in
+            let first = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+            #expect(first.status == 200)
+            await upstream.waitUntilClosed(connections: 1)
+            #expect(upstream.connections == 1)
+            let second = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
+            #expect(second.body == "answer 0")
+            #expect(upstream.connections == 2)
+        }
+        await upstream.stop()
+    }
+
     @Test func chunkedCloseDelimitedAndInterimResponsesAreRead() async throws {
         let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kept: yes\r\n\r\n5;ext\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n"
         let interim = "HTTP/1.1 100 Continue\r\n\r\n" + Self.ok("after interim")

@@ -257,7 +257,7 @@ public struct ConfigurationLoader: Sendable {
             reader.error("upstreams must be a mapping of names to upstream settings", at: node)
             return
         }
-        let allowed = ["targets", "connect_timeout", "response_timeout", "retries", "health_check", "passive", "max_response_bytes"]
+        let allowed = ["targets", "connect_timeout", "response_timeout", "retries", "health_check", "passive", "max_response_bytes", "keepalive"]
         for (keyNode, valueNode) in mapping {
             guard let name = reader.string(keyNode, at: "upstreams") else { continue }
             let path = "upstreams.\(name)"
@@ -283,6 +283,14 @@ public struct ConfigurationLoader: Sendable {
             }
             if let v = keys["max_response_bytes"], let n = reader.int(v.value, at: "\(path).max_response_bytes") {
                 if n > 0 { upstream.maxResponseBytes = n } else { reader.error("\(path).max_response_bytes must be greater than 0", at: v.value) }
+            }
+            if let v = keys["keepalive"], let keepalive = reader.mapping(v.value, at: "\(path).keepalive", keys: ["idle_connections", "idle_timeout"]) {
+                if let n = keepalive["idle_connections"], let value = reader.int(n.value, at: "\(path).keepalive.idle_connections") {
+                    if value >= 0 { upstream.keepaliveConnections = value } else { reader.error("\(path).keepalive.idle_connections must not be negative (0 opens a connection per request)", at: n.value) }
+                }
+                if let n = keepalive["idle_timeout"], let d = reader.duration(n.value, at: "\(path).keepalive.idle_timeout") {
+                    if d > .zero { upstream.keepaliveTimeout = d } else { reader.error("\(path).keepalive.idle_timeout must be longer than 0s", at: n.value) }
+                }
             }
             if let v = keys["passive"], let passive = reader.mapping(v.value, at: "\(path).passive", keys: ["max_failures", "eject_for"]) {
                 if let n = passive["max_failures"], let value = reader.int(n.value, at: "\(path).passive.max_failures") {

@@ -354,18 +354,17 @@ extension Substring {
 
 /// The kept-alive connections of one upstream pool on one event loop.
 final class UpstreamConnections {
-    /// An idle connection is closed after this long: before most servers' own keep-alive
-    /// timeouts (Node's is 5 s), so that a request is rarely sent on a connection the
-    /// server is closing.
-    static let idleTimeout = TimeAmount.seconds(4)
-    static let maxIdlePerTarget = 64
-
     private let eventLoop: any EventLoop
     private var idle: [[UpstreamConnection]]
+    /// `keepalive.idle_connections` and `keepalive.idle_timeout` of the upstream.
+    private let maxIdlePerTarget: Int
+    private let idleTimeout: TimeAmount
 
-    init(eventLoop: any EventLoop, targets: Int) {
+    init(eventLoop: any EventLoop, targets: Int, maxIdlePerTarget: Int, idleTimeout: TimeAmount) {
         self.eventLoop = eventLoop
         self.idle = Array(repeating: [], count: targets)
+        self.maxIdlePerTarget = maxIdlePerTarget
+        self.idleTimeout = idleTimeout
     }
 
     /// A connection handed out by ``acquire``; bound to the loop that owns it.
@@ -405,11 +404,11 @@ final class UpstreamConnections {
 
     func release(_ connection: UpstreamConnection) {
         guard connection.isOpen else { return }
-        if idle[connection.target].count >= Self.maxIdlePerTarget {
+        if idle[connection.target].count >= maxIdlePerTarget {
             connection.close()
             return
         }
-        connection.idle(until: .now() + Self.idleTimeout)
+        connection.idle(until: .now() + idleTimeout)
         idle[connection.target].append(connection)
     }
 

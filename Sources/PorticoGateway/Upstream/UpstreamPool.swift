@@ -90,7 +90,7 @@ final class UpstreamPool: Sendable {
         let key = ObjectIdentifier(eventLoop)
         return loops.withLockedValue { loops in
             if let existing = loops[key] { return existing.value }
-            let created = UpstreamConnections(eventLoop: eventLoop, targets: targets.count)
+            let created = UpstreamConnections(eventLoop: eventLoop, targets: targets.count, maxIdlePerTarget: configuration.keepaliveConnections, idleTimeout: configuration.keepaliveTimeout)
             loops[key] = NIOLoopBound(created, eventLoop: eventLoop)
             return created
         }
