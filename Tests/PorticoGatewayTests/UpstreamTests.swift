@@ -162,6 +162,35 @@ import Testing
         await upstream.stop()
     }
 
+    /// HTTP/2 clients reach upstreams through the same client: streams of one connection,
+    /// answered with the upstream's fields (hop-by-hop ones dropped) and the gateway's `date`.
+    @Test func http2RequestsAreProxiedOverTheKeptAliveConnection() async throws {
+        let upstream = try await CannedUpstream.start { _, request in
+            .answer(Self.ok("answer \(request)", extra: "x-upstream: yes\r\nkeep-alive: timeout=5\r\n"))
+        }
+        let config = """
+            upstreams:
+              up: {targets: ["http://127.0.0.1:\(upstream.port)"]}
+            routes:
+              - {listener: console, path: /up, upstream: up}
+            """
+        try await TestGateway.with(body: config) { front in
+            try await TestClient.with(http2: true) { client in
+                for round in 0..<5 {
+                    let answer = try await TestClient.get(client, try await front.url(.console, "/up"))
+                    #expect(answer.version == .http2)
+                    #expect(answer.body == "answer \(round)")
+                    #expect(answer.headers.first(name: "x-upstream") == "yes")
+                    #expect(answer.headers["keep-alive"].isEmpty)
+                    #expect(answer.headers["date"].count == 1)
+                    #expect(answer.headers.first(name: "date")?.contains("1994") == false)
+                }
+            }
+        }
+        #expect(upstream.connections == 1)
+        await upstream.stop()
+    }
+
     @Test func keepaliveIdleConnectionsZeroOpensAConnectionPerRequest() async throws {
         let upstream = try await CannedUpstream.start { _, request in .answer(Self.ok("answer \(request)")) }
         try await Self.withFront(upstream, settings: ", keepalive: {idle_connections: 0}") { front, client in
