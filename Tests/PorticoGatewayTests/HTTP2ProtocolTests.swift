@@ -71,6 +71,7 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         routes:
           - {listener: console, path: /echo, service: echo}
           - {listener: console, path: /slow, service: slow}
+          - {listener: console, path: /big, service: echo, max_body_bytes: 2MiB}
         """
 
     @Test func theServerSendsSettingsFirstAndAnswersSettingsPingAndRequests() async throws {
@@ -185,9 +186,13 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    /// The client allows 100 bytes per stream: the server sends 100 and waits; each
-    /// WINDOW_UPDATE lets more through, until the whole body has arrived.
-    @Test func aResponseLargerThanTheClientsWindowWaitsForWindowUpdates() async throws {
+    enum Credit: String, CaseIterable, Sendable { case windowUpdate, settings }
+
+    /// The client allows 100 bytes per stream: the server sends 100 and waits; a
+    /// WINDOW_UPDATE for the stream, or a larger SETTINGS_INITIAL_WINDOW_SIZE, lets the rest
+    /// through.
+    @Test(arguments: Credit.allCases)
+    func aResponseLargerThanTheClientsStreamWindowWaitsForCredit(_ credit: Credit) async throws {
         try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(4, 100)])
             let payload = String(repeating: "0123456789", count: 500)
@@ -200,11 +205,87 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
             func received() -> [UInt8] { h2.frames.filter { $0.type == Kind.data && $0.stream == 1 }.flatMap(\.payload) }
             #expect(received().count == 100)
 
-            try await h2.send(Kind.windowUpdate, stream: 1, RawHTTP2.word(1_000_000))
+            switch credit {
+            case .windowUpdate: try await h2.send(Kind.windowUpdate, stream: 1, RawHTTP2.word(1_000_000))
+            case .settings: try await h2.settings([(4, 1_000_000)])
+            }
             let end = await h2.next { $0.type == Kind.data && $0.stream == 1 && $0.has(Flag.endStream) }
             #expect(end != nil)
             let body = String(decoding: received(), as: UTF8.self)
             #expect(body.contains("body=\(payload)"))
+            await h2.close()
+        }
+    }
+
+    /// Streams may send a lot (their windows are large) but the connection's window is the
+    /// default 65,535 bytes: the server stops there until the connection gets credit.
+    @Test func aResponseLargerThanTheConnectionsWindowWaitsForConnectionCredit() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(4, 1_000_000)])
+            let payload = [UInt8](repeating: UInt8(ascii: "p"), count: 65_000)
+            let pad = String(repeating: "q", count: 1_000)
+            try await h2.headers(stream: 1, RawHTTP2.post("/big", length: payload.count) + [("x-pad", pad)], endStream: false)
+            for start in stride(from: 0, to: payload.count, by: 16_384) {
+                let end = min(start + 16_384, payload.count)
+                try await h2.send(Kind.data, flags: end == payload.count ? Flag.endStream : 0, stream: 1, Array(payload[start..<end]))
+            }
+            #expect(await h2.next { $0.type == Kind.data && $0.stream == 1 } != nil)
+            try await h2.send(Kind.ping, stream: 0, [7, 7, 7, 7, 7, 7, 7, 7])
+            #expect(await h2.next { $0.type == Kind.ping && $0.has(Flag.ack) } != nil)
+            func received() -> Int { h2.frames.filter { $0.type == Kind.data && $0.stream == 1 }.reduce(0) { $0 + $1.payload.count } }
+            #expect(received() == 65_535)
+
+            try await h2.send(Kind.windowUpdate, stream: 0, RawHTTP2.word(100_000))
+            let end = await h2.next { $0.type == Kind.data && $0.stream == 1 && $0.has(Flag.endStream) }
+            #expect(end != nil)
+            let body = String(decoding: h2.frames.filter { $0.type == Kind.data && $0.stream == 1 }.flatMap(\.payload), as: UTF8.self)
+            #expect(received() > 65_535)
+            #expect(body.contains("body=" + String(repeating: "p", count: 65_000) + "\n"))
+            await h2.close()
+        }
+    }
+
+    /// Padding is taken off HEADERS and DATA (and counted against the windows); the body the
+    /// service sees is only the data.
+    @Test func paddedFramesCarryOnlyTheirData() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            let block = h2.block(RawHTTP2.post("/echo", length: 5))
+            try await h2.send(RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.padded, stream: 1, [3] + block + [0, 0, 0]))
+            try await h2.send(Kind.data, flags: Flag.endStream | Flag.padded, stream: 1, [10] + Array("hello".utf8) + [UInt8](repeating: 0, count: 10))
+            let end = await h2.next { $0.type == Kind.data && $0.stream == 1 && $0.has(Flag.endStream) }
+            #expect(end != nil)
+            let body = String(decoding: h2.frames.filter { $0.type == Kind.data && $0.stream == 1 }.flatMap(\.payload), as: UTF8.self)
+            #expect(body.contains("body=hello\n"), "\(body)")
+            await h2.close()
+        }
+    }
+
+    /// A body over the route's limit is answered 413 at once; what the client still sends is
+    /// read and dropped, and the connection serves the next request.
+    @Test func aBodyOverTheLimitIsAnswered413AndTheConnectionGoesOn() async throws {
+        let routes = Self.routes + "\n  - {listener: console, path: /small, service: echo, max_body_bytes: 16}"
+        try await TestGateway.with(body: routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            try await h2.headers(stream: 1, RawHTTP2.post("/small"), endStream: false)
+            try await h2.send(Kind.data, stream: 1, [UInt8](repeating: 0x61, count: 1_000))
+            let answer = await h2.next { $0.type == Kind.headers && $0.stream == 1 }
+            #expect(answer?.status == "413")
+            try await h2.send(Kind.data, flags: Flag.endStream, stream: 1, [UInt8](repeating: 0x61, count: 1_000))
+            try await h2.headers(stream: 3, RawHTTP2.get("/healthz"), endStream: true)
+            #expect(await h2.next { $0.type == Kind.headers && $0.stream == 3 }?.status == "200")
+            #expect(!h2.frames.contains { $0.type == Kind.goAway || ($0.type == Kind.rstStream && $0.stream == 1 && $0.word(at: 0) != 0) })
+            await h2.close()
+        }
+    }
+
+    @Test func trailersWithAPseudoHeaderResetTheStream() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            try await h2.headers(stream: 1, RawHTTP2.post("/echo"), endStream: false)
+            try await h2.headers(stream: 1, [(":path", "/elsewhere")], endStream: true)
+            let reset = await h2.next { $0.type == Kind.rstStream && $0.stream == 1 }
+            #expect(reset?.word(at: 0) == 0x1)
             await h2.close()
         }
     }
