@@ -15,9 +15,9 @@ import subprocess
 import sys
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 
@@ -33,7 +33,22 @@ def navigate(browser, action):
     returns before the browser has loaded what it asked for)."""
     old = browser.find_element(By.TAG_NAME, "html")
     action()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 30).until(lambda _: gone(old))
+
+
+def gone(element):
+    """Whether `element` has left the document. chromedriver reports an element of a page
+    that has just been replaced either as stale or, while the new document is attaching,
+    as a node that "does not belong to the document"; both mean the navigation happened."""
+    try:
+        element.is_enabled()
+        return False
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error):
+            return True
+        raise
 
 
 console = os.environ["CONSOLE"]

@@ -154,16 +154,13 @@ actor Listener {
             return
         }
         try pipeline.addHandler(NIOSSLServerHandler(context: context))
-        try pipeline.addHandler(TLSHandshakeObserver(metrics: metrics, timeout: configuration.limits.headerTimeout))
-        try pipeline.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
-            channel.eventLoop.makeCompletedFuture {
-                let operations = channel.pipeline.syncOperations
-                info.clientCertificate = try? operations.handler(type: NIOSSLServerHandler.self).peerCertificate
-                if case .negotiated("h2") = result {
-                    try configureHTTP2(pipeline: operations, info: info)
-                } else {
-                    try configureHTTP1(pipeline: operations, info: info)
-                }
+        try pipeline.addHandler(TLSHandshakeObserver(metrics: metrics, timeout: configuration.limits.headerTimeout) { negotiated, channel in
+            let operations = channel.pipeline.syncOperations
+            info.clientCertificate = try? operations.handler(type: NIOSSLServerHandler.self).peerCertificate
+            if negotiated == "h2" {
+                try configureHTTP2(pipeline: operations, info: info)
+            } else {
+                try configureHTTP1(pipeline: operations, info: info)
             }
         })
     }
@@ -179,19 +176,24 @@ actor Listener {
 
 /// Counts failed TLS handshakes and closes those connections; closes a connection whose
 /// handshake does not complete within `timeout` (a client that connects and sends nothing
-/// must not hold a slot); steps out once a handshake completes.
+/// must not hold a slot). When the handshake completes it sets up the HTTP handler for the
+/// protocol ALPN chose and steps out: one handler where NIO's ALPN handler was a second one
+/// added and removed per connection.
 final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler, DeadlineClient {
     typealias InboundIn = NIOAny
     private let metrics: ListenerMetrics
     private let timeout: TimeAmount
+    /// Adds the handler for the negotiated protocol (nil: none negotiated, HTTP/1.1).
+    private let configure: (_ negotiated: String?, _ channel: any Channel) throws -> Void
     private var deadline: NIODeadline?
     var sweeper: DeadlineSweeper?
     private var context: ChannelHandlerContext?
     var sweepIndex = -1
 
-    init(metrics: ListenerMetrics, timeout: TimeAmount) {
+    init(metrics: ListenerMetrics, timeout: TimeAmount, configure: @escaping (_ negotiated: String?, _ channel: any Channel) throws -> Void) {
         self.metrics = metrics
         self.timeout = timeout
+        self.configure = configure
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -214,13 +216,21 @@ final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case TLSUserEvent.handshakeCompleted = event {
-            deadline = nil
+        guard case TLSUserEvent.handshakeCompleted(let negotiated) = event else {
             context.fireUserInboundEventTriggered(event)
-            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
+        }
+        deadline = nil
+        // NIOSSL passes decrypted data up only after this event: the HTTP handler is in place
+        // (added synchronously) before the first request byte arrives.
+        do {
+            try configure(negotiated, context.channel)
+        } catch {
+            context.close(promise: nil)
             return
         }
         context.fireUserInboundEventTriggered(event)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
