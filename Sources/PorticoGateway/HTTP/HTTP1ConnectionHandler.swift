@@ -202,23 +202,21 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let limits = snapshot.limits
         let pending = Pending(head: head, bodyLimit: limits.maxBodyBytes, started: .now())
         state = .receiving(pending)
-        let host = head.host.map(RequestDispatch.hostWithoutPort)
-        switch snapshot.router.match(method: head.method, host: host, path: RequestDispatch.path(of: head.uri)) {
-        case .found(let route, let parameters):
+        switch RequestDispatch.decide(method: head.method, host: head.host, target: head.uri, contentLength: head.contentLength, snapshot: snapshot) {
+        case .route(let route, let parameters, let bodyLimit):
             pending.route = route
             pending.parameters = parameters
-            pending.bodyLimit = route.maxBodyBytes ?? limits.maxBodyBytes
-            if let length = head.contentLength, length > pending.bodyLimit {
-                let response = GatewayResponse.plain(.payloadTooLarge, "request body is larger than \(pending.bodyLimit) bytes")
-                write(response, isHead: false, close: true, started: pending.started, method: head.method, uri: head.uri, context: context)
-                return
-            }
+            pending.bodyLimit = bodyLimit
             pending.keepsBody = true
             if head.expectsContinue && head.hasBody && head.minorVersion == 1 && (input?.readableBytes ?? 0) == 0 {
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
             }
-        case .methodNotAllowed(let allow):
-            pending.errorResponse = .plain(.methodNotAllowed, "method \(head.method) is not allowed here", headers: ["allow": allow])
+        case .answer(let response, early: true):
+            // The body is not read: answer now and close.
+            write(response, isHead: false, close: true, started: pending.started, method: head.method, uri: head.uri, context: context)
+            return
+        case .answer(let response, early: false):
+            pending.errorResponse = response
         case .notFound:
             pending.errorResponse = nil
         }

@@ -569,17 +569,14 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         if headers.count > limits.maxHeaderCount + 4 || request.size > limits.maxHeaderBytes {
             stream.errorResponse = .plain(.requestHeaderFieldsTooLarge, "request headers are too large")
         } else {
-            let host = (request.authority ?? headers.first(name: "host")).map(RequestDispatch.hostWithoutPort)
-            switch snapshot.router.match(method: request.method, host: host, path: RequestDispatch.path(of: request.path)) {
-            case .found(let route, let parameters):
+            let host = request.authority ?? headers.first(name: "host")
+            switch RequestDispatch.decide(method: request.method, host: host, target: request.path, contentLength: request.contentLength, snapshot: snapshot) {
+            case .route(let route, let parameters, let bodyLimit):
                 stream.route = route
                 stream.parameters = parameters
-                stream.bodyLimit = route.maxBodyBytes ?? limits.maxBodyBytes
-                if let length = request.contentLength, length > stream.bodyLimit {
-                    stream.errorResponse = .plain(.payloadTooLarge, "request body is larger than \(stream.bodyLimit) bytes")
-                }
-            case .methodNotAllowed(let allow):
-                stream.errorResponse = .plain(.methodNotAllowed, "method \(request.method) is not allowed here", headers: ["allow": allow])
+                stream.bodyLimit = bodyLimit
+            case .answer(let response, _):
+                stream.errorResponse = response
             case .notFound:
                 stream.errorResponse = nil
             }
