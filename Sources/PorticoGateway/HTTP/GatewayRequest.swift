@@ -31,6 +31,8 @@ public struct GatewayRequest: Sendable {
     public var peerIsTrustedProxy: Bool
     /// The verified client certificate on mutual-TLS listeners.
     public var clientCertificate: NIOSSLCertificate?
+    /// `peerAddress` as text when the connection already formatted it.
+    var peerAddressText: String? = nil
 
     /// The path without the query.
     public var path: Substring {

@@ -311,7 +311,8 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             peerAddress: info.peerAddress,
             clientAddress: info.clientAddress(headers: headers, trusted: trusted),
             peerIsTrustedProxy: info.peerIsTrustedProxy,
-            clientCertificate: info.clientCertificate
+            clientCertificate: info.clientCertificate,
+            peerAddressText: info.peerAddressText
         )
     }
 

@@ -651,7 +651,8 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
             peerAddress: info.peerAddress,
             clientAddress: info.clientAddress(headers: headers, trusted: info.snapshot.value.configuration.trustedProxies),
             peerIsTrustedProxy: info.peerIsTrustedProxy,
-            clientCertificate: info.clientCertificate
+            clientCertificate: info.clientCertificate,
+            peerAddressText: info.peerAddressText
         )
     }
 

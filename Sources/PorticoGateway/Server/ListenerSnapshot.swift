@@ -35,7 +35,18 @@ final class ConnectionInfo {
     let role: ListenerRole
     let isTLS: Bool
     /// The TCP peer, replaced by the source in a trusted PROXY header.
-    var peerAddress: SocketAddress?
+    var peerAddress: SocketAddress? {
+        didSet { formattedPeer = nil }
+    }
+    /// `peerAddress` as text, formatted once per connection rather than per request (for
+    /// `X-Forwarded-For` and the access log).
+    var peerAddressText: String? {
+        if let formattedPeer { return formattedPeer }
+        let text = peerAddress?.ipAddress
+        formattedPeer = .some(text)
+        return text
+    }
+    private var formattedPeer: String??
     var clientCertificate: NIOSSLCertificate?
     var snapshot: SnapshotReader<ListenerSnapshot>
 
@@ -53,7 +64,7 @@ final class ConnectionInfo {
         snapshot.metrics.recordRequest(status: status, duration: .nanoseconds(elapsed.nanoseconds))
         guard let logger = snapshot.accessLogger else { return }
         logger.info("request", metadata: [
-            "listener": "\(role)", "client": "\(peerAddress?.ipAddress ?? "-")", "method": "\(method)",
+            "listener": "\(role)", "client": "\(peerAddressText ?? "-")", "method": "\(method)",
             "uri": "\(uri)", "status": "\(status)", "bytes": "\(bytes)", "http": "\(http)",
             "duration_us": "\(elapsed.nanoseconds / 1000)",
         ])

@@ -141,21 +141,27 @@ final class UpstreamPool: Sendable {
     /// the `Connection` header names), `content-length` and `expect` (set for the hop), then
     /// `X-Forwarded-For` (earlier hops only from a trusted proxy), `-Proto` and `-Host`.
     static func forEachForwardedHeader(of request: GatewayRequest, _ body: (String, String) -> Void) {
-        var forwardedFor: [String] = []
-        // Fields the Connection header names are for this hop only (RFC 9110 7.6.1).
-        let connectionListed = Set(request.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingWhitespace().lowercased() })
+        var forwardedFor = ""
+        // Fields the Connection header names are for this hop only (RFC 9110 7.6.1); the set
+        // is built only when there is such a header (most requests have none).
+        var connectionListed: Set<String> = []
+        if request.headers.contains(name: "connection") {
+            connectionListed = Set(request.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingWhitespace().lowercased() })
+        }
         for (name, value) in request.headers {
             let lower = name.lowercased()
             if hopByHop.contains(lower) || lower == "content-length" || lower == "expect" || connectionListed.contains(lower) { continue }
             if lower == "x-forwarded-for" {
-                if request.peerIsTrustedProxy { forwardedFor.append(value) }
+                if request.peerIsTrustedProxy { forwardedFor += forwardedFor.isEmpty ? value : ", " + value }
                 continue
             }
             if lower == "x-forwarded-proto" || lower == "x-forwarded-host" { continue }
             body(name, value)
         }
-        if let peer = request.peerAddress?.ipAddress { forwardedFor.append(peer) }
-        if !forwardedFor.isEmpty { body("x-forwarded-for", forwardedFor.joined(separator: ", ")) }
+        if let peer = request.peerAddressText ?? request.peerAddress?.ipAddress {
+            forwardedFor += forwardedFor.isEmpty ? peer : ", " + peer
+        }
+        if !forwardedFor.isEmpty { body("x-forwarded-for", forwardedFor) }
         body("x-forwarded-proto", request.forwardedProto)
         if let host = request.host { body("x-forwarded-host", host) }
     }
