@@ -15,10 +15,7 @@ enum HTTP2Probe {
     }
 
     static func send(port: Int, headers: [(String, String)], body: String? = nil, endStreamOnHeaders: Bool? = nil) async throws -> Answer {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.certificateVerification = .none
-        tls.applicationProtocols = ["h2"]
-        let context = try NIOSSLContext(configuration: tls)
+        let context = try TestClient.http2TLSContext()
         let promise = MultiThreadedEventLoopGroup.singleton.any().makePromise(of: Answer.self)
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in

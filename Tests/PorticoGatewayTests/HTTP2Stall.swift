@@ -17,10 +17,7 @@ final class HTTP2Stall: Sendable {
     }
 
     static func open(port: Int, complete: Bool = false) async throws -> HTTP2Stall {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.certificateVerification = .none
-        tls.applicationProtocols = ["h2"]
-        let context = try NIOSSLContext(configuration: tls)
+        let context = try TestClient.http2TLSContext()
         let observer = Observer()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in

@@ -50,10 +50,7 @@ final class RawHTTP2: Sendable {
     /// Connects; unless `preface` is false, sends the connection preface and an empty SETTINGS
     /// (or `settings`).
     static func connect(port: Int, preface: Bool = true, settings: [(UInt16, UInt32)] = []) async throws -> RawHTTP2 {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.certificateVerification = .none
-        tls.applicationProtocols = ["h2"]
-        let context = try NIOSSLContext(configuration: tls)
+        let context = try TestClient.http2TLSContext()
         let state = NIOLockedValueBox(State())
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in

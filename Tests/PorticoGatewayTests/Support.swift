@@ -284,6 +284,15 @@ enum TestClient {
     }
 
     /// Whether a TCP connection to a loopback port is accepted (no retries, unlike HTTP clients).
+    /// A TLS client context offering only h2 and trusting any certificate, for the raw
+    /// HTTP/2 clients of the tests.
+    static func http2TLSContext() throws -> NIOSSLContext {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .none
+        tls.applicationProtocols = ["h2"]
+        return try NIOSSLContext(configuration: tls)
+    }
+
     static func canConnect(port: Int) async -> Bool {
         do {
             let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()

@@ -367,12 +367,6 @@ final class UpstreamConnections {
         self.idleTimeout = idleTimeout
     }
 
-    /// A connection handed out by ``acquire``; bound to the loop that owns it.
-    struct Acquired: Sendable {
-        let connection: NIOLoopBound<UpstreamConnection>
-        let reused: Bool
-    }
-
     /// An idle, open connection to the target, if there is one.
     func takeIdle(target: Int) -> UpstreamConnection? {
         while let connection = idle[target].popLast() {
@@ -381,11 +375,8 @@ final class UpstreamConnections {
         return nil
     }
 
-    /// An idle connection to the target (unless `fresh`), or a new one.
-    func acquire(target: Int, host: String, port: Int, connectTimeout: TimeAmount, fresh: Bool) -> EventLoopFuture<Acquired> {
-        if !fresh, let connection = takeIdle(target: target) {
-            return eventLoop.makeSucceededFuture(Acquired(connection: NIOLoopBound(connection, eventLoop: eventLoop), reused: true))
-        }
+    /// A new connection to the target; bound to the loop that owns it.
+    func connect(target: Int, host: String, port: Int, connectTimeout: TimeAmount) -> EventLoopFuture<NIOLoopBound<UpstreamConnection>> {
         let bound = NIOLoopBound(UpstreamConnection(target: target, owner: self), eventLoop: eventLoop)
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
@@ -399,7 +390,7 @@ final class UpstreamConnections {
             .flatMapErrorThrowing { error in
                 throw UpstreamFailure.connectFailed("\(error)")
             }
-            .map { _ in Acquired(connection: bound, reused: false) }
+            .map { _ in bound }
     }
 
     func release(_ connection: UpstreamConnection) {

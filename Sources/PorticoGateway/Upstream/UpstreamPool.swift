@@ -105,36 +105,24 @@ final class UpstreamPool: Sendable {
         let responseTimeout = configuration.responseTimeout
         let maxResponseBytes = configuration.maxResponseBytes
         let connectTimeout = configuration.connectTimeout
-        func exchange(fresh: Bool) -> EventLoopFuture<GatewayResponse> {
-            connections.acquire(target: index, host: endpoint.host, port: endpoint.port, connectTimeout: connectTimeout, fresh: fresh)
+        func onNewConnection() -> EventLoopFuture<GatewayResponse> {
+            connections.connect(target: index, host: endpoint.host, port: endpoint.port, connectTimeout: connectTimeout)
                 .assumeIsolated()
-                .flatMap { acquired in
-                    let reused = acquired.reused
-                    return acquired.connection.value.send(bytes, isHead: isHead, timeout: responseTimeout, maxBytes: maxResponseBytes, eventLoop: eventLoop)
-                        .assumeIsolated()
-                        .flatMapError { error in
-                            // A kept-alive connection the upstream closed as the request went out:
-                            // nothing was answered, so an idempotent request goes again on a new one.
-                            if reused, idempotent, case UpstreamFailure.connectionLost(answered: false) = error {
-                                return exchange(fresh: true)
-                            }
-                            return eventLoop.makeFailedFuture(error)
-                        }
-                        .nonisolated()
+                .flatMap { connection in
+                    connection.value.send(bytes, isHead: isHead, timeout: responseTimeout, maxBytes: maxResponseBytes, eventLoop: eventLoop)
                 }
                 .nonisolated()
         }
         // Usually a kept-alive connection is waiting: used at once, without a future for it.
-        if let connection = connections.takeIdle(target: index) {
-            let sent = connection.send(bytes, isHead: isHead, timeout: responseTimeout, maxBytes: maxResponseBytes, eventLoop: eventLoop)
-            guard idempotent else { return sent }
-            return sent.assumeIsolated().flatMapError { error in
-                // As above: lost before any answer, so sent again on a new connection.
-                if case UpstreamFailure.connectionLost(answered: false) = error { return exchange(fresh: true) }
-                return eventLoop.makeFailedFuture(error)
-            }.nonisolated()
-        }
-        return exchange(fresh: false)
+        guard let connection = connections.takeIdle(target: index) else { return onNewConnection() }
+        let sent = connection.send(bytes, isHead: isHead, timeout: responseTimeout, maxBytes: maxResponseBytes, eventLoop: eventLoop)
+        guard idempotent else { return sent }
+        return sent.assumeIsolated().flatMapError { error in
+            // A kept-alive connection the upstream closed as the request went out: nothing was
+            // answered, so an idempotent request goes again on a new one.
+            if case UpstreamFailure.connectionLost(answered: false) = error { return onNewConnection() }
+            return eventLoop.makeFailedFuture(error)
+        }.nonisolated()
     }
 
     /// The fields an upstream receives, in order: the client's, less hop-by-hop ones (and those
