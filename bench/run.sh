@@ -3,6 +3,8 @@
 #
 #   bench/run.sh [rounds]        (default 3)
 #   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 handshake resume resume12 proxy idle)
+#   FLOOR=1 bench/run.sh         (also bench/floor, SwiftNIO + NIOSSL with no HTTP layer, in
+#                                 the h1 and proxy tests: the least this stack can cost)
 #
 # Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
 # is missing. Builds portico in release mode. Prints requests/s and server CPU
@@ -29,6 +31,7 @@ cleanup() {
   [ -n "${portico_pid:-}" ] && kill "$portico_pid" 2>/dev/null || true
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   [ -f "$work/upstream.pid" ] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
+  [ -n "${floor_pid:-}" ] && kill "$floor_pid" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -36,6 +39,10 @@ trap cleanup EXIT
 echo "bench: building portico (release)" >&2
 (cd "$root" && swift build -c release --product portico >/dev/null)
 portico_bin="$root/.build/release/portico"
+if [ "${FLOOR:-0}" = 1 ]; then
+  echo "bench: building bench/floor (release)" >&2
+  (cd "$here/floor" && swift build -c release >/dev/null)
+fi
 
 PORTICO_PORT=${PORTICO_PORT:-19441}
 NGINX_PORT=${NGINX_PORT:-19442}
@@ -46,6 +53,7 @@ PORTICO_EC_PORT=${PORTICO_EC_PORT:-19443}
 NGINX_EC_PORT=${NGINX_EC_PORT:-19444}
 UPSTREAM_PORT=${UPSTREAM_PORT:-19445}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+FLOOR_PORT=${FLOOR_PORT:-19446}
 
 mkdir -p "$work/ec" "$work/upstream-tmp"
 
@@ -103,6 +111,15 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+if [ "${FLOOR:-0}" = 1 ]; then
+  "$here/floor/.build/release/portico-floor" "$work/ssl/server.crt" "$work/ssl/server.key" "$FLOOR_PORT" "$UPSTREAM_PORT" >"$work/floor.log" 2>&1 &
+  floor_pid=$!
+  for _ in $(seq 100); do
+    curl -sk "https://127.0.0.1:$FLOOR_PORT/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+fi
+
 # nginx: the same certificate and body, as Debian ships it (worker_processes auto).
 mkdir -p "$work/nginx-tmp"
 cat > "$work/nginx.conf" <<CONF
@@ -147,7 +164,7 @@ done
 # The processes of a server: portico's, or the front nginx's master and workers (not the
 # upstream instance, which has its own pid file).
 server_pids() {
-  if [ "$1" = portico ]; then echo "$portico_pid"; else
+  if [ "$1" = portico ]; then echo "$portico_pid"; elif [ "$1" = floor ]; then echo "$floor_pid"; else
     local master
     master=$(cat "$work/nginx.pid")
     echo "$master $(pgrep -P "$master" | tr '\n' ' ')"
@@ -168,6 +185,8 @@ results="$work/results.tsv"
 measure() {  # name test command...
   local server=$1 test=$2; shift 2
   selected "$test" || return 0
+  # The floor only answers keep-alive requests: no HTTP/2, no Connection: close.
+  [ "$server" != floor ] || [ "$test" = h1 ] || [ "$test" = proxy ] || return 0
   local before after out rps requests
   before=$(cpu_ticks "$server")
   out=$("$@" 2>&1)
@@ -213,8 +232,9 @@ DURATION=${DURATION:-10s}
 seconds=${DURATION%s}
 for round in $(seq "$rounds"); do
   echo "bench: round $round of $rounds" >&2
-  for server in nginx portico; do
-    port=$NGINX_PORT; [ $server = portico ] && port=$PORTICO_PORT
+  servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && servers="nginx portico floor"
+  for server in $servers; do
+    case $server in nginx) port=$NGINX_PORT ;; portico) port=$PORTICO_PORT ;; floor) port=$FLOOR_PORT ;; esac
     measure $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
     measure $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
     measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
@@ -265,12 +285,13 @@ for line in open(sys.argv[1]):
         pass
 med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
 for test in ["h1", "h2", "handshake", "resume", "resume12", "proxy"]:
-    for server in ["nginx", "portico"]:
+    for server in ["nginx", "portico", "floor"]:
         if (test, server) in med:
             r, u = med[(test, server)]
             print(f"{test:<11} {server:<9} {r:>14.0f}  {u:>19.1f}")
-    if (test, "nginx") in med and (test, "portico") in med:
-        print(f"{test:<11} ratio     {med[(test,'portico')][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,'portico')][1] / med[(test,'nginx')][1]:>19.2f}")
+    for server, label in [("portico", "ratio"), ("floor", "floor/ngx")]:
+        if (test, "nginx") in med and (test, server) in med:
+            print(f"{test:<11} {label:<9} {med[(test,server)][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,server)][1] / med[(test,'nginx')][1]:>19.2f}")
 for server in ["nginx", "portico"]:
     for test, name in [("resume", "TLS 1.3"), ("resume12", "TLS 1.2")]:
         if (test, server) in med and ("handshake", server) in med:

@@ -311,6 +311,86 @@ import Testing
     }
 }
 
+/// The fields an upstream receives, for an HTTP/1.1 request (relayed with its header lines
+/// as bytes) and for an HTTP/2 one (sent from its decoded fields): the same rules either way.
+@Suite struct UpstreamForwardingTests {
+    /// The upstream's view of one request: its head's lines, lowercased names.
+    static func lines(_ request: String) -> [String] {
+        let head = request.components(separatedBy: "\r\n\r\n").first ?? ""
+        return head.components(separatedBy: "\r\n").map { line in
+            guard let colon = line.firstIndex(of: ":") else { return line }
+            return line[..<colon].lowercased() + line[colon...]
+        }
+    }
+
+    @Test func aTrustedProxysChainIsExtendedAndHopFieldsAreDropped() async throws {
+        let seen = NIOLockedValueBox("")
+        let echo = try await RecordingUpstream.start(seen)
+        let config = """
+            upstreams:
+              up: {targets: ["http://127.0.0.1:\(echo.upstream.port)/base"]}
+            routes:
+              - {listener: client_plain, path: /up, upstream: up}
+              - {listener: console, path: /up, upstream: up}
+            """
+        try await TestGateway.with(listeners: [.clientPlain: "trusted_proxies: [127.0.0.0/8]"], body: config) { front in
+            // HTTP/1.0 without Host, from a trusted proxy, with fields that are for one hop only.
+            let request = "GET /up?q=1 HTTP/1.0\r\nX-Forwarded-For: 198.51.100.1\r\nx-forwarded-for: 203.0.113.5\r\nX-Forwarded-Host: spoofed\r\n"
+                + "X-Forwarded-Proto: gopher\r\nTE: trailers\r\nUpgrade: h2c\r\nConnection: X-Hop\r\nX-Hop: 1\r\nProxy-Authorization: secret\r\nX-Kept:  yes \r\n\r\n"
+            let answer = try await RawTCP.exchange(port: try await front.port(.clientPlain), request)
+            #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\n"))
+            #expect(answer.contains("connection: close\r\n"))
+            #expect(answer.hasSuffix("\r\n\r\nrecorded"))
+            let relayed = Self.lines(seen.withLockedValue { $0 })
+            #expect(relayed == [
+                "GET /base/up?q=1 HTTP/1.1",
+                "x-kept: yes",
+                "x-forwarded-for: 198.51.100.1, 203.0.113.5, 127.0.0.1",
+                "x-forwarded-proto: http",
+                "host: 127.0.0.1:\(echo.upstream.port)",
+            ])
+        }
+        seen.withLockedValue { $0 = "" }
+        try await TestGateway.with(body: config) { front in
+            // HTTP/2 over TLS from an untrusted peer: its X-Forwarded-For is dropped.
+            try await TestClient.with(http2: true) { client in
+                let answer = try await TestClient.get(client, try await front.url(.console, "/up?q=2"), headers: ["x-forwarded-for": "6.6.6.6", "x-kept": "yes", "te": "trailers"])
+                #expect(answer.version == .http2)
+                #expect(answer.body == "recorded")
+            }
+            let relayed = Self.lines(seen.withLockedValue { $0 })
+            #expect(relayed.first == "GET /base/up?q=2 HTTP/1.1")
+            #expect(relayed.contains("x-kept: yes"))
+            #expect(relayed.contains("x-forwarded-for: 127.0.0.1"))
+            #expect(relayed.contains("x-forwarded-proto: https"))
+            #expect(relayed.contains { $0.hasPrefix("x-forwarded-host: 127.0.0.1:") })
+            #expect(!relayed.contains { $0.hasPrefix("te:") || $0.contains("6.6.6.6") })
+        }
+        await echo.upstream.stop()
+    }
+
+    @Test func aHeadRequestIsRelayedWithoutABody() async throws {
+        let upstream = try await CannedUpstream.start { _, _ in
+            .answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\nKeep-Alive: timeout=5\r\n\r\n")
+        }
+        try await UpstreamClientTests.withFront(upstream) { front, _ in
+            let connection = try await RawTCP.connect(port: try await front.port(.clientPlain))
+            try await connection.send("HEAD /up HTTP/1.1\r\nHost: x\r\n\r\nHEAD /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            let answers = await connection.responseUntilClose()
+            // Two answers, in order, each without a body; the second closes.
+            let heads = answers.components(separatedBy: "\r\n\r\n").filter { !$0.isEmpty }
+            #expect(heads.count == 2)
+            #expect(heads.allSatisfy { $0.hasPrefix("HTTP/1.1 200 OK\r\n") && $0.contains("\r\nX-Up: 1\r\n") })
+            // The length a GET would have had.
+            #expect(heads.allSatisfy { $0.contains("content-length: 5") })
+            #expect(!answers.lowercased().contains("keep-alive"))
+            #expect(heads.last?.contains("connection: close") == true)
+        }
+        #expect(upstream.requests == 2)
+        await upstream.stop()
+    }
+}
+
 /// A canned upstream that also keeps the last request it received.
 struct RecordingUpstream {
     let upstream: CannedUpstream

@@ -16,7 +16,19 @@ RUNTIME = re.compile(r'swift_|RefCounts|AccessSet|malloc|free|_int_|memmove|memc
 MODULES = ['NIOHTTP2', 'NIOHPACK', 'NIOSSL', 'CNIOBoringSSL', 'NIOPosix', 'NIOCore', 'PorticoGateway', 'PorticoManager', 'PorticoStore', 'NIOHTTP1', 'AsyncHTTPClient']
 
 
+MANGLED = re.compile(r'^\$s(\d+)')
+
+
 def module(frame):
+    # A Swift symbol names its module first (`$s14PorticoGateway...`); searching the whole
+    # name would charge a Portico function taking an NIOCore type to NIOCore.
+    mangled = MANGLED.match(frame)
+    if mangled:
+        length = int(mangled.group(1))
+        start = mangled.end()
+        name = frame[start:start + length]
+        if name in MODULES:
+            return 'BoringSSL' if name == 'CNIOBoringSSL' else name
     for name in MODULES:
         if name in frame:
             return 'BoringSSL' if name == 'CNIOBoringSSL' else name

@@ -61,6 +61,17 @@ enum HTTP1Encoding {
         writeHeaders(headers, contentLength: contentLength, close: close, into: &buffer)
     }
 
+    /// The same with the header lines as bytes, each `name: value\r\n` (an upstream's,
+    /// already filtered).
+    static func writeHead(status: HTTPResponseStatus, fields: ByteBuffer, date: String, contentLength: Int, close: Bool, into buffer: inout ByteBuffer) {
+        writeStatusLine(status, into: &buffer)
+        buffer.writeStaticString("\r\ndate: ")
+        buffer.writeString(date)
+        buffer.writeStaticString("\r\n")
+        buffer.writeImmutableBuffer(fields)
+        writeFraming(contentLength: contentLength, close: close, into: &buffer)
+    }
+
     /// `HTTP/1.1 200 OK` without its CRLF.
     static func writeStatusLine(_ status: HTTPResponseStatus, into buffer: inout ByteBuffer) {
         buffer.writeStaticString("HTTP/1.1 ")
@@ -80,6 +91,11 @@ enum HTTP1Encoding {
             buffer.writeString(value)
             buffer.writeStaticString("\r\n")
         }
+        writeFraming(contentLength: contentLength, close: close, into: &buffer)
+    }
+
+    /// `content-length`, `connection: close` when closing, and the blank line.
+    static func writeFraming(contentLength: Int, close: Bool, into buffer: inout ByteBuffer) {
         buffer.writeStaticString("content-length: ")
         buffer.writeString(String(contentLength))
         if close {

@@ -11,7 +11,7 @@ import NIOHTTP1
 /// cannot make the server buffer without bound. (Stopping at once cost two `epoll_ctl`
 /// calls per proxied request: NIO drops and re-adds the socket's read interest.) Timers bound how long a client may take to send a head, a body, or the
 /// next request on a kept-alive connection.
-final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler, DeadlineClient {
+final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler, DeadlineClient, UpstreamResponder {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -75,6 +75,8 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// The last fixed response written with its `Date`, reused while the second lasts: a
     /// connection asking for the same built-in again writes the same buffer.
     private var lastFixed: (response: FixedResponse, date: String, includeBody: Bool, bytes: ByteBuffer)?
+    /// The request being relayed to an upstream, and whether to close after its answer.
+    private var relaying: (pending: Pending, close: Bool)?
 
     init(info: ConnectionInfo) {
         self.info = info
@@ -263,6 +265,15 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
             return
         }
+        if case .upstream(let pool) = route.target, pool.relaysHTTP1 {
+            // Relayed as it arrived: its header lines go to the upstream as bytes, and the
+            // upstream's come back as bytes (``upstreamAnswered(_:)``).
+            state = .responding
+            relaying = (pending, close)
+            let client = ForwardedClient(peer: info.peerAddressText, peerIsTrustedProxy: info.peerIsTrustedProxy, isTLS: info.isTLS)
+            pool.relay(head, body: pending.body ?? ByteBuffer(), client: client, on: context.eventLoop, responder: self)
+            return
+        }
         let outcome = RequestDispatch.run(
             route.target,
             request: makeRequest(pending, context: context),
@@ -290,6 +301,31 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                     context.flush()
                 }
             }
+        }
+    }
+
+    func upstreamAnswered(_ answer: UpstreamAnswer) {
+        guard case .responding = state, let context, let (pending, close) = relaying else { return }
+        relaying = nil
+        let head = pending.head
+        switch answer {
+        case .relayed(let response):
+            let close = close || draining
+            var buffer = context.channel.allocator.buffer(capacity: 96 + response.fields.readableBytes + response.body.readableBytes)
+            // A HEAD answer carries the length a GET would have had.
+            let length = head.isHead ? response.headLength ?? 0 : response.body.readableBytes
+            HTTP1Encoding.writeHead(status: response.status, fields: response.fields, date: date.current(), contentLength: length, close: close, into: &buffer)
+            if !head.isHead { buffer.writeImmutableBuffer(response.body) }
+            context.write(wrapOutboundOut(buffer), promise: nil)
+            finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
+        case .response(let response):
+            write(response, isHead: head.isHead, close: close || draining, started: pending.started, method: head.method, uri: head.uri, context: context)
+        }
+        // Serve what was pipelined behind this request.
+        parse(context: context)
+        if needsFlush {
+            needsFlush = false
+            context.flush()
         }
     }
 

@@ -27,6 +27,8 @@ struct HTTP1RequestHead {
     let expectsContinue: Bool
     /// Where the header lines start in `bytes`.
     let fieldsStart: Int
+    /// A `Connection` field was sent (the fields it names are for this hop only).
+    let hasConnectionField: Bool
 
     var hasBody: Bool { chunked || (contentLength ?? 0) > 0 }
     var isHead: Bool { method == "HEAD" }
@@ -35,23 +37,42 @@ struct HTTP1RequestHead {
     func headers() -> HTTPHeaders {
         var headers = HTTPHeaders()
         bytes.withUnsafeReadableBytes { raw in
-            var index = fieldsStart
-            while index < raw.count {
-                var end = index
-                while raw[end] != UInt8(ascii: "\n") { end += 1 }
-                let lineEnd = end > index && raw[end - 1] == UInt8(ascii: "\r") ? end - 1 : end
-                if lineEnd == index { break }
-                var colon = index
-                while raw[colon] != UInt8(ascii: ":") { colon += 1 }
-                var valueStart = colon + 1
-                var valueEnd = lineEnd
-                while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
-                while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
-                headers.add(
-                    name: String(decoding: UnsafeRawBufferPointer(rebasing: raw[index..<colon]), as: UTF8.self),
-                    value: String(decoding: UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd]), as: UTF8.self)
-                )
-                index = end + 1
+            HTTP1Fields.forEach(raw, from: fieldsStart) { name, value in
+                headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+            }
+        }
+        return headers
+    }
+}
+
+/// Header lines that have already been checked (by the parser, or written by the gateway).
+enum HTTP1Fields {
+    /// Calls `body` with the name and the trimmed value of each line from `start` up to the
+    /// blank line or the end of `raw`.
+    static func forEach(_ raw: UnsafeRawBufferPointer, from start: Int, _ body: (_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> Void) {
+        var index = start
+        while index < raw.count {
+            var end = index
+            while end < raw.count, raw[end] != UInt8(ascii: "\n") { end += 1 }
+            let lineEnd = end > index && raw[end - 1] == UInt8(ascii: "\r") ? end - 1 : end
+            if lineEnd == index { break }
+            var colon = index
+            while colon < lineEnd, raw[colon] != UInt8(ascii: ":") { colon += 1 }
+            var valueStart = Swift.min(colon + 1, lineEnd)
+            var valueEnd = lineEnd
+            while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
+            while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
+            body(UnsafeRawBufferPointer(rebasing: raw[index..<colon]), UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd]))
+            index = end + 1
+        }
+    }
+
+    /// Lines written as `name: value\r\n` made into `HTTPHeaders`.
+    static func headers(_ lines: ByteBuffer) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        lines.withUnsafeReadableBytes { raw in
+            forEach(raw, from: 0) { name, value in
+                headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
             }
         }
         return headers
@@ -232,7 +253,8 @@ struct HTTP1Parser {
             chunked: scan.chunked,
             keepAlive: scan.minorVersion == 1 ? !scan.connectionClose : scan.connectionKeepAlive && !scan.connectionClose,
             expectsContinue: scan.expectsContinue,
-            fieldsStart: scan.fieldsStart - scan.start
+            fieldsStart: scan.fieldsStart - scan.start,
+            hasConnectionField: scan.connectionField
         )
         return (head, length)
     }
@@ -248,6 +270,7 @@ struct HTTP1Parser {
         var chunked = false
         var connectionClose = false
         var connectionKeepAlive = false
+        var connectionField = false
         var expectsContinue = false
     }
 
@@ -314,6 +337,7 @@ struct HTTP1Parser {
                 if transferEncodings > 1 { throw .malformed("chunked applied more than once") }
                 scan.chunked = true
             case 10 where Self.equalsLowercase(name, "connection"):
+                scan.connectionField = true
                 Self.forEachToken(value) { token in
                     if token.count == 5 && Self.equalsLowercase(token, "close") { scan.connectionClose = true }
                     if token.count == 10 && Self.equalsLowercase(token, "keep-alive") { scan.connectionKeepAlive = true }

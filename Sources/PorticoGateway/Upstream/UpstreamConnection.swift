@@ -34,26 +34,29 @@ enum UpstreamFailure: Error, CustomStringConvertible {
 /// One kept-alive HTTP/1.1 connection to a plain-HTTP upstream, owned by one event loop.
 ///
 /// A request is written as one buffer and its response read back with the gateway's own
-/// parser, on the event loop of the client connection that asked: no task hop, no lock.
+/// parser, on the event loop of the client connection that asked: no task hop, no lock, no
+/// future. The ``UpstreamExchange`` that sent the request is called back with the response.
+/// The response's header lines are copied as bytes, never made into strings.
 final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     /// A response being received.
     private final class Exchange {
-        let promise: EventLoopPromise<GatewayResponse>
+        let owner: UpstreamExchange
         let isHead: Bool
         let maxBytes: Int
         var status: HTTPResponseStatus?
-        var headers = HTTPHeaders()
+        var fields = ByteBuffer()
         var body: ByteBuffer?
+        var headLength: Int?
         var bodyParser: HTTP1Parser?
         /// The body runs until the connection closes.
         var untilClose = false
         var answered = false
 
-        init(promise: EventLoopPromise<GatewayResponse>, isHead: Bool, maxBytes: Int) {
-            self.promise = promise
+        init(owner: UpstreamExchange, isHead: Bool, maxBytes: Int) {
+            self.owner = owner
             self.isHead = isHead
             self.maxBytes = maxBytes
         }
@@ -86,17 +89,15 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         self.context = nil
     }
 
-    /// Sends one request (head and body in `bytes`) and answers its response.
-    func send(_ bytes: ByteBuffer, isHead: Bool, timeout: TimeAmount, maxBytes: Int, eventLoop: any EventLoop) -> EventLoopFuture<GatewayResponse> {
-        let promise = eventLoop.makePromise(of: GatewayResponse.self)
+    /// Sends one request (head and body in `bytes`); `owner` is told how it ended.
+    func send(_ bytes: ByteBuffer, isHead: Bool, timeout: TimeAmount, maxBytes: Int, for owner: UpstreamExchange) {
         guard let context, isOpen, exchange == nil else {
-            promise.fail(UpstreamFailure.connectionLost(answered: false))
-            return promise.futureResult
+            owner.failed(UpstreamFailure.connectionLost(answered: false))
+            return
         }
-        exchange = Exchange(promise: promise, isHead: isHead, maxBytes: maxBytes)
+        exchange = Exchange(owner: owner, isHead: isHead, maxBytes: maxBytes)
         deadline = .now() + timeout
         context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
-        return promise.futureResult
     }
 
     /// Marks the connection idle in its pool until `until`.
@@ -194,8 +195,9 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         if input!.readableBytes == 0 { input = nil }
         if (100..<200).contains(head.status) { return true }
         exchange.status = HTTPResponseStatus(statusCode: head.status)
-        exchange.headers = head.headers
+        exchange.fields = head.fields
         keepAlive = head.keepAlive
+        if exchange.isHead { exchange.headLength = head.contentLength }
         let bodyless = exchange.isHead || head.status == 204 || head.status == 304
         if bodyless {
             exchange.bodyParser = nil
@@ -218,14 +220,14 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
     private func finish(_ exchange: Exchange) {
         self.exchange = nil
         deadline = nil
-        let response = GatewayResponse(status: exchange.status ?? .badGateway, headers: exchange.headers, body: exchange.body ?? ByteBuffer())
+        let response = UpstreamResponse(status: exchange.status ?? .badGateway, fields: exchange.fields, body: exchange.body ?? ByteBuffer(), headLength: exchange.headLength)
         if !keepAlive || (input?.readableBytes ?? 0) > 0 {
             close()
         } else {
             input = nil
             owner.release(self)
         }
-        exchange.promise.succeed(response)
+        exchange.owner.received(.relayed(response))
     }
 
     private func fail(_ failure: UpstreamFailure) {
@@ -233,7 +235,7 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         self.exchange = nil
         deadline = nil
         close()
-        exchange?.promise.fail(failure)
+        exchange?.owner.failed(failure)
     }
 
     func close() {
@@ -247,11 +249,14 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
 
     struct ResponseHead {
         var status: Int
-        var headers: HTTPHeaders
+        /// The lines passed on to the client, `name: value\r\n` each.
+        var fields: ByteBuffer
         var contentLength: Int?
         var chunked: Bool
         var keepAlive: Bool
         var length: Int
+
+        var headers: HTTPHeaders { HTTP1Fields.headers(fields) }
     }
 
     /// A response head from the start of `buffer`, or nil until it has all arrived. Read as
@@ -280,7 +285,7 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
                 throw UpstreamFailure.malformedResponse("status line '\(String(decoding: status.prefix(64), as: UTF8.self))'")
             }
             let code = Int(status[9] - 0x30) * 100 + Int(status[10] - 0x30) * 10 + Int(status[11] - 0x30)
-            var head = ResponseHead(status: code, headers: HTTPHeaders(), contentLength: nil, chunked: false, keepAlive: status[7] == UInt8(ascii: "1"), length: 0)
+            var head = ResponseHead(status: code, fields: ByteBuffer(), contentLength: nil, chunked: false, keepAlive: status[7] == UInt8(ascii: "1"), length: 0)
             var index = fieldsStart
             while true {
                 guard let (end, next) = try line(from: index) else { return nil }
@@ -333,22 +338,17 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
                     break
                 }
                 if passOn {
-                    head.headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+                    if head.fields.capacity == 0 { head.fields.reserveCapacity(Swift.min(raw.count, 1024)) }
+                    head.fields.writeBytes(name)
+                    head.fields.writeStaticString(": ")
+                    head.fields.writeBytes(value)
+                    head.fields.writeStaticString("\r\n")
                 }
                 index = next
             }
             if head.chunked { head.contentLength = nil }
             return head
         }
-    }
-}
-
-extension Substring {
-    func trimmingWhitespace() -> Substring {
-        var result = self
-        while let first = result.first, first == " " || first == "\t" { result.removeFirst() }
-        while let last = result.last, last == " " || last == "\t" { result.removeLast() }
-        return result
     }
 }
 

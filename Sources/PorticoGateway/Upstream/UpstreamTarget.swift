@@ -8,7 +8,24 @@ final class UpstreamTarget: Sendable {
     let displayName: String
     /// Host, port and base path of a plain-HTTP target, which the gateway's own client serves;
     /// nil for HTTPS targets.
-    let plain: (host: String, port: Int, basePath: String)?
+    let plain: PlainEndpoint?
+
+    struct PlainEndpoint: Sendable {
+        let host: String
+        let port: Int
+        let basePath: String
+        /// The `Host` sent when the client sent none: the host (an IPv6 literal in brackets),
+        /// and the port unless it is 80.
+        let hostHeader: String
+
+        init(host: String, port: Int, basePath: String) {
+            self.host = host
+            self.port = port
+            self.basePath = basePath
+            let name = host.contains(":") ? "[\(host)]" : host
+            self.hostHeader = port == 80 ? name : "\(name):\(port)"
+        }
+    }
 
     private struct Health {
         /// Set by active checks; a target starts healthy so that traffic flows before the first probe.
@@ -32,7 +49,7 @@ final class UpstreamTarget: Sendable {
         self.plain = Self.plainEndpoint(trimmed)
     }
 
-    private static func plainEndpoint(_ base: String) -> (host: String, port: Int, basePath: String)? {
+    private static func plainEndpoint(_ base: String) -> PlainEndpoint? {
         guard base.hasPrefix("http://") else { return nil }
         let rest = base.dropFirst("http://".count)
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
@@ -42,15 +59,15 @@ final class UpstreamTarget: Sendable {
             guard let close = authority.firstIndex(of: "]") else { return nil }
             let host = String(authority[authority.index(after: authority.startIndex)..<close])
             let after = authority[authority.index(after: close)...]
-            if after.isEmpty { return (host, 80, basePath) }
+            if after.isEmpty { return PlainEndpoint(host: host, port: 80, basePath: basePath) }
             guard after.hasPrefix(":"), let port = Int(after.dropFirst()) else { return nil }
-            return (host, port, basePath)
+            return PlainEndpoint(host: host, port: port, basePath: basePath)
         }
         if let colon = authority.lastIndex(of: ":") {
             guard let port = Int(authority[authority.index(after: colon)...]) else { return nil }
-            return (String(authority[..<colon]), port, basePath)
+            return PlainEndpoint(host: String(authority[..<colon]), port: port, basePath: basePath)
         }
-        return (String(authority), 80, basePath)
+        return PlainEndpoint(host: String(authority), port: 80, basePath: basePath)
     }
 
     /// Whether requests may go to this target now.

@@ -1,0 +1,369 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// A plain-HTTP upstream's response as the gateway's own client read it.
+struct UpstreamResponse {
+    var status: HTTPResponseStatus
+    /// The header lines passed on to the client, each `name: value\r\n`, copied from the
+    /// upstream's head less its connection-level fields, its framing and its `Date`.
+    var fields: ByteBuffer
+    var body: ByteBuffer
+    /// The `Content-Length` of the answer to a HEAD request (whose body is not sent).
+    var headLength: Int? = nil
+
+    var gatewayResponse: GatewayResponse {
+        GatewayResponse(status: status, headers: HTTP1Fields.headers(fields), body: body)
+    }
+}
+
+/// How an exchange with an upstream pool ended.
+enum UpstreamAnswer {
+    /// A plain-HTTP target's response, its header lines kept as bytes.
+    case relayed(UpstreamResponse)
+    /// An HTTPS target's response, or the gateway's own 502, 503 or 504.
+    case response(GatewayResponse)
+
+    var status: HTTPResponseStatus {
+        switch self {
+        case .relayed(let response): response.status
+        case .response(let response): response.status
+        }
+    }
+
+    var gatewayResponse: GatewayResponse {
+        switch self {
+        case .relayed(let response): response.gatewayResponse
+        case .response(let response): response
+        }
+    }
+}
+
+/// Told how an upstream exchange ended, on the event loop that started it.
+protocol UpstreamResponder: AnyObject {
+    func upstreamAnswered(_ answer: UpstreamAnswer)
+}
+
+/// What the client's connection knows about the client, for the `X-Forwarded-*` fields.
+struct ForwardedClient {
+    /// The peer's address as text.
+    var peer: String?
+    /// Whether the peer's own `X-Forwarded-For` may be believed and extended.
+    var peerIsTrustedProxy: Bool
+    var isTLS: Bool
+}
+
+/// A request on its way to an upstream.
+enum UpstreamRequest {
+    /// An HTTP/1.1 request as it arrived: its header lines are copied to the upstream as bytes.
+    case http1(HTTP1RequestHead, body: ByteBuffer, client: ForwardedClient)
+    /// A request from HTTP/2 or a service, its fields as `HTTPHeaders`.
+    case request(GatewayRequest)
+
+    var method: String {
+        switch self {
+        case .http1(let head, _, _): head.method
+        case .request(let request): request.method.rawValue
+        }
+    }
+}
+
+/// One request's way through an upstream pool: the target, retries of idempotent requests on
+/// another target, passive health, and the gateway's own answer when no target answers.
+///
+/// It lives on the event loop of the client connection that asked. Plain-HTTP targets are
+/// served by ``UpstreamConnection``s of that loop, which call the exchange back directly, and
+/// the exchange calls its responder: no future or promise when a kept-alive connection is
+/// waiting (a proxied request made five of each, a fifth of the gateway's own CPU per request).
+final class UpstreamExchange {
+    private let pool: UpstreamPool
+    private let request: UpstreamRequest
+    private let eventLoop: any EventLoop
+    private let responder: any UpstreamResponder
+    private let idempotent: Bool
+    private let isHead: Bool
+    private let attempts: Int
+    private var tried: [Int] = []
+    private var target = 0
+    /// The request as sent to the current target.
+    private var bytes = ByteBuffer()
+    /// The request went out on a kept-alive connection. If the upstream had closed it as the
+    /// request went out (nothing answered), an idempotent request goes again on a new one.
+    private var onKeptAlive = false
+
+    init(pool: UpstreamPool, request: UpstreamRequest, eventLoop: any EventLoop, responder: any UpstreamResponder) {
+        self.pool = pool
+        self.request = request
+        self.eventLoop = eventLoop
+        self.responder = responder
+        let method = request.method
+        self.idempotent = Self.isIdempotent(method)
+        self.isHead = method == "HEAD"
+        self.attempts = idempotent ? 1 + pool.configuration.retries : 1
+    }
+
+    static func isIdempotent(_ method: String) -> Bool {
+        switch method {
+        case "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE": true
+        default: false
+        }
+    }
+
+    func start() {
+        eventLoop.preconditionInEventLoop()
+        next(problem: "no target is available", status: .serviceUnavailable)
+    }
+
+    /// Sends to the next available target, or answers with `status` saying `problem`.
+    private func next(problem: String, status: HTTPResponseStatus) {
+        guard tried.count < attempts, let index = pool.pick(excluding: tried) else {
+            responder.upstreamAnswered(.response(.plain(status, "upstream \(pool.configuration.name) did not answer (\(problem))")))
+            return
+        }
+        tried.append(index)
+        target = index
+        let upstream = pool.targets[index]
+        guard let endpoint = upstream.plain else {
+            sendTLS(to: upstream)
+            return
+        }
+        bytes = UpstreamEncoding.encode(request, basePath: endpoint.basePath, hostHeader: endpoint.hostHeader)
+        // Usually a kept-alive connection is waiting: used at once.
+        if let connection = pool.connections(on: eventLoop).takeIdle(target: index) {
+            onKeptAlive = true
+            send(on: connection)
+        } else {
+            connect()
+        }
+    }
+
+    private func send(on connection: UpstreamConnection) {
+        let configuration = pool.configuration
+        connection.send(bytes, isHead: isHead, timeout: configuration.responseTimeout, maxBytes: configuration.maxResponseBytes, for: self)
+    }
+
+    private func connect() {
+        onKeptAlive = false
+        let endpoint = pool.targets[target].plain!
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        pool.connections(on: eventLoop)
+            .connect(target: target, host: endpoint.host, port: endpoint.port, connectTimeout: pool.configuration.connectTimeout)
+            .whenComplete { result in
+                switch result {
+                case .success(let connection): bound.value.send(on: connection.value)
+                case .failure(let error): bound.value.failed(error)
+                }
+            }
+    }
+
+    private func sendTLS(to upstream: UpstreamTarget) {
+        guard case .request(let request) = request else {
+            // ``UpstreamPool/relaysHTTP1`` keeps HTTP/1.1 heads away from pools with HTTPS targets.
+            failed(UpstreamFailure.connectFailed("an HTTP/1.1 head cannot be relayed to an HTTPS target"))
+            return
+        }
+        let pool = self.pool
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        eventLoop.makeFutureWithTask { try await pool.send(request, to: upstream) }.whenComplete { result in
+            switch result {
+            case .success(let response): bound.value.received(.response(response))
+            case .failure(let error): bound.value.failed(error)
+            }
+        }
+    }
+
+    /// The target answered (an ``UpstreamConnection`` calls this for plain-HTTP targets).
+    func received(_ answer: UpstreamAnswer) {
+        let upstream = pool.targets[target]
+        let configuration = pool.configuration
+        let code = answer.status.code
+        if code == 502 || code == 503 || code == 504 {
+            upstream.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
+            if idempotent && tried.count < attempts && pool.pick(excluding: tried) != nil {
+                next(problem: "\(upstream.displayName) answered \(code)", status: answer.status)
+                return
+            }
+        } else {
+            upstream.recordSuccess()
+        }
+        responder.upstreamAnswered(answer)
+    }
+
+    /// The exchange with the target failed.
+    func failed(_ error: any Error) {
+        if onKeptAlive, idempotent, case UpstreamFailure.connectionLost(answered: false) = error {
+            connect()
+            return
+        }
+        let upstream = pool.targets[target]
+        let configuration = pool.configuration
+        upstream.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
+        pool.logger.warning("upstream request failed", metadata: ["upstream": "\(configuration.name)", "target": "\(upstream.displayName)", "error": "\(error)"])
+        next(problem: "\(upstream.displayName): \(error)", status: UpstreamPool.isTimeout(error) ? .gatewayTimeout : .badGateway)
+    }
+}
+
+/// Completes a promise with an exchange's answer, for callers that want a future.
+final class PromiseResponder: UpstreamResponder {
+    let promise: EventLoopPromise<GatewayResponse>
+
+    init(promise: EventLoopPromise<GatewayResponse>) { self.promise = promise }
+
+    func upstreamAnswered(_ answer: UpstreamAnswer) {
+        promise.succeed(answer.gatewayResponse)
+    }
+}
+
+/// How a request is written for an upstream.
+enum UpstreamEncoding {
+    /// What becomes of a client's field on its way upstream.
+    enum Disposition {
+        case pass
+        /// Hop-by-hop (RFC 9110 7.6.1), framing the gateway sets itself, or forwarding fields
+        /// the gateway writes itself.
+        case drop
+        /// `X-Forwarded-For`: kept and extended only when the peer is a trusted proxy.
+        case forwardedFor
+    }
+
+    /// The disposition of a field by its name, compared as bytes without regard to case.
+    static func disposition(of name: UnsafeRawBufferPointer) -> Disposition {
+        func named(_ expected: StaticString) -> Bool { HTTP1Parser.equalsLowercase(name, expected) }
+        switch name.count {
+        case 2 where named("te"): return .drop
+        case 6 where named("expect"): return .drop
+        case 7 where named("trailer") || named("upgrade"): return .drop
+        case 10 where named("connection") || named("keep-alive"): return .drop
+        case 14 where named("content-length"): return .drop
+        case 15 where named("x-forwarded-for"): return .forwardedFor
+        case 16 where named("proxy-connection") || named("x-forwarded-host"): return .drop
+        case 17 where named("transfer-encoding") || named("x-forwarded-proto"): return .drop
+        case 18 where named("proxy-authenticate"): return .drop
+        case 19 where named("proxy-authorization"): return .drop
+        default: return .pass
+        }
+    }
+
+    /// The request for a plain-HTTP upstream as one buffer: request line, the forwarded
+    /// fields, `host` if the client sent none, `content-length`, and the body.
+    static func encode(_ request: UpstreamRequest, basePath: String, hostHeader: String) -> ByteBuffer {
+        let method: String
+        let uri: String
+        let body: ByteBuffer
+        switch request {
+        case .http1(let head, let requestBody, _):
+            method = head.method
+            uri = head.uri
+            body = requestBody
+        case .request(let request):
+            method = request.method.rawValue
+            uri = request.uri
+            body = request.body
+        }
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(256 + body.readableBytes + (request.headBytes ?? 0))
+        buffer.writeString(method)
+        buffer.writeStaticString(" ")
+        buffer.writeString(basePath)
+        buffer.writeString(uri)
+        buffer.writeStaticString(" HTTP/1.1\r\n")
+        if !writeForwardedFields(of: request, into: &buffer) {
+            buffer.writeStaticString("host: ")
+            buffer.writeString(hostHeader)
+            buffer.writeStaticString("\r\n")
+        }
+        if body.readableBytes > 0 || method == "POST" || method == "PUT" || method == "PATCH" {
+            buffer.writeStaticString("content-length: ")
+            buffer.writeString(String(body.readableBytes))
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+        buffer.writeImmutableBuffer(body)
+        return buffer
+    }
+
+    /// The fields an upstream receives, as `name: value\r\n` lines in order: the client's, less
+    /// hop-by-hop ones (and those its `Connection` field names), `content-length` and
+    /// `expect` (set for the hop); then `x-forwarded-for` (earlier hops only from a trusted
+    /// proxy), `-proto` and `-host`. Returns whether the client sent a `Host`.
+    @discardableResult
+    static func writeForwardedFields(of request: UpstreamRequest, into buffer: inout ByteBuffer) -> Bool {
+        switch request {
+        case .http1(let head, _, let client):
+            return head.bytes.withUnsafeReadableBytes { raw in
+                writeForwardedFields(hasConnectionField: head.hasConnectionField, client: client, host: head.host, into: &buffer) { emit in
+                    HTTP1Fields.forEach(raw, from: head.fieldsStart, emit)
+                }
+            }
+        case .request(let request):
+            let client = ForwardedClient(peer: request.peerAddressText ?? request.peerAddress?.ipAddress, peerIsTrustedProxy: request.peerIsTrustedProxy, isTLS: request.isTLS)
+            return writeForwardedFields(hasConnectionField: request.headers.contains(name: "connection"), client: client, host: request.host, into: &buffer) { emit in
+                for (name, value) in request.headers {
+                    var name = name
+                    var value = value
+                    name.withUTF8 { name in value.withUTF8 { value in emit(UnsafeRawBufferPointer(name), UnsafeRawBufferPointer(value)) } }
+                }
+            }
+        }
+    }
+
+    private static func writeForwardedFields(
+        hasConnectionField: Bool, client: ForwardedClient, host: String?, into buffer: inout ByteBuffer,
+        fields: ((UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void) -> Void
+    ) -> Bool {
+        // Fields the Connection header names are for this hop only (RFC 9110 7.6.1); the set
+        // is built only when there is such a header (most requests have none).
+        var connectionListed: Set<String> = []
+        if hasConnectionField {
+            fields { name, value in
+                guard HTTP1Parser.equalsLowercase(name, "connection") else { return }
+                HTTP1Parser.forEachToken(value) { connectionListed.insert(String(decoding: $0, as: UTF8.self).lowercased()) }
+            }
+        }
+        var sawHost = false
+        var forwardedFor = ""
+        fields { name, value in
+            switch disposition(of: name) {
+            case .drop:
+                return
+            case .forwardedFor:
+                if client.peerIsTrustedProxy {
+                    if !forwardedFor.isEmpty { forwardedFor += ", " }
+                    forwardedFor += String(decoding: value, as: UTF8.self)
+                }
+                return
+            case .pass:
+                if !connectionListed.isEmpty && connectionListed.contains(String(decoding: name, as: UTF8.self).lowercased()) { return }
+            }
+            if name.count == 4 && HTTP1Parser.equalsLowercase(name, "host") { sawHost = true }
+            buffer.writeBytes(name)
+            buffer.writeStaticString(": ")
+            buffer.writeBytes(value)
+            buffer.writeStaticString("\r\n")
+        }
+        if !forwardedFor.isEmpty || client.peer != nil {
+            buffer.writeStaticString("x-forwarded-for: ")
+            buffer.writeString(forwardedFor)
+            if let peer = client.peer {
+                if !forwardedFor.isEmpty { buffer.writeStaticString(", ") }
+                buffer.writeString(peer)
+            }
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString(client.isTLS ? "x-forwarded-proto: https\r\n" : "x-forwarded-proto: http\r\n")
+        if let host {
+            buffer.writeStaticString("x-forwarded-host: ")
+            buffer.writeString(host)
+            buffer.writeStaticString("\r\n")
+        }
+        return sawHost
+    }
+}
+
+extension UpstreamRequest {
+    /// The length of the client's head, when it arrived as HTTP/1.1 bytes.
+    fileprivate var headBytes: Int? {
+        if case .http1(let head, _, _) = self { return head.bytes.readableBytes }
+        return nil
+    }
+}
