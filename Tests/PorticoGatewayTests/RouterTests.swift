@@ -42,6 +42,15 @@ import Testing
             return
         }
         #expect(parameters.map { "\($0.0)=\($0.1)" } == ["site=north", "id=7"])
+        // The path as a request hands it over: a slice of the target before its query, with
+        // characters beyond ASCII in a segment.
+        let target = "//sites/nörd-α//devices/7?x=/y"
+        let path = target[..<target.firstIndex(of: "?")!]
+        guard case .found(_, let sliced) = r.match(method: "GET", host: nil, path: path) else {
+            Issue.record("no match for a slice")
+            return
+        }
+        #expect(sliced.map { "\($0.0)=\($0.1)" } == ["site=nörd-α", "id=7"])
     }
 
     @Test func wrongMethodGives405WithAllow() throws {

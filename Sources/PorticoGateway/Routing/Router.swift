@@ -1,4 +1,7 @@
 import NIOHTTP1
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The routes of one listener, compiled at load into a segment trie per host.
 ///
@@ -27,31 +30,38 @@ final class Router<Target: Sendable>: Sendable {
         case notFound
     }
 
-    /// Routes at one place in the trie, by method.
+    /// Routes at one place in the trie, by method: a short list searched in order (a
+    /// dictionary hashed the method on every request).
     struct Endpoint: Sendable {
-        var byMethod: [String: Route] = [:]
+        var byMethod: [(method: String, route: Route)] = []
         var anyMethod: Route?
         var allowHeader: String {
-            var methods = Set(byMethod.keys)
+            var methods = Set(byMethod.map(\.method))
             if !methods.isEmpty, methods.contains("GET") { methods.insert("HEAD") }
             return methods.sorted().joined(separator: ", ")
         }
 
         func route(for method: String) -> Route? {
-            if let route = byMethod[method] { return route }
-            if method == "HEAD", let route = byMethod["GET"] { return route }
+            if let route = routeNamed(method) { return route }
+            if method == "HEAD", let route = routeNamed("GET") { return route }
             return anyMethod
+        }
+
+        func routeNamed(_ method: String) -> Route? {
+            for entry in byMethod where entry.method == method { return entry.route }
+            return nil
         }
         var isEmpty: Bool { byMethod.isEmpty && anyMethod == nil }
     }
 
     final class Node: Sendable {
-        let literals: [(String, Node)]
+        /// Literal segments as bytes, compared with `memcmp`.
+        let literals: [(bytes: [UInt8], node: Node)]
         let parameter: (name: String, node: Node)?
         let exact: Endpoint
         let prefix: Endpoint
 
-        init(literals: [(String, Node)], parameter: (name: String, node: Node)?, exact: Endpoint, prefix: Endpoint) {
+        init(literals: [(bytes: [UInt8], node: Node)], parameter: (name: String, node: Node)?, exact: Endpoint, prefix: Endpoint) {
             self.literals = literals
             self.parameter = parameter
             self.exact = exact
@@ -107,35 +117,49 @@ final class Router<Target: Sendable>: Sendable {
     private static func lookup(_ root: Node, method: String, path: Substring) -> Match {
         var parameters: [(String, Substring)] = []
         var allow: String? = nil
-        if let route = walk(root, rest: path, method: method, parameters: &parameters, allow: &allow) {
-            return .found(route, parameters: parameters)
-        }
+        let found = path.utf8.withContiguousStorageIfAvailable { bytes in
+            walk(root, bytes, from: 0, path: path, method: method, parameters: &parameters, allow: &allow)
+        } ?? {
+            // A path not stored contiguously (bridged): walked over a native copy.
+            var copy = String(path)
+            let native = copy[...]
+            return copy.withUTF8 { bytes in walk(root, bytes, from: 0, path: native, method: method, parameters: &parameters, allow: &allow) }
+        }()
+        if let found { return .found(found, parameters: parameters) }
         if let allow { return .methodNotAllowed(allow: allow) }
         return .notFound
     }
 
-    /// Depth-first: literal, then parameter, then this node's prefix routes. `rest` is the
-    /// path still to match; its segments are taken one at a time, empty ones skipped (no
-    /// array of segments is built per request).
-    private static func walk(_ node: Node, rest path: Substring, method: String, parameters: inout [(String, Substring)], allow: inout String?) -> Route? {
+    /// Depth-first: literal, then parameter, then this node's prefix routes. The path is
+    /// walked as bytes from `offset`, one segment at a time, empty ones skipped (no array of
+    /// segments, no substring unless a parameter takes one).
+    private static func walk(_ node: Node, _ bytes: UnsafeBufferPointer<UInt8>, from offset: Int, path: Substring, method: String,
+                             parameters: inout [(String, Substring)], allow: inout String?) -> Route? {
         let slash = UInt8(ascii: "/")
-        guard let start = path.utf8.firstIndex(where: { $0 != slash }) else {
+        var start = offset
+        while start < bytes.count, bytes[start] == slash { start += 1 }
+        guard start < bytes.count else {
             if !node.exact.isEmpty {
                 if let route = node.exact.route(for: method) { return route }
                 allow = allow ?? node.exact.allowHeader
             }
             return prefixRoute(node, method: method, allow: &allow)
         }
-        let end = path.utf8[start...].firstIndex(of: slash) ?? path.endIndex
-        let segment = path[start..<end]
-        let rest = path[end...]
-        for (literal, child) in node.literals where literal.utf8.elementsEqual(segment.utf8) {
-            if let route = walk(child, rest: rest, method: method, parameters: &parameters, allow: &allow) { return route }
+        var end = start
+        while end < bytes.count, bytes[end] != slash { end += 1 }
+        let length = end - start
+        let segment = bytes.baseAddress! + start
+        for (literal, child) in node.literals where literal.count == length && literal.withUnsafeBufferPointer({ memcmp($0.baseAddress!, segment, length) == 0 }) {
+            if let route = walk(child, bytes, from: end, path: path, method: method, parameters: &parameters, allow: &allow) { return route }
             break
         }
         if let parameter = node.parameter {
-            parameters.append((parameter.name, segment))
-            if let route = walk(parameter.node, rest: rest, method: method, parameters: &parameters, allow: &allow) { return route }
+            // Both ends are next to a `/` or the path's ends, so on character boundaries.
+            let utf8 = path.utf8
+            let lower = utf8.index(utf8.startIndex, offsetBy: start)
+            let upper = utf8.index(lower, offsetBy: length)
+            parameters.append((parameter.name, path[lower..<upper]))
+            if let route = walk(parameter.node, bytes, from: end, path: path, method: method, parameters: &parameters, allow: &allow) { return route }
             parameters.removeLast()
         }
         return prefixRoute(node, method: method, allow: &allow)
@@ -185,10 +209,10 @@ final class Router<Target: Sendable>: Sendable {
                     endpoint.anyMethod = route
                 }
                 for method in definition.methods {
-                    if let existing = endpoint.byMethod[method] {
+                    if let existing = endpoint.routeNamed(method) {
                         throw DuplicateRoute(description: "route \(method) \(definition.path)\(host) repeats \(existing.pattern)")
                     }
-                    endpoint.byMethod[method] = route
+                    endpoint.byMethod.append((method, route))
                 }
             }
             if isPrefix { try add(&node.prefix) } else { try add(&node.exact) }
@@ -196,7 +220,7 @@ final class Router<Target: Sendable>: Sendable {
 
         func freeze() -> Node {
             Node(
-                literals: literals.map { ($0.0, $0.1.freeze()) },
+                literals: literals.map { (Array($0.0.utf8), $0.1.freeze()) },
                 parameter: parameter.map { ($0.name, $0.node.freeze()) },
                 exact: exact,
                 prefix: prefix
