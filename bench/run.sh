@@ -4,7 +4,7 @@
 #   bench/run.sh [rounds]        (default 3)
 #   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 handshake resume resume12 proxy idle)
 #   FLOOR=1 bench/run.sh         (also bench/floor, SwiftNIO + NIOSSL with no HTTP layer, in
-#                                 the h1 and proxy tests: the least this stack can cost)
+#                                 every test but h2: the least this stack can cost)
 #
 # Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
 # is missing. Builds portico in release mode. Prints requests/s and server CPU
@@ -54,6 +54,7 @@ NGINX_EC_PORT=${NGINX_EC_PORT:-19444}
 UPSTREAM_PORT=${UPSTREAM_PORT:-19445}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 FLOOR_PORT=${FLOOR_PORT:-19446}
+FLOOR_EC_PORT=${FLOOR_EC_PORT:-19447}
 
 mkdir -p "$work/ec" "$work/upstream-tmp"
 
@@ -112,7 +113,8 @@ for _ in $(seq 100); do
 done
 
 if [ "${FLOOR:-0}" = 1 ]; then
-  "$here/floor/.build/release/portico-floor" "$work/ssl/server.crt" "$work/ssl/server.key" "$FLOOR_PORT" "$UPSTREAM_PORT" >"$work/floor.log" 2>&1 &
+  "$here/floor/.build/release/portico-floor" "$work/ssl/server.crt" "$work/ssl/server.key" "$FLOOR_PORT" "$UPSTREAM_PORT" \
+    "$work/ec/server.crt" "$work/ec/server.key" "$FLOOR_EC_PORT" >"$work/floor.log" 2>&1 &
   floor_pid=$!
   for _ in $(seq 100); do
     curl -sk "https://127.0.0.1:$FLOOR_PORT/healthz" >/dev/null 2>&1 && break
@@ -185,8 +187,8 @@ results="$work/results.tsv"
 measure() {  # name test command...
   local server=$1 test=$2; shift 2
   selected "$test" || return 0
-  # The floor only answers keep-alive requests: no HTTP/2, no Connection: close.
-  [ "$server" != floor ] || [ "$test" = h1 ] || [ "$test" = proxy ] || return 0
+  # The floor does not speak HTTP/2.
+  [ "$server" != floor ] || [ "$test" != h2 ] || return 0
   local before after out rps requests
   before=$(cpu_ticks "$server")
   out=$("$@" 2>&1)
@@ -238,7 +240,7 @@ for round in $(seq "$rounds"); do
     measure $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
     measure $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
     measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
-    ec_port=$NGINX_EC_PORT; [ $server = portico ] && ec_port=$PORTICO_EC_PORT
+    case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; esac
     measure $server resume resumed "$ec_port" "$seconds"
     measure $server resume12 resumed "$ec_port" "$seconds" -tls1_2
     measure $server proxy wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/proxied"
@@ -253,9 +255,10 @@ rss_kb() {
   done
   echo $total
 }
-for server in nginx portico; do
+idle_servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && idle_servers="nginx portico floor"
+for server in $idle_servers; do
   selected idle || break
-  ec_port=$NGINX_EC_PORT; [ $server = portico ] && ec_port=$PORTICO_EC_PORT
+  case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; esac
   before=$(rss_kb $server)
   rm -f "$work/hold"; mkfifo "$work/hold"
   python3 "$here/idle_tls.py" "$ec_port" "$IDLE_CONNECTIONS" < "$work/hold" > "$work/idle.out" 2>"$work/idle.err" &
@@ -292,7 +295,7 @@ for test in ["h1", "h2", "handshake", "resume", "resume12", "proxy"]:
     for server, label in [("portico", "ratio"), ("floor", "floor/ngx")]:
         if (test, "nginx") in med and (test, server) in med:
             print(f"{test:<11} {label:<9} {med[(test,server)][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,server)][1] / med[(test,'nginx')][1]:>19.2f}")
-for server in ["nginx", "portico"]:
+for server in ["nginx", "portico", "floor"]:
     for test, name in [("resume", "TLS 1.3"), ("resume12", "TLS 1.2")]:
         if (test, server) in med and ("handshake", server) in med:
             print(f"{server}: resumed ECDSA {name} handshakes are {med[(test, server)][0] / med[('handshake', server)][0]:.1f}x its full RSA-2048 handshakes")

@@ -391,6 +391,17 @@ import Testing
     }
 }
 
+@Suite struct TriedTargetsTests {
+    @Test func remembersEveryTargetTried() {
+        var tried = TriedTargets()
+        #expect(!tried.contains(0) && tried.count == 0)
+        for target in [3, 0, 7, 5] { tried.insert(target) }
+        #expect(tried.count == 4)
+        #expect([3, 0, 7, 5].allSatisfy { tried.contains($0) })
+        #expect(![1, 2, 4, 6, 8, -1].contains { tried.contains($0) })
+    }
+}
+
 /// A canned upstream that also keeps the last request it received.
 struct RecordingUpstream {
     let upstream: CannedUpstream

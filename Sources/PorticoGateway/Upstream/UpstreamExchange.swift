@@ -83,7 +83,7 @@ final class UpstreamExchange {
     private let idempotent: Bool
     private let isHead: Bool
     private let attempts: Int
-    private var tried: [Int] = []
+    private var tried = TriedTargets()
     private var target = 0
     /// The request as sent to the current target.
     private var bytes = ByteBuffer()
@@ -120,7 +120,7 @@ final class UpstreamExchange {
             responder.upstreamAnswered(.response(.plain(status, "upstream \(pool.configuration.name) did not answer (\(problem))")))
             return
         }
-        tried.append(index)
+        tried.insert(index)
         target = index
         let upstream = pool.targets[index]
         guard let endpoint = upstream.plain else {
@@ -200,6 +200,27 @@ final class UpstreamExchange {
         upstream.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
         pool.logger.warning("upstream request failed", metadata: ["upstream": "\(configuration.name)", "target": "\(upstream.displayName)", "error": "\(error)"])
         next(problem: "\(upstream.displayName): \(error)", status: UpstreamPool.isTimeout(error) ? .gatewayTimeout : .badGateway)
+    }
+}
+
+/// The targets an exchange has tried: the usual one or two without an array.
+struct TriedTargets {
+    private(set) var count = 0
+    private var first = -1
+    private var second = -1
+    private var more: [Int] = []
+
+    mutating func insert(_ target: Int) {
+        switch count {
+        case 0: first = target
+        case 1: second = target
+        default: more.append(target)
+        }
+        count += 1
+    }
+
+    func contains(_ target: Int) -> Bool {
+        target == first || target == second || (count > 2 && more.contains(target))
     }
 }
 

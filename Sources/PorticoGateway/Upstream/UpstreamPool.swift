@@ -14,13 +14,19 @@ final class UpstreamPool: Sendable {
     private let client: HTTPClient
     private let next = ManagedAtomic<Int>(0)
     let logger: Logger
-    /// Kept-alive connections to plain-HTTP targets, per event loop.
-    private let loops = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<UpstreamConnections>]>([:])
+    /// Kept-alive connections to plain-HTTP targets, per event loop of the gateway's group:
+    /// found without a lock (a lock and a hashed lookup per request before).
+    private let perLoop: [(loop: ObjectIdentifier, connections: NIOLoopBoundBox<UpstreamConnections?>)]
+    /// The same for any other loop a caller runs on.
+    private let otherLoops = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<UpstreamConnections>]>([:])
 
     init(configuration: UpstreamConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
         self.targets = configuration.targets.compactMap(UpstreamTarget.init(url:))
         self.relaysHTTP1 = targets.allSatisfy { $0.plain != nil }
+        self.perLoop = eventLoopGroup.makeIterator().map { loop in
+            (ObjectIdentifier(loop), NIOLoopBoundBox.makeEmptyBox(valueType: UpstreamConnections.self, eventLoop: loop))
+        }
         var clientConfiguration = HTTPClient.Configuration()
         clientConfiguration.timeout = .init(connect: configuration.connectTimeout, read: configuration.responseTimeout)
         clientConfiguration.redirectConfiguration = .disallow
@@ -58,16 +64,26 @@ final class UpstreamPool: Sendable {
     /// The calling loop's connections.
     func connections(on eventLoop: any EventLoop) -> UpstreamConnections {
         let key = ObjectIdentifier(eventLoop)
-        return loops.withLockedValue { loops in
+        for entry in perLoop where entry.loop == key {
+            if let existing = entry.connections.value { return existing }
+            let created = makeConnections(on: eventLoop)
+            entry.connections.value = created
+            return created
+        }
+        return otherLoops.withLockedValue { loops in
             if let existing = loops[key] { return existing.value }
-            let created = UpstreamConnections(eventLoop: eventLoop, targets: targets.count, maxIdlePerTarget: configuration.keepaliveConnections, idleTimeout: configuration.keepaliveTimeout)
+            let created = makeConnections(on: eventLoop)
             loops[key] = NIOLoopBound(created, eventLoop: eventLoop)
             return created
         }
     }
 
+    private func makeConnections(on eventLoop: any EventLoop) -> UpstreamConnections {
+        UpstreamConnections(eventLoop: eventLoop, targets: targets.count, maxIdlePerTarget: configuration.keepaliveConnections, idleTimeout: configuration.keepaliveTimeout)
+    }
+
     /// The next available target in round-robin order, skipping `excluded`.
-    func pick(excluding excluded: [Int] = []) -> Int? {
+    func pick(excluding excluded: TriedTargets = TriedTargets()) -> Int? {
         guard !targets.isEmpty else { return nil }
         let start = next.loadThenWrappingIncrement(ordering: .relaxed)
         let now = NIODeadline.now()

@@ -1,16 +1,17 @@
 // What a server built on SwiftNIO and NIOSSL costs before it does any HTTP: the least a
 // request can take on this stack, measured beside Portico and nginx (bench/run.sh, FLOOR=1).
 //
-//   portico-floor CERT KEY PORT UPSTREAM_PORT
+//   portico-floor CERT KEY PORT UPSTREAM_PORT [CERT2 KEY2 PORT2]
 //
-// Every connection on PORT is TLS 1.2+ with the given pair, one event loop per core, as in
-// Portico. What it does with the bytes is not HTTP and is only right for the benchmark's
+// Every connection on PORT is TLS 1.2+ with the given pair (on PORT2 with the second pair),
+// one event loop per core, as in Portico. What it does with the bytes is not HTTP and is only right for the benchmark's
 // clients (whole requests per read, one at a time per connection when proxying):
 // - a request whose target starts with `/proxied` is relayed byte for byte over one plain
 //   connection per client connection to 127.0.0.1:UPSTREAM_PORT, and the upstream's bytes
 //   back, with no parsing either way;
 // - any other read is answered with one fixed response (the bytes Portico sends for
-//   /healthz) per "\r\n\r\n" in it, all in one write.
+//   /healthz) per "\r\n\r\n" in it, all in one write; if the read holds "HTTP/1.0" or
+//   "lose\r\n" (`Connection: close`), the connection is closed after the answer.
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -20,18 +21,22 @@ import Glibc
 #endif
 
 let arguments = CommandLine.arguments
-guard arguments.count == 5, let port = Int(arguments[3]), let upstreamPort = Int(arguments[4]) else {
-    print("usage: portico-floor CERT KEY PORT UPSTREAM_PORT")
+guard arguments.count == 5 || arguments.count == 8, let port = Int(arguments[3]), let upstreamPort = Int(arguments[4]) else {
+    print("usage: portico-floor CERT KEY PORT UPSTREAM_PORT [CERT2 KEY2 PORT2]")
     exit(2)
 }
-var tls = TLSConfiguration.makeServerConfiguration(
-    certificateChain: try NIOSSLCertificate.fromPEMFile(arguments[1]).map { .certificate($0) },
-    privateKey: .privateKey(try NIOSSLPrivateKey(file: arguments[2], format: .pem))
-)
-tls.minimumTLSVersion = .tlsv12
-tls.shutdownTimeout = .milliseconds(500)
-tls.applicationProtocols = ["http/1.1"]
-let context = try NIOSSLContext(configuration: tls)
+
+/// The same TLS settings as Portico's listeners.
+func tlsContext(certificate: String, key: String) throws -> NIOSSLContext {
+    var tls = TLSConfiguration.makeServerConfiguration(
+        certificateChain: try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) },
+        privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+    )
+    tls.minimumTLSVersion = .tlsv12
+    tls.shutdownTimeout = .milliseconds(500)
+    tls.applicationProtocols = ["http/1.1"]
+    return try NIOSSLContext(configuration: tls)
+}
 
 /// The answer to every request that is not relayed: Portico's /healthz response, with the
 /// date fixed at start.
@@ -84,12 +89,21 @@ final class Front: ChannelInboundHandler {
             return
         }
         var count = 0
+        var close = false
         bytes.withUnsafeReadableBytes { raw in
             var index = 0
             while index + 4 <= raw.count {
                 if raw[index] == 13, raw[index + 1] == 10, raw[index + 2] == 13, raw[index + 3] == 10 {
                     count += 1
                     index += 4
+                } else if raw[index] == UInt8(ascii: "/"), index + 4 <= raw.count, raw[index + 1] == UInt8(ascii: "1"), raw[index + 2] == UInt8(ascii: "."),
+                          raw[index + 3] == UInt8(ascii: "0") {
+                    close = true
+                    index += 1
+                } else if raw[index] == UInt8(ascii: "l"), index + 6 <= raw.count, raw[index + 1] == UInt8(ascii: "o"), raw[index + 2] == UInt8(ascii: "s"),
+                          raw[index + 3] == UInt8(ascii: "e"), raw[index + 4] == 13 {
+                    close = true
+                    index += 1
                 } else {
                     index += 1
                 }
@@ -98,7 +112,12 @@ final class Front: ChannelInboundHandler {
         guard count > 0 else { return }
         var out = context.channel.allocator.buffer(capacity: answer.readableBytes * count)
         for _ in 0..<count { out.writeImmutableBuffer(answer) }
-        context.write(wrapOutboundOut(out), promise: nil)
+        guard close else {
+            context.write(wrapOutboundOut(out), promise: nil)
+            return
+        }
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in bound.value.close(promise: nil) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -145,18 +164,27 @@ final class Front: ChannelInboundHandler {
 }
 
 let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-let server = try await ServerBootstrap(group: group)
-    .serverChannelOption(.backlog, value: 1024)
-    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-    .childChannelOption(.maxMessagesPerRead, value: 16)
-    .childChannelInitializer { channel in
-        channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
-            try channel.pipeline.syncOperations.addHandler(Front(upstreamPort: upstreamPort))
+
+func serve(port: Int, context: NIOSSLContext) async throws -> Channel {
+    try await ServerBootstrap(group: group)
+        .serverChannelOption(.backlog, value: 1024)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelOption(.maxMessagesPerRead, value: 16)
+        .childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                try channel.pipeline.syncOperations.addHandler(Front(upstreamPort: upstreamPort))
+            }
         }
-    }
-    .bind(host: "127.0.0.1", port: port)
-    .get()
+        .bind(host: "127.0.0.1", port: port)
+        .get()
+}
+
+let server = try await serve(port: port, context: try tlsContext(certificate: arguments[1], key: arguments[2]))
 print("floor listening on \(port)")
+if arguments.count == 8, let second = Int(arguments[7]) {
+    _ = try await serve(port: second, context: try tlsContext(certificate: arguments[5], key: arguments[6]))
+    print("floor listening on \(second)")
+}
 try await server.closeFuture.get()
