@@ -8,7 +8,7 @@ public struct PreparedConfiguration: Sendable {
     /// The identity each TLS listener serves.
     let identities: [ListenerRole: ReloadableIdentity]
     /// The TLS context each TLS listener uses for new connections.
-    let tlsContexts: [ListenerRole: NIOSSLContext]
+    let tlsContexts: [ListenerRole: ListenerTLS]
     /// Things an operator should know that are not errors.
     public let notes: [String]
 
@@ -51,7 +51,7 @@ public enum ConfigurationCheck {
         var diagnostics: [ConfigurationDiagnostic] = []
         var notes: [String] = []
         var identities: [ListenerRole: ReloadableIdentity] = [:]
-        var contexts: [ListenerRole: NIOSSLContext] = [:]
+        var contexts: [ListenerRole: ListenerTLS] = [:]
         let tlsListeners = config.enabledListeners.filter(\.tls)
 
         var shared: ReloadableIdentity? = nil
@@ -126,7 +126,7 @@ public enum ConfigurationCheck {
             guard let identity else { continue }
             identities[listener.role] = identity
             do {
-                contexts[listener.role] = try TLSContextFactory.makeServerContext(listener: listener, identity: identity, trust: trust)
+                contexts[listener.role] = try ListenerTLS(listener: listener, identity: identity, trust: trust)
             } catch {
                 diagnostics.append(ConfigurationDiagnostic("\(path): cannot build its TLS context: \(error)", at: config.locations[path]))
             }

@@ -23,6 +23,8 @@ final class FixedResponse: Sendable {
     let http1StatusLine: ByteBuffer
     /// The headers after `date` and the blank line, for a keep-alive HTTP/1.1 connection.
     let http1Head: ByteBuffer
+    /// The same with `connection: close`.
+    let http1HeadClosing: ByteBuffer
     /// Headers and body for HTTP/2.
     let http2Headers: HPACKHeaders
     let body: ByteBuffer
@@ -37,16 +39,20 @@ final class FixedResponse: Sendable {
         var head = ByteBuffer()
         HTTP1Encoding.writeHeaders(response.headers, contentLength: response.body.readableBytes, close: false, into: &head)
         self.http1Head = head
+        var closing = ByteBuffer()
+        HTTP1Encoding.writeHeaders(response.headers, contentLength: response.body.readableBytes, close: true, into: &closing)
+        self.http1HeadClosing = closing
         self.http2Headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: response.body.readableBytes)
     }
 
     /// The whole HTTP/1.1 response with a `date` header, as one buffer.
-    func http1(date: String, includeBody: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
-        var buffer = allocator.buffer(capacity: http1StatusLine.readableBytes + http1Head.readableBytes + 40 + (includeBody ? body.readableBytes : 0))
+    func http1(date: String, includeBody: Bool, closing: Bool = false, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let head = closing ? http1HeadClosing : http1Head
+        var buffer = allocator.buffer(capacity: http1StatusLine.readableBytes + head.readableBytes + 40 + (includeBody ? body.readableBytes : 0))
         buffer.writeImmutableBuffer(http1StatusLine)
         buffer.writeStaticString("\r\ndate: ")
         buffer.writeString(date)
-        buffer.writeImmutableBuffer(http1Head)
+        buffer.writeImmutableBuffer(head)
         if includeBody { buffer.writeImmutableBuffer(body) }
         return buffer
     }

@@ -316,7 +316,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             let length = head.isHead ? response.headLength ?? 0 : response.body.readableBytes
             HTTP1Encoding.writeHead(status: response.status, fields: response.fields, date: date.current(), contentLength: length, close: close, into: &buffer)
             if !head.isHead { buffer.writeImmutableBuffer(response.body) }
-            context.write(wrapOutboundOut(buffer), promise: nil)
+            emit(buffer, close: close, context: context)
             finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
         case .response(let response):
             write(response, isHead: head.isHead, close: close || draining, started: pending.started, method: head.method, uri: head.uri, context: context)
@@ -355,11 +355,12 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     // MARK: - Responses
 
     private func writeFixed(_ fixed: FixedResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
+        let now = date.current()
         if close {
-            write(fixed.response, isHead: isHead, close: true, started: started, method: method, uri: uri, context: context)
+            emit(fixed.http1(date: now, includeBody: !isHead, closing: true, allocator: context.channel.allocator), close: true, context: context)
+            finish(status: Int(fixed.status.code), bytes: fixed.body.readableBytes, close: true, started: started, method: method, uri: uri, context: context)
             return
         }
-        let now = date.current()
         let bytes: ByteBuffer
         if let last = lastFixed, last.response === fixed, last.includeBody == !isHead, last.date == now {
             bytes = last.bytes
@@ -379,17 +380,27 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             var body = response.body
             buffer.writeBuffer(&body)
         }
-        context.write(wrapOutboundOut(buffer), promise: nil)
+        emit(buffer, close: close, context: context)
         finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: started, method: method, uri: uri, context: context)
+    }
+
+    /// Writes an answer's bytes; when closing, flushes them and closes once they are written
+    /// (closing at once could drop bytes the socket has not taken yet).
+    private func emit(_ buffer: ByteBuffer, close: Bool, context: ChannelHandlerContext) {
+        guard close else {
+            context.write(wrapOutboundOut(buffer), promise: nil)
+            return
+        }
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in loopBound.value.close(promise: nil) }
     }
 
     private func finish(status: Int, bytes: Int, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
         let snapshot = info.snapshot.value
         info.record(status: status, bytes: bytes, method: method, uri: uri, http: "1.1", started: started)
         if close {
+            // ``emit(_:close:context:)`` closes once the answer is written.
             state = .closed
-            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in loopBound.value.close(promise: nil) }
             return
         }
         needsFlush = true

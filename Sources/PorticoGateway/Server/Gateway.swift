@@ -292,7 +292,7 @@ public actor Gateway: Service {
         return ListenerSnapshot(
             configuration: listener,
             router: router,
-            tlsContext: prepared.tlsContexts[listener.role],
+            tls: prepared.tlsContexts[listener.role],
             metrics: metrics.listener(listener.role),
             accessLogger: accessLogger,
             readiness: readiness

@@ -149,11 +149,11 @@ actor Listener {
                 logger.notice("PROXY header refused", metadata: ["listener": "\(role)", "peer": "\(peer)", "reason": "\(reason)"])
             })
         }
-        guard configuration.tls, let context = snapshot.tlsContext else {
+        guard configuration.tls, let tls = snapshot.tls else {
             try configureHTTP1(pipeline: pipeline, info: info)
             return
         }
-        try pipeline.addHandler(NIOSSLServerHandler(context: context))
+        try pipeline.addHandler(NIOSSLServerHandler(context: tls.context()))
         try pipeline.addHandler(TLSHandshakeObserver(metrics: metrics, timeout: configuration.limits.headerTimeout) { negotiated, channel in
             let operations = channel.pipeline.syncOperations
             info.clientCertificate = try? operations.handler(type: NIOSSLServerHandler.self).peerCertificate

@@ -11,16 +11,16 @@ import NIOSSL
 final class ListenerSnapshot: Sendable {
     let configuration: ListenerConfiguration
     let router: Router<Endpoint>
-    let tlsContext: NIOSSLContext?
+    let tls: ListenerTLS?
     let metrics: ListenerMetrics
     let accessLogger: Logger?
     let notFound: FixedResponse
     let readiness: ReadinessFlag
 
-    init(configuration: ListenerConfiguration, router: Router<Endpoint>, tlsContext: NIOSSLContext?, metrics: ListenerMetrics, accessLogger: Logger?, readiness: ReadinessFlag) {
+    init(configuration: ListenerConfiguration, router: Router<Endpoint>, tls: ListenerTLS?, metrics: ListenerMetrics, accessLogger: Logger?, readiness: ReadinessFlag) {
         self.configuration = configuration
         self.router = router
-        self.tlsContext = tlsContext
+        self.tls = tls
         self.metrics = metrics
         self.accessLogger = accessLogger
         self.readiness = readiness

@@ -18,7 +18,8 @@ public final class ReloadableIdentity: Sendable {
 
     private struct State {
         var identity: ServerIdentity
-        var override: NIOSSLContextConfigurationOverride
+        /// Counts the loads of changed files (a new chain may keep the same leaf).
+        var generation = 0
         var stamp: FileStamp?
         var lastError: String?
     }
@@ -37,7 +38,7 @@ public final class ReloadableIdentity: Sendable {
         let identity = try ServerIdentity.load(certificatePath: certificatePath, privateKeyPath: privateKeyPath)
         self.certificatePath = certificatePath
         self.privateKeyPath = privateKeyPath
-        self.state = NIOLockedValueBox(State(identity: identity, override: Self.override(for: identity), stamp: stamp))
+        self.state = NIOLockedValueBox(State(identity: identity, stamp: stamp))
     }
 
     /// The pair in service.
@@ -47,7 +48,8 @@ public final class ReloadableIdentity: Sendable {
     public var lastError: String? { state.withLockedValue { $0.lastError } }
 
     /// What a TLS handshake should serve now (read once per ClientHello).
-    var contextOverride: NIOSSLContextConfigurationOverride { state.withLockedValue { $0.override } }
+    /// The pair in service and its generation, read together.
+    var currentAndGeneration: (ServerIdentity, Int) { state.withLockedValue { ($0.identity, $0.generation) } }
 
     /// Loads the files again if they changed since the last load, or always when `force` is set.
     @discardableResult
@@ -60,7 +62,7 @@ public final class ReloadableIdentity: Sendable {
             let changed = state.withLockedValue { state -> Bool in
                 let changed = state.identity.fingerprint != identity.fingerprint
                 state.identity = identity
-                state.override = Self.override(for: identity)
+                state.generation += 1
                 state.stamp = stamp
                 state.lastError = nil
                 return changed
@@ -75,13 +77,6 @@ public final class ReloadableIdentity: Sendable {
             }
             return .failed(error.message)
         }
-    }
-
-    private static func override(for identity: ServerIdentity) -> NIOSSLContextConfigurationOverride {
-        var override = NIOSSLContextConfigurationOverride()
-        override.certificateChain = identity.chain.map { .certificate($0) }
-        override.privateKey = .privateKey(identity.privateKey)
-        return override
     }
 }
 
