@@ -251,6 +251,32 @@ import Testing
         }
     }
 
+    @Test func anUpstreamsTrustFileIsCheckedAtItsKey() throws {
+        let dir = try TemporaryDirectory()
+        _ = try TestPKI.make(in: dir, name: "server")
+        try dir.write("garbage.pem", "not a certificate\n")
+        let yaml = """
+            identity: {certificate: server.crt, private_key: server.key}
+            upstreams:
+              good: {targets: ["https://127.0.0.1:9443"], trust: server.crt}
+              bad:
+                targets: ["https://127.0.0.1:9444"]
+                trust: garbage.pem
+              gone: {targets: ["https://127.0.0.1:9445"], trust: missing.pem}
+            """
+        let config = try loader.load(yaml: yaml, file: dir.file("portico.yaml"))
+        #expect(config.upstreams["good"]?.trust == dir.file("server.crt"))
+        do {
+            _ = try ConfigurationCheck.prepare(config, generateMissing: false)
+            Issue.record("unreadable upstream trust files were accepted")
+        } catch {
+            let byLine = Dictionary(error.diagnostics.compactMap { d in d.location.map { ($0.line, d.message) } }, uniquingKeysWith: { $0 + "; " + $1 })
+            #expect(byLine.count == 2)
+            #expect(byLine[6]?.contains("upstreams.bad.trust") == true && byLine[6]?.contains("does not hold PEM certificates") == true)
+            #expect(byLine[7]?.contains("upstreams.gone.trust") == true && byLine[7]?.contains("No such file") == true)
+        }
+    }
+
     @Test func checkNotesAMissingIdentityWithoutWritingIt() throws {
         let dir = try TemporaryDirectory()
         let config = try loader.load(yaml: "", file: dir.file("portico.yaml"))

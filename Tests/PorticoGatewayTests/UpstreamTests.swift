@@ -369,6 +369,37 @@ import Testing
         await echo.upstream.stop()
     }
 
+    /// HTTPS targets go through the other client; the same fields reach them, and they are
+    /// verified against the upstream's `trust` (a target the system does not trust is refused
+    /// without it).
+    @Test func anHTTPSTargetIsVerifiedAgainstTheUpstreamsTrust() async throws {
+        let backendRoutes = "routes:\n  - {listener: console, path: /echo/*, service: echo}\n  - {listener: console, path: /once/*, service: echo}"
+        try await TestGateway.with(body: backendRoutes) { backend in
+            let target = "https://127.0.0.1:\(try await backend.port(.console))"
+            let config = """
+                upstreams:
+                  trusted: {targets: ["\(target)"], trust: \(backend.identity.certificatePath), retries: 0}
+                  untrusted: {targets: ["\(target)"], retries: 0}
+                routes:
+                  - {listener: client_plain, path: /echo/*, upstream: trusted}
+                  - {listener: client_plain, path: /once/*, upstream: untrusted}
+                """
+            try await TestGateway.with(body: config) { front in
+                let request = "GET /echo/x?q=1 HTTP/1.1\r\nHost: front\r\nX-Kept: yes\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+                let answer = try await RawTCP.exchange(port: try await front.port(.clientPlain), request)
+                #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\n"))
+                #expect(answer.contains("uri=/echo/x?q=1"))
+                #expect(answer.contains("header.x-kept=yes"))
+                #expect(answer.contains("header.x-forwarded-for=127.0.0.1\n") || answer.hasSuffix("header.x-forwarded-for=127.0.0.1"))
+                #expect(answer.contains("header.x-forwarded-proto=http"))
+                #expect(answer.contains("header.x-forwarded-host=front"))
+                #expect(!answer.contains("x-hop") && !answer.contains("6.6.6.6"))
+                let refused = try await RawTCP.exchange(port: try await front.port(.clientPlain), "GET /once/x HTTP/1.1\r\nHost: front\r\nConnection: close\r\n\r\n")
+                #expect(refused.hasPrefix("HTTP/1.1 502 "))
+            }
+        }
+    }
+
     @Test func aHeadRequestIsRelayedWithoutABody() async throws {
         let upstream = try await CannedUpstream.start { _, _ in
             .answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\nKeep-Alive: timeout=5\r\n\r\n")

@@ -132,6 +132,14 @@ public enum ConfigurationCheck {
             }
         }
 
+        for (name, upstream) in config.upstreams.sorted(by: { $0.key < $1.key }) {
+            guard let trustPath = upstream.trust else { continue }
+            do {
+                _ = try TrustBundle.load(trustPath)
+            } catch {
+                diagnostics.append(ConfigurationDiagnostic("upstreams.\(name).trust: \(error.message)", at: config.locations["upstreams.\(name).trust"]))
+            }
+        }
         diagnostics += routeDiagnostics(config)
         if !diagnostics.isEmpty { throw ConfigurationError(diagnostics) }
         return PreparedConfiguration(configuration: config, identities: identities, tlsContexts: contexts, notes: notes)

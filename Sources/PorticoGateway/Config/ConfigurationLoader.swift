@@ -105,7 +105,7 @@ public struct ConfigurationLoader: Sendable {
             readListeners(listeners.value, into: &config, base: base, reader: &reader)
         }
         if let upstreams = top["upstreams"] {
-            readUpstreams(upstreams.value, into: &config, reader: &reader)
+            readUpstreams(upstreams.value, into: &config, base: base, reader: &reader)
         }
         if let routes = top["routes"] {
             readRoutes(routes.value, into: &config, reader: &reader)
@@ -252,12 +252,12 @@ public struct ConfigurationLoader: Sendable {
         }
     }
 
-    private func readUpstreams(_ node: Node, into config: inout GatewayConfiguration, reader: inout NodeReader) {
+    private func readUpstreams(_ node: Node, into config: inout GatewayConfiguration, base: String, reader: inout NodeReader) {
         guard case .mapping(let mapping) = node else {
             reader.error("upstreams must be a mapping of names to upstream settings", at: node)
             return
         }
-        let allowed = ["targets", "connect_timeout", "response_timeout", "retries", "health_check", "passive", "max_response_bytes", "keepalive"]
+        let allowed = ["targets", "connect_timeout", "response_timeout", "retries", "health_check", "passive", "max_response_bytes", "keepalive", "trust"]
         for (keyNode, valueNode) in mapping {
             guard let name = reader.string(keyNode, at: "upstreams") else { continue }
             let path = "upstreams.\(name)"
@@ -275,6 +275,10 @@ public struct ConfigurationLoader: Sendable {
             }
             if upstream.targets.isEmpty && keys["targets"] == nil {
                 reader.error("\(path) has no targets; list at least one URL under targets", at: keyNode)
+            }
+            if let v = keys["trust"], let s = reader.string(v.value, at: "\(path).trust") {
+                upstream.trust = Paths.resolve(s, against: base)
+                config.locations["\(path).trust"] = reader.location(v.value)
             }
             if let v = keys["connect_timeout"], let d = reader.duration(v.value, at: "\(path).connect_timeout") { upstream.connectTimeout = d }
             if let v = keys["response_timeout"], let d = reader.duration(v.value, at: "\(path).response_timeout") { upstream.responseTimeout = d }

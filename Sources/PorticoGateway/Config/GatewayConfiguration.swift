@@ -226,6 +226,9 @@ public struct UpstreamConfiguration: Sendable, Equatable {
     /// keep it below the upstream's own keep-alive timeout (Node's is 5 s, nginx's 75 s), so
     /// that a request is rarely sent on a connection the upstream is closing.
     public var keepaliveTimeout: TimeAmount = .seconds(4)
+    /// `trust`: PEM certificates (a CA or the targets' own) that `https://` targets are
+    /// verified against instead of the system's store; host names are still checked.
+    public var trust: String? = nil
 
     public init(name: String, targets: [String]) {
         self.name = name

@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 
 /// A named set of backends that routes forward to: round robin over the available targets,
 /// retries of idempotent requests on another target, passive ejection of failing targets
@@ -31,6 +32,19 @@ final class UpstreamPool: Sendable {
         clientConfiguration.timeout = .init(connect: configuration.connectTimeout, read: configuration.responseTimeout)
         clientConfiguration.redirectConfiguration = .disallow
         clientConfiguration.decompression = .disabled
+        if let trustPath = configuration.trust {
+            // Checked with the configuration; should the file have gone bad since, no HTTPS
+            // target is trusted rather than every one the system trusts.
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.minimumTLSVersion = .tlsv12
+            do {
+                tls.trustRoots = .certificates(try TrustBundle.load(trustPath))
+            } catch {
+                logger.error("upstream trust not loaded; its HTTPS targets will be refused", metadata: ["upstream": "\(configuration.name)", "error": "\(error)"])
+                tls.trustRoots = .certificates([])
+            }
+            clientConfiguration.tlsConfiguration = tls
+        }
         self.client = HTTPClient(eventLoopGroupProvider: .shared(eventLoopGroup), configuration: clientConfiguration)
         self.logger = logger
     }
