@@ -77,6 +77,7 @@ public actor Gateway: Service {
         try await start()
         await withDiscardingTaskGroup { group in
             group.addTask { await self.pollIdentities() }
+            group.addTask { [logger] in await MemoryTrim.run(every: .seconds(30), logger: logger) }
             if handleSIGHUP {
                 group.addTask {
                     for await _ in await UnixSignalsSequence(trapping: .sighup) {
