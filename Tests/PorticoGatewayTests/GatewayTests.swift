@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -340,5 +341,32 @@ import X509
                 #expect(await gw.gateway.connectionCount(of: .console) == 0)
             }
         }
+    }
+}
+
+@Suite struct MemoryTrimTests {
+    /// The symbol is looked up at run time (glibc's header is not in the Glibc module): a
+    /// failed lookup would silently stop the trimming.
+    @Test func mallocTrimIsFoundOnGlibc() throws {
+        #if canImport(Glibc)
+        #expect(MemoryTrim.isAvailable)
+        // Many small blocks freed between live ones: the shape the trim is for. It must not
+        // disturb the live blocks.
+        var live: [UnsafeMutableRawPointer] = []
+        var freed: [UnsafeMutableRawPointer] = []
+        for index in 0..<20_000 {
+            let block = malloc(512)!
+            memset(block, Int32(index & 0x7F), 512)
+            if index % 2 == 0 { live.append(block) } else { freed.append(block) }
+        }
+        freed.forEach { free($0) }
+        MemoryTrim.trimNow(logger: Logger(label: "test"))
+        for (offset, block) in live.enumerated() {
+            let byte = block.load(fromByteOffset: 511, as: UInt8.self)
+            #expect(byte == UInt8((offset * 2) & 0x7F))
+            if byte != UInt8((offset * 2) & 0x7F) { break }
+        }
+        live.forEach { free($0) }
+        #endif
     }
 }

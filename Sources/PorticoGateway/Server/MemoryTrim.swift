@@ -25,6 +25,9 @@ enum MemoryTrim {
         logger.debug("memory trimmed", metadata: ["took_us": "\(took.components.seconds * 1_000_000 + took.components.attoseconds / 1_000_000_000_000)"])
     }
 
+    /// Whether this C library has `malloc_trim` (glibc does).
+    static var isAvailable: Bool { mallocTrim != nil }
+
     /// glibc's `malloc_trim` (declared in `malloc.h`, which the Glibc module does not
     /// export), looked up once; nil on other C libraries.
     private static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
