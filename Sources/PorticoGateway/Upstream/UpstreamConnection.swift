@@ -324,18 +324,8 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
                         if HTTP1Parser.equalsLowercase(token, "close") { head.keepAlive = false }
                         if HTTP1Parser.equalsLowercase(token, "keep-alive") { head.keepAlive = true }
                     }
-                case 2 where HTTP1Parser.equalsLowercase(name, "te"),
-                     4 where HTTP1Parser.equalsLowercase(name, "date"),
-                     7 where HTTP1Parser.equalsLowercase(name, "trailer"),
-                     7 where HTTP1Parser.equalsLowercase(name, "upgrade"),
-                     10 where HTTP1Parser.equalsLowercase(name, "keep-alive"),
-                     16 where HTTP1Parser.equalsLowercase(name, "proxy-connection"),
-                     18 where HTTP1Parser.equalsLowercase(name, "proxy-authenticate"),
-                     19 where HTTP1Parser.equalsLowercase(name, "proxy-authorization"):
-                    // Connection-level fields, and the Date the gateway writes itself.
-                    passOn = false
                 default:
-                    break
+                    passOn = UpstreamEncoding.passesBack(name)
                 }
                 if passOn {
                     if head.fields.capacity == 0 { head.fields.reserveCapacity(Swift.min(raw.count, 1024)) }

@@ -265,6 +265,25 @@ enum UpstreamEncoding {
         }
     }
 
+    /// Whether an upstream's response field goes on to the client: not connection-level
+    /// fields, not framing (the gateway sets its own), not `Date` (the gateway writes its own).
+    /// Compared as bytes without regard to case; for both upstream clients.
+    static func passesBack(_ name: UnsafeRawBufferPointer) -> Bool {
+        func named(_ expected: StaticString) -> Bool { HTTP1Parser.equalsLowercase(name, expected) }
+        switch name.count {
+        case 2 where named("te"): return false
+        case 4 where named("date"): return false
+        case 7 where named("trailer") || named("upgrade"): return false
+        case 10 where named("connection") || named("keep-alive"): return false
+        case 14 where named("content-length"): return false
+        case 16 where named("proxy-connection"): return false
+        case 17 where named("transfer-encoding"): return false
+        case 18 where named("proxy-authenticate"): return false
+        case 19 where named("proxy-authorization"): return false
+        default: return true
+        }
+    }
+
     /// The request for a plain-HTTP upstream as one buffer: request line, the forwarded
     /// fields, `host` if the client sent none, `content-length`, and the body.
     static func encode(_ request: UpstreamRequest, basePath: String, hostHeader: String) -> ByteBuffer {

@@ -54,7 +54,6 @@ final class UpstreamPool: Sendable {
         try? await client.shutdown()
     }
 
-    private static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization"]
 
     /// Whether every target is plain HTTP, so that an HTTP/1.1 request can be relayed with
     /// its header lines as bytes (``relay(_:body:client:on:responder:)``).
@@ -121,7 +120,9 @@ final class UpstreamPool: Sendable {
         let response = try await client.execute(outgoing, timeout: configuration.responseTimeout)
         let body = try await response.body.collect(upTo: configuration.maxResponseBytes)
         var headers = HTTPHeaders()
-        for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased()) && name.lowercased() != "content-length" {
+        for (name, value) in response.headers {
+            var bytes = name
+            guard bytes.withUTF8({ UpstreamEncoding.passesBack(UnsafeRawBufferPointer($0)) }) else { continue }
             headers.add(name: name, value: value)
         }
         return GatewayResponse(status: response.status, headers: headers, body: body)
