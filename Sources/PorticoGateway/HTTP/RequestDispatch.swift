@@ -42,7 +42,8 @@ enum RequestDispatch {
     }
 
     static func decide(method: String, host: String?, target: String, contentLength: Int?, snapshot: ListenerSnapshot) -> Decision {
-        switch snapshot.router.match(method: method, host: host.map(hostWithoutPort), path: path(of: target)) {
+        let router = snapshot.router
+        switch router.match(method: method, host: router.routesByHost ? host.map(hostWithoutPort) : nil, path: path(of: target)) {
         case .found(let route, let parameters):
             let limit = route.maxBodyBytes ?? snapshot.limits.maxBodyBytes
             if let length = contentLength, length > limit {

@@ -105,6 +105,9 @@ final class Router<Target: Sendable>: Sendable {
         self.any = anyBuilder.freeze()
     }
 
+    /// Whether any route names a host (if none does, a request's `Host` need not be looked at).
+    var routesByHost: Bool { !hosts.isEmpty }
+
     /// Finds the route for a request. `host` is lowercased without a port; `path` has no query.
     func match(method: String, host: Substring?, path: Substring) -> Match {
         if let host, !hosts.isEmpty, let node = hosts[host.lowercased()] {

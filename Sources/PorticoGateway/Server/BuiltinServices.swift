@@ -21,9 +21,8 @@ public enum BuiltinServices {
             let notReady = GatewayResponse(status: .serviceUnavailable, contentType: "text/plain; charset=utf-8", body: "not ready\n")
             return .immediate { _ in readiness.isReady ? ready : notReady }
         case "metrics":
-            let registry = metrics.registry
             return .immediate { _ in
-                GatewayResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"], body: ByteBuffer(bytes: registry.emitToBuffer()))
+                GatewayResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"], body: ByteBuffer(bytes: metrics.emit()))
             }
         default:
             return nil

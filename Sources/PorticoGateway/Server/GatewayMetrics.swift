@@ -25,6 +25,16 @@ public final class GatewayMetrics: Sendable {
 
     func listener(_ role: ListenerRole) -> ListenerMetrics { perListener[role]! }
 
+    /// Every series in the Prometheus text format: the registry's, then the request
+    /// counts and durations, which are kept per event loop outside it (``RequestStats``).
+    public func emit() -> [UInt8] {
+        var bytes = registry.emitToBuffer()
+        var text = ""
+        RequestStats.emit(ListenerRole.allCases.map { perListener[$0]!.requests }, into: &text)
+        bytes.append(contentsOf: text.utf8)
+        return bytes
+    }
+
     /// Records the state of an identity: seconds until it expires and the result of a reload.
     func recordIdentity(_ identity: ReloadableIdentity, outcome: ReloadableIdentity.ReloadOutcome?) {
         let series = identityGauges.withLockedValue { gauges in
@@ -54,8 +64,7 @@ final class ListenerMetrics: Sendable {
     let refusedConnections: Counter
     let handshakeFailures: Counter
     let timeouts: Counter
-    let latency: DurationHistogram
-    private let byStatusClass: [Counter]
+    let requests: RequestStats
 
     init(role: ListenerRole, registry: PrometheusCollectorRegistry) {
         let label = [("listener", role.rawValue)]
@@ -63,18 +72,7 @@ final class ListenerMetrics: Sendable {
         refusedConnections = registry.makeCounter(descriptor: .portico("refused_connections", unit: "total", help: "Connections closed at accept because the listener was full or the source untrusted"), labels: label)
         handshakeFailures = registry.makeCounter(descriptor: .portico("tls_handshake_failures", unit: "total", help: "TLS handshakes that failed"), labels: label)
         timeouts = registry.makeCounter(descriptor: .portico("client_timeouts", unit: "total", help: "Connections closed because a client was too slow"), labels: label)
-        latency = registry.makeDurationHistogram(
-            descriptor: .portico("request_duration", unit: "seconds", help: "Time from a complete request to its response being written"), labels: label,
-            buckets: [.microseconds(100), .microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5)])
-        byStatusClass = (1...5).map { cls in
-            registry.makeCounter(descriptor: .portico("requests", unit: "total", help: "Requests answered, by status class"), labels: label + [("code", "\(cls)xx")])
-        }
-    }
-
-    func recordRequest(status: Int, duration: Swift.Duration) {
-        let index = min(max(status / 100, 1), 5) - 1
-        byStatusClass[index].increment()
-        latency.record(duration)
+        requests = RequestStats(listener: role.rawValue)
     }
 }
 

@@ -139,7 +139,7 @@ actor Listener {
         metrics.openConnections.increment()
         channel.closeFuture.whenComplete { _ in metrics.openConnections.decrement() }
 
-        let info = ConnectionInfo(role: role, isTLS: configuration.tls, peerAddress: channel.remoteAddress, snapshot: reader)
+        let info = ConnectionInfo(role: role, isTLS: configuration.tls, peerAddress: channel.remoteAddress, snapshot: reader, eventLoop: channel.eventLoop)
         let pipeline = channel.pipeline.syncOperations
         if configuration.proxyProtocol {
             let trusted = configuration.trustedProxies.containsAddress(channel.remoteAddress)

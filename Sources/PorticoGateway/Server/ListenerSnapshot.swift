@@ -49,19 +49,25 @@ final class ConnectionInfo {
     private var formattedPeer: String??
     var clientCertificate: NIOSSLCertificate?
     var snapshot: SnapshotReader<ListenerSnapshot>
+    private let eventLoop: any EventLoop
+    /// Where this connection's loop counts requests; found at the first one.
+    private var requestStats: RequestStats.Shard?
 
-    init(role: ListenerRole, isTLS: Bool, peerAddress: SocketAddress?, snapshot: SnapshotReader<ListenerSnapshot>) {
+    init(role: ListenerRole, isTLS: Bool, peerAddress: SocketAddress?, snapshot: SnapshotReader<ListenerSnapshot>, eventLoop: any EventLoop) {
         self.role = role
         self.isTLS = isTLS
         self.peerAddress = peerAddress
         self.snapshot = snapshot
+        self.eventLoop = eventLoop
     }
 
     /// Counts an answered request in the listener's metrics and writes its access-log line.
-    func record(status: Int, bytes: Int, method: String, uri: String, http: String, started: NIODeadline) {
+    /// `now` is when its answer was written.
+    func record(status: Int, bytes: Int, method: String, uri: String, http: String, started: NIODeadline, now: NIODeadline = .now()) {
         let snapshot = self.snapshot.value
-        let elapsed = NIODeadline.now() - started
-        snapshot.metrics.recordRequest(status: status, duration: .nanoseconds(elapsed.nanoseconds))
+        let elapsed = now - started
+        if requestStats == nil { requestStats = snapshot.metrics.requests.shard(on: eventLoop) }
+        requestStats!.record(status: status, nanoseconds: elapsed.nanoseconds)
         guard let logger = snapshot.accessLogger else { return }
         logger.info("request", metadata: [
             "listener": "\(role)", "client": "\(peerAddressText ?? "-")", "method": "\(method)",
