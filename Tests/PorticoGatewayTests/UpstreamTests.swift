@@ -146,7 +146,9 @@ import Testing
     }
 
     @Test func requestsReuseOneKeptAliveConnection() async throws {
-        let upstream = try await CannedUpstream.start { _, request in .answer(Self.ok("answer \(request)")) }
+        let upstream = try await CannedUpstream.start { _, request in
+            .answer(Self.ok("answer \(request)", extra: "Connection: keep-alive, X-Hop\r\nx-hop: for this hop\r\nx-upstream: yes\r\n"))
+        }
         try await Self.withFront(upstream) { front, client in
             for round in 0..<20 {
                 let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
@@ -154,6 +156,10 @@ import Testing
                 // One Date, the gateway's own.
                 #expect(answer.headers["date"].count == 1)
                 #expect(answer.headers.first(name: "date")?.contains("1994") == false)
+                // A field the upstream's Connection names is for its hop only.
+                #expect(answer.headers["x-hop"].isEmpty)
+                #expect(answer.headers.first(name: "x-upstream") == "yes")
+                #expect(answer.headers.first(name: "content-type") == "text/plain")
                 #expect(answer.body == "answer \(round)")
             }
         }
@@ -166,7 +172,7 @@ import Testing
     /// answered with the upstream's fields (hop-by-hop ones dropped) and the gateway's `date`.
     @Test func http2RequestsAreProxiedOverTheKeptAliveConnection() async throws {
         let upstream = try await CannedUpstream.start { _, request in
-            .answer(Self.ok("answer \(request)", extra: "x-upstream: yes\r\nkeep-alive: timeout=5\r\n"))
+            .answer(Self.ok("answer \(request)", extra: "x-upstream: yes\r\nkeep-alive: timeout=5\r\nconnection: x-hop\r\nx-hop: 1\r\n"))
         }
         let config = """
             upstreams:
@@ -182,6 +188,8 @@ import Testing
                     #expect(answer.body == "answer \(round)")
                     #expect(answer.headers.first(name: "x-upstream") == "yes")
                     #expect(answer.headers["keep-alive"].isEmpty)
+                    #expect(answer.headers["x-hop"].isEmpty)
+                    #expect(answer.headers["connection"].isEmpty)
                     #expect(answer.headers["date"].count == 1)
                     #expect(answer.headers.first(name: "date")?.contains("1994") == false)
                 }
@@ -486,6 +494,10 @@ struct RecordingUpstream {
         #expect(head.headers.map { "\($0.name)=\($0.value)" } == ["Server=up", "X-A=b"])
         let chunked = try #require(try Self.head("HTTP/1.1 204\r\ntransfer-encoding: Chunked\r\nconnection: close\r\n\r\n"))
         #expect(chunked.status == 204 && chunked.chunked && !chunked.keepAlive && chunked.contentLength == nil)
+        let named = try #require(try Self.head("HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-HOP: 1\r\nx-hop-not: 2\r\nContent-Length: 0\r\n\r\n"))
+        #expect(named.keepAlive && named.namesConnectionFields)
+        #expect(named.headers.map { "\($0.name)=\($0.value)" } == ["x-hop-not=2"])
+        #expect(try #require(try Self.head(text)).namesConnectionFields == false)
         let old = try #require(try Self.head("HTTP/1.0 200 OK\nContent-Length: 0\n\n"))
         #expect(!old.keepAlive && old.contentLength == 0)
         #expect(try Self.head("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n") == nil)

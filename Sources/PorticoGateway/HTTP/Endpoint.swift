@@ -67,15 +67,24 @@ enum HTTP1Encoding {
         writeHeaders(headers, contentLength: contentLength, close: close, into: &buffer)
     }
 
-    /// The same with the header lines as bytes, each `name: value\r\n` (an upstream's,
-    /// already filtered).
-    static func writeHead(status: HTTPResponseStatus, fields: ByteBuffer, date: String, contentLength: Int, close: Bool, into buffer: inout ByteBuffer) {
-        writeStatusLine(status, into: &buffer)
-        buffer.writeStaticString("\r\ndate: ")
-        buffer.writeString(date)
-        buffer.writeStaticString("\r\n")
-        buffer.writeImmutableBuffer(fields)
-        writeFraming(contentLength: contentLength, close: close, into: &buffer)
+    /// An upstream's answer for the client as one buffer: status line, `date`, the upstream's
+    /// fields passed on, framing, and (unless `includeBody` is false) the body.
+    static func answer(_ response: UpstreamResponse, date: String, contentLength: Int, close: Bool, includeBody: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let bound = ByteWriter.statusLineBound(response.status) + date.utf8.count + response.fieldsBound + 96
+        let body = includeBody ? response.body.readableBytes : 0
+        var buffer = allocator.buffer(capacity: bound + body)
+        buffer.write(bound: bound) { out in
+            out.writeStatusLine(response.status)
+            out.write("\r\ndate: ")
+            out.write(date)
+            out.write("\r\n")
+            response.writeFields(into: &out)
+            out.write("content-length: ")
+            out.write(decimal: contentLength)
+            out.write(close ? "\r\nconnection: close\r\n\r\n" : "\r\n\r\n")
+        }
+        if includeBody { buffer.writeImmutableBuffer(response.body) }
+        return buffer
     }
 
     /// `HTTP/1.1 200 OK` without its CRLF.

@@ -315,11 +315,9 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         switch answer {
         case .relayed(let response):
             let close = close || draining
-            var buffer = context.channel.allocator.buffer(capacity: 96 + response.fields.readableBytes + response.body.readableBytes)
             // A HEAD answer carries the length a GET would have had.
             let length = head.isHead ? response.headLength ?? 0 : response.body.readableBytes
-            HTTP1Encoding.writeHead(status: response.status, fields: response.fields, date: date.current(), contentLength: length, close: close, into: &buffer)
-            if !head.isHead { buffer.writeImmutableBuffer(response.body) }
+            let buffer = HTTP1Encoding.answer(response, date: date.current(), contentLength: length, close: close, includeBody: !head.isHead, allocator: context.channel.allocator)
             emit(buffer, close: close, context: context)
             finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
         case .response(let response):

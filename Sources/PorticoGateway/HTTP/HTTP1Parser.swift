@@ -493,6 +493,17 @@ struct HTTP1Parser {
         return true
     }
 
+    /// The same against lowercase bytes known only at run time.
+    static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ lowercase: [UInt8]) -> Bool {
+        guard bytes.count == lowercase.count else { return false }
+        for index in 0..<bytes.count {
+            let byte = bytes[index]
+            let folded = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+            if folded != lowercase[index] { return false }
+        }
+        return true
+    }
+
     /// Calls `body` with each comma-separated token of a list value, trimmed.
     static func forEachToken(_ value: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
         var start = 0

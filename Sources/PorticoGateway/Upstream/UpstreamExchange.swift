@@ -5,15 +5,61 @@ import NIOHTTP1
 /// A plain-HTTP upstream's response as the gateway's own client read it.
 struct UpstreamResponse {
     var status: HTTPResponseStatus
-    /// The header lines passed on to the client, each `name: value\r\n`, copied from the
-    /// upstream's head less its connection-level fields, its framing and its `Date`.
+    /// The upstream's header lines as they came (a slice of the bytes read, not copied):
+    /// the fields passed on are picked as they are written (``forEachField(_:)``).
     var fields: ByteBuffer
+    /// A `Connection` field names other fields, which are not passed on either.
+    var namesConnectionFields = false
     var body: ByteBuffer
     /// The `Content-Length` of the answer to a HEAD request (whose body is not sent).
     var headLength: Int? = nil
 
+    /// Calls `body` with each field passed on to the client: not connection-level fields or
+    /// those the upstream's `Connection` names (RFC 9110 7.6.1), not framing (the gateway sets
+    /// its own), not `Date` (the gateway writes its own).
+    func forEachField(_ body: (_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> Void) {
+        fields.withUnsafeReadableBytes { raw in
+            // The names a `Connection` field lists; looked for only when there are any.
+            var listed: [[UInt8]] = []
+            if namesConnectionFields {
+                HTTP1Fields.forEach(raw, from: 0) { name, value in
+                    guard HTTP1Parser.equalsLowercase(name, "connection") else { return }
+                    HTTP1Parser.forEachToken(value) { token in
+                        listed.append(token.map { byte in byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte })
+                    }
+                }
+            }
+            HTTP1Fields.forEach(raw, from: 0) { name, value in
+                guard UpstreamEncoding.passesBack(name) else { return }
+                if !listed.isEmpty && listed.contains(where: { HTTP1Parser.equalsLowercase(name, $0) }) { return }
+                body(name, value)
+            }
+        }
+    }
+
+    /// The fields passed on, as `name: value\r\n` lines; `out` has room for ``fieldsBound``.
+    func writeFields(into out: inout ByteWriter) {
+        forEachField { name, value in
+            out.write(name)
+            out.write(": ")
+            out.write(value)
+            out.write("\r\n")
+        }
+    }
+
+    /// Each line written grows by at most two bytes (`": "` and CRLF for `:` and LF).
+    var fieldsBound: Int { 2 * fields.readableBytes }
+
+    var headers: HTTPHeaders {
+        var headers = HTTPHeaders()
+        forEachField { name, value in
+            headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+        }
+        return headers
+    }
+
     var gatewayResponse: GatewayResponse {
-        GatewayResponse(status: status, headers: HTTP1Fields.headers(fields), body: body)
+        GatewayResponse(status: status, headers: headers, body: body)
     }
 }
 
@@ -300,44 +346,69 @@ enum UpstreamEncoding {
             uri = request.uri
             body = request.body
         }
+        let bound = method.utf8.count + basePath.utf8.count + uri.utf8.count + hostHeader.utf8.count + 96 + fieldsBound(request)
         var buffer = ByteBuffer()
-        buffer.reserveCapacity(256 + body.readableBytes + (request.headBytes ?? 0))
-        buffer.writeString(method)
-        buffer.writeStaticString(" ")
-        buffer.writeString(basePath)
-        buffer.writeString(uri)
-        buffer.writeStaticString(" HTTP/1.1\r\n")
-        if !writeForwardedFields(of: request, into: &buffer) {
-            buffer.writeStaticString("host: ")
-            buffer.writeString(hostHeader)
-            buffer.writeStaticString("\r\n")
+        buffer.reserveCapacity(bound + body.readableBytes)
+        buffer.write(bound: bound) { out in
+            out.write(method)
+            out.write(byte: 0x20)
+            out.write(basePath)
+            out.write(uri)
+            out.write(" HTTP/1.1\r\n")
+            if !writeForwardedFields(of: request, into: &out) {
+                out.write("host: ")
+                out.write(hostHeader)
+                out.write("\r\n")
+            }
+            if body.readableBytes > 0 || method == "POST" || method == "PUT" || method == "PATCH" {
+                out.write("content-length: ")
+                out.write(decimal: body.readableBytes)
+                out.write("\r\n")
+            }
+            out.write("\r\n")
         }
-        if body.readableBytes > 0 || method == "POST" || method == "PUT" || method == "PATCH" {
-            buffer.writeStaticString("content-length: ")
-            buffer.writeString(String(body.readableBytes))
-            buffer.writeStaticString("\r\n")
-        }
-        buffer.writeStaticString("\r\n")
         buffer.writeImmutableBuffer(body)
         return buffer
+    }
+
+    /// Room enough for ``writeForwardedFields(of:into:)``: each field line grows by at most
+    /// two bytes (`": "` and CRLF where the client wrote `:` and LF), `x-forwarded-for`
+    /// repeats values with separators, and `x-forwarded-host` the host.
+    static func fieldsBound(_ request: UpstreamRequest) -> Int {
+        switch request {
+        case .http1(let head, _, let client):
+            return 4 * head.bytes.readableBytes + (client.peer?.utf8.count ?? 0) + 256
+        case .request(let request):
+            var fields = request.host?.utf8.count ?? 0
+            for (name, value) in request.headers { fields += name.utf8.count + value.utf8.count + 4 }
+            return 4 * fields + (request.peerAddressText?.utf8.count ?? 64) + 256
+        }
+    }
+
+    /// The same into a buffer (for the HTTPS upstream client, which takes `HTTPHeaders`).
+    @discardableResult
+    static func writeForwardedFields(of request: UpstreamRequest, into buffer: inout ByteBuffer) -> Bool {
+        var sawHost = false
+        buffer.write(bound: fieldsBound(request)) { out in sawHost = writeForwardedFields(of: request, into: &out) }
+        return sawHost
     }
 
     /// The fields an upstream receives, as `name: value\r\n` lines in order: the client's, less
     /// hop-by-hop ones (and those its `Connection` field names), `content-length` and
     /// `expect` (set for the hop); then `x-forwarded-for` (earlier hops only from a trusted
-    /// proxy), `-proto` and `-host`. Returns whether the client sent a `Host`.
-    @discardableResult
-    static func writeForwardedFields(of request: UpstreamRequest, into buffer: inout ByteBuffer) -> Bool {
+    /// proxy), `-proto` and `-host`. Returns whether the client sent a `Host`. `out` has
+    /// room for ``fieldsBound(_:)``.
+    static func writeForwardedFields(of request: UpstreamRequest, into out: inout ByteWriter) -> Bool {
         switch request {
         case .http1(let head, _, let client):
             return head.bytes.withUnsafeReadableBytes { raw in
-                writeForwardedFields(hasConnectionField: head.hasConnectionField, client: client, host: head.host, into: &buffer) { emit in
+                writeForwardedFields(hasConnectionField: head.hasConnectionField, client: client, host: head.host, into: &out) { emit in
                     HTTP1Fields.forEach(raw, from: head.fieldsStart, emit)
                 }
             }
         case .request(let request):
             let client = ForwardedClient(peer: request.peerAddressText ?? request.peerAddress?.ipAddress, peerIsTrustedProxy: request.peerIsTrustedProxy, isTLS: request.isTLS)
-            return writeForwardedFields(hasConnectionField: request.headers.contains(name: "connection"), client: client, host: request.host, into: &buffer) { emit in
+            return writeForwardedFields(hasConnectionField: request.headers.contains(name: "connection"), client: client, host: request.host, into: &out) { emit in
                 for (name, value) in request.headers {
                     var name = name
                     var value = value
@@ -348,7 +419,7 @@ enum UpstreamEncoding {
     }
 
     private static func writeForwardedFields(
-        hasConnectionField: Bool, client: ForwardedClient, host: String?, into buffer: inout ByteBuffer,
+        hasConnectionField: Bool, client: ForwardedClient, host: String?, into out: inout ByteWriter,
         fields: ((UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void) -> Void
     ) -> Bool {
         // Fields the Connection header names are for this hop only (RFC 9110 7.6.1); the set
@@ -376,34 +447,27 @@ enum UpstreamEncoding {
                 if !connectionListed.isEmpty && connectionListed.contains(String(decoding: name, as: UTF8.self).lowercased()) { return }
             }
             if name.count == 4 && HTTP1Parser.equalsLowercase(name, "host") { sawHost = true }
-            buffer.writeBytes(name)
-            buffer.writeStaticString(": ")
-            buffer.writeBytes(value)
-            buffer.writeStaticString("\r\n")
+            out.write(name)
+            out.write(": ")
+            out.write(value)
+            out.write("\r\n")
         }
         if !forwardedFor.isEmpty || client.peer != nil {
-            buffer.writeStaticString("x-forwarded-for: ")
-            buffer.writeString(forwardedFor)
+            out.write("x-forwarded-for: ")
+            out.write(forwardedFor)
             if let peer = client.peer {
-                if !forwardedFor.isEmpty { buffer.writeStaticString(", ") }
-                buffer.writeString(peer)
+                if !forwardedFor.isEmpty { out.write(", ") }
+                out.write(peer)
             }
-            buffer.writeStaticString("\r\n")
+            out.write("\r\n")
         }
-        buffer.writeStaticString(client.isTLS ? "x-forwarded-proto: https\r\n" : "x-forwarded-proto: http\r\n")
+        out.write(client.isTLS ? "x-forwarded-proto: https\r\n" : "x-forwarded-proto: http\r\n")
         if let host {
-            buffer.writeStaticString("x-forwarded-host: ")
-            buffer.writeString(host)
-            buffer.writeStaticString("\r\n")
+            out.write("x-forwarded-host: ")
+            out.write(host)
+            out.write("\r\n")
         }
         return sawHost
     }
 }
 
-extension UpstreamRequest {
-    /// The length of the client's head, when it arrived as HTTP/1.1 bytes.
-    fileprivate var headBytes: Int? {
-        if case .http1(let head, _, _) = self { return head.bytes.readableBytes }
-        return nil
-    }
-}

@@ -1,0 +1,45 @@
+import NIOCore
+import NIOHTTP1
+import Testing
+
+@testable import PorticoGateway
+
+@Suite struct ByteWriterTests {
+    @Test func piecesAreWrittenInOrderAfterWhatTheBufferHeld() {
+        var buffer = ByteBuffer(string: "before|")
+        let bridged = "non-ASCII: é, ü"
+        buffer.write(bound: 256) { out in
+            out.writeStatusLine(.notFound)
+            out.write("\r\n")
+            out.write(decimal: 0)
+            out.write(byte: UInt8(ascii: ","))
+            out.write(decimal: 7)
+            out.write(byte: UInt8(ascii: ","))
+            out.write(decimal: 1_234_567_890)
+            out.write(byte: UInt8(ascii: ","))
+            out.write(decimal: Int.max)
+            out.write(byte: UInt8(ascii: "|"))
+            out.write(bridged)
+            out.write(bridged.dropFirst(11))
+            out.write(ByteBuffer(string: "|tail"))
+        }
+        buffer.writeString("|after")
+        #expect(String(buffer: buffer) == "before|HTTP/1.1 404 Not Found\r\n0,7,1234567890,9223372036854775807|non-ASCII: é, üé, ü|tail|after")
+    }
+
+    @Test func boundsCoverTheLongestLines() {
+        // A head whose lines have no space after the colon and bare LFs grows the most.
+        let raw = "GET /x HTTP/1.1\na:b\nc:d\nhost:h\n\n"
+        var input = ByteBuffer(string: raw)
+        var parser = HTTP1Parser(maxHeadBytes: 4096, maxHeaderCount: 100)
+        guard case .head(let head) = try? parser.next(&input) else {
+            Issue.record("the head did not parse")
+            return
+        }
+        let request = UpstreamRequest.http1(head, body: ByteBuffer(), client: ForwardedClient(peer: "192.0.2.1", peerIsTrustedProxy: false, isTLS: true))
+        var fields = ByteBuffer()
+        UpstreamEncoding.writeForwardedFields(of: request, into: &fields)
+        #expect(String(buffer: fields) == "a: b\r\nc: d\r\nhost: h\r\nx-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: h\r\n")
+        #expect(fields.readableBytes <= UpstreamEncoding.fieldsBound(request))
+    }
+}
