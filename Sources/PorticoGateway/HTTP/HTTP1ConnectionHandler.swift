@@ -31,11 +31,12 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// reassigned several times per request, and a struct this size was copied (and each of
     /// its references retained) every time.
     ///
-    /// Not kept past its request: its head is a slice of the bytes read, and a slice held
-    /// while NIOSSL decrypts the next record into the same buffer makes it copy the buffer
-    /// (reusing the object for the next request cost 8% of the CPU in `memmove`).
+    /// One per connection, reset for each request (``nextPending(_:bodyLimit:)``). Its head and
+    /// body are slices of the bytes read, and a slice still held when NIOSSL decrypts the next
+    /// record into the same buffer makes NIOSSL copy that buffer (8% of the CPU in `memmove`
+    /// when a first version kept them): ``clear()`` lets go of them once the answer is written.
     fileprivate final class Pending {
-        let head: HTTP1RequestHead
+        private(set) var head: HTTP1RequestHead
         var route: Router<Endpoint>.Route?
         var parameters: [(String, Substring)]
         var errorResponse: GatewayResponse?
@@ -46,7 +47,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         var bodyLimit: Int
         /// Close after the answer whatever the request asked (its body was not read).
         var closeAfter = false
-        let started: NIODeadline
+        private(set) var started: NIODeadline
 
         init(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
             self.head = head
@@ -55,7 +56,28 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.bodyLimit = bodyLimit
             self.started = started
         }
+
+        func reset(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
+            self.head = head
+            self.bodyLimit = bodyLimit
+            self.started = started
+            keepsBody = false
+            bodyBytes = 0
+            closeAfter = false
+        }
+
+        /// Lets go of everything the request held.
+        func clear() {
+            head = .none
+            route = nil
+            parameters.removeAll(keepingCapacity: true)
+            errorResponse = nil
+            body = nil
+        }
     }
+
+    /// The connection's ``Pending``, made at its first request.
+    private var pending: Pending?
 
     private let info: ConnectionInfo
     private var state: State = .idle
@@ -81,6 +103,8 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var lastFixed: (response: FixedResponse, date: String, includeBody: Bool, bytes: ByteBuffer)?
     /// The request being relayed to an upstream, and whether to close after its answer.
     private var relaying: (pending: Pending, close: Bool)?
+    /// The exchange of the last relayed request, reused by the next.
+    private var upstreamExchange: UpstreamExchange?
 
     init(info: ConnectionInfo) {
         self.info = info
@@ -206,7 +230,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         cancelTimer()
         let snapshot = info.snapshot.current()
         let limits = snapshot.limits
-        let pending = Pending(head: head, bodyLimit: limits.maxBodyBytes, started: .now())
+        let pending = nextPending(head, bodyLimit: limits.maxBodyBytes)
         state = .receiving(pending)
         switch RequestDispatch.decide(method: head.method, host: head.host, target: head.uri, contentLength: head.contentLength, snapshot: snapshot) {
         case .route(let route, let parameters, let bodyLimit):
@@ -236,6 +260,18 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         if head.hasBody {
             schedule(context: context, after: limits.bodyTimeout)
         }
+    }
+
+    /// The connection's ``Pending`` reset for a new request; a new one in the unlikely case
+    /// that something still holds the last (it is only reset when nothing does).
+    private func nextPending(_ head: HTTP1RequestHead, bodyLimit: Int) -> Pending {
+        if pending != nil, isKnownUniquelyReferenced(&pending!) {
+            pending!.reset(head: head, bodyLimit: bodyLimit, started: .now())
+            return pending!
+        }
+        let created = Pending(head: head, bodyLimit: bodyLimit, started: .now())
+        pending = created
+        return created
     }
 
     private func receiveBody(_ chunk: ByteBuffer, context: ChannelHandlerContext) {
@@ -275,7 +311,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             state = .responding
             relaying = (pending, close)
             let client = ForwardedClient(peer: info.peerAddressText, peerIsTrustedProxy: info.peerIsTrustedProxy, isTLS: info.isTLS)
-            pool.relay(head, body: pending.body ?? ByteBuffer(), client: client, on: context.eventLoop, responder: self)
+            pool.relay(head, body: pending.body ?? ByteBuffer(), client: client, on: context.eventLoop, responder: self, reusing: &upstreamExchange)
             return
         }
         let outcome = RequestDispatch.run(
@@ -401,6 +437,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let snapshot = info.snapshot.value
         let now = NIODeadline.now()
         info.record(status: status, bytes: bytes, method: method, uri: uri, http: "1.1", started: started, now: now)
+        pending?.clear()
         if close {
             // ``emit(_:close:context:)`` closes once the answer is written.
             state = .closed

@@ -112,6 +112,9 @@ enum UpstreamRequest {
         case .request(let request): request.method.rawValue
         }
     }
+
+    /// What an exchange holds once it has answered.
+    static let finished = UpstreamRequest.http1(.none, body: ByteBuffer(), client: ForwardedClient(peer: nil, peerIsTrustedProxy: false, isTLS: false))
 }
 
 /// One request's way through an upstream pool: the target, retries of idempotent requests on
@@ -122,13 +125,15 @@ enum UpstreamRequest {
 /// the exchange calls its responder: no future or promise when a kept-alive connection is
 /// waiting (a proxied request made five of each, a fifth of the gateway's own CPU per request).
 final class UpstreamExchange {
-    private let pool: UpstreamPool
-    private let request: UpstreamRequest
-    private let eventLoop: any EventLoop
-    private let responder: any UpstreamResponder
-    private let idempotent: Bool
-    private let isHead: Bool
-    private let attempts: Int
+    private var pool: UpstreamPool
+    private var request: UpstreamRequest
+    let eventLoop: any EventLoop
+    /// Who is told the answer; nil once told (an HTTP/1.1 connection then reuses the
+    /// exchange for its next request: ``restart(pool:request:responder:)``).
+    private var responder: (any UpstreamResponder)?
+    private var idempotent: Bool
+    private var isHead: Bool
+    private var attempts: Int
     private var tried = TriedTargets()
     private var target = 0
     /// The request as sent to the current target.
@@ -148,6 +153,34 @@ final class UpstreamExchange {
         self.attempts = idempotent ? 1 + pool.configuration.retries : 1
     }
 
+    /// Whether the exchange has answered and may be restarted.
+    var isFinished: Bool { responder == nil }
+
+    /// The exchange made ready for another request of the same client connection.
+    func restart(pool: UpstreamPool, request: UpstreamRequest, responder: any UpstreamResponder) {
+        precondition(isFinished, "an exchange is restarted only after it answered")
+        self.pool = pool
+        self.request = request
+        self.responder = responder
+        let method = request.method
+        idempotent = Self.isIdempotent(method)
+        isHead = method == "HEAD"
+        attempts = idempotent ? 1 + pool.configuration.retries : 1
+        tried = TriedTargets()
+        target = 0
+        onKeptAlive = false
+    }
+
+    /// Tells the responder, after letting go of the request (its head and body are slices
+    /// of what the client connection read; NIOSSL copies its buffer while they are held).
+    private func answer(_ answer: UpstreamAnswer) {
+        guard let responder else { return }
+        self.responder = nil
+        request = .finished
+        bytes = ByteBuffer()
+        responder.upstreamAnswered(answer)
+    }
+
     static func isIdempotent(_ method: String) -> Bool {
         switch method {
         case "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE": true
@@ -163,7 +196,7 @@ final class UpstreamExchange {
     /// Sends to the next available target, or answers with `status` saying `problem`.
     private func next(problem: String, status: HTTPResponseStatus) {
         guard tried.count < attempts, let index = pool.pick(excluding: tried) else {
-            responder.upstreamAnswered(.response(.plain(status, "upstream \(pool.configuration.name) did not answer (\(problem))")))
+            answer(.response(.plain(status, "upstream \(pool.configuration.name) did not answer (\(problem))")))
             return
         }
         tried.insert(index)
@@ -232,7 +265,7 @@ final class UpstreamExchange {
         } else {
             upstream.recordSuccess()
         }
-        responder.upstreamAnswered(answer)
+        self.answer(answer)
     }
 
     /// The exchange with the target failed.
