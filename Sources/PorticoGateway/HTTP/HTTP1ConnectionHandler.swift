@@ -100,7 +100,11 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var date = HTTPDate()
     /// The last fixed response written with its `Date`, reused while the second lasts: a
     /// connection asking for the same built-in again writes the same buffer.
-    private var lastFixed: (response: FixedResponse, date: String, includeBody: Bool, bytes: ByteBuffer)?
+    /// (Kept as separate fields: checking a tuple of them copied it, retaining each part.)
+    private var lastFixed: FixedResponse?
+    private var lastFixedSecond = -1
+    private var lastFixedIncludesBody = false
+    private var lastFixedBytes = ByteBuffer()
     /// The request being relayed to an upstream, and whether to close after its answer.
     private var relaying: (pending: Pending, close: Bool)?
     /// The exchange of the last relayed request, reused by the next.
@@ -294,28 +298,36 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func respond(to pending: Pending, context: ChannelHandlerContext) {
-        let head = pending.head
-        let isHead = head.isHead
-        let close = !head.keepAlive || draining || pending.closeAfter
+        let isHead = pending.head.isHead
+        let close = !pending.head.keepAlive || draining || pending.closeAfter
         guard let route = pending.route else {
             if let response = pending.errorResponse {
-                write(response, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
+                write(response, isHead: isHead, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
             } else {
-                writeFixed(info.snapshot.value.notFound, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
+                writeFixed(info.snapshot.value.notFound, isHead: isHead, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
             }
             return
         }
-        if case .upstream(let pool) = route.target, pool.relaysHTTP1 {
+        let target = route.target
+        switch target {
+        case .fixed(let fixed):
+            // The common built-in (health): no request made.
+            writeFixed(fixed, isHead: isHead, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+            return
+        case .upstream(let pool) where pool.relaysHTTP1:
             // Relayed as it arrived: its header lines go to the upstream as bytes, and the
             // upstream's come back as bytes (``upstreamAnswered(_:)``).
             state = .responding
             relaying = (pending, close)
             let client = ForwardedClient(peer: info.peerAddressText, peerIsTrustedProxy: info.peerIsTrustedProxy, isTLS: info.isTLS)
-            pool.relay(head, body: pending.body ?? ByteBuffer(), client: client, on: context.eventLoop, responder: self, reusing: &upstreamExchange)
+            pool.relay(pending.head, body: pending.body ?? ByteBuffer(), client: client, on: context.eventLoop, responder: self, reusing: &upstreamExchange)
             return
+        default:
+            break
         }
+        let head = pending.head
         let outcome = RequestDispatch.run(
-            route.target,
+            target,
             request: makeRequest(pending, context: context),
             eventLoop: context.eventLoop,
             logger: info.snapshot.value.accessLogger
@@ -393,20 +405,19 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     // MARK: - Responses
 
     private func writeFixed(_ fixed: FixedResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
-        let now = date.current()
+        date.refresh()
         if close {
-            emit(fixed.http1(date: now, includeBody: !isHead, closing: true, allocator: context.channel.allocator), close: true, context: context)
+            emit(fixed.http1(date: date.value, includeBody: !isHead, closing: true, allocator: context.channel.allocator), close: true, context: context)
             finish(status: Int(fixed.status.code), bytes: fixed.body.readableBytes, close: true, started: started, method: method, uri: uri, context: context)
             return
         }
-        let bytes: ByteBuffer
-        if let last = lastFixed, last.response === fixed, last.includeBody == !isHead, last.date == now {
-            bytes = last.bytes
-        } else {
-            bytes = fixed.http1(date: now, includeBody: !isHead, allocator: context.channel.allocator)
-            lastFixed = (fixed, now, !isHead, bytes)
+        if lastFixed !== fixed || lastFixedSecond != date.second || lastFixedIncludesBody == isHead {
+            lastFixedBytes = fixed.http1(date: date.value, includeBody: !isHead, allocator: context.channel.allocator)
+            lastFixed = fixed
+            lastFixedSecond = date.second
+            lastFixedIncludesBody = !isHead
         }
-        context.write(wrapOutboundOut(bytes), promise: nil)
+        context.write(wrapOutboundOut(lastFixedBytes), promise: nil)
         finish(status: Int(fixed.status.code), bytes: fixed.body.readableBytes, close: false, started: started, method: method, uri: uri, context: context)
     }
 

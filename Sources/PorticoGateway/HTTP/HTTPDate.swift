@@ -8,17 +8,23 @@ import NIOConcurrencyHelpers
 /// Connections share one formatted value per second, so a connection that lives for one
 /// request does not format its own (formatting was 0.5% of a resumed TLS connection).
 struct HTTPDate {
-    private var second: Int = -1
+    /// The second `value` is for.
+    private(set) var second: Int = -1
     private(set) var value: String = ""
 
     /// The value for now.
     mutating func current() -> String {
+        refresh()
+        return value
+    }
+
+    /// Brings `second` and `value` to now.
+    mutating func refresh() {
         let now = time(nil)
         if now != second {
             second = now
             value = Self.shared(for: now)
         }
-        return value
     }
 
     private static let latest = NIOLockedValueBox((second: -1, value: ""))

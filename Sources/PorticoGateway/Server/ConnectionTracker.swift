@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOExtras
+import Prometheus
 
 /// The open connections of one listener: counted for limits and metrics, and told to finish
 /// when the listener drains.
@@ -12,14 +13,18 @@ final class ConnectionTracker: Sendable {
     private let state = NIOLockedValueBox(State())
 
     /// Adds a connection unless `limit` are already open; returns whether it was added.
-    func admit(_ channel: any Channel, limit: Int) -> Bool {
+    /// `gauge` (the listener's open connections) goes up now and down when it closes, from
+    /// the same close callback as the tracker's own bookkeeping.
+    func admit(_ channel: any Channel, limit: Int, gauge: Gauge? = nil) -> Bool {
         let admitted = state.withLockedValue { state -> Bool in
             guard state.channels.count < limit else { return false }
             state.channels[ObjectIdentifier(channel)] = channel
             return true
         }
         guard admitted else { return false }
+        gauge?.increment()
         channel.closeFuture.whenComplete { [self] _ in
+            gauge?.decrement()
             let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
                 state.channels.removeValue(forKey: ObjectIdentifier(channel))
                 guard state.channels.isEmpty else { return [] }

@@ -130,14 +130,12 @@ actor Listener {
         let reader = SnapshotReader(box)
         let snapshot = reader.value
         let configuration = snapshot.configuration
-        guard tracker.admit(channel, limit: configuration.limits.maxConnections) else {
-            snapshot.metrics.refusedConnections.increment()
+        let metrics = snapshot.metrics
+        guard tracker.admit(channel, limit: configuration.limits.maxConnections, gauge: metrics.openConnections) else {
+            metrics.refusedConnections.increment()
             channel.close(promise: nil)
             return
         }
-        let metrics = snapshot.metrics
-        metrics.openConnections.increment()
-        channel.closeFuture.whenComplete { _ in metrics.openConnections.decrement() }
 
         let info = ConnectionInfo(role: role, isTLS: configuration.tls, peerAddress: channel.remoteAddress, snapshot: reader, eventLoop: channel.eventLoop)
         let pipeline = channel.pipeline.syncOperations

@@ -48,6 +48,9 @@ public final class ReloadableIdentity: Sendable {
     public var lastError: String? { state.withLockedValue { $0.lastError } }
 
     /// What a TLS handshake should serve now (read once per ClientHello).
+    /// How many times the pair was replaced (read per connection, without copying the pair).
+    var generation: Int { state.withLockedValue { $0.generation } }
+
     /// The pair in service and its generation, read together.
     var currentAndGeneration: (ServerIdentity, Int) { state.withLockedValue { ($0.identity, $0.generation) } }
 

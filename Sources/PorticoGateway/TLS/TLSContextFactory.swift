@@ -23,9 +23,9 @@ final class ListenerTLS: Sendable {
 
     /// The context for a new connection.
     func context() -> NIOSSLContext {
-        let (current, generation) = identity.currentAndGeneration
         let (builtGeneration, context) = built.withLockedValue { $0 }
-        if builtGeneration == generation { return context }
+        if builtGeneration == identity.generation { return context }
+        let (current, generation) = identity.currentAndGeneration
         // The pair was loaded and checked by the reload; should a context still not build,
         // the previous one stays in service.
         guard let fresh = try? TLSContextFactory.makeServerContext(listener: listener, identity: current, trust: trust) else { return context }
