@@ -431,6 +431,29 @@ import Testing
 }
 
 @Suite struct TriedTargetsTests {
+    @Test func passiveHealthCountsFailuresInARowAndEjects() throws {
+        let target = try #require(UpstreamTarget(url: "http://127.0.0.1:1"))
+        #expect(target.isAvailable())
+        target.recordFailure(maxFailures: 2, ejectFor: .hours(1))
+        #expect(target.isAvailable())
+        target.recordSuccess()
+        // The success started the count again: one more failure does not eject.
+        target.recordFailure(maxFailures: 2, ejectFor: .hours(1))
+        #expect(target.isAvailable())
+        target.recordFailure(maxFailures: 2, ejectFor: .hours(1))
+        #expect(!target.isAvailable())
+        // An answer arriving late does not end an ejection.
+        target.recordSuccess()
+        #expect(!target.isAvailable())
+
+        // Once the ejection is over the target is back, its count from zero.
+        let brief = try #require(UpstreamTarget(url: "http://127.0.0.1:1"))
+        brief.recordFailure(maxFailures: 1, ejectFor: .nanoseconds(0))
+        #expect(brief.isAvailable())
+        brief.recordFailure(maxFailures: 2, ejectFor: .hours(1))
+        #expect(brief.isAvailable())
+    }
+
     @Test func remembersEveryTargetTried() {
         var tried = TriedTargets()
         #expect(!tried.contains(0) && tried.count == 0)

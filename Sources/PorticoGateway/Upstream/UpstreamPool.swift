@@ -106,11 +106,11 @@ final class UpstreamPool: Sendable {
     /// The next available target in round-robin order, skipping `excluded`.
     func pick(excluding excluded: TriedTargets = TriedTargets()) -> Int? {
         guard !targets.isEmpty else { return nil }
-        let start = next.loadThenWrappingIncrement(ordering: .relaxed)
-        let now = NIODeadline.now()
+        // One target: no turn to take (the shared counter is a cache line both cores write).
+        let start = targets.count == 1 ? 0 : next.loadThenWrappingIncrement(ordering: .relaxed)
         for offset in 0..<targets.count {
             let index = (start &+ offset) % targets.count
-            if !excluded.contains(index) && targets[index].isAvailable(now: now) { return index }
+            if !excluded.contains(index) && targets[index].isAvailable() { return index }
         }
         return nil
     }

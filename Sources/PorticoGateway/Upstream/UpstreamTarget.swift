@@ -1,3 +1,4 @@
+import Atomics
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -37,6 +38,10 @@ final class UpstreamTarget: Sendable {
         var ejectedUntil: NIODeadline?
     }
     private let health = NIOLockedValueBox(Health())
+    /// Set while the target is healthy with no failure counted and no ejection: then a
+    /// request reads this alone. (Taking the lock on every pick and answer put one lock,
+    /// shared by every event loop, on each proxied request.)
+    private let clear = ManagedAtomic(true)
 
     init?(url: String) {
         guard url.hasPrefix("http://") || url.hasPrefix("https://") else { return nil }
@@ -71,20 +76,26 @@ final class UpstreamTarget: Sendable {
     }
 
     /// Whether requests may go to this target now.
-    func isAvailable(now: NIODeadline = .now()) -> Bool {
-        health.withLockedValue { health in
+    func isAvailable() -> Bool {
+        if clear.load(ordering: .relaxed) { return true }
+        return health.withLockedValue { health in
             guard health.activelyHealthy else { return false }
             if let until = health.ejectedUntil {
-                if now < until { return false }
+                if NIODeadline.now() < until { return false }
                 health.ejectedUntil = nil
                 health.consecutiveFailures = 0
             }
+            update(health)
             return true
         }
     }
 
     func recordSuccess() {
-        health.withLockedValue { $0.consecutiveFailures = 0 }
+        if clear.load(ordering: .relaxed) { return }
+        health.withLockedValue { health in
+            health.consecutiveFailures = 0
+            update(health)
+        }
     }
 
     /// Counts a failed request; the target is ejected after `maxFailures` in a row.
@@ -94,7 +105,13 @@ final class UpstreamTarget: Sendable {
             if health.consecutiveFailures >= maxFailures {
                 health.ejectedUntil = .now() + ejectFor
             }
+            update(health)
         }
+    }
+
+    /// Sets ``clear`` from the state (called holding the lock).
+    private func update(_ health: Health) {
+        clear.store(health.activelyHealthy && health.ejectedUntil == nil && health.consecutiveFailures == 0, ordering: .relaxed)
     }
 
     /// Counts an active probe; returns whether the target's health changed.
@@ -108,6 +125,7 @@ final class UpstreamTarget: Sendable {
                     health.activelyHealthy = true
                     health.ejectedUntil = nil
                     health.consecutiveFailures = 0
+                    update(health)
                     return true
                 }
             } else {
@@ -115,6 +133,7 @@ final class UpstreamTarget: Sendable {
                 health.checkFailures += 1
                 if health.activelyHealthy && health.checkFailures >= configuration.unhealthyThreshold {
                     health.activelyHealthy = false
+                    update(health)
                     return true
                 }
             }
