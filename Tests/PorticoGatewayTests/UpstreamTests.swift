@@ -402,6 +402,11 @@ import Testing
                 #expect(answer.contains("header.x-forwarded-proto=http"))
                 #expect(answer.contains("header.x-forwarded-host=front"))
                 #expect(!answer.contains("x-hop") && !answer.contains("6.6.6.6"))
+                // The backend's own Date and framing are replaced by the front's.
+                let head = answer.components(separatedBy: "\r\n\r\n")[0].lowercased()
+                #expect(head.components(separatedBy: "\r\ndate: ").count == 2)
+                #expect(head.components(separatedBy: "\r\ncontent-length: ").count == 2)
+                #expect(head.contains("\r\ncontent-type: "))
                 let refused = try await RawTCP.exchange(port: try await front.port(.clientPlain), "GET /once/x HTTP/1.1\r\nHost: front\r\nConnection: close\r\n\r\n")
                 #expect(refused.hasPrefix("HTTP/1.1 502 "))
             }

@@ -127,13 +127,17 @@ final class UpstreamPool: Sendable {
         }
         let response = try await client.execute(outgoing, timeout: configuration.responseTimeout)
         let body = try await response.body.collect(upTo: configuration.maxResponseBytes)
-        var headers = HTTPHeaders()
+        // The fields passed on are picked by the same rule as for plain-HTTP targets
+        // (``UpstreamResponse/forEachField(_:)``), including those `Connection` names.
+        var lines = ByteBuffer()
         for (name, value) in response.headers {
-            var bytes = name
-            guard bytes.withUTF8({ UpstreamEncoding.passesBack(UnsafeRawBufferPointer($0)) }) else { continue }
-            headers.add(name: name, value: value)
+            lines.writeString(name)
+            lines.writeStaticString(": ")
+            lines.writeString(value)
+            lines.writeStaticString("\r\n")
         }
-        return GatewayResponse(status: response.status, headers: headers, body: body)
+        let relayed = UpstreamResponse(status: response.status, fields: lines, namesConnectionFields: response.headers.contains(name: "connection"), body: body)
+        return relayed.gatewayResponse
     }
 
     /// Probes every target at the configured interval until cancelled.
