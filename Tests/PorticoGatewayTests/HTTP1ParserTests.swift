@@ -141,6 +141,28 @@ import Testing
         #expect(Self.error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\(trailers)\r\n", maxHeadBytes: 1024) == .headTooLarge)
     }
 
+    @Test func methodsAndHostAreTakenAsSent() throws {
+        for method in ["GET", "PUT", "POST", "HEAD", "PATCH", "DELETE", "OPTIONS", "PROPFIND", "get", "GETS", "PUTX", "OPTION"] {
+            var parser = HTTP1Parser(maxHeadBytes: 8192, maxHeaderCount: 100)
+            // A host value after other fields, with spaces around it (trimmed).
+            var input = ByteBuffer(string: "\r\n\(method) /p HTTP/1.1\r\nA: b\r\nHost:   h.example:8443 \r\n\r\n")
+            guard case .head(let head) = try parser.next(&input) else {
+                Issue.record("no head for \(method)")
+                continue
+            }
+            #expect(head.method == method)
+            #expect(head.host == "h.example:8443")
+            #expect(head.isHead == (method == "HEAD"))
+        }
+        var parser = HTTP1Parser(maxHeadBytes: 8192, maxHeaderCount: 100)
+        var old = ByteBuffer(string: "GET / HTTP/1.0\r\n\r\n")
+        guard case .head(let head) = try parser.next(&old) else {
+            Issue.record("no head")
+            return
+        }
+        #expect(head.host == nil)
+    }
+
     @Test func headFactsAreTaken() throws {
         var parser = HTTP1Parser(maxHeadBytes: 8192, maxHeaderCount: 100)
         var input = ByteBuffer(string: "PUT /x HTTP/1.1\r\nhOsT: Example.com\r\ncontent-LENGTH: 3\r\nExpect: 100-Continue\r\n\r\nabc")

@@ -16,8 +16,8 @@ struct HTTP1RequestHead {
     let uri: String
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     let minorVersion: Int
-    /// The `Host` value, if any.
-    let host: String?
+    /// Where the `Host` value is in `bytes`, if there is one.
+    let hostRange: Range<Int>?
     /// The declared body length; nil when there is none or the body is chunked.
     let contentLength: Int?
     let chunked: Bool
@@ -30,12 +30,19 @@ struct HTTP1RequestHead {
     /// A `Connection` field was sent (the fields it names are for this hop only).
     let hasConnectionField: Bool
 
+    /// The `Host` value, if any: made into a string only when asked for (routing by host,
+    /// forwarding), not for every request.
+    var host: String? {
+        guard let hostRange else { return nil }
+        return bytes.getString(at: bytes.readerIndex + hostRange.lowerBound, length: hostRange.count)
+    }
+
     var hasBody: Bool { chunked || (contentLength ?? 0) > 0 }
     var isHead: Bool { method == "HEAD" }
 
     /// No request: what a finished request's slot holds, so that it keeps no bytes alive.
     static let none = HTTP1RequestHead(
-        bytes: ByteBuffer(), method: "", uri: "", minorVersion: 1, host: nil, contentLength: nil, chunked: false,
+        bytes: ByteBuffer(), method: "", uri: "", minorVersion: 1, hostRange: nil, contentLength: nil, chunked: false,
         keepAlive: false, expectsContinue: false, fieldsStart: 0, hasConnectionField: false)
 
     /// The header fields in the order received, names and values as sent (values trimmed).
@@ -253,7 +260,7 @@ struct HTTP1Parser {
             method: scan.method,
             uri: scan.uri,
             minorVersion: scan.minorVersion,
-            host: scan.host,
+            hostRange: scan.host.map { ($0.lowerBound - scan.start)..<($0.upperBound - scan.start) },
             contentLength: scan.contentLength,
             chunked: scan.chunked,
             keepAlive: scan.minorVersion == 1 ? !scan.connectionClose : scan.connectionKeepAlive && !scan.connectionClose,
@@ -270,7 +277,8 @@ struct HTTP1Parser {
         var uri = ""
         var minorVersion = 1
         var fieldsStart = 0
-        var host: String?
+        /// Where the `Host` value is, from the start of the buffer.
+        var host: Range<Int>?
         var contentLength: Int?
         var chunked = false
         var connectionClose = false
@@ -331,7 +339,7 @@ struct HTTP1Parser {
             case 4 where Self.equalsLowercase(name, "host"):
                 hostCount += 1
                 if hostCount > 1 { throw .malformed("more than one Host header") }
-                scan.host = String(decoding: value, as: UTF8.self)
+                scan.host = valueStart..<valueEnd
             case 14 where Self.equalsLowercase(name, "content-length"):
                 let length = try Self.parseContentLength(value)
                 if let existing = scan.contentLength, existing != length { throw .malformed("differing Content-Length headers") }
@@ -402,8 +410,24 @@ struct HTTP1Parser {
         else { throw .malformed("request line is not METHOD TARGET VERSION") }
         guard version[5] == UInt8(ascii: "1"), version[7] <= UInt8(ascii: "1") else { throw .versionNotSupported }
         scan.minorVersion = Int(version[7] - 0x30)
-        scan.method = String(decoding: UnsafeRawBufferPointer(rebasing: raw[start..<methodEnd]), as: UTF8.self)
+        let method = UnsafeRawBufferPointer(rebasing: raw[start..<methodEnd])
+        scan.method = Self.knownMethod(method) ?? String(decoding: method, as: UTF8.self)
         scan.uri = String(decoding: UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), as: UTF8.self)
+    }
+
+    /// The common methods as literals (no string made and checked per request).
+    private static func knownMethod(_ bytes: UnsafeRawBufferPointer) -> String? {
+        func matches(_ literal: StaticString) -> Bool {
+            bytes.count == literal.utf8CodeUnitCount && memcmp(bytes.baseAddress!, literal.utf8Start, bytes.count) == 0
+        }
+        switch bytes.count {
+        case 3: return matches("GET") ? "GET" : matches("PUT") ? "PUT" : nil
+        case 4: return matches("POST") ? "POST" : matches("HEAD") ? "HEAD" : nil
+        case 5: return matches("PATCH") ? "PATCH" : nil
+        case 6: return matches("DELETE") ? "DELETE" : nil
+        case 7: return matches("OPTIONS") ? "OPTIONS" : nil
+        default: return nil
+        }
     }
 
     // MARK: - Chunks

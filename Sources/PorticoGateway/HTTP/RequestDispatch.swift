@@ -41,9 +41,9 @@ enum RequestDispatch {
         case notFound
     }
 
-    static func decide(method: String, host: String?, target: String, contentLength: Int?, snapshot: ListenerSnapshot) -> Decision {
+    static func decide(method: String, host: @autoclosure () -> String?, target: String, contentLength: Int?, snapshot: ListenerSnapshot) -> Decision {
         let router = snapshot.router
-        switch router.match(method: method, host: router.routesByHost ? host.map(hostWithoutPort) : nil, path: path(of: target)) {
+        switch router.match(method: method, host: router.routesByHost ? host().map(hostWithoutPort) : nil, path: path(of: target)) {
         case .found(let route, let parameters):
             let limit = route.maxBodyBytes ?? snapshot.limits.maxBodyBytes
             if let length = contentLength, length > limit {

@@ -152,8 +152,12 @@ final class Router<Target: Sendable>: Sendable {
         while end < bytes.count, bytes[end] != slash { end += 1 }
         let length = end - start
         let segment = bytes.baseAddress! + start
-        for (literal, child) in node.literals where literal.count == length && literal.withUnsafeBufferPointer({ memcmp($0.baseAddress!, segment, length) == 0 }) {
-            if let route = walk(child, bytes, from: end, path: path, method: method, parameters: &parameters, allow: &allow) { return route }
+        // By index: destructuring each entry copied (and retained) its bytes and node even
+        // when the length ruled it out.
+        let literals = node.literals
+        for index in literals.indices where literals[index].bytes.count == length {
+            guard literals[index].bytes.withUnsafeBufferPointer({ memcmp($0.baseAddress!, segment, length) == 0 }) else { continue }
+            if let route = walk(literals[index].node, bytes, from: end, path: path, method: method, parameters: &parameters, allow: &allow) { return route }
             break
         }
         if let parameter = node.parameter {
