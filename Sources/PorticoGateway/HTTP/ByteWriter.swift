@@ -84,6 +84,16 @@ struct ByteWriter: ~Copyable {
         write(status.reasonPhrase)
     }
 
+    /// `content-length`, `connection: close` when closing, and the blank line.
+    mutating func writeFraming(contentLength: Int, close: Bool) {
+        write("content-length: ")
+        write(decimal: contentLength)
+        write(close ? "\r\nconnection: close\r\n\r\n" : "\r\n\r\n")
+    }
+
+    /// Room for what ``writeFraming(contentLength:close:)`` writes.
+    static let framingBound = 64
+
     /// Room for the longest status line ``writeStatusLine(_:)`` writes.
     static func statusLineBound(_ status: HTTPResponseStatus) -> Int {
         32 + status.reasonPhrase.utf8.count

@@ -83,9 +83,7 @@ enum HTTP1Encoding {
             out.write(date)
             out.write("\r\n")
             response.writeFields(into: &out)
-            out.write("content-length: ")
-            out.write(decimal: contentLength)
-            out.write(close ? "\r\nconnection: close\r\n\r\n" : "\r\n\r\n")
+            out.writeFraming(contentLength: contentLength, close: close)
         }
         if includeBody { buffer.writeImmutableBuffer(response.body) }
         return buffer
@@ -93,10 +91,7 @@ enum HTTP1Encoding {
 
     /// `HTTP/1.1 200 OK` without its CRLF.
     static func writeStatusLine(_ status: HTTPResponseStatus, into buffer: inout ByteBuffer) {
-        buffer.writeStaticString("HTTP/1.1 ")
-        buffer.writeString(String(status.code))
-        buffer.writeStaticString(" ")
-        buffer.writeString(status.reasonPhrase)
+        buffer.write(bound: ByteWriter.statusLineBound(status)) { $0.writeStatusLine(status) }
     }
 
     /// CRLF, then each header line, `content-length`, `connection: close` when closing, and the blank line.
@@ -115,13 +110,7 @@ enum HTTP1Encoding {
 
     /// `content-length`, `connection: close` when closing, and the blank line.
     static func writeFraming(contentLength: Int, close: Bool, into buffer: inout ByteBuffer) {
-        buffer.writeStaticString("content-length: ")
-        buffer.writeString(String(contentLength))
-        if close {
-            buffer.writeStaticString("\r\nconnection: close\r\n\r\n")
-        } else {
-            buffer.writeStaticString("\r\n\r\n")
-        }
+        buffer.write(bound: ByteWriter.framingBound) { $0.writeFraming(contentLength: contentLength, close: close) }
     }
 }
 
