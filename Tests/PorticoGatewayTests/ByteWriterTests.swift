@@ -42,4 +42,27 @@ import Testing
         #expect(String(buffer: fields) == "a: b\r\nc: d\r\nhost: h\r\nx-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: h\r\n")
         #expect(fields.readableBytes <= UpstreamEncoding.fieldsBound(request))
     }
+
+    /// Bytes that are not UTF-8 are copied as they came, never decoded into longer
+    /// replacement characters, so the bound holds for any head (a wrong bound would stop
+    /// the process: the writer checks it).
+    @Test func bytesThatAreNotUTF8StayWithinTheBound() {
+        let junk = [UInt8](repeating: 0xFF, count: 600)
+        var raw: [UInt8] = Array("GET /x HTTP/1.1\nhost:".utf8) + junk + Array("\n".utf8)
+        for _ in 0..<4 { raw += Array("x-forwarded-for:".utf8) + junk + Array("\n".utf8) }
+        raw += Array("\n".utf8)
+        var input = ByteBuffer(bytes: raw)
+        var parser = HTTP1Parser(maxHeadBytes: 65536, maxHeaderCount: 100)
+        guard case .head(let head) = try? parser.next(&input) else {
+            Issue.record("the head did not parse")
+            return
+        }
+        let request = UpstreamRequest.http1(head, body: ByteBuffer(), client: ForwardedClient(peer: "2001:db8::1", peerIsTrustedProxy: true, isTLS: false))
+        let encoded = UpstreamEncoding.encode(request, basePath: "/base", hostHeader: "upstream:8080")
+        let text = encoded.readableBytesView
+        #expect(encoded.readableBytes <= 3 * head.bytes.readableBytes + 512)
+        // The host went out twice (the field and x-forwarded-host) and the hops once, joined.
+        #expect(text.split(separator: UInt8(ascii: "\n")).filter { $0.starts(with: Array("x-forwarded-for: ".utf8)) }.count == 1)
+        #expect(text.filter { $0 == 0xFF }.count == junk.count * 6)
+    }
 }

@@ -406,7 +406,8 @@ enum UpstreamEncoding {
 
     /// Room enough for ``writeForwardedFields(of:into:)``: each field line grows by at most
     /// two bytes (`": "` and CRLF where the client wrote `:` and LF), `x-forwarded-for`
-    /// repeats values with separators, and `x-forwarded-host` the host.
+    /// repeats values with separators, and `x-forwarded-host` the host: at most three times
+    /// the head, plus the peer and the fixed text.
     static func fieldsBound(_ request: UpstreamRequest) -> Int {
         switch request {
         case .http1(let head, _, let client):
@@ -435,24 +436,33 @@ enum UpstreamEncoding {
         switch request {
         case .http1(let head, _, let client):
             return head.bytes.withUnsafeReadableBytes { raw in
-                writeForwardedFields(hasConnectionField: head.hasConnectionField, client: client, host: head.host, into: &out) { emit in
+                // The Host value as the client sent it (never decoded: decoding would replace
+                // bytes that are not UTF-8 with longer ones, past the room reserved).
+                let host = head.hostRange.map { UnsafeRawBufferPointer(rebasing: raw[$0]) }
+                return writeForwardedFields(hasConnectionField: head.hasConnectionField, client: client, host: host, into: &out) { emit in
                     HTTP1Fields.forEach(raw, from: head.fieldsStart, emit)
                 }
             }
         case .request(let request):
             let client = ForwardedClient(peer: request.peerAddressText ?? request.peerAddress?.ipAddress, peerIsTrustedProxy: request.peerIsTrustedProxy, isTLS: request.isTLS)
-            return writeForwardedFields(hasConnectionField: request.headers.contains(name: "connection"), client: client, host: request.host, into: &out) { emit in
-                for (name, value) in request.headers {
-                    var name = name
-                    var value = value
-                    name.withUTF8 { name in value.withUTF8 { value in emit(UnsafeRawBufferPointer(name), UnsafeRawBufferPointer(value)) } }
+            var host = request.host ?? ""
+            let hasHost = request.host != nil
+            return host.withUTF8 { hostBytes in
+                writeForwardedFields(hasConnectionField: request.headers.contains(name: "connection"), client: client, host: hasHost ? UnsafeRawBufferPointer(hostBytes) : nil, into: &out) { emit in
+                    for (name, value) in request.headers {
+                        var name = name
+                        var value = value
+                        name.withUTF8 { name in value.withUTF8 { value in emit(UnsafeRawBufferPointer(name), UnsafeRawBufferPointer(value)) } }
+                    }
                 }
             }
         }
     }
 
+    /// Every byte written comes from the fields, the host and the peer as given (none is
+    /// decoded and re-encoded), so ``fieldsBound(_:)`` holds for any input.
     private static func writeForwardedFields(
-        hasConnectionField: Bool, client: ForwardedClient, host: String?, into out: inout ByteWriter,
+        hasConnectionField: Bool, client: ForwardedClient, host: UnsafeRawBufferPointer?, into out: inout ByteWriter,
         fields: ((UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void) -> Void
     ) -> Bool {
         // Fields the Connection header names are for this hop only (RFC 9110 7.6.1); the set
@@ -465,15 +475,15 @@ enum UpstreamEncoding {
             }
         }
         var sawHost = false
-        var forwardedFor = ""
+        var forwardedFor: [UInt8] = []
         fields { name, value in
             switch disposition(of: name) {
             case .drop:
                 return
             case .forwardedFor:
                 if client.peerIsTrustedProxy {
-                    if !forwardedFor.isEmpty { forwardedFor += ", " }
-                    forwardedFor += String(decoding: value, as: UTF8.self)
+                    if !forwardedFor.isEmpty { forwardedFor.append(contentsOf: ", ".utf8) }
+                    forwardedFor.append(contentsOf: value)
                 }
                 return
             case .pass:
@@ -487,7 +497,7 @@ enum UpstreamEncoding {
         }
         if !forwardedFor.isEmpty || client.peer != nil {
             out.write("x-forwarded-for: ")
-            out.write(forwardedFor)
+            forwardedFor.withUnsafeBytes { out.write($0) }
             if let peer = client.peer {
                 if !forwardedFor.isEmpty { out.write(", ") }
                 out.write(peer)
