@@ -5,6 +5,17 @@ import Testing
 @testable import PorticoGateway
 
 @Suite struct ByteWriterTests {
+    /// The head `raw` holds, as the gateway's parser reads it (an issue recorded if it does not parse).
+    static func head(_ raw: [UInt8]) -> HTTP1RequestHead? {
+        var input = ByteBuffer(bytes: raw)
+        var parser = HTTP1Parser(maxHeadBytes: 65536, maxHeaderCount: 100)
+        guard case .head(let head) = try? parser.next(&input) else {
+            Issue.record("the head did not parse")
+            return nil
+        }
+        return head
+    }
+
     @Test func piecesAreWrittenInOrderAfterWhatTheBufferHeld() {
         var buffer = ByteBuffer(string: "before|")
         let bridged = "non-ASCII: é, ü"
@@ -29,13 +40,7 @@ import Testing
 
     @Test func boundsCoverTheLongestLines() {
         // A head whose lines have no space after the colon and bare LFs grows the most.
-        let raw = "GET /x HTTP/1.1\na:b\nc:d\nhost:h\n\n"
-        var input = ByteBuffer(string: raw)
-        var parser = HTTP1Parser(maxHeadBytes: 4096, maxHeaderCount: 100)
-        guard case .head(let head) = try? parser.next(&input) else {
-            Issue.record("the head did not parse")
-            return
-        }
+        guard let head = Self.head(Array("GET /x HTTP/1.1\na:b\nc:d\nhost:h\n\n".utf8)) else { return }
         let request = UpstreamRequest.http1(head, body: ByteBuffer(), client: ForwardedClient(peer: "192.0.2.1", peerIsTrustedProxy: false, isTLS: true))
         var fields = ByteBuffer()
         UpstreamEncoding.writeForwardedFields(of: request, into: &fields)
@@ -51,12 +56,7 @@ import Testing
         var raw: [UInt8] = Array("GET /x HTTP/1.1\nhost:".utf8) + junk + Array("\n".utf8)
         for _ in 0..<4 { raw += Array("x-forwarded-for:".utf8) + junk + Array("\n".utf8) }
         raw += Array("\n".utf8)
-        var input = ByteBuffer(bytes: raw)
-        var parser = HTTP1Parser(maxHeadBytes: 65536, maxHeaderCount: 100)
-        guard case .head(let head) = try? parser.next(&input) else {
-            Issue.record("the head did not parse")
-            return
-        }
+        guard let head = Self.head(raw) else { return }
         let request = UpstreamRequest.http1(head, body: ByteBuffer(), client: ForwardedClient(peer: "2001:db8::1", peerIsTrustedProxy: true, isTLS: false))
         let encoded = UpstreamEncoding.encode(request, basePath: "/base", hostHeader: "upstream:8080")
         let text = encoded.readableBytesView

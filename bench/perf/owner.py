@@ -35,20 +35,37 @@ def module(frame):
     return None
 
 
-def samples(lines):
+def samples(lines, with_kernel=False):
+    """Each sample's stack, innermost frame first (with `with_kernel`, paired with whether
+    that frame is in the kernel)."""
     stack = []
+    kernel = None
     for line in lines:
         line = line.rstrip('\n')
         if not line.strip():
             if stack:
-                yield stack
+                yield (stack, kernel) if with_kernel else stack
             stack = []
+            kernel = None
         elif line[:1] in '\t ':
+            if kernel is None:
+                kernel = '[kernel.kallsyms]' in line
             parts = line.strip().split(' ', 1)
             if len(parts) == 2:
                 stack.append(parts[1].rsplit(' (', 1)[0])
     if stack:
-        yield stack
+        yield (stack, kernel) if with_kernel else stack
+
+
+def owner_of(stack):
+    """The module charged for a sample: that of its nearest frame that is not runtime work."""
+    for frame in stack:
+        if RUNTIME.search(frame):
+            continue
+        found = module(frame)
+        if found:
+            return found
+    return 'other'
 
 
 def main():
@@ -56,15 +73,7 @@ def main():
     total = 0
     for stack in samples(sys.stdin):
         total += 1
-        owner = 'other'
-        for frame in stack:
-            if RUNTIME.search(frame):
-                continue
-            found = module(frame)
-            if found:
-                owner = found
-                break
-        counts[owner] += 1
+        counts[owner_of(stack)] += 1
     for name, count in counts.most_common():
         print(f"{100 * count / max(total, 1):5.1f}%  {name}")
 

@@ -12,27 +12,9 @@ share of one request's CPU time, comparable between servers under the same load.
 import collections
 import sys
 
-from owner import RUNTIME, module
+from owner import owner_of, samples
 
 FREQUENCY = 999
-
-
-def samples(lines):
-    stack, kernel = [], None
-    for line in lines:
-        line = line.rstrip('\n')
-        if not line.strip():
-            if stack:
-                yield stack, kernel
-            stack, kernel = [], None
-        elif line[:1] in '\t ':
-            if kernel is None:
-                kernel = '[kernel.kallsyms]' in line
-            parts = line.strip().split(' ', 1)
-            if len(parts) == 2:
-                stack.append(parts[1].rsplit(' (', 1)[0])
-    if stack:
-        yield stack, kernel
 
 
 def main():
@@ -41,17 +23,9 @@ def main():
     requests = float(sys.argv[1]) * float(sys.argv[2])
     counts = collections.Counter()
     total = 0
-    for stack, kernel in samples(sys.stdin):
+    for stack, kernel in samples(sys.stdin, with_kernel=True):
         total += 1
-        owner = 'other'
-        for frame in stack:
-            if RUNTIME.search(frame):
-                continue
-            found = module(frame)
-            if found:
-                owner = found
-                break
-        counts[(owner, 'kernel' if kernel else 'user')] += 1
+        counts[(owner_of(stack), 'kernel' if kernel else 'user')] += 1
     us = 1e6 / FREQUENCY / max(requests, 1)
     print(f"total {total * us:.2f} us per request")
     for (name, side), count in counts.most_common():

@@ -144,19 +144,20 @@ final class UpstreamExchange {
 
     init(pool: UpstreamPool, request: UpstreamRequest, eventLoop: any EventLoop, responder: any UpstreamResponder) {
         self.pool = pool
-        self.request = request
+        self.request = .finished
         self.eventLoop = eventLoop
-        self.responder = responder
-        let method = request.method
-        self.idempotent = Self.isIdempotent(method)
-        self.isHead = method == "HEAD"
-        self.attempts = idempotent ? 1 + pool.configuration.retries : 1
+        self.responder = nil
+        self.idempotent = false
+        self.isHead = false
+        self.attempts = 1
+        restart(pool: pool, request: request, responder: responder)
     }
 
     /// Whether the exchange has answered and may be restarted.
     var isFinished: Bool { responder == nil }
 
-    /// The exchange made ready for another request of the same client connection.
+    /// The exchange made ready for a request (another of the same client connection, when
+    /// reused).
     func restart(pool: UpstreamPool, request: UpstreamRequest, responder: any UpstreamResponder) {
         precondition(isFinished, "an exchange is restarted only after it answered")
         self.pool = pool
