@@ -16,6 +16,17 @@ indirect enum Endpoint: Sendable {
     case service(any HTTPService)
     /// Forwarded to an upstream pool.
     case upstream(UpstreamPool)
+
+    /// The same endpoint in a box of its own, with its own fixed response (for one event
+    /// loop's copy of the routes; services and pools stay shared).
+    func localCopy() -> Endpoint {
+        switch self {
+        case .fixed(let fixed): .fixed(FixedResponse(fixed.response))
+        case .immediate(let respond): .immediate(respond)
+        case .service(let service): .service(service)
+        case .upstream(let pool): .upstream(pool)
+        }
+    }
 }
 
 /// A response encoded once at load (a class: an endpoint holding it is copied per request).

@@ -48,6 +48,10 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         /// Close after the answer whatever the request asked (its body was not read).
         var closeAfter = false
         private(set) var started: NIODeadline
+        /// What `head` holds between requests. Its own (a `ByteBuffer()` is one storage
+        /// shared by the whole process, and both cores retaining and releasing it per request
+        /// moved its cache line between them).
+        private let empty = HTTP1RequestHead.empty()
 
         init(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
             self.head = head
@@ -68,7 +72,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
         /// Lets go of everything the request held.
         func clear() {
-            head = .none
+            head = empty
             route = nil
             parameters.removeAll(keepingCapacity: true)
             errorResponse = nil
@@ -320,7 +324,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             state = .responding
             relaying = (pending, close)
             let client = ForwardedClient(peer: info.peerAddressText, peerIsTrustedProxy: info.peerIsTrustedProxy, isTLS: info.isTLS)
-            pool.relay(pending.head, body: pending.body ?? ByteBuffer(), client: client, on: context.eventLoop, responder: self, reusing: &upstreamExchange)
+            pool.relay(pending.head, body: pending.body, client: client, on: context.eventLoop, responder: self, reusing: &upstreamExchange)
             return
         default:
             break

@@ -1,12 +1,14 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import NIOConcurrencyHelpers
+import NIOPosix
 
 /// The `Date` header value (IMF-fixdate) as a connection keeps it: looked up once a second.
 ///
-/// Connections share one formatted value per second, so a connection that lives for one
-/// request does not format its own (formatting was 0.5% of a resumed TLS connection).
+/// The connections of one thread (one event loop) share one formatted value per second, so
+/// a connection that lives for one request does not format its own (formatting was 0.5% of a
+/// resumed TLS connection). Per thread rather than per process: a string retained per request
+/// by both cores moved its reference count's cache line between them every time.
 struct HTTPDate {
     /// The second `value` is for.
     private(set) var second: Int = -1
@@ -27,13 +29,26 @@ struct HTTPDate {
         }
     }
 
-    private static let latest = NIOLockedValueBox((second: -1, value: ""))
+    /// One per thread, only touched by its own thread (which is what makes it safe to share
+    /// the variable that holds it).
+    private final class Latest: @unchecked Sendable {
+        var second = -1
+        var value = ""
+    }
+
+    private static let latest = ThreadSpecificVariable<Latest>()
 
     private static func shared(for now: Int) -> String {
-        if let known = latest.withLockedValue({ $0.second == now ? $0.value : nil }) { return known }
-        let value = format(now)
-        latest.withLockedValue { if $0.second < now { $0 = (now, value) } }
-        return value
+        let latest = Self.latest.currentValue ?? {
+            let created = Latest()
+            Self.latest.currentValue = created
+            return created
+        }()
+        if latest.second != now {
+            latest.second = now
+            latest.value = format(now)
+        }
+        return latest.value
     }
 
     private static let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]

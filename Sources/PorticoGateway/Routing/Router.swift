@@ -85,6 +85,36 @@ final class Router<Target: Sendable>: Sendable {
     private let hosts: [String: Node]
     private let any: Node
 
+    private init(hosts: [String: Node], any: Node) {
+        self.hosts = hosts
+        self.any = any
+    }
+
+    /// A copy with nodes, routes and targets of its own (`copyTarget` makes each target's),
+    /// for one event loop: a request retains its route and the nodes it walks, and objects
+    /// that two cores retain per request move their cache line between them every time.
+    func localCopy(_ copyTarget: (Target) -> Target) -> Router<Target> {
+        var routes: [ObjectIdentifier: Route] = [:]
+        func copy(_ route: Route) -> Route {
+            if let copied = routes[ObjectIdentifier(route)] { return copied }
+            let copied = Route(target: copyTarget(route.target), pattern: route.pattern, maxBodyBytes: route.maxBodyBytes)
+            routes[ObjectIdentifier(route)] = copied
+            return copied
+        }
+        func copy(_ endpoint: Endpoint) -> Endpoint {
+            Endpoint(byMethod: endpoint.byMethod.map { (method: $0.method, route: copy($0.route)) }, anyMethod: endpoint.anyMethod.map(copy))
+        }
+        func copy(_ node: Node) -> Node {
+            Node(
+                // `map` makes new arrays: the literal bytes are not shared either.
+                literals: node.literals.map { (bytes: $0.bytes.map { $0 }, node: copy($0.node)) },
+                parameter: node.parameter.map { (name: $0.name, node: copy($0.node)) },
+                exact: copy(node.exact),
+                prefix: copy(node.prefix))
+        }
+        return Router(hosts: hosts.mapValues(copy), any: copy(any))
+    }
+
     /// Compiles definitions; two routes for the same host, path and method are an error.
     init(_ definitions: [Definition]) throws(DuplicateRoute) {
         var hostBuilders: [String: Builder] = [:]

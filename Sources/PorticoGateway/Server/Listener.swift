@@ -32,7 +32,7 @@ actor Listener {
     init(snapshot: ListenerSnapshot, group: any EventLoopGroup, logger: Logger) {
         self.role = snapshot.configuration.role
         self.configuration = snapshot.configuration
-        self.snapshot = SnapshotBox(snapshot)
+        self.snapshot = SnapshotBox(snapshot, localize: { $0.localCopy() })
         self.group = group
         self.logger = logger
     }
@@ -127,7 +127,7 @@ actor Listener {
 
     /// Sets up one accepted connection's pipeline.
     private static func initialize(channel: any Channel, role: ListenerRole, snapshot box: SnapshotBox<ListenerSnapshot>, tracker: ConnectionTracker, logger: Logger) throws {
-        let reader = SnapshotReader(box)
+        let reader = SnapshotReader(box, eventLoop: channel.eventLoop)
         let snapshot = reader.value
         let configuration = snapshot.configuration
         let metrics = snapshot.metrics

@@ -28,6 +28,14 @@ final class ListenerSnapshot: Sendable {
     }
 
     var limits: ListenerLimits { configuration.limits }
+
+    /// A copy for one event loop: its own router, routes and fixed responses (the objects a
+    /// request retains), sharing the rest. See ``SnapshotBox``.
+    func localCopy() -> ListenerSnapshot {
+        ListenerSnapshot(
+            configuration: configuration, router: router.localCopy { $0.localCopy() }, tls: tls, metrics: metrics,
+            accessLogger: accessLogger, readiness: readiness)
+    }
 }
 
 /// What one connection knows of itself; owned by its event loop.

@@ -47,8 +47,10 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         var isHead = false
         var maxBytes = 0
         var status: HTTPResponseStatus?
-        /// The upstream's header lines as they came (a slice of what was read).
-        var fields = ByteBuffer()
+        /// The upstream's header lines as they came (a slice of what was read). Nil rather
+        /// than `ByteBuffer()`, one storage the whole process shares (both cores retaining it
+        /// per response moved its cache line between them).
+        var fields: ByteBuffer?
         var namesConnectionFields = false
         var body: ByteBuffer?
         var headLength: Int?
@@ -221,9 +223,12 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         guard let exchange else { return }
         self.exchange = nil
         deadline = nil
+        // Without a head (a body read until close cannot end without one) or a body, empty
+        // slices of what was read stand in for them.
+        let fields = receiving.fields ?? input.map { $0.getSlice(at: $0.readerIndex, length: 0)! } ?? ByteBuffer()
         let response = UpstreamResponse(
-            status: receiving.status ?? .badGateway, fields: receiving.fields, namesConnectionFields: receiving.namesConnectionFields,
-            body: receiving.body ?? ByteBuffer(), headLength: receiving.headLength)
+            status: receiving.status ?? .badGateway, fields: fields, namesConnectionFields: receiving.namesConnectionFields,
+            body: receiving.body ?? fields.getSlice(at: fields.readerIndex, length: 0)!, headLength: receiving.headLength)
         // Nothing of the response stays here: the fields and body are slices of what was read.
         receiving = Receiving()
         if !keepAlive || (input?.readableBytes ?? 0) > 0 {
@@ -306,7 +311,7 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
                 throw UpstreamFailure.malformedResponse("status line '\(String(decoding: status.prefix(64), as: UTF8.self))'")
             }
             let code = Int(status[9] - 0x30) * 100 + Int(status[10] - 0x30) * 10 + Int(status[11] - 0x30)
-            var head = ResponseHead(status: code, fields: ByteBuffer(), namesConnectionFields: false, contentLength: nil, chunked: false, keepAlive: status[7] == UInt8(ascii: "1"), length: 0)
+            var head = ResponseHead(status: code, fields: buffer, namesConnectionFields: false, contentLength: nil, chunked: false, keepAlive: status[7] == UInt8(ascii: "1"), length: 0)
             var index = fieldsStart
             while true {
                 guard let (end, next) = try line(from: index) else { return nil }

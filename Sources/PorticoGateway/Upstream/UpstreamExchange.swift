@@ -102,7 +102,9 @@ struct ForwardedClient {
 /// A request on its way to an upstream.
 enum UpstreamRequest {
     /// An HTTP/1.1 request as it arrived: its header lines are copied to the upstream as bytes.
-    case http1(HTTP1RequestHead, body: ByteBuffer, client: ForwardedClient)
+    /// (No body is nil rather than `ByteBuffer()`: that is one storage shared by the whole
+    /// process, and retaining it per request from both cores costs as a shared lock would.)
+    case http1(HTTP1RequestHead, body: ByteBuffer?, client: ForwardedClient)
     /// A request from HTTP/2 or a service, its fields as `HTTPHeaders`.
     case request(GatewayRequest)
 
@@ -112,9 +114,6 @@ enum UpstreamRequest {
         case .request(let request): request.method.rawValue
         }
     }
-
-    /// What an exchange holds once it has answered.
-    static let finished = UpstreamRequest.http1(.none, body: ByteBuffer(), client: ForwardedClient(peer: nil, peerIsTrustedProxy: false, isTLS: false))
 }
 
 /// One request's way through an upstream pool: the target, retries of idempotent requests on
@@ -126,7 +125,8 @@ enum UpstreamRequest {
 /// waiting (a proxied request made five of each, a fifth of the gateway's own CPU per request).
 final class UpstreamExchange {
     private var pool: UpstreamPool
-    private var request: UpstreamRequest
+    /// The request; nil once answered.
+    private var request: UpstreamRequest?
     let eventLoop: any EventLoop
     /// Who is told the answer; nil once told (an HTTP/1.1 connection then reuses the
     /// exchange for its next request: ``restart(pool:request:responder:)``).
@@ -137,14 +137,14 @@ final class UpstreamExchange {
     private var tried = TriedTargets()
     private var target = 0
     /// The request as sent to the current target.
-    private var bytes = ByteBuffer()
+    private var bytes: ByteBuffer?
     /// The request went out on a kept-alive connection. If the upstream had closed it as the
     /// request went out (nothing answered), an idempotent request goes again on a new one.
     private var onKeptAlive = false
 
     init(pool: UpstreamPool, request: UpstreamRequest, eventLoop: any EventLoop, responder: any UpstreamResponder) {
         self.pool = pool
-        self.request = .finished
+        self.request = nil
         self.eventLoop = eventLoop
         self.responder = nil
         self.idempotent = false
@@ -160,7 +160,8 @@ final class UpstreamExchange {
     /// reused).
     func restart(pool: UpstreamPool, request: UpstreamRequest, responder: any UpstreamResponder) {
         precondition(isFinished, "an exchange is restarted only after it answered")
-        self.pool = pool
+        // The pool is shared by every loop: reassigning the same one would retain and release it.
+        if self.pool !== pool { self.pool = pool }
         self.request = request
         self.responder = responder
         let method = request.method
@@ -177,8 +178,8 @@ final class UpstreamExchange {
     private func answer(_ answer: UpstreamAnswer) {
         guard let responder else { return }
         self.responder = nil
-        request = .finished
-        bytes = ByteBuffer()
+        request = nil
+        bytes = nil
         responder.upstreamAnswered(answer)
     }
 
@@ -207,6 +208,7 @@ final class UpstreamExchange {
             sendTLS(to: upstream)
             return
         }
+        guard let request else { return }
         bytes = UpstreamEncoding.encode(request, basePath: endpoint.basePath, hostHeader: endpoint.hostHeader)
         // Usually a kept-alive connection is waiting: used at once.
         if let connection = pool.connections(on: eventLoop).takeIdle(target: index) {
@@ -218,8 +220,8 @@ final class UpstreamExchange {
     }
 
     private func send(on connection: UpstreamConnection) {
-        let configuration = pool.configuration
-        connection.send(bytes, isHead: isHead, timeout: configuration.responseTimeout, maxBytes: configuration.maxResponseBytes, for: self)
+        guard let bytes else { return }
+        connection.send(bytes, isHead: isHead, timeout: pool.configuration.responseTimeout, maxBytes: pool.configuration.maxResponseBytes, for: self)
     }
 
     private func connect() {
@@ -237,7 +239,7 @@ final class UpstreamExchange {
     }
 
     private func sendTLS(to upstream: UpstreamTarget) {
-        guard case .request(let request) = request else {
+        guard case .request(let request)? = request else {
             // ``UpstreamPool/relaysHTTP1`` keeps HTTP/1.1 heads away from pools with HTTPS targets.
             failed(UpstreamFailure.connectFailed("an HTTP/1.1 head cannot be relayed to an HTTPS target"))
             return
@@ -255,10 +257,9 @@ final class UpstreamExchange {
     /// The target answered (an ``UpstreamConnection`` calls this for plain-HTTP targets).
     func received(_ answer: UpstreamAnswer) {
         let upstream = pool.targets[target]
-        let configuration = pool.configuration
         let code = answer.status.code
         if code == 502 || code == 503 || code == 504 {
-            upstream.recordFailure(maxFailures: configuration.passiveMaxFailures, ejectFor: configuration.passiveEjectFor)
+            upstream.recordFailure(maxFailures: pool.configuration.passiveMaxFailures, ejectFor: pool.configuration.passiveEjectFor)
             if idempotent && tried.count < attempts && pool.pick(excluding: tried) != nil {
                 next(problem: "\(upstream.displayName) answered \(code)", status: answer.status)
                 return
@@ -369,7 +370,7 @@ enum UpstreamEncoding {
     static func encode(_ request: UpstreamRequest, basePath: String, hostHeader: String) -> ByteBuffer {
         let method: String
         let uri: String
-        let body: ByteBuffer
+        let body: ByteBuffer?
         switch request {
         case .http1(let head, let requestBody, _):
             method = head.method
@@ -380,9 +381,9 @@ enum UpstreamEncoding {
             uri = request.uri
             body = request.body
         }
+        let bodyBytes = body?.readableBytes ?? 0
         let bound = method.utf8.count + basePath.utf8.count + uri.utf8.count + hostHeader.utf8.count + 96 + fieldsBound(request)
-        var buffer = ByteBuffer()
-        buffer.reserveCapacity(bound + body.readableBytes)
+        var buffer = ByteBufferAllocator().buffer(capacity: bound + bodyBytes)
         buffer.write(bound: bound) { out in
             out.write(method)
             out.write(byte: 0x20)
@@ -394,14 +395,14 @@ enum UpstreamEncoding {
                 out.write(hostHeader)
                 out.write("\r\n")
             }
-            if body.readableBytes > 0 || method == "POST" || method == "PUT" || method == "PATCH" {
+            if bodyBytes > 0 || method == "POST" || method == "PUT" || method == "PATCH" {
                 out.write("content-length: ")
-                out.write(decimal: body.readableBytes)
+                out.write(decimal: bodyBytes)
                 out.write("\r\n")
             }
             out.write("\r\n")
         }
-        buffer.writeImmutableBuffer(body)
+        if let body { buffer.writeImmutableBuffer(body) }
         return buffer
     }
 

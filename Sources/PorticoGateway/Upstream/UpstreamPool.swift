@@ -71,7 +71,7 @@ final class UpstreamPool: Sendable {
     /// Relays an HTTP/1.1 request as it arrived (only when ``relaysHTTP1``); `responder` is
     /// told the answer on `eventLoop`, the current loop. `exchange` is the connection's
     /// exchange from its last request, restarted when it has answered (or a new one).
-    func relay(_ head: HTTP1RequestHead, body: ByteBuffer, client: ForwardedClient, on eventLoop: any EventLoop, responder: any UpstreamResponder,
+    func relay(_ head: HTTP1RequestHead, body: ByteBuffer?, client: ForwardedClient, on eventLoop: any EventLoop, responder: any UpstreamResponder,
                reusing exchange: inout UpstreamExchange?) {
         let request = UpstreamRequest.http1(head, body: body, client: client)
         if let existing = exchange, existing.isFinished, existing.eventLoop === eventLoop {
