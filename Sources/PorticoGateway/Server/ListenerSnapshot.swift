@@ -44,7 +44,10 @@ final class ConnectionInfo {
     let isTLS: Bool
     /// The TCP peer, replaced by the source in a trusted PROXY header.
     var peerAddress: SocketAddress? {
-        didSet { formattedPeer = nil }
+        didSet {
+            formattedPeer = nil
+            trustedPeer = nil
+        }
     }
     /// `peerAddress` as text, formatted once per connection rather than per request (for
     /// `X-Forwarded-For` and the access log).
@@ -84,10 +87,16 @@ final class ConnectionInfo {
         ])
     }
 
-    /// Whether the peer may speak for the client (`X-Forwarded-For`, PROXY headers).
+    /// Whether the peer may speak for the client (`X-Forwarded-For`, PROXY headers): looked
+    /// up once per connection and snapshot (it was a search of the list per proxied request).
     var peerIsTrustedProxy: Bool {
-        snapshot.value.configuration.trustedProxies.containsAddress(peerAddress)
+        if let trusted = trustedPeer, trusted.generation == snapshot.generation { return trusted.value }
+        let value = snapshot.value.configuration.trustedProxies.containsAddress(peerAddress)
+        trustedPeer = (snapshot.generation, value)
+        return value
     }
+    /// ``peerIsTrustedProxy`` for the snapshot generation it was found with.
+    private var trustedPeer: (generation: Int, value: Bool)?
 
     /// The client as far as it can be believed: when the peer is a trusted proxy, the
     /// right-most address in `X-Forwarded-For` that is not itself a trusted proxy.

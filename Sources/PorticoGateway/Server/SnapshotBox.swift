@@ -59,7 +59,8 @@ final class SnapshotBox<Value: Sendable>: Sendable {
 struct SnapshotReader<Value: Sendable> {
     let box: SnapshotBox<Value>
     private let eventLoop: (any EventLoop)?
-    private var generation: Int
+    /// The generation of `value`.
+    private(set) var generation: Int
     private(set) var value: Value
 
     init(_ box: SnapshotBox<Value>, eventLoop: (any EventLoop)? = nil) {

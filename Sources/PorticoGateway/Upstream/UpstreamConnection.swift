@@ -370,12 +370,17 @@ final class UpstreamConnections {
     /// `keepalive.idle_connections` and `keepalive.idle_timeout` of the upstream.
     private let maxIdlePerTarget: Int
     private let idleTimeout: TimeAmount
+    /// The plain-HTTP targets' endpoints with strings of this loop's own: the request for a
+    /// target is written from them, and strings retained per request by both cores move
+    /// their reference count's cache line between them.
+    let endpoints: [UpstreamTarget.PlainEndpoint?]
 
-    init(eventLoop: any EventLoop, targets: Int, maxIdlePerTarget: Int, idleTimeout: TimeAmount) {
+    init(eventLoop: any EventLoop, targets: [UpstreamTarget], maxIdlePerTarget: Int, idleTimeout: TimeAmount) {
         self.eventLoop = eventLoop
-        self.idle = Array(repeating: [], count: targets)
+        self.idle = Array(repeating: [], count: targets.count)
         self.maxIdlePerTarget = maxIdlePerTarget
         self.idleTimeout = idleTimeout
+        self.endpoints = targets.map { $0.plain?.localCopy() }
     }
 
     /// An idle, open connection to the target, if there is one.

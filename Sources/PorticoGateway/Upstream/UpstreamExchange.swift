@@ -138,6 +138,8 @@ final class UpstreamExchange {
     private var target = 0
     /// The request as sent to the current target.
     private var bytes: ByteBuffer?
+    /// The pool's connections on this loop (looked up once per pool, not per request).
+    private var loopConnections: UpstreamConnections?
     /// The request went out on a kept-alive connection. If the upstream had closed it as the
     /// request went out (nothing answered), an idempotent request goes again on a new one.
     private var onKeptAlive = false
@@ -153,6 +155,13 @@ final class UpstreamExchange {
         restart(pool: pool, request: request, responder: responder)
     }
 
+    private var connections: UpstreamConnections {
+        if let loopConnections { return loopConnections }
+        let found = pool.connections(on: eventLoop)
+        loopConnections = found
+        return found
+    }
+
     /// Whether the exchange has answered and may be restarted.
     var isFinished: Bool { responder == nil }
 
@@ -161,7 +170,10 @@ final class UpstreamExchange {
     func restart(pool: UpstreamPool, request: UpstreamRequest, responder: any UpstreamResponder) {
         precondition(isFinished, "an exchange is restarted only after it answered")
         // The pool is shared by every loop: reassigning the same one would retain and release it.
-        if self.pool !== pool { self.pool = pool }
+        if self.pool !== pool {
+            self.pool = pool
+            loopConnections = nil
+        }
         self.request = request
         self.responder = responder
         let method = request.method
@@ -203,15 +215,15 @@ final class UpstreamExchange {
         }
         tried.insert(index)
         target = index
-        let upstream = pool.targets[index]
-        guard let endpoint = upstream.plain else {
-            sendTLS(to: upstream)
+        let connections = self.connections
+        guard let endpoint = connections.endpoints[index] else {
+            sendTLS(to: pool.targets[index])
             return
         }
         guard let request else { return }
         bytes = UpstreamEncoding.encode(request, basePath: endpoint.basePath, hostHeader: endpoint.hostHeader)
         // Usually a kept-alive connection is waiting: used at once.
-        if let connection = pool.connections(on: eventLoop).takeIdle(target: index) {
+        if let connection = connections.takeIdle(target: index) {
             onKeptAlive = true
             send(on: connection)
         } else {
@@ -226,9 +238,9 @@ final class UpstreamExchange {
 
     private func connect() {
         onKeptAlive = false
-        let endpoint = pool.targets[target].plain!
+        let endpoint = connections.endpoints[target]!
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        pool.connections(on: eventLoop)
+        connections
             .connect(target: target, host: endpoint.host, port: endpoint.port, connectTimeout: pool.configuration.connectTimeout)
             .whenComplete { result in
                 switch result {

@@ -100,7 +100,7 @@ final class UpstreamPool: Sendable {
     }
 
     private func makeConnections(on eventLoop: any EventLoop) -> UpstreamConnections {
-        UpstreamConnections(eventLoop: eventLoop, targets: targets.count, maxIdlePerTarget: configuration.keepaliveConnections, idleTimeout: configuration.keepaliveTimeout)
+        UpstreamConnections(eventLoop: eventLoop, targets: targets, maxIdlePerTarget: configuration.keepaliveConnections, idleTimeout: configuration.keepaliveTimeout)
     }
 
     /// The next available target in round-robin order, skipping `excluded`.

@@ -26,6 +26,19 @@ final class UpstreamTarget: Sendable {
             let name = host.contains(":") ? "[\(host)]" : host
             self.hostHeader = port == 80 ? name : "\(name):\(port)"
         }
+
+        private init(host: String, port: Int, basePath: String, hostHeader: String) {
+            self.host = host
+            self.port = port
+            self.basePath = basePath
+            self.hostHeader = hostHeader
+        }
+
+        /// The same with strings in storage of their own (for one event loop).
+        func localCopy() -> PlainEndpoint {
+            func copy(_ string: String) -> String { String(decoding: Array(string.utf8), as: UTF8.self) }
+            return PlainEndpoint(host: copy(host), port: port, basePath: copy(basePath), hostHeader: copy(hostHeader))
+        }
     }
 
     private struct Health {
