@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOPosix
 import Testing
@@ -97,6 +98,32 @@ import Testing
             #expect(value == HTTPDate.format(second))
             #expect(value.utf8.count == 29)
         }
+        try await group.shutdownGracefully()
+    }
+}
+
+extension LoopLocalTests {
+    /// A loop's copy of a pool is another object over the same targets, health, turn and
+    /// connections: what one loop learns of a target, every loop acts on.
+    @Test func aPoolCopySharesItsTargetsHealthAndTurn() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var configuration = UpstreamConfiguration(name: "backend", targets: ["http://127.0.0.1:1", "http://127.0.0.1:2"])
+        configuration.passiveMaxFailures = 1
+        configuration.passiveEjectFor = .seconds(60)
+        let original = UpstreamPool(configuration: configuration, eventLoopGroup: group, logger: Logger(label: "test"))
+        let copy = original.localCopy()
+        #expect(copy !== original)
+        #expect(zip(copy.targets, original.targets).allSatisfy { $0 === $1 })
+        // The turn is shared: the copy picks the other target next.
+        let first = try #require(original.pick())
+        #expect(copy.pick() == 1 - first)
+        // A failure the copy records ejects the target for the original too.
+        copy.target(0) { $0.recordFailure(maxFailures: 1, ejectFor: .seconds(60)) }
+        for _ in 0..<4 { #expect(original.pick() == 1) }
+        // The loop's connections are the same set.
+        let loop = group.next()
+        #expect(try await loop.submit { copy.connections(on: loop) === original.connections(on: loop) }.get())
+        await original.shutdown()
         try await group.shutdownGracefully()
     }
 }

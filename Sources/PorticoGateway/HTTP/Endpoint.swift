@@ -18,13 +18,13 @@ indirect enum Endpoint: Sendable {
     case upstream(UpstreamPool)
 
     /// The same endpoint in a box of its own, with its own fixed response (for one event
-    /// loop's copy of the routes; services and pools stay shared).
+    /// loop's copy of the routes; services stay shared, and a pool's copy shares its state).
     func localCopy() -> Endpoint {
         switch self {
         case .fixed(let fixed): .fixed(FixedResponse(fixed.response))
         case .immediate(let respond): .immediate(respond)
         case .service(let service): .service(service)
-        case .upstream(let pool): .upstream(pool)
+        case .upstream(let pool): .upstream(pool.localCopy())
         }
     }
 }

@@ -268,16 +268,16 @@ final class UpstreamExchange {
 
     /// The target answered (an ``UpstreamConnection`` calls this for plain-HTTP targets).
     func received(_ answer: UpstreamAnswer) {
-        let upstream = pool.targets[target]
         let code = answer.status.code
         if code == 502 || code == 503 || code == 504 {
+            let upstream = pool.targets[target]
             upstream.recordFailure(maxFailures: pool.configuration.passiveMaxFailures, ejectFor: pool.configuration.passiveEjectFor)
             if idempotent && tried.count < attempts && pool.pick(excluding: tried) != nil {
                 next(problem: "\(upstream.displayName) answered \(code)", status: answer.status)
                 return
             }
         } else {
-            upstream.recordSuccess()
+            pool.target(target) { $0.recordSuccess() }
         }
         self.answer(answer)
     }

@@ -12,18 +12,25 @@ import NIOSSL
 final class UpstreamPool: Sendable {
     let configuration: UpstreamConfiguration
     let targets: [UpstreamTarget]
+    /// `targets` without retaining: used per request as ``target(_:_:)``. The shared targets'
+    /// reference counts would otherwise be written by both cores per request. Safe because
+    /// `targets` holds them for as long as the pool lives, and whoever calls holds the pool.
+    private let unretainedTargets: [Unmanaged<UpstreamTarget>]
     private let client: HTTPClient
-    private let next = ManagedAtomic<Int>(0)
+    private let next: ManagedAtomic<Int>
     let logger: Logger
     /// Kept-alive connections to plain-HTTP targets, per event loop of the gateway's group:
     /// found without a lock (a lock and a hashed lookup per request before).
     private let perLoop: [(loop: ObjectIdentifier, connections: NIOLoopBoundBox<UpstreamConnections?>)]
     /// The same for any other loop a caller runs on.
-    private let otherLoops = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<UpstreamConnections>]>([:])
+    private let otherLoops: NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<UpstreamConnections>]>
 
     init(configuration: UpstreamConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
         self.targets = configuration.targets.compactMap(UpstreamTarget.init(url:))
+        self.unretainedTargets = targets.map { Unmanaged.passUnretained($0) }
+        self.next = ManagedAtomic(0)
+        self.otherLoops = NIOLockedValueBox([:])
         self.relaysHTTP1 = targets.allSatisfy { $0.plain != nil }
         self.perLoop = eventLoopGroup.makeIterator().map { loop in
             (ObjectIdentifier(loop), NIOLoopBoundBox.makeEmptyBox(valueType: UpstreamConnections.self, eventLoop: loop))
@@ -47,6 +54,31 @@ final class UpstreamPool: Sendable {
         }
         self.client = HTTPClient(eventLoopGroupProvider: .shared(eventLoopGroup), configuration: clientConfiguration)
         self.logger = logger
+    }
+
+    private init(copying other: UpstreamPool) {
+        self.configuration = other.configuration
+        self.targets = other.targets
+        self.unretainedTargets = other.targets.map { Unmanaged.passUnretained($0) }
+        self.client = other.client
+        self.next = other.next
+        self.logger = other.logger
+        self.perLoop = other.perLoop
+        self.otherLoops = other.otherLoops
+        self.relaysHTTP1 = other.relaysHTTP1
+    }
+
+    /// The same pool (its targets, health, connections, client and turn are shared) as an
+    /// object of its own, for one event loop's routes: a request retains its route's pool, and
+    /// an object both cores retain per request moves its cache line between them every time.
+    /// Only the original is shut down and health-checked.
+    func localCopy() -> UpstreamPool {
+        UpstreamPool(copying: self)
+    }
+
+    /// Calls `body` with a target, not retained (see `unretainedTargets`).
+    func target<T>(_ index: Int, _ body: (UpstreamTarget) -> T) -> T {
+        unretainedTargets[index]._withUnsafeGuaranteedRef(body)
     }
 
     /// Closes the pool's connections once requests in flight have finished.
@@ -110,7 +142,7 @@ final class UpstreamPool: Sendable {
         let start = targets.count == 1 ? 0 : next.loadThenWrappingIncrement(ordering: .relaxed)
         for offset in 0..<targets.count {
             let index = (start &+ offset) % targets.count
-            if !excluded.contains(index) && targets[index].isAvailable() { return index }
+            if !excluded.contains(index) && target(index, { $0.isAvailable() }) { return index }
         }
         return nil
     }
