@@ -41,7 +41,7 @@ import Testing
     @Test func boundsCoverTheLongestLines() {
         // A head whose lines have no space after the colon and bare LFs grows the most.
         guard let head = Self.head(Array("GET /x HTTP/1.1\na:b\nc:d\nhost:h\n\n".utf8)) else { return }
-        let request = UpstreamRequest.http1(head, body: ByteBuffer(), client: ForwardedClient(peer: "192.0.2.1", peerIsTrustedProxy: false, isTLS: true))
+        let request = UpstreamRequest.http1(HTTP1Request(head: head, body: ByteBuffer(), client: ForwardedClient(peer: "192.0.2.1", peerIsTrustedProxy: false, isTLS: true)))
         var fields = ByteBuffer()
         UpstreamEncoding.writeForwardedFields(of: request, into: &fields)
         #expect(String(buffer: fields) == "a: b\r\nc: d\r\nhost: h\r\nx-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: h\r\n")
@@ -57,7 +57,7 @@ import Testing
         for _ in 0..<4 { raw += Array("x-forwarded-for:".utf8) + junk + Array("\n".utf8) }
         raw += Array("\n".utf8)
         guard let head = Self.head(raw) else { return }
-        let request = UpstreamRequest.http1(head, body: ByteBuffer(), client: ForwardedClient(peer: "2001:db8::1", peerIsTrustedProxy: true, isTLS: false))
+        let request = UpstreamRequest.http1(HTTP1Request(head: head, body: ByteBuffer(), client: ForwardedClient(peer: "2001:db8::1", peerIsTrustedProxy: true, isTLS: false)))
         let encoded = UpstreamEncoding.encode(request, basePath: "/base", hostHeader: "upstream:8080")
         let text = encoded.readableBytesView
         #expect(encoded.readableBytes <= 3 * head.bytes.readableBytes + 512)

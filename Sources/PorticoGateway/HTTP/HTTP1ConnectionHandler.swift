@@ -20,68 +20,15 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         /// Waiting for a request head.
         case idle
         /// A head arrived; collecting (or, for an error answer, discarding) its body.
-        case receiving(Pending)
+        case receiving(HTTP1Request)
         /// The request is complete and its response is being produced.
         case responding
         /// The connection is closing; everything else is ignored.
         case closed
     }
 
-    /// The request being received. A class: the state holding it is switched over and
-    /// reassigned several times per request, and a struct this size was copied (and each of
-    /// its references retained) every time.
-    ///
-    /// One per connection, reset for each request (``nextPending(_:bodyLimit:)``). Its head and
-    /// body are slices of the bytes read, and a slice still held when NIOSSL decrypts the next
-    /// record into the same buffer makes NIOSSL copy that buffer (8% of the CPU in `memmove`
-    /// when a first version kept them): ``clear()`` lets go of them once the answer is written.
-    fileprivate final class Pending {
-        private(set) var head: HTTP1RequestHead
-        var route: Router<Endpoint>.Route?
-        var parameters: [(String, Substring)]
-        var errorResponse: GatewayResponse?
-        /// Whether the body is kept (a routed request) or dropped (an error answer).
-        var keepsBody = false
-        var body: ByteBuffer?
-        var bodyBytes = 0
-        var bodyLimit: Int
-        /// Close after the answer whatever the request asked (its body was not read).
-        var closeAfter = false
-        private(set) var started: NIODeadline
-        /// What `head` holds between requests. Its own (a `ByteBuffer()` is one storage
-        /// shared by the whole process, and both cores retaining and releasing it per request
-        /// moved its cache line between them).
-        private let empty = HTTP1RequestHead.empty()
-
-        init(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
-            self.head = head
-            self.route = nil
-            self.parameters = []
-            self.bodyLimit = bodyLimit
-            self.started = started
-        }
-
-        func reset(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
-            self.head = head
-            self.bodyLimit = bodyLimit
-            self.started = started
-            keepsBody = false
-            bodyBytes = 0
-            closeAfter = false
-        }
-
-        /// Lets go of everything the request held.
-        func clear() {
-            head = empty
-            route = nil
-            parameters.removeAll(keepingCapacity: true)
-            errorResponse = nil
-            body = nil
-        }
-    }
-
-    /// The connection's ``Pending``, made at its first request.
-    private var pending: Pending?
+    /// The connection's ``HTTP1Request``, made at its first request.
+    private var pending: HTTP1Request?
 
     private let info: ConnectionInfo
     private var state: State = .idle
@@ -110,7 +57,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var lastFixedIncludesBody = false
     private var lastFixedBytes = ByteBuffer()
     /// The request being relayed to an upstream, and whether to close after its answer.
-    private var relaying: (pending: Pending, close: Bool)?
+    private var relaying: (pending: HTTP1Request, close: Bool)?
     /// The exchange of the last relayed request, reused by the next.
     private var upstreamExchange: UpstreamExchange?
 
@@ -270,14 +217,14 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    /// The connection's ``Pending`` reset for a new request; a new one in the unlikely case
+    /// The connection's ``HTTP1Request`` reset for a new request; a new one in the unlikely case
     /// that something still holds the last (it is only reset when nothing does).
-    private func nextPending(_ head: HTTP1RequestHead, bodyLimit: Int) -> Pending {
+    private func nextPending(_ head: HTTP1RequestHead, bodyLimit: Int) -> HTTP1Request {
         if pending != nil, isKnownUniquelyReferenced(&pending!) {
             pending!.reset(head: head, bodyLimit: bodyLimit, started: .now())
             return pending!
         }
-        let created = Pending(head: head, bodyLimit: bodyLimit, started: .now())
+        let created = HTTP1Request(head: head, bodyLimit: bodyLimit, started: .now())
         pending = created
         return created
     }
@@ -301,7 +248,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    private func respond(to pending: Pending, context: ChannelHandlerContext) {
+    private func respond(to pending: HTTP1Request, context: ChannelHandlerContext) {
         let isHead = pending.head.isHead
         let close = !pending.head.keepAlive || draining || pending.closeAfter
         guard let route = pending.route else {
@@ -323,8 +270,8 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             // upstream's come back as bytes (``upstreamAnswered(_:)``).
             state = .responding
             relaying = (pending, close)
-            let client = ForwardedClient(peer: info.peerAddressText, peerIsTrustedProxy: info.peerIsTrustedProxy, isTLS: info.isTLS)
-            pool.relay(pending.head, body: pending.body, client: client, on: context.eventLoop, responder: self, reusing: &upstreamExchange)
+            pending.client = ForwardedClient(peer: info.peerAddressText, peerIsTrustedProxy: info.peerIsTrustedProxy, isTLS: info.isTLS)
+            pool.relay(pending, on: context.eventLoop, responder: self, reusing: &upstreamExchange)
             return
         default:
             break
@@ -363,17 +310,18 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func upstreamAnswered(_ answer: UpstreamAnswer) {
         guard case .responding = state, let context, let (pending, close) = relaying else { return }
         relaying = nil
-        let head = pending.head
+        // The head's fields read in place (a copy of the head retains its parts).
+        let isHead = pending.head.isHead
         switch answer {
         case .relayed(let response):
             let close = close || draining
             // A HEAD answer carries the length a GET would have had.
-            let length = head.isHead ? response.headLength ?? 0 : response.body.readableBytes
-            let buffer = HTTP1Encoding.answer(response, date: date.current(), contentLength: length, close: close, includeBody: !head.isHead, allocator: context.channel.allocator)
+            let length = isHead ? response.headLength ?? 0 : response.body.readableBytes
+            let buffer = HTTP1Encoding.answer(response, date: date.current(), contentLength: length, close: close, includeBody: !isHead, allocator: context.channel.allocator)
             emit(buffer, close: close, context: context)
-            finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
+            finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
         case .response(let response):
-            write(response, isHead: head.isHead, close: close || draining, started: pending.started, method: head.method, uri: head.uri, context: context)
+            write(response, isHead: isHead, close: close || draining, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
         }
         // Serve what was pipelined behind this request.
         parse(context: context)
@@ -383,7 +331,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    private func makeRequest(_ pending: Pending, context: ChannelHandlerContext) -> GatewayRequest {
+    private func makeRequest(_ pending: HTTP1Request, context: ChannelHandlerContext) -> GatewayRequest {
         let trusted = info.snapshot.value.configuration.trustedProxies
         var parameters: [String: String] = [:]
         for (name, value) in pending.parameters { parameters[name] = String(value) }
@@ -512,5 +460,67 @@ extension HTTP1ConnectionHandler.State {
     var isClosed: Bool {
         if case .closed = self { return true }
         return false
+    }
+}
+
+/// An HTTP/1.1 request being received, answered or relayed. A class: the state holding it is switched over and
+/// reassigned several times per request, and a struct this size was copied (and each of
+/// its references retained) every time.
+///
+/// One per connection, reset for each request (``HTTP1ConnectionHandler``'s `nextPending`). Its head and
+/// body are slices of the bytes read, and a slice still held when NIOSSL decrypts the next
+/// record into the same buffer makes NIOSSL copy that buffer (8% of the CPU in `memmove`
+/// when a first version kept them): ``clear()`` lets go of them once the answer is written.
+final class HTTP1Request {
+    private(set) var head: HTTP1RequestHead
+    var route: Router<Endpoint>.Route?
+    var parameters: [(String, Substring)]
+    var errorResponse: GatewayResponse?
+    /// Whether the body is kept (a routed request) or dropped (an error answer).
+    var keepsBody = false
+    var body: ByteBuffer?
+    var bodyBytes = 0
+    var bodyLimit: Int
+    /// Close after the answer whatever the request asked (its body was not read).
+    var closeAfter = false
+    private(set) var started: NIODeadline
+    /// Who sent it, for the forwarding fields when it is relayed to an upstream.
+    var client = ForwardedClient(peer: nil, peerIsTrustedProxy: false, isTLS: false)
+    /// What `head` holds between requests. Its own (a `ByteBuffer()` is one storage
+    /// shared by the whole process, and both cores retaining and releasing it per request
+    /// moved its cache line between them).
+    private let empty = HTTP1RequestHead.empty()
+
+    init(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
+        self.head = head
+        self.route = nil
+        self.parameters = []
+        self.bodyLimit = bodyLimit
+        self.started = started
+    }
+
+    /// A request to relay as it stands (for tests of the upstream encoding).
+    convenience init(head: HTTP1RequestHead, body: ByteBuffer?, client: ForwardedClient) {
+        self.init(head: head, bodyLimit: .max, started: .now())
+        self.body = body
+        self.client = client
+    }
+
+    func reset(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
+        self.head = head
+        self.bodyLimit = bodyLimit
+        self.started = started
+        keepsBody = false
+        bodyBytes = 0
+        closeAfter = false
+    }
+
+    /// Lets go of everything the request held.
+    func clear() {
+        head = empty
+        route = nil
+        parameters.removeAll(keepingCapacity: true)
+        errorResponse = nil
+        body = nil
     }
 }

@@ -102,15 +102,15 @@ struct ForwardedClient {
 /// A request on its way to an upstream.
 enum UpstreamRequest {
     /// An HTTP/1.1 request as it arrived: its header lines are copied to the upstream as bytes.
-    /// (No body is nil rather than `ByteBuffer()`: that is one storage shared by the whole
-    /// process, and retaining it per request from both cores costs as a shared lock would.)
-    case http1(HTTP1RequestHead, body: ByteBuffer?, client: ForwardedClient)
+    /// The connection's own request object, read in place: copying its head out retained
+    /// each of its parts, several times per request.
+    case http1(HTTP1Request)
     /// A request from HTTP/2 or a service, its fields as `HTTPHeaders`.
     case request(GatewayRequest)
 
     var method: String {
         switch self {
-        case .http1(let head, _, _): head.method
+        case .http1(let request): request.head.method
         case .request(let request): request.method.rawValue
         }
     }
@@ -384,10 +384,10 @@ enum UpstreamEncoding {
         let uri: String
         let body: ByteBuffer?
         switch request {
-        case .http1(let head, let requestBody, _):
-            method = head.method
-            uri = head.uri
-            body = requestBody
+        case .http1(let request):
+            method = request.head.method
+            uri = request.head.uri
+            body = request.body
         case .request(let request):
             method = request.method.rawValue
             uri = request.uri
@@ -424,8 +424,8 @@ enum UpstreamEncoding {
     /// the head, plus the peer and the fixed text.
     static func fieldsBound(_ request: UpstreamRequest) -> Int {
         switch request {
-        case .http1(let head, _, let client):
-            return 4 * head.bytes.readableBytes + (client.peer?.utf8.count ?? 0) + 256
+        case .http1(let request):
+            return 4 * request.head.bytes.readableBytes + (request.client.peer?.utf8.count ?? 0) + 256
         case .request(let request):
             var fields = request.host?.utf8.count ?? 0
             for (name, value) in request.headers { fields += name.utf8.count + value.utf8.count + 4 }
@@ -448,13 +448,15 @@ enum UpstreamEncoding {
     /// room for ``fieldsBound(_:)``.
     static func writeForwardedFields(of request: UpstreamRequest, into out: inout ByteWriter) -> Bool {
         switch request {
-        case .http1(let head, _, let client):
-            return head.bytes.withUnsafeReadableBytes { raw in
+        case .http1(let request):
+            let fieldsStart = request.head.fieldsStart
+            let hostRange = request.head.hostRange
+            return request.head.bytes.withUnsafeReadableBytes { raw in
                 // The Host value as the client sent it (never decoded: decoding would replace
                 // bytes that are not UTF-8 with longer ones, past the room reserved).
-                let host = head.hostRange.map { UnsafeRawBufferPointer(rebasing: raw[$0]) }
-                return writeForwardedFields(hasConnectionField: head.hasConnectionField, client: client, host: host, into: &out) { emit in
-                    HTTP1Fields.forEach(raw, from: head.fieldsStart, emit)
+                let host = hostRange.map { UnsafeRawBufferPointer(rebasing: raw[$0]) }
+                return writeForwardedFields(hasConnectionField: request.head.hasConnectionField, client: request.client, host: host, into: &out) { emit in
+                    HTTP1Fields.forEach(raw, from: fieldsStart, emit)
                 }
             }
         case .request(let request):

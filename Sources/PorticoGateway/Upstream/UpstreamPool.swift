@@ -103,9 +103,8 @@ final class UpstreamPool: Sendable {
     /// Relays an HTTP/1.1 request as it arrived (only when ``relaysHTTP1``); `responder` is
     /// told the answer on `eventLoop`, the current loop. `exchange` is the connection's
     /// exchange from its last request, restarted when it has answered (or a new one).
-    func relay(_ head: HTTP1RequestHead, body: ByteBuffer?, client: ForwardedClient, on eventLoop: any EventLoop, responder: any UpstreamResponder,
-               reusing exchange: inout UpstreamExchange?) {
-        let request = UpstreamRequest.http1(head, body: body, client: client)
+    func relay(_ request: HTTP1Request, on eventLoop: any EventLoop, responder: any UpstreamResponder, reusing exchange: inout UpstreamExchange?) {
+        let request = UpstreamRequest.http1(request)
         if let existing = exchange, existing.isFinished, existing.eventLoop === eventLoop {
             existing.restart(pool: self, request: request, responder: responder)
         } else {
