@@ -463,14 +463,14 @@ extension HTTP1ConnectionHandler.State {
     }
 }
 
-/// An HTTP/1.1 request being received, answered or relayed. A class: the state holding it is switched over and
-/// reassigned several times per request, and a struct this size was copied (and each of
-/// its references retained) every time.
+/// An HTTP/1.1 request being received, answered or relayed to an upstream (which reads it in
+/// place). A class: the state holding it is switched over and reassigned several times per
+/// request, and a struct this size was copied (and each of its references retained) every time.
 ///
-/// One per connection, reset for each request (``HTTP1ConnectionHandler``'s `nextPending`). Its head and
-/// body are slices of the bytes read, and a slice still held when NIOSSL decrypts the next
-/// record into the same buffer makes NIOSSL copy that buffer (8% of the CPU in `memmove`
-/// when a first version kept them): ``clear()`` lets go of them once the answer is written.
+/// One per connection, reset for each request (the handler's `nextPending`). Its head and body
+/// are slices of the bytes read, and a slice still held when NIOSSL decrypts the next record
+/// into the same buffer makes NIOSSL copy that buffer (8% of the CPU in `memmove` when a first
+/// version kept them): ``clear()`` lets go of them once the answer is written.
 final class HTTP1Request {
     private(set) var head: HTTP1RequestHead
     var route: Router<Endpoint>.Route?

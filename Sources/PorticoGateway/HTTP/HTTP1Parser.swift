@@ -41,13 +41,11 @@ struct HTTP1RequestHead {
     var isHead: Bool { method == "HEAD" }
 
     /// No request: what a finished request's slot holds, so that it keeps no bytes alive.
-    static let none = empty(bytes: ByteBuffer())
-
-    /// The same with a (one byte) storage of its own, for a slot filled and emptied per
-    /// request: ``none`` and every `ByteBuffer()` share one storage across the process.
-    static func empty(bytes: ByteBuffer = ByteBufferAllocator().buffer(capacity: 1)) -> HTTP1RequestHead {
+    /// Each with a (one byte) storage of its own: the slot is filled and emptied per request,
+    /// and every `ByteBuffer()` shares one storage across the process.
+    static func empty() -> HTTP1RequestHead {
         HTTP1RequestHead(
-            bytes: bytes, method: "", uri: "", minorVersion: 1, hostRange: nil, contentLength: nil, chunked: false,
+            bytes: ByteBufferAllocator().buffer(capacity: 1), method: "", uri: "", minorVersion: 1, hostRange: nil, contentLength: nil, chunked: false,
             keepAlive: false, expectsContinue: false, fieldsStart: 0, hasConnectionField: false)
     }
 
