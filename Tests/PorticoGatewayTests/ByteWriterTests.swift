@@ -65,4 +65,58 @@ import Testing
         #expect(text.split(separator: UInt8(ascii: "\n")).filter { $0.starts(with: Array("x-forwarded-for: ".utf8)) }.count == 1)
         #expect(text.filter { $0 == 0xFF }.count == junk.count * 6)
     }
+
+    private static func address(_ buffer: ByteBuffer) -> UnsafeRawPointer? {
+        buffer.withUnsafeReadableBytes { $0.baseAddress }
+    }
+
+    /// A connection writes each request (and answer) into the buffer it wrote the last one
+    /// into. What comes out must be exactly what a fresh buffer gets, reusing the storage when
+    /// nothing else holds it, and never writing over bytes a write still holds.
+    @Test func aReusedBufferEncodesAsAFreshOneAndSparesHeldBytes() throws {
+        func request(_ raw: String, body: String?) throws -> UpstreamRequest {
+            let head = try #require(Self.head(Array(raw.utf8)))
+            return .http1(HTTP1Request(head: head, body: body.map { ByteBuffer(string: $0) }, client: ForwardedClient(peer: "192.0.2.9", peerIsTrustedProxy: false, isTLS: true)))
+        }
+        let long = try request("POST /upload/a/long/path?with=query HTTP/1.1\r\nhost: h\r\nx-a: \(String(repeating: "a", count: 300))\r\ncontent-length: 5\r\n\r\n", body: "hello")
+        let short = try request("GET /x HTTP/1.1\r\nhost: h\r\n\r\n", body: nil)
+
+        var kept: ByteBuffer?
+        UpstreamEncoding.encode(long, basePath: "", hostHeader: "u:1", into: &kept)
+        #expect(kept == UpstreamEncoding.encode(long, basePath: "", hostHeader: "u:1"))
+        let storage = Self.address(try #require(kept))
+        // Nothing else holds it: the next request is written over it, with nothing left of the first.
+        UpstreamEncoding.encode(short, basePath: "/b", hostHeader: "u:1", into: &kept)
+        #expect(kept == UpstreamEncoding.encode(short, basePath: "/b", hostHeader: "u:1"))
+        #expect(String(buffer: try #require(kept)).hasPrefix("GET /b/x HTTP/1.1\r\n"))
+        #expect(Self.address(try #require(kept)) == storage)
+
+        // A write not yet flushed still holds the bytes: they stay as they were.
+        let held = try #require(kept)
+        UpstreamEncoding.encode(long, basePath: "", hostHeader: "u:1", into: &kept)
+        #expect(held == UpstreamEncoding.encode(short, basePath: "/b", hostHeader: "u:1"))
+        #expect(kept == UpstreamEncoding.encode(long, basePath: "", hostHeader: "u:1"))
+        #expect(Self.address(try #require(kept)) != Self.address(held))
+    }
+
+    @Test func anUpstreamAnswerWrittenOverAnEarlierOneIsTheSame() throws {
+        var earlier = ByteBuffer(string: "HTTP/1.1 200 OK\r\nx-long: \(String(repeating: "b", count: 500))\r\ncontent-length: 2\r\n\r\nhi")
+        let longHead = try #require(try UpstreamConnection.parseHead(earlier, maxBytes: 4096))
+        earlier.moveReaderIndex(forwardBy: longHead.length)
+        let first = UpstreamResponse(status: .ok, fields: longHead.fields, body: earlier)
+        var later = ByteBuffer(string: "HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 1\r\n\r\n!")
+        let shortHead = try #require(try UpstreamConnection.parseHead(later, maxBytes: 4096))
+        later.moveReaderIndex(forwardBy: shortHead.length)
+        let second = UpstreamResponse(status: .notFound, fields: shortHead.fields, body: later)
+
+        var fresh: ByteBuffer?
+        HTTP1Encoding.answer(second, date: "D", contentLength: 1, close: false, includeBody: true, into: &fresh)
+        var kept: ByteBuffer?
+        HTTP1Encoding.answer(first, date: "D", contentLength: 2, close: false, includeBody: true, into: &kept)
+        let storage = Self.address(try #require(kept))
+        HTTP1Encoding.answer(second, date: "D", contentLength: 1, close: false, includeBody: true, into: &kept)
+        #expect(kept == fresh)
+        #expect(String(buffer: try #require(kept)) == "HTTP/1.1 404 Not Found\r\ndate: D\r\ncontent-type: text/plain\r\ncontent-length: 1\r\n\r\n!")
+        #expect(Self.address(try #require(kept)) == storage)
+    }
 }

@@ -110,3 +110,17 @@ extension ByteBuffer {
         }
     }
 }
+
+extension Optional where Wrapped == ByteBuffer {
+    /// Empties the buffer with room for at least `capacity` bytes, allocating only when there is
+    /// none yet or something else (a write not yet flushed) still holds its storage. A buffer
+    /// kept per connection and reused this way saves allocating a storage object and its bytes
+    /// per request.
+    mutating func reuse(capacity: Int) {
+        if self == nil {
+            self = ByteBufferAllocator().buffer(capacity: capacity)
+        } else {
+            self!.clear(minimumCapacity: capacity)
+        }
+    }
+}

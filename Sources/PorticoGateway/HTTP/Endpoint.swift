@@ -84,11 +84,13 @@ enum HTTP1Encoding {
 
     /// An upstream's answer for the client as one buffer: status line, `date`, the upstream's
     /// fields passed on, framing, and (unless `includeBody` is false) the body.
-    static func answer(_ response: UpstreamResponse, date: String, contentLength: Int, close: Bool, includeBody: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+    /// An upstream's answer for the client into `buffer`, cleared first (its storage reused
+    /// when nothing else holds it; allocated when `buffer` is nil).
+    static func answer(_ response: UpstreamResponse, date: String, contentLength: Int, close: Bool, includeBody: Bool, into buffer: inout ByteBuffer?) {
         let bound = ByteWriter.statusLineBound(response.status) + date.utf8.count + response.fieldsBound + 96
         let body = includeBody ? response.body.readableBytes : 0
-        var buffer = allocator.buffer(capacity: bound + body)
-        buffer.write(bound: bound) { out in
+        buffer.reuse(capacity: bound + body)
+        buffer!.write(bound: bound) { out in
             out.writeStatusLine(response.status)
             out.write("\r\ndate: ")
             out.write(date)
@@ -96,8 +98,7 @@ enum HTTP1Encoding {
             response.writeFields(into: &out)
             out.writeFraming(contentLength: contentLength, close: close)
         }
-        if includeBody { buffer.writeImmutableBuffer(response.body) }
-        return buffer
+        if includeBody { buffer!.writeImmutableBuffer(response.body) }
     }
 
     /// `HTTP/1.1 200 OK` without its CRLF.

@@ -56,6 +56,10 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var lastFixedSecond = -1
     private var lastFixedIncludesBody = false
     private var lastFixedBytes = ByteBuffer()
+    /// The buffer the last relayed or service answer was written into, reused for the next
+    /// one (by then NIOSSL has encrypted it and let go): an allocation of a storage object
+    /// and its bytes saved per answer. Not kept when large.
+    private var answerBytes: ByteBuffer?
     /// The request being relayed to an upstream, and whether to close after its answer.
     private var relaying: (pending: HTTP1Request, close: Bool)?
     /// The exchange of the last relayed request, reused by the next.
@@ -147,7 +151,8 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 refuse(error, context: context)
                 return
             }
-            switch event {
+            // Consumed: the head moves into the connection's request object, not copied.
+            switch consume event {
             case .needMore:
                 if input!.readableBytes == 0 {
                     input = nil
@@ -181,45 +186,48 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         write(.plain(error.status, error.message), isHead: false, close: true, started: started, method: method, uri: uri, context: context)
     }
 
-    private func receiveHead(_ head: HTTP1RequestHead, context: ChannelHandlerContext) {
+    private func receiveHead(_ head: consuming HTTP1RequestHead, context: ChannelHandlerContext) {
         cancelTimer()
         let snapshot = info.snapshot.current()
         let limits = snapshot.limits
+        let decision = RequestDispatch.decide(method: head.method, host: head.host, target: head.uri, contentLength: head.contentLength, snapshot: snapshot)
+        let hasBody = head.hasBody
+        let expectsContinue = head.expectsContinue
+        let minorVersion = head.minorVersion
+        // The head moves into the request object (its last use here).
         let pending = nextPending(head, bodyLimit: limits.maxBodyBytes)
         state = .receiving(pending)
-        switch RequestDispatch.decide(method: head.method, host: head.host, target: head.uri, contentLength: head.contentLength, snapshot: snapshot) {
+        switch decision {
         case .route(let route, let parameters, let bodyLimit):
             pending.route = route
             pending.parameters = parameters
             pending.bodyLimit = bodyLimit
             pending.keepsBody = true
-            if head.expectsContinue && head.hasBody && head.minorVersion == 1 && (input?.readableBytes ?? 0) == 0 {
+            if expectsContinue && hasBody && minorVersion == 1 && (input?.readableBytes ?? 0) == 0 {
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
             }
         case .answer(let response, early: true):
             // The body is not read: answer now and close.
-            write(response, isHead: false, close: true, started: pending.started, method: head.method, uri: head.uri, context: context)
+            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
             return
         case .answer(let response, early: false):
             pending.errorResponse = response
         case .notFound:
             pending.errorResponse = nil
         }
-        if head.hasBody && pending.route == nil && head.expectsContinue && (input?.readableBytes ?? 0) == 0 {
+        if hasBody && pending.route == nil && expectsContinue && (input?.readableBytes ?? 0) == 0 {
             // The client waits to be told to send its body; it is told the answer instead,
             // and the connection closes since the body may or may not follow.
             pending.closeAfter = true
             respond(to: pending, context: context)
             return
         }
-        if head.hasBody {
+        if hasBody {
             schedule(context: context, after: limits.bodyTimeout)
         }
     }
 
-    /// The connection's ``HTTP1Request`` reset for a new request; a new one in the unlikely case
-    /// that something still holds the last (it is only reset when nothing does).
-    private func nextPending(_ head: HTTP1RequestHead, bodyLimit: Int) -> HTTP1Request {
+    private func nextPending(_ head: consuming HTTP1RequestHead, bodyLimit: Int) -> HTTP1Request {
         if pending != nil, isKnownUniquelyReferenced(&pending!) {
             pending!.reset(head: head, bodyLimit: bodyLimit, started: .now())
             return pending!
@@ -317,8 +325,8 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             let close = close || draining
             // A HEAD answer carries the length a GET would have had.
             let length = isHead ? response.headLength ?? 0 : response.body.readableBytes
-            let buffer = HTTP1Encoding.answer(response, date: date.current(), contentLength: length, close: close, includeBody: !isHead, allocator: context.channel.allocator)
-            emit(buffer, close: close, context: context)
+            HTTP1Encoding.answer(response, date: date.current(), contentLength: length, close: close, includeBody: !isHead, into: &answerBytes)
+            emitAnswer(close: close, context: context)
             finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
         case .response(let response):
             write(response, isHead: isHead, close: close || draining, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
@@ -375,14 +383,20 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private func write(_ response: GatewayResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
         guard !(state.isClosed) else { return }
-        var buffer = context.channel.allocator.buffer(capacity: 128 + response.body.readableBytes)
-        HTTP1Encoding.writeHead(status: response.status, headers: response.headers, date: date.current(), contentLength: response.body.readableBytes, close: close, into: &buffer)
+        answerBytes.reuse(capacity: 128 + response.body.readableBytes)
+        HTTP1Encoding.writeHead(status: response.status, headers: response.headers, date: date.current(), contentLength: response.body.readableBytes, close: close, into: &answerBytes!)
         if !isHead {
-            var body = response.body
-            buffer.writeBuffer(&body)
+            answerBytes!.writeImmutableBuffer(response.body)
         }
-        emit(buffer, close: close, context: context)
+        emitAnswer(close: close, context: context)
         finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: started, method: method, uri: uri, context: context)
+    }
+
+    /// Writes ``answerBytes`` (see ``emit(_:close:context:)``), and lets go of them if they are
+    /// too many to keep for the next answer.
+    private func emitAnswer(close: Bool, context: ChannelHandlerContext) {
+        emit(answerBytes!, close: close, context: context)
+        if answerBytes!.capacity > UpstreamExchange.keptBufferBytes { answerBytes = nil }
     }
 
     /// Writes an answer's bytes; when closing, flushes them and closes once they are written
@@ -491,7 +505,7 @@ final class HTTP1Request {
     /// moved its cache line between them).
     private let empty = HTTP1RequestHead.empty()
 
-    init(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
+    init(head: consuming HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
         self.head = head
         self.route = nil
         self.parameters = []
@@ -506,7 +520,7 @@ final class HTTP1Request {
         self.client = client
     }
 
-    func reset(head: HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
+    func reset(head: consuming HTTP1RequestHead, bodyLimit: Int, started: NIODeadline) {
         self.head = head
         self.bodyLimit = bodyLimit
         self.started = started

@@ -136,8 +136,12 @@ final class UpstreamExchange {
     private var attempts: Int
     private var tried = TriedTargets()
     private var target = 0
-    /// The request as sent to the current target.
+    /// The request as sent to the current target. Kept after the answer (unless large) and
+    /// written over by the next request: by then the upstream connection has written and let
+    /// go of it, so its storage is reused rather than allocated again.
     private var bytes: ByteBuffer?
+    /// The largest request buffer kept for reuse between requests.
+    static let keptBufferBytes = 4096
     /// The pool's connections on this loop (looked up once per pool, not per request).
     private var loopConnections: UpstreamConnections?
     /// The request went out on a kept-alive connection. If the upstream had closed it as the
@@ -191,7 +195,7 @@ final class UpstreamExchange {
         guard let responder else { return }
         self.responder = nil
         request = nil
-        bytes = nil
+        if (bytes?.capacity ?? 0) > Self.keptBufferBytes { bytes = nil }
         responder.upstreamAnswered(answer)
     }
 
@@ -221,7 +225,7 @@ final class UpstreamExchange {
             return
         }
         guard let request else { return }
-        bytes = UpstreamEncoding.encode(request, basePath: endpoint.basePath, hostHeader: endpoint.hostHeader)
+        UpstreamEncoding.encode(request, basePath: endpoint.basePath, hostHeader: endpoint.hostHeader, into: &bytes)
         // Usually a kept-alive connection is waiting: used at once.
         if let connection = connections.takeIdle(target: index) {
             onKeptAlive = true
@@ -380,6 +384,15 @@ enum UpstreamEncoding {
     /// The request for a plain-HTTP upstream as one buffer: request line, the forwarded
     /// fields, `host` if the client sent none, `content-length`, and the body.
     static func encode(_ request: UpstreamRequest, basePath: String, hostHeader: String) -> ByteBuffer {
+        var buffer: ByteBuffer?
+        encode(request, basePath: basePath, hostHeader: hostHeader, into: &buffer)
+        return buffer!
+    }
+
+    /// The same into `buffer`, cleared first: its storage is reused when nothing else holds it
+    /// (an exchange keeps its buffer for the connection's next request, saving an allocation
+    /// of the buffer and its bytes per request), and allocated when `buffer` is nil.
+    static func encode(_ request: UpstreamRequest, basePath: String, hostHeader: String, into buffer: inout ByteBuffer?) {
         let method: String
         let uri: String
         let body: ByteBuffer?
@@ -395,8 +408,8 @@ enum UpstreamEncoding {
         }
         let bodyBytes = body?.readableBytes ?? 0
         let bound = method.utf8.count + basePath.utf8.count + uri.utf8.count + hostHeader.utf8.count + 96 + fieldsBound(request)
-        var buffer = ByteBufferAllocator().buffer(capacity: bound + bodyBytes)
-        buffer.write(bound: bound) { out in
+        buffer.reuse(capacity: bound + bodyBytes)
+        buffer!.write(bound: bound) { out in
             out.write(method)
             out.write(byte: 0x20)
             out.write(basePath)
@@ -414,8 +427,7 @@ enum UpstreamEncoding {
             }
             out.write("\r\n")
         }
-        if let body { buffer.writeImmutableBuffer(body) }
-        return buffer
+        if let body { buffer!.writeImmutableBuffer(body) }
     }
 
     /// Room enough for ``writeForwardedFields(of:into:)``: each field line grows by at most
