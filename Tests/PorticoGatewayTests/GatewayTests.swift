@@ -270,6 +270,57 @@ import X509
     }
 }
 
+@Suite struct AcceptTests {
+    /// Every event loop accepts on a socket of its own, all bound to the listener's port, and
+    /// serves what it accepted: a connection is never handed to another loop (that cost a task
+    /// and a wake-up of the other thread per connection, and each TLS handshake waited on it).
+    @Test func eachEventLoopAcceptsAndKeepsWhatItAccepts() async throws {
+        try await TestGateway.with { gw in
+            let port = try await gw.port(.clientPlain)
+            var clients: [RawTCP] = []
+            for _ in 0..<24 {
+                let client = try await RawTCP.connect(port: port)
+                try await client.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                #expect(await client.received(containing: "\r\n\r\nok").contains("HTTP/1.1 200 OK"))
+                clients.append(client)
+            }
+            let listener = try #require(await gw.gateway.listener(of: .clientPlain))
+            let accepting = await listener.acceptingChannels
+            let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
+            #expect(accepting.count == loops.count)
+            #expect(Set(accepting.map { ObjectIdentifier($0.eventLoop) }) == Set(loops.map { ObjectIdentifier($0) }))
+            #expect(Set(accepting.compactMap { $0.localAddress?.port }) == [port])
+            let connections = listener.connections
+            #expect(connections.count == clients.count)
+            for connection in connections {
+                let parent = try #require(connection.parent)
+                #expect(accepting.contains { $0 === parent })
+                #expect(connection.eventLoop === parent.eventLoop)
+            }
+            for client in clients { try? await client.channel.close() }
+        }
+    }
+
+    /// The loops' sockets share the port by `SO_REUSEPORT`, which would let a second Portico
+    /// share it too: a listener first checks the port without the option, which fails on a port
+    /// a running listener holds.
+    @Test func aPortARunningListenerHoldsIsRefusedToTheNext() async throws {
+        let port = try await TestGateway.with { gw in
+            let port = try await gw.port(.console)
+            #expect(throws: IOError.self) { try PortCheck.ensureFree(host: "127.0.0.1", port: port) }
+            do {
+                try PortCheck.ensureFree(host: "127.0.0.1", port: port)
+            } catch let error as IOError {
+                #expect(error.errnoCode == EADDRINUSE)
+                #expect("\(ListenerError.bind(role: .console, address: "127.0.0.1:\(port)", port: port, error: error))".hasSuffix("address already in use: another process listens on port \(port)"))
+            }
+            return port
+        }
+        // Once it has stopped, every loop's socket is closed and the port is free again.
+        try PortCheck.ensureFree(host: "127.0.0.1", port: port)
+    }
+}
+
 @Suite struct DrainTests {
     @Test func stoppingLetsARequestInFlightFinish() async throws {
         let gate = Gate()

@@ -38,6 +38,9 @@ final class ConnectionTracker: Sendable {
 
     var count: Int { state.withLockedValue { $0.channels.count } }
 
+    /// The open connections.
+    var channels: [any Channel] { state.withLockedValue { Array($0.channels.values) } }
+
     /// Asks every connection to finish what it is doing and close.
     func quiesceAll() {
         for channel in state.withLockedValue({ Array($0.channels.values) }) {

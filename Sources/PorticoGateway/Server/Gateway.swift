@@ -70,6 +70,9 @@ public actor Gateway: Service {
         listeners[role]?.connectionCount ?? 0
     }
 
+    /// A role's listener, while it runs.
+    func listener(of role: ListenerRole) -> Listener? { listeners[role] }
+
     /// The pool serving an upstream name.
     func upstreamPool(named name: String) -> UpstreamPool? { pools[name] }
 

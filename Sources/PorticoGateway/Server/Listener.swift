@@ -16,7 +16,8 @@ import Glibc
 actor Listener {
     enum State {
         case idle
-        case running(any Channel)
+        /// One server channel per event loop, each on its own socket bound to the same port.
+        case running([any Channel])
         case draining
         case stopped
     }
@@ -39,12 +40,21 @@ actor Listener {
 
     /// The address the socket is bound to, once running.
     var localAddress: SocketAddress? {
-        if case .running(let channel) = state { return channel.localAddress }
+        if case .running(let channels) = state { return channels.first?.localAddress }
         return nil
     }
 
     /// Open connections now.
     nonisolated var connectionCount: Int { tracker.count }
+
+    /// The open connections' channels.
+    nonisolated var connections: [any Channel] { tracker.channels }
+
+    /// The server channels accepting from the socket, one per event loop, while running.
+    var acceptingChannels: [any Channel] {
+        if case .running(let channels) = state { return channels }
+        return []
+    }
 
     /// Binds the socket and starts accepting.
     /// - Throws: ``ListenerError`` naming the role, address and the OS reason.
@@ -55,23 +65,39 @@ actor Listener {
         let tracker = self.tracker
         let role = self.role
         let logger = self.logger
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try Listener.initialize(channel: channel, role: role, snapshot: snapshot, tracker: tracker, logger: logger)
-                }
-            }
+        let address = "\(configuration.bind):\(configuration.port)"
+        // Each event loop accepts on a socket of its own (`SO_REUSEPORT`; the kernel spreads
+        // new connections over them) and serves what it accepts. NIO's usual server channel
+        // accepts on one loop and hands each connection to the next loop of the group: half the
+        // connections of two loops crossed threads before their first byte was read (a task
+        // queued and the other thread woken per connection), and each TLS handshake waited for
+        // it. (One socket shared by every loop's channel is not an option: NIO expects each
+        // readable notification to yield a read, and the loops would race for each connection.)
+        var channels: [any Channel] = []
         do {
-            let channel = try await bootstrap.bind(host: configuration.bind, port: configuration.port).get()
-            state = .running(channel)
-            logger.info("listening", metadata: ["listener": "\(role)", "address": "\(channel.localAddress?.description ?? "?")", "tls": "\(configuration.tls)"])
+            if configuration.port != 0 { try PortCheck.ensureFree(host: configuration.bind, port: configuration.port) }
+            for loop in group.makeIterator() {
+                let bootstrap = ServerBootstrap(group: loop, childGroup: loop)
+                    .serverChannelOption(.backlog, value: 1024)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .childChannelOption(.maxMessagesPerRead, value: 16)
+                    .childChannelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try Listener.initialize(channel: channel, role: role, snapshot: snapshot, tracker: tracker, logger: logger)
+                        }
+                    }
+                // The first socket takes the configured port (or, for port 0, one the system picks).
+                let port = channels.first?.localAddress?.port ?? configuration.port
+                channels.append(try await bootstrap.bind(host: configuration.bind, port: port).get())
+            }
         } catch {
-            throw ListenerError.bind(role: role, address: "\(configuration.bind):\(configuration.port)", port: configuration.port, error: error)
+            for channel in channels { try? await channel.close() }
+            throw ListenerError.bind(role: role, address: address, port: configuration.port, error: error)
         }
+        state = .running(channels)
+        logger.info("listening", metadata: ["listener": "\(role)", "address": "\(channels.first?.localAddress?.description ?? "?")", "tls": "\(configuration.tls)"])
     }
 
     /// Publishes a new snapshot: new routes, limits and TLS policy for new requests and connections.
@@ -82,12 +108,12 @@ actor Listener {
 
     /// Closes the listening socket; open connections carry on.
     func stopAccepting() async {
-        guard case .running(let channel) = state else {
+        guard case .running(let channels) = state else {
             if case .idle = state { state = .stopped }
             return
         }
         state = .draining
-        try? await channel.close()
+        for channel in channels { try? await channel.close() }
     }
 
     /// Stops accepting and asks every open connection to finish: HTTP/1 after the response
