@@ -111,6 +111,12 @@ extension ByteBuffer {
     }
 }
 
+enum ReusedBuffer {
+    /// The largest buffer a connection keeps for its next request or answer; a larger one
+    /// (a large body) is let go of rather than held while the connection idles.
+    static let maxKeptBytes = 4096
+}
+
 extension Optional where Wrapped == ByteBuffer {
     /// Empties the buffer with room for at least `capacity` bytes, allocating only when there is
     /// none yet or something else (a write not yet flushed) still holds its storage. A buffer

@@ -83,9 +83,8 @@ enum HTTP1Encoding {
     }
 
     /// An upstream's answer for the client as one buffer: status line, `date`, the upstream's
-    /// fields passed on, framing, and (unless `includeBody` is false) the body.
-    /// An upstream's answer for the client into `buffer`, cleared first (its storage reused
-    /// when nothing else holds it; allocated when `buffer` is nil).
+    /// fields passed on, framing, and (unless `includeBody` is false) the body. Written into
+    /// `buffer`, emptied first (``Swift/Optional/reuse(capacity:)``).
     static func answer(_ response: UpstreamResponse, date: String, contentLength: Int, close: Bool, includeBody: Bool, into buffer: inout ByteBuffer?) {
         let bound = ByteWriter.statusLineBound(response.status) + date.utf8.count + response.fieldsBound + 96
         let body = includeBody ? response.body.readableBytes : 0

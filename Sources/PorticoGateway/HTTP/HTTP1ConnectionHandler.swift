@@ -227,6 +227,8 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
+    /// The connection's ``HTTP1Request`` reset for a new request; a new one in the unlikely case
+    /// that something still holds the last (it is only reset when nothing does).
     private func nextPending(_ head: consuming HTTP1RequestHead, bodyLimit: Int) -> HTTP1Request {
         if pending != nil, isKnownUniquelyReferenced(&pending!) {
             pending!.reset(head: head, bodyLimit: bodyLimit, started: .now())
@@ -396,7 +398,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// too many to keep for the next answer.
     private func emitAnswer(close: Bool, context: ChannelHandlerContext) {
         emit(answerBytes!, close: close, context: context)
-        if answerBytes!.capacity > UpstreamExchange.keptBufferBytes { answerBytes = nil }
+        if answerBytes!.capacity > ReusedBuffer.maxKeptBytes { answerBytes = nil }
     }
 
     /// Writes an answer's bytes; when closing, flushes them and closes once they are written

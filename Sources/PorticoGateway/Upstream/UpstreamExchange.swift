@@ -140,8 +140,6 @@ final class UpstreamExchange {
     /// written over by the next request: by then the upstream connection has written and let
     /// go of it, so its storage is reused rather than allocated again.
     private var bytes: ByteBuffer?
-    /// The largest request buffer kept for reuse between requests.
-    static let keptBufferBytes = 4096
     /// The pool's connections on this loop (looked up once per pool, not per request).
     private var loopConnections: UpstreamConnections?
     /// The request went out on a kept-alive connection. If the upstream had closed it as the
@@ -195,7 +193,7 @@ final class UpstreamExchange {
         guard let responder else { return }
         self.responder = nil
         request = nil
-        if (bytes?.capacity ?? 0) > Self.keptBufferBytes { bytes = nil }
+        if (bytes?.capacity ?? 0) > ReusedBuffer.maxKeptBytes { bytes = nil }
         responder.upstreamAnswered(answer)
     }
 
@@ -389,9 +387,8 @@ enum UpstreamEncoding {
         return buffer!
     }
 
-    /// The same into `buffer`, cleared first: its storage is reused when nothing else holds it
-    /// (an exchange keeps its buffer for the connection's next request, saving an allocation
-    /// of the buffer and its bytes per request), and allocated when `buffer` is nil.
+    /// The same into `buffer`, emptied first (``Swift/Optional/reuse(capacity:)``): an exchange
+    /// keeps its buffer for the connection's next request.
     static func encode(_ request: UpstreamRequest, basePath: String, hostHeader: String, into buffer: inout ByteBuffer?) {
         let method: String
         let uri: String
