@@ -23,7 +23,9 @@ final class ServerProcess: Sendable {
         return nil
     }
 
-    private let process: Process
+    private let child: ChildProcess
+    /// Whether the child has been waited for (its pid may then belong to another process).
+    private let reaped = NIOLockedValueBox(false)
     private struct Output {
         var text = ""
         var ended = false
@@ -49,32 +51,25 @@ final class ServerProcess: Sendable {
     /// its standard output and error.
     init(_ arguments: [String], executable name: String = "portico") throws {
         let path = try #require(Self.executable(named: name), "the \(name) executable was not built beside the tests")
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardError = pipe
-        process.standardOutput = pipe
-        try process.run()
-        // A thread of its own blocks on the pipe until end of file (readabilityHandler does
-        // not always report the end on Linux, and blocking a shared pool could starve tests).
+        child = try ChildProcess.start(path, arguments)
+        // A thread of its own blocks on the pipe until end of file (blocking a shared pool
+        // could starve tests).
         let output = self.output
-        let reader = pipe.fileHandleForReading
+        let child = self.child
         Thread.detachNewThread {
-            while true {
-                let data = reader.availableData
+            child.readOutput { data in
                 let ready = output.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
-                    if data.isEmpty {
-                        state.ended = true
-                        defer { state.endWaiters = [] }
-                        return state.endWaiters + state.waiters.map(\.continuation)
-                    }
                     state.text += String(decoding: data, as: UTF8.self)
                     return state.satisfied()
                 }
                 ready.forEach { $0.resume() }
-                if data.isEmpty { return }
             }
+            let ready = output.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+                state.ended = true
+                defer { state.endWaiters = [] }
+                return state.endWaiters + state.waiters.map(\.continuation)
+            }
+            ready.forEach { $0.resume() }
         }
     }
 
@@ -96,7 +91,7 @@ final class ServerProcess: Sendable {
     /// is killed, which ends its output and the wait, so a missing line fails the test
     /// instead of hanging the run.
     func waitFor(_ needle: String, count: Int = 1) async {
-        let pid = process.processIdentifier
+        let pid = child.pid
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let now = output.withLockedValue { state -> Bool in
@@ -111,15 +106,21 @@ final class ServerProcess: Sendable {
         }
     }
 
-    func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+    func signal(_ signal: Int32) {
+        reaped.withLockedValue { reaped in
+            if !reaped { _ = kill(child.pid, signal) }
+        }
+    }
 
     /// Waits for the process to exit and for all of its output, and returns its status.
     func wait() async -> Int32 {
-        let process = self.process
+        let child = self.child
+        let reaped = self.reaped
         let status = await withCheckedContinuation { continuation in
             Thread.detachNewThread {
-                process.waitUntilExit()
-                continuation.resume(returning: process.terminationStatus)
+                let status = child.wait()
+                reaped.withLockedValue { $0 = true }
+                continuation.resume(returning: status)
             }
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -134,6 +135,15 @@ final class ServerProcess: Sendable {
     }
 
     deinit {
-        if process.isRunning { process.terminate() }
+        // Stopped and reaped if the test did not wait for it (no zombie left behind).
+        let child = self.child
+        let running = reaped.withLockedValue { reaped in
+            defer { reaped = true }
+            return !reaped
+        }
+        if running {
+            kill(child.pid, SIGTERM)
+            Thread.detachNewThread { _ = child.wait() }
+        }
     }
 }

@@ -31,13 +31,9 @@ import Testing
         }
         defer {
             for site in ["east", "west"] {
-                let drop = Process()
-                drop.executableURL = URL(fileURLWithPath: Tools.path(of: "psql") ?? "/usr/bin/psql")
-                drop.arguments = [admin, "-c", "DROP DATABASE IF EXISTS portico_\(site)_\(suffix) WITH (FORCE)"]
-                drop.standardOutput = FileHandle.nullDevice
-                drop.standardError = FileHandle.nullDevice
-                try? drop.run()
-                drop.waitUntilExit()
+                let drop = try? ChildProcess.start(Tools.path(of: "psql") ?? "/usr/bin/psql", [admin, "-c", "DROP DATABASE IF EXISTS portico_\(site)_\(suffix) WITH (FORCE)"])
+                drop?.readOutput { _ in }
+                _ = drop?.wait()
             }
         }
         // Each site: one identity, its peer's certificate trusted, two managers' configs.

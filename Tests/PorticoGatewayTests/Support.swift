@@ -344,20 +344,12 @@ enum Tools {
         return try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread {
                 do {
-                    let process = Process()
-                    process.executableURL = URL(fileURLWithPath: executable)
-                    process.arguments = arguments
-                    let pipe = Pipe()
-                    process.standardOutput = pipe
-                    process.standardError = pipe
-                    let stdin = Pipe()
-                    process.standardInput = stdin
-                    try process.run()
-                    if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-                    try stdin.fileHandleForWriting.close()
-                    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-                    process.waitUntilExit()
-                    continuation.resume(returning: Result(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self)))
+                    let child = try ChildProcess.start(executable, arguments, withInput: true)
+                    child.send(input ?? "")  // closes the child's input even when there is none
+                    var output: [UInt8] = []
+                    child.readOutput { output += $0 }
+                    let status = child.wait()
+                    continuation.resume(returning: Result(status: status, output: String(decoding: output, as: UTF8.self)))
                 } catch {
                     continuation.resume(throwing: error)
                 }
