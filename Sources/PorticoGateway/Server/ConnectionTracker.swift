@@ -43,14 +43,14 @@ final class ConnectionTracker: Sendable {
 
     /// Asks every connection to finish what it is doing and close.
     func quiesceAll() {
-        for channel in state.withLockedValue({ Array($0.channels.values) }) {
+        for channel in channels {
             channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
         }
     }
 
     /// Closes every connection now.
     func closeAll() {
-        for channel in state.withLockedValue({ Array($0.channels.values) }) {
+        for channel in channels {
             channel.close(promise: nil)
         }
     }

@@ -59,7 +59,7 @@ final class UpstreamPool: Sendable {
     private init(copying other: UpstreamPool) {
         self.configuration = other.configuration
         self.targets = other.targets
-        self.unretainedTargets = other.targets.map { Unmanaged.passUnretained($0) }
+        self.unretainedTargets = other.unretainedTargets
         self.client = other.client
         self.next = other.next
         self.logger = other.logger
