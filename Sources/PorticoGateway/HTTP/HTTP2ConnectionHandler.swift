@@ -553,7 +553,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
     // MARK: - Requests
 
     private func open(_ id: UInt32, headers: HPACKHeaders, endStream: Bool, context: ChannelHandlerContext) {
-        let snapshot = info.snapshot.current()
+        let snapshot = info.currentSnapshot()
         let limits = snapshot.limits
         let request: HTTP2RequestFields
         do {

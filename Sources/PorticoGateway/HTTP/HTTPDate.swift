@@ -14,6 +14,17 @@ struct HTTPDate {
     private(set) var second: Int = -1
     private(set) var value: String = ""
 
+    init() {}
+
+    /// The value for `second` (seconds since the epoch, as `time(nil)` gives them).
+    init(second: Int) {
+        self.second = second
+        self.value = Self.shared(for: second)
+    }
+
+    /// The seconds since the epoch now.
+    static func now() -> Int { time(nil) }
+
     /// The value for now.
     mutating func current() -> String {
         refresh()

@@ -59,7 +59,20 @@ final class ConnectionInfo {
     }
     private var formattedPeer: String??
     var clientCertificate: NIOSSLCertificate?
+    /// Only ever read or assigned whole, never changed in place across a call (see
+    /// ``currentSnapshot()``): then the compiler checks none of its accesses at run time, and
+    /// the hot path reads it several times per request.
     var snapshot: SnapshotReader<ListenerSnapshot>
+
+    /// The listener's latest snapshot (refreshed when a reload published a new one).
+    func currentSnapshot() -> ListenerSnapshot {
+        if !snapshot.isCurrent {
+            var reader = snapshot
+            _ = reader.current()
+            snapshot = reader
+        }
+        return snapshot.value
+    }
     private let eventLoop: any EventLoop
     /// Where this connection's loop counts requests; found at the first one.
     private var requestStats: RequestStats.Shard?
@@ -91,7 +104,8 @@ final class ConnectionInfo {
     /// up once per connection and snapshot (it was a search of the list per proxied request).
     var peerIsTrustedProxy: Bool {
         if let trusted = trustedPeer, trusted.generation == snapshot.generation { return trusted.value }
-        let value = snapshot.value.configuration.trustedProxies.containsAddress(peerAddress)
+        let current = snapshot.value
+        let value = current.configuration.trustedProxies.containsAddress(peerAddress)
         trustedPeer = (snapshot.generation, value)
         return value
     }

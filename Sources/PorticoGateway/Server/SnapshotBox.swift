@@ -69,6 +69,9 @@ struct SnapshotReader<Value: Sendable> {
         (generation, value) = box.load(for: eventLoop)
     }
 
+    /// Whether `value` is the latest (one atomic load).
+    var isCurrent: Bool { box.generation == generation }
+
     /// The latest value, refreshed only when the box moved on.
     mutating func current() -> Value {
         if box.generation != generation {

@@ -119,7 +119,14 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
             close()
             return
         }
-        if input == nil { input = bytes } else { input!.writeBuffer(&bytes) }
+        // `input` and `receiving` are only read or assigned whole, never changed in place
+        // across a call: then the compiler checks no access to them at run time.
+        if var buffered = input.take() {
+            buffered.writeBuffer(&bytes)
+            input = consume buffered
+        } else {
+            input = bytes
+        }
         do {
             try process()
         } catch let failure as UpstreamFailure {
@@ -158,19 +165,27 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
                 try append(&rest)
                 return
             }
-            guard receiving.bodyParser != nil else {
+            guard var parser = receiving.bodyParser else {
                 finish()
                 return
             }
+            var buffer = input.take()!
             let event: HTTP1Parser.Event
             do {
-                event = try receiving.bodyParser!.next(&input!)
+                event = try parser.next(&buffer)
             } catch {
+                input = consume buffer
                 throw UpstreamFailure.malformedResponse(error.message)
             }
+            receiving.bodyParser = parser
+            if case .needMore = event {
+                if buffer.readableBytes > 0 { input = consume buffer }
+                return
+            }
+            // Kept even when empty: the parser's end comes from the next call.
+            input = consume buffer
             switch event {
             case .needMore:
-                if input!.readableBytes == 0 { input = nil }
                 return
             case .body(var chunk):
                 try append(&chunk)
@@ -185,15 +200,24 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
     private func append(_ chunk: inout ByteBuffer) throws {
         let total = (receiving.body?.readableBytes ?? 0) + chunk.readableBytes
         if total > receiving.maxBytes { throw UpstreamFailure.responseTooLarge(receiving.maxBytes) }
-        if receiving.body == nil { receiving.body = chunk } else { receiving.body!.writeBuffer(&chunk) }
+        if var body = receiving.body.take() {
+            body.writeBuffer(&chunk)
+            receiving.body = consume body
+        } else {
+            receiving.body = chunk
+        }
     }
 
     /// Reads a response head if it has all arrived; 1xx interim responses are skipped.
     private func readHead() throws -> Bool {
-        guard let head = try Self.parseHead(input!, maxBytes: 64 * 1024) else { return false }
+        var buffer = input.take()!
+        guard let head = try Self.parseHead(buffer, maxBytes: 64 * 1024) else {
+            input = consume buffer
+            return false
+        }
         receiving.answered = true
-        input!.moveReaderIndex(forwardBy: head.length)
-        if input!.readableBytes == 0 { input = nil }
+        buffer.moveReaderIndex(forwardBy: head.length)
+        if buffer.readableBytes > 0 { input = consume buffer }
         if (100..<200).contains(head.status) { return true }
         receiving.status = HTTPResponseStatus(statusCode: head.status)
         receiving.fields = head.fields

@@ -223,7 +223,11 @@ final class UpstreamExchange {
             return
         }
         guard let request else { return }
-        UpstreamEncoding.encode(request, basePath: endpoint.basePath, hostHeader: endpoint.hostHeader, into: &bytes)
+        // Encoded into a local and put back: no access to the property spans a call, so the
+        // compiler checks none of its accesses at run time.
+        var buffer = bytes.take()
+        UpstreamEncoding.encode(request, basePath: endpoint.basePath, hostHeader: endpoint.hostHeader, into: &buffer)
+        bytes = consume buffer
         // Usually a kept-alive connection is waiting: used at once.
         if let connection = connections.takeIdle(target: index) {
             onKeptAlive = true
