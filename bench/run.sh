@@ -5,6 +5,8 @@
 #   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 handshake resume resume12 proxy idle)
 #   FLOOR=1 bench/run.sh         (also bench/floor, SwiftNIO + NIOSSL with no HTTP layer, in
 #                                 every test but h2: the least this stack can cost)
+#   RAWFLOOR=1 bench/run.sh      (also bench/floor's portico-rawfloor, the same with epoll and
+#                                 BoringSSL driven directly: the least a core of our own could cost)
 #
 # Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
 # is missing. Builds portico in release mode. Prints requests/s and server CPU
@@ -32,6 +34,7 @@ cleanup() {
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   [ -f "$work/upstream.pid" ] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
   [ -n "${floor_pid:-}" ] && kill "$floor_pid" 2>/dev/null || true
+  [ -n "${rawfloor_pid:-}" ] && kill "$rawfloor_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   # The folder holds private keys and logs: kept only when asked (KEEP=1).
   if [ "${KEEP:-0}" = 1 ]; then echo "bench: kept $work" >&2; else rm -rf "$work"; fi
@@ -41,7 +44,7 @@ trap cleanup EXIT
 echo "bench: building portico (release)" >&2
 (cd "$root" && swift build -c release --product portico >/dev/null)
 portico_bin="$root/.build/release/portico"
-if [ "${FLOOR:-0}" = 1 ]; then
+if [ "${FLOOR:-0}" = 1 ] || [ "${RAWFLOOR:-0}" = 1 ]; then
   echo "bench: building bench/floor (release)" >&2
   (cd "$here/floor" && swift build -c release >/dev/null)
 fi
@@ -57,6 +60,8 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-19445}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 FLOOR_PORT=${FLOOR_PORT:-19446}
 FLOOR_EC_PORT=${FLOOR_EC_PORT:-19447}
+RAWFLOOR_PORT=${RAWFLOOR_PORT:-19448}
+RAWFLOOR_EC_PORT=${RAWFLOOR_EC_PORT:-19449}
 
 mkdir -p "$work/ec" "$work/upstream-tmp"
 
@@ -123,6 +128,15 @@ if [ "${FLOOR:-0}" = 1 ]; then
     sleep 0.1
   done
 fi
+if [ "${RAWFLOOR:-0}" = 1 ]; then
+  "$here/floor/.build/release/portico-rawfloor" "$work/ssl/server.crt" "$work/ssl/server.key" "$RAWFLOOR_PORT" "$UPSTREAM_PORT" \
+    "$work/ec/server.crt" "$work/ec/server.key" "$RAWFLOOR_EC_PORT" >"$work/rawfloor.log" 2>&1 &
+  rawfloor_pid=$!
+  for _ in $(seq 100); do
+    curl -sk "https://127.0.0.1:$RAWFLOOR_PORT/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+fi
 
 # nginx: the same certificate and body, as Debian ships it (worker_processes auto).
 mkdir -p "$work/nginx-tmp"
@@ -168,7 +182,7 @@ done
 # The processes of a server: portico's, or the front nginx's master and workers (not the
 # upstream instance, which has its own pid file).
 server_pids() {
-  if [ "$1" = portico ]; then echo "$portico_pid"; elif [ "$1" = floor ]; then echo "$floor_pid"; else
+  if [ "$1" = portico ]; then echo "$portico_pid"; elif [ "$1" = floor ]; then echo "$floor_pid"; elif [ "$1" = rawfloor ]; then echo "$rawfloor_pid"; else
     local master
     master=$(cat "$work/nginx.pid")
     echo "$master $(pgrep -P "$master" | tr '\n' ' ')"
@@ -189,8 +203,9 @@ results="$work/results.tsv"
 measure() {  # name test command...
   local server=$1 test=$2; shift 2
   selected "$test" || return 0
-  # The floor does not speak HTTP/2.
+  # The floors do not speak HTTP/2.
   [ "$server" != floor ] || [ "$test" != h2 ] || return 0
+  [ "$server" != rawfloor ] || [ "$test" != h2 ] || return 0
   local before after out rps requests
   before=$(cpu_ticks "$server")
   out=$("$@" 2>&1)
@@ -236,13 +251,13 @@ DURATION=${DURATION:-10s}
 seconds=${DURATION%s}
 for round in $(seq "$rounds"); do
   echo "bench: round $round of $rounds" >&2
-  servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && servers="nginx portico floor"
+  servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && servers+=" rawfloor"
   for server in $servers; do
-    case $server in nginx) port=$NGINX_PORT ;; portico) port=$PORTICO_PORT ;; floor) port=$FLOOR_PORT ;; esac
+    case $server in nginx) port=$NGINX_PORT ;; portico) port=$PORTICO_PORT ;; floor) port=$FLOOR_PORT ;; rawfloor) port=$RAWFLOOR_PORT ;; esac
     measure $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
     measure $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
     measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
-    case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; esac
+    case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
     measure $server resume resumed "$ec_port" "$seconds"
     measure $server resume12 resumed "$ec_port" "$seconds" -tls1_2
     measure $server proxy wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/proxied"
@@ -257,10 +272,10 @@ rss_kb() {
   done
   echo $total
 }
-idle_servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && idle_servers="nginx portico floor"
+idle_servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && idle_servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && idle_servers+=" rawfloor"
 for server in $idle_servers; do
   selected idle || break
-  case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; esac
+  case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
   before=$(rss_kb $server)
   rm -f "$work/hold"; mkfifo "$work/hold"
   python3 "$here/idle_tls.py" "$ec_port" "$IDLE_CONNECTIONS" < "$work/hold" > "$work/idle.out" 2>"$work/idle.err" &
@@ -290,14 +305,14 @@ for line in open(sys.argv[1]):
         pass
 med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
 for test in ["h1", "h2", "handshake", "resume", "resume12", "proxy"]:
-    for server in ["nginx", "portico", "floor"]:
+    for server in ["nginx", "portico", "floor", "rawfloor"]:
         if (test, server) in med:
             r, u = med[(test, server)]
             print(f"{test:<11} {server:<9} {r:>14.0f}  {u:>19.1f}")
-    for server, label in [("portico", "ratio"), ("floor", "floor/ngx")]:
+    for server, label in [("portico", "ratio"), ("floor", "floor/ngx"), ("rawfloor", "raw/ngx")]:
         if (test, "nginx") in med and (test, server) in med:
             print(f"{test:<11} {label:<9} {med[(test,server)][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,server)][1] / med[(test,'nginx')][1]:>19.2f}")
-for server in ["nginx", "portico", "floor"]:
+for server in ["nginx", "portico", "floor", "rawfloor"]:
     for test, name in [("resume", "TLS 1.3"), ("resume12", "TLS 1.2")]:
         if (test, server) in med and ("handshake", server) in med:
             print(f"{server}: resumed ECDSA {name} handshakes are {med[(test, server)][0] / med[('handshake', server)][0]:.1f}x its full RSA-2048 handshakes")

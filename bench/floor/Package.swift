@@ -19,5 +19,13 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
+        // The same without SwiftNIO: epoll and BoringSSL driven directly (RAWFLOOR=1).
+        .executableTarget(
+            name: "portico-rawfloor",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
     ]
 )
