@@ -1,7 +1,8 @@
 #!/bin/bash
 # Counts per request, for one server process under a wrk load: heap allocations (malloc),
 # Swift reference count operations (swift_retain, swift_release; calls, including the cheap
-# ones on small strings and immortal objects), and the server's context switches.
+# ones on small strings, nil and immortal objects), run-time exclusivity checks
+# (swift_beginAccess), and the server's context switches.
 #
 #   bench/perf/counts.sh PID URL [wrk options...]
 #   bench/perf/counts.sh 1234 https://127.0.0.1:19441/healthz
@@ -21,6 +22,9 @@ fi
 if [ -n "$swiftcore" ]; then
   perf probe -l 2>/dev/null | grep -q probe_libswiftCore:swift_retain || perf probe -q -x "$swiftcore" -a swift_retain -a swift_release 2>/dev/null || true
   perf probe -l 2>/dev/null | grep -q probe_libswiftCore:swift_retain && events+=,probe_libswiftCore:swift_retain,probe_libswiftCore:swift_release
+  # Run-time exclusivity checks (one per access the compiler could not prove safe).
+  perf probe -l 2>/dev/null | grep -q probe_libswiftCore:swift_beginAccess || perf probe -q -x "$swiftcore" -a swift_beginAccess 2>/dev/null || true
+  perf probe -l 2>/dev/null | grep -q probe_libswiftCore:swift_beginAccess && events+=,probe_libswiftCore:swift_beginAccess
 fi
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

@@ -341,10 +341,16 @@ func contains(_ head: UnsafeRawBufferPointer, _ needle: StaticString) -> Bool {
     return false
 }
 
+/// A loop thread's body: not the main actor's (a closure written in top-level code is, and
+/// traps when it runs on another thread).
+nonisolated func loopThread(_: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+    Loop().run()
+}
+
 signal(SIGPIPE, SIG_IGN)
 let threads = max(1, allowedCPUs())
 for _ in 1..<threads {
     var thread = pthread_t()
-    pthread_create(&thread, nil, { _ in Loop().run() }, nil)
+    pthread_create(&thread, nil, loopThread, nil)
 }
 Loop().run()
