@@ -119,23 +119,23 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-if [ "${FLOOR:-0}" = 1 ]; then
-  "$here/floor/.build/release/portico-floor" "$work/ssl/server.crt" "$work/ssl/server.key" "$FLOOR_PORT" "$UPSTREAM_PORT" \
-    "$work/ec/server.crt" "$work/ec/server.key" "$FLOOR_EC_PORT" >"$work/floor.log" 2>&1 &
-  floor_pid=$!
+# Starts a floor program of bench/floor on its two ports and waits until it answers.
+start_floor() {  # program port ec_port
+  "$here/floor/.build/release/$1" "$work/ssl/server.crt" "$work/ssl/server.key" "$2" "$UPSTREAM_PORT" \
+    "$work/ec/server.crt" "$work/ec/server.key" "$3" >"$work/$1.log" 2>&1 &
+  started_pid=$!
   for _ in $(seq 100); do
-    curl -sk "https://127.0.0.1:$FLOOR_PORT/healthz" >/dev/null 2>&1 && break
+    curl -sk "https://127.0.0.1:$2/healthz" >/dev/null 2>&1 && break
     sleep 0.1
   done
+}
+if [ "${FLOOR:-0}" = 1 ]; then
+  start_floor portico-floor "$FLOOR_PORT" "$FLOOR_EC_PORT"
+  floor_pid=$started_pid
 fi
 if [ "${RAWFLOOR:-0}" = 1 ]; then
-  "$here/floor/.build/release/portico-rawfloor" "$work/ssl/server.crt" "$work/ssl/server.key" "$RAWFLOOR_PORT" "$UPSTREAM_PORT" \
-    "$work/ec/server.crt" "$work/ec/server.key" "$RAWFLOOR_EC_PORT" >"$work/rawfloor.log" 2>&1 &
-  rawfloor_pid=$!
-  for _ in $(seq 100); do
-    curl -sk "https://127.0.0.1:$RAWFLOOR_PORT/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  start_floor portico-rawfloor "$RAWFLOOR_PORT" "$RAWFLOOR_EC_PORT"
+  rawfloor_pid=$started_pid
 fi
 
 # nginx: the same certificate and body, as Debian ships it (worker_processes auto).
