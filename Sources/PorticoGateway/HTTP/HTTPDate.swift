@@ -33,11 +33,8 @@ struct HTTPDate {
 
     /// Brings `second` and `value` to now.
     mutating func refresh() {
-        let now = time(nil)
-        if now != second {
-            second = now
-            value = Self.shared(for: now)
-        }
+        let now = Self.now()
+        if now != second { self = HTTPDate(second: now) }
     }
 
     /// One per thread, only touched by its own thread (which is what makes it safe to share
