@@ -329,12 +329,12 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    func upstreamAnswered(_ answer: UpstreamAnswer) {
+    func upstreamAnswered(_ answer: consuming UpstreamAnswer) {
         guard case .responding = state, let context, let (pending, close) = relaying else { return }
         relaying = nil
         // The head's fields read in place (a copy of the head retains its parts).
         let isHead = pending.head.isHead
-        switch answer {
+        switch consume answer {
         case .relayed(let response):
             let close = close || draining
             // A HEAD answer carries the length a GET would have had.

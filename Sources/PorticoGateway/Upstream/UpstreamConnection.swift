@@ -249,11 +249,13 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         deadline = nil
         // Without a head (a body read until close cannot end without one) or a body, empty
         // slices of what was read stand in for them.
-        let fields = receiving.fields ?? input.map { $0.getSlice(at: $0.readerIndex, length: 0)! } ?? ByteBuffer()
+        // The fields and body move out of `receiving` (nothing of the response stays here:
+        // they are slices of what was read).
+        let fields = receiving.fields.take() ?? input.map { $0.getSlice(at: $0.readerIndex, length: 0)! } ?? ByteBuffer()
+        let body = receiving.body.take() ?? fields.getSlice(at: fields.readerIndex, length: 0)!
         let response = UpstreamResponse(
             status: receiving.status ?? .badGateway, fields: fields, namesConnectionFields: receiving.namesConnectionFields,
-            body: receiving.body ?? fields.getSlice(at: fields.readerIndex, length: 0)!, headLength: receiving.headLength)
-        // Nothing of the response stays here: the fields and body are slices of what was read.
+            body: body, headLength: receiving.headLength)
         receiving = Receiving()
         if !keepAlive || (input?.readableBytes ?? 0) > 0 {
             close()
@@ -261,7 +263,7 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
             input = nil
             owner.release(self)
         }
-        exchange.received(.relayed(response))
+        exchange.received(.relayed(consume response))
     }
 
     private func fail(_ failure: UpstreamFailure) {

@@ -87,7 +87,9 @@ enum UpstreamAnswer {
 
 /// Told how an upstream exchange ended, on the event loop that started it.
 protocol UpstreamResponder: AnyObject {
-    func upstreamAnswered(_ answer: UpstreamAnswer)
+    /// The answer is handed over (consumed): its header lines and body, slices of what the
+    /// upstream connection read, move along the way rather than being copied at each step.
+    func upstreamAnswered(_ answer: consuming UpstreamAnswer)
 }
 
 /// What the client's connection knows about the client, for the `X-Forwarded-*` fields.
@@ -189,12 +191,12 @@ final class UpstreamExchange {
 
     /// Tells the responder, after letting go of the request (its head and body are slices
     /// of what the client connection read; NIOSSL copies its buffer while they are held).
-    private func answer(_ answer: UpstreamAnswer) {
+    private func answer(_ answer: consuming UpstreamAnswer) {
         guard let responder else { return }
         self.responder = nil
         request = nil
         if (bytes?.capacity ?? 0) > ReusedBuffer.maxKeptBytes { bytes = nil }
-        responder.upstreamAnswered(answer)
+        responder.upstreamAnswered(consume answer)
     }
 
     static func isIdempotent(_ method: String) -> Bool {
@@ -273,7 +275,7 @@ final class UpstreamExchange {
     }
 
     /// The target answered (an ``UpstreamConnection`` calls this for plain-HTTP targets).
-    func received(_ answer: UpstreamAnswer) {
+    func received(_ answer: consuming UpstreamAnswer) {
         let code = answer.status.code
         if code == 502 || code == 503 || code == 504 {
             let upstream = pool.targets[target]
@@ -285,7 +287,7 @@ final class UpstreamExchange {
         } else {
             pool.target(target) { $0.recordSuccess() }
         }
-        self.answer(answer)
+        self.answer(consume answer)
     }
 
     /// The exchange with the target failed.
@@ -329,7 +331,7 @@ final class PromiseResponder: UpstreamResponder {
 
     init(promise: EventLoopPromise<GatewayResponse>) { self.promise = promise }
 
-    func upstreamAnswered(_ answer: UpstreamAnswer) {
+    func upstreamAnswered(_ answer: consuming UpstreamAnswer) {
         promise.succeed(answer.gatewayResponse)
     }
 }
