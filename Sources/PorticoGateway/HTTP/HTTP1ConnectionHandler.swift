@@ -455,8 +455,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// Brings `date` to this second. It is only ever read or assigned whole (never changed in
     /// place across a call), so the compiler checks none of its accesses at run time.
     private func refreshDate() {
-        let now = HTTPDate.now()
-        if now != date.second { date = HTTPDate(second: now) }
+        if let newer = HTTPDate.newer(than: date.second) { date = newer }
     }
 
     private func currentDate() -> String {

@@ -22,8 +22,12 @@ struct HTTPDate {
         self.value = Self.shared(for: second)
     }
 
-    /// The seconds since the epoch now.
-    static func now() -> Int { time(nil) }
+    /// The value for now if the second moved on from `second`, else nil. Static, so that a
+    /// holder can check with one read of `second` and assign the new value whole.
+    static func newer(than second: Int) -> HTTPDate? {
+        let now = time(nil)
+        return now == second ? nil : HTTPDate(second: now)
+    }
 
     /// The value for now.
     mutating func current() -> String {
@@ -33,8 +37,7 @@ struct HTTPDate {
 
     /// Brings `second` and `value` to now.
     mutating func refresh() {
-        let now = Self.now()
-        if now != second { self = HTTPDate(second: now) }
+        if let newer = Self.newer(than: second) { self = newer }
     }
 
     /// One per thread, only touched by its own thread (which is what makes it safe to share
