@@ -39,9 +39,12 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
     ],
     targets: [
+        // The Linux calls the server core makes that Swift's Glibc module leaves out.
+        .target(name: "CPorticoSystem"),
         .target(
             name: "PorticoGateway",
             dependencies: [
+                "CPorticoSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
