@@ -190,7 +190,7 @@ actor Listener {
     }
 
     private static func configureHTTP1(pipeline: ChannelPipeline.SynchronousOperations, info: ConnectionInfo) throws {
-        try pipeline.addHandler(HTTP1ConnectionHandler(info: info))
+        try pipeline.addHandler(HTTP1ConnectionHandler(info: info, eventLoop: info.eventLoop))
     }
 
     private static func configureHTTP2(pipeline: ChannelPipeline.SynchronousOperations, info: ConnectionInfo) throws {

@@ -73,7 +73,7 @@ final class ConnectionInfo {
         }
         return snapshot.value
     }
-    private let eventLoop: any EventLoop
+    let eventLoop: any EventLoop
     /// Where this connection's loop counts requests; found at the first one.
     private var requestStats: RequestStats.Shard?
 

@@ -11,11 +11,10 @@ import NIOHTTP1
 /// cannot make the server buffer without bound. (Stopping at once cost two `epoll_ctl`
 /// calls per proxied request: NIO drops and re-adds the socket's read interest.) Timers bound how long a client may take to send a head, a body, or the
 /// next request on a kept-alive connection.
-final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler, DeadlineClient, UpstreamResponder {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
+///
+/// It knows its connection only as a ``ConnectionTransport``: a NIO channel
+/// (``HTTP1ConnectionHandler``) or a socket of Portico's own core.
+final class HTTP1Connection<Transport: ConnectionTransport>: DeadlineClient, UpstreamResponder {
     fileprivate enum State {
         /// Waiting for a request head.
         case idle
@@ -31,6 +30,9 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var pending: HTTP1Request?
 
     private let info: ConnectionInfo
+    /// Where answers go. Held strongly: the transport lets go of this object when the
+    /// connection ends (``stop()``), which ends the cycle.
+    let transport: Transport
     private var state: State = .idle
     private var parser: HTTP1Parser
     /// Bytes read but not parsed yet: a partial head, or requests pipelined behind one
@@ -38,7 +40,6 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// connection holds no buffer.
     private var input: ByteBuffer?
     private var parsing = false
-    private var readPending = false
     private var needsFlush = false
     private var draining = false
     /// When the current phase (head, body, idle) times out; nil while none does. The loop's
@@ -46,7 +47,6 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// the CPU of a small keep-alive request, and cancelling one searches every task of the loop.
     private var deadline: NIODeadline?
     var sweeper: DeadlineSweeper?
-    private var context: ChannelHandlerContext?
     var sweepIndex = -1
     private var date = HTTPDate()
     /// The last fixed response written with its `Date`, reused while the second lasts: a
@@ -57,7 +57,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var lastFixedIncludesBody = false
     private var lastFixedBytes = ByteBuffer()
     /// The buffer the last relayed or service answer was written into, reused for the next
-    /// one (by then NIOSSL has encrypted it and let go): an allocation of a storage object
+    /// one (by then it has been encrypted and let go): an allocation of a storage object
     /// and its bytes saved per answer. Not kept when large.
     private var answerBytes: ByteBuffer?
     /// The request being relayed to an upstream, and whether to close after its answer.
@@ -65,33 +65,39 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// The exchange of the last relayed request, reused by the next.
     private var upstreamExchange: UpstreamExchange?
 
-    init(info: ConnectionInfo) {
+    init(info: ConnectionInfo, transport: Transport) {
         self.info = info
+        self.transport = transport
         let limits = info.snapshot.value.limits
         self.parser = HTTP1Parser(maxHeadBytes: limits.maxHeaderBytes, maxHeaderCount: limits.maxHeaderCount)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        joinSweeper(on: context.eventLoop)
-        schedule(context: context, after: info.snapshot.value.limits.headerTimeout)
+    // MARK: - What the transport tells
+
+    /// The connection is open: the head timeout starts.
+    func start() {
+        joinSweeper(on: transport.eventLoop)
+        schedule(after: info.snapshot.value.limits.headerTimeout)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    /// The connection has ended (closed by either side): nothing more is written.
+    func stop() {
+        state = .closed
+        input = nil
         deadline = nil
         leaveSweeper()
-        self.context = nil
     }
 
     func sweep(now: NIODeadline) {
-        guard let due = deadline, due <= now, let context else { return }
+        guard let due = deadline, due <= now else { return }
         deadline = nil
-        timedOut(context: context)
+        timedOut()
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    /// Bytes read from the client.
+    func received(_ bytes: ByteBuffer) {
         if state.isClosed { return }
-        var bytes = unwrapInboundIn(data)
+        var bytes = bytes
         // `input` is only ever read or assigned whole (never changed in place across a call):
         // then the compiler checks no access to it at run time (an exclusivity check per use).
         if var buffered = input.take() {
@@ -100,45 +106,42 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         } else {
             input = bytes
         }
-        parse(context: context)
+        parse()
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) {
+    /// Everything the socket had has been read: what was answered goes out.
+    func readComplete() {
         if needsFlush {
             needsFlush = false
-            context.flush()
+            transport.flush()
         }
-        context.fireChannelReadComplete()
     }
 
     /// Pipelined bytes buffered while a response is pending before reading stops.
-    private static let maxBufferedWhileResponding = 64 * 1024
+    private static var maxBufferedWhileResponding: Int { 64 * 1024 }
 
-    func read(context: ChannelHandlerContext) {
-        if case .responding = state, (input?.readableBytes ?? 0) >= Self.maxBufferedWhileResponding {
-            readPending = true
-            return
-        }
-        context.read()
+    /// Whether the transport should read more now. (After it was told no, it is told to
+    /// read again with ``ConnectionTransport/resumeReading()``.)
+    var acceptsInput: Bool {
+        if case .responding = state, (input?.readableBytes ?? 0) >= Self.maxBufferedWhileResponding { return false }
+        return true
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent {
-            draining = true
-            if case .idle = state, (input?.readableBytes ?? 0) == 0 { close(context: context) }
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
+    /// The server is draining: finish the request in progress, then close.
+    func quiesce() {
+        draining = true
+        if case .idle = state, (input?.readableBytes ?? 0) == 0 { close() }
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        close(context: context)
+    /// The connection failed.
+    func failed() {
+        close()
     }
 
     // MARK: - Requests
 
     /// Parses and answers what `input` holds, until it runs out or a response is pending.
-    private func parse(context: ChannelHandlerContext) {
+    private func parse() {
         guard !parsing else { return }
         parsing = true
         defer { parsing = false }
@@ -157,7 +160,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 event = try parser.next(&buffer)
             } catch {
                 self.parser = parser
-                refuse(error, context: context)
+                refuse(error)
                 return
             }
             self.parser = parser
@@ -173,19 +176,19 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             case .needMore:
                 return
             case .head(let head):
-                receiveHead(head, context: context)
+                receiveHead(head)
             case .body(let chunk):
-                receiveBody(chunk, context: context)
+                receiveBody(chunk)
             case .end:
                 guard case .receiving(let pending) = state else { return }
                 cancelTimer()
-                respond(to: pending, context: context)
+                respond(to: pending)
             }
         }
     }
 
     /// Answers a request that could not be parsed, and closes.
-    private func refuse(_ error: HTTP1ParseError, context: ChannelHandlerContext) {
+    private func refuse(_ error: HTTP1ParseError) {
         var method = "-"
         var uri = "-"
         var started = NIODeadline.now()
@@ -195,10 +198,10 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             started = pending.started
         }
         input = nil
-        write(.plain(error.status, error.message), isHead: false, close: true, started: started, method: method, uri: uri, context: context)
+        write(.plain(error.status, error.message), isHead: false, close: true, started: started, method: method, uri: uri)
     }
 
-    private func receiveHead(_ head: consuming HTTP1RequestHead, context: ChannelHandlerContext) {
+    private func receiveHead(_ head: consuming HTTP1RequestHead) {
         cancelTimer()
         let snapshot = info.currentSnapshot()
         let limits = snapshot.limits
@@ -216,11 +219,12 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             pending.bodyLimit = bodyLimit
             pending.keepsBody = true
             if expectsContinue && hasBody && minorVersion == 1 && (input?.readableBytes ?? 0) == 0 {
-                context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+                transport.write(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n"))
+                transport.flush()
             }
         case .answer(let response, early: true):
             // The body is not read: answer now and close.
-            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri)
             return
         case .answer(let response, early: false):
             pending.errorResponse = response
@@ -231,11 +235,11 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             // The client waits to be told to send its body; it is told the answer instead,
             // and the connection closes since the body may or may not follow.
             pending.closeAfter = true
-            respond(to: pending, context: context)
+            respond(to: pending)
             return
         }
         if hasBody {
-            schedule(context: context, after: limits.bodyTimeout)
+            schedule(after: limits.bodyTimeout)
         }
     }
 
@@ -251,13 +255,13 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         return created
     }
 
-    private func receiveBody(_ chunk: ByteBuffer, context: ChannelHandlerContext) {
+    private func receiveBody(_ chunk: ByteBuffer) {
         guard case .receiving(let pending) = state else { return }
         pending.bodyBytes += chunk.readableBytes
         if pending.bodyBytes > pending.bodyLimit {
             // Kept or dropped, a body longer than the limit is not read to its end.
             let response = GatewayResponse.plain(.payloadTooLarge, "request body is larger than \(pending.bodyLimit) bytes")
-            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri)
             return
         }
         guard pending.keepsBody else { return }
@@ -270,14 +274,14 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    private func respond(to pending: HTTP1Request, context: ChannelHandlerContext) {
+    private func respond(to pending: HTTP1Request) {
         let isHead = pending.head.isHead
         let close = !pending.head.keepAlive || draining || pending.closeAfter
         guard let route = pending.route else {
             if let response = pending.errorResponse {
-                write(response, isHead: isHead, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+                write(response, isHead: isHead, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri)
             } else {
-                writeFixed(info.snapshot.value.notFound, isHead: isHead, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+                writeFixed(info.snapshot.value.notFound, isHead: isHead, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri)
             }
             return
         }
@@ -285,7 +289,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         switch target {
         case .fixed(let fixed):
             // The common built-in (health): no request made.
-            writeFixed(fixed, isHead: isHead, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+            writeFixed(fixed, isHead: isHead, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri)
             return
         case .upstream(let pool) where pool.relaysHTTP1:
             // Relayed as it arrived: its header lines go to the upstream as bytes, and the
@@ -293,7 +297,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             state = .responding
             relaying = (pending, close)
             pending.client = ForwardedClient(peer: info.peerAddressText, peerIsTrustedProxy: info.peerIsTrustedProxy, isTLS: info.isTLS)
-            pool.relay(pending, on: context.eventLoop, responder: self, reusing: &upstreamExchange)
+            pool.relay(pending, on: transport.eventLoop, responder: self, reusing: &upstreamExchange)
             return
         default:
             break
@@ -301,36 +305,33 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let head = pending.head
         let outcome = RequestDispatch.run(
             target,
-            request: makeRequest(pending, context: context),
-            eventLoop: context.eventLoop,
+            request: makeRequest(pending),
+            eventLoop: transport.eventLoop,
             logger: info.snapshot.value.accessLogger
         )
         switch outcome {
         case .fixed(let fixed):
-            writeFixed(fixed, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
+            writeFixed(fixed, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri)
         case .response(let response):
-            write(response, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri, context: context)
+            write(response, isHead: isHead, close: close, started: pending.started, method: head.method, uri: head.uri)
         case .pending(let future):
             state = .responding
-            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let loopBound = NIOLoopBound(self, eventLoop: transport.eventLoop)
             let started = pending.started
             future.whenComplete { result in
-                let (handler, context) = loopBound.value
+                let handler = loopBound.value
                 guard case .responding = handler.state else { return }
                 let response = (try? result.get()) ?? .plain(.internalServerError)
-                handler.write(response, isHead: isHead, close: close || handler.draining, started: started, method: head.method, uri: head.uri, context: context)
+                handler.write(response, isHead: isHead, close: close || handler.draining, started: started, method: head.method, uri: head.uri)
                 // Serve what was pipelined behind this request.
-                handler.parse(context: context)
-                if handler.needsFlush {
-                    handler.needsFlush = false
-                    context.flush()
-                }
+                handler.parse()
+                handler.readComplete()
             }
         }
     }
 
     func upstreamAnswered(_ answer: consuming UpstreamAnswer) {
-        guard case .responding = state, let context, let (pending, close) = relaying else { return }
+        guard case .responding = state, let (pending, close) = relaying else { return }
         relaying = nil
         // The head's fields read in place (a copy of the head retains its parts).
         let isHead = pending.head.isHead
@@ -343,20 +344,17 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             var out = answerBytes.take()
             HTTP1Encoding.answer(response, date: currentDate(), contentLength: length, close: close, includeBody: !isHead, into: &out)
             answerBytes = consume out
-            emitAnswer(close: close, context: context)
-            finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+            emitAnswer(close: close)
+            finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: pending.started, method: pending.head.method, uri: pending.head.uri)
         case .response(let response):
-            write(response, isHead: isHead, close: close || draining, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+            write(response, isHead: isHead, close: close || draining, started: pending.started, method: pending.head.method, uri: pending.head.uri)
         }
         // Serve what was pipelined behind this request.
-        parse(context: context)
-        if needsFlush {
-            needsFlush = false
-            context.flush()
-        }
+        parse()
+        readComplete()
     }
 
-    private func makeRequest(_ pending: HTTP1Request, context: ChannelHandlerContext) -> GatewayRequest {
+    private func makeRequest(_ pending: HTTP1Request) -> GatewayRequest {
         let trusted = info.snapshot.value.configuration.trustedProxies
         var parameters: [String: String] = [:]
         for (name, value) in pending.parameters { parameters[name] = String(value) }
@@ -381,24 +379,24 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     // MARK: - Responses
 
-    private func writeFixed(_ fixed: FixedResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
+    private func writeFixed(_ fixed: FixedResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String) {
         refreshDate()
         if close {
-            emit(fixed.http1(date: date.value, includeBody: !isHead, closing: true, allocator: context.channel.allocator), close: true, context: context)
-            finish(status: Int(fixed.status.code), bytes: fixed.body.readableBytes, close: true, started: started, method: method, uri: uri, context: context)
+            emit(fixed.http1(date: date.value, includeBody: !isHead, closing: true, allocator: transport.allocator), close: true)
+            finish(status: Int(fixed.status.code), bytes: fixed.body.readableBytes, close: true, started: started, method: method, uri: uri)
             return
         }
         if lastFixed !== fixed || lastFixedSecond != date.second || lastFixedIncludesBody == isHead {
-            lastFixedBytes = fixed.http1(date: date.value, includeBody: !isHead, allocator: context.channel.allocator)
+            lastFixedBytes = fixed.http1(date: date.value, includeBody: !isHead, allocator: transport.allocator)
             lastFixed = fixed
             lastFixedSecond = date.second
             lastFixedIncludesBody = !isHead
         }
-        context.write(wrapOutboundOut(lastFixedBytes), promise: nil)
-        finish(status: Int(fixed.status.code), bytes: fixed.body.readableBytes, close: false, started: started, method: method, uri: uri, context: context)
+        transport.write(lastFixedBytes)
+        finish(status: Int(fixed.status.code), bytes: fixed.body.readableBytes, close: false, started: started, method: method, uri: uri)
     }
 
-    private func write(_ response: GatewayResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
+    private func write(_ response: GatewayResponse, isHead: Bool, close: Bool, started: NIODeadline, method: String, uri: String) {
         guard !(state.isClosed) else { return }
         var out = answerBytes.take()
         out.reuse(capacity: 128 + response.body.readableBytes)
@@ -407,35 +405,34 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             out!.writeImmutableBuffer(response.body)
         }
         answerBytes = consume out
-        emitAnswer(close: close, context: context)
-        finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: started, method: method, uri: uri, context: context)
+        emitAnswer(close: close)
+        finish(status: Int(response.status.code), bytes: response.body.readableBytes, close: close, started: started, method: method, uri: uri)
     }
 
-    /// Writes ``answerBytes`` (see ``emit(_:close:context:)``), and lets go of them if they are
+    /// Writes ``answerBytes`` (see ``emit(_:close:)``), and lets go of them if they are
     /// too many to keep for the next answer.
-    private func emitAnswer(close: Bool, context: ChannelHandlerContext) {
-        emit(answerBytes!, close: close, context: context)
+    private func emitAnswer(close: Bool) {
+        emit(answerBytes!, close: close)
         if answerBytes!.capacity > ReusedBuffer.maxKeptBytes { answerBytes = nil }
     }
 
     /// Writes an answer's bytes; when closing, flushes them and closes once they are written
     /// (closing at once could drop bytes the socket has not taken yet).
-    private func emit(_ buffer: ByteBuffer, close: Bool, context: ChannelHandlerContext) {
-        guard close else {
-            context.write(wrapOutboundOut(buffer), promise: nil)
-            return
+    private func emit(_ buffer: ByteBuffer, close: Bool) {
+        if close {
+            transport.writeAndClose(buffer)
+        } else {
+            transport.write(buffer)
         }
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in loopBound.value.close(promise: nil) }
     }
 
-    private func finish(status: Int, bytes: Int, close: Bool, started: NIODeadline, method: String, uri: String, context: ChannelHandlerContext) {
+    private func finish(status: Int, bytes: Int, close: Bool, started: NIODeadline, method: String, uri: String) {
         let snapshot = info.snapshot.value
         let now = NIODeadline.now()
         info.record(status: status, bytes: bytes, method: method, uri: uri, http: "1.1", started: started, now: now)
         pending?.clear()
         if close {
-            // ``emit(_:close:context:)`` closes once the answer is written.
+            // ``emit(_:close:)`` closes once the answer is written.
             state = .closed
             return
         }
@@ -443,13 +440,10 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         state = .idle
         deadline = now + snapshot.limits.idleTimeout
         if draining && (input?.readableBytes ?? 0) == 0 {
-            self.close(context: context)
+            self.close()
             return
         }
-        if readPending {
-            readPending = false
-            context.read()
-        }
+        transport.resumeReading()
     }
 
     /// Brings `date` to this second. It is only ever read or assigned whole (never changed in
@@ -465,7 +459,7 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     // MARK: - Timers and closing
 
-    private func schedule(context: ChannelHandlerContext, after timeout: TimeAmount) {
+    private func schedule(after timeout: TimeAmount) {
         deadline = NIODeadline.now() + timeout
     }
 
@@ -475,32 +469,32 @@ final class HTTP1ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         deadline = nil
     }
 
-    private func timedOut(context: ChannelHandlerContext) {
+    private func timedOut() {
         switch state {
         case .idle:
             // A head that never completed, or a kept-alive connection left idle.
             info.snapshot.value.metrics.timeouts.increment()
-            close(context: context)
+            close()
         case .receiving(let pending):
             info.snapshot.value.metrics.timeouts.increment()
             let response = GatewayResponse.plain(.requestTimeout, "the request body did not arrive in time")
-            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri, context: context)
+            write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri)
         case .responding, .closed:
             break
         }
     }
 
-    private func close(context: ChannelHandlerContext) {
+    private func close() {
         guard !state.isClosed else { return }
         state = .closed
         input = nil
         deadline = nil
-        context.close(promise: nil)
+        transport.close()
     }
 
 }
 
-extension HTTP1ConnectionHandler.State {
+extension HTTP1Connection.State {
     var isClosed: Bool {
         if case .closed = self { return true }
         return false
