@@ -222,6 +222,48 @@ import Testing
         }
     }
 
+    /// `engine: core` serves plain HTTP/1.1 to built-in services so far; what it does not
+    /// serve yet is refused at the key that asks for it, not found out by a client.
+    @Test func theCoreEngineIsRefusedWhatItDoesNotServeYet() throws {
+        let found = problems("""
+            listeners:
+              client: {engine: core}
+              client_plain: {engine: core, proxy_protocol: true, trusted_proxies: [10.0.0.0/8]}
+              console: {engine: fast}
+              reporting: {engine: core, tls: false}
+            """)
+        let byLine = Dictionary(uniqueKeysWithValues: found.compactMap { d in d.location.map { ($0.line, d.message) } })
+        #expect(byLine.count == 3)
+        #expect(byLine[2]?.contains("listeners.client.engine core does not serve TLS (tls: true) yet") == true)
+        #expect(byLine[3]?.contains("listeners.client_plain.engine core does not serve PROXY headers") == true)
+        #expect(byLine[4] == "listeners.console.engine must be nio or core, not 'fast'")
+        let plain = try loader.load(yaml: "listeners:\n  reporting: {engine: core, tls: false}\n", file: "/tmp/p.yaml")
+        #expect(plain.listeners[.reporting]?.engine == .core)
+        #expect(plain.listeners[.console]?.engine == .nio)
+
+        let config = try loader.load(yaml: """
+            listeners:
+              client_plain: {port: 0, engine: core}
+              client: {enabled: false}
+              replication: {enabled: false}
+              console: {enabled: false}
+              reporting: {enabled: false}
+              webservices: {enabled: false}
+            upstreams:
+              backend: {targets: ["http://127.0.0.1:9"]}
+            routes:
+              - {listener: client_plain, path: /ok, service: health}
+              - {listener: client_plain, path: /relayed/*, upstream: backend}
+            """, file: "/tmp/p.yaml")
+        do {
+            _ = try ConfigurationCheck.prepare(config, generateMissing: false)
+            Issue.record("a route to an upstream on a core listener was accepted")
+        } catch {
+            #expect(error.diagnostics.map { $0.location?.line } == [12])
+            #expect(error.diagnostics.first?.message.contains("the core does not relay to upstreams") == true)
+        }
+    }
+
     @Test func unreadableAndMismatchedCertificateFilesAreReportedAtTheirKeys() throws {
         let dir = try TemporaryDirectory()
         let a = try TestPKI.make(in: dir, name: "a")

@@ -301,6 +301,32 @@ import X509
         }
     }
 
+    /// The same on Portico's own core: a socket per core loop, all on the listener's port,
+    /// each loop serving what it accepted; the port is free again once the gateway stops.
+    @Test func eachCoreLoopAcceptsOnTheListenersPort() async throws {
+        let port = try await TestGateway.with(listeners: [.clientPlain: "engine: core"]) { gw in
+            let port = try await gw.port(.clientPlain)
+            var clients: [RawTCP] = []
+            for _ in 0..<24 {
+                let client = try await RawTCP.connect(port: port)
+                try await client.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                #expect(await client.received(containing: "\r\n\r\nok").contains("HTTP/1.1 200 OK"))
+                clients.append(client)
+            }
+            let listener = try #require(await gw.gateway.listener(of: .clientPlain))
+            let sockets = await listener.acceptingCoreSockets
+            let loops = try CoreEventLoopGroup.shared.get().loops
+            #expect(sockets.count == loops.count)
+            #expect(Set(sockets.map { ObjectIdentifier($0.loop) }) == Set(loops.map { ObjectIdentifier($0) }))
+            #expect(Set(sockets.compactMap { $0.localAddress?.port }) == [port])
+            #expect(await gw.gateway.connectionCount(of: .clientPlain) == clients.count)
+            #expect(listener.connections.isEmpty)
+            for client in clients { try? await client.channel.close() }
+            return port
+        }
+        try PortCheck.ensureFree(host: "127.0.0.1", port: port)
+    }
+
     /// The loops' sockets share the port by `SO_REUSEPORT`, which would let a second Portico
     /// share it too: a listener first checks the port without the option, which fails on a port
     /// a running listener holds.
@@ -322,10 +348,10 @@ import X509
 }
 
 @Suite struct DrainTests {
-    @Test func stoppingLetsARequestInFlightFinish() async throws {
+    @Test(arguments: ListenerEngine.allCases) func stoppingLetsARequestInFlightFinish(engine: ListenerEngine) async throws {
         let gate = Gate()
         let routes = "routes:\n  - {listener: client_plain, path: /slow, service: slow}"
-        try await TestGateway.with(body: routes, services: TestServices.registry(gate: gate)) { gw in
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: routes, services: TestServices.registry(gate: gate)) { gw in
             let url = try await gw.url(.clientPlain, "/slow")
             let consolePort = try await gw.port(.console)
             try await TestClient.with(http2: false) { client in

@@ -3,7 +3,7 @@ import Testing
 @testable import PorticoGateway
 
 /// HTTP/1.1 framing through a running gateway, on raw sockets: pipelining, chunked bodies,
-/// `Expect: 100-continue`, and requests that must be refused whole.
+/// `Expect: 100-continue`, and requests that must be refused whole; on each server core.
 @Suite(.timeLimit(.minutes(1))) struct HTTP1LiveTests {
     static let routes = "routes:\n  - {listener: client_plain, path: /echo, service: echo, max_body_bytes: 64}\n  - {listener: client_plain, path: /slow, service: slow}"
 
@@ -20,8 +20,8 @@ import Testing
         return lines.filter { $0.wholeMatch(of: /HTTP\/1\.[01] [0-9]{3} [A-Za-z -]+/) != nil }
     }
 
-    @Test func pipelinedRequestsAreAnsweredInOrderOnOneConnection() async throws {
-        try await TestGateway.with(body: Self.routes) { gw in
+    @Test(arguments: ListenerEngine.allCases) func pipelinedRequestsAreAnsweredInOrderOnOneConnection(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: Self.routes) { gw in
             let requests = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
                 + "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst"
                 + "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -35,9 +35,9 @@ import Testing
         }
     }
 
-    @Test func requestsPipelinedBehindASlowOneWaitForIt() async throws {
+    @Test(arguments: ListenerEngine.allCases) func requestsPipelinedBehindASlowOneWaitForIt(engine: ListenerEngine) async throws {
         let gate = Gate()
-        try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
             let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
             try await connection.send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             await gate.waitForArrival()
@@ -50,8 +50,8 @@ import Testing
         }
     }
 
-    @Test func expectContinueIsAnsweredBeforeTheBodyIsSent() async throws {
-        try await TestGateway.with(body: Self.routes) { gw in
+    @Test(arguments: ListenerEngine.allCases) func expectContinueIsAnsweredBeforeTheBodyIsSent(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: Self.routes) { gw in
             let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
             try await connection.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
             let interim = await connection.received(containing: "\r\n\r\n")
@@ -71,8 +71,8 @@ import Testing
         }
     }
 
-    @Test func smugglingAttemptsAreRefusedAndWhatFollowsIsNotServed() async throws {
-        try await TestGateway.with(body: Self.routes) { gw in
+    @Test(arguments: ListenerEngine.allCases) func smugglingAttemptsAreRefusedAndWhatFollowsIsNotServed(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: Self.routes) { gw in
             let port = try await gw.port(.clientPlain)
             let attempts = [
                 "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -93,8 +93,8 @@ import Testing
         }
     }
 
-    @Test func http10ClosesUnlessAskedToKeepAlive() async throws {
-        try await TestGateway.with { gw in
+    @Test(arguments: ListenerEngine.allCases) func http10ClosesUnlessAskedToKeepAlive(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"]) { gw in
             let port = try await gw.port(.clientPlain)
             let closed = try await RawTCP.exchange(port: port, "GET /healthz HTTP/1.0\r\n\r\n")
             #expect(Self.statusLines(closed) == ["HTTP/1.1 200 OK"])
@@ -105,8 +105,8 @@ import Testing
         }
     }
 
-    @Test func aHeadTricklingInByteByByteIsServed() async throws {
-        try await TestGateway.with(body: Self.routes) { gw in
+    @Test(arguments: ListenerEngine.allCases) func aHeadTricklingInByteByByteIsServed(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: Self.routes) { gw in
             let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
             for byte in "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc".utf8 {
                 try await connection.send([byte])

@@ -5,8 +5,8 @@ import Testing
 @testable import PorticoGateway
 
 @Suite(.timeLimit(.minutes(2))) struct LimitsTests {
-    @Test func fiveHundredTricklingClientsDoNotStopANormalOne() async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 2s}"]) { gw in
+    @Test(arguments: ListenerEngine.allCases) func fiveHundredTricklingClientsDoNotStopANormalOne(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 2s}\nengine: \(engine)"]) { gw in
             let port = try await gw.port(.clientPlain)
             var slow: [RawTCP] = []
             for _ in 0..<500 {
@@ -38,8 +38,8 @@ import Testing
 
     /// The idle timeout starts after each answer, even when the head timeout that was running
     /// before is much longer (the connection's check is re-armed for the earlier deadline).
-    @Test func aKeptAliveConnectionIsClosedAfterTheIdleTimeoutNotTheLongerHeadTimeout() async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 10m, idle_timeout: 1s}"]) { gw in
+    @Test(arguments: ListenerEngine.allCases) func aKeptAliveConnectionIsClosedAfterTheIdleTimeoutNotTheLongerHeadTimeout(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 10m, idle_timeout: 1s}\nengine: \(engine)"]) { gw in
             let connection = try await TLSFreeConnection(port: try await gw.port(.clientPlain))
             #expect(try await connection.request("/healthz").hasPrefix("HTTP/1.1 200"))
             // Closed with no further answer (what was read is the one response); the test's own
@@ -49,8 +49,8 @@ import Testing
         }
     }
 
-    @Test func connectionsBeyondTheLimitAreRefusedAndCounted() async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "limits: {max_connections: 3}"]) { gw in
+    @Test(arguments: ListenerEngine.allCases) func connectionsBeyondTheLimitAreRefusedAndCounted(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {max_connections: 3}\nengine: \(engine)"]) { gw in
             let port = try await gw.port(.clientPlain)
             var open: [TLSFreeConnection] = []
             for _ in 0..<3 {
@@ -74,8 +74,8 @@ import Testing
         }
     }
 
-    @Test func garbageInsteadOfHTTPOrTLSIsClosedWithoutHarm() async throws {
-        try await TestGateway.with { gw in
+    @Test(arguments: ListenerEngine.allCases) func garbageInsteadOfHTTPOrTLSIsClosedWithoutHarm(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"]) { gw in
             let plain = try await RawTCP.exchange(port: try await gw.port(.clientPlain), [0x00, 0xFF, 0x13, 0x37] + Array("garbage\r\n\r\n".utf8))
             #expect(plain.hasPrefix("HTTP/1.1 400"))
             #expect(plain.contains("connection: close"))
@@ -89,8 +89,8 @@ import Testing
         }
     }
 
-    @Test func aStalledBodyGets408() async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "limits: {body_timeout: 1s}"], body: "routes:\n  - {listener: client_plain, path: /echo, service: echo}") { gw in
+    @Test(arguments: ListenerEngine.allCases) func aStalledBodyGets408(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {body_timeout: 1s}\nengine: \(engine)"], body: "routes:\n  - {listener: client_plain, path: /echo, service: echo}") { gw in
             let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
             try await connection.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
             let answer = await connection.responseUntilClose()

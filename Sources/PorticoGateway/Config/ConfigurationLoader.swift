@@ -184,7 +184,7 @@ public struct ConfigurationLoader: Sendable {
 
     private static let listenerKeys = [
         "enabled", "port", "bind", "tls", "client_auth", "trust", "certificate", "private_key",
-        "http2", "proxy_protocol", "trusted_proxies", "limits", "access_log",
+        "http2", "proxy_protocol", "trusted_proxies", "limits", "access_log", "engine",
     ]
     private static let limitKeys = [
         "max_connections", "max_header_bytes", "max_headers", "max_body_bytes",
@@ -220,6 +220,12 @@ public struct ConfigurationLoader: Sendable {
             if let v = keys["http2"], let b = reader.bool(v.value, at: "\(path).http2") { listener.http2 = b }
             if let v = keys["proxy_protocol"], let b = reader.bool(v.value, at: "\(path).proxy_protocol") { listener.proxyProtocol = b }
             if let v = keys["access_log"], let b = reader.bool(v.value, at: "\(path).access_log") { listener.accessLog = b }
+            if let v = keys["engine"], let s = reader.string(v.value, at: "\(path).engine") {
+                if let engine = ListenerEngine(rawValue: s) { listener.engine = engine } else {
+                    reader.error("\(path).engine must be nio or core, not '\(s)'", at: v.value)
+                }
+                config.locations["\(path).engine"] = reader.location(v.value)
+            }
             if let v = keys["trusted_proxies"], let list = reader.sequence(v.value, at: "\(path).trusted_proxies") {
                 for item in list {
                     guard let s = reader.string(item, at: "\(path).trusted_proxies") else { continue }
@@ -244,6 +250,10 @@ public struct ConfigurationLoader: Sendable {
             }
             if listener.proxyProtocol && listener.trustedProxies.isEmpty {
                 reader.error("\(path).proxy_protocol is on but trusted_proxies is empty, so every connection would be refused; list the proxies' addresses", at: keys["proxy_protocol"]?.value ?? entry.value)
+            }
+            if listener.engine == .core, listener.tls || listener.proxyProtocol {
+                let what = listener.tls ? "TLS (tls: true)" : "PROXY headers (proxy_protocol: true)"
+                reader.error("\(path).engine core does not serve \(what) yet; use engine: nio for this listener", at: keys["engine"]?.value ?? entry.value)
             }
             if (listener.certificate == nil) != (listener.privateKey == nil) {
                 reader.error("\(path) names a certificate without a private_key or the other way round; give both or neither", at: entry.value)

@@ -131,6 +131,8 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var limits: ListenerLimits = ListenerLimits()
     /// `access_log`: write one line per request.
     public var accessLog: Bool = true
+    /// `engine`: which server core serves the listener's connections.
+    public var engine: ListenerEngine = .nio
 
     public init(role: ListenerRole) {
         self.role = role
@@ -141,8 +143,18 @@ public struct ListenerConfiguration: Sendable, Equatable {
 
     /// Whether two configurations need the socket to be bound again.
     func needsRebind(comparedTo other: ListenerConfiguration) -> Bool {
-        bind != other.bind || port != other.port || tls != other.tls || proxyProtocol != other.proxyProtocol
+        bind != other.bind || port != other.port || tls != other.tls || proxyProtocol != other.proxyProtocol || engine != other.engine
     }
+}
+
+/// Which server core serves a listener's connections.
+public enum ListenerEngine: String, Sendable, Equatable, CaseIterable {
+    /// SwiftNIO's event loops and channels, with NIOSSL: every feature.
+    case nio
+    /// Portico's own core: one epoll loop per CPU with sockets and handlers and nothing
+    /// between them. So far plain HTTP/1.1 to built-in services; not TLS, PROXY headers or
+    /// routes to upstreams (the configuration check says so).
+    case core
 }
 
 /// `listeners.<role>.limits`: bounds on what one client may hold or send.

@@ -65,6 +65,8 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
     private let started = ConditionLock(value: 0)
     private let finished = ConditionLock(value: 0)
     private var shutdownCallbacks: [(DispatchQueue, @Sendable ((any Error)?) -> Void)] = []
+    /// What connections read into (see ``takeReadBuffer()``).
+    private var readBuffer: ByteBuffer?
     let name: String
 
     private struct Inbox {
@@ -214,6 +216,23 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
         guard Int(fd) < handlers.count, handlers[Int(fd)] != nil else { return }
         _ = portico_epoll_ctl(epoll, EPOLL_CTL_DEL, fd, 0, 0)
         handlers[Int(fd)] = nil
+    }
+
+    /// How much one read takes.
+    static let readSize = 16 * 1024
+
+    /// The buffer a connection reads into, empty. One per loop, handed back after each read
+    /// (``returnReadBuffer(_:)``): when the connection kept none of the bytes, the next read
+    /// reuses the same memory; when it kept some (a partial head, a request being answered),
+    /// emptying it makes new memory for the next and leaves the kept bytes alone.
+    func takeReadBuffer() -> ByteBuffer {
+        guard var buffer = readBuffer.take() else { return ByteBufferAllocator().buffer(capacity: Self.readSize) }
+        buffer.clear()
+        return buffer
+    }
+
+    func returnReadBuffer(_ buffer: ByteBuffer) {
+        readBuffer = buffer
     }
 
     private static func tag(_ fd: Int32, _ generation: UInt32) -> UInt64 {

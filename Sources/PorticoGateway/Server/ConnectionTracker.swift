@@ -3,11 +3,26 @@ import NIOCore
 import NIOExtras
 import Prometheus
 
+/// An open connection as its listener's tracker sees it: something to ask to finish, or to close.
+protocol TrackedConnection: Sendable {
+    /// Finish the request in progress, then close.
+    func quiesce()
+    func close()
+}
+
+/// A connection served by a NIO channel.
+struct TrackedChannel: TrackedConnection {
+    let channel: any Channel
+
+    func quiesce() { channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
+    func close() { channel.close(promise: nil) }
+}
+
 /// The open connections of one listener: counted for limits and metrics, and told to finish
 /// when the listener drains.
 final class ConnectionTracker: Sendable {
     private struct State {
-        var channels: [ObjectIdentifier: any Channel] = [:]
+        var connections: [ObjectIdentifier: any TrackedConnection] = [:]
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
     private let state = NIOLockedValueBox(State())
@@ -16,50 +31,61 @@ final class ConnectionTracker: Sendable {
     /// `gauge` (the listener's open connections) goes up now and down when it closes, from
     /// the same close callback as the tracker's own bookkeeping.
     func admit(_ channel: any Channel, limit: Int, gauge: Gauge? = nil) -> Bool {
+        let id = ObjectIdentifier(channel)
+        guard admit(TrackedChannel(channel: channel), id: id, limit: limit, gauge: gauge) else { return false }
+        channel.closeFuture.whenComplete { [self] _ in release(id, gauge: gauge) }
+        return true
+    }
+
+    /// Adds a connection known by `id` unless `limit` are already open; its owner calls
+    /// ``release(_:gauge:)`` when it closes.
+    func admit(_ connection: any TrackedConnection, id: ObjectIdentifier, limit: Int, gauge: Gauge? = nil) -> Bool {
         let admitted = state.withLockedValue { state -> Bool in
-            guard state.channels.count < limit else { return false }
-            state.channels[ObjectIdentifier(channel)] = channel
+            guard state.connections.count < limit else { return false }
+            state.connections[id] = connection
             return true
         }
         guard admitted else { return false }
         gauge?.increment()
-        channel.closeFuture.whenComplete { [self] _ in
-            gauge?.decrement()
-            let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
-                state.channels.removeValue(forKey: ObjectIdentifier(channel))
-                guard state.channels.isEmpty else { return [] }
-                defer { state.waiters.removeAll() }
-                return state.waiters
-            }
-            waiters.forEach { $0.resume() }
-        }
         return true
     }
 
-    var count: Int { state.withLockedValue { $0.channels.count } }
+    /// The connection `id` has closed.
+    func release(_ id: ObjectIdentifier, gauge: Gauge? = nil) {
+        gauge?.decrement()
+        let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+            state.connections.removeValue(forKey: id)
+            guard state.connections.isEmpty else { return [] }
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        waiters.forEach { $0.resume() }
+    }
 
-    /// The open connections.
-    var channels: [any Channel] { state.withLockedValue { Array($0.channels.values) } }
+    var count: Int { state.withLockedValue { $0.connections.count } }
+
+    /// The open connections served by NIO channels.
+    var channels: [any Channel] {
+        state.withLockedValue { $0.connections.values.compactMap { ($0 as? TrackedChannel)?.channel } }
+    }
+
+    private var all: [any TrackedConnection] { state.withLockedValue { Array($0.connections.values) } }
 
     /// Asks every connection to finish what it is doing and close.
     func quiesceAll() {
-        for channel in channels {
-            channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
-        }
+        for connection in all { connection.quiesce() }
     }
 
     /// Closes every connection now.
     func closeAll() {
-        for channel in channels {
-            channel.close(promise: nil)
-        }
+        for connection in all { connection.close() }
     }
 
     /// Returns once no connection is open.
     func waitUntilEmpty() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let resumeNow = state.withLockedValue { state -> Bool in
-                if state.channels.isEmpty { return true }
+                if state.connections.isEmpty { return true }
                 state.waiters.append(continuation)
                 return false
             }

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -18,6 +19,8 @@ actor Listener {
         case idle
         /// One server channel per event loop, each on its own socket bound to the same port.
         case running([any Channel])
+        /// The same on Portico's own core: one socket per core loop.
+        case runningCore([CoreListeningSocket])
         case draining
         case stopped
     }
@@ -40,8 +43,11 @@ actor Listener {
 
     /// The address the socket is bound to, once running.
     var localAddress: SocketAddress? {
-        if case .running(let channels) = state { return channels.first?.localAddress }
-        return nil
+        switch state {
+        case .running(let channels): channels.first?.localAddress
+        case .runningCore(let sockets): sockets.first?.localAddress
+        default: nil
+        }
     }
 
     /// Open connections now.
@@ -56,10 +62,20 @@ actor Listener {
         return []
     }
 
+    /// The core's listening sockets, one per core loop, while running on the core.
+    var acceptingCoreSockets: [CoreListeningSocket] {
+        if case .runningCore(let sockets) = state { return sockets }
+        return []
+    }
+
     /// Binds the socket and starts accepting.
     /// - Throws: ``ListenerError`` naming the role, address and the OS reason.
     func start() async throws {
         guard case .idle = state else { return }
+        if configuration.engine == .core {
+            try await startCore()
+            return
+        }
         let configuration = self.configuration
         let snapshot = self.snapshot
         let tracker = self.tracker
@@ -108,12 +124,18 @@ actor Listener {
 
     /// Closes the listening socket; open connections carry on.
     func stopAccepting() async {
-        guard case .running(let channels) = state else {
-            if case .idle = state { state = .stopped }
-            return
+        switch state {
+        case .running(let channels):
+            state = .draining
+            for channel in channels { try? await channel.close() }
+        case .runningCore(let sockets):
+            state = .draining
+            for socket in sockets { await socket.close() }
+        case .idle:
+            state = .stopped
+        case .draining, .stopped:
+            break
         }
-        state = .draining
-        for channel in channels { try? await channel.close() }
     }
 
     /// Stops accepting and asks every open connection to finish: HTTP/1 after the response
@@ -126,7 +148,10 @@ actor Listener {
     /// Drains: ``beginDrain()``, then waits for the connections to close, closing whatever is
     /// left after `gracePeriod`.
     func drain(gracePeriod: TimeAmount) async {
-        if case .running = state { await beginDrain() }
+        switch state {
+        case .running, .runningCore: await beginDrain()
+        default: break
+        }
         guard case .draining = state else { return }
         let tracker = self.tracker
         let finished = await withTaskGroup(of: Bool.self) { group in
@@ -149,6 +174,58 @@ actor Listener {
         }
         state = .stopped
         logger.info("stopped", metadata: ["listener": "\(role)"])
+    }
+
+    /// Binds one socket per loop of Portico's own core and serves HTTP/1.1 on what each accepts.
+    private func startCore() async throws {
+        let configuration = self.configuration
+        let snapshot = self.snapshot
+        let tracker = self.tracker
+        let role = self.role
+        let address = "\(configuration.bind):\(configuration.port)"
+        var sockets: [CoreListeningSocket] = []
+        do {
+            let group = try CoreEventLoopGroup.shared.get()
+            if configuration.port != 0 { try PortCheck.ensureFree(host: configuration.bind, port: configuration.port) }
+            for loop in group.loops {
+                // The first socket takes the configured port (or, for port 0, one the system picks).
+                let port = sockets.first?.localAddress?.port ?? configuration.port
+                let bindAddress = try SocketAddress.makeAddressResolvingHost(configuration.bind, port: port)
+                sockets.append(try await CoreListeningSocket.open(address: bindAddress, loop: loop) { fd, peer in
+                    Listener.serveCore(fd: fd, peer: peer, loop: loop, role: role, snapshot: snapshot, tracker: tracker)
+                })
+            }
+        } catch {
+            for socket in sockets { await socket.close() }
+            throw ListenerError.bind(role: role, address: address, port: configuration.port, error: error)
+        }
+        state = .runningCore(sockets)
+        logger.info("listening", metadata: ["listener": "\(role)", "address": "\(sockets.first?.localAddress?.description ?? "?")", "tls": "\(configuration.tls)", "engine": "core"])
+    }
+
+    /// Serves one connection accepted by the core (on its loop).
+    private static func serveCore(fd: Int32, peer: SocketAddress?, loop: CoreEventLoop, role: ListenerRole, snapshot box: SnapshotBox<ListenerSnapshot>, tracker: ConnectionTracker) {
+        let reader = SnapshotReader(box, eventLoop: loop)
+        let snapshot = reader.value
+        let metrics = snapshot.metrics
+        let gauge = metrics.openConnections
+        // Set once the connection exists; the tracker knows it by its identity.
+        let id = NIOLockedValueBox<ObjectIdentifier?>(nil)
+        let connection = CoreConnection(fd: fd, loop: loop) {
+            if let id = id.withLockedValue({ $0 }) { tracker.release(id, gauge: gauge) }
+        }
+        guard tracker.admit(TrackedCoreConnection(connection), id: ObjectIdentifier(connection), limit: snapshot.configuration.limits.maxConnections, gauge: gauge) else {
+            metrics.refusedConnections.increment()
+            connection.close()
+            return
+        }
+        id.withLockedValue { $0 = ObjectIdentifier(connection) }
+        let info = ConnectionInfo(role: role, isTLS: false, peerAddress: peer, snapshot: reader, eventLoop: loop)
+        do {
+            try connection.start(info: info)
+        } catch {
+            connection.close()
+        }
     }
 
     /// Sets up one accepted connection's pipeline.
