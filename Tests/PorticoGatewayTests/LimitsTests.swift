@@ -75,7 +75,7 @@ import Testing
     }
 
     @Test(arguments: ListenerEngine.allCases) func garbageInsteadOfHTTPOrTLSIsClosedWithoutHarm(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"]) { gw in
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"]) { gw in
             let plain = try await RawTCP.exchange(port: try await gw.port(.clientPlain), [0x00, 0xFF, 0x13, 0x37] + Array("garbage\r\n\r\n".utf8))
             #expect(plain.hasPrefix("HTTP/1.1 400"))
             #expect(plain.contains("connection: close"))
@@ -127,8 +127,8 @@ struct TLSFreeConnection {
 }
 
 @Suite(.timeLimit(.minutes(1))) struct StalledClientTests {
-    @Test func aTLSClientThatNeverFinishesItsHandshakeIsClosed() async throws {
-        try await TestGateway.with(listeners: [.console: "limits: {header_timeout: 1s}"]) { gw in
+    @Test(arguments: ListenerEngine.allCases) func aTLSClientThatNeverFinishesItsHandshakeIsClosed(engine: ListenerEngine) async throws {
+        try await TestGateway.with(listeners: [.console: "limits: {header_timeout: 1s}\nengine: \(engine)"]) { gw in
             // Connect and send nothing: no ClientHello.
             let silent = try await RawTCP.connect(port: try await gw.port(.console))
             #expect(await silent.responseUntilClose().isEmpty)

@@ -151,9 +151,10 @@ public struct ListenerConfiguration: Sendable, Equatable {
 public enum ListenerEngine: String, Sendable, Equatable, CaseIterable {
     /// SwiftNIO's event loops and channels, with NIOSSL: every feature.
     case nio
-    /// Portico's own core: one epoll loop per CPU with sockets and handlers and nothing
-    /// between them. So far plain HTTP/1.1 to built-in services; not TLS, PROXY headers or
-    /// routes to upstreams (the configuration check says so).
+    /// Portico's own core: one epoll loop per CPU with sockets, BoringSSL and handlers and
+    /// nothing between them. So far HTTP/1.1, in the clear or over TLS (ALPN offers only
+    /// http/1.1), to built-in services; not HTTP/2, PROXY headers or routes to upstreams
+    /// (the configuration check says so).
     case core
 }
 

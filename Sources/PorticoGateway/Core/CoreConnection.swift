@@ -5,20 +5,29 @@ import NIOCore
 import Glibc
 #endif
 
-/// One accepted TCP connection on a ``CoreEventLoop``, serving HTTP/1.1: the socket, the
-/// bytes queued to send, and the ``HTTP1Connection`` it reads for.
+/// One accepted TCP connection on a ``CoreEventLoop``, serving HTTP/1.1 in the clear or over
+/// TLS: the socket, its TLS session, the bytes queued to send, and the ``HTTP1Connection`` it
+/// reads for.
 ///
-/// Reads go into the loop's shared read buffer (``CoreEventLoop/takeReadBuffer()``): one read
-/// per readiness event, handed to the HTTP layer as a `ByteBuffer`; when the HTTP layer kept
-/// none of it, the next read of any connection on the loop reuses the same memory. Writes are
-/// queued until a flush and go out in one `write` or `writev`; what the socket does not take
-/// waits for `EPOLLOUT`.
+/// Reading: one `read` per readiness event. In the clear it goes into the loop's shared read
+/// buffer (``CoreEventLoop/takeReadBuffer()``) and is handed to the HTTP layer as it is; over
+/// TLS the records go into the session's memory BIO and are decrypted into that buffer. When
+/// the HTTP layer kept none of the bytes, the next read of any connection on the loop reuses
+/// the same memory.
+///
+/// Writing: answers are queued until a flush. Over TLS everything queued becomes one record
+/// (when it fits in one) in the session's output BIO, and that goes to the socket straight from
+/// the BIO. What the socket does not take is kept in `outbound` and waits for `EPOLLOUT`.
 final class CoreConnection: CoreIOHandler, ConnectionTransport {
     let fd: Int32
     let loop: CoreEventLoop
     let allocator = ByteBufferAllocator()
     private var http: HTTP1Connection<CoreConnection>?
-    /// Written but not yet taken by the socket, oldest first.
+    private var info: ConnectionInfo?
+    private var tls: CoreTLSSession?
+    /// Answers written but not flushed yet (TLS only: in the clear they go to `outbound`).
+    private var plain: [ByteBuffer] = []
+    /// Bytes for the socket that it has not taken yet, oldest first.
     private var outbound: [ByteBuffer] = []
     private var closeWhenWritten = false
     private var interest: UInt32 = CoreEvents.readable
@@ -35,8 +44,12 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         self.onClose = onClose
     }
 
-    /// Registers the socket with the loop and starts serving HTTP/1.1 with `info`.
-    func start(info: ConnectionInfo) throws {
+    /// Registers the socket with the loop and starts serving HTTP/1.1 with `info`, over TLS
+    /// with `tlsContext` when given. The head timeout starts now, so it bounds the TLS
+    /// handshake too.
+    func start(info: ConnectionInfo, tlsContext: CoreTLSContext?) throws {
+        if let tlsContext { tls = try CoreTLSSession(context: tlsContext) }
+        self.info = info
         let http = HTTP1Connection(info: info, transport: self)
         self.http = http
         try loop.register(fd, events: interest, handler: self)
@@ -55,13 +68,15 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
             writeOut()
         }
         if events & (CoreEvents.readable | CoreEvents.hangUp) != 0, !isClosed, !readingStopped {
-            readIn()
+            if tls != nil { readRecords() } else { readIn() }
         }
     }
 
     func loopShutDown() {
         closeNow()
     }
+
+    // MARK: - Reading
 
     private func readIn() {
         var buffer = loop.takeReadBuffer()
@@ -71,12 +86,79 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
             if count < 0 { failure = errno }
             return max(count, 0)
         }
-        if count == 0 {
+        guard count > 0 else {
             loop.returnReadBuffer(buffer)
-            // End of stream, or a failure other than "nothing to read now".
-            if failure == 0 || (failure != EAGAIN && failure != EINTR) { closeNow() }
+            readFailed(failure)
             return
         }
+        deliver(buffer)
+    }
+
+    /// Reads TLS records: moves the handshake on, or decrypts what they hold.
+    private func readRecords() {
+        guard let tls else { return }
+        let scratch = loop.scratch
+        let count = Glibc.read(fd, scratch.baseAddress, scratch.count)
+        guard count > 0 else {
+            readFailed(count < 0 ? errno : 0)
+            return
+        }
+        tls.feed(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
+        if !tls.handshakeDone {
+            switch tls.handshake() {
+            case .wantsMore:
+                sendTLSOutput()
+                return
+            case .failed:
+                info?.snapshot.value.metrics.handshakeFailures.increment()
+                // The alert, if any, then close.
+                sendTLSOutput()
+                closeNow()
+                return
+            case .established:
+                info?.clientCertificate = tls.peerCertificate()
+                sendTLSOutput()
+            }
+        }
+        var buffer = loop.takeReadBuffer()
+        var ended = false
+        while !ended {
+            var result = CoreTLSSession.ReadResult.wantsMore
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { space in
+                result = tls.read(into: space)
+                if case .bytes(let count) = result { return count }
+                return 0
+            }
+            switch result {
+            case .bytes:
+                if buffer.writableBytes == 0 {
+                    // Full: hand it on and go on in a new one.
+                    deliver(buffer)
+                    if isClosed { return }
+                    buffer = loop.takeReadBuffer()
+                }
+            case .wantsMore:
+                ended = true
+            case .closed, .failed:
+                // close_notify or a bad record: what was decrypted is served, then the
+                // connection closes (as at the end of the stream in the clear).
+                if buffer.readableBytes > 0 { deliver(buffer) } else { loop.returnReadBuffer(buffer) }
+                closeNow()
+                return
+            }
+        }
+        // BoringSSL may have something to say (a key update, a session ticket).
+        if tls.pendingOutput > 0 { sendTLSOutput() }
+        if buffer.readableBytes > 0 {
+            deliver(buffer)
+        } else {
+            loop.returnReadBuffer(buffer)
+        }
+    }
+
+    /// Hands bytes read to the HTTP layer, flushes its answers, and stops reading if it has
+    /// buffered all it will.
+    private func deliver(_ buffer: ByteBuffer) {
         guard let http else {
             loop.returnReadBuffer(buffer)
             return
@@ -90,22 +172,29 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         }
     }
 
+    /// A read returned nothing: the end of the stream, or a failure other than "nothing to
+    /// read now".
+    private func readFailed(_ failure: Int32) {
+        if failure == 0 || (failure != EAGAIN && failure != EINTR) { closeNow() }
+    }
+
     // MARK: - ConnectionTransport
 
     func write(_ bytes: ByteBuffer) {
         guard !isClosed else { return }
-        outbound.append(bytes)
+        if tls != nil { plain.append(bytes) } else { outbound.append(bytes) }
     }
 
     func flush() {
+        if tls != nil { encryptPlain() }
         writeOut()
     }
 
     func writeAndClose(_ bytes: ByteBuffer) {
         guard !isClosed else { return }
-        outbound.append(bytes)
+        write(bytes)
         closeWhenWritten = true
-        writeOut()
+        flush()
     }
 
     func close() {
@@ -119,6 +208,54 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
     }
 
     // MARK: - Sending and closing
+
+    /// Encrypts the answers queued since the last flush: as one record when they fit in one.
+    private func encryptPlain() {
+        guard let tls, !plain.isEmpty else { return }
+        let total = plain.reduce(0) { $0 + $1.readableBytes }
+        var encrypted = true
+        if plain.count > 1 && total <= 16 * 1024 {
+            var offset = 0
+            for buffer in plain {
+                buffer.withUnsafeReadableBytes { bytes in
+                    UnsafeMutableRawBufferPointer(rebasing: loop.scratch[offset...]).copyMemory(from: bytes)
+                }
+                offset += buffer.readableBytes
+            }
+            encrypted = tls.write(UnsafeRawBufferPointer(rebasing: loop.scratch[..<total]))
+        } else {
+            for buffer in plain where encrypted {
+                encrypted = buffer.withUnsafeReadableBytes { tls.write($0) }
+            }
+        }
+        plain.removeAll(keepingCapacity: true)
+        guard encrypted else {
+            closeNow()
+            return
+        }
+        sendTLSOutput()
+    }
+
+    /// Sends what the TLS session has written: straight from its output BIO when nothing is
+    /// waiting before it; what the socket does not take is queued.
+    private func sendTLSOutput() {
+        guard let tls, !isClosed else { return }
+        let pending = tls.pendingOutput
+        guard pending > 0 else { return }
+        var sent = 0
+        if outbound.isEmpty {
+            sent = tls.withOutput { bytes in
+                // A failure other than EAGAIN shows at the next write or as EPOLLERR.
+                max(Glibc.write(fd, bytes.baseAddress, bytes.count), 0)
+            }
+        }
+        if sent == pending {
+            tls.discardOutput()
+            return
+        }
+        outbound.append(tls.takeOutput(after: sent))
+        setInterest(interest | CoreEvents.writable)
+    }
 
     /// Sends what is queued until the socket takes no more; then waits for `EPOLLOUT`.
     private func writeOut() {
@@ -187,13 +324,22 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
 
     private func closeNow() {
         guard !isClosed else { return }
+        if let tls, tls.handshakeDone, outbound.isEmpty {
+            // close_notify, if the socket takes it now; the connection does not wait for the
+            // client's.
+            tls.shutdown()
+            sendTLSOutput()
+        }
         isClosed = true
         loop.deregister(fd)
         Glibc.close(fd)
         outbound.removeAll()
+        plain.removeAll()
         // The HTTP layer lets go of this object and this of it: the cycle ends here.
         http?.stop()
         http = nil
+        tls = nil
+        info = nil
         onClose.take()?()
     }
 }

@@ -67,6 +67,9 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
     private var shutdownCallbacks: [(DispatchQueue, @Sendable ((any Error)?) -> Void)] = []
     /// What connections read into (see ``takeReadBuffer()``).
     private var readBuffer: ByteBuffer?
+    /// Raw memory for one read of TLS records from a socket, or for coalescing answers
+    /// before they are encrypted; used and done with within one call on the loop.
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     let name: String
 
     private struct Inbox {
@@ -107,6 +110,10 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
         }
         started.lock()
         started.unlock(withValue: 1)
+    }
+
+    deinit {
+        scratch.deallocate()
     }
 
     /// The thread's body: waits until `thread` is set, then runs until shut down.

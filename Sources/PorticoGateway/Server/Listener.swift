@@ -176,7 +176,8 @@ actor Listener {
         logger.info("stopped", metadata: ["listener": "\(role)"])
     }
 
-    /// Binds one socket per loop of Portico's own core and serves HTTP/1.1 on what each accepts.
+    /// Binds one socket per loop of Portico's own core and serves HTTP/1.1 (over TLS for a TLS
+    /// listener) on what each accepts.
     private func startCore() async throws {
         let configuration = self.configuration
         let snapshot = self.snapshot
@@ -220,9 +221,10 @@ actor Listener {
             return
         }
         id.withLockedValue { $0 = ObjectIdentifier(connection) }
-        let info = ConnectionInfo(role: role, isTLS: false, peerAddress: peer, snapshot: reader, eventLoop: loop)
+        let tls = snapshot.configuration.tls ? snapshot.tls?.coreContext() : nil
+        let info = ConnectionInfo(role: role, isTLS: tls != nil, peerAddress: peer, snapshot: reader, eventLoop: loop)
         do {
-            try connection.start(info: info)
+            try connection.start(info: info, tlsContext: tls)
         } catch {
             connection.close()
         }

@@ -8,29 +8,54 @@ import NIOSSL
 /// connection from NIOSSL's ClientHello callback, which cost ~10 us per connection (4% of a
 /// resumed handshake): setting a chain and key on a connection copies and checks them.
 final class ListenerTLS: Sendable {
+    /// A context for the listener's engine: NIOSSL's, or the core's own BoringSSL one.
+    enum Context: Sendable {
+        case nio(NIOSSLContext)
+        case core(CoreTLSContext)
+    }
+
     private let listener: ListenerConfiguration
     private let identity: ReloadableIdentity
     private let trust: [NIOSSLCertificate]
-    private let built: NIOLockedValueBox<(generation: Int, context: NIOSSLContext)>
+    private let built: NIOLockedValueBox<(generation: Int, context: Context)>
 
     init(listener: ListenerConfiguration, identity: ReloadableIdentity, trust: [NIOSSLCertificate]) throws {
         self.listener = listener
         self.identity = identity
         self.trust = trust
         let (current, generation) = identity.currentAndGeneration
-        self.built = NIOLockedValueBox((generation, try TLSContextFactory.makeServerContext(listener: listener, identity: current, trust: trust)))
+        self.built = NIOLockedValueBox((generation, try Self.make(listener: listener, identity: current, trust: trust)))
+    }
+
+    private static func make(listener: ListenerConfiguration, identity: ServerIdentity, trust: [NIOSSLCertificate]) throws -> Context {
+        switch listener.engine {
+        case .nio: .nio(try TLSContextFactory.makeServerContext(listener: listener, identity: identity, trust: trust))
+        case .core: .core(try CoreTLSContext(listener: listener, identity: identity, trust: trust))
+        }
     }
 
     /// The context for a new connection.
-    func context() -> NIOSSLContext {
+    private func current() -> Context {
         let (builtGeneration, context) = built.withLockedValue { $0 }
         if builtGeneration == identity.generation { return context }
         let (current, generation) = identity.currentAndGeneration
         // The pair was loaded and checked by the reload; should a context still not build,
         // the previous one stays in service.
-        guard let fresh = try? TLSContextFactory.makeServerContext(listener: listener, identity: current, trust: trust) else { return context }
+        guard let fresh = try? Self.make(listener: listener, identity: current, trust: trust) else { return context }
         built.withLockedValue { if $0.generation < generation { $0 = (generation, fresh) } }
         return fresh
+    }
+
+    /// NIOSSL's context for a new connection (a listener on the NIO engine).
+    func context() -> NIOSSLContext {
+        guard case .nio(let context) = current() else { preconditionFailure("a listener on the core asked for a NIOSSL context") }
+        return context
+    }
+
+    /// The core's context for a new connection (a listener on the core).
+    func coreContext() -> CoreTLSContext {
+        guard case .core(let context) = current() else { preconditionFailure("a listener on NIO asked for a core TLS context") }
+        return context
     }
 }
 

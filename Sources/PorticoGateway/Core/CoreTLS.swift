@@ -1,0 +1,286 @@
+// BoringSSL as NIOSSL vendors it (the same library serves the NIO listeners), driven directly.
+import CNIOBoringSSL
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOCore
+import NIOSSL
+
+/// Why a TLS context for the core could not be made.
+struct CoreTLSError: Error, CustomStringConvertible {
+    let description: String
+
+    init(_ what: String) {
+        var text = what
+        // BoringSSL's own reasons, oldest first.
+        var reasons: [String] = []
+        while case let code = ERR_get_error(), code != 0 {
+            var buffer = [CChar](repeating: 0, count: 256)
+            ERR_error_string_n(code, &buffer, buffer.count)
+            reasons.append(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        if !reasons.isEmpty { text += " (" + reasons.joined(separator: "; ") + ")" }
+        description = text
+    }
+}
+
+/// A server TLS context of the core for one listener and one identity: the listener's policy
+/// (TLS 1.2 and later, NIOSSL's cipher suites, ALPN, client certificates and their trust) and
+/// the pair, as one BoringSSL `SSL_CTX` that every connection of that identity shares.
+/// A reload makes a new one (``ListenerTLS``); connections keep the one they started with.
+final class CoreTLSContext: @unchecked Sendable {
+    // @unchecked Sendable: after init the SSL_CTX is only used through BoringSSL's
+    // thread-safe calls (SSL_new, and its session cache and ticket keys, which it locks).
+    let context: OpaquePointer
+
+    init(listener: ListenerConfiguration, identity: ServerIdentity, trust: [NIOSSLCertificate]) throws {
+        guard let context = SSL_CTX_new(TLS_server_method()) else { throw CoreTLSError("SSL_CTX_new failed") }
+        self.context = context
+        guard SSL_CTX_set_min_proto_version(context, UInt16(TLS1_2_VERSION)) == 1 else { throw CoreTLSError("cannot require TLS 1.2") }
+        guard SSL_CTX_set_cipher_list(context, defaultCipherSuites) == 1 else { throw CoreTLSError("cannot set the cipher suites") }
+        try Self.usePair(identity, in: context)
+        // Sessions of one listener only resume on it (and resumption needs this when client
+        // certificates are asked for).
+        let sessionContext = Array("portico-\(listener.role.rawValue)".utf8.prefix(Int(SSL_MAX_SID_CTX_LENGTH)))
+        _ = SSL_CTX_set_session_id_context(context, sessionContext, sessionContext.count)
+        // One protocol the core serves: HTTP/1.1 (it does not serve HTTP/2 yet).
+        SSL_CTX_set_alpn_select_cb(context, { _, out, outLength, offered, offeredLength, _ in
+            selectHTTP11(out: out, outLength: outLength, offered: offered, offeredLength: offeredLength)
+        }, nil)
+        switch listener.clientAuth {
+        case .none:
+            break
+        case .optional, .require:
+            SSL_CTX_set_verify(context, listener.clientAuth == .require ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER, nil)
+            X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(context), CUnsignedLong(X509_V_FLAG_TRUSTED_FIRST))
+            let store = SSL_CTX_get_cert_store(context)
+            for certificate in trust {
+                let x509 = try Self.x509(certificate)
+                defer { X509_free(x509) }
+                guard X509_STORE_add_cert(store, x509) == 1 else { throw CoreTLSError("cannot trust a client certificate authority") }
+                _ = SSL_CTX_add_client_CA(context, x509)
+            }
+        }
+    }
+
+    deinit {
+        SSL_CTX_free(context)
+    }
+
+    private static func usePair(_ identity: ServerIdentity, in context: OpaquePointer) throws {
+        guard let leaf = identity.chain.first else { throw CoreTLSError("the identity holds no certificate") }
+        let x509 = try x509(leaf)
+        defer { X509_free(x509) }
+        guard SSL_CTX_use_certificate(context, x509) == 1 else { throw CoreTLSError("cannot use the certificate") }
+        for issuer in identity.chain.dropFirst() {
+            let issuerX509 = try self.x509(issuer)
+            defer { X509_free(issuerX509) }
+            guard SSL_CTX_add1_chain_cert(context, issuerX509) == 1 else { throw CoreTLSError("cannot add an issuer to the chain") }
+        }
+        let der = try identity.privateKey.derBytes
+        let key = der.withUnsafeBufferPointer { bytes -> OpaquePointer? in
+            var cursor = bytes.baseAddress
+            return d2i_AutoPrivateKey(nil, &cursor, bytes.count)
+        }
+        guard let key else { throw CoreTLSError("cannot read the private key") }
+        defer { EVP_PKEY_free(key) }
+        guard SSL_CTX_use_PrivateKey(context, key) == 1, SSL_CTX_check_private_key(context) == 1 else {
+            throw CoreTLSError("the private key does not match the certificate")
+        }
+    }
+
+    /// A certificate as BoringSSL's own object (the caller frees it).
+    static func x509(_ certificate: NIOSSLCertificate) throws -> OpaquePointer {
+        let der = try certificate.toDERBytes()
+        let x509 = der.withUnsafeBufferPointer { bytes -> OpaquePointer? in
+            var cursor = bytes.baseAddress
+            return d2i_X509(nil, &cursor, bytes.count)
+        }
+        guard let x509 else { throw CoreTLSError("cannot read a certificate") }
+        return x509
+    }
+}
+
+/// ALPN: http/1.1 if the client offers it; otherwise none (the client may still speak HTTP/1.1).
+private func selectHTTP11(
+    out: UnsafeMutablePointer<UnsafePointer<UInt8>?>?, outLength: UnsafeMutablePointer<UInt8>?,
+    offered: UnsafePointer<UInt8>?, offeredLength: UInt32
+) -> Int32 {
+    guard let out, let outLength, let offered else { return SSL_TLSEXT_ERR_NOACK }
+    let wanted: StaticString = "http/1.1"
+    var index = 0
+    while index < Int(offeredLength) {
+        let length = Int(offered[index])
+        let start = index + 1
+        guard start + length <= Int(offeredLength) else { break }
+        if length == wanted.utf8CodeUnitCount, memcmp(offered + start, wanted.utf8Start, length) == 0 {
+            out.pointee = offered + start
+            outLength.pointee = UInt8(length)
+            return SSL_TLSEXT_ERR_OK
+        }
+        index = start + length
+    }
+    return SSL_TLSEXT_ERR_NOACK
+}
+
+/// Where BoringSSL writes one connection's records: a `ByteBuffer` the connection sends
+/// from, emptied (and its memory kept) once the socket took it all.
+final class CoreTLSOutput {
+    var bytes = ByteBuffer()
+
+    /// A BIO whose writes append to an output's bytes. Made once, shared by every connection.
+    // nonisolated(unsafe): set once, then only read (BoringSSL does not change a method).
+    nonisolated(unsafe) static let method: OpaquePointer = {
+        let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "portico output")!
+        _ = BIO_meth_set_write(method) { bio, data, length in
+            guard let bio, let data, length > 0, let state = BIO_get_data(bio) else { return 0 }
+            let output = Unmanaged<CoreTLSOutput>.fromOpaque(state).takeUnretainedValue()
+            output.bytes.writeBytes(UnsafeRawBufferPointer(start: data, count: Int(length)))
+            return length
+        }
+        // BoringSSL flushes after each flight of records; there is nothing to do.
+        _ = BIO_meth_set_ctrl(method) { _, command, _, _ in command == BIO_CTRL_FLUSH ? 1 : 0 }
+        return method
+    }()
+}
+
+/// One connection's TLS state: BoringSSL reading records from a memory BIO the connection
+/// fills (one `read` per readiness event), and writing records into a ``CoreTLSOutput`` the
+/// connection sends from.
+final class CoreTLSSession {
+    let ssl: OpaquePointer
+    private let input: OpaquePointer
+    private let output = CoreTLSOutput()
+    /// Keeps the context alive as long as the session.
+    private let context: CoreTLSContext
+    private(set) var handshakeDone = false
+
+    enum Progress {
+        /// More bytes from the peer are needed.
+        case wantsMore
+        /// The handshake completed.
+        case established
+        /// The handshake failed (bad certificate, wrong protocol, garbage).
+        case failed
+    }
+
+    init(context: CoreTLSContext) throws {
+        guard let ssl = SSL_new(context.context) else { throw CoreTLSError("SSL_new failed") }
+        guard let input = BIO_new(BIO_s_mem()), let writer = BIO_new(CoreTLSOutput.method) else {
+            SSL_free(ssl)
+            throw CoreTLSError("BIO_new failed")
+        }
+        // An empty input BIO means "wait for more", not end of stream.
+        _ = BIO_set_mem_eof_return(input, -1)
+        // Unretained: the session holds the output for as long as BoringSSL holds the BIO.
+        BIO_set_data(writer, Unmanaged.passUnretained(output).toOpaque())
+        BIO_set_init(writer, 1)
+        SSL_set_bio(ssl, input, writer)
+        SSL_set_accept_state(ssl)
+        self.ssl = ssl
+        self.input = input
+        self.context = context
+    }
+
+    deinit {
+        SSL_free(ssl)
+    }
+
+    /// Hands BoringSSL bytes read from the socket.
+    func feed(_ bytes: UnsafeRawBufferPointer) {
+        _ = BIO_write(input, bytes.baseAddress, Int32(bytes.count))
+    }
+
+    /// Moves the handshake on with what was fed.
+    func handshake() -> Progress {
+        let result = SSL_do_handshake(ssl)
+        if result == 1 {
+            handshakeDone = true
+            return .established
+        }
+        switch SSL_get_error(ssl, result) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .wantsMore
+        default:
+            ERR_clear_error()
+            return .failed
+        }
+    }
+
+    enum ReadResult {
+        case bytes(Int)
+        case wantsMore
+        /// The peer sent close_notify.
+        case closed
+        case failed
+    }
+
+    /// Decrypts what was fed into `space`.
+    func read(into space: UnsafeMutableRawBufferPointer) -> ReadResult {
+        let result = SSL_read(ssl, space.baseAddress, Int32(space.count))
+        if result > 0 { return .bytes(Int(result)) }
+        switch SSL_get_error(ssl, result) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return .wantsMore
+        case SSL_ERROR_ZERO_RETURN: return .closed
+        default:
+            ERR_clear_error()
+            return .failed
+        }
+    }
+
+    /// Encrypts `bytes` as records (one per 16 KiB) into the output.
+    func write(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let result = SSL_write(ssl, bytes.baseAddress! + offset, Int32(min(bytes.count - offset, Int(Int32.max))))
+            guard result > 0 else {
+                ERR_clear_error()
+                return false
+            }
+            offset += Int(result)
+        }
+        return true
+    }
+
+    /// Queues close_notify.
+    func shutdown() {
+        _ = SSL_shutdown(ssl)
+        ERR_clear_error()
+    }
+
+    /// Record bytes waiting to be sent.
+    var pendingOutput: Int { output.bytes.readableBytes }
+
+    /// Calls `body` with the record bytes waiting to be sent.
+    func withOutput<T>(_ body: (UnsafeRawBufferPointer) -> T) -> T {
+        output.bytes.withUnsafeReadableBytes(body)
+    }
+
+    /// The bytes after the first `sent`, to keep for later; the output is emptied.
+    func takeOutput(after sent: Int) -> ByteBuffer {
+        var rest = output.bytes
+        rest.moveReaderIndex(forwardBy: sent)
+        // Shared with `rest` now: emptying it gives it new memory and leaves `rest` alone.
+        output.bytes.clear()
+        return rest
+    }
+
+    /// Empties the output, keeping its memory unless it grew large.
+    func discardOutput() {
+        if output.bytes.capacity > 64 * 1024 {
+            output.bytes = ByteBuffer()
+        } else {
+            output.bytes.clear()
+        }
+    }
+
+    /// The client's certificate, if it sent one (verified against the trust when asked for).
+    func peerCertificate() -> NIOSSLCertificate? {
+        guard let x509 = SSL_get_peer_certificate(ssl) else { return nil }
+        defer { X509_free(x509) }
+        var der: UnsafeMutablePointer<UInt8>? = nil
+        let length = i2d_X509(x509, &der)
+        guard length > 0, let der else { return nil }
+        defer { OPENSSL_free(der) }
+        return try? NIOSSLCertificate(bytes: Array(UnsafeBufferPointer(start: der, count: Int(length))), format: .der)
+    }
+}
