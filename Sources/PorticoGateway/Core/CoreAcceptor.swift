@@ -65,12 +65,8 @@ final class CoreAcceptor: CoreIOHandler {
         // A few per wake-up, so one loop busy accepting still serves its connections.
         for _ in 0..<16 {
             var storage = sockaddr_storage()
-            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let client = withUnsafeMutablePointer(to: &storage) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    portico_accept4(fd, $0, &length, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
-                }
-            }
+            var length = UInt32(MemoryLayout<sockaddr_storage>.size)
+            let client = portico_accept(fd, &storage, &length)
             guard client >= 0 else {
                 // EAGAIN: none left. EMFILE and the like: the next wake-up tries again.
                 return

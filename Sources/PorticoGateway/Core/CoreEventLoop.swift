@@ -18,10 +18,10 @@ protocol CoreIOHandler: AnyObject {
 
 /// The epoll events the core asks for and is told of.
 enum CoreEvents {
-    static let readable = EPOLLIN.rawValue
-    static let writable = EPOLLOUT.rawValue
+    static let readable = portico_epoll_in
+    static let writable = portico_epoll_out
     /// The peer closed or the socket failed (reported whether asked for or not).
-    static let hangUp = EPOLLHUP.rawValue | EPOLLERR.rawValue | EPOLLRDHUP.rawValue
+    static let hangUp = portico_epoll_hup | portico_epoll_err | portico_epoll_rdhup
 }
 
 /// Why the core could not do what it was asked.
@@ -85,16 +85,16 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
     /// Starts the loop's thread.
     init(name: String) throws {
         self.name = name
-        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        epoll = portico_epoll_create()
         guard epoll >= 0 else { throw CoreSystemError("epoll_create1") }
-        wake = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+        wake = portico_eventfd()
         guard wake >= 0 else {
             let error = CoreSystemError("eventfd")
             Glibc.close(epoll)
             throw error
         }
         // Tag 0 is the wake descriptor's (registrations start at generation 1).
-        guard portico_epoll_ctl(epoll, EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, 0) == 0 else {
+        guard portico_epoll_ctl(epoll, portico_epoll_add, wake, CoreEvents.readable, 0) == 0 else {
             let error = CoreSystemError("epoll_ctl")
             Glibc.close(epoll)
             Glibc.close(wake)
@@ -204,7 +204,7 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
         if handlers.count <= index {
             handlers.append(contentsOf: repeatElement(nil, count: max(index + 1 - handlers.count, handlers.count)))
         }
-        guard portico_epoll_ctl(epoll, EPOLL_CTL_ADD, fd, events, Self.tag(fd, generation)) == 0 else {
+        guard portico_epoll_ctl(epoll, portico_epoll_add, fd, events, Self.tag(fd, generation)) == 0 else {
             throw CoreSystemError("epoll_ctl")
         }
         handlers[index] = Registration(handler: handler, generation: generation)
@@ -214,14 +214,14 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
     func modify(_ fd: Int32, events: UInt32) {
         preconditionInEventLoop()
         guard let registration = handlers[Int(fd)] else { return }
-        _ = portico_epoll_ctl(epoll, EPOLL_CTL_MOD, fd, events, Self.tag(fd, registration.generation))
+        _ = portico_epoll_ctl(epoll, portico_epoll_mod, fd, events, Self.tag(fd, registration.generation))
     }
 
     /// Stops watching `fd` (call before closing it).
     func deregister(_ fd: Int32) {
         preconditionInEventLoop()
         guard Int(fd) < handlers.count, handlers[Int(fd)] != nil else { return }
-        _ = portico_epoll_ctl(epoll, EPOLL_CTL_DEL, fd, 0, 0)
+        _ = portico_epoll_ctl(epoll, portico_epoll_del, fd, 0, 0)
         handlers[Int(fd)] = nil
     }
 
@@ -250,13 +250,13 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
 
     private func run() {
         let capacity = 256
-        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
+        let events = UnsafeMutablePointer<portico_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
         while running {
-            let ready = epoll_wait(epoll, events, Int32(capacity), waitTimeout())
+            let ready = portico_epoll_wait(epoll, events, Int32(capacity), waitTimeout())
             if ready < 0 && errno != EINTR { fatalError("\(name): \(CoreSystemError("epoll_wait"))") }
             for index in 0..<max(0, Int(ready)) {
-                let tag = portico_epoll_event_tag(events + index)
+                let tag = events[index].tag
                 if tag == 0 {
                     var value: UInt64 = 0
                     _ = read(wake, &value, 8)
@@ -264,7 +264,7 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
                 }
                 let fd = Int(UInt32(truncatingIfNeeded: tag))
                 guard fd < handlers.count, let registration = handlers[fd], registration.generation == UInt32(tag >> 32) else { continue }
-                registration.handler.ready(portico_epoll_event_flags(events + index))
+                registration.handler.ready(events[index].events)
             }
             runDueTimers()
             runTasks()
