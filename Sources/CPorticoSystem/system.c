@@ -49,6 +49,17 @@ int portico_accept(int fd, void *address, uint32_t *length) {
     return accepted;
 }
 
+long portico_send(int fd, const void *bytes, unsigned long count) {
+    return send(fd, bytes, count, MSG_NOSIGNAL);
+}
+
+long portico_sendv(int fd, const void *iovecs, int count) {
+    struct msghdr message = {0};
+    message.msg_iov = (struct iovec *)iovecs;
+    message.msg_iovlen = count;
+    return sendmsg(fd, &message, MSG_NOSIGNAL);
+}
+
 void portico_set_thread_name(const char *name) {
     pthread_setname_np(pthread_self(), name);
 }

@@ -111,10 +111,30 @@ import Glibc
         try await loop.shutdownGracefully()
         #expect(failure.withLockedValue { $0 as? EventLoopError } == .shutdown)
         #expect(reader.shutDownByLoop.withLockedValue { $0 })
-        // The read end was closed by the handler: writing to the pipe now fails.
-        signal(SIGPIPE, SIG_IGN)
-        #expect(write(ends[1], "x", 1) == -1)
+        // The handler closed the read end: the descriptor is no longer open.
+        #expect(fcntl(ends[0], F_GETFD) == -1 && errno == EBADF)
         close(ends[1])
+    }
+
+    /// A send to a peer that has gone fails with EPIPE, which closes the connection; it does
+    /// not raise SIGPIPE (whose default action would end the whole process: the test run here).
+    @Test func aPeerThatHasGoneIsAnErrorNotASignal() async throws {
+        let loop = try CoreEventLoop(name: "test-core")
+        defer { loop.shutdownGracefully { _ in } }
+        var ends: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        _ = fcntl(ends[0], F_SETFL, O_NONBLOCK)
+        close(ends[1])
+        let closed = loop.makePromise(of: Bool.self)
+        let fd = ends[0]
+        try await loop.submit {
+            let connection = CoreConnection(fd: fd, loop: loop) { closed.succeed(true) }
+            connection.write(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"))
+            connection.flush()
+            #expect(connection.isClosed)
+        }.get()
+        #expect(try await closed.futureResult.get())
+        #expect(fcntl(fd, F_GETFD) == -1 && errno == EBADF)
     }
 
     @Test func aGroupHandsOutEachLoopInTurn() async throws {

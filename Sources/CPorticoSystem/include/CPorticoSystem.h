@@ -35,6 +35,10 @@ int portico_epoll_wait(int epoll, portico_event *events, int capacity, int timeo
 int portico_eventfd(void);
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC; `address` is a sockaddr_storage.
 int portico_accept(int fd, void *address, uint32_t *length);
+/// send(2) with MSG_NOSIGNAL: a peer that has gone makes it fail with EPIPE, not raise SIGPIPE.
+long portico_send(int fd, const void *bytes, unsigned long count);
+/// sendmsg(2) of `count` iovecs with MSG_NOSIGNAL.
+long portico_sendv(int fd, const void *iovecs, int count);
 /// Names the calling thread (at most 15 bytes are kept).
 void portico_set_thread_name(const char *name);
 

@@ -18,6 +18,7 @@ import Glibc
 /// Writing: answers are queued until a flush. Over TLS everything queued becomes one record
 /// (when it fits in one) in the session's output BIO, and that goes to the socket straight from
 /// the BIO. What the socket does not take is kept in `outbound` and waits for `EPOLLOUT`.
+/// Sends use `MSG_NOSIGNAL`: a client that has gone is an error to handle, not SIGPIPE.
 final class CoreConnection: CoreIOHandler, ConnectionTransport {
     let fd: Int32
     let loop: CoreEventLoop
@@ -246,7 +247,7 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         if outbound.isEmpty {
             sent = tls.withOutput { bytes in
                 // A failure other than EAGAIN shows at the next write or as EPOLLERR.
-                max(Glibc.write(fd, bytes.baseAddress, bytes.count), 0)
+                max(portico_send(fd, bytes.baseAddress, UInt(bytes.count)), 0)
             }
         }
         if sent == pending {
@@ -277,7 +278,7 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
     }
 
     private func writeOne() -> Int {
-        outbound[0].withUnsafeReadableBytes { bytes in Glibc.write(fd, bytes.baseAddress, bytes.count) }
+        outbound[0].withUnsafeReadableBytes { bytes in portico_send(fd, bytes.baseAddress, UInt(bytes.count)) }
     }
 
     /// One `writev` of up to 64 queued buffers.
@@ -291,7 +292,7 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
                     vectors[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
                 }
             }
-            return Glibc.writev(fd, vectors.baseAddress, Int32(count))
+            return portico_sendv(fd, vectors.baseAddress, Int32(count))
         }
     }
 
