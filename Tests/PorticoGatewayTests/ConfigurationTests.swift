@@ -222,8 +222,8 @@ import Testing
         }
     }
 
-    /// `engine: core` serves HTTP/1.1 (clear or TLS) to built-in services so far; what it does
-    /// not serve yet is refused at the key that asks for it, not found out by a client.
+    /// `engine: core` serves HTTP/1.1 (clear or TLS) so far; what it does not serve yet is
+    /// refused at the key that asks for it, not found out by a client.
     @Test func theCoreEngineIsRefusedWhatItDoesNotServeYet() throws {
         let found = problems("""
             listeners:
@@ -242,28 +242,6 @@ import Testing
         #expect(plain.listeners[.reporting]?.engine == .core)
         #expect(plain.listeners[.webservices]?.engine == .core)
         #expect(plain.listeners[.console]?.engine == .nio)
-
-        let config = try loader.load(yaml: """
-            listeners:
-              client_plain: {port: 0, engine: core}
-              client: {enabled: false}
-              replication: {enabled: false}
-              console: {enabled: false}
-              reporting: {enabled: false}
-              webservices: {enabled: false}
-            upstreams:
-              backend: {targets: ["http://127.0.0.1:9"]}
-            routes:
-              - {listener: client_plain, path: /ok, service: health}
-              - {listener: client_plain, path: /relayed/*, upstream: backend}
-            """, file: "/tmp/p.yaml")
-        do {
-            _ = try ConfigurationCheck.prepare(config, generateMissing: false)
-            Issue.record("a route to an upstream on a core listener was accepted")
-        } catch {
-            #expect(error.diagnostics.map { $0.location?.line } == [12])
-            #expect(error.diagnostics.first?.message.contains("the core does not relay to upstreams") == true)
-        }
     }
 
     @Test func unreadableAndMismatchedCertificateFilesAreReportedAtTheirKeys() throws {

@@ -151,9 +151,6 @@ public enum ConfigurationCheck {
         for role in ListenerRole.allCases {
             var definitions: [Router<Int>.Definition] = []
             for (index, route) in config.routes.enumerated() where route.listeners.contains(role) {
-                if config.listeners[role]?.engine == .core, case .upstream(let name) = route.target {
-                    diagnostics.append(ConfigurationDiagnostic("on listener \(role) (engine core), the route to upstream '\(name)' cannot be served yet: the core does not relay to upstreams; use engine: nio for this listener", at: route.location))
-                }
                 definitions.append(.init(methods: route.methods, host: route.host, path: route.path, target: index, maxBodyBytes: route.maxBodyBytes))
                 do {
                     _ = try Router(definitions)

@@ -153,8 +153,8 @@ public enum ListenerEngine: String, Sendable, Equatable, CaseIterable {
     case nio
     /// Portico's own core: one epoll loop per CPU with sockets, BoringSSL and handlers and
     /// nothing between them. So far HTTP/1.1, in the clear or over TLS (ALPN offers only
-    /// http/1.1), to built-in services; not HTTP/2, PROXY headers or routes to upstreams
-    /// (the configuration check says so).
+    /// http/1.1), to services and upstreams; not HTTP/2 or PROXY headers (the configuration
+    /// check says so).
     case core
 }
 

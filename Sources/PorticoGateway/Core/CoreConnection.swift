@@ -28,8 +28,8 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
     private var tls: CoreTLSSession?
     /// Answers written but not flushed yet (TLS only: in the clear they go to `outbound`).
     private var plain: [ByteBuffer] = []
-    /// Bytes for the socket that it has not taken yet, oldest first.
-    private var outbound: [ByteBuffer] = []
+    /// Bytes for the socket that it has not taken yet.
+    private var outbound = CoreSendQueue()
     private var closeWhenWritten = false
     private var interest: UInt32 = CoreEvents.readable
     private var readingStopped = false
@@ -80,19 +80,11 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
     // MARK: - Reading
 
     private func readIn() {
-        var buffer = loop.takeReadBuffer()
-        var failure: Int32 = 0
-        let count = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { space in
-            let count = Glibc.read(fd, space.baseAddress, space.count)
-            if count < 0 { failure = errno }
-            return max(count, 0)
+        switch loop.read(from: fd) {
+        case .bytes(let buffer): deliver(buffer)
+        case .wouldBlock: break
+        case .ended: closeNow()
         }
-        guard count > 0 else {
-            loop.returnReadBuffer(buffer)
-            readFailed(failure)
-            return
-        }
-        deliver(buffer)
     }
 
     /// Reads TLS records: moves the handshake on, or decrypts what they hold.
@@ -101,7 +93,8 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         let scratch = loop.scratch
         let count = Glibc.read(fd, scratch.baseAddress, scratch.count)
         guard count > 0 else {
-            readFailed(count < 0 ? errno : 0)
+            // The end of the stream, or a failure other than "nothing to read now".
+            if count == 0 || (errno != EAGAIN && errno != EINTR) { closeNow() }
             return
         }
         tls.feed(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
@@ -171,12 +164,6 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
             readingStopped = true
             setInterest(interest & ~CoreEvents.readable)
         }
-    }
-
-    /// A read returned nothing: the end of the stream, or a failure other than "nothing to
-    /// read now".
-    private func readFailed(_ failure: Int32) {
-        if failure == 0 || (failure != EAGAIN && failure != EINTR) { closeNow() }
     }
 
     // MARK: - ConnectionTransport
@@ -260,60 +247,15 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
 
     /// Sends what is queued until the socket takes no more; then waits for `EPOLLOUT`.
     private func writeOut() {
-        while !isClosed, !outbound.isEmpty {
-            let written = outbound.count == 1 ? writeOne() : writeMany()
-            if written < 0 {
-                if errno == EAGAIN || errno == EINTR {
-                    setInterest(interest | CoreEvents.writable)
-                } else {
-                    closeNow()
-                }
-                return
-            }
-            consume(written)
-        }
         guard !isClosed else { return }
-        if interest & CoreEvents.writable != 0 { setInterest(interest & ~CoreEvents.writable) }
-        if closeWhenWritten { closeNow() }
-    }
-
-    private func writeOne() -> Int {
-        outbound[0].withUnsafeReadableBytes { bytes in portico_send(fd, bytes.baseAddress, UInt(bytes.count)) }
-    }
-
-    /// One `writev` of up to 64 queued buffers.
-    private func writeMany() -> Int {
-        let count = min(outbound.count, 64)
-        return withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { vectors in
-            // The buffers' memory is only read while `outbound` holds them, which it does
-            // until `consume` runs after the call.
-            for index in 0..<count {
-                outbound[index].withUnsafeReadableBytes { bytes in
-                    vectors[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
-                }
-            }
-            return portico_sendv(fd, vectors.baseAddress, Int32(count))
-        }
-    }
-
-    /// Drops `count` bytes the socket took from the front of the queue.
-    private func consume(_ count: Int) {
-        var left = count
-        var done = 0
-        while left > 0 && done < outbound.count {
-            let size = outbound[done].readableBytes
-            if size <= left {
-                left -= size
-                done += 1
-            } else {
-                outbound[done].moveReaderIndex(forwardBy: left)
-                left = 0
-            }
-        }
-        if done == outbound.count {
-            outbound.removeAll(keepingCapacity: true)
-        } else if done > 0 {
-            outbound.removeFirst(done)
+        switch outbound.send(to: fd) {
+        case .wouldBlock:
+            setInterest(interest | CoreEvents.writable)
+        case .failed:
+            closeNow()
+        case .sent:
+            if interest & CoreEvents.writable != 0 { setInterest(interest & ~CoreEvents.writable) }
+            if closeWhenWritten { closeNow() }
         }
     }
 

@@ -242,6 +242,29 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
         readBuffer = buffer
     }
 
+    enum SocketRead {
+        /// What was read, in the loop's read buffer: hand it back with ``returnReadBuffer(_:)``.
+        case bytes(ByteBuffer)
+        /// Nothing to read now.
+        case wouldBlock
+        /// The end of the stream, or a failure.
+        case ended
+    }
+
+    /// One `read` from `fd` into the loop's read buffer.
+    func read(from fd: Int32) -> SocketRead {
+        var buffer = takeReadBuffer()
+        var failure: Int32 = 0
+        let count = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { space in
+            let count = Glibc.read(fd, space.baseAddress, space.count)
+            if count < 0 { failure = errno }
+            return max(count, 0)
+        }
+        if count > 0 { return .bytes(buffer) }
+        returnReadBuffer(buffer)
+        return failure == EAGAIN || failure == EINTR ? .wouldBlock : .ended
+    }
+
     private static func tag(_ fd: Int32, _ generation: UInt32) -> UInt64 {
         UInt64(generation) << 32 | UInt64(UInt32(bitPattern: fd))
     }
@@ -259,7 +282,7 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
                 let tag = events[index].tag
                 if tag == 0 {
                     var value: UInt64 = 0
-                    _ = read(wake, &value, 8)
+                    _ = Glibc.read(wake, &value, 8)
                     continue
                 }
                 let fd = Int(UInt32(truncatingIfNeeded: tag))

@@ -31,15 +31,22 @@ enum UpstreamFailure: Error, CustomStringConvertible {
     }
 }
 
+/// What an upstream connection needs of its socket: a NIO channel (``UpstreamChannelHandler``)
+/// or a socket of Portico's own core (``CoreUpstreamSocket``).
+protocol UpstreamTransport: AnyObject {
+    /// Sends `bytes` now.
+    func send(_ bytes: ByteBuffer)
+    /// Closes; the connection is then told ``UpstreamConnection/transportClosed()``.
+    func close()
+}
+
 /// One kept-alive HTTP/1.1 connection to a plain-HTTP upstream, owned by one event loop.
 ///
 /// A request is written as one buffer and its response read back with the gateway's own
 /// parser, on the event loop of the client connection that asked: no task hop, no lock, no
 /// future. The ``UpstreamExchange`` that sent the request is called back with the response.
 /// The response's header lines are copied as bytes, never made into strings.
-final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+final class UpstreamConnection: DeadlineClient {
 
     /// The response being received, kept on the connection (one request at a time) rather
     /// than in an object per request.
@@ -62,7 +69,7 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
 
     let target: Int
     private let owner: UpstreamConnections
-    private var context: ChannelHandlerContext?
+    private var transport: (any UpstreamTransport)?
     /// The exchange whose request is out, and what of its response has arrived.
     private var exchange: UpstreamExchange?
     private var receiving = Receiving()
@@ -79,26 +86,28 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         self.owner = owner
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        joinSweeper(on: context.eventLoop)
+    /// The socket is connected (on `eventLoop`).
+    func attached(to transport: any UpstreamTransport, on eventLoop: any EventLoop) {
+        self.transport = transport
+        joinSweeper(on: eventLoop)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    /// The socket is gone.
+    func detached() {
         leaveSweeper()
-        self.context = nil
+        transport = nil
     }
 
     /// Sends one request (head and body in `bytes`); `owner` is told how it ended.
     func send(_ bytes: ByteBuffer, isHead: Bool, timeout: TimeAmount, maxBytes: Int, for owner: UpstreamExchange) {
-        guard let context, isOpen, exchange == nil else {
+        guard let transport, isOpen, exchange == nil else {
             owner.failed(UpstreamFailure.connectionLost(answered: false))
             return
         }
         exchange = owner
         receiving = Receiving(isHead: isHead, maxBytes: maxBytes)
         deadline = .now() + timeout
-        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        transport.send(bytes)
     }
 
     /// Marks the connection idle in its pool until `until`.
@@ -112,8 +121,9 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         fail(.timedOut)
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
+    /// Bytes read from the upstream.
+    func received(_ bytes: ByteBuffer) {
+        var bytes = bytes
         guard exchange != nil else {
             // Bytes nobody asked for: the connection cannot be trusted for another request.
             close()
@@ -136,7 +146,9 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         }
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    /// The socket closed (either side): a response read until the close ends; any other
+    /// response in progress failed.
+    func transportClosed() {
         isOpen = false
         owner.forget(self)
         if exchange != nil, receiving.untilClose, receiving.status != nil {
@@ -144,11 +156,6 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         } else {
             fail(.connectionLost(answered: exchange != nil && receiving.answered))
         }
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        close()
     }
 
     // MARK: - Responses
@@ -279,7 +286,7 @@ final class UpstreamConnection: ChannelInboundHandler, DeadlineClient {
         guard isOpen else { return }
         isOpen = false
         owner.forget(self)
-        context?.close(promise: nil)
+        transport?.close()
     }
 
     // MARK: - Response heads
@@ -417,15 +424,21 @@ final class UpstreamConnections {
         return nil
     }
 
-    /// A new connection to the target; bound to the loop that owns it.
+    /// A new connection to the target; bound to the loop that owns it. A socket of the core
+    /// on a core loop, a NIO channel on a NIO loop.
     func connect(target: Int, host: String, port: Int, connectTimeout: TimeAmount) -> EventLoopFuture<NIOLoopBound<UpstreamConnection>> {
-        let bound = NIOLoopBound(UpstreamConnection(target: target, owner: self), eventLoop: eventLoop)
+        let connection = UpstreamConnection(target: target, owner: self)
+        if let loop = eventLoop as? CoreEventLoop {
+            return CoreUpstreamSocket.connect(connection, host: host, port: port, timeout: connectTimeout, on: loop)
+        }
+        let handler = NIOLoopBound(UpstreamChannelHandler(connection), eventLoop: eventLoop)
+        let bound = NIOLoopBound(connection, eventLoop: eventLoop)
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(bound.value)
+                    try channel.pipeline.syncOperations.addHandler(handler.value)
                 }
             }
             .connect(host: host, port: port)
@@ -449,5 +462,49 @@ final class UpstreamConnections {
         if let index = idle[connection.target].firstIndex(where: { $0 === connection }) {
             idle[connection.target].remove(at: index)
         }
+    }
+}
+
+/// An upstream connection on a NIO channel: the channel handler in front of it.
+final class UpstreamChannelHandler: ChannelInboundHandler, UpstreamTransport {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let connection: UpstreamConnection
+    private var context: ChannelHandlerContext?
+
+    init(_ connection: UpstreamConnection) {
+        self.connection = connection
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        connection.attached(to: self, on: context.eventLoop)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        connection.detached()
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.received(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection.transportClosed()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        connection.close()
+    }
+
+    func send(_ bytes: ByteBuffer) {
+        context?.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    func close() {
+        context?.close(promise: nil)
     }
 }

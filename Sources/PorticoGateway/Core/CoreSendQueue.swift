@@ -1,0 +1,84 @@
+import CPorticoSystem
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Bytes a socket of the core has not taken yet, oldest first, and sending them: one `send`
+/// for one buffer, one `sendmsg` for several, always with `MSG_NOSIGNAL` (a peer that has
+/// gone is an error for the connection to handle, not a SIGPIPE for the process).
+struct CoreSendQueue {
+    private var buffers: [ByteBuffer] = []
+
+    enum Outcome {
+        /// Everything queued went.
+        case sent
+        /// The socket is full: wait for `EPOLLOUT`.
+        case wouldBlock
+        /// The connection failed (reset, gone).
+        case failed
+    }
+
+    var isEmpty: Bool { buffers.isEmpty }
+
+    mutating func append(_ bytes: ByteBuffer) {
+        buffers.append(bytes)
+    }
+
+    mutating func removeAll() {
+        buffers.removeAll()
+    }
+
+    /// Sends until everything went or the socket takes no more.
+    mutating func send(to fd: Int32) -> Outcome {
+        while !buffers.isEmpty {
+            let written = buffers.count == 1 ? sendOne(fd) : sendMany(fd)
+            if written < 0 {
+                return errno == EAGAIN || errno == EINTR ? .wouldBlock : .failed
+            }
+            consume(written)
+        }
+        return .sent
+    }
+
+    private func sendOne(_ fd: Int32) -> Int {
+        buffers[0].withUnsafeReadableBytes { bytes in portico_send(fd, bytes.baseAddress, UInt(bytes.count)) }
+    }
+
+    /// One `sendmsg` of up to 64 queued buffers.
+    private func sendMany(_ fd: Int32) -> Int {
+        let count = min(buffers.count, 64)
+        return withUnsafeTemporaryAllocation(of: iovec.self, capacity: count) { vectors in
+            // The buffers' memory is only read while `buffers` holds them, which it does
+            // until `consume` runs after the call.
+            for index in 0..<count {
+                buffers[index].withUnsafeReadableBytes { bytes in
+                    vectors[index] = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+                }
+            }
+            return portico_sendv(fd, vectors.baseAddress, Int32(count))
+        }
+    }
+
+    /// Drops `count` bytes the socket took from the front of the queue.
+    private mutating func consume(_ count: Int) {
+        var left = count
+        var done = 0
+        while left > 0 && done < buffers.count {
+            let size = buffers[done].readableBytes
+            if size <= left {
+                left -= size
+                done += 1
+            } else {
+                buffers[done].moveReaderIndex(forwardBy: left)
+                left = 0
+            }
+        }
+        if done == buffers.count {
+            buffers.removeAll(keepingCapacity: true)
+        } else if done > 0 {
+            buffers.removeFirst(done)
+        }
+    }
+}
