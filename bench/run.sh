@@ -8,8 +8,7 @@
 #   RAWFLOOR=1 bench/run.sh      (also bench/floor's portico-rawfloor, the same with epoll and
 #                                 BoringSSL driven directly: the least a core of our own could cost)
 #   CORE=1 bench/run.sh          (also a second Portico whose listeners run on its own server
-#                                 core, `engine: core`, as "core": HTTP/1.1 only, so no h2 and
-#                                 no proxy yet)
+#                                 core, `engine: core`, as "core": HTTP/1.1 only, so no h2 yet)
 #
 # Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
 # is missing. Builds portico in release mode. Prints requests/s and server CPU
@@ -144,6 +143,10 @@ listeners:
   replication: {enabled: false}
   reporting: {enabled: false}
   webservices: {enabled: false}
+upstreams:
+  backend: {targets: ["http://127.0.0.1:$UPSTREAM_PORT"]}
+routes:
+  - {listener: client, path: /proxied, upstream: backend}
 YAML
   "$portico_bin" serve --config "$work/core/portico.yaml" --log-level warning 2>"$work/core/portico.log" &
   core_pid=$!
@@ -240,8 +243,8 @@ measure() {  # name test command...
   # The floors do not speak HTTP/2.
   [ "$server" != floor ] || [ "$test" != h2 ] || return 0
   [ "$server" != rawfloor ] || [ "$test" != h2 ] || return 0
-  # Portico's core serves HTTP/1.1 to built-in services so far.
-  [ "$server" != core ] || { [ "$test" != h2 ] && [ "$test" != proxy ]; } || return 0
+  # Portico's core does not serve HTTP/2 yet.
+  [ "$server" != core ] || [ "$test" != h2 ] || return 0
   local before after out rps requests
   before=$(cpu_ticks "$server")
   out=$("$@" 2>&1)
