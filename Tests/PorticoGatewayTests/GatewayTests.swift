@@ -11,8 +11,8 @@ import X509
 @testable import PorticoGateway
 
 @Suite struct ListenerTests {
-    @Test func everyRoleAnswersOnItsOwnPortOverHTTP1AndHTTP2() async throws {
-        try await TestGateway.with { gw in
+    @Test(arguments: ListenerEngine.allCases) func everyRoleAnswersOnItsOwnPortOverHTTP1AndHTTP2(engine: ListenerEngine) async throws {
+        try await TestGateway.with(engine: engine) { gw in
             var ports: Set<Int> = []
             try await TestClient.with(trusting: gw.identity.certificate, http2: true) { h2 in
                 try await TestClient.with(trusting: gw.identity.certificate, http2: false) { h1 in
@@ -144,10 +144,10 @@ import X509
             #expect(answer.hasPrefix("HTTP/1.1 200"))
             #expect(answer.contains("cert=O=Portico,CN=peer-site-b"))
             await trusted.close()
-            // The same peer over HTTP/2 (the core offers only HTTP/1.1 so far).
+            // The same peer over HTTP/2.
             try await TestClient.with(clientIdentity: peer) { client in
                 let h2 = try await TestClient.get(client, "https://127.0.0.1:\(port)/whoami")
-                #expect(h2.body.contains("cert=O=Portico,CN=peer-site-b") && h2.body.contains(engine == .nio ? "http=2" : "http=1"))
+                #expect(h2.body.contains("cert=O=Portico,CN=peer-site-b") && h2.body.contains("http=2"))
             }
         }
     }
@@ -399,10 +399,10 @@ import X509
 }
 
 @Suite struct HTTP2DrainTests {
-    @Test func aStreamInFlightFinishesAfterGoAway() async throws {
+    @Test(arguments: ListenerEngine.allCases) func aStreamInFlightFinishesAfterGoAway(engine: ListenerEngine) async throws {
         let gate = Gate()
         let routes = "routes:\n  - {listener: console, path: /slow, service: slow}"
-        try await TestGateway.with(body: routes, services: TestServices.registry(gate: gate)) { gw in
+        try await TestGateway.with(engine: engine, body: routes, services: TestServices.registry(gate: gate)) { gw in
             let url = try await gw.url(.console, "/slow")
             try await TestClient.with(http2: true) { client in
                 async let answer = TestClient.get(client, url)

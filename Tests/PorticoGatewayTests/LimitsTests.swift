@@ -139,9 +139,9 @@ struct TLSFreeConnection {
         }
     }
 
-    @Test func anHTTP2StreamWhoseBodyStallsClosesTheConnection() async throws {
+    @Test(arguments: ListenerEngine.allCases) func anHTTP2StreamWhoseBodyStallsClosesTheConnection(engine: ListenerEngine) async throws {
         let routes = "routes:\n  - {listener: console, path: /echo, service: echo}"
-        try await TestGateway.with(listeners: [.console: "limits: {body_timeout: 1s}"], body: routes) { gw in
+        try await TestGateway.with(engine: engine, listeners: [.console: "limits: {body_timeout: 1s}"], body: routes) { gw in
             // h2load sends a body only when given one; a raw HTTP/2 client would be needed to
             // stall mid-body, so drive it with NIOHTTP2 directly.
             let stalled = try await HTTP2Stall.open(port: try await gw.port(.console))
@@ -150,8 +150,8 @@ struct TLSFreeConnection {
         }
     }
 
-    @Test func anIdleHTTP2ConnectionIsClosedWithGoAwayAfterTheIdleTimeout() async throws {
-        try await TestGateway.with(listeners: [.console: "limits: {idle_timeout: 1s}"]) { gw in
+    @Test(arguments: ListenerEngine.allCases) func anIdleHTTP2ConnectionIsClosedWithGoAwayAfterTheIdleTimeout(engine: ListenerEngine) async throws {
+        try await TestGateway.with(engine: engine, listeners: [.console: "limits: {idle_timeout: 1s}"]) { gw in
             let idle = try await HTTP2Stall.open(port: try await gw.port(.console), complete: true)
             let closed = await idle.waitUntilClosed()
             #expect(closed.answered)

@@ -73,10 +73,11 @@ struct RunningGateway {
 
 enum TestGateway {
     /// The listeners block with every role on port 0; `extra` is appended per role.
-    static func listenersYAML(_ extra: [ListenerRole: String] = [:]) -> String {
+    static func listenersYAML(_ extra: [ListenerRole: String] = [:], engine: ListenerEngine? = nil) -> String {
         var yaml = "listeners:\n"
         for role in ListenerRole.allCases {
             yaml += "  \(role.rawValue):\n    bind: 127.0.0.1\n    port: 0\n    access_log: false\n"
+            if let engine { yaml += "    engine: \(engine)\n" }
             if let more = extra[role] {
                 yaml += more.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n") + "\n"
             }
@@ -89,8 +90,10 @@ enum TestGateway {
         return try ConfigurationLoader(knownServices: BuiltinServices.names.union(TestServices.names)).load(file: file)
     }
 
-    /// Starts a gateway, runs `body`, and drains the gateway whatever happens.
+    /// Starts a gateway, runs `body`, and drains the gateway whatever happens. `engine`, when
+    /// given, serves every listener.
     static func with<T>(
+        engine: ListenerEngine? = nil,
         listeners: [ListenerRole: String] = [:],
         body extraYAML: String = "",
         services: ServiceRegistry = TestServices.registry(),
@@ -106,7 +109,7 @@ enum TestGateway {
               reload_interval: 1h
             shutdown:
               grace_period: \(gracePeriod)
-            \(listenersYAML(listeners))
+            \(listenersYAML(listeners, engine: engine))
             \(extraYAML)
             """
         let cache = IdentityCache()

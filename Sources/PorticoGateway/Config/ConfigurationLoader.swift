@@ -251,14 +251,8 @@ public struct ConfigurationLoader: Sendable {
             if listener.proxyProtocol && listener.trustedProxies.isEmpty {
                 reader.error("\(path).proxy_protocol is on but trusted_proxies is empty, so every connection would be refused; list the proxies' addresses", at: keys["proxy_protocol"]?.value ?? entry.value)
             }
-            if listener.engine == .core {
-                // HTTP/2 is on by default and the core leaves it out of ALPN for now; asked
-                // for in so many words, it is an error.
-                let explicitHTTP2 = keys["http2"] != nil && listener.http2 && listener.tls
-                if listener.proxyProtocol || explicitHTTP2 {
-                    let what = listener.proxyProtocol ? "PROXY headers (proxy_protocol: true)" : "HTTP/2 (http2: true)"
-                    reader.error("\(path).engine core does not serve \(what) yet; use engine: nio for this listener", at: keys["engine"]?.value ?? entry.value)
-                }
+            if listener.engine == .core && listener.proxyProtocol {
+                reader.error("\(path).engine core does not serve PROXY headers (proxy_protocol: true) yet; use engine: nio for this listener", at: keys["engine"]?.value ?? entry.value)
             }
             if (listener.certificate == nil) != (listener.privateKey == nil) {
                 reader.error("\(path) names a certificate without a private_key or the other way round; give both or neither", at: entry.value)

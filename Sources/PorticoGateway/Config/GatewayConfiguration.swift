@@ -152,9 +152,8 @@ public enum ListenerEngine: String, Sendable, Equatable, CaseIterable {
     /// SwiftNIO's event loops and channels, with NIOSSL: every feature.
     case nio
     /// Portico's own core: one epoll loop per CPU with sockets, BoringSSL and handlers and
-    /// nothing between them. So far HTTP/1.1, in the clear or over TLS (ALPN offers only
-    /// http/1.1), to services and upstreams; not HTTP/2 or PROXY headers (the configuration
-    /// check says so).
+    /// nothing between them. HTTP/1.1 in the clear or over TLS, HTTP/2 over TLS, to services
+    /// and upstreams; not PROXY headers yet (the configuration check says so).
     case core
 }
 

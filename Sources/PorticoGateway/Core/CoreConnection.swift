@@ -6,8 +6,8 @@ import Glibc
 #endif
 
 /// One accepted TCP connection on a ``CoreEventLoop``, serving HTTP/1.1 in the clear or over
-/// TLS: the socket, its TLS session, the bytes queued to send, and the ``HTTP1Connection`` it
-/// reads for.
+/// TLS, or HTTP/2 when TLS chose it by ALPN: the socket, its TLS session, the bytes queued to
+/// send, and the ``HTTP1Connection`` or ``HTTP2Connection`` it reads for.
 ///
 /// Reading: one `read` per readiness event. In the clear it goes into the loop's shared read
 /// buffer (``CoreEventLoop/takeReadBuffer()``) and is handed to the HTTP layer as it is; over
@@ -23,7 +23,13 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
     let fd: Int32
     let loop: CoreEventLoop
     let allocator = ByteBufferAllocator()
-    private var http: HTTP1Connection<CoreConnection>?
+    /// The protocol served: HTTP/1.1 from the start (its head timeout bounds the TLS
+    /// handshake too), HTTP/2 once the handshake chose it.
+    private enum Served {
+        case http1(HTTP1Connection<CoreConnection>)
+        case http2(HTTP2Connection<CoreConnection>)
+    }
+    private var served: Served?
     private var info: ConnectionInfo?
     private var tls: CoreTLSSession?
     /// Answers written but not flushed yet (TLS only: in the clear they go to `outbound`).
@@ -52,14 +58,27 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         if let tlsContext { tls = try CoreTLSSession(context: tlsContext) }
         self.info = info
         let http = HTTP1Connection(info: info, transport: self)
-        self.http = http
+        served = .http1(http)
         try loop.register(fd, events: interest, handler: self)
         http.start()
     }
 
-    /// Asks the HTTP layer to finish the request in progress and close (the listener drains).
+    /// Asks the HTTP layer to finish what is in progress and close (the listener drains).
     func quiesce() {
-        http?.quiesce()
+        switch served {
+        case .http1(let http): http.quiesce()
+        case .http2(let http): http.quiesce()
+        case nil: break
+        }
+    }
+
+    /// TLS chose HTTP/2: it takes over from the HTTP/1.1 connection, which has read nothing.
+    private func switchToHTTP2() {
+        guard let info, case .http1(let http1) = served else { return }
+        http1.stop()
+        let http2 = HTTP2Connection(info: info, transport: self)
+        served = .http2(http2)
+        http2.start()
     }
 
     // MARK: - CoreIOHandler
@@ -112,6 +131,7 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
             case .established:
                 info?.clientCertificate = tls.peerCertificate()
                 sendTLSOutput()
+                if tls.negotiatedHTTP2 { switchToHTTP2() }
             }
         }
         var buffer = loop.takeReadBuffer()
@@ -150,19 +170,32 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         }
     }
 
-    /// Hands bytes read to the HTTP layer, flushes its answers, and stops reading if it has
-    /// buffered all it will.
+    /// Hands bytes read to the HTTP layer, flushes its answers, and stops reading if it will
+    /// take no more for now.
     private func deliver(_ buffer: ByteBuffer) {
-        guard let http else {
+        switch served {
+        case .http1(let http):
+            http.received(buffer)
             loop.returnReadBuffer(buffer)
-            return
+            http.readComplete()
+        case .http2(let http):
+            http.received(buffer)
+            loop.returnReadBuffer(buffer)
+            http.readComplete()
+        case nil:
+            loop.returnReadBuffer(buffer)
         }
-        http.received(buffer)
-        loop.returnReadBuffer(buffer)
-        http.readComplete()
-        if !isClosed && !http.acceptsInput {
+        if !isClosed && !acceptsInput {
             readingStopped = true
             setInterest(interest & ~CoreEvents.readable)
+        }
+    }
+
+    private var acceptsInput: Bool {
+        switch served {
+        case .http1(let http): http.acceptsInput
+        case .http2(let http): http.acceptsInput
+        case nil: false
         }
     }
 
@@ -188,6 +221,9 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
     func close() {
         closeNow()
     }
+
+    /// What waits to be sent is under 64 KiB (NIO's default high-water mark).
+    var isWritable: Bool { outbound.byteCount < 64 * 1024 }
 
     func resumeReading() {
         guard readingStopped, !isClosed else { return }
@@ -255,7 +291,12 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
             closeNow()
         case .sent:
             if interest & CoreEvents.writable != 0 { setInterest(interest & ~CoreEvents.writable) }
-            if closeWhenWritten { closeNow() }
+            if closeWhenWritten {
+                closeNow()
+            } else if readingStopped && acceptsInput {
+                // HTTP/2 stops reading while the socket is not taking what it writes.
+                resumeReading()
+            }
         }
     }
 
@@ -279,8 +320,12 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         outbound.removeAll()
         plain.removeAll()
         // The HTTP layer lets go of this object and this of it: the cycle ends here.
-        http?.stop()
-        http = nil
+        switch served {
+        case .http1(let http): http.stop()
+        case .http2(let http): http.stop()
+        case nil: break
+        }
+        served = nil
         tls = nil
         info = nil
         onClose.take()?()

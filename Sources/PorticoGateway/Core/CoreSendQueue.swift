@@ -10,6 +10,8 @@ import Glibc
 /// gone is an error for the connection to handle, not a SIGPIPE for the process).
 struct CoreSendQueue {
     private var buffers: [ByteBuffer] = []
+    /// The bytes queued.
+    private(set) var byteCount = 0
 
     enum Outcome {
         /// Everything queued went.
@@ -23,11 +25,13 @@ struct CoreSendQueue {
     var isEmpty: Bool { buffers.isEmpty }
 
     mutating func append(_ bytes: ByteBuffer) {
+        byteCount += bytes.readableBytes
         buffers.append(bytes)
     }
 
     mutating func removeAll() {
         buffers.removeAll()
+        byteCount = 0
     }
 
     /// Sends until everything went or the socket takes no more.
@@ -63,6 +67,7 @@ struct CoreSendQueue {
 
     /// Drops `count` bytes the socket took from the front of the queue.
     private mutating func consume(_ count: Int) {
+        byteCount -= count
         var left = count
         var done = 0
         while left > 0 && done < buffers.count {

@@ -25,7 +25,8 @@ struct CoreTLSError: Error, CustomStringConvertible {
 }
 
 /// A server TLS context of the core for one listener and one identity: the listener's policy
-/// (TLS 1.2 and later, NIOSSL's cipher suites, ALPN, client certificates and their trust) and
+/// (TLS 1.2 and later, NIOSSL's cipher suites, ALPN h2 and http/1.1, client certificates and
+/// their trust) and
 /// the pair, as one BoringSSL `SSL_CTX` that every connection of that identity shares.
 /// A reload makes a new one (``ListenerTLS``); connections keep the one they started with.
 final class CoreTLSContext: @unchecked Sendable {
@@ -43,10 +44,11 @@ final class CoreTLSContext: @unchecked Sendable {
         // certificates are asked for).
         let sessionContext = Array("portico-\(listener.role.rawValue)".utf8.prefix(Int(SSL_MAX_SID_CTX_LENGTH)))
         _ = SSL_CTX_set_session_id_context(context, sessionContext, sessionContext.count)
-        // One protocol the core serves: HTTP/1.1 (it does not serve HTTP/2 yet).
-        SSL_CTX_set_alpn_select_cb(context, { _, out, outLength, offered, offeredLength, _ in
-            selectHTTP11(out: out, outLength: outLength, offered: offered, offeredLength: offeredLength)
-        }, nil)
+        // h2 when the listener offers it and the client does, else http/1.1. (The callback is
+        // a C function: whether h2 is offered travels as its argument, non-nil for yes.)
+        SSL_CTX_set_alpn_select_cb(context, { _, out, outLength, offered, offeredLength, offersHTTP2 in
+            selectProtocol(out: out, outLength: outLength, offered: offered, offeredLength: offeredLength, http2: offersHTTP2 != nil)
+        }, listener.http2 ? UnsafeMutableRawPointer(bitPattern: 1) : nil)
         switch listener.clientAuth {
         case .none:
             break
@@ -101,24 +103,27 @@ final class CoreTLSContext: @unchecked Sendable {
     }
 }
 
-/// ALPN: http/1.1 if the client offers it; otherwise none (the client may still speak HTTP/1.1).
-private func selectHTTP11(
+/// ALPN: h2 if allowed and the client offers it, else http/1.1 if it offers that; otherwise
+/// none (the client may still speak HTTP/1.1).
+private func selectProtocol(
     out: UnsafeMutablePointer<UnsafePointer<UInt8>?>?, outLength: UnsafeMutablePointer<UInt8>?,
-    offered: UnsafePointer<UInt8>?, offeredLength: UInt32
+    offered: UnsafePointer<UInt8>?, offeredLength: UInt32, http2: Bool
 ) -> Int32 {
     guard let out, let outLength, let offered else { return SSL_TLSEXT_ERR_NOACK }
-    let wanted: StaticString = "http/1.1"
-    var index = 0
-    while index < Int(offeredLength) {
-        let length = Int(offered[index])
-        let start = index + 1
-        guard start + length <= Int(offeredLength) else { break }
-        if length == wanted.utf8CodeUnitCount, memcmp(offered + start, wanted.utf8Start, length) == 0 {
-            out.pointee = offered + start
-            outLength.pointee = UInt8(length)
-            return SSL_TLSEXT_ERR_OK
+    let preferences: [StaticString] = http2 ? ["h2", "http/1.1"] : ["http/1.1"]
+    for wanted in preferences {
+        var index = 0
+        while index < Int(offeredLength) {
+            let length = Int(offered[index])
+            let start = index + 1
+            guard start + length <= Int(offeredLength) else { break }
+            if length == wanted.utf8CodeUnitCount, memcmp(offered + start, wanted.utf8Start, length) == 0 {
+                out.pointee = offered + start
+                outLength.pointee = UInt8(length)
+                return SSL_TLSEXT_ERR_OK
+            }
+            index = start + length
         }
-        index = start + length
     }
     return SSL_TLSEXT_ERR_NOACK
 }
@@ -271,6 +276,15 @@ final class CoreTLSSession {
         } else {
             output.bytes.clear()
         }
+    }
+
+    /// Whether ALPN chose h2.
+    var negotiatedHTTP2: Bool {
+        var data: UnsafePointer<UInt8>? = nil
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        guard length == 2, let data else { return false }
+        return data[0] == UInt8(ascii: "h") && data[1] == UInt8(ascii: "2")
     }
 
     /// The client's certificate, if it sent one (verified against the trust when asked for).

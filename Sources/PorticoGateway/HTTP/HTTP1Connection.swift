@@ -13,8 +13,8 @@ import NIOHTTP1
 /// next request on a kept-alive connection.
 ///
 /// It knows its connection only as a ``ConnectionTransport``: a NIO channel
-/// (``HTTP1ConnectionHandler``) or a socket of Portico's own core.
-final class HTTP1Connection<Transport: ConnectionTransport>: DeadlineClient, UpstreamResponder {
+/// (``ChannelServer``) or a socket of Portico's own core (``CoreConnection``).
+final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, DeadlineClient, UpstreamResponder {
     fileprivate enum State {
         /// Waiting for a request head.
         case idle
@@ -65,7 +65,7 @@ final class HTTP1Connection<Transport: ConnectionTransport>: DeadlineClient, Ups
     /// The exchange of the last relayed request, reused by the next.
     private var upstreamExchange: UpstreamExchange?
 
-    init(info: ConnectionInfo, transport: Transport) {
+    required init(info: ConnectionInfo, transport: Transport) {
         self.info = info
         self.transport = transport
         let limits = info.snapshot.value.limits

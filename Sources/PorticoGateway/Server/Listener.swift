@@ -269,11 +269,11 @@ actor Listener {
     }
 
     private static func configureHTTP1(pipeline: ChannelPipeline.SynchronousOperations, info: ConnectionInfo) throws {
-        try pipeline.addHandler(HTTP1ConnectionHandler(info: info, eventLoop: info.eventLoop))
+        try pipeline.addHandler(ChannelServer<HTTP1Connection<ChannelTransport>>(info: info, eventLoop: info.eventLoop))
     }
 
     private static func configureHTTP2(pipeline: ChannelPipeline.SynchronousOperations, info: ConnectionInfo) throws {
-        try pipeline.addHandler(HTTP2ConnectionHandler(info: info))
+        try pipeline.addHandler(ChannelServer<HTTP2Connection<ChannelTransport>>(info: info, eventLoop: info.eventLoop))
     }
 }
 

@@ -20,10 +20,9 @@ import NIOHTTP1
 /// or sending many frames that do nothing (empty DATA or CONTINUATION) are sent away with
 /// ENHANCE_YOUR_CALM; and reading stops while the socket is not writable, so a client that
 /// sends PINGs or SETTINGS without reading the answers cannot make the server buffer them.
-final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+///
+/// It knows its connection only as a ``ConnectionTransport``, as ``HTTP1Connection`` does.
+final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, DeadlineClient {
 
     /// One stream, from its request's HEADERS until its response is written.
     private final class Stream {
@@ -77,21 +76,21 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         var block: ByteBuffer
     }
 
-    static let maxConcurrentStreams = 128
+    static var maxConcurrentStreams: Int { 128 }
     /// Our SETTINGS_INITIAL_WINDOW_SIZE and the connection's initial window (RFC 9113 6.9.2).
-    private static let initialWindow = 65_535
+    private static var initialWindow: Int { 65_535 }
     /// Inbound credit is granted back once this much of a window has been consumed.
-    private static let windowUpdateThreshold = 32 * 1024
-    private static let maxWindow = Int(Int32.max)
+    private static var windowUpdateThreshold: Int { 32 * 1024 }
+    private static var maxWindow: Int { Int(Int32.max) }
     /// Answered streams whose remaining request body is read and dropped, up to a budget, so
     /// that clients that do not expect an early answer (413, 431) still see it.
-    private static let discardBudget = 256 * 1024
+    private static var discardBudget: Int { 256 * 1024 }
     /// Rapid reset: more than this many streams reset by the client within `resetWindow`.
-    private static let resetLimit = 200
-    private static let resetWindow = TimeAmount.seconds(30)
+    private static var resetLimit: Int { 200 }
+    private static var resetWindow: TimeAmount { TimeAmount.seconds(30) }
     /// Frames that carry nothing (empty DATA without END_STREAM, empty CONTINUATION) allowed
     /// between two completed requests.
-    private static let uselessFrameLimit = 1_000
+    private static var uselessFrameLimit: Int { 1_000 }
 
     private let info: ConnectionInfo
     private var reader = HTTP2FrameReader()
@@ -140,7 +139,8 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
     private var idleSince: NIODeadline?
     private var stalledSince: NIODeadline?
     var sweeper: DeadlineSweeper?
-    private var context: ChannelHandlerContext?
+    /// Where frames go (see ``HTTP1Connection/transport``).
+    let transport: Transport
     var sweepIndex = -1
     private var date = HTTPDate()
     /// The last fixed response's header block with its `date`, reused while the second lasts.
@@ -152,8 +152,9 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
     /// encoder, which starts it with the table size update the change requires.
     private var tableSizeUpdatePending = false
 
-    init(info: ConnectionInfo) {
+    required init(info: ConnectionInfo, transport: Transport) {
         self.info = info
+        self.transport = transport
         let limits = info.snapshot.value.limits
         self.maxHeaderBlock = max(2 * limits.maxHeaderBytes, 64 * 1024)
         self.decoder = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: maxHeaderBlock)
@@ -170,27 +171,31 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         ]
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        out = context.channel.allocator.buffer(capacity: 1024)
-        joinSweeper(on: context.eventLoop)
+    // MARK: - What the transport tells
+
+    /// The connection is open (TLS chose h2): the server's preface goes out.
+    func start() {
+        out = transport.allocator.buffer(capacity: 1024)
+        joinSweeper(on: transport.eventLoop)
         // The server's connection preface is its SETTINGS (RFC 9113 3.4).
         out.writeHTTP2Settings(Self.settings(limits: info.snapshot.value.limits))
-        writeOut(context: context)
-        flushIfNeeded(context: context)
+        writeOut()
+        flushIfNeeded()
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    /// The connection has ended: nothing more is written.
+    func stop() {
+        closed = true
+        input = nil
         leaveSweeper()
         streams.removeAll()
         blocked.removeAll()
-        self.context = nil
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    func received(_ bytes: ByteBuffer) {
         guard !closed else { return }
         sawFrame = true
-        var bytes = unwrapInboundIn(data)
+        var bytes = bytes
         if input == nil {
             input = bytes
         } else {
@@ -198,62 +203,37 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         }
         do {
             while !closed, let (header, payload) = try reader.next(from: &input!) {
-                try process(header, payload, context: context)
+                try process(header, payload)
             }
         } catch {
-            fail(error, context: context)
+            fail(error)
             return
         }
         if input?.readableBytes == 0 { input = nil }
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) {
-        flushIfNeeded(context: context)
-        context.fireChannelReadComplete()
+    func readComplete() {
+        flushIfNeeded()
     }
 
-    func read(context: ChannelHandlerContext) {
-        // A client that does not read what it is sent stops being read from.
-        guard context.channel.isWritable else {
-            readPending = true
-            return
-        }
-        context.read()
+    /// A client that does not read what it is sent stops being read from: the transport
+    /// reads only while its socket takes what is written.
+    var acceptsInput: Bool { transport.isWritable }
+
+    func quiesce() {
+        draining = true
+        out.writeHTTP2GoAway(lastStreamID: highestStreamID, .noError)
+        writeOut()
+        flushIfNeeded()
     }
 
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable && readPending {
-            readPending = false
-            context.read()
-        }
-        context.fireChannelWritabilityChanged()
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent {
-            draining = true
-            out.writeHTTP2GoAway(lastStreamID: highestStreamID, .noError)
-            writeOut(context: context)
-            flushIfNeeded(context: context)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        closed = true
-        streams.removeAll()
-        blocked.removeAll()
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        close(context: context)
+    func failed() {
+        close()
     }
 
     // MARK: - Frames
 
-    private func process(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+    private func process(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
         if let partial = continuation {
             guard header.type == HTTP2FrameType.continuation, header.streamID == partial.streamID else {
                 throw HTTP2ConnectionError(.protocolError, "expected CONTINUATION of stream \(partial.streamID)")
@@ -265,12 +245,12 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
             sawSettings = true
         }
         switch header.type {
-        case HTTP2FrameType.data: try receiveData(header, payload, context: context)
-        case HTTP2FrameType.headers: try receiveHeaders(header, payload, context: context)
-        case HTTP2FrameType.continuation: try receiveContinuation(header, payload, context: context)
-        case HTTP2FrameType.settings: try receiveSettings(header, payload, context: context)
+        case HTTP2FrameType.data: try receiveData(header, payload)
+        case HTTP2FrameType.headers: try receiveHeaders(header, payload)
+        case HTTP2FrameType.continuation: try receiveContinuation(header, payload)
+        case HTTP2FrameType.settings: try receiveSettings(header, payload)
         case HTTP2FrameType.ping: try receivePing(header, payload)
-        case HTTP2FrameType.windowUpdate: try receiveWindowUpdate(header, payload, context: context)
+        case HTTP2FrameType.windowUpdate: try receiveWindowUpdate(header, payload)
         case HTTP2FrameType.rstStream: try receiveReset(header, payload)
         case HTTP2FrameType.priority:
             guard header.streamID != 0 else { throw HTTP2ConnectionError(.protocolError, "PRIORITY on stream 0") }
@@ -306,20 +286,20 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         return payload.readSlice(length: payload.readableBytes - padding)!
     }
 
-    private func receiveHeaders(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+    private func receiveHeaders(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
         let id = header.streamID
         guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "HEADERS on stream 0") }
         let block = try unpadded(header, payload, priority: true)
         let endStream = header.has(HTTP2Flag.endStream)
         if header.has(HTTP2Flag.endHeaders) {
             var block = block
-            try receiveHeaderBlock(id, block: &block, endStream: endStream, context: context)
+            try receiveHeaderBlock(id, block: &block, endStream: endStream)
         } else {
             continuation = PartialBlock(streamID: id, endStream: endStream, block: block)
         }
     }
 
-    private func receiveContinuation(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+    private func receiveContinuation(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
         guard var partial = continuation else { throw HTTP2ConnectionError(.protocolError, "CONTINUATION without HEADERS") }
         guard partial.block.readableBytes + payload.readableBytes <= maxHeaderBlock else {
             throw HTTP2ConnectionError(.enhanceYourCalm, "header block larger than \(maxHeaderBlock) bytes")
@@ -329,13 +309,13 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         var more = payload
         partial.block.writeBuffer(&more)
         if header.has(HTTP2Flag.endHeaders) {
-            try receiveHeaderBlock(partial.streamID, block: &partial.block, endStream: partial.endStream, context: context)
+            try receiveHeaderBlock(partial.streamID, block: &partial.block, endStream: partial.endStream)
         } else {
             continuation = partial
         }
     }
 
-    private func receiveHeaderBlock(_ id: UInt32, block: inout ByteBuffer, endStream: Bool, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+    private func receiveHeaderBlock(_ id: UInt32, block: inout ByteBuffer, endStream: Bool) throws(HTTP2ConnectionError) {
         // Every block is decoded, whatever becomes of its stream: HPACK state is the connection's.
         let headers: HPACKHeaders
         do {
@@ -350,7 +330,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
                 return reset(id, .protocolError)
             }
             stream.requestComplete = true
-            complete(stream, context: context)
+            complete(stream)
             return
         }
         if id <= highestStreamID {
@@ -364,10 +344,10 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         guard id & 1 == 1 else { throw HTTP2ConnectionError(.protocolError, "clients open odd-numbered streams") }
         highestStreamID = id
         guard !draining, streams.count < Self.maxConcurrentStreams else { return reset(id, .refusedStream) }
-        open(id, headers: headers, endStream: endStream, context: context)
+        open(id, headers: headers, endStream: endStream)
     }
 
-    private func receiveData(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+    private func receiveData(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
         let id = header.streamID
         guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "DATA on stream 0") }
         guard id <= highestStreamID else { throw HTTP2ConnectionError(.protocolError, "DATA on idle stream \(id)") }
@@ -409,14 +389,14 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         if stream.route != nil && stream.errorResponse == nil {
             if stream.body.readableBytes + data.readableBytes > stream.bodyLimit {
                 stream.errorResponse = .plain(.payloadTooLarge, "request body is larger than \(stream.bodyLimit) bytes")
-                respondEarly(stream, endStream: endStream, context: context)
+                respondEarly(stream, endStream: endStream)
                 return
             }
             stream.body.writeBuffer(&data)
         }
         if endStream {
             stream.requestComplete = true
-            complete(stream, context: context)
+            complete(stream)
             return
         }
         stream.unacknowledgedBytes += flowControlled
@@ -436,7 +416,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         }
     }
 
-    private func receiveSettings(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+    private func receiveSettings(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
         guard header.streamID == 0 else { throw HTTP2ConnectionError(.protocolError, "SETTINGS on a stream") }
         if header.has(HTTP2Flag.ack) {
             guard header.length == 0 else { throw HTTP2ConnectionError(.frameSizeError, "SETTINGS acknowledgement with a payload") }
@@ -479,7 +459,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
             }
         }
         out.writeHTTP2FrameHeader(length: 0, type: HTTP2FrameType.settings, flags: HTTP2Flag.ack, streamID: 0)
-        if windowGrew { resumeBlocked(context: context) }
+        if windowGrew { resumeBlocked() }
     }
 
     private func receivePing(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
@@ -490,7 +470,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         out.writeImmutableBuffer(payload)
     }
 
-    private func receiveWindowUpdate(_ header: HTTP2FrameHeader, _ payload: ByteBuffer, context: ChannelHandlerContext) throws(HTTP2ConnectionError) {
+    private func receiveWindowUpdate(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
         guard header.length == 4 else { throw HTTP2ConnectionError(.frameSizeError, "WINDOW_UPDATE payload not 4 bytes") }
         let increment = Int(payload.getInteger(at: payload.readerIndex, as: UInt32.self)! & 0x7FFF_FFFF)
         let id = header.streamID
@@ -507,7 +487,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
             stream.sendWindow += increment
             guard stream.sendWindow <= Self.maxWindow else { return reset(id, .flowControlError) }
         }
-        resumeBlocked(context: context)
+        resumeBlocked()
     }
 
     private func receiveReset(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
@@ -552,7 +532,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
 
     // MARK: - Requests
 
-    private func open(_ id: UInt32, headers: HPACKHeaders, endStream: Bool, context: ChannelHandlerContext) {
+    private func open(_ id: UInt32, headers: HPACKHeaders, endStream: Bool) {
         let snapshot = info.currentSnapshot()
         let limits = snapshot.limits
         let request: HTTP2RequestFields
@@ -584,43 +564,43 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         streams[id] = stream
         if stream.errorResponse?.status == .payloadTooLarge || stream.errorResponse?.status == .requestHeaderFieldsTooLarge {
             // Answer at once; what the client still sends is dropped.
-            respondEarly(stream, endStream: endStream, context: context)
+            respondEarly(stream, endStream: endStream)
         } else if endStream {
-            complete(stream, context: context)
+            complete(stream)
         }
     }
 
-    private func complete(_ stream: Stream, context: ChannelHandlerContext) {
+    private func complete(_ stream: Stream) {
         guard !stream.responding else { return }
         stream.responding = true
         uselessFrames = 0
         let isHead = stream.method == "HEAD"
         guard let route = stream.route, stream.errorResponse == nil else {
             if let response = stream.errorResponse {
-                write(response, to: stream, isHead: isHead, context: context)
+                write(response, to: stream, isHead: isHead)
             } else {
-                writeFixed(info.snapshot.value.notFound, to: stream, isHead: isHead, context: context)
+                writeFixed(info.snapshot.value.notFound, to: stream, isHead: isHead)
             }
             return
         }
-        switch RequestDispatch.run(route.target, request: makeRequest(stream), eventLoop: context.eventLoop, logger: info.snapshot.value.accessLogger) {
+        switch RequestDispatch.run(route.target, request: makeRequest(stream), eventLoop: transport.eventLoop, logger: info.snapshot.value.accessLogger) {
         case .fixed(let fixed):
-            writeFixed(fixed, to: stream, isHead: isHead, context: context)
+            writeFixed(fixed, to: stream, isHead: isHead)
         case .response(let response):
-            write(response, to: stream, isHead: isHead, context: context)
+            write(response, to: stream, isHead: isHead)
         case .pending(let future):
-            let loopBound = NIOLoopBound((self, stream, context), eventLoop: context.eventLoop)
+            let loopBound = NIOLoopBound((self, stream), eventLoop: transport.eventLoop)
             future.whenComplete { result in
-                let (handler, stream, context) = loopBound.value
+                let (handler, stream) = loopBound.value
                 guard handler.streams[stream.id] === stream else { return }  // reset by the client meanwhile
-                handler.write((try? result.get()) ?? .plain(.internalServerError), to: stream, isHead: isHead, context: context)
-                handler.writeOut(context: context)
-                handler.flushIfNeeded(context: context)
+                handler.write((try? result.get()) ?? .plain(.internalServerError), to: stream, isHead: isHead)
+                handler.writeOut()
+                handler.flushIfNeeded()
             }
         }
     }
 
-    private func respondEarly(_ stream: Stream, endStream: Bool, context: ChannelHandlerContext) {
+    private func respondEarly(_ stream: Stream, endStream: Bool) {
         guard let response = stream.errorResponse else { return }
         stream.responding = true
         if endStream {
@@ -628,7 +608,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         } else {
             discarding[stream.id] = Self.discardBudget
         }
-        write(response, to: stream, isHead: false, context: context)
+        write(response, to: stream, isHead: false)
     }
 
     private func makeRequest(_ stream: Stream) -> GatewayRequest {
@@ -658,12 +638,12 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
 
     // MARK: - Responses
 
-    private func writeFixed(_ fixed: FixedResponse, to stream: Stream, isHead: Bool, context: ChannelHandlerContext) {
+    private func writeFixed(_ fixed: FixedResponse, to stream: Stream, isHead: Bool) {
         let now = date.current()
         let body = isHead ? nil : fixed.body
         let status = Int(fixed.status.code)
         if let last = lastFixed, last.response === fixed, last.date == now, !tableSizeUpdatePending {
-            send(stream, block: last.block, body: body, status: status, context: context)
+            send(stream, block: last.block, body: body, status: status)
             return
         }
         var headers = fixed.http2Headers
@@ -671,9 +651,9 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         let block = Self.unindexedBlock(headers)
         lastFixed = (fixed, now, block)
         if tableSizeUpdatePending || block.readableBytes > peerMaxFrameSize {
-            send(stream, headers: headers, body: body, status: status, context: context)
+            send(stream, headers: headers, body: body, status: status)
         } else {
-            send(stream, block: block, body: body, status: status, context: context)
+            send(stream, block: block, body: body, status: status)
         }
     }
 
@@ -687,35 +667,35 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
         return try! encoder.endEncoding()
     }
 
-    private func write(_ response: GatewayResponse, to stream: Stream, isHead: Bool, context: ChannelHandlerContext) {
+    private func write(_ response: GatewayResponse, to stream: Stream, isHead: Bool) {
         let headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: response.body.readableBytes, date: date.current())
-        send(stream, headers: headers, body: isHead ? nil : response.body, status: Int(response.status.code), context: context)
+        send(stream, headers: headers, body: isHead ? nil : response.body, status: Int(response.status.code))
     }
 
-    private func send(_ stream: Stream, headers: HPACKHeaders, body: ByteBuffer?, status: Int, context: ChannelHandlerContext) {
+    private func send(_ stream: Stream, headers: HPACKHeaders, body: ByteBuffer?, status: Int) {
         let hasBody = (body?.readableBytes ?? 0) > 0
         writeHeaders(stream.id, headers, endStream: !hasBody)
         tableSizeUpdatePending = false
-        sent(stream, body: body, status: status, context: context)
+        sent(stream, body: body, status: status)
     }
 
     /// A response whose header block is already encoded (and fits one frame).
-    private func send(_ stream: Stream, block: ByteBuffer, body: ByteBuffer?, status: Int, context: ChannelHandlerContext) {
+    private func send(_ stream: Stream, block: ByteBuffer, body: ByteBuffer?, status: Int) {
         let hasBody = (body?.readableBytes ?? 0) > 0
         let flags = HTTP2Flag.endHeaders | (hasBody ? 0 : HTTP2Flag.endStream)
         out.writeHTTP2FrameHeader(length: block.readableBytes, type: HTTP2FrameType.headers, flags: flags, streamID: stream.id)
         out.writeImmutableBuffer(block)
-        sent(stream, body: body, status: status, context: context)
+        sent(stream, body: body, status: status)
     }
 
     /// After the HEADERS: the body, as far as the windows allow.
-    private func sent(_ stream: Stream, body: ByteBuffer?, status: Int, context: ChannelHandlerContext) {
+    private func sent(_ stream: Stream, body: ByteBuffer?, status: Int) {
         let hasBody = (body?.readableBytes ?? 0) > 0
         stream.status = status
         stream.responseBytes = body?.readableBytes ?? 0
         if hasBody {
             stream.pendingBody = body
-            writeData(stream, context: context)
+            writeData(stream)
         } else {
             finish(stream)
         }
@@ -749,7 +729,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
 
     /// Writes as much of the stream's pending body as both windows allow; what is left waits
     /// for WINDOW_UPDATE.
-    private func writeData(_ stream: Stream, context: ChannelHandlerContext) {
+    private func writeData(_ stream: Stream) {
         guard var body = stream.pendingBody else { return }
         stream.pendingBody = nil
         while body.readableBytes > 0 {
@@ -765,17 +745,17 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
             out.writeBuffer(&piece)
             connectionSendWindow -= length
             stream.sendWindow -= length
-            if out.readableBytes >= 64 * 1024 { writeOut(context: context) }
+            if out.readableBytes >= 64 * 1024 { writeOut() }
         }
         finish(stream)
     }
 
-    private func resumeBlocked(context: ChannelHandlerContext) {
+    private func resumeBlocked() {
         guard !blocked.isEmpty, connectionSendWindow > 0 else { return }
         let waiting = blocked
         blocked.removeAll()
         for stream in waiting where streams[stream.id] === stream {
-            writeData(stream, context: context)
+            writeData(stream)
         }
     }
 
@@ -793,20 +773,20 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
     }
 
     /// Hands what `out` holds to the channel; flushed when the read completes.
-    private func writeOut(context: ChannelHandlerContext) {
+    private func writeOut() {
         guard out.readableBytes > 0 else { return }
-        context.write(wrapOutboundOut(out), promise: nil)
-        out = context.channel.allocator.buffer(capacity: 1024)
+        transport.write(out)
+        out = transport.allocator.buffer(capacity: 1024)
         needsFlush = true
     }
 
-    private func flushIfNeeded(context: ChannelHandlerContext) {
-        writeOut(context: context)
+    private func flushIfNeeded() {
+        writeOut()
         if needsFlush {
             needsFlush = false
-            context.flush()
+            transport.flush()
         }
-        if (draining || peerGoingAway) && streams.isEmpty { close(context: context) }
+        if (draining || peerGoingAway) && streams.isEmpty { close() }
     }
 
     // MARK: - Idle and closing
@@ -817,7 +797,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
     }
 
     func sweep(now: NIODeadline) {
-        guard !closed, let context else { return }
+        guard !closed else { return }
         let limits = info.snapshot.value.limits
         let active = sawFrame
         sawFrame = false
@@ -827,7 +807,7 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
                 idleSince = now
                 return
             }
-            if now - since >= limits.idleTimeout { timedOut(context: context) }
+            if now - since >= limits.idleTimeout { timedOut() }
             return
         }
         idleSince = nil
@@ -841,32 +821,31 @@ final class HTTP2ConnectionHandler: ChannelDuplexHandler, DeadlineClient {
             stalledSince = now
             return
         }
-        if now - since >= limits.bodyTimeout { timedOut(context: context) }
+        if now - since >= limits.bodyTimeout { timedOut() }
     }
 
-    private func timedOut(context: ChannelHandlerContext) {
+    private func timedOut() {
         info.snapshot.value.metrics.timeouts.increment()
-        goAway(.noError, reason: "", context: context)
+        goAway(.noError, reason: "")
     }
 
     /// A connection error: GOAWAY naming it, then close.
-    private func fail(_ error: HTTP2ConnectionError, context: ChannelHandlerContext) {
-        goAway(error.code, reason: error.reason, context: context)
+    private func fail(_ error: HTTP2ConnectionError) {
+        goAway(error.code, reason: error.reason)
     }
 
-    private func goAway(_ code: HTTP2Error, reason: String, context: ChannelHandlerContext) {
+    private func goAway(_ code: HTTP2Error, reason: String) {
         guard !closed else { return }
         out.writeHTTP2GoAway(lastStreamID: highestStreamID, code, debug: reason)
-        close(context: context)
+        close()
     }
 
     /// Closes once what has been written is flushed.
-    private func close(context: ChannelHandlerContext) {
+    private func close() {
         guard !closed else { return }
         closed = true
         input = nil
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in loopBound.value.close(promise: nil) }
+        transport.writeAndClose(out)
         out = ByteBuffer()
     }
 }
