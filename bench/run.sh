@@ -8,7 +8,7 @@
 #   RAWFLOOR=1 bench/run.sh      (also bench/floor's portico-rawfloor, the same with epoll and
 #                                 BoringSSL driven directly: the least a core of our own could cost)
 #   CORE=1 bench/run.sh          (also a second Portico whose listeners run on its own server
-#                                 core, `engine: core`, as "core": HTTP/1.1 only, so no h2 yet)
+#                                 core, `engine: core`, as "core")
 #
 # Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
 # is missing. Builds portico in release mode. Prints requests/s and server CPU
@@ -243,8 +243,6 @@ measure() {  # name test command...
   # The floors do not speak HTTP/2.
   [ "$server" != floor ] || [ "$test" != h2 ] || return 0
   [ "$server" != rawfloor ] || [ "$test" != h2 ] || return 0
-  # Portico's core does not serve HTTP/2 yet.
-  [ "$server" != core ] || [ "$test" != h2 ] || return 0
   local before after out rps requests
   before=$(cpu_ticks "$server")
   out=$("$@" 2>&1)
