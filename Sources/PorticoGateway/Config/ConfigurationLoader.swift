@@ -251,9 +251,6 @@ public struct ConfigurationLoader: Sendable {
             if listener.proxyProtocol && listener.trustedProxies.isEmpty {
                 reader.error("\(path).proxy_protocol is on but trusted_proxies is empty, so every connection would be refused; list the proxies' addresses", at: keys["proxy_protocol"]?.value ?? entry.value)
             }
-            if listener.engine == .core && listener.proxyProtocol {
-                reader.error("\(path).engine core does not serve PROXY headers (proxy_protocol: true) yet; use engine: nio for this listener", at: keys["engine"]?.value ?? entry.value)
-            }
             if (listener.certificate == nil) != (listener.privateKey == nil) {
                 reader.error("\(path) names a certificate without a private_key or the other way round; give both or neither", at: entry.value)
             }

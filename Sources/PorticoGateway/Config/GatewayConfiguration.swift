@@ -152,8 +152,8 @@ public enum ListenerEngine: String, Sendable, Equatable, CaseIterable {
     /// SwiftNIO's event loops and channels, with NIOSSL: every feature.
     case nio
     /// Portico's own core: one epoll loop per CPU with sockets, BoringSSL and handlers and
-    /// nothing between them. HTTP/1.1 in the clear or over TLS, HTTP/2 over TLS, to services
-    /// and upstreams; not PROXY headers yet (the configuration check says so).
+    /// nothing between them. Everything the listeners do: HTTP/1.1 in the clear or over TLS,
+    /// HTTP/2 over TLS, client certificates, PROXY headers, services and upstreams.
     case core
 }
 

@@ -32,6 +32,9 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
     private var served: Served?
     private var info: ConnectionInfo?
     private var tls: CoreTLSSession?
+    /// Reads the PROXY header first, when the listener expects one; nil once it is read.
+    private var proxyHeader: ProxyHeaderReader?
+    private var onProxyRefused: ((String) -> Void)?
     /// Answers written but not flushed yet (TLS only: in the clear they go to `outbound`).
     private var plain: [ByteBuffer] = []
     /// Bytes for the socket that it has not taken yet.
@@ -52,10 +55,12 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
     }
 
     /// Registers the socket with the loop and starts serving HTTP/1.1 with `info`, over TLS
-    /// with `tlsContext` when given. The head timeout starts now, so it bounds the TLS
-    /// handshake too.
-    func start(info: ConnectionInfo, tlsContext: CoreTLSContext?) throws {
+    /// with `tlsContext` when given, after the PROXY header `proxyHeader` reads when given.
+    /// The head timeout starts now, so it bounds the PROXY header and the TLS handshake too.
+    func start(info: ConnectionInfo, tlsContext: CoreTLSContext?, proxyHeader: ProxyHeaderReader? = nil, onProxyRefused: ((String) -> Void)? = nil) throws {
         if let tlsContext { tls = try CoreTLSSession(context: tlsContext) }
+        self.proxyHeader = proxyHeader
+        self.onProxyRefused = onProxyRefused
         self.info = info
         let http = HTTP1Connection(info: info, transport: self)
         served = .http1(http)
@@ -88,7 +93,13 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
             writeOut()
         }
         if events & (CoreEvents.readable | CoreEvents.hangUp) != 0, !isClosed, !readingStopped {
-            if tls != nil { readRecords() } else { readIn() }
+            if proxyHeader != nil {
+                readProxyHeader()
+            } else if tls != nil {
+                readRecords()
+            } else {
+                readIn()
+            }
         }
     }
 
@@ -106,7 +117,40 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         }
     }
 
-    /// Reads TLS records: moves the handshake on, or decrypts what they hold.
+    /// Reads the PROXY header; once it is read, what follows it is served.
+    private func readProxyHeader() {
+        guard var reader = proxyHeader.take() else { return }
+        let buffer: ByteBuffer
+        switch loop.read(from: fd) {
+        case .bytes(let read): buffer = read
+        case .wouldBlock:
+            proxyHeader = reader
+            return
+        case .ended:
+            closeNow()
+            return
+        }
+        let step = reader.read(buffer)
+        loop.returnReadBuffer(buffer)
+        switch step {
+        case .needMore:
+            proxyHeader = reader
+        case .refuse(let reason):
+            onProxyRefused?(reason)
+            closeNow()
+        case .pass(let source, let rest):
+            if let source { info?.peerAddress = source }
+            guard let rest else { return }
+            if let tls {
+                rest.withUnsafeReadableBytes { tls.feed($0) }
+                processRecords()
+            } else {
+                deliver(rest)
+            }
+        }
+    }
+
+    /// Reads TLS records and handles them.
     private func readRecords() {
         guard let tls else { return }
         let scratch = loop.scratch
@@ -117,6 +161,12 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
             return
         }
         tls.feed(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
+        processRecords()
+    }
+
+    /// Moves the handshake on with the records fed, or decrypts what they hold.
+    private func processRecords() {
+        guard let tls else { return }
         if !tls.handshakeDone {
             switch tls.handshake() {
             case .wantsMore:
@@ -328,6 +378,7 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         served = nil
         tls = nil
         info = nil
+        onProxyRefused = nil
         onClose.take()?()
     }
 }

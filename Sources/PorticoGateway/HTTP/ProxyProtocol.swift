@@ -107,68 +107,81 @@ enum ProxyProtocol {
     }
 }
 
-/// Reads a PROXY header at the start of a connection, then steps out of the pipeline.
-///
-/// From a peer in `trusted_proxies` the header is required and its source becomes the
-/// connection's client address. From anyone else a header is refused (closing the
-/// connection) and a connection without one is served as it is.
+/// Reads the PROXY header at the start of a connection and decides: pass the connection on
+/// (with the source the header names, if a trusted proxy sent one), or refuse it. Headers are
+/// only believed from `trusted_proxies`; a trusted proxy must send one.
+struct ProxyHeaderReader {
+    enum Step {
+        /// More bytes are needed.
+        case needMore
+        /// Serve the connection from `source` (nil: the TCP peer stays the client), starting
+        /// with `rest`, the bytes after the header.
+        case pass(source: SocketAddress?, rest: ByteBuffer?)
+        /// Close the connection, for `reason`.
+        case refuse(String)
+    }
+
+    let trusted: Bool
+    /// The TCP peer, for messages.
+    let peer: String
+    private var buffered: ByteBuffer?
+
+    init(trusted: Bool, peer: String) {
+        self.trusted = trusted
+        self.peer = peer
+    }
+
+    mutating func read(_ incoming: ByteBuffer) -> Step {
+        var incoming = incoming
+        var bytes = buffered.take() ?? ByteBuffer()
+        if bytes.readableBytes == 0 { bytes = incoming } else { bytes.writeBuffer(&incoming) }
+        switch ProxyProtocol.parse(bytes) {
+        case .needMore:
+            if bytes.readableBytes > ProxyProtocol.v2MaxLength { return .refuse("PROXY header too long") }
+            buffered = bytes
+            return .needMore
+        case .absent:
+            if trusted { return .refuse("connection from a trusted proxy without a PROXY header") }
+            return .pass(source: nil, rest: bytes)
+        case .invalid(let reason):
+            return .refuse(reason)
+        case .header(let source, let length):
+            guard trusted else { return .refuse("PROXY header from \(peer), which is not in trusted_proxies") }
+            bytes.moveReaderIndex(forwardBy: length)
+            return .pass(source: source, rest: bytes.readableBytes > 0 ? bytes : nil)
+        }
+    }
+}
+
+/// The PROXY header reader in a NIO pipeline: in front of TLS or HTTP until the header is read.
 final class ProxyProtocolHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
     private let info: ConnectionInfo
-    private let trusted: Bool
-    private var buffered: ByteBuffer?
+    private var reader: ProxyHeaderReader
     private let onRefused: @Sendable (String) -> Void
 
     init(info: ConnectionInfo, trusted: Bool, onRefused: @escaping @Sendable (String) -> Void) {
         self.info = info
-        self.trusted = trusted
+        self.reader = ProxyHeaderReader(trusted: trusted, peer: info.peerAddress?.description ?? "an unknown peer")
         self.onRefused = onRefused
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = unwrapInboundIn(data)
-        if buffered == nil {
-            buffered = incoming
-        } else {
-            buffered!.writeBuffer(&incoming)
-        }
-        switch ProxyProtocol.parse(buffered!) {
+        switch reader.read(unwrapInboundIn(data)) {
         case .needMore:
-            if buffered!.readableBytes > ProxyProtocol.v2MaxLength { refuse("PROXY header too long", context: context) }
-        case .absent:
-            if trusted {
-                refuse("connection from a trusted proxy without a PROXY header", context: context)
-            } else {
-                pass(context: context)
-            }
-        case .invalid(let reason):
-            refuse(reason, context: context)
-        case .header(let source, let length):
-            guard trusted else {
-                refuse("PROXY header from \(info.peerAddress?.description ?? "an unknown peer"), which is not in trusted_proxies", context: context)
-                return
-            }
+            break
+        case .refuse(let reason):
+            onRefused(reason)
+            context.close(promise: nil)
+        case .pass(let source, let rest):
             if let source { info.peerAddress = source }
-            buffered!.moveReaderIndex(forwardBy: length)
-            pass(context: context)
+            if let rest, rest.readableBytes > 0 {
+                context.fireChannelRead(wrapInboundOut(rest))
+                context.fireChannelReadComplete()
+            }
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
-    }
-
-    private func pass(context: ChannelHandlerContext) {
-        let rest = buffered
-        buffered = nil
-        if let rest, rest.readableBytes > 0 {
-            context.fireChannelRead(wrapInboundOut(rest))
-            context.fireChannelReadComplete()
-        }
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-    }
-
-    private func refuse(_ reason: String, context: ChannelHandlerContext) {
-        buffered = nil
-        onRefused(reason)
-        context.close(promise: nil)
     }
 }

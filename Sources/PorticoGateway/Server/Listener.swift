@@ -183,6 +183,7 @@ actor Listener {
         let snapshot = self.snapshot
         let tracker = self.tracker
         let role = self.role
+        let logger = self.logger
         let address = "\(configuration.bind):\(configuration.port)"
         var sockets: [CoreListeningSocket] = []
         do {
@@ -193,7 +194,7 @@ actor Listener {
                 let port = sockets.first?.localAddress?.port ?? configuration.port
                 let bindAddress = try SocketAddress.makeAddressResolvingHost(configuration.bind, port: port)
                 sockets.append(try await CoreListeningSocket.open(address: bindAddress, loop: loop) { fd, peer in
-                    Listener.serveCore(fd: fd, peer: peer, loop: loop, role: role, snapshot: snapshot, tracker: tracker)
+                    Listener.serveCore(fd: fd, peer: peer, loop: loop, role: role, snapshot: snapshot, tracker: tracker, logger: logger)
                 })
             }
         } catch {
@@ -205,7 +206,7 @@ actor Listener {
     }
 
     /// Serves one connection accepted by the core (on its loop).
-    private static func serveCore(fd: Int32, peer: SocketAddress?, loop: CoreEventLoop, role: ListenerRole, snapshot box: SnapshotBox<ListenerSnapshot>, tracker: ConnectionTracker) {
+    private static func serveCore(fd: Int32, peer: SocketAddress?, loop: CoreEventLoop, role: ListenerRole, snapshot box: SnapshotBox<ListenerSnapshot>, tracker: ConnectionTracker, logger: Logger) {
         let reader = SnapshotReader(box, eventLoop: loop)
         let snapshot = reader.value
         let metrics = snapshot.metrics
@@ -221,10 +222,21 @@ actor Listener {
             return
         }
         id.withLockedValue { $0 = ObjectIdentifier(connection) }
-        let tls = snapshot.configuration.tls ? snapshot.tls?.coreContext() : nil
+        let configuration = snapshot.configuration
+        let tls = configuration.tls ? snapshot.tls?.coreContext() : nil
         let info = ConnectionInfo(role: role, isTLS: tls != nil, peerAddress: peer, snapshot: reader, eventLoop: loop)
+        var proxyHeader: ProxyHeaderReader?
+        var onProxyRefused: ((String) -> Void)?
+        if configuration.proxyProtocol {
+            let peerText = peer?.description ?? "?"
+            proxyHeader = ProxyHeaderReader(trusted: configuration.trustedProxies.containsAddress(peer), peer: peer?.description ?? "an unknown peer")
+            onProxyRefused = { reason in
+                metrics.refusedConnections.increment()
+                logger.notice("PROXY header refused", metadata: ["listener": "\(role)", "peer": "\(peerText)", "reason": "\(reason)"])
+            }
+        }
         do {
-            try connection.start(info: info, tlsContext: tls)
+            try connection.start(info: info, tlsContext: tls, proxyHeader: proxyHeader, onProxyRefused: onProxyRefused)
         } catch {
             connection.close()
         }
