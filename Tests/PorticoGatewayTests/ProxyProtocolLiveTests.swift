@@ -1,3 +1,4 @@
+import NIOCore
 import Testing
 
 @testable import PorticoGateway
@@ -19,6 +20,18 @@ import Testing
             #expect(try await RawTCP.exchange(port: port, request) == "")
             // A malformed header closes the connection without an answer.
             #expect(try await RawTCP.exchange(port: port, "PROXY TCP4 203.0.113.9\r\n" + request) == "")
+        }
+    }
+
+    /// On a TLS listener the header comes before the handshake, in the clear.
+    @Test(arguments: ListenerEngine.allCases) func aTrustedProxyNamesTheClientBeforeTLS(engine: ListenerEngine) async throws {
+        let routes = "routes:\n  - {listener: console, path: /whoami, service: whoami}"
+        try await TestGateway.with(engine: engine, listeners: [.console: "proxy_protocol: true\ntrusted_proxies: [127.0.0.1/32]"], body: routes) { gw in
+            let probe = try await TLSProbe.connect(port: try await gw.port(.console), sendPrefix: ByteBuffer(string: "PROXY TCP4 203.0.113.9 10.0.0.1 40000 8443\r\n"))
+            let answer = try await probe.get("/whoami")
+            #expect(answer.hasPrefix("HTTP/1.1 200"))
+            #expect(answer.contains("client=203.0.113.9"))
+            await probe.close()
         }
     }
 

@@ -14,7 +14,8 @@ final class TLSProbe: Sendable {
     let peerCertificate: NIOSSLCertificate?
     private let collector: Collector
 
-    /// Opens a connection and completes the handshake.
+    /// Opens a connection and completes the handshake; `sendPrefix` goes first, in the clear
+    /// (a PROXY header).
     static func connect(
         port: Int, minimumVersion: TLSVersion = .tlsv12, maximumVersion: TLSVersion? = nil,
         clientIdentity: TestPKI.Pair? = nil, alpn: [String] = ["http/1.1"], sendPrefix: ByteBuffer? = nil
@@ -33,6 +34,7 @@ final class TLSProbe: Sendable {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let sendPrefix { try channel.pipeline.syncOperations.addHandler(PrefixWriter(prefix: sendPrefix)) }
                     try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil))
                     try channel.pipeline.syncOperations.addHandler(collector)
                 }
@@ -142,3 +144,19 @@ final class TLSProbe: Sendable {
 }
 
 import Foundation
+
+/// Writes its bytes as the connection opens, before the handlers after it (TLS) write theirs.
+private final class PrefixWriter: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundOut = ByteBuffer
+    private let prefix: ByteBuffer
+
+    init(prefix: ByteBuffer) {
+        self.prefix = prefix
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(prefix), promise: nil)
+        context.fireChannelActive()
+    }
+}
