@@ -7,8 +7,8 @@
 #                                 every test but h2: the least this stack can cost)
 #   RAWFLOOR=1 bench/run.sh      (also bench/floor's portico-rawfloor, the same with epoll and
 #                                 BoringSSL driven directly: the least a core of our own could cost)
-#   CORE=1 bench/run.sh          (also a second Portico whose listeners run on its own server
-#                                 core, `engine: core`, as "core")
+#   NIO=1 bench/run.sh           (also a second Portico whose listeners run on SwiftNIO and
+#                                 NIOSSL, `engine: nio`, as "nio"; "portico" is on its own core)
 #
 # Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
 # is missing. Builds portico in release mode. Prints requests/s and server CPU
@@ -33,7 +33,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 work=$(mktemp -d /tmp/portico-bench.XXXXXX)
 cleanup() {
   [ -n "${portico_pid:-}" ] && kill "$portico_pid" 2>/dev/null || true
-  [ -n "${core_pid:-}" ] && kill "$core_pid" 2>/dev/null || true
+  [ -n "${nio_pid:-}" ] && kill "$nio_pid" 2>/dev/null || true
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   [ -f "$work/upstream.pid" ] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
   [ -n "${floor_pid:-}" ] && kill "$floor_pid" 2>/dev/null || true
@@ -65,8 +65,8 @@ FLOOR_PORT=${FLOOR_PORT:-19446}
 FLOOR_EC_PORT=${FLOOR_EC_PORT:-19447}
 RAWFLOOR_PORT=${RAWFLOOR_PORT:-19448}
 RAWFLOOR_EC_PORT=${RAWFLOOR_EC_PORT:-19449}
-CORE_PORT=${CORE_PORT:-19450}
-CORE_EC_PORT=${CORE_EC_PORT:-19451}
+NIO_PORT=${NIO_PORT:-19450}
+NIO_EC_PORT=${NIO_EC_PORT:-19451}
 
 mkdir -p "$work/ec" "$work/upstream-tmp"
 
@@ -124,18 +124,18 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# The same Portico on its own server core (CORE=1): a folder of its own (database), the same pairs.
-if [ "${CORE:-0}" = 1 ]; then
-  mkdir -p "$work/core"
-  cat > "$work/core/portico.yaml" <<YAML
+# The same Portico on SwiftNIO (NIO=1): a folder of its own (database), the same pairs.
+if [ "${NIO:-0}" = 1 ]; then
+  mkdir -p "$work/nio"
+  cat > "$work/nio/portico.yaml" <<YAML
 identity: {certificate: $work/ssl/server.crt, private_key: $work/ssl/server.key}
 listeners:
-  client: {bind: 127.0.0.1, port: $CORE_PORT, access_log: false, engine: core, limits: {max_connections: 20000}}
+  client: {bind: 127.0.0.1, port: $NIO_PORT, access_log: false, engine: nio, limits: {max_connections: 20000}}
   console:
     bind: 127.0.0.1
-    port: $CORE_EC_PORT
+    port: $NIO_EC_PORT
     access_log: false
-    engine: core
+    engine: nio
     certificate: $work/ec/server.crt
     private_key: $work/ec/server.key
     limits: {max_connections: 20000}
@@ -148,10 +148,10 @@ upstreams:
 routes:
   - {listener: client, path: /proxied, upstream: backend}
 YAML
-  "$portico_bin" serve --config "$work/core/portico.yaml" --log-level warning 2>"$work/core/portico.log" &
-  core_pid=$!
+  "$portico_bin" serve --config "$work/nio/portico.yaml" --log-level warning 2>"$work/nio/portico.log" &
+  nio_pid=$!
   for _ in $(seq 100); do
-    curl -sk "https://127.0.0.1:$CORE_PORT/healthz" >/dev/null 2>&1 && break
+    curl -sk "https://127.0.0.1:$NIO_PORT/healthz" >/dev/null 2>&1 && break
     sleep 0.1
   done
 fi
@@ -219,7 +219,7 @@ done
 # The processes of a server: portico's, or the front nginx's master and workers (not the
 # upstream instance, which has its own pid file).
 server_pids() {
-  if [ "$1" = portico ]; then echo "$portico_pid"; elif [ "$1" = core ]; then echo "$core_pid"; elif [ "$1" = floor ]; then echo "$floor_pid"; elif [ "$1" = rawfloor ]; then echo "$rawfloor_pid"; else
+  if [ "$1" = portico ]; then echo "$portico_pid"; elif [ "$1" = nio ]; then echo "$nio_pid"; elif [ "$1" = floor ]; then echo "$floor_pid"; elif [ "$1" = rawfloor ]; then echo "$rawfloor_pid"; else
     local master
     master=$(cat "$work/nginx.pid")
     echo "$master $(pgrep -P "$master" | tr '\n' ' ')"
@@ -288,13 +288,13 @@ DURATION=${DURATION:-10s}
 seconds=${DURATION%s}
 for round in $(seq "$rounds"); do
   echo "bench: round $round of $rounds" >&2
-  servers="nginx portico"; [ "${CORE:-0}" = 1 ] && servers+=" core"; [ "${FLOOR:-0}" = 1 ] && servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && servers+=" rawfloor"
+  servers="nginx portico"; [ "${NIO:-0}" = 1 ] && servers+=" nio"; [ "${FLOOR:-0}" = 1 ] && servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && servers+=" rawfloor"
   for server in $servers; do
-    case $server in nginx) port=$NGINX_PORT ;; portico) port=$PORTICO_PORT ;; core) port=$CORE_PORT ;; floor) port=$FLOOR_PORT ;; rawfloor) port=$RAWFLOOR_PORT ;; esac
+    case $server in nginx) port=$NGINX_PORT ;; portico) port=$PORTICO_PORT ;; nio) port=$NIO_PORT ;; floor) port=$FLOOR_PORT ;; rawfloor) port=$RAWFLOOR_PORT ;; esac
     measure $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
     measure $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
     measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
-    case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; core) ec_port=$CORE_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
+    case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; nio) ec_port=$NIO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
     measure $server resume resumed "$ec_port" "$seconds"
     measure $server resume12 resumed "$ec_port" "$seconds" -tls1_2
     measure $server proxy wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/proxied"
@@ -309,10 +309,10 @@ rss_kb() {
   done
   echo $total
 }
-idle_servers="nginx portico"; [ "${CORE:-0}" = 1 ] && idle_servers+=" core"; [ "${FLOOR:-0}" = 1 ] && idle_servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && idle_servers+=" rawfloor"
+idle_servers="nginx portico"; [ "${NIO:-0}" = 1 ] && idle_servers+=" nio"; [ "${FLOOR:-0}" = 1 ] && idle_servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && idle_servers+=" rawfloor"
 for server in $idle_servers; do
   selected idle || break
-  case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; core) ec_port=$CORE_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
+  case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; nio) ec_port=$NIO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
   before=$(rss_kb $server)
   rm -f "$work/hold"; mkfifo "$work/hold"
   python3 "$here/idle_tls.py" "$ec_port" "$IDLE_CONNECTIONS" < "$work/hold" > "$work/idle.out" 2>"$work/idle.err" &
@@ -342,14 +342,14 @@ for line in open(sys.argv[1]):
         pass
 med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
 for test in ["h1", "h2", "handshake", "resume", "resume12", "proxy"]:
-    for server in ["nginx", "portico", "core", "floor", "rawfloor"]:
+    for server in ["nginx", "portico", "nio", "floor", "rawfloor"]:
         if (test, server) in med:
             r, u = med[(test, server)]
             print(f"{test:<11} {server:<9} {r:>14.0f}  {u:>19.1f}")
-    for server, label in [("portico", "ratio"), ("core", "core/ngx"), ("floor", "floor/ngx"), ("rawfloor", "raw/ngx")]:
+    for server, label in [("portico", "ratio"), ("nio", "nio/ngx"), ("floor", "floor/ngx"), ("rawfloor", "raw/ngx")]:
         if (test, "nginx") in med and (test, server) in med:
             print(f"{test:<11} {label:<9} {med[(test,server)][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,server)][1] / med[(test,'nginx')][1]:>19.2f}")
-for server in ["nginx", "portico", "core", "floor", "rawfloor"]:
+for server in ["nginx", "portico", "nio", "floor", "rawfloor"]:
     for test, name in [("resume", "TLS 1.3"), ("resume12", "TLS 1.2")]:
         if (test, server) in med and ("handshake", server) in med:
             print(f"{server}: resumed ECDSA {name} handshakes are {med[(test, server)][0] / med[('handshake', server)][0]:.1f}x its full RSA-2048 handshakes")

@@ -23,6 +23,7 @@ import Testing
         #expect(config.listeners[.clientPlain]?.tls == false)
         #expect(config.listeners[.replication]?.clientAuth == .require)
         #expect(config.listeners[.webservices]?.port == 8446)
+        #expect(config.enabledListeners.allSatisfy { $0.engine == .core })
         #expect(config.identity.certificate == "/srv/conf/ssl/server.crt")
     }
 

@@ -271,11 +271,11 @@ import X509
 }
 
 @Suite struct AcceptTests {
-    /// Every event loop accepts on a socket of its own, all bound to the listener's port, and
+    /// Every NIO event loop accepts on a socket of its own, all bound to the listener's port, and
     /// serves what it accepted: a connection is never handed to another loop (that cost a task
     /// and a wake-up of the other thread per connection, and each TLS handshake waited on it).
     @Test func eachEventLoopAcceptsAndKeepsWhatItAccepts() async throws {
-        try await TestGateway.with { gw in
+        try await TestGateway.with(engine: .nio) { gw in
             let port = try await gw.port(.clientPlain)
             var clients: [RawTCP] = []
             for _ in 0..<24 {

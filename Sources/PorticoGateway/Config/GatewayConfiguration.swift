@@ -131,8 +131,9 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var limits: ListenerLimits = ListenerLimits()
     /// `access_log`: write one line per request.
     public var accessLog: Bool = true
-    /// `engine`: which server core serves the listener's connections.
-    public var engine: ListenerEngine = .nio
+    /// `engine`: which server core serves the listener's connections (Portico's own unless
+    /// `nio` is asked for).
+    public var engine: ListenerEngine = .core
 
     public init(role: ListenerRole) {
         self.role = role
@@ -149,11 +150,12 @@ public struct ListenerConfiguration: Sendable, Equatable {
 
 /// Which server core serves a listener's connections.
 public enum ListenerEngine: String, Sendable, Equatable, CaseIterable {
-    /// SwiftNIO's event loops and channels, with NIOSSL: every feature.
+    /// SwiftNIO's event loops and channels, with NIOSSL: the same features, kept for a
+    /// listener that needs to fall back (and measured beside the core in bench/).
     case nio
-    /// Portico's own core: one epoll loop per CPU with sockets, BoringSSL and handlers and
-    /// nothing between them. Everything the listeners do: HTTP/1.1 in the clear or over TLS,
-    /// HTTP/2 over TLS, client certificates, PROXY headers, services and upstreams.
+    /// Portico's own core, the default: one epoll loop per CPU with sockets, BoringSSL and
+    /// handlers and nothing between them. Everything the listeners do: HTTP/1.1 in the clear
+    /// or over TLS, HTTP/2 over TLS, client certificates, PROXY headers, services and upstreams.
     case core
 }
 
