@@ -89,8 +89,9 @@ import Glibc
         #expect(pipe(&ends) == 0)
         _ = fcntl(ends[0], F_SETFL, O_NONBLOCK)
         let received = loop.makePromise(of: [UInt8].self)
-        let reader = PipeReader(fd: ends[0], loop: loop, received: received)
-        try await loop.submit { try loop.register(ends[0], events: CoreEvents.readable, handler: reader) }.get()
+        let readEnd = ends[0]
+        let reader = PipeReader(fd: readEnd, loop: loop, received: received)
+        try await loop.submit { try loop.register(readEnd, events: CoreEvents.readable, handler: reader) }.get()
         let message: [UInt8] = Array("ready".utf8)
         #expect(write(ends[1], message, message.count) == message.count)
         #expect(try await received.futureResult.get() == message)
@@ -102,8 +103,9 @@ import Glibc
         let loop = try CoreEventLoop(name: "test-core")
         var ends: [Int32] = [0, 0]
         #expect(pipe(&ends) == 0)
-        let reader = PipeReader(fd: ends[0], loop: loop, received: loop.makePromise())
-        try await loop.submit { try loop.register(ends[0], events: CoreEvents.readable, handler: reader) }.get()
+        let readEnd = ends[0]
+        let reader = PipeReader(fd: readEnd, loop: loop, received: loop.makePromise())
+        try await loop.submit { try loop.register(readEnd, events: CoreEvents.readable, handler: reader) }.get()
         let never = loop.scheduleTask(in: .hours(1)) { 1 }
         // Watched before the loop stops (a future's callbacks run on its loop).
         let failure = NIOLockedValueBox<(any Error)?>(nil)

@@ -94,6 +94,26 @@ import Testing
         }
     }
 
+    /// Out of descriptors, the core stops accepting for a moment rather than being woken for
+    /// the same waiting connection again and again; once descriptors are free it accepts and
+    /// serves again.
+    @Test func acceptingResumesAfterTheProcessRanOutOfDescriptors() async throws {
+        let dir = try TemporaryDirectory()
+        let process = try ServerProcess(["serve", "--config", try config(ports: [0, 0, 0, 0, 0, 0], dir: dir)], descriptorLimit: 160)
+        await process.waitFor("listening", count: 6)
+        let port = try #require(process.boundPort(.clientPlain))
+        // More connections than descriptors: the last ones wait in the backlog.
+        var clients: [RawTCP] = []
+        for _ in 0..<200 { clients.append(try await RawTCP.connect(port: port)) }
+        for client in clients { try? await client.channel.close() }
+        try await TestClient.with(http2: false) { client in
+            let answer = try await TestClient.get(client, "http://127.0.0.1:\(port)/healthz")
+            #expect(answer.status == 200)
+        }
+        process.signal(SIGTERM)
+        #expect(await process.wait() == 0)
+    }
+
     @Test func firstRunGeneratesAnIdentityWithAPrivateKey0600() async throws {
         let dir = try TemporaryDirectory()
         let process = try ServerProcess(["serve", "--config", try config(ports: [0, 0, 0, 0, 0, 0], dir: dir)])

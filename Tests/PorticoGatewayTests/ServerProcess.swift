@@ -48,10 +48,15 @@ final class ServerProcess: Sendable {
     private let output = NIOLockedValueBox(Output())
 
     /// Starts `portico` (or another executable of the package) with `arguments`, collecting
-    /// its standard output and error.
-    init(_ arguments: [String], executable name: String = "portico") throws {
+    /// its standard output and error; with at most `descriptorLimit` open files when given
+    /// (a shell sets the limit and then becomes the process).
+    init(_ arguments: [String], executable name: String = "portico", descriptorLimit: Int? = nil) throws {
         let path = try #require(Self.executable(named: name), "the \(name) executable was not built beside the tests")
-        child = try ChildProcess.start(path, arguments)
+        if let descriptorLimit {
+            child = try ChildProcess.start("/bin/sh", ["-c", "ulimit -n \(descriptorLimit) && exec \"$0\" \"$@\"", path] + arguments)
+        } else {
+            child = try ChildProcess.start(path, arguments)
+        }
         // A thread of its own blocks on the pipe until end of file (blocking a shared pool
         // could starve tests).
         let output = self.output

@@ -15,6 +15,8 @@ final class CoreAcceptor: CoreIOHandler {
     /// Sets up one accepted socket (non-blocking, close-on-exec, with its peer's address).
     private let accepted: (Int32, SocketAddress?) -> Void
     private var isClosed = false
+    /// Accepting is paused (out of descriptors or memory) until a timer resumes it.
+    private var paused = false
 
     /// Binds `address` and listens; call on `loop`, then ``start()``.
     /// - Throws: `IOError` with the call and `errno` that failed (as NIO reports them).
@@ -68,7 +70,15 @@ final class CoreAcceptor: CoreIOHandler {
             var length = UInt32(MemoryLayout<sockaddr_storage>.size)
             let client = portico_accept(fd, &storage, &length)
             guard client >= 0 else {
-                // EAGAIN: none left. EMFILE and the like: the next wake-up tries again.
+                switch errno {
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    // The connection waits in the backlog. Watching the socket meanwhile would
+                    // wake the loop at once, again and again: stop for a moment instead.
+                    pause()
+                default:
+                    // EAGAIN: none left; a connection that failed before it was accepted.
+                    break
+                }
                 return
             }
             var one: Int32 = 1
@@ -79,6 +89,22 @@ final class CoreAcceptor: CoreIOHandler {
 
     func loopShutDown() {
         close()
+    }
+
+    /// How long accepting pauses when the process is out of descriptors (as nginx does).
+    static let pauseAfterExhaustion = TimeAmount.milliseconds(100)
+
+    private func pause() {
+        guard !paused, !isClosed else { return }
+        paused = true
+        loop.modify(fd, events: 0)
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        _ = loop.scheduleTask(in: Self.pauseAfterExhaustion) {
+            let acceptor = bound.value
+            guard acceptor.paused, !acceptor.isClosed else { return }
+            acceptor.paused = false
+            acceptor.loop.modify(acceptor.fd, events: CoreEvents.readable)
+        }
     }
 
     /// The socket's own address (the port the system chose for port 0).

@@ -92,6 +92,11 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         if events & CoreEvents.writable != 0 {
             writeOut()
         }
+        if readingStopped && events & CoreEvents.failed != 0 {
+            // Gone while not being read: epoll would report it again and again.
+            closeNow()
+            return
+        }
         if events & (CoreEvents.readable | CoreEvents.hangUp) != 0, !isClosed, !readingStopped {
             if proxyHeader != nil {
                 readProxyHeader()

@@ -20,8 +20,10 @@ protocol CoreIOHandler: AnyObject {
 enum CoreEvents {
     static let readable = portico_epoll_in
     static let writable = portico_epoll_out
-    /// The peer closed or the socket failed (reported whether asked for or not).
+    /// The peer closed or the socket failed.
     static let hangUp = portico_epoll_hup | portico_epoll_err | portico_epoll_rdhup
+    /// The connection is gone both ways or failed: reported whether asked for or not.
+    static let failed = portico_epoll_hup | portico_epoll_err
 }
 
 /// Why the core could not do what it was asked.
