@@ -19,7 +19,7 @@ import Glibc
 /// (when it fits in one) in the session's output BIO, and that goes to the socket straight from
 /// the BIO. What the socket does not take is kept in `outbound` and waits for `EPOLLOUT`.
 /// Sends use `MSG_NOSIGNAL`: a client that has gone is an error to handle, not SIGPIPE.
-final class CoreConnection: CoreIOHandler, ConnectionTransport {
+final class CoreConnection: CoreSocketHandler, ConnectionTransport {
     let fd: Int32
     let loop: CoreEventLoop
     let allocator = ByteBufferAllocator()
@@ -40,7 +40,7 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
     /// Bytes for the socket that it has not taken yet.
     private var outbound = CoreSendQueue()
     private var closeWhenWritten = false
-    private var interest: UInt32 = CoreEvents.readable
+    var interest: UInt32 = CoreEvents.readable
     private var readingStopped = false
     private(set) var isClosed = false
     /// Told once, when the connection closes (the listener's tracker and gauge).
@@ -333,7 +333,7 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
             return
         }
         outbound.append(tls.takeOutput(after: sent))
-        setInterest(interest | CoreEvents.writable)
+        watchWritable(true)
     }
 
     /// Sends what is queued until the socket takes no more; then waits for `EPOLLOUT`.
@@ -341,11 +341,11 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
         guard !isClosed else { return }
         switch outbound.send(to: fd) {
         case .wouldBlock:
-            setInterest(interest | CoreEvents.writable)
+            watchWritable(true)
         case .failed:
             closeNow()
         case .sent:
-            if interest & CoreEvents.writable != 0 { setInterest(interest & ~CoreEvents.writable) }
+            watchWritable(false)
             if closeWhenWritten {
                 closeNow()
             } else if readingStopped && acceptsInput {
@@ -353,12 +353,6 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
                 resumeReading()
             }
         }
-    }
-
-    private func setInterest(_ events: UInt32) {
-        guard events != interest, !isClosed else { return }
-        interest = events
-        loop.modify(fd, events: events)
     }
 
     private func closeNow() {
@@ -370,8 +364,7 @@ final class CoreConnection: CoreIOHandler, ConnectionTransport {
             sendTLSOutput()
         }
         isClosed = true
-        loop.deregister(fd)
-        Glibc.close(fd)
+        closeDescriptor()
         outbound.removeAll()
         plain.removeAll()
         // The HTTP layer lets go of this object and this of it: the cycle ends here.

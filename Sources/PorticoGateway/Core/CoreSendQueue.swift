@@ -5,6 +5,35 @@ import NIOCore
 import Glibc
 #endif
 
+/// A socket of the core registered with its loop, whose handler changes what it is watched for
+/// as it goes.
+protocol CoreSocketHandler: CoreIOHandler {
+    var fd: Int32 { get }
+    var loop: CoreEventLoop { get }
+    /// The events the socket is watched for now.
+    var interest: UInt32 { get set }
+    var isClosed: Bool { get }
+}
+
+extension CoreSocketHandler {
+    func setInterest(_ events: UInt32) {
+        guard events != interest, !isClosed else { return }
+        interest = events
+        loop.modify(fd, events: events)
+    }
+
+    /// Watches for `EPOLLOUT` while the socket is full, and not otherwise.
+    func watchWritable(_ full: Bool) {
+        setInterest(full ? interest | CoreEvents.writable : interest & ~CoreEvents.writable)
+    }
+
+    /// Stops watching the socket and closes it.
+    func closeDescriptor() {
+        loop.deregister(fd)
+        Glibc.close(fd)
+    }
+}
+
 /// Bytes a socket of the core has not taken yet, oldest first, and sending them: one `send`
 /// for one buffer, one `sendmsg` for several, always with `MSG_NOSIGNAL` (a peer that has
 /// gone is an error for the connection to handle, not a SIGPIPE for the process).

@@ -9,16 +9,16 @@ import Glibc
 /// A kept-alive connection of the core to a plain-HTTP upstream: a non-blocking socket on the
 /// loop of the client connections it serves, in front of the ``UpstreamConnection`` that
 /// writes requests and reads responses.
-final class CoreUpstreamSocket: CoreIOHandler, UpstreamTransport {
+final class CoreUpstreamSocket: CoreSocketHandler, UpstreamTransport {
     let fd: Int32
     let loop: CoreEventLoop
     private var connection: UpstreamConnection?
     private var outbound = CoreSendQueue()
-    private var interest = CoreEvents.writable
+    var interest = CoreEvents.writable
     /// Told when the connection is made (or not); nil once it is.
     private var connecting: EventLoopPromise<NIOLoopBound<UpstreamConnection>>?
     private var connectTimer: Scheduled<Void>?
-    private var isClosed = false
+    private(set) var isClosed = false
 
     private init(fd: Int32, loop: CoreEventLoop, connection: UpstreamConnection, connecting: EventLoopPromise<NIOLoopBound<UpstreamConnection>>) {
         self.fd = fd
@@ -148,25 +148,18 @@ final class CoreUpstreamSocket: CoreIOHandler, UpstreamTransport {
         guard !isClosed else { return }
         switch outbound.send(to: fd) {
         case .sent:
-            if interest & CoreEvents.writable != 0 { setInterest(interest & ~CoreEvents.writable) }
+            watchWritable(false)
         case .wouldBlock:
-            setInterest(interest | CoreEvents.writable)
+            watchWritable(true)
         case .failed:
             closeNow()
         }
     }
 
-    private func setInterest(_ events: UInt32) {
-        guard events != interest, !isClosed else { return }
-        interest = events
-        loop.modify(fd, events: events)
-    }
-
     private func closeNow() {
         guard !isClosed else { return }
         isClosed = true
-        loop.deregister(fd)
-        Glibc.close(fd)
+        closeDescriptor()
         outbound.removeAll()
         connectTimer?.cancel()
         connectTimer = nil
