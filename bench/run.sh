@@ -2,7 +2,7 @@
 # Portico beside nginx on loopback, same certificate, same body, alternating rounds.
 #
 #   bench/run.sh [rounds]        (default 3)
-#   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 handshake resume resume12 proxy idle)
+#   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 json json2 handshake resume resume12 proxy idle)
 #   FLOOR=1 bench/run.sh         (also bench/floor, SwiftNIO + NIOSSL with no HTTP layer, in
 #                                 every test but h2: the least this stack can cost)
 #   RAWFLOOR=1 bench/run.sh      (also bench/floor's portico-rawfloor, the same with epoll and
@@ -190,6 +190,7 @@ $(http_common "$work/nginx-tmp")
     ssl_certificate_key $work/ssl/server.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     location = /healthz { default_type text/plain; return 200 "ok\n"; }
+    location = /statusz { default_type application/json; return 200 '{"status":"ready","listener":"client"}'; }
     location = /proxied {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -240,15 +241,14 @@ results="$work/results.tsv"
 measure() {  # name test command...
   local server=$1 test=$2; shift 2
   selected "$test" || return 0
-  # The floors do not speak HTTP/2.
-  [ "$server" != floor ] || [ "$test" != h2 ] || return 0
-  [ "$server" != rawfloor ] || [ "$test" != h2 ] || return 0
+  # The floors do not speak HTTP/2, or answer anything but the health bytes.
+  case "$server:$test" in floor:h2|rawfloor:h2|floor:json*|rawfloor:json*) return 0 ;; esac
   local before after out rps requests
   before=$(cpu_ticks "$server")
   out=$("$@" 2>&1)
   after=$(cpu_ticks "$server")
   case "$test" in
-    h2)
+    h2|json2)
       rps=$(echo "$out" | awk '/^finished in/ {print $4}')
       requests=$(echo "$out" | awk '/^requests:/ {print $8}') ;;
     resume*)
@@ -281,7 +281,7 @@ resumed() {  # port seconds [openssl options]
   awk -v n="$total" -v a="$start" -v b="$end" 'BEGIN { printf "rate %.1f\n", n / (b - a) }'
 }
 
-TESTS=" ${TESTS:-h1 h2 handshake resume resume12 proxy idle} "
+TESTS=" ${TESTS:-h1 h2 json json2 handshake resume resume12 proxy idle} "
 selected() { [[ "$TESTS" == *" $1 "* ]]; }
 
 DURATION=${DURATION:-10s}
@@ -293,6 +293,9 @@ for round in $(seq "$rounds"); do
     case $server in nginx) port=$NGINX_PORT ;; portico) port=$PORTICO_PORT ;; nio) port=$NIO_PORT ;; floor) port=$FLOOR_PORT ;; rawfloor) port=$RAWFLOOR_PORT ;; esac
     measure $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
     measure $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
+    # A JSON answer made per request (Portico's built-in status; nginx returns the same bytes).
+    measure $server json wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/statusz"
+    measure $server json2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/statusz"
     measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
     case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; nio) ec_port=$NIO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
     measure $server resume resumed "$ec_port" "$seconds"
@@ -341,7 +344,7 @@ for line in open(sys.argv[1]):
     except ValueError:
         pass
 med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
-for test in ["h1", "h2", "handshake", "resume", "resume12", "proxy"]:
+for test in ["h1", "h2", "json", "json2", "handshake", "resume", "resume12", "proxy"]:
     for server in ["nginx", "portico", "nio", "floor", "rawfloor"]:
         if (test, server) in med:
             r, u = med[(test, server)]

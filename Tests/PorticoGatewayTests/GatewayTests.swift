@@ -39,6 +39,35 @@ import X509
         }
     }
 
+    /// `/statusz` is readiness as JSON, made per request, naming the listener that answered;
+    /// 503 while not ready.
+    @Test(arguments: ListenerEngine.allCases) func statusIsReadinessAsJSON(engine: ListenerEngine) async throws {
+        try await TestGateway.with(engine: engine) { gw in
+            try await TestClient.with(http2: false) { client in
+                for role in [ListenerRole.clientPlain, .client, .console] {
+                    let answer = try await TestClient.get(client, try await gw.url(role, "/statusz"))
+                    #expect(answer.status == 200)
+                    #expect(answer.headers.first(name: "content-type") == "application/json")
+                    #expect(answer.body == #"{"status":"ready","listener":"\#(role.rawValue)"}"#)
+                }
+            }
+        }
+        // Not ready (starting, or draining): 503 with the same fields.
+        let readiness = ReadinessFlag()
+        guard case .immediate(let status) = try #require(BuiltinServices.endpoint(named: "status", metrics: GatewayMetrics(), readiness: readiness)) else {
+            Issue.record("status is not answered on the loop")
+            return
+        }
+        let request = GatewayRequest(
+            method: .GET, uri: "/statusz", headers: [:], body: ByteBuffer(), host: nil, parameters: [:], role: .console,
+            httpMajorVersion: 1, isTLS: true, peerAddress: nil, clientAddress: nil, peerIsTrustedProxy: false, clientCertificate: nil)
+        let notReady = status(request)
+        #expect(notReady.status == .serviceUnavailable)
+        #expect(String(buffer: notReady.body) == #"{"status":"not ready","listener":"console"}"#)
+        readiness.set(true)
+        #expect(status(request).status == .ok)
+    }
+
     @Test func metricsAreServedOnWebservicesOnly() async throws {
         try await TestGateway.with { gw in
             try await TestClient.with { client in

@@ -17,9 +17,14 @@ MODULES = ['NIOHTTP2', 'NIOHPACK', 'NIOSSL', 'CNIOBoringSSL', 'NIOPosix', 'NIOCo
 
 
 MANGLED = re.compile(r'^\$s(\d+)')
+# BoringSSL's own C functions (the server core calls them directly, with no NIOSSL frame
+# between), by their prefixes.
+BORINGSSL = re.compile(r'^(SSL_|BIO_|EVP_|ERR_|CRYPTO_|OPENSSL_|RSA_|EC_|BN_|bn_|aes|gcm_|GFp_|ChaCha|CRYPTO|x25519|X25519|ecp_nistz|p256|sha\d|SHA\d|bssl::|ssl_|tls_|tls13|d2i_|i2d_|X509|asn1|ASN1|ec_|fiat_|poly1305|HMAC|HKDF)')
 
 
 def module(frame):
+    if BORINGSSL.match(frame):
+        return 'BoringSSL'
     # A Swift symbol names its module first (`$s14PorticoGateway...`); searching the whole
     # name would charge a Portico function taking an NIOCore type to NIOCore.
     mangled = MANGLED.match(frame)

@@ -1,13 +1,13 @@
 import NIOCore
 import NIOHTTP1
 
-/// The services every gateway has, which routes may name: `health`, `ready`, `metrics`.
+/// The services every gateway has, which routes may name: `health`, `ready`, `status`, `metrics`.
 public enum BuiltinServices {
-    public static let names: Set<String> = ["health", "ready", "metrics"]
+    public static let names: Set<String> = ["health", "ready", "status", "metrics"]
 
     /// Routes every listener gets unless the config routes the same path itself.
     static func implicitRoutes(for role: ListenerRole) -> [(path: String, service: String)] {
-        var routes = [("/healthz", "health"), ("/readyz", "ready")]
+        var routes = [("/healthz", "health"), ("/readyz", "ready"), ("/statusz", "status")]
         if role == .webservices { routes.append(("/metrics", "metrics")) }
         return routes
     }
@@ -20,6 +20,14 @@ public enum BuiltinServices {
             let ready = GatewayResponse(status: .ok, contentType: "text/plain; charset=utf-8", body: "ready\n")
             let notReady = GatewayResponse(status: .serviceUnavailable, contentType: "text/plain; charset=utf-8", body: "not ready\n")
             return .immediate { _ in readiness.isReady ? ready : notReady }
+        case "status":
+            // Readiness as JSON, for monitors that parse it, naming the listener that answered
+            // (made per request: no precomputed answer, unlike health).
+            return .immediate { request in
+                let ready = readiness.isReady
+                let body = #"{"status":"\#(ready ? "ready" : "not ready")","listener":"\#(request.role.rawValue)"}"#
+                return GatewayResponse(status: ready ? .ok : .serviceUnavailable, contentType: "application/json", body: body)
+            }
         case "metrics":
             return .immediate { _ in
                 GatewayResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"], body: ByteBuffer(bytes: metrics.emit()))
