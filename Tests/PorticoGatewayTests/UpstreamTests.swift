@@ -438,6 +438,24 @@ import Testing
 }
 
 @Suite struct TriedTargetsTests {
+    /// A probe that started before the last one counted is stale: its answer, however late it
+    /// arrives, does not undo the newer probe's (the gateway's own probe at start raced a
+    /// test's probe this way).
+    @Test func aStaleProbeResultIsNotCounted() throws {
+        let target = try #require(UpstreamTarget(url: "http://127.0.0.1:1"))
+        var check = HealthCheckConfiguration()
+        check.healthyThreshold = 1
+        check.unhealthyThreshold = 1
+        let earlier = NIODeadline.now()
+        let later = earlier + .milliseconds(1)
+        #expect(target.recordCheck(healthy: false, started: later, configuration: check))
+        #expect(!target.isAvailable())
+        #expect(target.recordCheck(healthy: true, started: earlier, configuration: check) == false)
+        #expect(!target.isAvailable())
+        #expect(target.recordCheck(healthy: true, started: later + .milliseconds(1), configuration: check))
+        #expect(target.isAvailable())
+    }
+
     @Test func passiveHealthCountsFailuresInARowAndEjects() throws {
         let target = try #require(UpstreamTarget(url: "http://127.0.0.1:1"))
         #expect(target.isAvailable())

@@ -668,8 +668,26 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
     }
 
     private func write(_ response: GatewayResponse, to stream: Stream, isHead: Bool) {
+        let body = isHead ? nil : response.body
+        let status = Int(response.status.code)
+        if !tableSizeUpdatePending {
+            // Literals straight into the frame (see ``HTTP2Encoding/writeLiteralBlock``).
+            let start = out.writerIndex
+            let hasBody = (body?.readableBytes ?? 0) > 0
+            let flags = HTTP2Flag.endHeaders | (hasBody ? 0 : HTTP2Flag.endStream)
+            out.writeHTTP2FrameHeader(length: 0, type: HTTP2FrameType.headers, flags: flags, streamID: stream.id)
+            HTTP2Encoding.writeLiteralBlock(status: response.status, headers: response.headers, contentLength: response.body.readableBytes, date: date.current(), into: &out)
+            let length = out.writerIndex - start - 9
+            if length <= peerMaxFrameSize {
+                out.setHTTP2FrameLength(length, at: start)
+                sent(stream, body: body, status: status)
+                return
+            }
+            // Larger than a frame: through the encoder, which splits it into CONTINUATIONs.
+            out.moveWriterIndex(to: start)
+        }
         let headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: response.body.readableBytes, date: date.current())
-        send(stream, headers: headers, body: isHead ? nil : response.body, status: Int(response.status.code))
+        send(stream, headers: headers, body: body, status: status)
     }
 
     private func send(_ stream: Stream, headers: HPACKHeaders, body: ByteBuffer?, status: Int) {

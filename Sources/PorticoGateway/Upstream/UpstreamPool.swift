@@ -192,6 +192,7 @@ final class UpstreamPool: Sendable {
     private func probe(_ target: UpstreamTarget, check: HealthCheckConfiguration) async {
         var request = HTTPClientRequest(url: target.base + check.path)
         request.method = .GET
+        let started = NIODeadline.now()
         var healthy = false
         do {
             let response = try await client.execute(request, timeout: check.timeout)
@@ -200,7 +201,7 @@ final class UpstreamPool: Sendable {
         } catch {
             healthy = false
         }
-        if target.recordCheck(healthy: healthy, configuration: check) {
+        if target.recordCheck(healthy: healthy, started: started, configuration: check) {
             logger.notice("upstream target health changed", metadata: ["upstream": "\(configuration.name)", "target": "\(target.displayName)", "healthy": "\(healthy)"])
         }
     }

@@ -49,6 +49,8 @@ final class UpstreamTarget: Sendable {
         /// Consecutive request failures (passive).
         var consecutiveFailures = 0
         var ejectedUntil: NIODeadline?
+        /// When the probe whose result was counted last started.
+        var lastCheckStarted: NIODeadline = .uptimeNanoseconds(0)
     }
     private let health = NIOLockedValueBox(Health())
     /// Set while the target is healthy with no failure counted and no ejection: then a
@@ -127,10 +129,14 @@ final class UpstreamTarget: Sendable {
         clear.store(health.activelyHealthy && health.ejectedUntil == nil && health.consecutiveFailures == 0, ordering: .relaxed)
     }
 
-    /// Counts an active probe; returns whether the target's health changed.
+    /// Counts an active probe that started at `started`; returns whether the target's health
+    /// changed. A probe that started before the last one counted is stale (a slow answer from
+    /// before a newer probe's) and is not counted.
     @discardableResult
-    func recordCheck(healthy: Bool, configuration: HealthCheckConfiguration) -> Bool {
+    func recordCheck(healthy: Bool, started: NIODeadline, configuration: HealthCheckConfiguration) -> Bool {
         health.withLockedValue { health in
+            guard started >= health.lastCheckStarted else { return false }
+            health.lastCheckStarted = started
             if healthy {
                 health.checkFailures = 0
                 health.checkSuccesses += 1
