@@ -23,10 +23,16 @@ public enum BuiltinServices {
         case "status":
             // Readiness as JSON, for monitors that parse it, naming the listener that answered
             // (made per request: no precomputed answer, unlike health).
+            let headers: HTTPHeaders = ["content-type": "application/json"]
             return .immediate { request in
                 let ready = readiness.isReady
-                let body = #"{"status":"\#(ready ? "ready" : "not ready")","listener":"\#(request.role.rawValue)"}"#
-                return GatewayResponse(status: ready ? .ok : .serviceUnavailable, contentType: "application/json", body: body)
+                // Written into one buffer: an interpolated string and a header list per answer
+                // were three allocations more.
+                var body = ByteBufferAllocator().buffer(capacity: 64)
+                body.writeStaticString(ready ? #"{"status":"ready","listener":""# : #"{"status":"not ready","listener":""#)
+                body.writeString(request.role.rawValue)
+                body.writeStaticString(#""}"#)
+                return GatewayResponse(status: ready ? .ok : .serviceUnavailable, headers: headers, body: body)
             }
         case "metrics":
             return .immediate { _ in
