@@ -26,8 +26,8 @@ struct CoreTLSError: Error, CustomStringConvertible {
 
 /// A server TLS context of the core for one listener and one identity: the listener's policy
 /// (TLS 1.2 and later, NIOSSL's cipher suites, ALPN h2 and http/1.1, client certificates and
-/// their trust) and
-/// the pair, as one BoringSSL `SSL_CTX` that every connection of that identity shares.
+/// their trust) and the pair, as one BoringSSL `SSL_CTX` that every connection of that
+/// identity shares.
 /// A reload makes a new one (``ListenerTLS``); connections keep the one they started with.
 final class CoreTLSContext: @unchecked Sendable {
     // @unchecked Sendable: after init the SSL_CTX is only used through BoringSSL's
