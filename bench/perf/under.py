@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Inclusive share of what a function calls directly, from `perf script` output.
 
-    perf script | python3 bench/perf/under.py 'HTTP1ConnectionHandlerC5parse' | swift demangle --simplified
+    perf script | python3 bench/perf/under.py 'HTTP1ConnectionC5parse' | swift demangle --simplified
 
 PATTERN is a regular expression matched against (mangled) frame names; the first line is the
 share of all samples with the function on the stack, then its direct callees by share.

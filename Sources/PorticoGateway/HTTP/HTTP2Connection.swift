@@ -129,7 +129,6 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
     private var draining = false
     private var peerGoingAway = false
     private var closed = false
-    private var readPending = false
 
     /// Timeouts are checked by the loop's ``DeadlineSweeper`` from what the connection
     /// records cheaply per read (a flag). `idleSince`: no streams since then.
