@@ -95,15 +95,18 @@ $(http_common "$work/upstream-tmp")
 }
 CONF
 
-# Portico: only the client listener, no access log; it generates the RSA-2048 identity.
-cat > "$work/portico.yaml" <<YAML
-identity: {certificate: ssl/server.crt, private_key: ssl/server.key, generate: ${KEY_TYPE:-rsa-2048}}
+# Portico's configuration: only the client listener (RSA) and console (ECDSA), no access log,
+# /proxied relayed to the upstream. Arguments: identity line, client port, console port, engine.
+portico_yaml() {
+  cat <<YAML
+$1
 listeners:
-  client: {bind: 127.0.0.1, port: $PORTICO_PORT, access_log: false, limits: {max_connections: 20000}}
+  client: {bind: 127.0.0.1, port: $2, access_log: false, engine: $4, limits: {max_connections: 20000}}
   console:
     bind: 127.0.0.1
-    port: $PORTICO_EC_PORT
+    port: $3
     access_log: false
+    engine: $4
     certificate: $work/ec/server.crt
     private_key: $work/ec/server.key
     limits: {max_connections: 20000}
@@ -116,44 +119,31 @@ upstreams:
 routes:
   - {listener: client, path: /proxied, upstream: backend}
 YAML
+}
+# Starts Portico with the configuration in folder $1 and waits until port $2 answers.
+start_portico() {
+  "$portico_bin" serve --config "$1/portico.yaml" --log-level warning 2>"$1/portico.log" &
+  started_pid=$!
+  for _ in $(seq 100); do
+    curl -sk "https://127.0.0.1:$2/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+}
+
+# Portico on its own core; it generates the RSA-2048 identity.
+portico_yaml "identity: {certificate: ssl/server.crt, private_key: ssl/server.key, generate: ${KEY_TYPE:-rsa-2048}}" \
+  "$PORTICO_PORT" "$PORTICO_EC_PORT" core > "$work/portico.yaml"
 "$NGINX" -c "$work/upstream.conf" -p "$work"
-"$portico_bin" serve --config "$work/portico.yaml" --log-level warning 2>"$work/portico.log" &
-portico_pid=$!
-for _ in $(seq 100); do
-  curl -sk "https://127.0.0.1:$PORTICO_PORT/healthz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_portico "$work" "$PORTICO_PORT"
+portico_pid=$started_pid
 
 # The same Portico on SwiftNIO (NIO=1): a folder of its own (database), the same pairs.
 if [ "${NIO:-0}" = 1 ]; then
   mkdir -p "$work/nio"
-  cat > "$work/nio/portico.yaml" <<YAML
-identity: {certificate: $work/ssl/server.crt, private_key: $work/ssl/server.key}
-listeners:
-  client: {bind: 127.0.0.1, port: $NIO_PORT, access_log: false, engine: nio, limits: {max_connections: 20000}}
-  console:
-    bind: 127.0.0.1
-    port: $NIO_EC_PORT
-    access_log: false
-    engine: nio
-    certificate: $work/ec/server.crt
-    private_key: $work/ec/server.key
-    limits: {max_connections: 20000}
-  client_plain: {enabled: false}
-  replication: {enabled: false}
-  reporting: {enabled: false}
-  webservices: {enabled: false}
-upstreams:
-  backend: {targets: ["http://127.0.0.1:$UPSTREAM_PORT"]}
-routes:
-  - {listener: client, path: /proxied, upstream: backend}
-YAML
-  "$portico_bin" serve --config "$work/nio/portico.yaml" --log-level warning 2>"$work/nio/portico.log" &
-  nio_pid=$!
-  for _ in $(seq 100); do
-    curl -sk "https://127.0.0.1:$NIO_PORT/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  portico_yaml "identity: {certificate: $work/ssl/server.crt, private_key: $work/ssl/server.key}" \
+    "$NIO_PORT" "$NIO_EC_PORT" nio > "$work/nio/portico.yaml"
+  start_portico "$work/nio" "$NIO_PORT"
+  nio_pid=$started_pid
 fi
 
 # Starts a floor program of bench/floor on its two ports and waits until it answers.
