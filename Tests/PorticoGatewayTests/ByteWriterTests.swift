@@ -70,6 +70,52 @@ import Testing
         buffer.withUnsafeReadableBytes { $0.baseAddress }
     }
 
+    /// A relayed request copies its head and body out of the bytes read, so that the loop's
+    /// read buffer is free again while the request waits for its upstream: what it forwards is
+    /// unchanged, none of it points into the read buffer, and the copy's storage is reused by
+    /// the connection's next relayed request.
+    @Test func aRelayedRequestOwnsItsBytesAndForwardsTheSame() throws {
+        func contains(_ outer: ByteBuffer, _ inner: ByteBuffer) -> Bool {
+            outer.withUnsafeReadableBytes { outer in
+                inner.withUnsafeReadableBytes { inner in
+                    guard let start = outer.baseAddress, let pointer = inner.baseAddress else { return false }
+                    return pointer >= start && pointer < start + outer.count
+                }
+            }
+        }
+        let raw = "POST /upload?x=1 HTTP/1.1\r\nhost: example.test\r\nx-a: b\r\ncontent-length: 5\r\n\r\nhello"
+        let original = ByteBuffer(string: raw)
+        var read = original
+        var parser = HTTP1Parser(maxHeadBytes: 65536, maxHeaderCount: 100)
+        guard case .head(let head) = try parser.next(&read) else { throw ByteWriterFailure("no head") }
+        guard case .body(let body) = try parser.next(&read) else { throw ByteWriterFailure("no body") }
+        let client = ForwardedClient(peer: "192.0.2.7", peerIsTrustedProxy: false, isTLS: true)
+        let request = HTTP1Request(head: head, body: body, client: client)
+        let before = UpstreamEncoding.encode(.http1(request), basePath: "/b", hostHeader: "u:1")
+        // As parsed, head and body are slices of the bytes read.
+        #expect(contains(original, request.head.bytes))
+        #expect(contains(original, try #require(request.body)))
+
+        request.ownBytes()
+        #expect(UpstreamEncoding.encode(.http1(request), basePath: "/b", hostHeader: "u:1") == before)
+        #expect(request.head.host == "example.test")
+        #expect(request.body.map { String(buffer: $0) } == "hello")
+        #expect(!contains(original, request.head.bytes))
+        #expect(!contains(original, try #require(request.body)))
+        let copy = try #require(Self.address(request.head.bytes))
+
+        // Cleared after its answer, the next relayed request is copied into the same storage.
+        request.clear()
+        var next = ByteBuffer(string: "GET /next HTTP/1.1\r\nhost: other.test\r\n\r\n")
+        var nextParser = HTTP1Parser(maxHeadBytes: 65536, maxHeaderCount: 100)
+        guard case .head(let nextHead) = try nextParser.next(&next) else { throw ByteWriterFailure("no head") }
+        request.reset(head: nextHead, bodyLimit: 1024, started: .now())
+        request.ownBytes()
+        #expect(Self.address(request.head.bytes) == copy)
+        #expect(request.head.host == "other.test")
+        #expect(String(buffer: UpstreamEncoding.encode(.http1(request), basePath: "", hostHeader: "u:1")).hasPrefix("GET /next HTTP/1.1\r\nhost: other.test\r\n"))
+    }
+
     /// A connection writes each request (and answer) into the buffer it wrote the last one
     /// into. What comes out must be exactly what a fresh buffer gets, reusing the storage when
     /// nothing else holds it, and never writing over bytes a write still holds.
@@ -119,4 +165,9 @@ import Testing
         #expect(String(buffer: try #require(kept)) == "HTTP/1.1 404 Not Found\r\ndate: D\r\ncontent-type: text/plain\r\ncontent-length: 1\r\n\r\n!")
         #expect(Self.address(try #require(kept)) == storage)
     }
+}
+
+struct ByteWriterFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

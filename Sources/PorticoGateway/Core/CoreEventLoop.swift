@@ -56,6 +56,8 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
     private let wake: Int32
     private var thread = pthread_t()
     private let inbox = NIOLockedValueBox(Inbox())
+    /// The tasks being run (``runTasks()``); the loop thread's own.
+    private var runningTasks: [() -> Void] = []
     /// Timers by deadline (loop thread only).
     private var timers = TimerHeap()
     private var timerSequence: UInt64 = 0
@@ -307,12 +309,16 @@ final class CoreEventLoop: EventLoop, @unchecked Sendable {
         return Int32(clamping: milliseconds)
     }
 
+    /// Runs what was handed in since the last time. The queue is swapped with `runningTasks` (the
+    /// loop thread's own) rather than copied out: copying it and emptying the original
+    /// allocated an array on every turn of the loop, tasks or none.
     private func runTasks() {
-        let tasks = inbox.withLockedValue { inbox in
-            defer { inbox.tasks.removeAll(keepingCapacity: true) }
-            return inbox.tasks
+        inbox.withLockedValue { inbox in
+            if !inbox.tasks.isEmpty { swap(&inbox.tasks, &runningTasks) }
         }
-        for task in tasks { task() }
+        guard !runningTasks.isEmpty else { return }
+        for task in runningTasks { task() }
+        runningTasks.removeAll(keepingCapacity: true)
     }
 
     private func add(_ timer: any ScheduledWork, deadline: NIODeadline) {

@@ -148,7 +148,9 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
         while var buffer = input.take() {
             switch state {
             case .responding, .closed:
-                input = consume buffer
+                // Pipelined bytes wait; an emptied view of the bytes read is let go of (held,
+                // it would keep the loop's read buffer from being reused).
+                if buffer.readableBytes > 0 { input = consume buffer }
                 return
             case .idle, .receiving: break
             }
@@ -296,6 +298,7 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
             // upstream's come back as bytes (``upstreamAnswered(_:)``).
             state = .responding
             relaying = (pending, close)
+            pending.ownBytes()
             pending.client = ForwardedClient(peer: info.peerAddressText, peerIsTrustedProxy: info.peerIsTrustedProxy, isTLS: info.isTLS)
             pool.relay(pending, on: transport.eventLoop, responder: self, reusing: &upstreamExchange)
             return
@@ -524,6 +527,9 @@ final class HTTP1Request {
     private(set) var started: NIODeadline
     /// Who sent it, for the forwarding fields when it is relayed to an upstream.
     var client = ForwardedClient(peer: nil, peerIsTrustedProxy: false, isTLS: false)
+    /// Storage of the request's own that a relayed request's head (and small body) is copied
+    /// into (``ownBytes()``), reused by the connection's next relayed request.
+    private var owned: ByteBuffer?
     /// What `head` holds between requests. Its own (a `ByteBuffer()` is one storage
     /// shared by the whole process, and both cores retaining and releasing it per request
     /// moved its cache line between them).
@@ -551,6 +557,25 @@ final class HTTP1Request {
         keepsBody = false
         bodyBytes = 0
         closeAfter = false
+    }
+
+    /// Copies the head and body (together up to ``ReusedBuffer/maxKeptBytes``) out of the bytes read
+    /// into the request's own storage. A relayed request waits for its upstream while other
+    /// connections are read; as slices of what was read, its head and body would keep the
+    /// loop's read buffer (16 KiB) from being reused, and the next read would allocate a new
+    /// one: 0.9 allocations per proxied request, against copying a few hundred bytes.
+    func ownBytes() {
+        let headBytes = head.bytes.readableBytes
+        let bodyBytes = body?.readableBytes ?? 0
+        guard headBytes + bodyBytes <= ReusedBuffer.maxKeptBytes else { return }
+        // Unique again once the last request was cleared: emptied in place, not allocated.
+        var copy = owned.take()
+        copy.reuse(capacity: headBytes + bodyBytes)
+        copy!.writeImmutableBuffer(head.bytes)
+        if let body { copy!.writeImmutableBuffer(body) }
+        head = head.rebased(onto: copy!.getSlice(at: copy!.readerIndex, length: headBytes)!)
+        if bodyBytes > 0 { body = copy!.getSlice(at: copy!.readerIndex + headBytes, length: bodyBytes) }
+        owned = copy
     }
 
     /// Lets go of everything the request held.

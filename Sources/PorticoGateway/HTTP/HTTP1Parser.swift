@@ -40,6 +40,15 @@ struct HTTP1RequestHead {
     var hasBody: Bool { chunked || (contentLength ?? 0) > 0 }
     var isHead: Bool { method == "HEAD" }
 
+    /// The same head over `copy`, a copy of its bytes (the positions are from the reader
+    /// index, so they hold in the copy).
+    func rebased(onto copy: ByteBuffer) -> HTTP1RequestHead {
+        precondition(copy.readableBytes == bytes.readableBytes, "a head is rebased onto a copy of its own bytes")
+        return HTTP1RequestHead(
+            bytes: copy, method: method, uri: uri, minorVersion: minorVersion, hostRange: hostRange, contentLength: contentLength,
+            chunked: chunked, keepAlive: keepAlive, expectsContinue: expectsContinue, fieldsStart: fieldsStart, hasConnectionField: hasConnectionField)
+    }
+
     /// No request: what a finished request's slot holds, so that it keeps no bytes alive.
     /// Each with a (one byte) storage of its own: the slot is filled and emptied per request,
     /// and every `ByteBuffer()` shares one storage across the process.
