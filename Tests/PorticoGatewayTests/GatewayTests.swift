@@ -300,19 +300,25 @@ import X509
 }
 
 @Suite struct AcceptTests {
+    /// 24 clients connected to `port`, each answered one health request and left open.
+    static func servedClients(port: Int) async throws -> [RawTCP] {
+        var clients: [RawTCP] = []
+        for _ in 0..<24 {
+            let client = try await RawTCP.connect(port: port)
+            try await client.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(await client.received(containing: "\r\n\r\nok").contains("HTTP/1.1 200 OK"))
+            clients.append(client)
+        }
+        return clients
+    }
+
     /// Every NIO event loop accepts on a socket of its own, all bound to the listener's port, and
     /// serves what it accepted: a connection is never handed to another loop (that cost a task
     /// and a wake-up of the other thread per connection, and each TLS handshake waited on it).
     @Test func eachEventLoopAcceptsAndKeepsWhatItAccepts() async throws {
         try await TestGateway.with(engine: .nio) { gw in
             let port = try await gw.port(.clientPlain)
-            var clients: [RawTCP] = []
-            for _ in 0..<24 {
-                let client = try await RawTCP.connect(port: port)
-                try await client.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                #expect(await client.received(containing: "\r\n\r\nok").contains("HTTP/1.1 200 OK"))
-                clients.append(client)
-            }
+            let clients = try await Self.servedClients(port: port)
             let listener = try #require(await gw.gateway.listener(of: .clientPlain))
             let accepting = await listener.acceptingChannels
             let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
@@ -335,13 +341,7 @@ import X509
     @Test func eachCoreLoopAcceptsOnTheListenersPort() async throws {
         let port = try await TestGateway.with(listeners: [.clientPlain: "engine: core"]) { gw in
             let port = try await gw.port(.clientPlain)
-            var clients: [RawTCP] = []
-            for _ in 0..<24 {
-                let client = try await RawTCP.connect(port: port)
-                try await client.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                #expect(await client.received(containing: "\r\n\r\nok").contains("HTTP/1.1 200 OK"))
-                clients.append(client)
-            }
+            let clients = try await Self.servedClients(port: port)
             let listener = try #require(await gw.gateway.listener(of: .clientPlain))
             let sockets = await listener.acceptingCoreSockets
             let loops = try CoreEventLoopGroup.shared.get().loops
