@@ -206,6 +206,14 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "PorticoProtocolTests",
+            dependencies: [
+                "PorticoProtocol",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "PorticoStoreTests",
             dependencies: [
                 "PorticoStore",

@@ -135,8 +135,10 @@ public actor AgentClient {
             if session == nil || Self.nowMilliseconds() >= session!.expires - 5_000 { try await openSession() }
             do {
                 return try await sendInSession(message)
-            } catch let error as ProtocolError where attempt == 0 && (error.code == .sessionExpired || error.code == .unknownSession) {
-                session = nil  // the manager forgot or expired it: one new handshake
+            } catch let error as ProtocolError where attempt == 0 && (error.code == .sessionExpired || error.code == .unknownSession || error.code == .replayed) {
+                // The manager forgot or expired the session, or took this counter already (a
+                // message that raced this one): one new handshake, and the message sealed anew.
+                session = nil
             }
         }
         throw ProtocolError(.sessionExpired, "the manager refused two sessions in a row")
@@ -162,7 +164,10 @@ public actor AgentClient {
         guard let keys = session?.keys else { throw ProtocolError(.unknownSession, "the session ended") }
         let (replyCounter, plaintext) = try Envelope.open(body, keys: keys, direction: .managerToAgent)
         guard replyCounter == sentCounter else { throw ProtocolError(.replayed, "the answer belongs to another message") }
-        do { return try JSONDecoder().decode(ManagerMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the answer is not a manager message") }
+        let answer: ManagerMessage
+        do { answer = try JSONDecoder().decode(ManagerMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the answer is not a manager message") }
+        if case .error(let refusal) = answer { throw refusal }
+        return answer
     }
 
     // MARK: - Conversations

@@ -230,8 +230,11 @@ public enum ManagerMessage: Codable, Sendable, Equatable {
     case policy(PolicyBundle)
     case eventsAccepted([String])
     case ok
+    /// A message that opened but that the manager refuses (an unknown command id, a batch over
+    /// the limit): sealed like any answer, so the agent knows the manager sent it.
+    case error(ProtocolError)
 
-    enum CodingKeys: String, CodingKey { case type, checkin, policy, accepted }
+    enum CodingKeys: String, CodingKey { case type, checkin, policy, accepted, error, message }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -240,6 +243,11 @@ public enum ManagerMessage: Codable, Sendable, Equatable {
         case "policy": self = .policy(try container.decode(PolicyBundle.self, forKey: .policy))
         case "events_ack": self = .eventsAccepted(try container.decode([String].self, forKey: .accepted))
         case "ok": self = .ok
+        case "error":
+            let code = try container.decode(String.self, forKey: .error)
+            let message = try container.decodeIfPresent(String.self, forKey: .message) ?? ""
+            // A code this agent does not know yet is still a refusal.
+            self = .error(ProtocolError(ProtocolError.Code(rawValue: code) ?? .malformed, message))
         case let other: throw ProtocolError(.malformed, "unknown message type \(other)")
         }
     }
@@ -247,6 +255,10 @@ public enum ManagerMessage: Codable, Sendable, Equatable {
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         switch self {
+        case .error(let error):
+            try container.encode("error", forKey: .type)
+            try container.encode(error.code.rawValue, forKey: .error)
+            try container.encode(error.message, forKey: .message)
         case .checkIn(let reply): try container.encode("checkin_reply", forKey: .type); try container.encode(reply, forKey: .checkin)
         case .policy(let bundle): try container.encode("policy", forKey: .type); try container.encode(bundle, forKey: .policy)
         case .eventsAccepted(let ids): try container.encode("events_ack", forKey: .type); try container.encode(ids, forKey: .accepted)

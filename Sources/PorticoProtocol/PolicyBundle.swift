@@ -51,19 +51,24 @@ public struct PolicyBundle: Codable, Sendable, Equatable {
         return PolicyBundle(serial: contents.serial, sealed: sealed, signature: Base64URL.encode(try sign(transcript(serial: contents.serial, sealed: sealed))))
     }
 
+    /// The contents of `sealed` (`b64u(nonce || ciphertext || tag)`, no additional data),
+    /// without the signature check: only after it.
+    static func decrypt(_ sealed: String, siteKey: SymmetricKey) throws -> Contents {
+        guard let bytes = Base64URL.decode(sealed), bytes.count > 28 else { throw ProtocolError(.malformed, "the policy bundle is truncated") }
+        do {
+            let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: bytes.prefix(12)), ciphertext: bytes.dropFirst(12).dropLast(16), tag: bytes.suffix(16))
+            return try JSONDecoder().decode(Contents.self, from: Data(try AES.GCM.open(box, using: siteKey)))
+        } catch {
+            throw ProtocolError(.decryptionFailed, "the policy bundle does not open with the site key")
+        }
+    }
+
     /// Verifies against the pinned certificates, then decrypts (agent side).
     public func open(pinned: PinnedCertificates, siteKey: SymmetricKey) throws -> Contents {
         guard let signatureBytes = Base64URL.decode(signature), pinned.verify(signatureBytes, over: Self.transcript(serial: serial, sealed: sealed)) else {
             throw ProtocolError(.badSignature, "the policy bundle is not signed by a pinned manager certificate")
         }
-        guard let bytes = Base64URL.decode(sealed), bytes.count > 28 else { throw ProtocolError(.malformed, "the policy bundle is truncated") }
-        let contents: Contents
-        do {
-            let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: bytes.prefix(12)), ciphertext: bytes.dropFirst(12).dropLast(16), tag: bytes.suffix(16))
-            contents = try JSONDecoder().decode(Contents.self, from: Data(try AES.GCM.open(box, using: siteKey)))
-        } catch {
-            throw ProtocolError(.decryptionFailed, "the policy bundle does not open with the site key")
-        }
+        let contents = try Self.decrypt(sealed, siteKey: siteKey)
         guard contents.serial == serial else { throw ProtocolError(.malformed, "the policy bundle's serial does not match its contents") }
         return contents
     }

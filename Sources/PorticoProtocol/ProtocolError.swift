@@ -13,6 +13,7 @@ public struct ProtocolError: Error, Sendable, Equatable, CustomStringConvertible
         case unknownSession = "unknown_session"
         case decryptionFailed = "decryption_failed"
         case overloaded = "overloaded"
+        case unknownCommand = "unknown_command"
     }
 
     public let code: Code

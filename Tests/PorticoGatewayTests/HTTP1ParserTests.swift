@@ -188,4 +188,62 @@ import Testing
         #expect(parser.isBetweenRequests)
         #expect(input.readableBytes == 0)
     }
+
+    @Test func trailersChunkFramingTargetsAndHostsAreCheckedAsStrictlyAsHeads() {
+        let chunked = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        let refused: [(String, String)] = [
+            ("a trailer without a colon", chunked + "0\r\nNoColon\r\n\r\n"),
+            ("a NUL in a trailer", chunked + "0\r\nT: a\u{0}b\r\n\r\n"),
+            ("a control byte in a trailer", chunked + "0\r\nT: a\u{7F}b\r\n\r\n"),
+            ("a folded trailer", chunked + "0\r\nT: a\r\n folded\r\n\r\n"),
+            ("a request swallowed as a trailer", chunked + "0\r\nGET /admin HTTP/1.1\r\nHost: h\r\n\r\n"),
+            ("whitespace after a chunk size", chunked + "5 \r\nhello\r\n0\r\n\r\n"),
+            ("a chunk size ended by a bare LF", chunked + "5\nhello\r\n0\r\n\r\n"),
+            ("chunk data ended by a bare LF", chunked + "5\r\nhello\n0\r\n\r\n"),
+            ("the last chunk ended by a bare LF", chunked + "0\n\n"),
+            ("a target without a slash", "GET up/x HTTP/1.1\r\nHost: h\r\n\r\n"),
+            ("a target starting //", "GET //up/x HTTP/1.1\r\nHost: h\r\n\r\n"),
+            ("an absolute-form target", "GET http://internal.example/x HTTP/1.1\r\nHost: h\r\n\r\n"),
+            ("an authority-form target", "CONNECT internal.example:443 HTTP/1.1\r\nHost: h\r\n\r\n"),
+            ("an asterisk for GET", "GET * HTTP/1.1\r\nHost: h\r\n\r\n"),
+            ("an empty host", "GET / HTTP/1.1\r\nHost: \r\n\r\n"),
+            ("a host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+            ("a host with user information", "GET / HTTP/1.1\r\nHost: 127.0.0.1@evil.example\r\n\r\n"),
+            ("a host with a path", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"),
+            ("a host with a bad port", "GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n"),
+        ]
+        for (name, text) in refused {
+            guard case .malformed? = Self.error(text) else {
+                Issue.record("\(name): \(String(describing: Self.error(text)))")
+                continue
+            }
+        }
+        let accepted = [
+            chunked + "5 ;name=value\r\nhello\r\n0\r\nChecksum: 1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /a//b?x=//y HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: xn--bcher-kva.example.\r\n\r\n",
+        ]
+        for text in accepted {
+            #expect(Self.error(text) == nil, "\(text)")
+        }
+    }
+
+    @Test func aChunkPastTheRoutesLimitIsRefusedWhenItsSizeIsRead() throws {
+        var parser = HTTP1Parser(maxHeadBytes: 8192, maxHeaderCount: 100)
+        var input = ByteBuffer(string: "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nfffffffffffffff\r\n")
+        guard case .head = try parser.next(&input) else {
+            Issue.record("no head")
+            return
+        }
+        parser.bodyAllowance = 10
+        guard case .body(let first) = try parser.next(&input) else {
+            Issue.record("no first chunk")
+            return
+        }
+        #expect(first.readableBytes == 4)
+        #expect(throws: HTTP1ParseError.bodyTooLarge(6)) { _ = try parser.next(&input) }
+        // Without a limit, the largest size fifteen hex digits can say is read and waited for.
+        #expect(Self.error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff\r\n") == nil)
+    }
 }

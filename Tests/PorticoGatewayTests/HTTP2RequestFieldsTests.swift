@@ -20,6 +20,10 @@ import Testing
         #expect(request.size > 0)
         let connect = try Self.fields([(":method", "CONNECT"), (":authority", "example.com:443")])
         #expect(connect.method == "CONNECT")
+        // A host equal to the authority is allowed; a host alone stands for it.
+        #expect(try Self.fields(Self.base + [("host", "example.com")]).authority == "example.com")
+        #expect(try Self.fields(Self.base.filter { $0.0 != ":authority" } + [("host", "h.example:8443")]).authority == "h.example:8443")
+        #expect(try Self.fields([(":method", "OPTIONS"), (":scheme", "https"), (":path", "*"), (":authority", "a")]).path == "*")
     }
 
     @Test func malformedRequestsAreRefused() {
@@ -42,6 +46,20 @@ import Testing
             ("differing content lengths", Self.base + [("content-length", "1"), ("content-length", "2")]),
             ("a content length that is not a number", Self.base + [("content-length", "-1")]),
             ("CONNECT with a path", [(":method", "CONNECT"), (":authority", "a:443"), (":path", "/")]),
+            // What reached an upstream as a request line of its own choosing.
+            ("a method with a space", Self.base.map { $0.0 == ":method" ? ($0.0, "GET /up/injected?") : $0 }),
+            ("a path with a space", Self.base.map { $0.0 == ":path" ? ($0.0, "/a b") : $0 }),
+            ("a path with a tab", Self.base.map { $0.0 == ":path" ? ($0.0, "/a\tb") : $0 }),
+            ("a path without a leading slash", Self.base.map { $0.0 == ":path" ? ($0.0, "up/x") : $0 }),
+            ("a path starting //", Self.base.map { $0.0 == ":path" ? ($0.0, "//up/x") : $0 }),
+            ("a path with a control byte", Self.base.map { $0.0 == ":path" ? ($0.0, "/a\u{1}b") : $0 }),
+            ("a value with 0x01", Self.base + [("x-a", "a\u{1}b")]),
+            ("a value with 0x7F", Self.base + [("x-a", "a\u{7F}b")]),
+            ("a scheme other than http or https", Self.base.map { $0.0 == ":scheme" ? ($0.0, "ftp") : $0 }),
+            // The route is chosen by :authority: a host naming another is refused.
+            ("a host other than the authority", Self.base + [("host", "internal.example")]),
+            ("an authority with user information", Self.base.map { $0.0 == ":authority" ? ($0.0, "127.0.0.1@evil.example") : $0 }),
+            ("two hosts", Self.base.filter { $0.0 != ":authority" } + [("host", "a"), ("host", "a")]),
         ]
         for (name, pairs) in refused {
             #expect(throws: HTTP2RequestFields.Malformed.self, "\(name)") { _ = try Self.fields(pairs) }

@@ -379,6 +379,49 @@ import Testing
         await echo.upstream.stop()
     }
 
+    @Test(arguments: ListenerEngine.allCases) func theHostAnUpstreamSeesIsTheOneTheRequestWasRoutedBy(engine: ListenerEngine) async throws {
+        let seen = NIOLockedValueBox("")
+        let echo = try await RecordingUpstream.start(seen)
+        let config = """
+            upstreams:
+              up: {targets: ["http://127.0.0.1:\(echo.upstream.port)"]}
+            routes:
+              - {listener: client_plain, path: /up, upstream: up}
+              - {listener: console, path: /up, upstream: up}
+            """
+        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"], body: config) { front in
+            // `Connection: host` does not take the Host away; an untrusted peer's `Forwarded`
+            // is dropped like its `X-Forwarded-For`.
+            let request = "GET /up HTTP/1.1\r\nHost: portico.example\r\nConnection: host, close\r\nForwarded: for=6.6.6.6;host=internal.example\r\n\r\n"
+            let answer = try await RawTCP.exchange(port: try await front.port(.clientPlain), request)
+            #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\n"))
+            let relayed = Self.lines(seen.withLockedValue { $0 })
+            #expect(relayed.contains("host: portico.example"))
+            #expect(!relayed.contains { $0.hasPrefix("forwarded:") || $0.contains("6.6.6.6") })
+
+            // Over HTTP/2 the upstream's Host is the :authority the route was chosen by...
+            seen.withLockedValue { $0 = "" }
+            let port = try await front.port(.console)
+            let base = [(":method", "GET"), (":scheme", "https"), (":path", "/up"), (":authority", "127.0.0.1")]
+            #expect(try await HTTP2Probe.send(port: port, headers: base) == .status("200"))
+            #expect(Self.lines(seen.withLockedValue { $0 }).filter { $0.hasPrefix("host:") } == ["host: 127.0.0.1"])
+            // ...and a host field naming another is refused, never forwarded.
+            seen.withLockedValue { $0 = "" }
+            #expect(try await HTTP2Probe.send(port: port, headers: base + [("host", "internal.example")]) == .reset(.protocolError))
+            #expect(try await HTTP2Probe.send(port: port, headers: base.map { $0.0 == ":method" ? ($0.0, "GET /up/injected?") : $0 }) == .reset(.protocolError))
+            #expect(try await HTTP2Probe.send(port: port, headers: base.map { $0.0 == ":path" ? ($0.0, "/up x") : $0 }) == .reset(.protocolError))
+            #expect(seen.withLockedValue { $0 }.isEmpty)
+        }
+        // From a trusted proxy, `Forwarded` goes on with this hop's element after it.
+        seen.withLockedValue { $0 = "" }
+        try await TestGateway.with(listeners: [.clientPlain: "trusted_proxies: [127.0.0.0/8]\nengine: \(engine)"], body: config) { front in
+            let request = "GET /up HTTP/1.1\r\nHost: h\r\nConnection: close\r\nForwarded: for=198.51.100.1;proto=https\r\n\r\n"
+            _ = try await RawTCP.exchange(port: try await front.port(.clientPlain), request)
+            #expect(Self.lines(seen.withLockedValue { $0 }).contains("forwarded: for=198.51.100.1;proto=https, for=\"127.0.0.1\";proto=http"))
+        }
+        await echo.upstream.stop()
+    }
+
     /// HTTPS targets go through the other client; the same fields reach them, and they are
     /// verified against the upstream's `trust` (a target the system does not trust is refused
     /// without it).

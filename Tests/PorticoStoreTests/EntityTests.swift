@@ -84,7 +84,12 @@ private func sha256(_ text: String) -> [UInt8] { Array(SHA256.hash(data: Array(t
             // Not acknowledged yet: given again at the next check-in.
             #expect(try await store.takeCommands(forDevice: "dev-1", now: 200).count == 2)
             try await store.acknowledgeCommand(id: "c-lock", deviceID: "dev-1", succeeded: true, result: "locked", now: 300)
-            await #expect(throws: StoreError.self) { try await store.acknowledgeCommand(id: "c-lock", deviceID: "dev-1", succeeded: true, result: "again") }
+            // The same result again (an agent that did not hear the answer) changes nothing.
+            #expect(try await store.acknowledgeCommand(id: "c-lock", deviceID: "dev-1", succeeded: false, result: "again") == false)
+            #expect(try await store.command(id: "c-lock")?.result == "locked")
+            // A command the device was never given is not found.
+            await #expect(throws: StoreError.self) { try await store.acknowledgeCommand(id: "c-lock", deviceID: "dev-2", succeeded: true, result: "x") }
+            await #expect(throws: StoreError.self) { try await store.acknowledgeCommand(id: "c-none", deviceID: "dev-1", succeeded: true, result: "x") }
             #expect(try await store.expireCommands(now: 600) == 1)
             #expect(try await store.takeCommands(forDevice: "dev-1", now: 700).isEmpty)
             #expect(try await store.command(id: "c-lock")?.state == .acknowledged)

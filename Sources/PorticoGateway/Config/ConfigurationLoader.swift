@@ -184,7 +184,7 @@ public struct ConfigurationLoader: Sendable {
 
     private static let listenerKeys = [
         "enabled", "port", "bind", "tls", "client_auth", "trust", "certificate", "private_key",
-        "http2", "proxy_protocol", "trusted_proxies", "limits", "access_log", "engine",
+        "http2", "tls12_ciphers", "proxy_protocol", "trusted_proxies", "limits", "access_log", "engine",
     ]
     private static let limitKeys = [
         "max_connections", "max_header_bytes", "max_headers", "max_body_bytes",
@@ -218,6 +218,17 @@ public struct ConfigurationLoader: Sendable {
                 }
             }
             if let v = keys["http2"], let b = reader.bool(v.value, at: "\(path).http2") { listener.http2 = b }
+            if let v = keys["tls12_ciphers"], let list = reader.sequence(v.value, at: "\(path).tls12_ciphers") {
+                var names: [String] = []
+                for item in list {
+                    guard let name = reader.string(item, at: "\(path).tls12_ciphers") else { continue }
+                    if TLSCipherPolicy.known.contains(name) { names.append(name) } else {
+                        reader.error("'\(name)' in \(path).tls12_ciphers is not a TLS 1.2 cipher suite Portico offers; choose from \(TLSCipherPolicy.intermediate.joined(separator: ", ")) (or, for old clients, \(TLSCipherPolicy.legacy.joined(separator: ", ")))", at: item)
+                    }
+                }
+                if list.isEmpty { reader.error("\(path).tls12_ciphers is empty: TLS 1.2 clients could not connect; leave it out for the default", at: v.value) }
+                listener.tls12Ciphers = names
+            }
             if let v = keys["proxy_protocol"], let b = reader.bool(v.value, at: "\(path).proxy_protocol") { listener.proxyProtocol = b }
             if let v = keys["access_log"], let b = reader.bool(v.value, at: "\(path).access_log") { listener.accessLog = b }
             if let v = keys["engine"], let s = reader.string(v.value, at: "\(path).engine") {

@@ -123,6 +123,11 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var privateKey: String?
     /// `http2`: offer h2 by ALPN (TLS listeners only).
     public var http2: Bool = true
+    /// `tls12_ciphers`: the cipher suites offered to TLS 1.2 clients, by their OpenSSL names,
+    /// in order of preference. The default is Mozilla's "intermediate" profile: ECDHE key
+    /// exchange with AES-GCM or ChaCha20-Poly1305 only, no CBC and no static RSA. (TLS 1.3's
+    /// suites are all AEAD and are not configurable.)
+    public var tls12Ciphers: [String] = TLSCipherPolicy.intermediate
     /// `proxy_protocol`: accept a PROXY protocol v1/v2 header, only from `trusted_proxies`.
     public var proxyProtocol: Bool = false
     /// `trusted_proxies`: CIDRs whose PROXY headers and `X-Forwarded-For` are believed.
@@ -301,4 +306,27 @@ public struct PeerConfiguration: Sendable, Equatable {
         self.certificate = certificate
         self.history = history
     }
+}
+
+/// The TLS 1.2 cipher suites a listener may offer.
+public enum TLSCipherPolicy {
+    /// Mozilla's "intermediate" server profile, without the DHE suites the TLS library lacks.
+    public static let intermediate = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+
+    /// Older suites an operator may add for clients that know no better: CBC with SHA-1 MACs
+    /// and static RSA key exchange (no forward secrecy).
+    public static let legacy = [
+        "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA", "ECDHE-RSA-AES256-SHA",
+        "AES128-GCM-SHA256", "AES256-GCM-SHA384", "AES128-SHA", "AES256-SHA",
+    ]
+
+    /// Every name `tls12_ciphers` accepts.
+    public static let known = Set(intermediate + legacy)
+
+    /// The list as the TLS library takes it.
+    static func cipherString(_ names: [String]) -> String { names.joined(separator: ":") }
 }

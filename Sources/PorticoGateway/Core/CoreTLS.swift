@@ -25,7 +25,7 @@ struct CoreTLSError: Error, CustomStringConvertible {
 }
 
 /// A server TLS context of the core for one listener and one identity: the listener's policy
-/// (TLS 1.2 and later, NIOSSL's cipher suites, ALPN h2 and http/1.1, client certificates and
+/// (TLS 1.2 and later, its TLS 1.2 cipher suites, ALPN h2 and http/1.1, client certificates and
 /// their trust) and the pair, as one BoringSSL `SSL_CTX` that every connection of that
 /// identity shares.
 /// A reload makes a new one (``ListenerTLS``); connections keep the one they started with.
@@ -38,7 +38,7 @@ final class CoreTLSContext: @unchecked Sendable {
         guard let context = SSL_CTX_new(TLS_server_method()) else { throw CoreTLSError("SSL_CTX_new failed") }
         self.context = context
         guard SSL_CTX_set_min_proto_version(context, UInt16(TLS1_2_VERSION)) == 1 else { throw CoreTLSError("cannot require TLS 1.2") }
-        guard SSL_CTX_set_cipher_list(context, defaultCipherSuites) == 1 else { throw CoreTLSError("cannot set the cipher suites") }
+        guard SSL_CTX_set_strict_cipher_list(context, TLSCipherPolicy.cipherString(listener.tls12Ciphers)) == 1 else { throw CoreTLSError("cannot set the cipher suites") }
         try Self.usePair(identity, in: context)
         // Sessions of one listener only resume on it (and resumption needs this when client
         // certificates are asked for).

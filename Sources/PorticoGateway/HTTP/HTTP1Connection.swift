@@ -22,9 +22,18 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
         case receiving(HTTP1Request)
         /// The request is complete and its response is being produced.
         case responding
+        /// An error was answered while the client was still sending its body: what it sends is
+        /// read and dropped until it stops, so that it reads the answer rather than a reset
+        /// (nginx's lingering close), then the connection closes.
+        case lingering(until: NIODeadline)
         /// The connection is closing; everything else is ignored.
         case closed
     }
+
+    /// Lingering ends this long after the last byte the client sent...
+    static var lingerQuiet: TimeAmount { .seconds(5) }
+    /// ...and this long after it began, whatever the client does.
+    static var lingerLimit: TimeAmount { .seconds(30) }
 
     /// The connection's ``HTTP1Request``, made at its first request.
     private var pending: HTTP1Request?
@@ -64,6 +73,9 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
     private var relaying: (pending: HTTP1Request, close: Bool)?
     /// The exchange of the last relayed request, reused by the next.
     private var upstreamExchange: UpstreamExchange?
+    /// The answer being written refuses a body the client may still be sending: linger after
+    /// it instead of closing at once.
+    private var lingerAfterAnswer = false
 
     required init(info: ConnectionInfo, transport: Transport) {
         self.info = info
@@ -97,6 +109,10 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
     /// Bytes read from the client.
     func received(_ bytes: ByteBuffer) {
         if state.isClosed { return }
+        if case .lingering(let until) = state {
+            deadline = min(NIODeadline.now() + Self.lingerQuiet, until)
+            return
+        }
         var bytes = bytes
         // `input` is only ever read or assigned whole (never changed in place across a call):
         // then the compiler checks no access to it at run time (an exclusivity check per use).
@@ -147,6 +163,8 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
         defer { parsing = false }
         while var buffer = input.take() {
             switch state {
+            case .lingering:
+                return
             case .responding, .closed:
                 // Pipelined bytes wait; an emptied view of the bytes read is let go of (held,
                 // it would keep the loop's read buffer from being reused).
@@ -200,6 +218,8 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
             started = pending.started
         }
         input = nil
+        // A chunk past the limit: the rest of the body may be on its way.
+        if case .bodyTooLarge = error { lingerAfterAnswer = true }
         write(.plain(error.status, error.message), isHead: false, close: true, started: started, method: method, uri: uri)
     }
 
@@ -225,7 +245,9 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
                 transport.flush()
             }
         case .answer(let response, early: true):
-            // The body is not read: answer now and close.
+            // The body is not read: answer now and close, after letting the client finish
+            // sending what it had started to.
+            lingerAfterAnswer = hasBody && !(expectsContinue && (input?.readableBytes ?? 0) == 0)
             write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri)
             return
         case .answer(let response, early: false):
@@ -233,6 +255,7 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
         case .notFound:
             pending.errorResponse = nil
         }
+        parser.bodyAllowance = pending.bodyLimit
         if hasBody && pending.route == nil && expectsContinue && (input?.readableBytes ?? 0) == 0 {
             // The client waits to be told to send its body; it is told the answer instead,
             // and the connection closes since the body may or may not follow.
@@ -263,6 +286,7 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
         if pending.bodyBytes > pending.bodyLimit {
             // Kept or dropped, a body longer than the limit is not read to its end.
             let response = GatewayResponse.plain(.payloadTooLarge, "request body is larger than \(pending.bodyLimit) bytes")
+            lingerAfterAnswer = true
             write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri)
             return
         }
@@ -422,7 +446,10 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
     /// Writes an answer's bytes; when closing, flushes them and closes once they are written
     /// (closing at once could drop bytes the socket has not taken yet).
     private func emit(_ buffer: ByteBuffer, close: Bool) {
-        if close {
+        if close && lingerAfterAnswer {
+            transport.write(buffer)
+            transport.flush()
+        } else if close {
             transport.writeAndClose(buffer)
         } else {
             transport.write(buffer)
@@ -434,6 +461,14 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
         let now = NIODeadline.now()
         info.record(status: status, bytes: bytes, method: method, uri: uri, http: "1.1", started: started, now: now)
         pending?.clear()
+        if close && lingerAfterAnswer {
+            lingerAfterAnswer = false
+            input = nil
+            state = .lingering(until: now + Self.lingerLimit)
+            deadline = now + Self.lingerQuiet
+            transport.resumeReading()
+            return
+        }
         if close {
             // ``emit(_:close:)`` closes once the answer is written.
             state = .closed
@@ -482,6 +517,8 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
             info.snapshot.value.metrics.timeouts.increment()
             let response = GatewayResponse.plain(.requestTimeout, "the request body did not arrive in time")
             write(response, isHead: false, close: true, started: pending.started, method: pending.head.method, uri: pending.head.uri)
+        case .lingering:
+            close()
         case .responding, .closed:
             break
         }

@@ -114,6 +114,8 @@ enum HTTP1ParseError: Error, Equatable {
     case versionNotSupported
     /// A transfer coding other than `chunked`.
     case unsupportedTransferCoding
+    /// A chunk would take the body past the route's limit.
+    case bodyTooLarge(Int)
 
     var status: HTTPResponseStatus {
         switch self {
@@ -121,6 +123,7 @@ enum HTTP1ParseError: Error, Equatable {
         case .headTooLarge: .requestHeaderFieldsTooLarge
         case .versionNotSupported: .httpVersionNotSupported
         case .unsupportedTransferCoding: .notImplemented
+        case .bodyTooLarge: .payloadTooLarge
         }
     }
 
@@ -130,6 +133,7 @@ enum HTTP1ParseError: Error, Equatable {
         case .headTooLarge: "request headers are too large"
         case .versionNotSupported: "only HTTP/1.0 and HTTP/1.1 are served on this connection"
         case .unsupportedTransferCoding: "the only transfer coding accepted is chunked"
+        case .bodyTooLarge(let limit): "request body is larger than \(limit) bytes"
         }
     }
 }
@@ -139,8 +143,10 @@ enum HTTP1ParseError: Error, Equatable {
 ///
 /// It is strict where leniency lets two parsers disagree about where a request ends
 /// (request smuggling): whitespace before a field's colon, folded lines, a bare CR,
-/// `Content-Length` with `Transfer-Encoding`, differing `Content-Length`s, or a second
-/// `Host` are refused. A bare LF ends a line, as RFC 9112 allows.
+/// `Content-Length` with `Transfer-Encoding`, differing `Content-Length`s, a second or
+/// malformed `Host`, a target that is not origin-form, chunk framing that is not CRLF, a chunk
+/// size with anything but extensions after it, and trailer lines that are not fields are
+/// refused. A bare LF ends a line of the head, as RFC 9112 allows.
 struct HTTP1Parser {
     enum Event {
         case head(HTTP1RequestHead)
@@ -162,6 +168,10 @@ struct HTTP1Parser {
 
     private var state: State = .head
     var maxHeadBytes: Int
+    /// How many body bytes the chunks of the current request may still announce: set by the
+    /// connection from the route's limit once the head is routed, so that a chunk size past it
+    /// is refused when it is read, not after its bytes were waited for.
+    var bodyAllowance = Int.max
     var maxHeaderCount: Int
 
     init(maxHeadBytes: Int, maxHeaderCount: Int) {
@@ -189,6 +199,7 @@ struct HTTP1Parser {
         case .head:
             guard let (head, length) = try parseHead(buffer) else { return .needMore }
             buffer.moveReaderIndex(forwardBy: length)
+            bodyAllowance = .max
             if head.chunked {
                 state = .chunkSize
             } else if let length = head.contentLength, length > 0 {
@@ -208,6 +219,8 @@ struct HTTP1Parser {
             return .body(slice)
         case .chunkSize:
             guard let (size, length) = try parseChunkSize(buffer) else { return .needMore }
+            guard size <= bodyAllowance else { throw .bodyTooLarge(bodyAllowance) }
+            bodyAllowance -= size
             buffer.moveReaderIndex(forwardBy: length)
             state = size == 0 ? .trailers(seen: 0) : .chunkData(remaining: size)
             return try next(&buffer)
@@ -219,25 +232,27 @@ struct HTTP1Parser {
             return .body(slice)
         case .chunkDataEnd:
             guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return .needMore }
-            if first == UInt8(ascii: "\n") {
-                buffer.moveReaderIndex(forwardBy: 1)
-            } else if first == UInt8(ascii: "\r") {
+            if first == UInt8(ascii: "\r") {
                 guard let second = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) else { return .needMore }
                 guard second == UInt8(ascii: "\n") else { throw .malformed("chunk data not followed by CRLF") }
                 buffer.moveReaderIndex(forwardBy: 2)
             } else {
-                throw .malformed("chunk longer than its size")
+                throw .malformed(first == UInt8(ascii: "\n") ? "chunk data not followed by CRLF" : "chunk longer than its size")
             }
             state = .chunkSize
             return try next(&buffer)
         case .trailers(let seen):
-            // Trailer fields are read and dropped: nothing here acts on them.
-            guard let (lineEnd, next) = Self.line(in: buffer) else {
+            // Trailer fields are checked as header fields are, then dropped: nothing here acts
+            // on them. A line that is not a field (a request line after `0\r\n`, say) is refused.
+            guard let (lineEnd, next) = try Self.chunkLine(in: buffer) else {
                 if seen + buffer.readableBytes > maxHeadBytes { throw .headTooLarge }
                 return .needMore
             }
             let length = next - buffer.readerIndex
             let isEmpty = lineEnd == buffer.readerIndex
+            if !isEmpty {
+                try Self.withBytes(buffer) { raw throws(HTTP1ParseError) in try Self.checkField(raw, from: 0, to: lineEnd - buffer.readerIndex) }
+            }
             buffer.moveReaderIndex(forwardBy: length)
             if isEmpty {
                 state = .head
@@ -249,14 +264,34 @@ struct HTTP1Parser {
         }
     }
 
-    /// The end of the line starting at the reader index (before CRLF or LF) and where the
-    /// next line starts; nil if no LF has arrived yet.
-    private static func line(in buffer: ByteBuffer) -> (end: Int, next: Int)? {
-        buffer.withUnsafeReadableBytes { raw -> (Int, Int)? in
+    /// The end of the chunk-framing line starting at the reader index (before its CRLF) and
+    /// where the next line starts; nil if no LF has arrived yet. Chunk sizes and trailers end
+    /// in CRLF: a bare LF there is refused, since parsers that differ on it disagree about
+    /// where the body ends.
+    private static func chunkLine(in buffer: ByteBuffer) throws(HTTP1ParseError) -> (end: Int, next: Int)? {
+        try withBytes(buffer) { raw throws(HTTP1ParseError) -> (Int, Int)? in
             guard let base = raw.baseAddress, let found = memchr(base, Int32(UInt8(ascii: "\n")), raw.count) else { return nil }
             let lf = base.distance(to: UnsafeRawPointer(found))
-            let end = lf > 0 && raw[lf - 1] == UInt8(ascii: "\r") ? lf - 1 : lf
-            return (buffer.readerIndex + end, buffer.readerIndex + lf + 1)
+            guard lf > 0 && raw[lf - 1] == UInt8(ascii: "\r") else { throw .malformed("chunk framing line not ended by CRLF") }
+            return (buffer.readerIndex + lf - 1, buffer.readerIndex + lf + 1)
+        }
+    }
+
+    /// Checks one header or trailer line, `raw[start..<end]` without its line ending: a token
+    /// name right before the colon, a value without control bytes, no folding.
+    private static func checkField(_ raw: UnsafeRawBufferPointer, from start: Int, to end: Int) throws(HTTP1ParseError) {
+        let first = raw[start]
+        if first == 0x20 || first == 0x09 { throw .malformed("folded header line") }
+        var colon = start
+        while colon < end, raw[colon] != UInt8(ascii: ":") {
+            guard HTTPSyntax.isTokenByte(raw[colon]) else {
+                throw .malformed(raw[colon] == 0x20 || raw[colon] == 0x09 ? "whitespace in or after a header name" : "invalid character in a header name")
+            }
+            colon += 1
+        }
+        guard colon < end, colon > start else { throw .malformed("header line without a name and colon") }
+        guard HTTPSyntax.isFieldValue(UnsafeRawBufferPointer(rebasing: raw[(colon + 1)..<end]), trimmed: false) else {
+            throw .malformed("control character in a header value")
         }
     }
 
@@ -326,32 +361,20 @@ struct HTTP1Parser {
             }
             fields += 1
             if fields > maxHeaderCount { throw .headTooLarge }
-            let first = raw[index]
-            if first == 0x20 || first == 0x09 { throw .malformed("folded header line") }
+            try Self.checkField(raw, from: index, to: lineEnd)
             var colon = index
-            while colon < lineEnd, raw[colon] != UInt8(ascii: ":") {
-                guard Self.isTokenByte(raw[colon]) else {
-                    throw .malformed(raw[colon] == 0x20 || raw[colon] == 0x09 ? "whitespace in or after a header name" : "invalid character in a header name")
-                }
-                colon += 1
-            }
-            guard colon < lineEnd, colon > index else { throw .malformed("header line without a name and colon") }
+            while raw[colon] != UInt8(ascii: ":") { colon += 1 }
             var valueStart = colon + 1
             var valueEnd = lineEnd
             while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
             while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
-            var v = valueStart
-            while v < valueEnd {
-                let byte = raw[v]
-                if byte < 0x20 && byte != 0x09 || byte == 0x7F { throw .malformed("control character in a header value") }
-                v += 1
-            }
             let name = UnsafeRawBufferPointer(rebasing: raw[index..<colon])
             let value = UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd])
             switch name.count {
             case 4 where Self.equalsLowercase(name, "host"):
                 hostCount += 1
                 if hostCount > 1 { throw .malformed("more than one Host header") }
+                guard HTTPSyntax.isHost(value) else { throw .malformed("the Host header is not a host name or address with an optional port") }
                 scan.host = valueStart..<valueEnd
             case 14 where Self.equalsLowercase(name, "content-length"):
                 let length = try Self.parseContentLength(value)
@@ -402,7 +425,7 @@ struct HTTP1Parser {
     private func parseRequestLine(_ raw: UnsafeRawBufferPointer, from start: Int, to end: Int, into scan: inout HeadScan) throws(HTTP1ParseError) {
         var index = start
         while index < end, raw[index] != 0x20 {
-            guard Self.isTokenByte(raw[index]) else { throw .malformed("invalid character in the method") }
+            guard HTTPSyntax.isTokenByte(raw[index]) else { throw .malformed("invalid character in the method") }
             index += 1
         }
         guard index > start, index < end else { throw .malformed("request line is not METHOD TARGET VERSION") }
@@ -425,6 +448,7 @@ struct HTTP1Parser {
         scan.minorVersion = Int(version[7] - 0x30)
         let method = UnsafeRawBufferPointer(rebasing: raw[start..<methodEnd])
         scan.method = Self.knownMethod(method) ?? String(decoding: method, as: UTF8.self)
+        if let problem = HTTPSyntax.targetProblem(UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), method: scan.method) { throw .malformed(problem) }
         scan.uri = String(decoding: UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), as: UTF8.self)
     }
 
@@ -447,7 +471,7 @@ struct HTTP1Parser {
 
     /// A chunk-size line's size and length, or nil while incomplete.
     private func parseChunkSize(_ buffer: ByteBuffer) throws(HTTP1ParseError) -> (Int, Int)? {
-        guard let (lineEnd, next) = Self.line(in: buffer) else {
+        guard let (lineEnd, next) = try Self.chunkLine(in: buffer) else {
             if buffer.readableBytes > 1024 { throw .malformed("chunk size line too long") }
             return nil
         }
@@ -462,8 +486,11 @@ struct HTTP1Parser {
                 index += 1
             }
             guard index > 0 else { throw .malformed("chunk size is not hexadecimal") }
-            // Anything after the size must be chunk extensions (`;name=value`), ignored here.
-            while index < end, raw[index] == 0x20 || raw[index] == 0x09 { index += 1 }
+            // Anything after the size must be chunk extensions (`;name=value`, RFC 9112 7.1.1),
+            // ignored here; whitespace is allowed only before their `;`.
+            var afterSize = index
+            while afterSize < end, raw[afterSize] == 0x20 || raw[afterSize] == 0x09 { afterSize += 1 }
+            if afterSize < end, raw[afterSize] == UInt8(ascii: ";") { index = afterSize }
             if index < end {
                 guard raw[index] == UInt8(ascii: ";") else { throw .malformed("chunk size is not hexadecimal") }
                 while index < end {
@@ -501,20 +528,6 @@ struct HTTP1Parser {
             length = length * 10 + Int(byte - 0x30)
         }
         return length
-    }
-
-    /// `tchar` of RFC 9110 5.6.2.
-    private static let tokenBytes: [Bool] = (0..<256).map { byte in
-        switch UInt8(byte) {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"),
-             UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"): true
-        default: false
-        }
-    }
-
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        tokenBytes.withUnsafeBufferPointer { $0[Int(byte)] }
     }
 
     /// ASCII case-insensitive equality with a lower-case string.

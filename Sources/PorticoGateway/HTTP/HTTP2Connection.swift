@@ -73,6 +73,11 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
     private struct PartialBlock {
         let streamID: UInt32
         let endStream: Bool
+        /// The HEADERS frame made the stream depend on itself.
+        let selfDependent: Bool
+        /// When the HEADERS frame came: the whole block must arrive within the header timeout,
+        /// as an HTTP/1.1 head must.
+        let started: NIODeadline
         var block: ByteBuffer
     }
 
@@ -253,7 +258,12 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         case HTTP2FrameType.rstStream: try receiveReset(header, payload)
         case HTTP2FrameType.priority:
             guard header.streamID != 0 else { throw HTTP2ConnectionError(.protocolError, "PRIORITY on stream 0") }
-            if header.length != 5 { reset(header.streamID, .frameSizeError) }
+            if header.length != 5 {
+                reset(header.streamID, .frameSizeError)
+            } else if let dependency = payload.getInteger(at: payload.readerIndex, as: UInt32.self), dependency & 0x7FFF_FFFF == header.streamID {
+                // RFC 9113 5.3.1: a stream cannot depend on itself.
+                reset(header.streamID, .protocolError)
+            }
         case HTTP2FrameType.goAway:
             guard header.streamID == 0 else { throw HTTP2ConnectionError(.protocolError, "GOAWAY on a stream") }
             peerGoingAway = true
@@ -288,13 +298,18 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
     private func receiveHeaders(_ header: HTTP2FrameHeader, _ payload: ByteBuffer) throws(HTTP2ConnectionError) {
         let id = header.streamID
         guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "HEADERS on stream 0") }
+        var selfDependent = false
+        if header.has(HTTP2Flag.priority) {
+            let at = payload.readerIndex + (header.has(HTTP2Flag.padded) ? 1 : 0)
+            if let dependency = payload.getInteger(at: at, as: UInt32.self) { selfDependent = dependency & 0x7FFF_FFFF == id }
+        }
         let block = try unpadded(header, payload, priority: true)
         let endStream = header.has(HTTP2Flag.endStream)
         if header.has(HTTP2Flag.endHeaders) {
             var block = block
-            try receiveHeaderBlock(id, block: &block, endStream: endStream)
+            try receiveHeaderBlock(id, block: &block, endStream: endStream, selfDependent: selfDependent)
         } else {
-            continuation = PartialBlock(streamID: id, endStream: endStream, block: block)
+            continuation = PartialBlock(streamID: id, endStream: endStream, selfDependent: selfDependent, started: .now(), block: block)
         }
     }
 
@@ -308,13 +323,13 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         var more = payload
         partial.block.writeBuffer(&more)
         if header.has(HTTP2Flag.endHeaders) {
-            try receiveHeaderBlock(partial.streamID, block: &partial.block, endStream: partial.endStream)
+            try receiveHeaderBlock(partial.streamID, block: &partial.block, endStream: partial.endStream, selfDependent: partial.selfDependent)
         } else {
             continuation = partial
         }
     }
 
-    private func receiveHeaderBlock(_ id: UInt32, block: inout ByteBuffer, endStream: Bool) throws(HTTP2ConnectionError) {
+    private func receiveHeaderBlock(_ id: UInt32, block: inout ByteBuffer, endStream: Bool, selfDependent: Bool) throws(HTTP2ConnectionError) {
         // Every block is decoded, whatever becomes of its stream: HPACK state is the connection's.
         let headers: HPACKHeaders
         do {
@@ -323,6 +338,7 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
             throw HTTP2ConnectionError(.compressionError, "the header block could not be decoded")
         }
         if let stream = streams[id] {
+            guard !selfDependent else { return reset(id, .protocolError) }
             // Trailers: they must end the stream and carry no pseudo-header fields.
             guard !stream.requestComplete else { return reset(id, .streamClosed) }
             guard endStream, !headers.contains(where: { $0.name.utf8.first == UInt8(ascii: ":") }) else {
@@ -342,6 +358,8 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         }
         guard id & 1 == 1 else { throw HTTP2ConnectionError(.protocolError, "clients open odd-numbered streams") }
         highestStreamID = id
+        // RFC 9113 5.3.1: a stream that depends on itself is a stream error.
+        guard !selfDependent else { return reset(id, .protocolError) }
         guard !draining, streams.count < Self.maxConcurrentStreams else { return reset(id, .refusedStream) }
         open(id, headers: headers, endStream: endStream)
     }
@@ -816,6 +834,12 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
     func sweep(now: NIODeadline) {
         guard !closed else { return }
         let limits = info.snapshot.value.limits
+        // A header block trickled in CONTINUATION frames: however often frames come, the
+        // block must be whole within the header timeout.
+        if let partial = continuation, now - partial.started >= limits.headerTimeout {
+            timedOut()
+            return
+        }
         let active = sawFrame
         sawFrame = false
         if streams.isEmpty {

@@ -17,24 +17,25 @@ struct HTTP2RequestFields {
 
     init(_ headers: HPACKHeaders) throws(Malformed) {
         var sawRegular = false
+        var host: String?
         for (name, value, _) in headers {
             size += name.utf8.count + value.utf8.count + 32
-            guard Self.isValidValue(value) else { throw Malformed() }
+            guard HTTPSyntax.isFieldValue(value, trimmed: true) else { throw Malformed() }
             if name.utf8.first == UInt8(ascii: ":") {
                 // Pseudo-headers come first, once each, and only those of a request.
                 guard !sawRegular else { throw Malformed() }
                 switch name {
                 case ":method":
-                    guard method.isEmpty, !value.isEmpty else { throw Malformed() }
+                    guard method.isEmpty, HTTPSyntax.isMethod(value) else { throw Malformed() }
                     method = value
                 case ":path":
                     guard path.isEmpty, !value.isEmpty else { throw Malformed() }
                     path = value
                 case ":scheme":
-                    guard scheme == nil else { throw Malformed() }
+                    guard scheme == nil, value == "https" || value == "http" else { throw Malformed() }
                     scheme = value
                 case ":authority":
-                    guard authority == nil else { throw Malformed() }
+                    guard authority == nil, HTTPSyntax.isHost(value) else { throw Malformed() }
                     authority = value
                 default:
                     throw Malformed()
@@ -48,6 +49,9 @@ struct HTTP2RequestFields {
                 throw Malformed()
             case "te":
                 guard value == "trailers" else { throw Malformed() }
+            case "host":
+                guard host == nil, HTTPSyntax.isHost(value) else { throw Malformed() }
+                host = value
             case "content-length":
                 guard let length = Self.parseLength(value), contentLength == nil || contentLength == length else { throw Malformed() }
                 contentLength = length
@@ -58,7 +62,16 @@ struct HTTP2RequestFields {
         if method == "CONNECT" {
             guard authority != nil, scheme == nil, path.isEmpty else { throw Malformed() }
         } else {
-            guard !method.isEmpty, scheme != nil, !path.isEmpty else { throw Malformed() }
+            guard !method.isEmpty, scheme != nil, HTTPSyntax.targetProblem(path, method: method) == nil else { throw Malformed() }
+        }
+        // RFC 9113 8.3.1: the request is routed and forwarded by `:authority`; a `host` that
+        // names another host would reach an upstream as the Host it was not routed by.
+        if let host {
+            if let authority {
+                guard host == authority else { throw Malformed() }
+            } else {
+                authority = host
+            }
         }
     }
 
@@ -84,17 +97,6 @@ struct HTTP2RequestFields {
             return true
         default:
             return false
-        }
-    }
-
-    /// No NUL, CR or LF anywhere, and no whitespace at either end (RFC 9113 8.2.1).
-    private static func isValidValue(_ value: String) -> Bool {
-        var value = value
-        return value.withUTF8 { bytes in
-            guard let first = bytes.first, let last = bytes.last else { return true }
-            if first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09 { return false }
-            for byte in bytes where byte == 0x00 || byte == 0x0A || byte == 0x0D { return false }
-            return true
         }
     }
 

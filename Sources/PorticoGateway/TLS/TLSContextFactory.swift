@@ -68,6 +68,7 @@ enum TLSContextFactory {
             privateKey: .privateKey(current.privateKey)
         )
         configuration.minimumTLSVersion = .tlsv12
+        configuration.cipherSuites = TLSCipherPolicy.cipherString(listener.tls12Ciphers)
         // How long a closing connection waits for the client's close_notify. NIOSSL keeps
         // the connection (buffers and all, ~20 KiB) until this timer fires even when the client
         // has already gone, so with its 5 s default, 3,000 short connections a second held

@@ -346,6 +346,10 @@ enum UpstreamEncoding {
         case drop
         /// `X-Forwarded-For`: kept and extended only when the peer is a trusted proxy.
         case forwardedFor
+        /// `Forwarded` (RFC 7239): the same, extended with this hop's element.
+        case forwarded
+        /// `Host`: always passed, whatever the client's `Connection` names.
+        case host
     }
 
     /// The disposition of a field by its name, compared as bytes without regard to case.
@@ -353,8 +357,10 @@ enum UpstreamEncoding {
         func named(_ expected: StaticString) -> Bool { HTTP1Parser.equalsLowercase(name, expected) }
         switch name.count {
         case 2 where named("te"): return .drop
+        case 4 where named("host"): return .host
         case 6 where named("expect"): return .drop
         case 7 where named("trailer") || named("upgrade"): return .drop
+        case 9 where named("forwarded"): return .forwarded
         case 10 where named("connection") || named("keep-alive"): return .drop
         case 14 where named("content-length"): return .drop
         case 15 where named("x-forwarded-for"): return .forwardedFor
@@ -435,16 +441,16 @@ enum UpstreamEncoding {
 
     /// Room enough for ``writeForwardedFields(of:into:)``: each field line grows by at most
     /// two bytes (`": "` and CRLF where the client wrote `:` and LF), `x-forwarded-for`
-    /// repeats values with separators, and `x-forwarded-host` the host: at most three times
-    /// the head, plus the peer and the fixed text.
+    /// and `forwarded` repeat values with separators, and `x-forwarded-host` the host: at most
+    /// four times the head, plus the peer twice and the fixed text.
     static func fieldsBound(_ request: UpstreamRequest) -> Int {
         switch request {
         case .http1(let request):
-            return 4 * request.head.bytes.readableBytes + (request.client.peer?.utf8.count ?? 0) + 256
+            return 4 * request.head.bytes.readableBytes + 2 * (request.client.peer?.utf8.count ?? 0) + 256
         case .request(let request):
             var fields = request.host?.utf8.count ?? 0
             for (name, value) in request.headers { fields += name.utf8.count + value.utf8.count + 4 }
-            return 4 * fields + (request.peerAddressText?.utf8.count ?? 64) + 256
+            return 4 * fields + 2 * (request.peerAddressText?.utf8.count ?? 64) + 256
         }
     }
 
@@ -507,6 +513,7 @@ enum UpstreamEncoding {
         }
         var sawHost = false
         var forwardedFor: [UInt8] = []
+        var forwarded: [UInt8] = []
         fields { name, value in
             switch disposition(of: name) {
             case .drop:
@@ -517,10 +524,19 @@ enum UpstreamEncoding {
                     forwardedFor.append(contentsOf: value)
                 }
                 return
+            case .forwarded:
+                if client.peerIsTrustedProxy {
+                    if !forwarded.isEmpty { forwarded.append(contentsOf: ", ".utf8) }
+                    forwarded.append(contentsOf: value)
+                }
+                return
+            case .host:
+                // The upstream needs the host the request was routed by; a `Connection` naming
+                // it (`Connection: host`) does not remove it.
+                sawHost = true
             case .pass:
                 if !connectionListed.isEmpty && connectionListed.contains(String(decoding: name, as: UTF8.self).lowercased()) { return }
             }
-            if name.count == 4 && HTTP1Parser.equalsLowercase(name, "host") { sawHost = true }
             out.write(name)
             out.write(": ")
             out.write(value)
@@ -534,6 +550,21 @@ enum UpstreamEncoding {
                 out.write(peer)
             }
             out.write("\r\n")
+        }
+        if !forwarded.isEmpty {
+            // A trusted proxy's `Forwarded` goes on with this hop's element after it; from
+            // anyone else it was dropped, as `X-Forwarded-For` is.
+            out.write("forwarded: ")
+            forwarded.withUnsafeBytes { out.write($0) }
+            out.write(", ")
+            if let peer = client.peer {
+                out.write("for=\"")
+                if peer.utf8.contains(UInt8(ascii: ":")) { out.write("[") }
+                out.write(peer)
+                if peer.utf8.contains(UInt8(ascii: ":")) { out.write("]") }
+                out.write("\";")
+            }
+            out.write(client.isTLS ? "proto=https\r\n" : "proto=http\r\n")
         }
         out.write(client.isTLS ? "x-forwarded-proto: https\r\n" : "x-forwarded-proto: http\r\n")
         if let host {

@@ -86,8 +86,10 @@ struct CommandBody: APIRequestBody {
     var expiresInSeconds: Int?
     var confirm: Bool?
 
-    /// What the API may queue; a remote-help response is answered at once instead.
-    static let kinds: [CommandKind] = [.lock, .unlock, .wipe, .passwordReset]
+    /// What the API may queue: every kind an agent carries out. (`remote_help` queued lets a
+    /// connected device's user past its sign-in once; a device with no network path is helped
+    /// by the challenge/response of `POST /devices/{id}/remote-help` instead.)
+    static let kinds: [CommandKind] = [.lock, .unlock, .wipe, .remoteHelp, .passwordReset]
 
     func validate() -> [APIProblem.FieldError] {
         var problems: [APIProblem.FieldError] = []

@@ -73,21 +73,43 @@ public final class AgentService: HTTPService {
         inFlight.withLockedValue { $0 += 1 }
         defer { inFlight.withLockedValue { $0 -= 1 } }
         let path = request.path
+        // Who a refusal is charged to in the audit log: the device once it is known (claimed
+        // by a handshake, or proven by a session), otherwise the caller's address alone.
+        var subject = "agent"
+        var action = "device.request"
         do {
             switch (request.method, path) {
             case (.GET, "/agent/v1/hello"): return try hello()
-            case (.POST, "/agent/v1/enroll"): return try await enroll(request)
-            case (.POST, "/agent/v1/session"): return try await openSession(request)
-            case (.POST, "/agent/v1/message"): return try await message(request)
+            case (.POST, "/agent/v1/enroll"): action = "device.enroll"; return try await enroll(request, subject: &subject)
+            case (.POST, "/agent/v1/session"): action = "device.session"; return try await openSession(request, subject: &subject)
+            case (.POST, "/agent/v1/message"): action = "device.message"; return try await message(request, subject: &subject)
             default:
                 return Self.problem(.notFound, ProtocolError(.malformed, "no agent endpoint \(request.method.rawValue) \(path)"))
             }
+        } catch let refusal as AuditedRefusal {
+            logger.notice("agent request refused", metadata: ["path": "\(path)", "client": "\(request.clientAddress?.ipAddress ?? "-")", "reason": "\(refusal.error)"])
+            return Self.problem(Self.status(for: refusal.error.code), refusal.error)
         } catch let error as ProtocolError {
-            logger.notice("agent request refused", metadata: ["path": "\(path)", "client": "\(request.clientAddress?.ipAddress ?? "-")", "reason": "\(error)"])
+            await refused(action, subject: subject, request: request, error)
             return Self.problem(Self.status(for: error.code), error)
         } catch let error as StoreError where error.kind == .invalidValue {
-            return Self.problem(.badRequest, ProtocolError(.malformed, error.message))
+            let malformed = ProtocolError(.malformed, error.message)
+            await refused(action, subject: subject, request: request, malformed)
+            return Self.problem(.badRequest, malformed)
         }
+    }
+
+    /// A refusal whose audit entry was written where it was decided (token and operator
+    /// checks, which record more than the code).
+    private struct AuditedRefusal: Error {
+        let error: ProtocolError
+    }
+
+    /// Logs and audits a refused agent request with its reason.
+    private func refused(_ action: String, subject: String, request: GatewayRequest, _ error: ProtocolError) async {
+        let source = request.clientAddress?.ipAddress ?? "-"
+        logger.notice("agent request refused", metadata: ["path": "\(request.path)", "client": "\(source)", "reason": "\(error)"])
+        try? await store.audit(AuditEntry(actor: subject, action: action, target: subject, source: source, result: "refused", detail: error.description))
     }
 
     // MARK: - Endpoints
@@ -99,7 +121,7 @@ public final class AgentService: HTTPService {
         return try Self.json(hello)
     }
 
-    private func enroll(_ request: GatewayRequest) async throws -> GatewayResponse {
+    private func enroll(_ request: GatewayRequest, subject: inout String) async throws -> GatewayResponse {
         let sealed: SealedBox = try Self.decode(request.body)
         let plaintext = try sealed.open(with: keys.agreement, context: "portico-enroll-v1")
         let enrollment: EnrollRequest
@@ -110,10 +132,11 @@ public final class AgentService: HTTPService {
               let signature = Base64URL.decode(enrollment.signature)
         else { throw ProtocolError(.malformed, "the enrollment request's keys or signature are not well formed") }
         guard signingKey.isValidSignature(signature, for: enrollment.transcript) else { throw ProtocolError(.badSignature, "the enrollment request is not signed by its signing key") }
+        let deviceID = DeviceID.derive(fromSigningKey: signingKeyBytes)
+        subject = "device:" + deviceID
         let now = Int64(HybridLogicalClock.wallMilliseconds())
         guard abs(now - enrollment.timestampMilliseconds) <= configuration.clockSkewMilliseconds else { throw ProtocolError(.staleTimestamp, "the enrollment request's time is too far from the manager's") }
 
-        let deviceID = DeviceID.derive(fromSigningKey: signingKeyBytes)
         if let existing = try await store.device(id: deviceID) {
             // The same key enrolling again (a lost answer, a retry): answer again, if it may.
             guard existing.state != .revoked && existing.state != .wiped else { throw ProtocolError(.deviceRevoked, "this device was revoked") }
@@ -129,10 +152,10 @@ public final class AgentService: HTTPService {
                     // Only a holder of the right secret learns why; anyone else cannot tell an
                     // unknown token from a wrong secret. The audit log has the reason either way.
                     switch refusal {
-                    case .unknown, .wrongSecret: throw ProtocolError(.enrollmentRefused, "the enrollment token was not accepted")
-                    case .expired: throw ProtocolError(.enrollmentRefused, "the enrollment token has expired")
-                    case .revoked: throw ProtocolError(.enrollmentRefused, "the enrollment token was revoked")
-                    case .usedUp: throw ProtocolError(.enrollmentRefused, "the enrollment token has been used as often as it allows")
+                    case .unknown, .wrongSecret: throw AuditedRefusal(error: ProtocolError(.enrollmentRefused, "the enrollment token was not accepted"))
+                    case .expired: throw AuditedRefusal(error: ProtocolError(.enrollmentRefused, "the enrollment token has expired"))
+                    case .revoked: throw AuditedRefusal(error: ProtocolError(.enrollmentRefused, "the enrollment token was revoked"))
+                    case .usedUp: throw AuditedRefusal(error: ProtocolError(.enrollmentRefused, "the enrollment token has been used as often as it allows"))
                     }
                 }
             } else if let name = enrollment.operatorName, let password = enrollment.operatorPassword {
@@ -164,12 +187,14 @@ public final class AgentService: HTTPService {
             refusal = "role auditor may not enroll devices"
         }
         try? await store.audit(AuditEntry(actor: "operator:\(name)", action: "device.enroll", target: deviceID, source: source, result: "refused", detail: refusal))
-        if case .locked = outcome { throw ProtocolError(.enrollmentRefused, "the operator account is locked") }
-        throw ProtocolError(.enrollmentRefused, "the operator credentials were not accepted")
+        if case .locked = outcome { throw AuditedRefusal(error: ProtocolError(.enrollmentRefused, "the operator account is locked")) }
+        throw AuditedRefusal(error: ProtocolError(.enrollmentRefused, "the operator credentials were not accepted"))
     }
 
-    private func openSession(_ request: GatewayRequest) async throws -> GatewayResponse {
+    private func openSession(_ request: GatewayRequest, subject: inout String) async throws -> GatewayResponse {
         let handshake: SessionRequest = try Self.decode(request.body)
+        // Claimed until the signature verifies; the audit entry names it either way.
+        if Self.isPlausibleDeviceID(handshake.deviceID) { subject = "device:" + handshake.deviceID }
         let now = Int64(HybridLogicalClock.wallMilliseconds())
         guard abs(now - handshake.timestampMilliseconds) <= configuration.clockSkewMilliseconds else { throw ProtocolError(.staleTimestamp, "the handshake's time is too far from the manager's") }
         guard let device = try await store.device(id: handshake.deviceID) else { throw ProtocolError(.unknownDevice, "no such device") }
@@ -195,17 +220,40 @@ public final class AgentService: HTTPService {
         return try Self.json(response)
     }
 
-    private func message(_ request: GatewayRequest) async throws -> GatewayResponse {
+    private func message(_ request: GatewayRequest, subject: inout String) async throws -> GatewayResponse {
         let bytes = Array(request.body.readableBytesView)
         let (sessionID, counter) = try Envelope.header(of: bytes)
         let now = Int64(HybridLogicalClock.wallMilliseconds())
-        let session = try sessions.accept(sessionID: sessionID, counter: counter, now: now)
+        let session = try sessions.session(sessionID, now: now)
+        subject = "device:" + session.deviceID
+        // A counter already passed is refused without opening the message; any other counter
+        // is taken only once the message authenticates under the session's keys.
+        guard counter > session.lastCounter else {
+            throw ProtocolError(.replayed, "message counter \(counter) is not above \(session.lastCounter): replayed or reordered")
+        }
         let (_, plaintext) = try Envelope.open(bytes, keys: session.keys, direction: .agentToManager)
-        let message: AgentMessage
-        do { message = try JSONDecoder().decode(AgentMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the message is not a known agent message") }
-        let reply = try await handle(message, deviceID: session.deviceID, now: now)
+        try sessions.accept(sessionID: sessionID, counter: counter)
+        // From here the message is the device's own: what is wrong with it is answered sealed.
+        let reply: ManagerMessage
+        do {
+            let message: AgentMessage
+            do { message = try JSONDecoder().decode(AgentMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the message is not a known agent message") }
+            reply = try await handle(message, deviceID: session.deviceID, now: now)
+        } catch let error as ProtocolError {
+            await refused("device.message", subject: subject, request: request, error)
+            reply = .error(error)
+        } catch let error as StoreError where error.kind == .invalidValue {
+            let malformed = ProtocolError(.malformed, error.message)
+            await refused("device.message", subject: subject, request: request, malformed)
+            reply = .error(malformed)
+        }
         let sealed = try Envelope.seal(Array(try JSONEncoder().encode(reply)), keys: session.keys, counter: counter, direction: .managerToAgent)
         return GatewayResponse(status: .ok, headers: ["content-type": "application/octet-stream"], body: ByteBuffer(bytes: sealed))
+    }
+
+    /// Device ids are `d-` and 32 hex digits; anything else is not worth naming in the audit log.
+    static func isPlausibleDeviceID(_ id: String) -> Bool {
+        id.utf8.count == 34 && id.hasPrefix("d-") && id.utf8.dropFirst(2).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
     }
 
     private func handle(_ message: AgentMessage, deviceID: String, now: Int64) async throws -> ManagerMessage {
@@ -235,8 +283,15 @@ public final class AgentService: HTTPService {
             // Durable now, new or seen before: every id is acknowledged.
             return .eventsAccepted(events.map(\.id))
         case .commandResult(let result):
-            try await store.acknowledgeCommand(id: result.commandID, deviceID: deviceID, succeeded: result.succeeded, result: result.detail, now: now)
-            if let command = try await store.command(id: result.commandID), result.succeeded {
+            let closedNow: Bool
+            do {
+                closedNow = try await store.acknowledgeCommand(id: result.commandID, deviceID: deviceID, succeeded: result.succeeded, result: result.detail, now: now)
+            } catch let error as StoreError where error.kind == .notFound {
+                throw ProtocolError(.unknownCommand, "this device has no command \(result.commandID)")
+            }
+            // A result sent again changes nothing: the device's state moved with the first one,
+            // and may have moved again since (an unlock after a lock).
+            if closedNow, result.succeeded, let command = try await store.command(id: result.commandID) {
                 switch command.kind {
                 case .lock: try await store.setDeviceState(id: deviceID, to: .locked)
                 case .unlock: try await store.setDeviceState(id: deviceID, to: .active)
@@ -286,6 +341,7 @@ public final class AgentService: HTTPService {
         case .deviceRevoked: .forbidden
         case .replayed: .conflict
         case .overloaded: .tooManyRequests
+        case .unknownCommand: .notFound
         }
     }
 }

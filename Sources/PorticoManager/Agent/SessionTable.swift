@@ -35,21 +35,31 @@ final class SessionTable: Sendable {
         }
     }
 
-    /// Takes a message's counter for its session.
-    /// - Throws: ``ProtocolError`` for an unknown or expired session and a counter not above the last.
-    func accept(sessionID: [UInt8], counter: UInt64, now: Int64) throws -> Session {
+    /// The session a message names, before its envelope is opened.
+    /// - Throws: ``ProtocolError`` for an unknown or expired session.
+    func session(_ sessionID: [UInt8], now: Int64) throws -> Session {
         try state.withLockedValue { state in
-            guard var session = state.sessions[sessionID] else { throw ProtocolError(.unknownSession, "no such session") }
+            guard let session = state.sessions[sessionID] else { throw ProtocolError(.unknownSession, "no such session") }
             guard now < session.expiresMilliseconds else {
                 state.sessions[sessionID] = nil
                 throw ProtocolError(.sessionExpired, "the session expired; open a new one")
             }
+            return session
+        }
+    }
+
+    /// Takes the counter of a message that opened under the session's keys. Only such a
+    /// message may move the counter: one that does not authenticate (tampered, or forged by
+    /// someone who only saw the session id) leaves it where it was.
+    /// - Throws: ``ProtocolError`` for a session gone meanwhile and a counter not above the last.
+    func accept(sessionID: [UInt8], counter: UInt64) throws {
+        try state.withLockedValue { state in
+            guard var session = state.sessions[sessionID] else { throw ProtocolError(.unknownSession, "no such session") }
             guard counter > session.lastCounter else {
                 throw ProtocolError(.replayed, "message counter \(counter) is not above \(session.lastCounter): replayed or reordered")
             }
             session.lastCounter = counter
             state.sessions[sessionID] = session
-            return session
         }
     }
 

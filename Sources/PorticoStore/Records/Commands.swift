@@ -85,16 +85,28 @@ extension Store {
     }
 
     /// Records a device's answer to a command it was given.
-    public func acknowledgeCommand(id: String, deviceID: String, succeeded: Bool, result: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws {
+    ///
+    /// A result for a command that is already closed (an agent that did not hear the first
+    /// answer sends it again) changes nothing: the first result stands.
+    /// - Returns: true when this result closed the command, false when it was closed before.
+    /// - Throws: ``StoreError/notFound(_:)`` when the device has no command with that id.
+    @discardableResult
+    public func acknowledgeCommand(id: String, deviceID: String, succeeded: Bool, result: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> Bool {
         try Validate.text(result, field: "command.result", maxBytes: 16 * 1024)
-        try await write { transaction in
+        return try await write { transaction in
             let hlc = transaction.timestamp()
             let updated = try await transaction.database.raw("""
                 UPDATE commands SET state = \(bind: succeeded ? "acknowledged" : "failed"), result = \(bind: result), updated_ms = \(bind: now), hlc = \(bind: Int64(bitPattern: hlc))
                 WHERE id = \(bind: id) AND device_id = \(bind: deviceID) AND state IN ('pending', 'delivered') RETURNING id
                 """).all()
-            guard !updated.isEmpty else { throw StoreError.notFound("an open command \(id) for device \(deviceID)") }
+            if updated.isEmpty {
+                guard try await transaction.database.raw("SELECT id FROM commands WHERE id = \(bind: id) AND device_id = \(bind: deviceID)").first() != nil else {
+                    throw StoreError.notFound("command \(id) for device \(deviceID)")
+                }
+                return false
+            }
             try await transaction.logChange(entity: "command", key: id, op: .upsert, hlc: hlc)
+            return true
         }
     }
 

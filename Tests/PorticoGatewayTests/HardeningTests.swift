@@ -1,0 +1,152 @@
+import Foundation
+import NIOCore
+import Testing
+
+@testable import PorticoGateway
+
+private typealias Kind = RawHTTP2.Kind
+private typealias Flag = RawHTTP2.Flag
+
+/// What a hostile client tried and the gateway must refuse or outlast: each a defect found
+/// once, kept here so that it stays fixed.
+@Suite(.timeLimit(.minutes(2))) struct HTTP2HardeningTests {
+    static let routes = """
+        routes:
+          - {listener: console, path: /echo, service: echo}
+        """
+
+    @Test(arguments: ListenerEngine.allCases) func aStreamThatDependsOnItselfIsResetAndTheConnectionGoesOn(engine: ListenerEngine) async throws {
+        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            // HEADERS with the PRIORITY flag naming its own stream (RFC 9113 5.3.1).
+            let priority = RawHTTP2.word(1) + [16]
+            try await h2.send(Kind.headers, flags: Flag.endHeaders | Flag.endStream | 0x20, stream: 1, priority + h2.block(RawHTTP2.get("/healthz")))
+            let first = await h2.next { $0.stream == 1 && ($0.type == Kind.rstStream || $0.type == Kind.headers) }
+            #expect(first?.type == Kind.rstStream && first?.word(at: 0) == 0x1)
+            // A PRIORITY frame doing the same on a stream not yet opened.
+            try await h2.send(Kind.priority, stream: 3, RawHTTP2.word(3) + [16])
+            let second = await h2.next { $0.stream == 3 && $0.type == Kind.rstStream }
+            #expect(second?.word(at: 0) == 0x1)
+            // The header block above was decoded all the same: the next request is answered.
+            try await h2.headers(stream: 5, RawHTTP2.get("/healthz"), endStream: true)
+            let answer = await h2.next { $0.stream == 5 && $0.type == Kind.headers }
+            #expect(answer?.status == "200")
+            #expect(!h2.frames.contains { $0.type == Kind.goAway })
+            await h2.close()
+        }
+    }
+
+    @Test(arguments: ListenerEngine.allCases) func aHeaderBlockTrickledInContinuationFramesIsCutAtTheHeaderTimeout(engine: ListenerEngine) async throws {
+        // An idle timeout far beyond the header timeout: only the header timeout can end this.
+        let limits = "limits: {header_timeout: 1s, idle_timeout: 120s}"
+        try await TestGateway.with(engine: engine, listeners: [.console: limits], body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            let block = h2.block(RawHTTP2.get("/healthz"))
+            try await h2.send(Kind.headers, stream: 1, Array(block.prefix(1)))
+            // One byte of the block every 200 ms, each a frame the server sees, for up to 30 s.
+            var sent = 1
+            while !h2.frames.contains(where: { $0.type == Kind.goAway }), sent < 150 {
+                try? await Task.sleep(for: .milliseconds(200))
+                try? await h2.send(Kind.continuation, stream: 1, [sent < block.count ? block[sent] : 0x40])
+                sent += 1
+            }
+            let goAway = await h2.goAway()
+            #expect(goAway != nil)
+            #expect(sent < 150, "the connection was still open after 30 s of CONTINUATION frames")
+            await h2.close()
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct HTTP1HardeningTests {
+    static let tools = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
+
+    @Test(.enabled(if: tools || Tools.has("curl"), "curl is not installed (apt-get install curl)"), arguments: ListenerEngine.allCases)
+    func anUploadOverTheLimitIsAnswered413NotCutOff(engine: ListenerEngine) async throws {
+        let routes = "routes:\n  - {listener: console, path: /upload, service: echo, max_body_bytes: 1MiB}\n  - {listener: client_plain, path: /upload, service: echo, max_body_bytes: 1MiB}"
+        try await TestGateway.with(engine: engine, body: routes) { gw in
+            let file = gw.dir.file("upload.bin")
+            try Data(repeating: 0x61, count: 3_000_000).write(to: URL(fileURLWithPath: file))
+            for (role, extra) in [(ListenerRole.console, ["--cacert", gw.identity.certificatePath, "--http1.1"]), (.clientPlain, [])] {
+                // Declared length over the limit, and chunked (the size known only as it comes).
+                // Several times each: a connection closed under an upload is reset at a moment that varies.
+                for framing in [[String](), ["-H", "Transfer-Encoding: chunked"]] + [[String]](repeating: [], count: 4) {
+                    // `Expect:` empty: the body is sent at once, not after a 100 Continue.
+                    let curl = try await Tools.run("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:"] + framing + extra
+                                                   + ["--data-binary", "@" + file, try await gw.url(role, "/upload")])
+                    #expect(curl.output == "413", "\(role) \(framing): curl said \(curl.output)")
+                }
+            }
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct LingeringCloseTests {
+    /// After the 413, the rest of the body is still read (and dropped) rather than met with a
+    /// reset: every later write of the client's goes through.
+    @Test(arguments: ListenerEngine.allCases) func theRestOfARefusedBodyIsReadNotReset(engine: ListenerEngine) async throws {
+        let routes = "routes:\n  - {listener: client_plain, path: /upload, service: echo, max_body_bytes: 1KiB}"
+        try await TestGateway.with(engine: engine, body: routes) { gw in
+            let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
+            let piece = [UInt8](repeating: 0x61, count: 64 * 1024)
+            try await connection.send(Array("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: \(piece.count * 17)\r\n\r\n".utf8) + piece)
+            let answer = await connection.received(containing: "\r\n\r\n")
+            #expect(answer.hasPrefix("HTTP/1.1 413 "))
+            var sent = 1
+            for _ in 0..<16 {
+                do {
+                    try await connection.send(piece)
+                    sent += 1
+                } catch {
+                    Issue.record("write \(sent + 1) of 17 failed after the 413: \(error)")
+                    break
+                }
+            }
+            #expect(sent == 17)
+            // The whole body sent, the connection ends.
+            let all = await connection.responseUntilClose()
+            #expect(all == answer)
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct TLSCipherPolicyTests {
+    static let tools = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
+
+    @Test(.enabled(if: tools || Tools.has("openssl"), "openssl is not installed (apt-get install openssl)"), arguments: ListenerEngine.allCases)
+    func tls12OffersOnlyForwardSecretAEADSuitesUnlessAListenerAsksForMore(engine: ListenerEngine) async throws {
+        let legacy = "tls12_ciphers: [ECDHE-RSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-SHA, ECDHE-ECDSA-AES128-SHA, AES128-GCM-SHA256]"
+        try await TestGateway.with(engine: engine, listeners: [.reporting: legacy]) { gw in
+            func handshake(_ role: ListenerRole, _ ciphers: String) async throws -> Bool {
+                let port = try await gw.port(role)
+                let result = try await Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-tls1_2", "-cipher", ciphers], input: "")
+                return result.status == 0 && result.output.contains("Cipher is ")
+            }
+            let cbc = "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA"
+            let staticRSA = "AES128-GCM-SHA256:AES128-SHA"
+            let aead = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256"
+            let consoleAEAD = try await handshake(.console, aead)
+            let consoleCBC = try await handshake(.console, cbc)
+            let consoleStaticRSA = try await handshake(.console, staticRSA)
+            #expect(consoleAEAD)
+            #expect(!consoleCBC)
+            #expect(!consoleStaticRSA)
+            // A listener that lists older suites offers them, and only those it lists.
+            let reportingCBC = try await handshake(.reporting, cbc)
+            let reportingAES256 = try await handshake(.reporting, "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384")
+            #expect(reportingCBC)
+            #expect(!reportingAES256)
+        }
+    }
+
+    @Test func anUnknownCipherSuiteIsAConfigurationErrorWithItsLine() throws {
+        let dir = try TemporaryDirectory()
+        let yaml = "listeners:\n  console:\n    port: 0\n    tls12_ciphers: [ECDHE-RSA-AES128-GCM-SHA256, RC4-MD5]\n"
+        #expect {
+            _ = try TestGateway.configuration(yaml: yaml, dir: dir)
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains(":4:") && text.contains("'RC4-MD5' in listeners.console.tls12_ciphers")
+        }
+    }
+}
