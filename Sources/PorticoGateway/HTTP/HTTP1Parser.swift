@@ -382,6 +382,7 @@ struct HTTP1Parser {
                 scan.contentLength = length
             case 17 where Self.equalsLowercase(name, "transfer-encoding"):
                 transferEncodings += 1
+                guard !value.isEmpty else { throw .malformed("an empty Transfer-Encoding") }
                 guard Self.equalsLowercase(value, "chunked") else { throw .unsupportedTransferCoding }
                 if transferEncodings > 1 { throw .malformed("chunked applied more than once") }
                 scan.chunked = true
