@@ -58,6 +58,89 @@ private typealias Flag = RawHTTP2.Flag
     }
 }
 
+/// An upstream's answer to an HTTP/2 client goes out as the upstream sends it and as fast as
+/// the client takes it: a client that takes nothing holds little and is sent away.
+@Suite(.timeLimit(.minutes(2))) struct HTTP2UpstreamStreamingTests {
+    static let megabyte = String(repeating: "0123456789abcdef", count: 65_536)
+
+    /// A gateway proxying `/up` on the console listener to an upstream answering `answer`.
+    static func withUpstream(_ answer: String, engine: ListenerEngine, limits: String = "", _ run: (RunningGateway, CannedUpstream) async throws -> Void) async throws {
+        let upstream = try await CannedUpstream.start { _, _ in .answer(answer) }
+        let config = """
+            upstreams:
+              up: {targets: ["http://127.0.0.1:\(upstream.port)"]}
+            routes:
+              - {listener: console, path: /up, upstream: up}
+            """
+        try await TestGateway.with(engine: engine, listeners: [.console: limits], body: config) { gw in
+            try await run(gw, upstream)
+        }
+        await upstream.stop()
+    }
+
+    @Test(arguments: ListenerEngine.allCases) func largeAndChunkedUpstreamAnswersArriveWhole(engine: ListenerEngine) async throws {
+        let chunks = (0..<40).map { String(format: "%x\r\n", 3000 + $0) + String(repeating: "c", count: 3000 + $0) + "\r\n" }.joined()
+        let chunkedAnswer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kind: chunked\r\n\r\n" + chunks + "0\r\n\r\n"
+        for (answer, expected) in [(UpstreamClientTests.ok(Self.megabyte), Self.megabyte),
+                                   (chunkedAnswer, (0..<40).map { String(repeating: "c", count: 3000 + $0) }.joined())] {
+            try await Self.withUpstream(answer, engine: engine) { gw, _ in
+                try await TestClient.with(http2: true) { client in
+                    for _ in 0..<3 {
+                        let got = try await TestClient.get(client, try await gw.url(.console, "/up"))
+                        #expect(got.version == .http2 && got.status == 200)
+                        #expect(got.body.count == expected.count && got.body == expected)
+                    }
+                    // HEAD: the upstream's head, no body.
+                    let head = try await TestClient.get(client, try await gw.url(.console, "/up"), method: .HEAD)
+                    #expect(head.status == 200 && head.body.isEmpty)
+                }
+            }
+        }
+    }
+
+    @Test(arguments: ListenerEngine.allCases) func aClientThatNeverGrantsCreditIsSentAwayThoughItPings(engine: ListenerEngine) async throws {
+        try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte), engine: engine, limits: "limits: {body_timeout: 1s}") { gw, _ in
+            // No credit at all for streams, four of them asking for a megabyte each.
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(0x4, 0)])
+            for stream in stride(from: UInt32(1), through: 7, by: 2) {
+                try await h2.headers(stream: stream, RawHTTP2.get("/up"), endStream: true)
+            }
+            // A PING every 100 ms, for at most 20 s: it must not keep the stalled streams alive.
+            var pings = 0
+            while !h2.frames.contains(where: { $0.type == Kind.goAway }), pings < 200 {
+                try? await h2.send(Kind.ping, stream: 0, [UInt8](repeating: 1, count: 8))
+                try? await Task.sleep(for: .milliseconds(100))
+                pings += 1
+            }
+            let goAway = await h2.goAway()
+            #expect(goAway?.code == 0, "GOAWAY \(String(describing: goAway))")
+            #expect(pings < 200, "still connected after 20 s of PINGs")
+            // Answers began (their HEADERS), and not one byte of DATA went past the zero window.
+            #expect(h2.frames.contains { $0.type == Kind.headers })
+            #expect(!h2.frames.contains { $0.type == Kind.data && !$0.payload.isEmpty })
+            await h2.close()
+        }
+    }
+
+    @Test(arguments: ListenerEngine.allCases) func answersAClientDoesNotReadPastTheBudgetEndTheConnection(engine: ListenerEngine) async throws {
+        try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte), engine: engine) { gw, upstream in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(0x4, 0)])
+            // (The connection may be sent away before the last of them is written.)
+            for stream in stride(from: UInt32(1), through: 255, by: 2) {
+                try? await h2.headers(stream: stream, RawHTTP2.get("/up"), endStream: true)
+            }
+            let goAway = await h2.goAway()
+            #expect(goAway?.code == 0xB, "GOAWAY \(String(describing: goAway))")
+            #expect(goAway?.reason == "responses not read")
+            // The unread answers' upstream connections are let go of with the client's
+            // connection (this waits for every one of them to close).
+            #expect(upstream.connections >= 2)
+            await upstream.waitUntilClosed(connections: upstream.connections)
+            await h2.close()
+        }
+    }
+}
+
 @Suite(.timeLimit(.minutes(2))) struct HTTP1HardeningTests {
     static let tools = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
 

@@ -19,6 +19,8 @@ final class CoreUpstreamSocket: CoreSocketHandler, UpstreamTransport {
     private var connecting: EventLoopPromise<NIOLoopBound<UpstreamConnection>>?
     private var connectTimer: Scheduled<Void>?
     private(set) var isClosed = false
+    /// The connection asked to stop reading (its response's client is not taking it).
+    private var readingPaused = false
 
     private init(fd: Int32, loop: CoreEventLoop, connection: UpstreamConnection, connecting: EventLoopPromise<NIOLoopBound<UpstreamConnection>>) {
         self.fd = fd
@@ -86,7 +88,7 @@ final class CoreUpstreamSocket: CoreSocketHandler, UpstreamTransport {
         if events & CoreEvents.writable != 0 {
             writeOut()
         }
-        if events & (CoreEvents.readable | CoreEvents.hangUp) != 0, !isClosed {
+        if events & (CoreEvents.readable | CoreEvents.hangUp) != 0, !isClosed, !readingPaused || events & CoreEvents.hangUp != 0 {
             readIn()
         }
     }
@@ -142,6 +144,18 @@ final class CoreUpstreamSocket: CoreSocketHandler, UpstreamTransport {
 
     func close() {
         closeNow()
+    }
+
+    func pauseReading() {
+        guard !readingPaused, !isClosed else { return }
+        readingPaused = true
+        setInterest(interest & ~CoreEvents.readable)
+    }
+
+    func resumeReading() {
+        guard readingPaused, !isClosed else { return }
+        readingPaused = false
+        setInterest(interest | CoreEvents.readable)
     }
 
     private func writeOut() {

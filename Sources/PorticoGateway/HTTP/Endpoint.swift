@@ -127,7 +127,8 @@ enum HTTP1Encoding {
 
 enum HTTP2Encoding {
     /// Response headers for HTTP/2: `:status` first, connection-specific fields left out.
-    static func headers(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int, date: String? = nil) -> HPACKHeaders {
+    /// Without a `contentLength` (a body streamed as it comes) none is sent.
+    static func headers(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int?, date: String? = nil) -> HPACKHeaders {
         var result = HPACKHeaders()
         result.reserveCapacity(headers.count + 2)
         result.add(name: ":status", value: String(status.code))
@@ -138,7 +139,7 @@ enum HTTP2Encoding {
             default: result.add(name: lower, value: value)
             }
         }
-        result.add(name: "content-length", value: String(contentLength))
+        if let contentLength { result.add(name: "content-length", value: String(contentLength)) }
         if let date { result.add(name: "date", value: date) }
         return result
     }

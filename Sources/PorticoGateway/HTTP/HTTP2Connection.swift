@@ -54,6 +54,15 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         var pendingBody: ByteBuffer?
         var status = 0
         var responseBytes = 0
+        /// The last time the client moved this stream on: its request's DATA arrived, or
+        /// response DATA went out under its credit. A stream waiting on the client for longer
+        /// than the body timeout stalls the connection, whatever other frames (PING) it sends.
+        var lastProgress: NIODeadline
+        /// More of the response body is to come from an upstream (``bodySource``).
+        var bodyOpen = false
+        var bodySource: (any UpstreamBodySource)?
+        /// The upstream was told to wait: too much of its body is waiting for credit.
+        var sourcePaused = false
 
         init(id: UInt32, request: HTTP2RequestFields, headers: HPACKHeaders, bodyLimit: Int, receiveWindow: Int, sendWindow: Int) {
             self.id = id
@@ -66,6 +75,63 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
             self.receiveWindow = receiveWindow
             self.sendWindow = sendWindow
             self.started = .now()
+            self.lastProgress = self.started
+        }
+
+        /// Ends the upstream's part, if it still has one (the stream is gone).
+        func cancelSource() {
+            bodyOpen = false
+            if let source = bodySource {
+                bodySource = nil
+                source.cancel()
+            }
+        }
+    }
+
+    /// Takes a plain-HTTP upstream's answer for one stream, its body as it comes, on the
+    /// connection's loop.
+    private final class UpstreamStream: UpstreamStreamingResponder {
+        private weak var connection: HTTP2Connection?
+        private let stream: Stream
+        private let isHead: Bool
+
+        init(connection: HTTP2Connection, stream: Stream, isHead: Bool) {
+            self.connection = connection
+            self.stream = stream
+            self.isHead = isHead
+        }
+
+        func upstreamAnswered(_ answer: consuming UpstreamAnswer) {
+            guard let connection, connection.streams[stream.id] === stream else { return }
+            connection.write(answer.gatewayResponse, to: stream, isHead: isHead)
+            connection.flushIfNeeded()
+        }
+
+        func upstreamHead(_ response: consuming UpstreamResponse, length: Int?, hasBody: Bool, source: any UpstreamBodySource) {
+            guard let connection, connection.streams[stream.id] === stream else {
+                if hasBody { source.cancel() }
+                return
+            }
+            connection.streamHead(response.gatewayResponse, length: length, hasBody: hasBody && !isHead, source: source, to: stream)
+            if hasBody && isHead { source.cancel() }
+        }
+
+        func upstreamBody(_ piece: ByteBuffer) -> Bool {
+            guard let connection, connection.streams[stream.id] === stream else { return true }
+            return connection.streamBody(piece, to: stream)
+        }
+
+        func upstreamEnded() {
+            guard let connection, connection.streams[stream.id] === stream else { return }
+            connection.streamEnded(stream)
+        }
+
+        func upstreamBodyFailed() {
+            guard let connection, connection.streams[stream.id] === stream else { return }
+            stream.bodySource = nil
+            stream.bodyOpen = false
+            connection.reset(stream.id, .internalError)
+            connection.flushIfNeeded()
         }
     }
 
@@ -96,6 +162,13 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
     /// Frames that carry nothing (empty DATA without END_STREAM, empty CONTINUATION) allowed
     /// between two completed requests.
     private static var uselessFrameLimit: Int { 1_000 }
+    /// A streamed upstream body is read on only while less than this of it waits for the
+    /// client's credit, and again once what waits is under a quarter of it.
+    private static var streamHighWater: Int { 64 * 1024 }
+    /// Response bytes all the streams of a connection may hold waiting for credit. Past it,
+    /// when more than one stream holds some, the client is not reading what it asked for:
+    /// GOAWAY (ENHANCE_YOUR_CALM). One answer larger than this alone still goes out.
+    private static var connectionBufferBudget: Int { 4 << 20 }
 
     private let info: ConnectionInfo
     private var reader = HTTP2FrameReader()
@@ -136,12 +209,10 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
     private var closed = false
 
     /// Timeouts are checked by the loop's ``DeadlineSweeper`` from what the connection
-    /// records cheaply per read (a flag). `idleSince`: no streams since then.
-    /// `stalledSince`: some request incomplete, or some response waiting for credit, and
-    /// no frame since then.
+    /// records cheaply per read (a flag). `idleSince`: no streams since then. (A stream's own
+    /// stall is its ``Stream/lastProgress``.)
     private var sawFrame = false
     private var idleSince: NIODeadline?
-    private var stalledSince: NIODeadline?
     var sweeper: DeadlineSweeper?
     /// Where frames go (see ``HTTP1Connection/transport``).
     let transport: Transport
@@ -192,6 +263,7 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         closed = true
         input = nil
         leaveSweeper()
+        for stream in streams.values { stream.cancelSource() }
         streams.removeAll()
         blocked.removeAll()
     }
@@ -399,6 +471,7 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         guard flowControlled <= stream.receiveWindow else { return reset(id, .flowControlError) }
         stream.receiveWindow -= flowControlled
         stream.receivedBytes += data.readableBytes
+        stream.lastProgress = .now()
         if let declared = stream.declaredLength, stream.receivedBytes > declared || (endStream && stream.receivedBytes != declared) {
             // RFC 9113 8.1.1: DATA that does not add up to content-length makes the request malformed.
             return reset(id, .protocolError)
@@ -515,6 +588,7 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         discarding.removeValue(forKey: id)
         guard let stream = streams.removeValue(forKey: id) else { return }
         unblock(stream)
+        stream.cancelSource()
         // Rapid reset (CVE-2023-44487): opening and cancelling streams costs the client
         // nothing and the server a request each.
         let now = NIODeadline.now()
@@ -538,7 +612,10 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
     /// A stream error (RFC 9113 5.4.2): the stream ends with RST_STREAM; the connection goes on.
     private func reset(_ id: UInt32, _ error: HTTP2Error) {
         out.writeHTTP2RSTStream(id, error)
-        if let stream = streams.removeValue(forKey: id) { unblock(stream) }
+        if let stream = streams.removeValue(forKey: id) {
+            unblock(stream)
+            stream.cancelSource()
+        }
         recentlyReset[recentlyResetNext] = id
         recentlyResetNext = (recentlyResetNext + 1) % recentlyReset.count
     }
@@ -598,6 +675,12 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
             } else {
                 writeFixed(info.snapshot.value.notFound, to: stream, isHead: isHead)
             }
+            return
+        }
+        if case .upstream(let pool) = route.target, pool.relaysHTTP1 {
+            // A plain-HTTP upstream's body comes as it is read, as fast as the client takes it.
+            let responder = UpstreamStream(connection: self, stream: stream, isHead: isHead)
+            UpstreamExchange(pool: pool, request: .request(makeRequest(stream)), eventLoop: transport.eventLoop, responder: responder).start()
             return
         }
         switch RequestDispatch.run(route.target, request: makeRequest(stream), eventLoop: transport.eventLoop, logger: info.snapshot.value.accessLogger) {
@@ -731,9 +814,71 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         if hasBody {
             stream.pendingBody = body
             writeData(stream)
+            checkBufferBudget()
         } else {
             finish(stream)
         }
+    }
+
+    // MARK: - Streamed upstream answers
+
+    /// A streamed upstream answer's head: HEADERS now, the body as it comes.
+    private func streamHead(_ response: GatewayResponse, length: Int?, hasBody: Bool, source: any UpstreamBodySource, to stream: Stream) {
+        stream.status = Int(response.status.code)
+        stream.responding = true
+        if hasBody {
+            stream.bodyOpen = true
+            stream.bodySource = source
+        }
+        let headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: length, date: date.current())
+        writeHeaders(stream.id, headers, endStream: !hasBody)
+        tableSizeUpdatePending = false
+        if !hasBody { finish(stream) }
+        flushIfNeeded()
+    }
+
+    /// A piece of a streamed body: sent as far as the windows allow; returns whether the
+    /// upstream may send more now.
+    private func streamBody(_ piece: ByteBuffer, to stream: Stream) -> Bool {
+        stream.responseBytes += piece.readableBytes
+        if var pending = stream.pendingBody {
+            var piece = piece
+            pending.writeBuffer(&piece)
+            stream.pendingBody = pending
+        } else {
+            stream.pendingBody = piece
+        }
+        writeData(stream)
+        checkBufferBudget()
+        flushIfNeeded()
+        guard !closed, streams[stream.id] === stream else { return true }
+        if (stream.pendingBody?.readableBytes ?? 0) >= Self.streamHighWater {
+            stream.sourcePaused = true
+            return false
+        }
+        return true
+    }
+
+    private func streamEnded(_ stream: Stream) {
+        stream.bodyOpen = false
+        stream.bodySource = nil
+        stream.sourcePaused = false
+        if stream.pendingBody == nil {
+            // Everything went already: the end is an empty DATA frame.
+            out.writeHTTP2FrameHeader(length: 0, type: HTTP2FrameType.data, flags: HTTP2Flag.endStream, streamID: stream.id)
+            finish(stream)
+        }
+        flushIfNeeded()
+    }
+
+    /// Sends the client away when the answers it does not take have grown past the budget.
+    private func checkBufferBudget() {
+        guard blocked.count > 1 else { return }
+        var held = 0
+        for stream in blocked { held += stream.pendingBody?.readableBytes ?? 0 }
+        guard held > Self.connectionBufferBudget else { return }
+        info.snapshot.value.metrics.timeouts.increment()
+        goAway(.enhanceYourCalm, reason: "responses not read")
     }
 
     /// HEADERS, followed by CONTINUATION frames if the block is larger than the client's
@@ -772,17 +917,33 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
             guard length > 0 else {
                 stream.pendingBody = body
                 if !blocked.contains(where: { $0 === stream }) { blocked.append(stream) }
+                resumeSourceIfDrained(stream)
                 return
             }
-            let last = length == body.readableBytes
+            // The last frame ends the stream, unless an upstream has more to send.
+            let last = length == body.readableBytes && !stream.bodyOpen
             out.writeHTTP2FrameHeader(length: length, type: HTTP2FrameType.data, flags: last ? HTTP2Flag.endStream : 0, streamID: stream.id)
             var piece = body.readSlice(length: length)!
             out.writeBuffer(&piece)
             connectionSendWindow -= length
             stream.sendWindow -= length
+            stream.lastProgress = .now()
             if out.readableBytes >= 64 * 1024 { writeOut() }
         }
+        if stream.bodyOpen {
+            resumeSourceIfDrained(stream)
+            return
+        }
         finish(stream)
+    }
+
+    /// An upstream told to wait reads on once what waits for credit is down to a quarter of
+    /// the high-water mark. (Told from the loop, not from inside this call: resuming hands
+    /// over the next piece at once.)
+    private func resumeSourceIfDrained(_ stream: Stream) {
+        guard stream.sourcePaused, (stream.pendingBody?.readableBytes ?? 0) < Self.streamHighWater / 4, let source = stream.bodySource else { return }
+        stream.sourcePaused = false
+        transport.eventLoop.execute { source.resume() }
     }
 
     private func resumeBlocked() {
@@ -826,9 +987,10 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
 
     // MARK: - Idle and closing
 
-    /// Whether some stream is still receiving its request or waiting to send its response.
-    private var stalling: Bool {
-        !blocked.isEmpty || streams.values.contains { !$0.requestComplete && !$0.responding }
+    /// Whether a stream waits on its client: for the rest of its request, or for credit to
+    /// send its response.
+    private func isStalled(_ stream: Stream) -> Bool {
+        (!stream.requestComplete && !stream.responding) || stream.pendingBody != nil
     }
 
     func sweep(now: NIODeadline) {
@@ -843,7 +1005,6 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         let active = sawFrame
         sawFrame = false
         if streams.isEmpty {
-            stalledSince = nil
             guard !active, let since = idleSince else {
                 idleSince = now
                 return
@@ -853,16 +1014,11 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         }
         idleSince = nil
         // A client that opens streams and stops sending (or stops granting credit) must not
-        // hold the connection.
-        guard stalling else {
-            stalledSince = nil
+        // hold the connection; only progress on the stream it stalls counts, not other frames.
+        for stream in streams.values where isStalled(stream) && now - stream.lastProgress >= limits.bodyTimeout {
+            timedOut()
             return
         }
-        guard !active, let since = stalledSince else {
-            stalledSince = now
-            return
-        }
-        if now - since >= limits.bodyTimeout { timedOut() }
     }
 
     private func timedOut() {

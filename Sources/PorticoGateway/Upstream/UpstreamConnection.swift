@@ -38,6 +38,36 @@ protocol UpstreamTransport: AnyObject {
     func send(_ bytes: ByteBuffer)
     /// Closes; the connection is then told ``UpstreamConnection/transportClosed()``.
     func close()
+    /// Stops reading from the socket (the upstream then waits, on TCP's own flow control).
+    func pauseReading()
+    /// Reads again after ``pauseReading()``.
+    func resumeReading()
+}
+
+/// Where a streamed response's body comes from, for the one it streams to: it may be told to
+/// wait, go on, or stop.
+protocol UpstreamBodySource: AnyObject {
+    /// Reads on after a piece was refused (``UpstreamStreamingResponder/upstreamBody(_:)``
+    /// returned false).
+    func resume()
+    /// The client has gone: the rest of the response is not wanted (the connection closes).
+    func cancel()
+}
+
+/// A responder that takes a plain-HTTP upstream's response as it arrives, its body in pieces
+/// with back-pressure, rather than whole (HTTP/2 streams, whose client grants credit as it
+/// reads). Every call is made on the responder's event loop.
+protocol UpstreamStreamingResponder: UpstreamResponder {
+    /// The head: `response` holds no body. When `hasBody`, pieces follow, then the end or a
+    /// failure; otherwise the response is complete. `length` is the declared length, if any.
+    func upstreamHead(_ response: consuming UpstreamResponse, length: Int?, hasBody: Bool, source: any UpstreamBodySource)
+    /// A piece of the body; returns whether more is wanted now. After false, the source waits
+    /// until it is told to ``UpstreamBodySource/resume()``.
+    func upstreamBody(_ piece: ByteBuffer) -> Bool
+    /// The body has all come.
+    func upstreamEnded()
+    /// The upstream failed after its head: the response is cut short.
+    func upstreamBodyFailed()
 }
 
 /// One kept-alive HTTP/1.1 connection to a plain-HTTP upstream, owned by one event loop.
@@ -65,6 +95,10 @@ final class UpstreamConnection: DeadlineClient {
         /// The body runs until the connection closes.
         var untilClose = false
         var answered = false
+        /// The exchange takes the body in pieces (``UpstreamStreamingResponder``).
+        var streams = false
+        var timeout = TimeAmount.zero
+        var streamedBytes = 0
     }
 
     let target: Int
@@ -72,6 +106,13 @@ final class UpstreamConnection: DeadlineClient {
     private var transport: (any UpstreamTransport)?
     /// The exchange whose request is out, and what of its response has arrived.
     private var exchange: UpstreamExchange?
+    /// Who a streamed response's body goes to, once its head has been handed over.
+    private var sink: (any UpstreamStreamingResponder)?
+    /// The sink asked to wait: nothing more is read or handed over until it resumes.
+    private var paused = false
+    /// The socket closed while the sink was waiting, with bytes read but not handed over:
+    /// how the body ended is known once they have been.
+    private var closedWhilePaused = false
     private var receiving = Receiving()
     private var input: ByteBuffer?
     private var keepAlive = true
@@ -98,14 +139,16 @@ final class UpstreamConnection: DeadlineClient {
         transport = nil
     }
 
-    /// Sends one request (head and body in `bytes`); `owner` is told how it ended.
-    func send(_ bytes: ByteBuffer, isHead: Bool, timeout: TimeAmount, maxBytes: Int, for owner: UpstreamExchange) {
-        guard let transport, isOpen, exchange == nil else {
+    /// Sends one request (head and body in `bytes`); `owner` is told how it ended. With
+    /// `streams`, the response's head goes to the exchange as soon as it has come, and its body
+    /// to the exchange's responder piece by piece (the timeout then applies between pieces).
+    func send(_ bytes: ByteBuffer, isHead: Bool, timeout: TimeAmount, maxBytes: Int, streams: Bool = false, for owner: UpstreamExchange) {
+        guard let transport, isOpen, exchange == nil, sink == nil else {
             owner.failed(UpstreamFailure.connectionLost(answered: false))
             return
         }
         exchange = owner
-        receiving = Receiving(isHead: isHead, maxBytes: maxBytes)
+        receiving = Receiving(isHead: isHead, maxBytes: maxBytes, streams: streams, timeout: timeout)
         deadline = .now() + timeout
         transport.send(bytes)
     }
@@ -124,7 +167,7 @@ final class UpstreamConnection: DeadlineClient {
     /// Bytes read from the upstream.
     func received(_ bytes: ByteBuffer) {
         var bytes = bytes
-        guard exchange != nil else {
+        guard exchange != nil || sink != nil else {
             // Bytes nobody asked for: the connection cannot be trusted for another request.
             close()
             return
@@ -151,7 +194,11 @@ final class UpstreamConnection: DeadlineClient {
     func transportClosed() {
         isOpen = false
         owner.forget(self)
-        if exchange != nil, receiving.untilClose, receiving.status != nil {
+        if sink != nil, paused {
+            closedWhilePaused = true
+        } else if let sink {
+            endAtClose(sink)
+        } else if exchange != nil, receiving.untilClose, receiving.status != nil {
             finish()
         } else {
             fail(.connectionLost(answered: exchange != nil && receiving.answered))
@@ -161,7 +208,7 @@ final class UpstreamConnection: DeadlineClient {
     // MARK: - Responses
 
     private func process() throws {
-        while exchange != nil, input != nil {
+        while exchange != nil || sink != nil, input != nil, !paused {
             if receiving.status == nil {
                 guard try readHead() else { return }
                 continue
@@ -205,6 +252,17 @@ final class UpstreamConnection: DeadlineClient {
     }
 
     private func append(_ chunk: inout ByteBuffer) throws {
+        if let sink {
+            receiving.streamedBytes += chunk.readableBytes
+            if receiving.streamedBytes > receiving.maxBytes { throw UpstreamFailure.responseTooLarge(receiving.maxBytes) }
+            deadline = .now() + receiving.timeout
+            if !sink.upstreamBody(chunk) {
+                paused = true
+                deadline = nil
+                transport?.pauseReading()
+            }
+            return
+        }
         let total = (receiving.body?.readableBytes ?? 0) + chunk.readableBytes
         if total > receiving.maxBytes { throw UpstreamFailure.responseTooLarge(receiving.maxBytes) }
         if var body = receiving.body.take() {
@@ -243,6 +301,9 @@ final class UpstreamConnection: DeadlineClient {
             receiving.untilClose = true
             keepAlive = false
         }
+        if receiving.streams, let exchange {
+            return streamHead(exchange, length: head.contentLength)
+        }
         if receiving.bodyParser == nil && !receiving.untilClose {
             finish()
             return false
@@ -250,7 +311,51 @@ final class UpstreamConnection: DeadlineClient {
         return true
     }
 
+    /// Hands a streamed response's head to the exchange: it goes on to the responder, which
+    /// then takes the body, unless the exchange tries another target instead (this response
+    /// is then not read on, and the connection closes).
+    private func streamHead(_ exchange: UpstreamExchange, length: Int?) -> Bool {
+        let hasBody = receiving.bodyParser != nil || receiving.untilClose
+        let fields = receiving.fields.take() ?? ByteBuffer()
+        let response = UpstreamResponse(
+            status: receiving.status ?? .badGateway, fields: fields, namesConnectionFields: receiving.namesConnectionFields,
+            body: fields.getSlice(at: fields.readerIndex, length: 0)!, headLength: receiving.headLength)
+        self.exchange = nil
+        guard let sink = exchange.streamingHead(response, length: receiving.isHead ? receiving.headLength : length, hasBody: hasBody, source: self) else {
+            receiving = Receiving()
+            close()
+            return false
+        }
+        if hasBody {
+            self.sink = sink
+            deadline = .now() + receiving.timeout
+            return true
+        }
+        endStreaming()
+        return false
+    }
+
+    /// A streamed response has ended: the connection goes back to its pool, then its sink is told.
+    private func endStreaming() {
+        let sink = self.sink
+        self.sink = nil
+        closedWhilePaused = false
+        deadline = nil
+        receiving = Receiving()
+        if !keepAlive || (input?.readableBytes ?? 0) > 0 {
+            close()
+        } else {
+            input = nil
+            owner.release(self)
+        }
+        sink?.upstreamEnded()
+    }
+
     private func finish() {
+        if sink != nil {
+            endStreaming()
+            return
+        }
         guard let exchange else { return }
         self.exchange = nil
         deadline = nil
@@ -275,11 +380,14 @@ final class UpstreamConnection: DeadlineClient {
 
     private func fail(_ failure: UpstreamFailure) {
         let exchange = self.exchange
+        let sink = self.sink
         self.exchange = nil
+        self.sink = nil
         receiving = Receiving()
         deadline = nil
         close()
         exchange?.failed(failure)
+        sink?.upstreamBodyFailed()
     }
 
     func close() {
@@ -396,6 +504,48 @@ final class UpstreamConnection: DeadlineClient {
     }
 }
 
+extension UpstreamConnection: UpstreamBodySource {
+    func resume() {
+        guard paused else { return }
+        paused = false
+        guard sink != nil else { return }
+        deadline = .now() + receiving.timeout
+        transport?.resumeReading()
+        do {
+            try process()
+        } catch let failure as UpstreamFailure {
+            fail(failure)
+        } catch {
+            fail(.malformedResponse("\(error)"))
+        }
+        if closedWhilePaused, !paused, let sink {
+            endAtClose(sink)
+        }
+    }
+
+    /// The socket has closed with a body still streaming: a body read until the close has
+    /// ended; any other was cut short.
+    private func endAtClose(_ sink: any UpstreamStreamingResponder) {
+        self.sink = nil
+        closedWhilePaused = false
+        deadline = nil
+        let untilClose = receiving.untilClose
+        receiving = Receiving()
+        if untilClose { sink.upstreamEnded() } else { sink.upstreamBodyFailed() }
+    }
+
+    func cancel() {
+        guard sink != nil else { return }
+        sink = nil
+        paused = false
+        closedWhilePaused = false
+        receiving = Receiving()
+        deadline = nil
+        // The rest of the response is still on its way: the connection cannot carry another.
+        close()
+    }
+}
+
 /// The kept-alive connections of one upstream pool on one event loop.
 final class UpstreamConnections {
     private let eventLoop: any EventLoop
@@ -466,12 +616,16 @@ final class UpstreamConnections {
 }
 
 /// An upstream connection on a NIO channel: the channel handler in front of it.
-final class UpstreamChannelHandler: ChannelInboundHandler, UpstreamTransport {
+final class UpstreamChannelHandler: ChannelDuplexHandler, UpstreamTransport {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let connection: UpstreamConnection
     private var context: ChannelHandlerContext?
+    /// Reading is paused; a read asked for meanwhile is made on resuming.
+    private var paused = false
+    private var readPending = false
 
     init(_ connection: UpstreamConnection) {
         self.connection = connection
@@ -506,5 +660,26 @@ final class UpstreamChannelHandler: ChannelInboundHandler, UpstreamTransport {
 
     func close() {
         context?.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if paused {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    func pauseReading() {
+        paused = true
+    }
+
+    func resumeReading() {
+        guard paused else { return }
+        paused = false
+        if readPending, let context {
+            readPending = false
+            context.read()
+        }
     }
 }

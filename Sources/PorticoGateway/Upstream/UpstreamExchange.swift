@@ -241,7 +241,8 @@ final class UpstreamExchange {
 
     private func send(on connection: UpstreamConnection) {
         guard let bytes else { return }
-        connection.send(bytes, isHead: isHead, timeout: pool.configuration.responseTimeout, maxBytes: pool.configuration.maxResponseBytes, for: self)
+        connection.send(bytes, isHead: isHead, timeout: pool.configuration.responseTimeout, maxBytes: pool.configuration.maxResponseBytes,
+                        streams: responder is any UpstreamStreamingResponder, for: self)
     }
 
     private func connect() {
@@ -288,6 +289,29 @@ final class UpstreamExchange {
             pool.target(target) { $0.recordSuccess() }
         }
         self.answer(consume answer)
+    }
+
+    /// A plain-HTTP target's head, for a responder that streams: returns who takes the body,
+    /// or nil when the exchange tries another target instead (the same rule as
+    /// ``received(_:)``: a 502, 503 or 504 to an idempotent request).
+    func streamingHead(_ response: consuming UpstreamResponse, length: Int?, hasBody: Bool, source: any UpstreamBodySource) -> (any UpstreamStreamingResponder)? {
+        let code = response.status.code
+        if code == 502 || code == 503 || code == 504 {
+            let upstream = pool.targets[target]
+            upstream.recordFailure(maxFailures: pool.configuration.passiveMaxFailures, ejectFor: pool.configuration.passiveEjectFor)
+            if idempotent && tried.count < attempts && pool.pick(excluding: tried) != nil {
+                next(problem: "\(upstream.displayName) answered \(code)", status: response.status)
+                return nil
+            }
+        } else {
+            pool.target(target) { $0.recordSuccess() }
+        }
+        guard let sink = responder as? any UpstreamStreamingResponder else { return nil }
+        responder = nil
+        request = nil
+        if (bytes?.capacity ?? 0) > ReusedBuffer.maxKeptBytes { bytes = nil }
+        sink.upstreamHead(response, length: length, hasBody: hasBody, source: source)
+        return sink
     }
 
     /// The exchange with the target failed.
