@@ -224,3 +224,30 @@ let package = Package(
         ),
     ]
 )
+
+// The fuzz targets (fuzz/): one executable with no main of its own, linked with libFuzzer's.
+// It is part of the package only when fuzz/run.sh builds it (PORTICO_FUZZ set, with
+// `-sanitize=fuzzer` in a scratch path of its own), so that `swift build` and `swift test`
+// never try to link it.
+if Context.environment["PORTICO_FUZZ"] != nil {
+    package.targets.append(.target(name: "CPorticoFuzz", path: "fuzz/Sources/CPorticoFuzz"))
+    package.targets.append(
+        .executableTarget(
+            name: "PorticoFuzz",
+            dependencies: [
+                "CPorticoFuzz",
+                "PorticoGateway",
+                "PorticoManager",
+                "PorticoProtocol",
+                "PorticoStore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            path: "fuzz/Sources/PorticoFuzz",
+            swiftSettings: swiftSettings + [.unsafeFlags(["-parse-as-library"])]
+        )
+    )
+}

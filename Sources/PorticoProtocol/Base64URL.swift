@@ -14,6 +14,11 @@ public enum Base64URL {
         }) else { return nil }
         var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
         while base64.count % 4 != 0 { base64 += "=" }
-        return Data(base64Encoded: base64).map(Array.init)
+        guard let bytes = Data(base64Encoded: base64).map(Array.init) else { return nil }
+        // The unused low bits of the last character must be zero: otherwise other text
+        // decodes to the same bytes (found by fuzzing: `Sequei` and `Sequeg` both spelled the
+        // same four bytes).
+        guard encode(bytes) == text else { return nil }
+        return bytes
     }
 }
