@@ -342,13 +342,19 @@ final class UpstreamConnection: DeadlineClient {
         closedWhilePaused = false
         deadline = nil
         receiving = Receiving()
+        returnToPool()
+        sink?.upstreamEnded()
+    }
+
+    /// After a response: kept for the next request when the upstream keeps it alive and sent
+    /// nothing more, closed otherwise.
+    private func returnToPool() {
         if !keepAlive || (input?.readableBytes ?? 0) > 0 {
             close()
         } else {
             input = nil
             owner.release(self)
         }
-        sink?.upstreamEnded()
     }
 
     private func finish() {
@@ -369,12 +375,7 @@ final class UpstreamConnection: DeadlineClient {
             status: receiving.status ?? .badGateway, fields: fields, namesConnectionFields: receiving.namesConnectionFields,
             body: body, headLength: receiving.headLength)
         receiving = Receiving()
-        if !keepAlive || (input?.readableBytes ?? 0) > 0 {
-            close()
-        } else {
-            input = nil
-            owner.release(self)
-        }
+        returnToPool()
         exchange.received(.relayed(consume response))
     }
 

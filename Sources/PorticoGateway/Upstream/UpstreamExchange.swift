@@ -277,35 +277,30 @@ final class UpstreamExchange {
 
     /// The target answered (an ``UpstreamConnection`` calls this for plain-HTTP targets).
     func received(_ answer: consuming UpstreamAnswer) {
-        let code = answer.status.code
-        if code == 502 || code == 503 || code == 504 {
-            let upstream = pool.targets[target]
-            upstream.recordFailure(maxFailures: pool.configuration.passiveMaxFailures, ejectFor: pool.configuration.passiveEjectFor)
-            if idempotent && tried.count < attempts && pool.pick(excluding: tried) != nil {
-                next(problem: "\(upstream.displayName) answered \(code)", status: answer.status)
-                return
-            }
-        } else {
-            pool.target(target) { $0.recordSuccess() }
-        }
+        if retried(after: answer.status) { return }
         self.answer(consume answer)
+    }
+
+    /// Counts the target's answer in its passive health; a 502, 503 or 504 to an idempotent
+    /// request is tried again on another target when one is left (returns true then).
+    private func retried(after status: HTTPResponseStatus) -> Bool {
+        let code = status.code
+        guard code == 502 || code == 503 || code == 504 else {
+            pool.target(target) { $0.recordSuccess() }
+            return false
+        }
+        let upstream = pool.targets[target]
+        upstream.recordFailure(maxFailures: pool.configuration.passiveMaxFailures, ejectFor: pool.configuration.passiveEjectFor)
+        guard idempotent && tried.count < attempts && pool.pick(excluding: tried) != nil else { return false }
+        next(problem: "\(upstream.displayName) answered \(code)", status: status)
+        return true
     }
 
     /// A plain-HTTP target's head, for a responder that streams: returns who takes the body,
     /// or nil when the exchange tries another target instead (the same rule as
     /// ``received(_:)``: a 502, 503 or 504 to an idempotent request).
     func streamingHead(_ response: consuming UpstreamResponse, length: Int?, hasBody: Bool, source: any UpstreamBodySource) -> (any UpstreamStreamingResponder)? {
-        let code = response.status.code
-        if code == 502 || code == 503 || code == 504 {
-            let upstream = pool.targets[target]
-            upstream.recordFailure(maxFailures: pool.configuration.passiveMaxFailures, ejectFor: pool.configuration.passiveEjectFor)
-            if idempotent && tried.count < attempts && pool.pick(excluding: tried) != nil {
-                next(problem: "\(upstream.displayName) answered \(code)", status: response.status)
-                return nil
-            }
-        } else {
-            pool.target(target) { $0.recordSuccess() }
-        }
+        if retried(after: response.status) { return nil }
         guard let sink = responder as? any UpstreamStreamingResponder else { return nil }
         responder = nil
         request = nil
