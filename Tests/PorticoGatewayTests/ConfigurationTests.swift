@@ -92,6 +92,21 @@ import Testing
         #expect(found.first?.description.hasPrefix("/etc/portico/portico.yaml:5:5: ") == true)
     }
 
+    /// Found by fuzzing the loader: a port taken from a listener the file leaves out (so
+    /// on its default port) was reported with no place in the file.
+    @Test func aPortClashWithADefaultPortIsReportedWhereTheFileSetsThePort() {
+        let found = problems("""
+            site:
+              name: a
+            listeners:
+              client:
+                port: 8445
+            """)
+        #expect(found.count == 1)
+        #expect(found.first?.description.hasPrefix("/etc/portico/portico.yaml:5:") == true, "\(found)")
+        #expect(found.first?.message.contains("uses port 8445 (its default), which listener client already uses") == true, "\(found)")
+    }
+
     @Test func wrongTypeIsReportedAtTheValue() {
         let found = problems("""
             listeners:

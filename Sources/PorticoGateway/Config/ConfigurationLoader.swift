@@ -417,9 +417,15 @@ public struct ConfigurationLoader: Sendable {
         for listener in config.enabledListeners where listener.port != 0 {
             let key = "\(listener.port)"
             if let other = seen[key] {
+                // Named where the file sets one of the two ports; a listener left out of the
+                // file keeps its default port, which the sentence says.
+                let own = config.locations["listeners.\(listener.role).port"] ?? config.locations["listeners.\(listener.role)"]
+                let others = config.locations["listeners.\(other).port"] ?? config.locations["listeners.\(other)"]
+                let byDefault = config.locations["listeners.\(listener.role).port"] == nil ? " (its default)" : ""
+                let otherByDefault = config.locations["listeners.\(other).port"] == nil ? " (its default)" : ""
                 reader.diagnostics.append(ConfigurationDiagnostic(
-                    "listener \(listener.role) uses port \(listener.port), which listener \(other) already uses; each listener needs its own port",
-                    at: config.locations["listeners.\(listener.role).port"] ?? config.locations["listeners.\(listener.role)"]))
+                    "listener \(listener.role) uses port \(listener.port)\(byDefault), which listener \(other) already uses\(otherByDefault); each listener needs its own port",
+                    at: own ?? others ?? SourceLocation(file: reader.file, line: 1, column: 1)))
             } else {
                 seen[key] = listener.role
             }
