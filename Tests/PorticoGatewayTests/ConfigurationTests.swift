@@ -107,6 +107,19 @@ import Testing
         #expect(found.first?.message.contains("uses port 8445 (its default), which listener client already uses") == true, "\(found)")
     }
 
+    /// Found by fuzzing the loader: a duration or size too large to count overflowed and
+    /// stopped `portico config check` instead of being reported.
+    @Test func aDurationOrSizeTooLargeToCountIsAnErrorNotACrash() {
+        let found = problems("""
+            listeners:
+              console:
+                limits: {body_timeout: 300000000000000s, idle_timeout: 99999999999999999, header_timeout: 9999999999999h, max_body_bytes: 999999999999999999g}
+            """)
+        #expect(found.count == 4, "\(found)")
+        #expect(found.allSatisfy { $0.location?.line == 3 }, "\(found)")
+        #expect(found.filter { $0.message.contains("must be a duration") }.count == 3, "\(found)")
+    }
+
     @Test func wrongTypeIsReportedAtTheValue() {
         let found = problems("""
             listeners:

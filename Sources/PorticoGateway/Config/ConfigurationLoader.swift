@@ -566,13 +566,21 @@ enum DurationText {
     static func parse(_ text: String) -> TimeAmount? {
         let trimmed = text.trimmingSpaces()
         let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)]
+        // A value too large to count in nanoseconds is no duration (found by fuzzing: it
+        // overflowed and stopped the process).
         for (suffix, nanos) in units where trimmed.hasSuffix(suffix) {
             let number = trimmed.dropLast(suffix.count)
-            if let value = Int64(number), value >= 0 { return .nanoseconds(value * nanos) }
+            if let value = Int64(number), value >= 0 {
+                let (product, overflow) = value.multipliedReportingOverflow(by: nanos)
+                return overflow ? nil : .nanoseconds(product)
+            }
             if suffix == "s", number.hasSuffix("m") { continue }
             return nil
         }
-        if let seconds = Int64(trimmed), seconds >= 0 { return .seconds(seconds) }
+        if let seconds = Int64(trimmed), seconds >= 0 {
+            let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+            return overflow ? nil : .nanoseconds(product)
+        }
         return nil
     }
 }
@@ -584,7 +592,8 @@ enum ByteSize {
         let units: [(String, Int)] = [("kib", 1024), ("mib", 1 << 20), ("gib", 1 << 30), ("kb", 1024), ("mb", 1 << 20), ("gb", 1 << 30), ("k", 1024), ("m", 1 << 20), ("g", 1 << 30)]
         for (suffix, factor) in units where lower.hasSuffix(suffix) {
             guard let value = Int(lower.dropLast(suffix.count)), value >= 0 else { return nil }
-            return value * factor
+            let (product, overflow) = value.multipliedReportingOverflow(by: factor)
+            return overflow ? nil : product
         }
         return nil
     }
