@@ -98,6 +98,49 @@ private typealias Flag = RawHTTP2.Flag
         }
     }
 
+    @Test(arguments: ListenerEngine.allCases) func anAnswerWaitsForCreditAndGoesOnWhenItComes(engine: ListenerEngine) async throws {
+        try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte), engine: engine) { gw, _ in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(0x4, 0)])
+            try await h2.headers(stream: 1, RawHTTP2.get("/up"), endStream: true)
+            let head = await h2.next { $0.type == Kind.headers && $0.stream == 1 }
+            #expect(head?.status == "200")
+            // Nothing goes past the zero window, and the upstream has been told to wait.
+            try await h2.send(Kind.ping, stream: 0, [UInt8](repeating: 2, count: 8))
+            _ = await h2.next { $0.type == Kind.ping && $0.has(Flag.ack) }
+            #expect(!h2.frames.contains { $0.type == Kind.data })
+            // Credit for all of it: the rest is read from the upstream as what waits drains.
+            try await h2.send(Kind.windowUpdate, stream: 1, RawHTTP2.word(UInt32(Self.megabyte.utf8.count)))
+            try await h2.send(Kind.windowUpdate, stream: 0, RawHTTP2.word(UInt32(Self.megabyte.utf8.count)))
+            let end = await h2.next { $0.type == Kind.data && $0.stream == 1 && $0.has(Flag.endStream) }
+            #expect(end != nil)
+            let body = h2.frames.filter { $0.type == Kind.data && $0.stream == 1 }.flatMap(\.payload)
+            #expect(body.count == Self.megabyte.utf8.count)
+            #expect(String(decoding: body, as: UTF8.self) == Self.megabyte)
+            await h2.close()
+        }
+    }
+
+    @Test(arguments: ListenerEngine.allCases) func anHTTPSTargetsLargeAnswerStreamsToo(engine: ListenerEngine) async throws {
+        let backendRoutes = "routes:\n  - {listener: console, path: /echo, service: echo, max_body_bytes: 2MiB}"
+        try await TestGateway.with(body: backendRoutes) { backend in
+            let config = """
+                upstreams:
+                  secure: {targets: ["https://127.0.0.1:\(try await backend.port(.console))"], trust: \(backend.identity.certificatePath), retries: 0}
+                routes:
+                  - {listener: console, path: /echo, upstream: secure, max_body_bytes: 2MiB}
+                """
+            try await TestGateway.with(engine: engine, body: config) { front in
+                try await TestClient.with(http2: true) { client in
+                    // The backend echoes the body back: a megabyte each way.
+                    let got = try await TestClient.get(client, try await front.url(.console, "/echo"), method: .POST, body: Self.megabyte)
+                    #expect(got.version == .http2 && got.status == 200)
+                    #expect(got.body.contains("body=" + Self.megabyte + "\n"))
+                    #expect(got.body.hasPrefix("backend=backend\nmethod=POST\nuri=/echo\n"))
+                }
+            }
+        }
+    }
+
     @Test(arguments: ListenerEngine.allCases) func aClientThatNeverGrantsCreditIsSentAwayThoughItPings(engine: ListenerEngine) async throws {
         try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte), engine: engine, limits: "limits: {body_timeout: 1s}") { gw, _ in
             // No credit at all for streams, four of them asking for a megabyte each.

@@ -677,8 +677,8 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
             }
             return
         }
-        if case .upstream(let pool) = route.target, pool.relaysHTTP1 {
-            // A plain-HTTP upstream's body comes as it is read, as fast as the client takes it.
+        if case .upstream(let pool) = route.target {
+            // An upstream's body comes as it is read, as fast as the client takes it.
             let responder = UpstreamStream(connection: self, stream: stream, isHead: isHead)
             UpstreamExchange(pool: pool, request: .request(makeRequest(stream)), eventLoop: transport.eventLoop, responder: responder).start()
             return

@@ -265,6 +265,10 @@ final class UpstreamExchange {
             failed(UpstreamFailure.connectFailed("an HTTP/1.1 head cannot be relayed to an HTTPS target"))
             return
         }
+        if responder is any UpstreamStreamingResponder {
+            pool.stream(request, to: upstream, for: self)
+            return
+        }
         let pool = self.pool
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         eventLoop.makeFutureWithTask { try await pool.send(request, to: upstream) }.whenComplete { result in

@@ -148,6 +148,54 @@ final class UpstreamPool: Sendable {
 
     /// Sends a request to an HTTPS target through AsyncHTTPClient.
     func send(_ request: GatewayRequest, to target: UpstreamTarget) async throws -> GatewayResponse {
+        let response = try await client.execute(Self.outgoing(request, to: target), timeout: configuration.responseTimeout)
+        var relayed = Self.relayedHead(response)
+        relayed.body = try await response.body.collect(upTo: configuration.maxResponseBytes)
+        return relayed.gatewayResponse
+    }
+
+    /// Sends a request to an HTTPS target for a responder that streams: the head goes to
+    /// `exchange` (which may try another target instead), then the body to the responder piece
+    /// by piece as AsyncHTTPClient reads it, waiting whenever the responder asks to (the
+    /// client then stops reading the upstream). Called on the exchange's loop.
+    func stream(_ request: GatewayRequest, to target: UpstreamTarget, for exchange: UpstreamExchange) {
+        let loop = exchange.eventLoop
+        let owner = NIOLoopBound(exchange, eventLoop: loop)
+        let source = HTTPSBodySource()
+        let client = self.client
+        let configuration = self.configuration
+        source.start(Task {
+            let response: HTTPClientResponse
+            do {
+                response = try await client.execute(Self.outgoing(request, to: target), timeout: configuration.responseTimeout)
+            } catch {
+                loop.execute { owner.value.failed(error) }
+                return
+            }
+            let hasBody = request.method != .HEAD && response.status != .noContent && response.status != .notModified
+            let length = response.headers.first(name: "content-length").flatMap { Int($0) }
+            let head = Self.relayedHead(response)
+            let taken = try? await loop.submit { () -> NIOLoopBound<any UpstreamStreamingResponder>? in
+                owner.value.streamingHead(head, length: length, hasBody: hasBody, source: source).map { NIOLoopBound($0, eventLoop: loop) }
+            }.get()
+            guard let sink = taken ?? nil, hasBody else { return }
+            do {
+                var total = 0
+                for try await piece in response.body {
+                    total += piece.readableBytes
+                    if total > configuration.maxResponseBytes { throw UpstreamFailure.responseTooLarge(configuration.maxResponseBytes) }
+                    if try await !loop.submit({ sink.value.upstreamBody(piece) }).get() {
+                        try await source.waitUntilResumed()
+                    }
+                }
+                loop.execute { sink.value.upstreamEnded() }
+            } catch {
+                loop.execute { sink.value.upstreamBodyFailed() }
+            }
+        })
+    }
+
+    private static func outgoing(_ request: GatewayRequest, to target: UpstreamTarget) -> HTTPClientRequest {
         var outgoing = HTTPClientRequest(url: target.base + request.uri)
         outgoing.method = request.method
         var fields = ByteBuffer()
@@ -156,10 +204,13 @@ final class UpstreamPool: Sendable {
         if request.body.readableBytes > 0 || request.method == .POST || request.method == .PUT || request.method == .PATCH {
             outgoing.body = .bytes(request.body)
         }
-        let response = try await client.execute(outgoing, timeout: configuration.responseTimeout)
-        let body = try await response.body.collect(upTo: configuration.maxResponseBytes)
-        // The fields passed on are picked by the same rule as for plain-HTTP targets
-        // (``UpstreamResponse/forEachField(_:)``), including those `Connection` names.
+        return outgoing
+    }
+
+    /// An HTTPS target's head as a relayed response (no body yet): the fields passed on are
+    /// picked by the same rule as for plain-HTTP targets (``UpstreamResponse/forEachField(_:)``),
+    /// including those `Connection` names.
+    private static func relayedHead(_ response: HTTPClientResponse) -> UpstreamResponse {
         var lines = ByteBuffer()
         for (name, value) in response.headers {
             lines.writeString(name)
@@ -167,8 +218,7 @@ final class UpstreamPool: Sendable {
             lines.writeString(value)
             lines.writeStaticString("\r\n")
         }
-        let relayed = UpstreamResponse(status: response.status, fields: lines, namesConnectionFields: response.headers.contains(name: "connection"), body: body)
-        return relayed.gatewayResponse
+        return UpstreamResponse(status: response.status, fields: lines, namesConnectionFields: response.headers.contains(name: "connection"), body: ByteBuffer())
     }
 
     /// Probes every target at the configured interval until cancelled.
@@ -210,5 +260,68 @@ final class UpstreamPool: Sendable {
         if let failure = error as? UpstreamFailure { return failure.isTimeout }
         if let error = error as? HTTPClientError, error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout { return true }
         return false
+    }
+}
+
+/// The body of an HTTPS target's answer as it streams: the task reading it waits here when
+/// the responder asks it to, and is cancelled when the client has gone.
+final class HTTPSBodySource: UpstreamBodySource, Sendable {
+    private struct State {
+        var task: Task<Void, Never>?
+        var waiter: CheckedContinuation<Void, any Error>?
+        /// Told to go on before the task waited.
+        var resumed = false
+        var cancelled = false
+    }
+    private let state = NIOLockedValueBox(State())
+
+    func start(_ task: Task<Void, Never>) {
+        let cancelled = state.withLockedValue { state in
+            state.task = task
+            return state.cancelled
+        }
+        if cancelled { task.cancel() }
+    }
+
+    func resume() {
+        let waiter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+            guard let waiter = state.waiter else {
+                state.resumed = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    func cancel() {
+        let (task, waiter) = state.withLockedValue { state in
+            state.cancelled = true
+            defer { state.waiter = nil }
+            return (state.task, state.waiter)
+        }
+        task?.cancel()
+        waiter?.resume(throwing: CancellationError())
+    }
+
+    /// Returns once ``resume()`` has been called (now or before), or throws once cancelled.
+    func waitUntilResumed() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let outcome = state.withLockedValue { state -> Bool? in
+                if state.cancelled { return false }
+                if state.resumed {
+                    state.resumed = false
+                    return true
+                }
+                state.waiter = continuation
+                return nil
+            }
+            switch outcome {
+            case true?: continuation.resume()
+            case false?: continuation.resume(throwing: CancellationError())
+            case nil: break
+            }
+        }
     }
 }
