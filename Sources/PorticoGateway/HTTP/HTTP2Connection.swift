@@ -877,7 +877,6 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
         var held = 0
         for stream in blocked { held += stream.pendingBody?.readableBytes ?? 0 }
         guard held > Self.connectionBufferBudget else { return }
-        info.snapshot.value.metrics.timeouts.increment()
         goAway(.enhanceYourCalm, reason: "responses not read")
     }
 
