@@ -180,13 +180,7 @@ final class UpstreamConnection: DeadlineClient {
         } else {
             input = bytes
         }
-        do {
-            try process()
-        } catch let failure as UpstreamFailure {
-            fail(failure)
-        } catch {
-            fail(.malformedResponse("\(error)"))
-        }
+        processOrFail()
     }
 
     /// The socket closed (either side): a response read until the close ends; any other
@@ -206,6 +200,17 @@ final class UpstreamConnection: DeadlineClient {
     }
 
     // MARK: - Responses
+
+    /// Reads what `input` holds; a response that cannot be read fails the exchange.
+    private func processOrFail() {
+        do {
+            try process()
+        } catch let failure as UpstreamFailure {
+            fail(failure)
+        } catch {
+            fail(.malformedResponse("\(error)"))
+        }
+    }
 
     private func process() throws {
         while exchange != nil || sink != nil, input != nil, !paused {
@@ -512,13 +517,7 @@ extension UpstreamConnection: UpstreamBodySource {
         guard sink != nil else { return }
         deadline = .now() + receiving.timeout
         transport?.resumeReading()
-        do {
-            try process()
-        } catch let failure as UpstreamFailure {
-            fail(failure)
-        } catch {
-            fail(.malformedResponse("\(error)"))
-        }
+        processOrFail()
         if closedWhilePaused, !paused, let sink {
             endAtClose(sink)
         }
