@@ -449,7 +449,7 @@ struct HTTP1Parser {
         scan.minorVersion = Int(version[7] - 0x30)
         let method = UnsafeRawBufferPointer(rebasing: raw[start..<methodEnd])
         scan.method = Self.knownMethod(method) ?? String(decoding: method, as: UTF8.self)
-        if let problem = HTTPSyntax.targetProblem(UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), method: scan.method) { throw .malformed(problem) }
+        if let problem = HTTPSyntax.targetProblem(UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), method: scan.method, charactersChecked: true) { throw .malformed(problem) }
         scan.uri = String(decoding: UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), as: UTF8.self)
     }
 

@@ -13,13 +13,16 @@ enum HTTPSyntax {
     /// (RFC 9112 3.2.1), `/` then visible bytes, or `*` for OPTIONS. Absolute-form,
     /// authority-form and a path starting `//` (which an upstream may read as a host) are
     /// refused rather than reinterpreted.
-    static func targetProblem(_ bytes: UnsafeRawBufferPointer, method: String) -> String? {
+    /// `charactersChecked`: the caller has already refused bytes at or below space and 0x7F
+    /// (the HTTP/1.1 request line does as it finds the target's end).
+    static func targetProblem(_ bytes: UnsafeRawBufferPointer, method: String, charactersChecked: Bool = false) -> String? {
         guard let first = bytes.first else { return "empty request target" }
         if bytes.count == 1 && first == UInt8(ascii: "*") {
             return method == "OPTIONS" ? nil : "the target * is only for OPTIONS"
         }
         guard first == UInt8(ascii: "/") else { return "the request target is not a path starting with /" }
         if bytes.count > 1 && bytes[1] == UInt8(ascii: "/") { return "the request target starts with //" }
+        if charactersChecked { return nil }
         for byte in bytes where byte <= 0x20 || byte == 0x7F { return "invalid character in the request target" }
         return nil
     }

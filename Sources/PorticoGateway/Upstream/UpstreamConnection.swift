@@ -70,6 +70,10 @@ protocol UpstreamStreamingResponder: UpstreamResponder {
     func upstreamBodyFailed()
 }
 
+extension UpstreamStreamingResponder {
+    var streamsBody: Bool { true }
+}
+
 /// One kept-alive HTTP/1.1 connection to a plain-HTTP upstream, owned by one event loop.
 ///
 /// A request is written as one buffer and its response read back with the gateway's own

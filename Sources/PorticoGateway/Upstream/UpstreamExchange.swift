@@ -90,6 +90,13 @@ protocol UpstreamResponder: AnyObject {
     /// The answer is handed over (consumed): its header lines and body, slices of what the
     /// upstream connection read, move along the way rather than being copied at each step.
     func upstreamAnswered(_ answer: consuming UpstreamAnswer)
+    /// Whether it takes the body in pieces (an ``UpstreamStreamingResponder``). A requirement
+    /// rather than a cast: asked for every relayed request.
+    var streamsBody: Bool { get }
+}
+
+extension UpstreamResponder {
+    var streamsBody: Bool { false }
 }
 
 /// What the client's connection knows about the client, for the `X-Forwarded-*` fields.
@@ -242,7 +249,7 @@ final class UpstreamExchange {
     private func send(on connection: UpstreamConnection) {
         guard let bytes else { return }
         connection.send(bytes, isHead: isHead, timeout: pool.configuration.responseTimeout, maxBytes: pool.configuration.maxResponseBytes,
-                        streams: responder is any UpstreamStreamingResponder, for: self)
+                        streams: responder?.streamsBody ?? false, for: self)
     }
 
     private func connect() {
@@ -265,7 +272,7 @@ final class UpstreamExchange {
             failed(UpstreamFailure.connectFailed("an HTTP/1.1 head cannot be relayed to an HTTPS target"))
             return
         }
-        if responder is any UpstreamStreamingResponder {
+        if responder?.streamsBody == true {
             pool.stream(request, to: upstream, for: self)
             return
         }
