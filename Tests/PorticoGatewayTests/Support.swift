@@ -137,7 +137,7 @@ enum TestGateway {
 
 /// Services tests route to.
 enum TestServices {
-    static let names: Set<String> = ["echo", "slow", "whoami", "switch"]
+    static let names: Set<String> = ["echo", "slow", "whoami", "switch", "library", "shelf"]
 
     static func registry(name: String = "backend", gate: Gate? = nil, health: HealthSwitch = HealthSwitch()) -> ServiceRegistry {
         var registry = ServiceRegistry()
@@ -145,11 +145,13 @@ enum TestServices {
         registry.register("echo", Echo(name: name))
         registry.register("slow", Slow(gate: gate ?? Gate()))
         registry.register("whoami", WhoAmI())
+        registry.register("library", Library(name: "library"))
+        registry.register("shelf", Library(name: "shelf"))
         return registry
     }
 
     /// Answers with its name, the method, the URI and the request headers it saw.
-    struct Echo: HTTPService {
+    struct Echo: CatchAllService {
         let name: String
         func respond(to request: GatewayRequest) async throws -> GatewayResponse {
             var lines = ["backend=\(name)", "method=\(request.method.rawValue)", "uri=\(request.uri)", "body=\(String(buffer: request.body))"]
@@ -160,7 +162,7 @@ enum TestServices {
     }
 
     /// Waits until its gate opens, so a test can hold a request in flight.
-    struct Slow: HTTPService {
+    struct Slow: CatchAllService {
         let gate: Gate
         func respond(to request: GatewayRequest) async throws -> GatewayResponse {
             gate.arrived()
@@ -169,8 +171,39 @@ enum TestServices {
         }
     }
 
+    /// Declares its routes as a service of the manager does, and answers its refusals in a
+    /// document of its own (`<name> refused: ...`).
+    struct Library: HTTPService {
+        let name: String
+        var routes: [ServiceRoute] {
+            [
+                ServiceRoute(.GET, "/books") { _ in GatewayResponse(status: .ok, contentType: "text/plain", body: "\(name): list") },
+                ServiceRoute(.POST, "/books") { request in GatewayResponse(status: .created, contentType: "text/plain", body: "\(name): added \(String(buffer: request.body))") },
+                ServiceRoute(.GET, "/books/{id}") { request in
+                    GatewayResponse(status: .ok, contentType: "text/plain", body: "\(name): book \(request.parameters["id"] ?? "-")")
+                },
+                ServiceRoute(.DELETE, "/books/{id}/pages/{page}") { request in
+                    GatewayResponse(status: .ok, contentType: "text/plain", body: "\(name): torn \(request.parameters["page"] ?? "-") of \(request.parameters["id"] ?? "-")")
+                },
+                ServiceRoute(.GET, "/books/broken") { _ in throw CancellationError() },
+            ]
+        }
+
+        func refusal(_ refusal: RouteRefusal, for request: GatewayRequest) async -> GatewayResponse {
+            var response = GatewayResponse(status: .notFound, contentType: "text/x-library", body: "\(name) refused: \(refusal) \(request.method.rawValue) \(request.path)")
+            switch refusal {
+            case .notFound: break
+            case .methodNotAllowed(let allow):
+                response.status = .methodNotAllowed
+                response.headers.add(name: "allow", value: allow)
+            case .failed: response.status = .internalServerError
+            }
+            return response
+        }
+    }
+
     /// Reports the client address and certificate the gateway believed.
-    struct WhoAmI: HTTPService {
+    struct WhoAmI: CatchAllService {
         func respond(to request: GatewayRequest) async throws -> GatewayResponse {
             let cert = request.clientCertificate.flatMap { try? Certificate(derEncoded: $0.toDERBytes()) }
             let text = "client=\(request.clientAddress?.ipAddress ?? "-")\npeer=\(request.peerAddress?.ipAddress ?? "-")\ncert=\(cert?.subject.description ?? "-")\nhttp=\(request.httpMajorVersion)"
@@ -179,8 +212,17 @@ enum TestServices {
     }
 }
 
+/// A test service that answers every path and method the config route gives it.
+protocol CatchAllService: HTTPService {
+    func respond(to request: GatewayRequest) async throws -> GatewayResponse
+}
+
+extension CatchAllService {
+    var routes: [ServiceRoute] { [ServiceRoute(methods: [], "/*") { request in try await respond(to: request) }] }
+}
+
 /// A health endpoint a test turns on and off.
-final class HealthSwitch: HTTPService {
+final class HealthSwitch: CatchAllService {
     private let healthy = NIOLockedValueBox(true)
     func set(_ value: Bool) { healthy.withLockedValue { $0 = value } }
     func respond(to request: GatewayRequest) async throws -> GatewayResponse {

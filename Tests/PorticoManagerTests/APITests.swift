@@ -193,7 +193,8 @@ import Yams
                 let text = try await api.call(.POST, "/groups", token: token, json: #"{"name":"x"}"#, contentType: "text/plain")
                 #expect(text.status == 415 && text.problemType == "urn:portico:problem:unsupported-media-type")
                 let method = try await api.call(.PUT, "/groups", token: token, json: "{}")
-                #expect(method.status == 405 && method.headers.first(name: "allow") == "GET, POST")
+                // HEAD is answered wherever GET is, so it is allowed too (RFC 9110 9.3.2).
+                #expect(method.status == 405 && method.headers.first(name: "allow") == "GET, HEAD, POST" && method.problemType == "urn:portico:problem:method-not-allowed")
                 let nowhere = try await api.call(.GET, "/nowhere", token: token)
                 #expect(nowhere.status == 404 && nowhere.problemType == "urn:portico:problem:not-found")
                 #expect(nowhere.json["instance"] as? String == "/api/v1/nowhere")

@@ -12,8 +12,11 @@ indirect enum Endpoint: Sendable {
     case fixed(FixedResponse)
     /// Answered on the connection's event loop without suspending.
     case immediate(@Sendable (GatewayRequest) -> GatewayResponse)
-    /// Answered by a service that may suspend.
-    case service(any HTTPService)
+    /// A service's route, run as a task (it may suspend).
+    case route(ServiceEndpoint)
+    /// A service's error document: for a path in its part of the listener that none of its
+    /// routes takes, or a method they refuse.
+    case refusal(any HTTPService, RouteRefusal)
     /// Forwarded to an upstream pool.
     case upstream(UpstreamPool)
 
@@ -23,7 +26,8 @@ indirect enum Endpoint: Sendable {
         switch self {
         case .fixed(let fixed): .fixed(FixedResponse(fixed.response))
         case .immediate(let respond): .immediate(respond)
-        case .service(let service): .service(service)
+        case .route(let route): .route(route)
+        case .refusal(let service, let refusal): .refusal(service, refusal)
         case .upstream(let pool): .upstream(pool.localCopy())
         }
     }

@@ -68,8 +68,3 @@ public struct GatewayResponse: Sendable {
         return response
     }
 }
-
-/// Something a route can target by name: a built-in or a manager service.
-public protocol HTTPService: Sendable {
-    func respond(to request: GatewayRequest) async throws -> GatewayResponse
-}

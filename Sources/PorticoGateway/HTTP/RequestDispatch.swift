@@ -18,13 +18,16 @@ enum RequestDispatch {
             return .fixed(fixed)
         case .immediate(let respond):
             return .response(respond(request()))
-        case .service(let service):
+        case .route(let route):
             let request = request()
-            let future = eventLoop.makeFutureWithTask { try await service.respond(to: request) }
-            return .pending(future.flatMapErrorThrowing { error in
+            let future = eventLoop.makeFutureWithTask { try await route.handler(request) }
+            return .pending(future.flatMapError { error in
                 logger?.error("service failed", metadata: ["error": "\(error)", "path": "\(request.path)"])
-                return .plain(.internalServerError, "the service failed to answer")
+                return eventLoop.makeFutureWithTask { await route.service.refusal(.failed, for: request) }
             })
+        case .refusal(let service, let refusal):
+            let request = request()
+            return .pending(eventLoop.makeFutureWithTask { await service.refusal(refusal, for: request) })
         case .upstream(let pool):
             return .pending(pool.forward(request(), on: eventLoop))
         }
@@ -52,6 +55,17 @@ enum RequestDispatch {
             return .route(route, parameters: parameters, bodyLimit: limit)
         case .methodNotAllowed(let allow):
             return .answer(.plain(.methodNotAllowed, "method \(method) is not allowed here", headers: ["allow": allow]), early: false)
+        case .methodNotAllowedWithin(let fallback, let allow):
+            // The service of the fallback says it, in its own kind of document.
+            guard case .refusal(let service, _) = fallback.target else {
+                return .answer(.plain(.methodNotAllowed, "method \(method) is not allowed here", headers: ["allow": allow]), early: false)
+            }
+            let refusing = Router<Endpoint>.Route(target: .refusal(service, .methodNotAllowed(allow: allow)), pattern: fallback.pattern, maxBodyBytes: fallback.maxBodyBytes)
+            let limit = fallback.maxBodyBytes ?? snapshot.limits.maxBodyBytes
+            if let length = contentLength, length > limit {
+                return .answer(.plain(.payloadTooLarge, "request body is larger than \(limit) bytes"), early: true)
+            }
+            return .route(refusing, parameters: [], bodyLimit: limit)
         case .notFound:
             return .notFound
         }

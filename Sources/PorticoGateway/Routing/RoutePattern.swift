@@ -31,6 +31,23 @@ enum RoutePattern {
         return nil
     }
 
+    /// Whether `prefix`, a pattern ending in `/*`, takes every path `pattern` takes.
+    static func prefix(_ prefix: String, covers pattern: String) -> Bool {
+        var outer = segments(of: prefix)
+        guard outer.last == .wildcard else { return false }
+        outer.removeLast()
+        let inner = segments(of: pattern)
+        guard inner.count >= outer.count else { return false }
+        for (a, b) in zip(outer, inner) {
+            switch (a, b) {
+            case (.parameter, .literal), (.parameter, .parameter): continue
+            case (.literal(let x), .literal(let y)) where x == y: continue
+            default: return false
+            }
+        }
+        return true
+    }
+
     static func segments(of pattern: String) -> [Segment] {
         pattern.split(separator: "/").map { part in
             if part == "*" { return .wildcard }

@@ -15,11 +15,15 @@ final class Router<Target: Sendable>: Sendable {
         let target: Target
         let pattern: String
         let maxBodyBytes: Int?
+        /// A config route's catch-all for the service it names: taken only when no route of
+        /// the service has the path, and a method the service's routes refuse there is a 405.
+        let isFallback: Bool
 
-        init(target: Target, pattern: String, maxBodyBytes: Int?) {
+        init(target: Target, pattern: String, maxBodyBytes: Int?, isFallback: Bool = false) {
             self.target = target
             self.pattern = pattern
             self.maxBodyBytes = maxBodyBytes
+            self.isFallback = isFallback
         }
     }
 
@@ -27,6 +31,9 @@ final class Router<Target: Sendable>: Sendable {
     enum Match {
         case found(Route, parameters: [(String, Substring)])
         case methodNotAllowed(allow: String)
+        /// A method the routes at the path do not allow, inside a fallback route's space (its
+        /// service answers the 405).
+        case methodNotAllowedWithin(Route, allow: String)
         case notFound
     }
 
@@ -36,7 +43,7 @@ final class Router<Target: Sendable>: Sendable {
         var byMethod: [(method: String, route: Route)] = []
         var anyMethod: Route?
         var allowHeader: String {
-            var methods = Set(byMethod.map(\.method))
+            var methods = Set(byMethod.lazy.filter { !$0.route.isFallback }.map(\.method))
             if !methods.isEmpty, methods.contains("GET") { methods.insert("HEAD") }
             return methods.sorted().joined(separator: ", ")
         }
@@ -52,6 +59,8 @@ final class Router<Target: Sendable>: Sendable {
             return nil
         }
         var isEmpty: Bool { byMethod.isEmpty && anyMethod == nil }
+        /// Whether a route other than a fallback is here.
+        var hasRoutes: Bool { byMethod.contains { !$0.route.isFallback } }
     }
 
     final class Node: Sendable {
@@ -76,6 +85,8 @@ final class Router<Target: Sendable>: Sendable {
         var path: String
         var target: Target
         var maxBodyBytes: Int?
+        /// See ``Route/isFallback``: it gives way to any route defined at the same place.
+        var isFallback = false
     }
 
     struct DuplicateRoute: Error, CustomStringConvertible {
@@ -97,7 +108,7 @@ final class Router<Target: Sendable>: Sendable {
         var routes: [ObjectIdentifier: Route] = [:]
         func copy(_ route: Route) -> Route {
             if let copied = routes[ObjectIdentifier(route)] { return copied }
-            let copied = Route(target: copyTarget(route.target), pattern: route.pattern, maxBodyBytes: route.maxBodyBytes)
+            let copied = Route(target: copyTarget(route.target), pattern: route.pattern, maxBodyBytes: route.maxBodyBytes, isFallback: route.isFallback)
             routes[ObjectIdentifier(route)] = copied
             return copied
         }
@@ -158,7 +169,10 @@ final class Router<Target: Sendable>: Sendable {
             let native = copy[...]
             return copy.withUTF8 { bytes in walk(root, bytes, from: 0, path: native, method: method, parameters: &parameters, allow: &allow) }
         }()
-        if let found { return .found(found, parameters: parameters) }
+        if let found {
+            if found.isFallback, let allow { return .methodNotAllowedWithin(found, allow: allow) }
+            return .found(found, parameters: parameters)
+        }
         if let allow { return .methodNotAllowed(allow: allow) }
         return .notFound
     }
@@ -173,7 +187,10 @@ final class Router<Target: Sendable>: Sendable {
         while start < bytes.count, bytes[start] == slash { start += 1 }
         guard start < bytes.count else {
             if !node.exact.isEmpty {
-                if let route = node.exact.route(for: method) { return route }
+                if let route = node.exact.route(for: method) {
+                    if route.isFallback, node.exact.hasRoutes { allow = allow ?? node.exact.allowHeader }
+                    return route
+                }
                 allow = allow ?? node.exact.allowHeader
             }
             return prefixRoute(node, method: method, allow: &allow)
@@ -204,7 +221,10 @@ final class Router<Target: Sendable>: Sendable {
 
     private static func prefixRoute(_ node: Node, method: String, allow: inout String?) -> Route? {
         guard !node.prefix.isEmpty else { return nil }
-        if let route = node.prefix.route(for: method) { return route }
+        if let route = node.prefix.route(for: method) {
+            if route.isFallback, node.prefix.hasRoutes { allow = allow ?? node.prefix.allowHeader }
+            return route
+        }
         allow = allow ?? node.prefix.allowHeader
         return nil
     }
@@ -236,9 +256,18 @@ final class Router<Target: Sendable>: Sendable {
                     isPrefix = true
                 }
             }
-            let route = Route(target: definition.target, pattern: definition.path, maxBodyBytes: definition.maxBodyBytes)
+            let route = Route(target: definition.target, pattern: definition.path, maxBodyBytes: definition.maxBodyBytes, isFallback: definition.isFallback)
             let host = definition.host.map { " on host \($0)" } ?? ""
             func add(_ endpoint: inout Endpoint) throws(DuplicateRoute) {
+                if definition.isFallback {
+                    // A fallback fills the methods no route claimed, and only those.
+                    if definition.methods.isEmpty {
+                        if endpoint.anyMethod == nil { endpoint.anyMethod = route }
+                    } else {
+                        for method in definition.methods where endpoint.routeNamed(method) == nil { endpoint.byMethod.append((method, route)) }
+                    }
+                    return
+                }
                 if definition.methods.isEmpty {
                     if let existing = endpoint.anyMethod {
                         throw DuplicateRoute(description: "route \(definition.path)\(host) for any method repeats \(existing.pattern)")

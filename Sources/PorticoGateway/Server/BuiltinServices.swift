@@ -46,12 +46,18 @@ public enum BuiltinServices {
 
 /// Services a program built on the gateway adds, by the name routes use.
 public struct ServiceRegistry: Sendable {
-    var services: [String: any HTTPService] = [:]
+    /// A service with its routes, read once.
+    struct Registered: Sendable {
+        let service: any HTTPService
+        let routes: [ServiceRoute]
+    }
+
+    var services: [String: Registered] = [:]
 
     public init() {}
 
     public mutating func register(_ name: String, _ service: any HTTPService) {
-        services[name] = service
+        services[name] = Registered(service: service, routes: service.routes)
     }
 
     /// Every name a route may target: these services and the built-ins.

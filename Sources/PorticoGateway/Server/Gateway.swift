@@ -279,7 +279,16 @@ public actor Gateway: Service {
         let configuration = prepared.configuration
         var definitions: [Router<Endpoint>.Definition] = []
         let routes = configuration.routes.filter { $0.listeners.contains(listener.role) }
-        for route in routes {
+        // Which config route each path reaches, so that a service's routes are compiled only
+        // under the config route that would have taken them.
+        let reach = try Router(routes.enumerated().map { index, route in
+            Router<Int>.Definition(methods: route.methods, host: route.host, path: route.path, target: index, maxBodyBytes: nil)
+        })
+        for (index, route) in routes.enumerated() {
+            if case .service(let name) = route.target, let registered = services.services[name] {
+                definitions += Self.serviceDefinitions(registered, under: route, index: index, reach: reach)
+                continue
+            }
             guard let endpoint = endpoint(for: route.target) else { continue }
             definitions.append(.init(methods: route.methods, host: route.host, path: route.path, target: endpoint, maxBodyBytes: route.maxBodyBytes))
         }
@@ -303,11 +312,48 @@ public actor Gateway: Service {
         )
     }
 
+    /// A registered service's routes that a config route reaches (within its path, methods
+    /// and host, and not taken by a more specific config route), then the config route
+    /// itself as the fallback where the service refuses what none of them takes.
+    static func serviceDefinitions(_ registered: ServiceRegistry.Registered, under route: RouteConfiguration, index: Int,
+                                   reach: Router<Int>) -> [Router<Endpoint>.Definition] {
+        var definitions: [Router<Endpoint>.Definition] = []
+        let service = registered.service
+        for serviceRoute in registered.routes {
+            var methods = serviceRoute.methods.map(\.rawValue)
+            if !route.methods.isEmpty { methods = methods.isEmpty ? route.methods : methods.filter(route.methods.contains) }
+            if !serviceRoute.methods.isEmpty && methods.isEmpty { continue }
+            // A path the pattern stands for: each parameter and the wildcard as a segment no
+            // literal can equal.
+            let sample = RoutePattern.segments(of: serviceRoute.pattern).map { segment -> String in
+                switch segment {
+                case .literal(let text): text
+                case .parameter, .wildcard: "\u{1}"
+                }
+            }
+            let path = "/" + sample.joined(separator: "/")
+            var pattern = serviceRoute.pattern
+            if case .found(let reached, _) = reach.match(method: methods.first ?? "GET", host: route.host.map { $0[...] }, path: path[...]), reached.target == index {
+                // The service's route lies inside the config route.
+            } else if RoutePattern.prefix(serviceRoute.pattern, covers: route.path) {
+                // The config route lies inside the service's prefix route: it takes the config
+                // route's whole space.
+                pattern = route.path
+            } else {
+                continue
+            }
+            definitions.append(.init(methods: methods, host: route.host, path: pattern,
+                                     target: .route(ServiceEndpoint(handler: serviceRoute.handler, service: service)), maxBodyBytes: route.maxBodyBytes))
+        }
+        definitions.append(.init(methods: route.methods, host: route.host, path: route.path, target: .refusal(service, .notFound),
+                                 maxBodyBytes: route.maxBodyBytes, isFallback: true))
+        return definitions
+    }
+
     private func endpoint(for target: RouteTarget) -> Endpoint? {
         switch target {
         case .service(let name):
-            if let builtin = BuiltinServices.endpoint(named: name, metrics: metrics, readiness: readiness) { return builtin }
-            return services.services[name].map { .service($0) }
+            return BuiltinServices.endpoint(named: name, metrics: metrics, readiness: readiness)
         case .upstream(let name):
             return pools[name].map { .upstream($0) }
         }

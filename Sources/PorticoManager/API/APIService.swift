@@ -66,13 +66,32 @@ public final class APIService: HTTPService {
 
     static let prefix = "/api/v1"
 
-    public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
+    public var routes: [ServiceRoute] {
+        Self.routes.map { route in
+            ServiceRoute(route.method, Self.prefix + route.pattern, scope: route.scope) { [self] request in await answer(request, route: route) }
+        }
+    }
+
+    public func refusal(_ refusal: RouteRefusal, for request: GatewayRequest) async -> GatewayResponse {
         let path = String(request.path)
-        var context = APIContext(request: request, parameters: [:], query: APIContext.parseQuery(request.uri), principal: nil,
+        let problem = switch refusal {
+        case .notFound: APIProblem.notFound(path)
+        case .methodNotAllowed(let allow):
+            APIProblem(.methodNotAllowed, "\(request.method.rawValue) is not allowed here; use \(allow)", allow: allow.components(separatedBy: ", "))
+        case .failed: APIProblem(.internalError, "the manager failed to answer; the log says why")
+        }
+        return Self.response(problem, instance: path)
+    }
+
+    /// Runs one endpoint: authenticates and authorizes the caller, runs the handler, and
+    /// answers a problem document for anything refused (audited when it was a change).
+    private func answer(_ request: GatewayRequest, route: APIRoute) async -> GatewayResponse {
+        let path = String(request.path)
+        var parameters: [String: String] = [:]
+        for (name, value) in request.parameters { parameters[name] = value.removingPercentEncoding ?? value }
+        var context = APIContext(request: request, parameters: parameters, query: APIContext.parseQuery(request.uri), principal: nil,
                                  source: request.clientAddress?.ipAddress ?? "-")
         do {
-            guard path.hasPrefix(Self.prefix) else { throw APIProblem.notFound("\(path)") }
-            let route = try Self.match(method: request.method, path: path.dropFirst(Self.prefix.count), parameters: &context.parameters)
             switch route.access {
             case .anyone:
                 break
@@ -138,36 +157,6 @@ public final class APIService: HTTPService {
         throw APIProblem(.unauthenticated, "the bearer token is not one this manager issued")
     }
 
-    // MARK: - Routing
-
-    static func match(method: HTTPMethod, path: Substring, parameters: inout [String: String]) throws -> APIRoute {
-        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
-        var allowed: [String] = []
-        for route in routes where route.segments.count == segments.count {
-            var captured: [String: String] = [:]
-            var matches = true
-            for (pattern, segment) in zip(route.segments, segments) {
-                switch pattern {
-                case .literal(let literal): if literal != segment { matches = false }
-                case .parameter(let name):
-                    guard !segment.isEmpty, let decoded = String(segment).removingPercentEncoding else { matches = false; break }
-                    captured[name] = decoded
-                }
-                if !matches { break }
-            }
-            guard matches else { continue }
-            if route.method == method {
-                parameters = captured
-                return route
-            }
-            allowed.append(route.method.rawValue)
-        }
-        if !allowed.isEmpty {
-            throw APIProblem(.methodNotAllowed, "\(method.rawValue) is not allowed here; use \(allowed.joined(separator: ", "))", allow: allowed)
-        }
-        throw APIProblem.notFound("\(prefix)\(path)")
-    }
-
     // MARK: - Responses
 
     static func problem(for error: any Error, logger: Logger, path: String) -> APIProblem {
@@ -201,11 +190,6 @@ public final class APIService: HTTPService {
 /// One endpoint: method, path pattern under `/api/v1`, who may call it, the audit action
 /// name for changes, and the handler.
 struct APIRoute: Sendable {
-    enum Segment: Sendable, Equatable {
-        case literal(String)
-        case parameter(String)
-    }
-
     enum Access: Sendable {
         case anyone
         case signedIn
@@ -214,7 +198,6 @@ struct APIRoute: Sendable {
 
     let method: HTTPMethod
     let pattern: String
-    let segments: [Segment]
     let access: Access
     let action: String
     let handler: @Sendable (APIService, APIContext) async throws -> APIReply
@@ -222,12 +205,15 @@ struct APIRoute: Sendable {
     init(_ method: HTTPMethod, _ pattern: String, _ access: Access, action: String = "", _ handler: @escaping @Sendable (APIService, APIContext) async throws -> APIReply) {
         self.method = method
         self.pattern = pattern
-        self.segments = pattern.split(separator: "/").map { part in
-            part.hasPrefix("{") && part.hasSuffix("}") ? .parameter(String(part.dropFirst().dropLast())) : .literal(String(part))
-        }
         self.access = access
         self.action = action
         self.handler = handler
+    }
+
+    /// The scope a caller needs, when a permission guards it.
+    var scope: String? {
+        if case .permission(let permission) = access { return permission.scope }
+        return nil
     }
 }
 

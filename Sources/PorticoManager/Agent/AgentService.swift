@@ -69,25 +69,45 @@ public final class AgentService: HTTPService {
         sessions.removeSessions(ofDevice: deviceID)
     }
 
-    public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
+    public var routes: [ServiceRoute] {
+        [
+            ServiceRoute(.GET, "/agent/v1/hello") { [self] request in try await answer(request, action: "device.request") { _ in try hello() } },
+            ServiceRoute(.POST, "/agent/v1/enroll") { [self] request in
+                try await answer(request, action: "device.enroll") { subject in try await enroll(request, subject: &subject) }
+            },
+            ServiceRoute(.POST, "/agent/v1/session") { [self] request in
+                try await answer(request, action: "device.session") { subject in try await openSession(request, subject: &subject) }
+            },
+            ServiceRoute(.POST, "/agent/v1/message") { [self] request in
+                try await answer(request, action: "device.message") { subject in try await message(request, subject: &subject) }
+            },
+        ]
+    }
+
+    public func refusal(_ refusal: RouteRefusal, for request: GatewayRequest) async -> GatewayResponse {
+        switch refusal {
+        case .notFound:
+            return Self.problem(.notFound, ProtocolError(.malformed, "no agent endpoint \(request.method.rawValue) \(request.path)"))
+        case .methodNotAllowed(let allow):
+            var response = Self.problem(.methodNotAllowed, ProtocolError(.malformed, "\(request.method.rawValue) is not allowed at \(request.path); use \(allow)"))
+            response.headers.add(name: "allow", value: allow)
+            return response
+        case .failed:
+            return Self.problem(.internalServerError, ProtocolError(.malformed, "the manager failed to answer"))
+        }
+    }
+
+    /// Runs an agent endpoint, turning its refusals into protocol errors, logged and audited.
+    private func answer(_ request: GatewayRequest, action: String, _ body: (inout String) async throws -> GatewayResponse) async throws -> GatewayResponse {
         inFlight.withLockedValue { $0 += 1 }
         defer { inFlight.withLockedValue { $0 -= 1 } }
-        let path = request.path
         // Who a refusal is charged to in the audit log: the device once it is known (claimed
         // by a handshake, or proven by a session), otherwise the caller's address alone.
         var subject = "agent"
-        var action = "device.request"
         do {
-            switch (request.method, path) {
-            case (.GET, "/agent/v1/hello"): return try hello()
-            case (.POST, "/agent/v1/enroll"): action = "device.enroll"; return try await enroll(request, subject: &subject)
-            case (.POST, "/agent/v1/session"): action = "device.session"; return try await openSession(request, subject: &subject)
-            case (.POST, "/agent/v1/message"): action = "device.message"; return try await message(request, subject: &subject)
-            default:
-                return Self.problem(.notFound, ProtocolError(.malformed, "no agent endpoint \(request.method.rawValue) \(path)"))
-            }
+            return try await body(&subject)
         } catch let refusal as AuditedRefusal {
-            logger.notice("agent request refused", metadata: ["path": "\(path)", "client": "\(request.clientAddress?.ipAddress ?? "-")", "reason": "\(refusal.error)"])
+            logger.notice("agent request refused", metadata: ["path": "\(request.path)", "client": "\(request.clientAddress?.ipAddress ?? "-")", "reason": "\(refusal.error)"])
             return Self.problem(Self.status(for: refusal.error.code), refusal.error)
         } catch let error as ProtocolError {
             await refused(action, subject: subject, request: request, error)

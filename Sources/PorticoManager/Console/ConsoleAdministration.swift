@@ -8,124 +8,119 @@ import PorticoStore
 /// page and form needs what the API's endpoint for the same thing needs, and changes go
 /// through the same operations.
 extension ConsoleService {
-    /// GET pages besides the dashboard and devices; nil when the path is none of them.
-    func show(_ segments: [String], query: [String: String], session: ConsoleSession) async throws -> GatewayResponse? {
-        switch (segments.count, segments.first ?? "") {
-        case (1, "policies"):
-            guard session.may(.read("policies")) else { return forbidden(session) }
-            let policies = try await store.policies()
-            return page(.ok, title: "Policies", template: "policies", [
-                "policies": policies.map { ["id": $0.id, "name": $0.name, "currentVersion": $0.currentVersion, "published": $0.publishedVersion.map { "version \($0)" } ?? "not yet"] },
-                "canWrite": session.may(.write("policies")), "csrf": session.record.csrfToken,
-            ], session: session, nav: "policies", notice: query["done"])
-        case (2, "policies"):
-            guard session.may(.read("policies")) else { return forbidden(session) }
-            return try await policyPage(segments[1], query: query, session: session)
-        case (1, "enrollment-tokens"):
-            guard session.may(.read("enrollment_tokens")) else { return forbidden(session) }
-            return try await tokensPage(session: session, created: nil)
-        case (1, "operators"):
-            guard session.may(.admin("operators.read")) else { return forbidden(session) }
-            return try await operatorsPage(session: session, created: nil, notice: query["done"])
-        case (1, "peers"):
-            guard session.may(.read("peers")) else { return forbidden(session) }
-            let peers = try await store.peers()
-            let cursors = try await store.replicationCursors()
-            return page(.ok, title: "Peers", template: "peers", [
-                "peers": peers.map { peer -> [String: Any] in
-                    let status = links?.statuses[peer.name]
-                    let view = PeerView(peer, status: status, cursor: peer.siteID.flatMap { cursors[$0] })
-                    let replication = view.cursor.map { cursor in
-                        view.behind > 0 ? "catching up: \(cursor) of \(view.head ?? cursor), \(view.behind) behind" : "up to date at \(cursor)"
-                    } ?? "nothing pulled yet"
-                    return ["name": peer.name, "url": peer.url, "fingerprint": peer.certificateFingerprint, "site": peer.siteID ?? "not yet seen",
-                            "link": status.map { $0.connected ? "connected, last contact \(APIJSON.time($0.lastContactMilliseconds) ?? "-")" : "down: \($0.lastError ?? "unknown")" } ?? "not tried yet",
-                            "replication": replication + (view.divergent.isEmpty ? "" : "; differs in " + view.divergent.joined(separator: ", ")),
-                            "history": peer.history.rawValue]
-                },
-            ], session: session, nav: "peers")
-        default:
-            return nil
-        }
+    func policiesPage(_ call: ConsoleCall) async throws -> GatewayResponse {
+        let session = call.session
+        let policies = try await store.policies()
+        return page(.ok, title: "Policies", template: "policies", [
+            "policies": policies.map { ["id": $0.id, "name": $0.name, "currentVersion": $0.currentVersion, "published": $0.publishedVersion.map { "version \($0)" } ?? "not yet"] },
+            "canWrite": session.may(.write("policies")), "csrf": session.record.csrfToken,
+        ], session: session, nav: "policies", notice: call.query["done"])
     }
 
-    /// POST forms besides the devices'; nil when the path is none of them.
-    func administer(_ segments: [String], form: [String: String], session: ConsoleSession) async throws -> GatewayResponse? {
-        let actor = session.actor
-        switch (segments.count, segments.first ?? "", segments.last ?? "") {
-        case (1, "policies", _):
-            guard session.may(.write("policies")) else { return forbidden(session) }
-            guard let document = Self.jsonObject(form["document"]) else { return invalid("The document is not a JSON object.", back: "/policies", session: session) }
-            let name = (form["name"] ?? "").trimmingCharacters(in: .whitespaces)
-            let policy = try await operations.createPolicy(name: name, document: document, by: actor)
-            return ConsolePages.redirect("/policies/\(policy.id)")
-        case (3, "policies", "versions"):
-            guard session.may(.write("policies")) else { return forbidden(session) }
-            guard let document = Self.jsonObject(form["document"]) else {
-                return invalid("The new version is not a JSON object; nothing was saved.", back: "/policies/\(segments[1])", session: session)
-            }
-            let number = try await operations.addPolicyVersion(policyID: segments[1], document: document, by: actor)
-            return ConsolePages.redirect("/policies/\(segments[1])?version=\(number)&diff=\(number - 1)")
-        case (3, "policies", "publish"):
-            guard session.may(.write("policies")) else { return forbidden(session) }
-            guard let version = form["version"].flatMap({ Int($0) }) else { return invalid("Choose a version to publish.", back: "/policies/\(segments[1])", session: session) }
-            try await operations.publishPolicy(policyID: segments[1], version: version, by: actor)
-            return ConsolePages.redirect("/policies/\(segments[1])")
-        case (3, "policies", "assign"), (3, "policies", "unassign"):
-            guard session.may(.write("policies")) else { return forbidden(session) }
-            let group = form["group"] ?? ""
-            if segments[2] == "assign" {
-                try await operations.assignPolicy(policyID: segments[1], groupID: group, by: actor)
-            } else {
-                try await operations.unassignPolicy(policyID: segments[1], groupID: group, by: actor)
-            }
-            return ConsolePages.redirect("/policies/\(segments[1])")
-        case (1, "enrollment-tokens", _):
-            guard session.may(.write("enrollment_tokens")) else { return forbidden(session) }
-            guard let uses = Int(form["uses"] ?? "1"), (1...1_000_000).contains(uses), let hours = Int(form["hours"] ?? "168"), (1...8760).contains(hours) else {
-                return invalid("Uses must be 1 to 1000000 and hours 1 to 8760.", back: "/enrollment-tokens", session: session)
-            }
-            let group = form["group"].flatMap { $0.isEmpty ? nil : $0 }
-            let created = try await operations.createEnrollmentToken(groupID: group, uses: uses, expiresInSeconds: hours * 3600, by: actor)
-            return try await tokensPage(session: session, created: created.token)
-        case (3, "enrollment-tokens", "revoke"):
-            guard session.may(.write("enrollment_tokens")) else { return forbidden(session) }
-            try await operations.revokeEnrollmentToken(id: segments[1], by: actor)
-            return ConsolePages.redirect("/enrollment-tokens")
-        case (1, "operators", _):
-            guard session.may(.admin("operators.write")) else { return forbidden(session) }
-            let name = form["name"] ?? ""
-            guard let role = form["role"].flatMap(OperatorRole.init(rawValue:)), let password = form["password"], password.count >= 12,
-                  !name.isEmpty, name.utf8.count <= 64, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@".contains($0)) }) else {
-                return invalid("A name of letters, digits, '-', '_', '.' or '@', a role, and a password of at least 12 characters are needed.", back: "/operators", session: session)
-            }
-            _ = try await operations.createOperator(name: name, role: role, password: password, by: actor)
-            return ConsolePages.redirect("/operators?done=" + (name.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""))
-        case (3, "operators", "unlock"):
-            guard session.may(.admin("operators.write")) else { return forbidden(session) }
-            try await operations.unlockOperator(name: segments[1], by: actor)
-            return ConsolePages.redirect("/operators")
-        case (1, "api-tokens", _):
-            guard session.may(.admin("api_tokens.write")) else { return forbidden(session) }
-            let name = (form["name"] ?? "").trimmingCharacters(in: .whitespaces)
-            guard !name.isEmpty, name.utf8.count <= 128, let role = form["role"].flatMap(OperatorRole.init(rawValue:)),
-                  let days = Int(form["days"] ?? "90"), (1...730).contains(days) else {
-                return invalid("A name, a role and 1 to 730 days are needed.", back: "/operators", session: session)
-            }
-            let created = try await operations.createAPIToken(name: name, role: role, scopes: [], expiresInSeconds: days * 86_400, by: actor)
-            return try await operatorsPage(session: session, created: created.token, notice: nil)
-        case (3, "api-tokens", "revoke"):
-            guard session.may(.admin("api_tokens.write")) else { return forbidden(session) }
-            try await operations.revokeAPIToken(id: segments[1], by: actor)
-            return ConsolePages.redirect("/operators")
-        default:
-            return nil
+    func peersPage(_ call: ConsoleCall) async throws -> GatewayResponse {
+        let peers = try await store.peers()
+        let cursors = try await store.replicationCursors()
+        return page(.ok, title: "Peers", template: "peers", [
+            "peers": peers.map { peer -> [String: Any] in
+                let status = links?.statuses[peer.name]
+                let view = PeerView(peer, status: status, cursor: peer.siteID.flatMap { cursors[$0] })
+                let replication = view.cursor.map { cursor in
+                    view.behind > 0 ? "catching up: \(cursor) of \(view.head ?? cursor), \(view.behind) behind" : "up to date at \(cursor)"
+                } ?? "nothing pulled yet"
+                return ["name": peer.name, "url": peer.url, "fingerprint": peer.certificateFingerprint, "site": peer.siteID ?? "not yet seen",
+                        "link": status.map { $0.connected ? "connected, last contact \(APIJSON.time($0.lastContactMilliseconds) ?? "-")" : "down: \($0.lastError ?? "unknown")" } ?? "not tried yet",
+                        "replication": replication + (view.divergent.isEmpty ? "" : "; differs in " + view.divergent.joined(separator: ", ")),
+                        "history": peer.history.rawValue]
+            },
+        ], session: call.session, nav: "peers")
+    }
+
+    // MARK: - Forms
+
+    func createPolicy(_ call: ConsoleCall) async throws -> GatewayResponse {
+        guard let document = Self.jsonObject(call.form["document"]) else { return invalid("The document is not a JSON object.", back: "/policies", session: call.session) }
+        let name = (call.form["name"] ?? "").trimmingCharacters(in: .whitespaces)
+        let policy = try await operations.createPolicy(name: name, document: document, by: call.session.actor)
+        return ConsolePages.redirect("/policies/\(policy.id)")
+    }
+
+    func addPolicyVersion(_ call: ConsoleCall) async throws -> GatewayResponse {
+        let id = call.parameter("id")
+        guard let document = Self.jsonObject(call.form["document"]) else {
+            return invalid("The new version is not a JSON object; nothing was saved.", back: "/policies/\(id)", session: call.session)
         }
+        let number = try await operations.addPolicyVersion(policyID: id, document: document, by: call.session.actor)
+        return ConsolePages.redirect("/policies/\(id)?version=\(number)&diff=\(number - 1)")
+    }
+
+    func publishPolicy(_ call: ConsoleCall) async throws -> GatewayResponse {
+        let id = call.parameter("id")
+        guard let version = call.form["version"].flatMap({ Int($0) }) else { return invalid("Choose a version to publish.", back: "/policies/\(id)", session: call.session) }
+        try await operations.publishPolicy(policyID: id, version: version, by: call.session.actor)
+        return ConsolePages.redirect("/policies/\(id)")
+    }
+
+    func assignPolicy(_ call: ConsoleCall, assign: Bool) async throws -> GatewayResponse {
+        let id = call.parameter("id")
+        let group = call.form["group"] ?? ""
+        if assign {
+            try await operations.assignPolicy(policyID: id, groupID: group, by: call.session.actor)
+        } else {
+            try await operations.unassignPolicy(policyID: id, groupID: group, by: call.session.actor)
+        }
+        return ConsolePages.redirect("/policies/\(id)")
+    }
+
+    func createEnrollmentToken(_ call: ConsoleCall) async throws -> GatewayResponse {
+        let form = call.form
+        guard let uses = Int(form["uses"] ?? "1"), (1...1_000_000).contains(uses), let hours = Int(form["hours"] ?? "168"), (1...8760).contains(hours) else {
+            return invalid("Uses must be 1 to 1000000 and hours 1 to 8760.", back: "/enrollment-tokens", session: call.session)
+        }
+        let group = form["group"].flatMap { $0.isEmpty ? nil : $0 }
+        let created = try await operations.createEnrollmentToken(groupID: group, uses: uses, expiresInSeconds: hours * 3600, by: call.session.actor)
+        return try await tokensPage(session: call.session, created: created.token)
+    }
+
+    func revokeEnrollmentToken(_ call: ConsoleCall) async throws -> GatewayResponse {
+        try await operations.revokeEnrollmentToken(id: call.parameter("id"), by: call.session.actor)
+        return ConsolePages.redirect("/enrollment-tokens")
+    }
+
+    func createOperator(_ call: ConsoleCall) async throws -> GatewayResponse {
+        let form = call.form
+        let name = form["name"] ?? ""
+        guard let role = form["role"].flatMap(OperatorRole.init(rawValue:)), let password = form["password"], password.count >= 12,
+              !name.isEmpty, name.utf8.count <= 64, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@".contains($0)) }) else {
+            return invalid("A name of letters, digits, '-', '_', '.' or '@', a role, and a password of at least 12 characters are needed.", back: "/operators", session: call.session)
+        }
+        _ = try await operations.createOperator(name: name, role: role, password: password, by: call.session.actor)
+        return ConsolePages.redirect("/operators?done=" + (name.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""))
+    }
+
+    func unlockOperator(_ call: ConsoleCall) async throws -> GatewayResponse {
+        try await operations.unlockOperator(name: call.parameter("name"), by: call.session.actor)
+        return ConsolePages.redirect("/operators")
+    }
+
+    func createAPIToken(_ call: ConsoleCall) async throws -> GatewayResponse {
+        let form = call.form
+        let name = (form["name"] ?? "").trimmingCharacters(in: .whitespaces)
+        guard !name.isEmpty, name.utf8.count <= 128, let role = form["role"].flatMap(OperatorRole.init(rawValue:)),
+              let days = Int(form["days"] ?? "90"), (1...730).contains(days) else {
+            return invalid("A name, a role and 1 to 730 days are needed.", back: "/operators", session: call.session)
+        }
+        let created = try await operations.createAPIToken(name: name, role: role, scopes: [], expiresInSeconds: days * 86_400, by: call.session.actor)
+        return try await operatorsPage(session: call.session, created: created.token, notice: nil)
+    }
+
+    func revokeAPIToken(_ call: ConsoleCall) async throws -> GatewayResponse {
+        try await operations.revokeAPIToken(id: call.parameter("id"), by: call.session.actor)
+        return ConsolePages.redirect("/operators")
     }
 
     // MARK: - Pages
 
-    private func policyPage(_ id: String, query: [String: String], session: ConsoleSession) async throws -> GatewayResponse {
+    func policyPage(_ id: String, query: [String: String], session: ConsoleSession) async throws -> GatewayResponse {
         guard let policy = try await store.policy(id: id) else {
             return page(.notFound, title: "Not found", template: "message", ["heading": "No such policy", "text": "There is no policy \(id).", "back": "/policies"], session: session)
         }
@@ -157,7 +152,7 @@ extension ConsoleService {
         return page(.ok, title: policy.name, template: "policy", context, session: session, nav: "policies")
     }
 
-    private func tokensPage(session: ConsoleSession, created: String?) async throws -> GatewayResponse {
+    func tokensPage(session: ConsoleSession, created: String?) async throws -> GatewayResponse {
         let now = Int64(HybridLogicalClock.wallMilliseconds())
         let groups = try await store.groups()
         let names = Dictionary(uniqueKeysWithValues: groups.map { ($0.id, $0.name) })
@@ -175,7 +170,7 @@ extension ConsoleService {
         return page(created == nil ? .ok : .created, title: "Enrollment tokens", template: "tokens", context, session: session, nav: "tokens")
     }
 
-    private func operatorsPage(session: ConsoleSession, created: String?, notice: String?) async throws -> GatewayResponse {
+    func operatorsPage(session: ConsoleSession, created: String?, notice: String?) async throws -> GatewayResponse {
         let now = Int64(HybridLogicalClock.wallMilliseconds())
         let operators = try await store.operators().map { account -> [String: Any] in
             ["name": account.name, "role": account.role.rawValue, "locked": account.isLocked(at: now), "csrf": session.record.csrfToken,

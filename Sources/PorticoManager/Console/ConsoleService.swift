@@ -48,46 +48,55 @@ public final class ConsoleService: HTTPService {
 
     typealias Session = ConsoleSession
 
-    public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
+    public var routes: [ServiceRoute] {
+        Self.pages.map { route in
+            ServiceRoute(route.method, route.pattern, scope: route.scope) { [self] request in try await answer(request, route: route) }
+        }
+    }
+
+    public func refusal(_ refusal: RouteRefusal, for request: GatewayRequest) async -> GatewayResponse {
+        // The page keeps the menu for a signed-in operator.
+        let session = try? await session(of: request, source: request.clientAddress?.ipAddress ?? "-")
+        switch refusal {
+        case .notFound:
+            return page(.notFound, title: "Not found", template: "message", ["heading": "Not found", "text": "There is no page at \(request.path).", "back": "/"], session: session)
+        case .methodNotAllowed(let allow):
+            var response = page(.methodNotAllowed, title: "Not allowed", template: "message",
+                                ["heading": "Not allowed", "text": "\(request.path) does not take \(request.method.rawValue).", "back": "/"], session: session)
+            response.headers.add(name: "allow", value: allow)
+            return response
+        case .failed:
+            return page(.internalServerError, title: "Failed", template: "message",
+                        ["heading": "The console failed to answer", "text": "The manager's log says why.", "back": "/"], session: session)
+        }
+    }
+
+    /// Runs a page or form: finds the session (sending a browser without one to sign in),
+    /// checks a form's CSRF token and the role's permission, and shows a store's refusal
+    /// as a page.
+    private func answer(_ request: GatewayRequest, route: ConsoleRoute) async throws -> GatewayResponse {
         let path = String(request.path)
-        let segments = path.split(separator: "/").map(String.init)
         let source = request.clientAddress?.ipAddress ?? "-"
+        let query = APIContext.parseQuery(request.uri)
         do {
-            switch (request.method, segments.first ?? "") {
-            case (.GET, "login") where segments.count == 1: return loginPage(error: nil, name: "", status: .ok, request: request)
-            case (.GET, "favicon.ico"): return page(.notFound, title: "Not found", template: "message", ["heading": "Not found", "text": "", "back": "/"], session: nil)
-            case (.POST, "login") where segments.count == 1: return try await login(request, source: source)
-            default: break
+            if case .anyone = route.access {
+                return try await route.handler(self, ConsoleCall(request: request, signedIn: nil, form: [:], query: query, source: source))
             }
             guard let session = try await session(of: request, source: source) else {
                 if request.method == .GET { return ConsolePages.redirect("/login") }
                 return page(.forbidden, title: "Signed out", template: "message", ["heading": "Your session has ended", "text": "Sign in again to continue.", "back": "/login"], session: nil)
             }
+            var form: [String: String] = [:]
             if request.method == .POST {
-                let form = ConsolePages.form(request.body)
+                form = ConsolePages.form(request.body)
                 guard let token = form["csrf"], ConstantTime.equal(Array(token.utf8), Array(session.record.csrfToken.utf8)) else {
                     try? await store.audit(AuditEntry(actor: session.actor.name, action: "console.form", target: path, source: source, result: "denied", detail: "missing or wrong CSRF token"))
                     return page(.forbidden, title: "Refused", template: "message",
                                 ["heading": "This form was refused", "text": "It did not carry this session's form token. Reload the page and try again.", "back": "/"], session: session)
                 }
-                switch segments.count {
-                case 1 where segments[0] == "logout": return try await logout(session)
-                case 3 where segments[0] == "devices" && segments[2] == "commands": return try await issueCommand(deviceID: segments[1], form: form, session: session)
-                case 3 where segments[0] == "devices" && segments[2] == "remote-help": return try await remoteHelp(deviceID: segments[1], form: form, session: session)
-                default:
-                    if let response = try await administer(segments, form: form, session: session) { return response }
-                }
-            } else if request.method == .GET {
-                switch segments.count {
-                case 0: return try await dashboard(session)
-                case 1 where segments[0] == "devices": return try await devices(request, session: session)
-                case 1 where segments[0] == "audit": return try await audit(request, session: session)
-                case 2 where segments[0] == "devices": return try await device(segments[1], session: session, notice: APIContext.parseQuery(request.uri)["done"].map { "The \($0) command is queued; the device gets it at its next check-in." })
-                default:
-                    if let response = try await show(segments, query: APIContext.parseQuery(request.uri), session: session) { return response }
-                }
             }
-            return page(.notFound, title: "Not found", template: "message", ["heading": "Not found", "text": "There is no page at \(path).", "back": "/"], session: session)
+            if case .permission(let permission) = route.access, !session.may(permission) { return forbidden(session) }
+            return try await route.handler(self, ConsoleCall(request: request, signedIn: session, form: form, query: query, source: source))
         } catch let error as StoreError where error.kind == .notFound || error.kind == .conflict || error.kind == .invalidValue {
             return page(error.kind == .notFound ? .notFound : .conflict, title: "Not done", template: "message", ["heading": "Not done", "text": error.message, "back": "/"], session: nil)
         }
@@ -99,7 +108,7 @@ public final class ConsoleService: HTTPService {
         try await pages.session(of: request, source: source)
     }
 
-    private func login(_ request: GatewayRequest, source: String) async throws -> GatewayResponse {
+    func login(_ request: GatewayRequest, source: String) async throws -> GatewayResponse {
         let form = ConsolePages.form(request.body)
         let now = Int64(HybridLogicalClock.wallMilliseconds())
         guard let cookie = ConsolePages.cookies(request.headers)[Self.loginCookie], let token = form["csrf"], ConstantTime.equal(Array(cookie.utf8), Array(token.utf8)) else {
@@ -134,7 +143,7 @@ public final class ConsoleService: HTTPService {
         return response
     }
 
-    private func logout(_ session: Session) async throws -> GatewayResponse {
+    func logout(_ session: Session) async throws -> GatewayResponse {
         try await store.write { transaction in
             try await transaction.deleteConsoleSession(idHash: session.record.idHash)
             try await transaction.audit(session.actor.entry("auth.logout", target: session.account.name, detail: "console"))
@@ -146,7 +155,7 @@ public final class ConsoleService: HTTPService {
 
     /// The sign-in form. Its token is the browser's login cookie (made here when it has none,
     /// kept when it has one, so that two tabs or a stray request do not spoil each other's form).
-    private func loginPage(error: String?, name: String, status: HTTPResponseStatus, request: GatewayRequest) -> GatewayResponse {
+    func loginPage(error: String?, name: String, status: HTTPResponseStatus, request: GatewayRequest) -> GatewayResponse {
         let existing = ConsolePages.cookies(request.headers)[Self.loginCookie].flatMap { Base64URL.decode($0)?.count == 24 ? $0 : nil }
         let token = existing ?? Base64URL.encode((0..<24).map { _ in UInt8.random(in: 0...255) })
         var response = page(status, title: "Sign in", template: "login", ["csrf": token, "name": name], session: nil, error: error)
@@ -156,7 +165,7 @@ public final class ConsoleService: HTTPService {
 
     // MARK: - Pages
 
-    private func dashboard(_ session: Session) async throws -> GatewayResponse {
+    func dashboard(_ session: Session) async throws -> GatewayResponse {
         let now = Int64(HybridLogicalClock.wallMilliseconds())
         let fleet = try await FleetHistory.summary(store, now: now)
         let events = try await store.events(EventFilter(), limit: 10)
@@ -174,7 +183,7 @@ public final class ConsoleService: HTTPService {
         return page(.ok, title: "Dashboard", template: "dashboard", context, session: session, nav: "dashboard")
     }
 
-    private func devices(_ request: GatewayRequest, session: Session) async throws -> GatewayResponse {
+    func devices(_ request: GatewayRequest, session: Session) async throws -> GatewayResponse {
         let query = APIContext.parseQuery(request.uri)
         let text = (query["q"] ?? "").trimmingCharacters(in: .whitespaces)
         let state = query["state"].flatMap(DeviceState.init(rawValue:))
@@ -196,7 +205,7 @@ public final class ConsoleService: HTTPService {
         return page(.ok, title: "Devices", template: "devices", context, session: session, nav: "devices")
     }
 
-    private func device(_ id: String, session: Session, notice: String? = nil, remoteHelp: String? = nil) async throws -> GatewayResponse {
+    func device(_ id: String, session: Session, notice: String? = nil, remoteHelp: String? = nil) async throws -> GatewayResponse {
         guard let device = try await store.device(id: id) else {
             return page(.notFound, title: "Not found", template: "message", ["heading": "No such device", "text": "There is no device \(id).", "back": "/devices"], session: session)
         }
@@ -213,7 +222,7 @@ public final class ConsoleService: HTTPService {
         return page(.ok, title: device.hostname, template: "device", context, session: session, nav: "devices", notice: notice)
     }
 
-    private func issueCommand(deviceID: String, form: [String: String], session: Session) async throws -> GatewayResponse {
+    func issueCommand(deviceID: String, form: [String: String], session: Session) async throws -> GatewayResponse {
         guard session.mayAct else { return forbidden(session) }
         guard let kind = form["kind"].flatMap(CommandKind.init(rawValue:)), [.lock, .unlock, .wipe].contains(kind) else {
             return page(.unprocessableEntity, title: "Not done", template: "message", ["heading": "Not done", "text": "That is not a command the console sends.", "back": "/devices/\(deviceID)"], session: session)
@@ -226,7 +235,7 @@ public final class ConsoleService: HTTPService {
         return ConsolePages.redirect("/devices/\(deviceID)?done=\(kind.rawValue)")
     }
 
-    private func remoteHelp(deviceID: String, form: [String: String], session: Session) async throws -> GatewayResponse {
+    func remoteHelp(deviceID: String, form: [String: String], session: Session) async throws -> GatewayResponse {
         guard session.mayAct else { return forbidden(session) }
         let challenge = (form["challenge"] ?? "").trimmingCharacters(in: .whitespaces)
         guard !challenge.isEmpty, challenge.utf8.count <= 64 else {
@@ -237,7 +246,7 @@ public final class ConsoleService: HTTPService {
     }
 
     /// The audit log, newest first, for the roles the API lets read it.
-    private func audit(_ request: GatewayRequest, session: Session) async throws -> GatewayResponse {
+    func audit(_ request: GatewayRequest, session: Session) async throws -> GatewayResponse {
         guard session.mayAudit else { return forbidden(session) }
         let query = APIContext.parseQuery(request.uri)
         func value(_ name: String) -> String? { query[name].map { String($0.trimmingCharacters(in: .whitespaces).prefix(256)) }.flatMap { $0.isEmpty ? nil : $0 } }

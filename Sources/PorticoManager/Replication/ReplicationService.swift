@@ -35,34 +35,73 @@ public final class ReplicationService: HTTPService {
         self.logger = logger
     }
 
-    public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
+    public var routes: [ServiceRoute] {
+        [
+            ServiceRoute(.POST, "/replication/v1/hello") { [self] request in
+                try await fromPeer(request) { peer in try await hello(from: peer, request) }
+            },
+            ServiceRoute(.GET, "/replication/v1/changes") { [self] request in
+                try await fromPeer(request) { peer in try await changes(for: peer, request) }
+            },
+            ServiceRoute(.GET, "/replication/v1/digest") { [self] request in
+                try await fromPeer(request) { _ in
+                    let digest = try await store.replicationDigest()
+                    return GatewayResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: try JSONEncoder().encode(digest)))
+                }
+            },
+        ]
+    }
+
+    public func refusal(_ refusal: RouteRefusal, for request: GatewayRequest) async -> GatewayResponse {
+        // Nothing is said to a caller that is not a peer, not even which paths exist.
+        guard case .success = try? await peer(of: request) else { return Self.answer(.forbidden, ["error": "a configured peer's certificate is required"]) }
+        switch refusal {
+        case .notFound:
+            return Self.answer(.notFound, ["error": "no replication endpoint \(request.method.rawValue) \(request.path)"])
+        case .methodNotAllowed(let allow):
+            var response = Self.answer(.methodNotAllowed, ["error": "\(request.method.rawValue) is not allowed at \(request.path); use \(allow)"])
+            response.headers.add(name: "allow", value: allow)
+            return response
+        case .failed:
+            return Self.answer(.internalServerError, ["error": "the manager failed to answer; its log says why"])
+        }
+    }
+
+    /// The configured peer whose certificate the caller presented, or the answer refusing it.
+    private func peer(of request: GatewayRequest) async throws -> Result<PeerRecord, Refused> {
         guard let fingerprint = try? request.clientCertificate?.sha256Hex() else {
-            return Self.answer(.forbidden, ["error": "a peer certificate is required"])
+            return .failure(Refused(response: Self.answer(.forbidden, ["error": "a peer certificate is required"])))
         }
         guard let peer = try await store.peers().first(where: { $0.certificateFingerprint == fingerprint }) else {
             logger.warning("replication refused: the client certificate is not a configured peer's", metadata: ["fingerprint": "\(fingerprint)"])
-            return Self.answer(.forbidden, ["error": "this certificate (SHA-256 \(fingerprint)) is not a configured peer's"])
+            return .failure(Refused(response: Self.answer(.forbidden, ["error": "this certificate (SHA-256 \(fingerprint)) is not a configured peer's"])))
         }
-        switch (request.method, String(request.path)) {
-        case (.POST, "/replication/v1/hello"):
-            guard let theirs = try? JSONDecoder().decode(ReplicationHello.self, from: Data(request.body.readableBytesView)) else {
-                return Self.answer(.badRequest, ["error": "the hello is not the expected JSON"])
-            }
-            guard theirs.schemaVersion == schemaVersion else {
-                logger.error("replication refused: another schema version", metadata: ["peer": "\(peer.name)", "theirs": "\(theirs.schemaVersion)", "ours": "\(schemaVersion)"])
-                return Self.answer(.conflict, ["error": "schema version \(theirs.schemaVersion) cannot replicate with this manager's \(schemaVersion); upgrade the older manager",
-                                               "schema_version": schemaVersion])
-            }
-            if peer.siteID != theirs.siteID { try await store.write { try await $0.setPeerSite(name: peer.name, siteID: theirs.siteID) } }
-            return Self.answer(.ok, ["site_id": store.siteID, "schema_version": schemaVersion, "peer": peer.name])
-        case (.GET, "/replication/v1/changes"):
-            return try await changes(for: peer, request)
-        case (.GET, "/replication/v1/digest"):
-            let digest = try await store.replicationDigest()
-            return GatewayResponse(status: .ok, headers: ["content-type": "application/json"], body: ByteBuffer(bytes: try JSONEncoder().encode(digest)))
-        default:
-            return Self.answer(.notFound, ["error": "no replication endpoint \(request.method.rawValue) \(request.path)"])
+        return .success(peer)
+    }
+
+    private struct Refused: Error {
+        let response: GatewayResponse
+    }
+
+    /// Runs an endpoint for a configured peer only.
+    private func fromPeer(_ request: GatewayRequest, _ body: (PeerRecord) async throws -> GatewayResponse) async throws -> GatewayResponse {
+        switch try await peer(of: request) {
+        case .success(let peer): return try await body(peer)
+        case .failure(let refused): return refused.response
         }
+    }
+
+    private func hello(from peer: PeerRecord, _ request: GatewayRequest) async throws -> GatewayResponse {
+        guard let theirs = try? JSONDecoder().decode(ReplicationHello.self, from: Data(request.body.readableBytesView)) else {
+            return Self.answer(.badRequest, ["error": "the hello is not the expected JSON"])
+        }
+        guard theirs.schemaVersion == schemaVersion else {
+            logger.error("replication refused: another schema version", metadata: ["peer": "\(peer.name)", "theirs": "\(theirs.schemaVersion)", "ours": "\(schemaVersion)"])
+            return Self.answer(.conflict, ["error": "schema version \(theirs.schemaVersion) cannot replicate with this manager's \(schemaVersion); upgrade the older manager",
+                                           "schema_version": schemaVersion])
+        }
+        if peer.siteID != theirs.siteID { try await store.write { try await $0.setPeerSite(name: peer.name, siteID: theirs.siteID) } }
+        return Self.answer(.ok, ["site_id": store.siteID, "schema_version": schemaVersion, "peer": peer.name])
     }
 
     /// The longest a request for changes waits for one.

@@ -24,11 +24,36 @@ public final class ReportingService: HTTPService {
         self.logger = logger
     }
 
-    public func respond(to request: GatewayRequest) async throws -> GatewayResponse {
+    public var routes: [ServiceRoute] {
+        let index: @Sendable (GatewayRequest) async throws -> GatewayResponse = { [self] request in
+            try await reader(request) { session in
+                guard let session else { return Self.plain(.notFound, "the index is for the console; reports are at /reports/<name>.csv and .json\n") }
+                return pages.page(.ok, title: "Reports", template: "reports",
+                                  ["reports": Self.catalog.map { ["name": $0.name, "title": $0.title, "about": $0.about] }], session: session, nav: "reports")
+            }
+        }
+        return [
+            ServiceRoute(.GET, "/", index),
+            ServiceRoute(.GET, "/reports", index),
+            ServiceRoute(.GET, "/reports/{report}") { [self] request in
+                try await reader(request) { session in try await report(request, file: request.parameters["report"] ?? "", session: session) }
+            },
+        ]
+    }
+
+    public func refusal(_ refusal: RouteRefusal, for request: GatewayRequest) async -> GatewayResponse {
+        switch refusal {
+        case .notFound: Self.plain(.notFound, "no report at \(request.path)\n")
+        case .methodNotAllowed(let allow): Self.plain(.methodNotAllowed, "reports are read with GET\n", allow: allow)
+        case .failed: Self.plain(.internalServerError, "the report failed; the manager's log says why\n")
+        }
+    }
+
+    /// Runs a report endpoint for a signed-in operator (its console session) or a bearer
+    /// token that may read reports; anyone else is sent to sign in, or refused.
+    private func reader(_ request: GatewayRequest, _ body: (ConsoleSession?) async throws -> GatewayResponse) async throws -> GatewayResponse {
         let path = String(request.path)
-        let source = request.clientAddress?.ipAddress ?? "-"
-        guard request.method == .GET else { return Self.plain(.methodNotAllowed, "reports are read with GET\n", allow: "GET") }
-        let session = try await pages.session(of: request, source: source)
+        let session = try await pages.session(of: request, source: request.clientAddress?.ipAddress ?? "-")
         if session == nil {
             if request.headers.first(name: "authorization") == nil {
                 return path.hasSuffix(".csv") || path.hasSuffix(".json") ? Self.plain(.unauthorized, "sign in to the console, or send Authorization: Bearer <token>\n")
@@ -41,14 +66,13 @@ public final class ReportingService: HTTPService {
                 return APIService.response(problem, instance: path)
             }
         }
+        return try await body(session)
+    }
+
+    /// One report, `<name>` as a page, `<name>.csv` or `<name>.json`.
+    private func report(_ request: GatewayRequest, file: String, session: ConsoleSession?) async throws -> GatewayResponse {
         let query = APIContext.parseQuery(request.uri)
-        if path == "/" || path == "/reports" || path == "/reports/" {
-            guard let session else { return Self.plain(.notFound, "the index is for the console; reports are at /reports/<name>.csv and .json\n") }
-            return pages.page(.ok, title: "Reports", template: "reports",
-                              ["reports": Self.catalog.map { ["name": $0.name, "title": $0.title, "about": $0.about] }], session: session, nav: "reports")
-        }
-        guard path.hasPrefix("/reports/") else { return Self.plain(.notFound, "no report at \(path)\n") }
-        var name = String(path.dropFirst("/reports/".count))
+        var name = file
         var format = "html"
         for suffix in ["csv", "json"] where name.hasSuffix("." + suffix) {
             format = suffix
