@@ -31,7 +31,7 @@ public enum ManagerServices {
             let pem = try FileContents.read(peer.certificate)
             guard let leaf = try NIOSSLCertificate.fromPEMBytes(pem).first else { throw ManagerError("\(peer.certificate) holds no certificate") }
             let fingerprint = try leaf.sha256Hex()
-            try await store.write { try await $0.upsertPeer(PeerRecord(name: peer.name, url: peer.url, certificateFingerprint: fingerprint, history: PeerHistory(rawValue: peer.history) ?? .both)) }
+            try await ManagerOperations(store: store, agent: nil).configurePeer(PeerRecord(name: peer.name, url: peer.url, certificateFingerprint: fingerprint, history: PeerHistory(rawValue: peer.history) ?? .both))
         }
     }
 

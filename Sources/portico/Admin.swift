@@ -27,12 +27,7 @@ struct Admin: AsyncParsableCommand {
                 throw ExitCode(1)
             }
             try await withStore(options) { store, _ in
-                let record = OperatorRecord(name: name, passwordHash: try await PasswordHasher.hash(password), role: parsedRole)
-                let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "operator.create", target: name, source: "local", result: "ok", detail: "role \(parsedRole.rawValue)")
-                try await store.write { transaction in
-                    try await transaction.createOperator(record)
-                    try await transaction.audit(entry)
-                }
+                _ = try await ManagerOperations(store: store, agent: nil).createOperator(name: name, role: parsedRole, password: password, by: .commandLine)
                 writeLine("created \(parsedRole.rawValue) \(name)")
             }
         }
@@ -45,11 +40,7 @@ struct Admin: AsyncParsableCommand {
 
         func run() async throws {
             try await withStore(options) { store, _ in
-                let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "operator.unlock", target: name, source: "local", result: "ok")
-                try await store.write { transaction in
-                    try await transaction.unlockOperator(name: name)
-                    try await transaction.audit(entry)
-                }
+                try await ManagerOperations(store: store, agent: nil).unlockOperator(name: name, by: .commandLine)
                 writeLine("unlocked \(name)")
             }
         }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Crypto
 import Foundation
 import PorticoGateway
+import PorticoManager
 import PorticoProtocol
 import PorticoStore
 
@@ -30,19 +31,9 @@ struct Token: AsyncParsableCommand {
                     }
                     groupID = found.id
                 }
-                let id = "t-" + (0..<5).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-                let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
-                let expiresAt = Int64(Date().timeIntervalSince1970 * 1000) + lifetime
-                let record = EnrollmentTokenRecord(
-                    id: id, secretHash: Array(SHA256.hash(data: secret)), groupID: groupID, usesAllowed: unlimited ? nil : uses,
-                    expiresMilliseconds: expiresAt, createdBy: "cli:\(NSUserName())")
-                let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "enrollment_token.create", target: id, source: "local", result: "ok",
-                                       detail: "uses \(record.usesAllowed.map(String.init) ?? "unlimited"), group \(groupID ?? "-")")
-                try await store.write { transaction in
-                    try await transaction.createEnrollmentToken(record)
-                    try await transaction.audit(entry)
-                }
-                writeLine("\(id).\(Base64URL.encode(secret))")
+                let created = try await ManagerOperations(store: store, agent: nil).createEnrollmentToken(
+                    groupID: groupID, uses: unlimited ? nil : uses, expiresInSeconds: Int(lifetime / 1000), by: .commandLine)
+                writeLine(created.token)
             }
         }
     }
@@ -68,11 +59,7 @@ struct Token: AsyncParsableCommand {
 
         func run() async throws {
             try await withStore(options) { store, _ in
-                let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "enrollment_token.revoke", target: id, source: "local", result: "ok")
-                try await store.write { transaction in
-                    try await transaction.revokeEnrollmentToken(id: id)
-                    try await transaction.audit(entry)
-                }
+                try await ManagerOperations(store: store, agent: nil).revokeEnrollmentToken(id: id, by: .commandLine)
                 writeLine("revoked \(id)")
             }
         }

@@ -38,12 +38,8 @@ struct Peer: AsyncParsableCommand {
                 printError("portico: \(certificate) is not a PEM certificate: \(error)")
                 throw ExitCode(1)
             }
-            let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "peer.add", target: name, source: "local", result: "ok", detail: "\(url) \(fingerprint)")
             try await withStore(options) { store, _ in
-                try await store.write { transaction in
-                    try await transaction.addPeer(PeerRecord(name: name, url: url, certificateFingerprint: fingerprint, history: mode))
-                    try await transaction.audit(entry)
-                }
+                try await ManagerOperations(store: store, agent: nil).addPeer(PeerRecord(name: name, url: url, certificateFingerprint: fingerprint, history: mode), by: .commandLine)
             }
             do {
                 try SecureFile.write(pem, to: (trust.hasSuffix("/") ? trust : trust + "/") + name + ".pem", mode: 0o644)
@@ -62,12 +58,8 @@ struct Peer: AsyncParsableCommand {
 
         func run() async throws {
             let config = try loadOrExit(options)
-            let entry = AuditEntry(actor: "cli:\(NSUserName())", action: "peer.remove", target: name, source: "local", result: "ok")
             try await withStore(options) { store, _ in
-                try await store.write { transaction in
-                    try await transaction.removePeer(name: name)
-                    try await transaction.audit(entry)
-                }
+                try await ManagerOperations(store: store, agent: nil).removePeer(name: name, by: .commandLine)
             }
             if let trust = config.listeners[.replication]?.trust { try? FileManager.default.removeItem(atPath: (trust.hasSuffix("/") ? trust : trust + "/") + name + ".pem") }
             writeLine("removed peer \(name); send the manager SIGHUP so that its replication listener stops trusting it")

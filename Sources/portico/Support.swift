@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import PorticoManager
 import Logging
 
 #if canImport(Glibc)
@@ -21,4 +23,9 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 func writeLine(_ line: String) {
     let text = line + "\n"
     _ = text.withCString { write(1, $0, strlen($0)) }
+}
+
+extension ManagerOperations.Actor {
+    /// The operating system's user running this command, as the audit log names them.
+    static var commandLine: Self { .commandLine(user: NSUserName()) }
 }

@@ -1,5 +1,7 @@
 import Foundation
+import Logging
 import NIOCore
+import PorticoStore
 import Testing
 
 @testable import PorticoGateway
@@ -341,3 +343,36 @@ import NIOPosix
         #expect(!(try await Tools.run(portico, ["peer", "list", "--config", config])).output.contains("site-b"))
     }
 }
+
+/// `portico admin` and `portico token` change the store through the manager's one write path:
+/// audited as the operating system's user, with the actions, details and token ids the API
+/// and the console give.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct CommandLineWriteTests {
+    @Test func commandLineChangesAreAuditedAsTheAPIsAre() async throws {
+        let dir = try TemporaryDirectory()
+        let portico = try #require(ServerProcess.executable(named: "portico"))
+        let config = try dir.write("portico.yaml", "data_dir: data\n")
+        let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ada", "--role", "admin"], input: "correct horse battery\n")
+        #expect(admin.status == 0, "\(admin.output)")
+        let token = try await Tools.run(portico, ["token", "create", "--config", config, "--expires", "2h", "--unlimited"])
+        #expect(token.status == 0, "\(token.output)")
+        let id = String(token.output.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ".")[0])
+        // The id the API and the console make: t- and 12 hexadecimal digits.
+        #expect(id.count == 14 && id.hasPrefix("t-") && id.dropFirst(2).allSatisfy(\.isHexDigit), "\(id)")
+        #expect(try await Tools.run(portico, ["token", "revoke", "--config", config, id]).status == 0)
+        #expect(try await Tools.run(portico, ["admin", "unlock", "--config", config, "ada"]).status == 0)
+
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let store = try await Store.open(.sqlite(path: dir.file("data/portico.sqlite")), siteID: "default-site", logger: logger)
+        let entries = try await store.auditEntries(AuditFilter(), limit: 10).reversed()
+        let tokenRecord = try await store.enrollmentToken(id: id)
+        await store.close()
+        let actor = "cli:\(NSUserName())"
+        #expect(entries.map(\.action) == ["operator.create", "enrollment_token.create", "enrollment_token.revoke", "operator.unlock"])
+        #expect(entries.allSatisfy { $0.actor == actor && $0.source == "local" && $0.result == "ok" })
+        #expect(entries.map(\.detail) == ["role admin", "uses unlimited, group -", "", ""])
+        #expect(tokenRecord?.usesAllowed == nil && tokenRecord?.revoked == true && tokenRecord?.createdBy == actor)
+    }
+}
+

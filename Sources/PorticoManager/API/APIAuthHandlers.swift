@@ -56,7 +56,7 @@ extension APIService {
         let outcome = try await authenticator.authenticate(name: body.name, password: body.password, now: now)
         guard case .accepted(let account) = outcome else {
             throttle.recordFailure(source: context.source, now: now)
-            try await store.audit(AuditEntry(actor: "operator:\(body.name)", action: "auth.login", target: body.name, source: context.source, result: "failed", detail: outcome.auditReason))
+            await operations.refused(AuditEntry(actor: "operator:\(body.name)", action: "auth.login", target: body.name, source: context.source, result: "failed", detail: outcome.auditReason))
             if case .locked(let until) = outcome {
                 throw APIProblem(.accountLocked, "the account is locked until \(APIJSON.time(until)) after repeated failed logins; an admin can unlock it")
             }
@@ -67,12 +67,7 @@ extension APIService {
         let refresh = BearerSecret.make(.refresh, id: id)
         let session = AuthSessionRecord(id: id, operatorName: account.name, accessHash: access.hash, accessExpiresMilliseconds: now + configuration.accessTokenMilliseconds,
                                         refreshHash: refresh.hash, refreshExpiresMilliseconds: now + configuration.refreshTokenMilliseconds, source: context.source)
-        let entry = AuditEntry(actor: "operator:\(account.name)", action: "auth.login", target: account.name, source: context.source, result: "ok", detail: "session \(id)")
-        try await store.write { transaction in
-            try await transaction.createAuthSession(session)
-            try await transaction.audit(entry)
-            try await transaction.pruneAuthSessions(now: now)
-        }
+        try await operations.openAPISession(session, now: now)
         return try .json(TokenPair(accessToken: access.text, expiresIn: Int(configuration.accessTokenMilliseconds / 1000), refreshToken: refresh.text,
                                    refreshExpiresIn: Int(configuration.refreshTokenMilliseconds / 1000), operator: .init(name: account.name, role: account.role.rawValue)))
     }
@@ -87,11 +82,8 @@ extension APIService {
         }
         guard ConstantTime.equal(session.refreshHash, hash) else {
             if !session.revoked {
-                try await store.write { transaction in
-                    try await transaction.revokeAuthSession(id: id)
-                    try await transaction.audit(AuditEntry(actor: "operator:\(session.operatorName)", action: "auth.refresh", target: id, source: context.source,
-                                                           result: "failed", detail: "a replaced refresh token was presented; session ended"))
-                }
+                try await operations.endAPISession(id: id, audit: AuditEntry(actor: "operator:\(session.operatorName)", action: "auth.refresh", target: id, source: context.source,
+                                                                            result: "failed", detail: "a replaced refresh token was presented; session ended"))
             }
             throw APIProblem(.tokenRevoked, "the refresh token was already used; log in again")
         }
@@ -102,9 +94,7 @@ extension APIService {
         }
         let access = BearerSecret.make(.access, id: id)
         let refresh = BearerSecret.make(.refresh, id: id)
-        try await store.write { transaction in
-            try await transaction.renewAuthSession(id: id, accessHash: access.hash, accessExpiresMilliseconds: now + self.configuration.accessTokenMilliseconds, refreshHash: refresh.hash)
-        }
+        try await operations.renewAPISession(id: id, accessHash: access.hash, accessExpiresMilliseconds: now + configuration.accessTokenMilliseconds, refreshHash: refresh.hash)
         return try .json(TokenPair(accessToken: access.text, expiresIn: Int(configuration.accessTokenMilliseconds / 1000), refreshToken: refresh.text,
                                    refreshExpiresIn: Int((session.refreshExpiresMilliseconds - now) / 1000), operator: .init(name: account.name, role: account.role.rawValue)))
     }
@@ -115,10 +105,7 @@ extension APIService {
         guard case .session(let id) = caller.kind else {
             throw APIProblem(.conflict, "an API token has no session to end; an admin revokes it with POST /api/v1/api-tokens/{id}/revoke")
         }
-        try await store.write { transaction in
-            try await transaction.revokeAuthSession(id: id)
-            try await transaction.audit(context.entry("auth.logout", target: caller.name))
-        }
+        try await operations.endAPISession(id: id, audit: context.entry("auth.logout", target: caller.name))
         return .noContent
     }
 

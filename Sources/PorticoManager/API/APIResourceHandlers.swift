@@ -282,22 +282,14 @@ extension APIService {
 
     func revokeDevice(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
-        try await store.write { transaction in
-            try await transaction.setDeviceState(id: id, to: .revoked)
-            try await transaction.audit(context.entry("device.revoke", target: id))
-        }
-        agent?.endSessions(ofDevice: id)
+        try await operations.revokeDevice(id: id, by: try context.actor)
         guard let device = try await store.device(id: id) else { throw APIProblem.notFound("device \(id)") }
         return try .json(DeviceView(device, groups: try await store.groupIDs(ofDevice: id)))
     }
 
     func deleteDevice(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
-        try await store.write { transaction in
-            try await transaction.deleteDevice(id: id)
-            try await transaction.audit(context.entry("device.delete", target: id))
-        }
-        agent?.endSessions(ofDevice: id)
+        try await operations.deleteDevice(id: id, by: try context.actor)
         return .noContent
     }
 
@@ -320,11 +312,7 @@ extension APIService {
 
     func createGroup(_ context: APIContext) async throws -> APIReply {
         let body = try APIJSON.decode(GroupBody.self, from: context.request)
-        let group = try await store.write { transaction in
-            let group = try await transaction.createGroup(name: body.name, description: body.description ?? "")
-            try await transaction.audit(context.entry("group.create", target: group.id, detail: "name \(group.name)"))
-            return group
-        }
+        let group = try await operations.createGroup(name: body.name, description: body.description ?? "", by: try context.actor)
         return try .json(GroupView(group, deviceCount: 0), status: .created)
     }
 
@@ -337,38 +325,25 @@ extension APIService {
     func updateGroup(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
         let body = try APIJSON.decode(GroupPatch.self, from: context.request)
-        let group = try await store.write { transaction in
-            let group = try await transaction.updateGroup(id: id, name: body.name, description: body.description)
-            try await transaction.audit(context.entry("group.update", target: id, detail: "name \(group.name)"))
-            return group
-        }
+        let group = try await operations.updateGroup(id: id, name: body.name, description: body.description, by: try context.actor)
         return try .json(GroupView(group, deviceCount: try await store.groupSizes()[id] ?? 0))
     }
 
     func deleteGroup(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
-        try await store.write { transaction in
-            try await transaction.deleteGroup(id: id)
-            try await transaction.audit(context.entry("group.delete", target: id))
-        }
+        try await operations.deleteGroup(id: id, by: try context.actor)
         return .noContent
     }
 
     func addGroupMember(_ context: APIContext) async throws -> APIReply {
         let (group, device) = (context.parameter("id"), context.parameter("device_id"))
-        try await store.write { transaction in
-            try await transaction.addExistingDevice(device, toGroup: group)
-            try await transaction.audit(context.entry("group.add_device", target: group, detail: "device \(device)"))
-        }
+        try await operations.addGroupMember(group: group, device: device, by: try context.actor)
         return .noContent
     }
 
     func removeGroupMember(_ context: APIContext) async throws -> APIReply {
         let (group, device) = (context.parameter("id"), context.parameter("device_id"))
-        try await store.write { transaction in
-            try await transaction.removeDevice(device, fromGroup: group)
-            try await transaction.audit(context.entry("group.remove_device", target: group, detail: "device \(device)"))
-        }
+        try await operations.removeGroupMember(group: group, device: device, by: try context.actor)
         return .noContent
     }
 
@@ -551,32 +526,13 @@ extension APIService {
         let name = context.parameter("name")
         let body = try APIJSON.decode(OperatorPatch.self, from: context.request)
         let role = body.role.flatMap(OperatorRole.init(rawValue:))
-        let hash = if let password = body.password { try await PasswordHasher.hash(password) } else { String?.none }
-        var changes: [String] = []
-        if let role { changes.append("role \(role.rawValue)") }
-        if hash != nil { changes.append("password") }
-        if let disabled = body.disabled { changes.append(disabled ? "disabled" : "enabled") }
-        let detail = changes.isEmpty ? "no change" : changes.joined(separator: ", ")
-        let account = try await store.write { transaction in
-            let account = try await transaction.updateOperator(name: name, role: role, passwordHash: hash, disabled: body.disabled)
-            if try await transaction.activeAdminCount() == 0 {
-                throw APIProblem(.conflict, "\(name) is the last admin who can sign in; make another admin first")
-            }
-            try await transaction.audit(context.entry("operator.update", target: name, detail: detail))
-            return account
-        }
+        let account = try await operations.updateOperator(name: name, role: role, password: body.password, disabled: body.disabled, by: try context.actor)
         return try .json(OperatorView(account))
     }
 
     func deleteOperator(_ context: APIContext) async throws -> APIReply {
         let name = context.parameter("name")
-        try await store.write { transaction in
-            try await transaction.deleteOperator(name: name)
-            if try await transaction.activeAdminCount() == 0 {
-                throw APIProblem(.conflict, "\(name) is the last admin who can sign in; make another admin first")
-            }
-            try await transaction.audit(context.entry("operator.delete", target: name))
-        }
+        try await operations.deleteOperator(name: name, by: try context.actor)
         return .noContent
     }
 
@@ -647,7 +603,7 @@ extension APIService {
         } catch let error as RotationError {
             throw APIProblem(.conflict, error.description)
         }
-        try await store.audit(context.entry("identity.rotate", target: status.fingerprintHex, detail: "\(keyType.rawValue), switch at \(plan.switchAt)"))
+        try await operations.record(context.entry("identity.rotate", target: status.fingerprintHex, detail: "\(keyType.rawValue), switch at \(plan.switchAt)"))
         return try .json(try await identityView(), status: .created)
     }
 
@@ -691,7 +647,7 @@ extension APIService {
             throw APIProblem.invalid(body.pkcs12 == nil ? "certificate" : "pkcs12", "is refused: \(error.description)")
         }
         if body.live == true { rotation.reloadLive() } else { _ = try await rotation.status() }
-        try await store.audit(context.entry("identity.import", target: installed.fingerprintHex, detail: body.live == true ? "live" : "staged"))
+        try await operations.record(context.entry("identity.import", target: installed.fingerprintHex, detail: body.live == true ? "live" : "staged"))
         return try .json(try await identityView())
     }
 
@@ -699,7 +655,7 @@ extension APIService {
     func switchIdentity(_ context: APIContext) async throws -> APIReply {
         guard let rotation, let status = try await rotation.status() else { throw APIProblem(.conflict, "no next identity is staged; POST /api/v1/identity/rotate first") }
         try rotation.switchNow()
-        try await store.audit(context.entry("identity.switch", target: status.fingerprintHex, detail: "forced at \(status.acknowledged) of \(status.active) agents"))
+        try await operations.record(context.entry("identity.switch", target: status.fingerprintHex, detail: "forced at \(status.acknowledged) of \(status.active) agents"))
         return try .json(try await identityView())
     }
 }

@@ -102,7 +102,7 @@ public final class APIService: HTTPService {
                 context.principal = principal
                 guard permission.allows(principal) else {
                     if route.method != .GET {
-                        try? await store.audit(context.entry(route.action, target: context.parameters.values.first ?? "", result: "denied",
+                        await operations.refused(context.entry(route.action, target: context.parameters.values.first ?? "", result: "denied",
                                                              detail: "needs \(permission.scope)"))
                     }
                     throw APIProblem(.forbidden, "\(principal.actor) with role \(principal.role.rawValue) may not use \(request.method.rawValue) \(route.pattern) (needs \(permission.scope))")
@@ -114,7 +114,7 @@ public final class APIService: HTTPService {
             } catch {
                 let problem = Self.problem(for: error, logger: logger, path: path)
                 if route.method != .GET, let principal = context.principal, problem.kind != .internalError {
-                    try? await store.audit(AuditEntry(actor: principal.actor, action: route.action, target: context.parameters.values.first ?? "",
+                    await operations.refused(AuditEntry(actor: principal.actor, action: route.action, target: context.parameters.values.first ?? "",
                                                       source: context.source, result: "failed", detail: problem.detail))
                 }
                 throw problem

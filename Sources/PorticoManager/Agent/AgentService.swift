@@ -41,6 +41,7 @@ public final class AgentService: HTTPService {
     private let nextCertificate = NIOLockedValueBox<(pem: String, authorities: [String])?>(nil)
     private let inFlight = NIOLockedValueBox(0)
     private let authenticator: OperatorAuthenticator
+    private let operations: ManagerOperations
 
     /// - Parameter identity: the manager's current identity (certificate and signing key).
     public init(store: Store, keys: ManagerKeys, identity: @escaping @Sendable () -> ServerIdentity, configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.agent")) {
@@ -49,6 +50,7 @@ public final class AgentService: HTTPService {
         self.identity = identity
         self.configuration = configuration
         self.logger = logger
+        self.operations = ManagerOperations(store: store, agent: nil)
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds))
     }
 
@@ -129,7 +131,7 @@ public final class AgentService: HTTPService {
     private func refused(_ action: String, subject: String, request: GatewayRequest, _ error: ProtocolError) async {
         let source = request.clientAddress?.ipAddress ?? "-"
         logger.notice("agent request refused", metadata: ["path": "\(request.path)", "client": "\(source)", "reason": "\(error)"])
-        try? await store.audit(AuditEntry(actor: subject, action: action, target: subject, source: source, result: "refused", detail: error.description))
+        await operations.refused(AuditEntry(actor: subject, action: action, target: subject, source: source, result: "refused", detail: error.description))
     }
 
     // MARK: - Endpoints
@@ -166,9 +168,8 @@ public final class AgentService: HTTPService {
                 let parts = token.split(separator: ".", maxSplits: 1)
                 guard parts.count == 2, let secret = Base64URL.decode(String(parts[1])) else { throw ProtocolError(.enrollmentRefused, "the enrollment token is not well formed") }
                 do {
-                    groupID = try await store.consumeEnrollmentToken(id: String(parts[0]), secret: secret, now: now).groupID
+                    groupID = try await operations.consumeEnrollmentToken(id: String(parts[0]), secret: secret, deviceID: deviceID, source: request.clientAddress?.ipAddress ?? "-", now: now).groupID
                 } catch let refusal as EnrollmentRefusal {
-                    try? await store.audit(AuditEntry(actor: "device:\(deviceID)", action: "device.enroll", target: String(parts[0]), source: request.clientAddress?.ipAddress ?? "-", result: "refused", detail: refusal.rawValue))
                     // Only a holder of the right secret learns why; anyone else cannot tell an
                     // unknown token from a wrong secret. The audit log has the reason either way.
                     switch refusal {
@@ -184,9 +185,7 @@ public final class AgentService: HTTPService {
                 throw ProtocolError(.enrollmentRefused, "enrollment needs a token or operator credentials")
             }
             let device = DeviceRecord(id: deviceID, signingKey: signingKeyBytes, agreementKey: agreementKeyBytes, hostname: enrollment.hostname, os: enrollment.os)
-            try await store.addDevice(device)
-            if let groupID { try await store.addDevice(deviceID, toGroup: groupID) }
-            try? await store.audit(AuditEntry(actor: "device:\(deviceID)", action: "device.enroll", target: deviceID, source: request.clientAddress?.ipAddress ?? "-", result: "ok", detail: enrollment.hostname))
+            try await operations.enrollDevice(device, group: groupID, source: request.clientAddress?.ipAddress ?? "-")
             logger.info("device enrolled", metadata: ["device": "\(deviceID)", "hostname": "\(enrollment.hostname)"])
         }
         let siteKeyBytes = keys.siteKey.withUnsafeBytes { Array($0) }
@@ -206,7 +205,7 @@ public final class AgentService: HTTPService {
             guard account.role == .auditor else { return }
             refusal = "role auditor may not enroll devices"
         }
-        try? await store.audit(AuditEntry(actor: "operator:\(name)", action: "device.enroll", target: deviceID, source: source, result: "refused", detail: refusal))
+        await operations.refused(AuditEntry(actor: "operator:\(name)", action: "device.enroll", target: deviceID, source: source, result: "refused", detail: refusal))
         if case .locked = outcome { throw AuditedRefusal(error: ProtocolError(.enrollmentRefused, "the operator account is locked")) }
         throw AuditedRefusal(error: ProtocolError(.enrollmentRefused, "the operator credentials were not accepted"))
     }
@@ -279,7 +278,7 @@ public final class AgentService: HTTPService {
     private func handle(_ message: AgentMessage, deviceID: String, now: Int64) async throws -> ManagerMessage {
         switch message {
         case .checkIn(let checkIn):
-            guard let (serial, commands) = try await store.checkIn(CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints)) else {
+            guard let (serial, commands) = try await operations.checkIn(CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints)) else {
                 throw ProtocolError(.unknownDevice, "the device no longer exists")
             }
             let loaded = inFlight.withLockedValue { $0 } > configuration.backOffAbove
@@ -299,28 +298,17 @@ public final class AgentService: HTTPService {
             return .policy(try PolicyBundle.make(contents, siteKey: keys.siteKey) { try ManagerSignature.sign($0, with: signingKey) })
         case .events(let events):
             guard events.count <= 1000 else { throw ProtocolError(.malformed, "at most 1000 events in one batch") }
-            try await store.ingestEvents(events.map { EventRecord(deviceID: deviceID, eventID: $0.id, kind: $0.kind, occurredMilliseconds: $0.occurredMilliseconds, body: $0.body) })
+            try await operations.ingestEvents(events.map { EventRecord(deviceID: deviceID, eventID: $0.id, kind: $0.kind, occurredMilliseconds: $0.occurredMilliseconds, body: $0.body) })
             // Durable now, new or seen before: every id is acknowledged.
             return .eventsAccepted(events.map(\.id))
         case .commandResult(let result):
-            let closedNow: Bool
+            let closed: CommandRecord?
             do {
-                closedNow = try await store.acknowledgeCommand(id: result.commandID, deviceID: deviceID, succeeded: result.succeeded, result: result.detail, now: now)
+                closed = try await operations.acknowledgeCommand(id: result.commandID, deviceID: deviceID, succeeded: result.succeeded, result: result.detail, now: now)
             } catch let error as StoreError where error.kind == .notFound {
                 throw ProtocolError(.unknownCommand, "this device has no command \(result.commandID)")
             }
-            // A result sent again changes nothing: the device's state moved with the first one,
-            // and may have moved again since (an unlock after a lock).
-            if closedNow, result.succeeded, let command = try await store.command(id: result.commandID) {
-                switch command.kind {
-                case .lock: try await store.setDeviceState(id: deviceID, to: .locked)
-                case .unlock: try await store.setDeviceState(id: deviceID, to: .active)
-                case .wipe:
-                    try await store.setDeviceState(id: deviceID, to: .wiped)
-                    sessions.removeSessions(ofDevice: deviceID)
-                case .remoteHelp, .passwordReset: break
-                }
-            }
+            if result.succeeded, closed?.kind == .wipe { sessions.removeSessions(ofDevice: deviceID) }
             return .ok
         }
     }

@@ -56,11 +56,11 @@ public struct OperatorAuthenticator: Sendable {
         if account.isLocked(at: now) { return .locked(until: account.lockedUntilMilliseconds ?? now) }
         guard await PasswordHasher.verify(password, against: account.passwordHash) else {
             // The failure that reaches the limit locks the account from the next attempt on.
-            try await store.recordLoginFailure(name: name, now: now, lockAfter: policy.lockAfterFailures, lockFor: policy.lockoutMilliseconds)
+            try await ManagerOperations(store: store, agent: nil).recordLoginFailure(name: name, now: now, lockAfter: policy.lockAfterFailures, lockFor: policy.lockoutMilliseconds)
             return .badCredentials
         }
         if account.disabled { return .disabled }
-        if account.failedLogins > 0 { try await store.recordLoginSuccess(name: name) }
+        if account.failedLogins > 0 { try await ManagerOperations(store: store, agent: nil).recordLoginSuccess(name: name) }
         return .accepted(account)
     }
 

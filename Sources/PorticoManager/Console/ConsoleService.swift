@@ -90,7 +90,7 @@ public final class ConsoleService: HTTPService {
             if request.method == .POST {
                 form = ConsolePages.form(request.body)
                 guard let token = form["csrf"], ConstantTime.equal(Array(token.utf8), Array(session.record.csrfToken.utf8)) else {
-                    try? await store.audit(AuditEntry(actor: session.actor.name, action: "console.form", target: path, source: source, result: "denied", detail: "missing or wrong CSRF token"))
+                    await operations.refused(AuditEntry(actor: session.actor.name, action: "console.form", target: path, source: source, result: "denied", detail: "missing or wrong CSRF token"))
                     return page(.forbidden, title: "Refused", template: "message",
                                 ["heading": "This form was refused", "text": "It did not carry this session's form token. Reload the page and try again.", "back": "/"], session: session)
                 }
@@ -123,7 +123,7 @@ public final class ConsoleService: HTTPService {
         let outcome = try await authenticator.authenticate(name: name, password: form["password"] ?? "", now: now)
         guard case .accepted(let account) = outcome else {
             throttle.recordFailure(source: source, now: now)
-            try await store.audit(AuditEntry(actor: "operator:\(name)", action: "auth.login", target: name, source: source, result: "failed", detail: "console: \(outcome.auditReason)"))
+            await operations.refused(AuditEntry(actor: "operator:\(name)", action: "auth.login", target: name, source: source, result: "failed", detail: "console: \(outcome.auditReason)"))
             if case .locked(let until) = outcome {
                 return loginPage(error: "This account is locked until \(APIJSON.time(until)) after repeated failed sign-ins. An admin can unlock it.", name: name, status: .forbidden, request: request)
             }
@@ -133,10 +133,7 @@ public final class ConsoleService: HTTPService {
         let csrf = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255) })
         let record = ConsoleSessionRecord(idHash: Array(SHA256.hash(data: secret)), operatorName: account.name, csrfToken: csrf, createdMilliseconds: now,
                                           expiresMilliseconds: now + configuration.sessionMilliseconds, source: source)
-        try await store.write { transaction in
-            try await transaction.createConsoleSession(record)
-            try await transaction.audit(AuditEntry(actor: "operator:\(account.name)", action: "auth.login", target: account.name, source: source, result: "ok", detail: "console"))
-        }
+        try await operations.openConsoleSession(record)
         var response = ConsolePages.redirect("/")
         response.headers.add(name: "set-cookie", value: "\(Self.sessionCookie)=\(Base64URL.encode(secret)); Path=/; Max-Age=\(configuration.sessionMilliseconds / 1000); Secure; HttpOnly; SameSite=Strict")
         response.headers.add(name: "set-cookie", value: "\(Self.loginCookie)=; Path=/login; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
@@ -144,10 +141,7 @@ public final class ConsoleService: HTTPService {
     }
 
     func logout(_ session: Session) async throws -> GatewayResponse {
-        try await store.write { transaction in
-            try await transaction.deleteConsoleSession(idHash: session.record.idHash)
-            try await transaction.audit(session.actor.entry("auth.logout", target: session.account.name, detail: "console"))
-        }
+        try await operations.endConsoleSession(idHash: session.record.idHash, by: session.actor, name: session.account.name)
         var response = ConsolePages.redirect("/login")
         response.headers.add(name: "set-cookie", value: "\(Self.sessionCookie)=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
         return response

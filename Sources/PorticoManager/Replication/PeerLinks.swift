@@ -210,7 +210,7 @@ public final class PeerLinks: Service, Sendable {
                 status.lastContactMilliseconds = Int64(HybridLogicalClock.wallMilliseconds())
                 if let site = answer?["site_id"] as? String {
                     status.siteID = site
-                    if site != peer.siteID { try? await store.write { try await $0.setPeerSite(name: peer.name, siteID: site) } }
+                    if site != peer.siteID { try? await ManagerOperations(store: store, agent: nil).learnPeerSite(name: peer.name, siteID: site) }
                 }
             } else if let theirs = answer?["schema_version"] as? Int, theirs != schemaVersion {
                 status.lastError = Self.schemaMismatch(theirs: theirs, ours: schemaVersion)
@@ -282,7 +282,7 @@ public final class PeerLinks: Service, Sendable {
                     let next = batch.next
                     ahead = (next, Task { try await self.fetch(peer: peer, after: next, wait: .zero, with: http) })
                 }
-                let outcome = try await store.apply(batch, history: peer.history.receives)
+                let outcome = try await ManagerOperations(store: store, agent: nil).applyChanges(batch, history: peer.history.receives)
                 failures = 0
                 let newest = batch.changes.map(\.hlc).max()
                 let now = Int64(HybridLogicalClock.wallMilliseconds())

@@ -100,7 +100,7 @@ public final class ReplicationService: HTTPService {
             return Self.answer(.conflict, ["error": "schema version \(theirs.schemaVersion) cannot replicate with this manager's \(schemaVersion); upgrade the older manager",
                                            "schema_version": schemaVersion])
         }
-        if peer.siteID != theirs.siteID { try await store.write { try await $0.setPeerSite(name: peer.name, siteID: theirs.siteID) } }
+        if peer.siteID != theirs.siteID { try await ManagerOperations(store: store, agent: nil).learnPeerSite(name: peer.name, siteID: theirs.siteID) }
         return Self.answer(.ok, ["site_id": store.siteID, "schema_version": schemaVersion, "peer": peer.name])
     }
 

@@ -132,7 +132,7 @@ public final class ReportingService: HTTPService {
     func compliance(from: String?, to: String?) async throws -> Report {
         let now = Int64(HybridLogicalClock.wallMilliseconds())
         let (start, end) = try Self.range(from: from, to: to, now: now)
-        try await store.recordFleetSnapshot(try await FleetHistory.summary(store, now: now), at: now)
+        try await ManagerOperations(store: store, agent: nil).recordFleetSnapshot(try await FleetHistory.summary(store, now: now), at: now)
         let snapshots = try await store.fleetSnapshots(from: start, to: end)
         let rows = snapshots.map { snapshot -> [String] in
             let s = snapshot.summary
@@ -294,7 +294,7 @@ public final class FleetHistory: Service, Sendable {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 let now = Int64(HybridLogicalClock.wallMilliseconds())
-                do { try await self.store.recordFleetSnapshot(try await Self.summary(self.store, now: now), at: now) } catch {
+                do { try await ManagerOperations(store: self.store, agent: nil).recordFleetSnapshot(try await Self.summary(self.store, now: now), at: now) } catch {
                     self.logger.error("fleet snapshot not recorded", metadata: ["error": "\(error)"])
                 }
                 try? await Task.sleep(for: .seconds(3600))

@@ -1,0 +1,104 @@
+import Foundation
+import PorticoStore
+
+/// Operator accounts and their sign-ins.
+extension ManagerOperations {
+    public func createOperator(name: String, role: OperatorRole, password: String, by actor: Actor) async throws -> OperatorRecord {
+        let record = OperatorRecord(name: name, passwordHash: try await PasswordHasher.hash(password), role: role)
+        try await store.write { transaction in
+            try await transaction.createOperator(record)
+            try await transaction.audit(actor.entry("operator.create", target: name, detail: "role \(role.rawValue)"))
+        }
+        return record
+    }
+
+    public func unlockOperator(name: String, by actor: Actor) async throws {
+        try await store.write { transaction in
+            try await transaction.unlockOperator(name: name)
+            try await transaction.audit(actor.entry("operator.unlock", target: name))
+        }
+    }
+
+    /// Role, password hash or disabled flag. The last admin who can sign in cannot be demoted
+    /// or disabled, so the manager never loses its last administrator.
+    public func updateOperator(name: String, role: OperatorRole?, password: String?, disabled: Bool?, by actor: Actor) async throws -> OperatorRecord {
+        let hash = if let password { try await PasswordHasher.hash(password) } else { String?.none }
+        var changes: [String] = []
+        if let role { changes.append("role \(role.rawValue)") }
+        if hash != nil { changes.append("password") }
+        if let disabled { changes.append(disabled ? "disabled" : "enabled") }
+        let detail = changes.isEmpty ? "no change" : changes.joined(separator: ", ")
+        return try await store.write { transaction in
+            let account = try await transaction.updateOperator(name: name, role: role, passwordHash: hash, disabled: disabled)
+            if try await transaction.activeAdminCount() == 0 {
+                throw StoreError.conflict("\(name) is the last admin who can sign in; make another admin first")
+            }
+            try await transaction.audit(actor.entry("operator.update", target: name, detail: detail))
+            return account
+        }
+    }
+
+    public func deleteOperator(name: String, by actor: Actor) async throws {
+        try await store.write { transaction in
+            try await transaction.deleteOperator(name: name)
+            if try await transaction.activeAdminCount() == 0 {
+                throw StoreError.conflict("\(name) is the last admin who can sign in; make another admin first")
+            }
+            try await transaction.audit(actor.entry("operator.delete", target: name))
+        }
+    }
+}
+
+/// Sign-ins: failures counted towards the account's lockout, and the sessions of the console
+/// and of the API.
+extension ManagerOperations {
+    /// Counts a failed password; the failure that reaches `lockAfter` locks the account.
+    public func recordLoginFailure(name: String, now: Int64, lockAfter: Int, lockFor: Int64) async throws {
+        _ = try await store.recordLoginFailure(name: name, now: now, lockAfter: lockAfter, lockFor: lockFor)
+    }
+
+    /// Clears the count of failed passwords after a sign-in.
+    public func recordLoginSuccess(name: String) async throws {
+        try await store.recordLoginSuccess(name: name)
+    }
+
+    /// Opens an API session (access and refresh tokens), pruning expired ones.
+    public func openAPISession(_ session: AuthSessionRecord, now: Int64) async throws {
+        try await store.write { transaction in
+            try await transaction.createAuthSession(session)
+            try await transaction.audit(AuditEntry(actor: "operator:\(session.operatorName)", action: "auth.login", target: session.operatorName, source: session.source,
+                                                   result: "ok", detail: "session \(session.id)"))
+            try await transaction.pruneAuthSessions(now: now)
+        }
+    }
+
+    /// Gives an API session a new pair of token hashes.
+    public func renewAPISession(id: String, accessHash: [UInt8], accessExpiresMilliseconds: Int64, refreshHash: [UInt8]) async throws {
+        try await store.write { transaction in
+            try await transaction.renewAuthSession(id: id, accessHash: accessHash, accessExpiresMilliseconds: accessExpiresMilliseconds, refreshHash: refreshHash)
+        }
+    }
+
+    /// Ends an API session; `entry` says why (a logout, or a replayed refresh token).
+    public func endAPISession(id: String, audit entry: AuditEntry) async throws {
+        try await store.write { transaction in
+            try await transaction.revokeAuthSession(id: id)
+            try await transaction.audit(entry)
+        }
+    }
+
+    public func openConsoleSession(_ record: ConsoleSessionRecord) async throws {
+        try await store.write { transaction in
+            try await transaction.createConsoleSession(record)
+            try await transaction.audit(AuditEntry(actor: "operator:\(record.operatorName)", action: "auth.login", target: record.operatorName, source: record.source,
+                                                   result: "ok", detail: "console"))
+        }
+    }
+
+    public func endConsoleSession(idHash: [UInt8], by actor: Actor, name: String) async throws {
+        try await store.write { transaction in
+            try await transaction.deleteConsoleSession(idHash: idHash)
+            try await transaction.audit(actor.entry("auth.logout", target: name, detail: "console"))
+        }
+    }
+}
