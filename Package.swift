@@ -6,9 +6,10 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
+// Linux only: the server core is built on epoll, accept4 and Linux's socket options, and
+// the image and the service unit are for Linux (no Apple platform is declared).
 let package = Package(
     name: "portico",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "portico", targets: ["portico"]),
         .executable(name: "portico-agent", targets: ["portico-agent"]),
@@ -161,6 +162,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Loads for the benchmarks and the crash test; not part of the operator's CLI.
+        .executableTarget(
+            name: "portico-bench",
+            dependencies: [
+                "PorticoGateway",
+                "PorticoManager",
+                "PorticoStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

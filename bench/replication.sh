@@ -14,8 +14,9 @@ EDITS=${EDITS:-300}
 SEED_GROUPS=${SEED_GROUPS:-20000}
 SEED_EVENTS=${SEED_EVENTS:-80000}
 BASE=${BASE_PORT:-19400}
-(cd "$root" && swift build -c release --product portico >/dev/null)
+(cd "$root" && swift build -c release --product portico >/dev/null && swift build -c release --product portico-bench >/dev/null)
 bin="$root/.build/release/portico"
+bench="$root/.build/release/portico-bench"
 work=$(mktemp -d /tmp/portico-replication-bench.XXXXXX)
 pids=()
 cleanup() { for pid in "${pids[@]:-}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -75,7 +76,7 @@ python3 "$root/bench/replication_lag.py" "$(port 0 6)" "$(port 1 6)" bench "$pas
 
 echo "== catch-up: B stopped, A writes $SEED_GROUPS groups and $SEED_EVENTS events, B restarted"
 kill "$pid_b"; wait "$pid_b" 2>/dev/null || true
-head=$("$bin" db seed --config "$work/a/portico.yaml" --groups "$SEED_GROUPS" --events "$SEED_EVENTS")
+head=$("$bench" seed --config "$work/a/portico.yaml" --groups "$SEED_GROUPS" --events "$SEED_EVENTS")
 started=$(date +%s.%N)
 start b
 python3 "$root/bench/replication_lag.py" catchup "$(port 1 6)" bench "$password" "$head" "$started"

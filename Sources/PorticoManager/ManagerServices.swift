@@ -107,3 +107,12 @@ public enum ManagerServices {
         return APIService.IdentityStatus(current: IdentitySummary(current, listeners: servedBy), staged: next.map { IdentitySummary($0, listeners: []) })
     }
 }
+
+extension GatewayConfiguration {
+    /// The store this configuration names: PostgreSQL when `storage.postgres.url` is set,
+    /// else SQLite under `data_dir`.
+    public var storeConfiguration: StoreConfiguration {
+        if let url = storage.postgresURL { return .postgres(url: url, poolSize: storage.postgresPoolSize) }
+        return .sqlite(path: dataDirectory + "/portico.sqlite")
+    }
+}

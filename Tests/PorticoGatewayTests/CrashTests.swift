@@ -14,7 +14,7 @@ import Testing
         var acknowledged: Set<Int> = []
         for round in 0..<20 {
             let first = round * 1_000_000
-            let process = try ServerProcess(["db", "ingest-probe", "--config", config, "--first-batch", "\(first)", "--batch-size", "\(batchSize)"])
+            let process = try ServerProcess(["ingest-probe", "--config", config, "--first-batch", "\(first)", "--batch-size", "\(batchSize)"], executable: "portico-bench")
             await process.waitFor("acked ", count: Int.random(in: 1...40))
             process.signal(SIGKILL)
             _ = await process.wait()
