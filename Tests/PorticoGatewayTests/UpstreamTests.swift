@@ -604,4 +604,20 @@ struct RecordingUpstream {
             #expect(throws: UpstreamFailure.self, "\(text.prefix(40))") { _ = try Self.head(text) }
         }
     }
+
+    /// Responses are read by the reader of requests, with its rules: what would make the
+    /// gateway and a client disagree about where a response ends is refused, not passed on.
+    @Test func responsesAreHeldToTheRulesOfRequests() throws {
+        for text in [
+            "HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\n", "HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX-A: 1\rContent-Length: 5\r\n\r\n", "HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX-\u{1}: 1\r\n\r\n", "HTTP/1.1 200 O\u{7}K\r\n\r\n",
+        ] {
+            #expect(throws: UpstreamFailure.self, "\(text.debugDescription)") { _ = try Self.head(text) }
+        }
+        // With both framings, chunked decides and the connection is not used again.
+        let both = try #require(try Self.head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"))
+        #expect(both.chunked && both.contentLength == nil && !both.keepAlive)
+    }
 }

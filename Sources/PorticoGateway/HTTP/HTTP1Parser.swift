@@ -127,6 +127,17 @@ enum HTTP1ParseError: Error, Equatable {
         }
     }
 
+    /// What was wrong, said of an upstream's response.
+    func responseReason(maxBytes: Int) -> String {
+        switch self {
+        case .malformed(let reason): reason
+        case .headTooLarge: "head larger than \(maxBytes) bytes"
+        case .versionNotSupported: "not HTTP/1.x"
+        case .unsupportedTransferCoding: "a transfer coding other than chunked"
+        case .bodyTooLarge(let limit): "body larger than \(limit) bytes"
+        }
+    }
+
     var message: String {
         switch self {
         case .malformed(let reason): "malformed HTTP request: \(reason)"
@@ -279,7 +290,7 @@ struct HTTP1Parser {
 
     /// Checks one header or trailer line, `raw[start..<end]` without its line ending: a token
     /// name right before the colon, a value without control bytes, no folding.
-    private static func checkField(_ raw: UnsafeRawBufferPointer, from start: Int, to end: Int) throws(HTTP1ParseError) {
+    static func checkField(_ raw: UnsafeRawBufferPointer, from start: Int, to end: Int) throws(HTTP1ParseError) {
         let first = raw[start]
         if first == 0x20 || first == 0x09 { throw .malformed("folded header line") }
         var colon = start
@@ -308,13 +319,13 @@ struct HTTP1Parser {
             method: scan.method,
             uri: scan.uri,
             minorVersion: scan.minorVersion,
-            hostRange: scan.host.map { ($0.lowerBound - scan.start)..<($0.upperBound - scan.start) },
-            contentLength: scan.contentLength,
-            chunked: scan.chunked,
-            keepAlive: scan.minorVersion == 1 ? !scan.connectionClose : scan.connectionKeepAlive && !scan.connectionClose,
-            expectsContinue: scan.expectsContinue,
-            fieldsStart: scan.fieldsStart - scan.start,
-            hasConnectionField: scan.connectionField
+            hostRange: scan.fields.host.map { ($0.lowerBound - scan.start)..<($0.upperBound - scan.start) },
+            contentLength: scan.fields.contentLength,
+            chunked: scan.fields.chunked,
+            keepAlive: scan.fields.keepAlive(minorVersion: scan.minorVersion),
+            expectsContinue: scan.fields.expectsContinue,
+            fieldsStart: scan.fields.start - scan.start,
+            hasConnectionField: scan.fields.connectionField
         )
         return (head, length)
     }
@@ -324,15 +335,7 @@ struct HTTP1Parser {
         var method = ""
         var uri = ""
         var minorVersion = 1
-        var fieldsStart = 0
-        /// Where the `Host` value is, from the start of the buffer.
-        var host: Range<Int>?
-        var contentLength: Int?
-        var chunked = false
-        var connectionClose = false
-        var connectionKeepAlive = false
-        var connectionField = false
-        var expectsContinue = false
+        var fields = HTTP1FieldScan()
     }
 
     /// Scans a head from the start of `raw`: nil if it has not all arrived.
@@ -346,81 +349,15 @@ struct HTTP1Parser {
         }
         scan.start = index
         // The request line.
-        guard let (lineEnd, next) = try lineBounds(raw, from: index) else { return nil }
+        guard let (lineEnd, next) = try HTTP1Head.lineBounds(raw, from: index, maxHeadBytes: maxHeadBytes) else { return nil }
         try parseRequestLine(raw, from: index, to: lineEnd, into: &scan)
-        index = next
-        scan.fieldsStart = index
-        var fields = 0
-        var hostCount = 0
-        var transferEncodings = 0
-        while true {
-            guard let (lineEnd, next) = try lineBounds(raw, from: index) else { return nil }
-            if lineEnd == index {
-                index = next
-                break
-            }
-            fields += 1
-            if fields > maxHeaderCount { throw .headTooLarge }
-            try Self.checkField(raw, from: index, to: lineEnd)
-            var colon = index
-            while raw[colon] != UInt8(ascii: ":") { colon += 1 }
-            var valueStart = colon + 1
-            var valueEnd = lineEnd
-            while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
-            while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
-            let name = UnsafeRawBufferPointer(rebasing: raw[index..<colon])
-            let value = UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd])
-            switch name.count {
-            case 4 where Self.equalsLowercase(name, "host"):
-                hostCount += 1
-                if hostCount > 1 { throw .malformed("more than one Host header") }
-                guard HTTPSyntax.isHost(value) else { throw .malformed("the Host header is not a host name or address with an optional port") }
-                scan.host = valueStart..<valueEnd
-            case 14 where Self.equalsLowercase(name, "content-length"):
-                let length = try Self.parseContentLength(value)
-                if let existing = scan.contentLength, existing != length { throw .malformed("differing Content-Length headers") }
-                scan.contentLength = length
-            case 17 where Self.equalsLowercase(name, "transfer-encoding"):
-                transferEncodings += 1
-                guard !value.isEmpty else { throw .malformed("an empty Transfer-Encoding") }
-                guard Self.equalsLowercase(value, "chunked") else { throw .unsupportedTransferCoding }
-                if transferEncodings > 1 { throw .malformed("chunked applied more than once") }
-                scan.chunked = true
-            case 10 where Self.equalsLowercase(name, "connection"):
-                scan.connectionField = true
-                Self.forEachToken(value) { token in
-                    if token.count == 5 && Self.equalsLowercase(token, "close") { scan.connectionClose = true }
-                    if token.count == 10 && Self.equalsLowercase(token, "keep-alive") { scan.connectionKeepAlive = true }
-                }
-            case 6 where Self.equalsLowercase(name, "expect"):
-                if Self.equalsLowercase(value, "100-continue") { scan.expectsContinue = true }
-            default:
-                break
-            }
-            index = next
-        }
-        if index - scan.start > maxHeadBytes { throw .headTooLarge }
-        if scan.chunked && scan.contentLength != nil { throw .malformed("both Content-Length and Transfer-Encoding") }
-        if scan.chunked && scan.minorVersion == 0 { throw .malformed("chunked transfer coding in an HTTP/1.0 request") }
-        if scan.minorVersion == 1 && hostCount == 0 { throw .malformed("an HTTP/1.1 request needs a Host header") }
-        return (scan, index)
-    }
-
-    /// Where the line starting at `start` ends (before CRLF or LF) and the next begins; nil
-    /// if it has not all arrived.
-    private func lineBounds(_ raw: UnsafeRawBufferPointer, from start: Int) throws(HTTP1ParseError) -> (Int, Int)? {
-        guard start < raw.count, let base = raw.baseAddress,
-              let found = memchr(base + start, Int32(UInt8(ascii: "\n")), raw.count - start)
-        else {
-            if raw.count > maxHeadBytes + 64 { throw .headTooLarge }
-            return nil
-        }
-        let lf = base.distance(to: UnsafeRawPointer(found))
-        if lf > maxHeadBytes + 64 { throw .headTooLarge }
-        // A CR left inside the line (a bare CR) fails the checks of names, values and the
-        // request line's parts.
-        let end = lf > start && raw[lf - 1] == UInt8(ascii: "\r") ? lf - 1 : lf
-        return (end, lf + 1)
+        guard let fields = try HTTP1Head.scanFields(raw, from: next, maxHeadBytes: maxHeadBytes, maxFields: maxHeaderCount, request: true) else { return nil }
+        scan.fields = fields
+        if fields.end - scan.start > maxHeadBytes { throw .headTooLarge }
+        if fields.chunked && fields.contentLength != nil { throw .malformed("both Content-Length and Transfer-Encoding") }
+        if fields.chunked && scan.minorVersion == 0 { throw .malformed("chunked transfer coding in an HTTP/1.0 request") }
+        if scan.minorVersion == 1 && fields.host == nil { throw .malformed("an HTTP/1.1 request needs a Host header") }
+        return (scan, fields.end)
     }
 
     private func parseRequestLine(_ raw: UnsafeRawBufferPointer, from start: Int, to end: Int, into scan: inout HeadScan) throws(HTTP1ParseError) {
@@ -508,7 +445,7 @@ struct HTTP1Parser {
 
     /// `withUnsafeReadableBytes` with the parser's typed error (NIO's passes it through; a
     /// `Result` wrapped around it was 0.5% of a proxied request's CPU).
-    private static func withBytes<T>(_ buffer: ByteBuffer, _ body: (UnsafeRawBufferPointer) throws(HTTP1ParseError) -> T) throws(HTTP1ParseError) -> T {
+    static func withBytes<T>(_ buffer: ByteBuffer, _ body: (UnsafeRawBufferPointer) throws(HTTP1ParseError) -> T) throws(HTTP1ParseError) -> T {
         try buffer.withUnsafeReadableBytes(body)
     }
 
@@ -521,7 +458,7 @@ struct HTTP1Parser {
         }
     }
 
-    private static func parseContentLength(_ value: UnsafeRawBufferPointer) throws(HTTP1ParseError) -> Int {
+    static func parseContentLength(_ value: UnsafeRawBufferPointer) throws(HTTP1ParseError) -> Int {
         guard !value.isEmpty, value.count <= 18 else { throw .malformed("Content-Length is not a number") }
         var length = 0
         for byte in value {

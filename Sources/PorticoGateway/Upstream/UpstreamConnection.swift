@@ -409,107 +409,15 @@ final class UpstreamConnection: DeadlineClient {
 
     // MARK: - Response heads
 
-    struct ResponseHead {
-        var status: Int
-        /// The header lines as they came, a slice of the buffer read (what is passed on is
-        /// decided as they are written: ``UpstreamResponse/writeFields(into:)``).
-        var fields: ByteBuffer
-        /// A `Connection` field names fields other than `close` and `keep-alive`.
-        var namesConnectionFields: Bool
-        var contentLength: Int?
-        var chunked: Bool
-        var keepAlive: Bool
-        var length: Int
-        /// Where the lines are, from the start of the head.
-        var fieldsRange = 0..<0
+    typealias ResponseHead = HTTP1ResponseHead
 
-        /// The fields passed on to the client.
-        var headers: HTTPHeaders {
-            UpstreamResponse(status: .ok, fields: fields, namesConnectionFields: namesConnectionFields, body: ByteBuffer()).headers
-        }
-    }
-
-    /// A response head from the start of `buffer`, or nil until it has all arrived. Read as
-    /// bytes: a first version built a `String` per line and split, trimmed and lowercased them,
-    /// 12% of the CPU of a proxied request. The lines are not copied: the head keeps a slice.
+    /// A response head from the start of `buffer`, or nil until it has all arrived, read by
+    /// the gateway's one HTTP/1 head reader.
     static func parseHead(_ buffer: ByteBuffer, maxBytes: Int) throws -> ResponseHead? {
-        guard var head = try scanHead(buffer, maxBytes: maxBytes) else { return nil }
-        head.fields = buffer.getSlice(at: buffer.readerIndex + head.fieldsRange.lowerBound, length: head.fieldsRange.count)!
-        return head
-    }
-
-    /// The head's framing and where its lines are (`fieldsRange`).
-    private static func scanHead(_ buffer: ByteBuffer, maxBytes: Int) throws -> ResponseHead? {
-        try buffer.withUnsafeReadableBytes { raw -> ResponseHead? in
-            guard let base = raw.baseAddress else { return nil }
-            /// The line from `start`: its end (before CRLF or LF) and the next line's start.
-            func line(from start: Int) throws -> (Int, Int)? {
-                guard start < raw.count, let found = memchr(base + start, Int32(UInt8(ascii: "\n")), raw.count - start) else {
-                    if raw.count > maxBytes { throw UpstreamFailure.malformedResponse("head larger than \(maxBytes) bytes") }
-                    return nil
-                }
-                let lf = base.distance(to: UnsafeRawPointer(found))
-                if lf > maxBytes { throw UpstreamFailure.malformedResponse("head larger than \(maxBytes) bytes") }
-                return (lf > start && raw[lf - 1] == UInt8(ascii: "\r") ? lf - 1 : lf, lf + 1)
-            }
-            guard let (statusEnd, fieldsStart) = try line(from: 0) else { return nil }
-            // `HTTP/1.x NNN reason`
-            let status = UnsafeRawBufferPointer(rebasing: raw[0..<statusEnd])
-            guard status.count >= 12, status.starts(with: "HTTP/1.".utf8), status[7] == UInt8(ascii: "0") || status[7] == UInt8(ascii: "1"),
-                  status[8] == 0x20, (0x30...0x39).contains(status[9]), (0x30...0x39).contains(status[10]), (0x30...0x39).contains(status[11]),
-                  status.count == 12 || status[12] == 0x20
-            else {
-                throw UpstreamFailure.malformedResponse("status line '\(String(decoding: status.prefix(64), as: UTF8.self))'")
-            }
-            let code = Int(status[9] - 0x30) * 100 + Int(status[10] - 0x30) * 10 + Int(status[11] - 0x30)
-            var head = ResponseHead(status: code, fields: buffer, namesConnectionFields: false, contentLength: nil, chunked: false, keepAlive: status[7] == UInt8(ascii: "1"), length: 0)
-            var index = fieldsStart
-            while true {
-                guard let (end, next) = try line(from: index) else { return nil }
-                if end == index {
-                    head.length = next
-                    head.fieldsRange = fieldsStart..<index
-                    break
-                }
-                var colon = index
-                while colon < end, raw[colon] != UInt8(ascii: ":") { colon += 1 }
-                guard colon < end, colon > index else { throw UpstreamFailure.malformedResponse("header line without a name and colon") }
-                var valueStart = colon + 1
-                var valueEnd = end
-                while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
-                while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
-                let name = UnsafeRawBufferPointer(rebasing: raw[index..<colon])
-                let value = UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd])
-                switch name.count {
-                case 14 where HTTP1Parser.equalsLowercase(name, "content-length"):
-                    guard !value.isEmpty, value.count <= 18, value.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
-                        throw UpstreamFailure.malformedResponse("Content-Length '\(String(decoding: value, as: UTF8.self))'")
-                    }
-                    let length = value.reduce(0) { $0 * 10 + Int($1 - 0x30) }
-                    if let existing = head.contentLength, existing != length { throw UpstreamFailure.malformedResponse("differing Content-Length headers") }
-                    head.contentLength = length
-                case 17 where HTTP1Parser.equalsLowercase(name, "transfer-encoding"):
-                    guard HTTP1Parser.equalsLowercase(value, "chunked") else {
-                        throw UpstreamFailure.malformedResponse("transfer coding '\(String(decoding: value, as: UTF8.self))'")
-                    }
-                    head.chunked = true
-                case 10 where HTTP1Parser.equalsLowercase(name, "connection"):
-                    HTTP1Parser.forEachToken(value) { token in
-                        if HTTP1Parser.equalsLowercase(token, "close") {
-                            head.keepAlive = false
-                        } else if HTTP1Parser.equalsLowercase(token, "keep-alive") {
-                            head.keepAlive = true
-                        } else {
-                            head.namesConnectionFields = true
-                        }
-                    }
-                default:
-                    break
-                }
-                index = next
-            }
-            if head.chunked { head.contentLength = nil }
-            return head
+        do {
+            return try HTTP1Head.parseResponse(buffer, maxBytes: maxBytes)
+        } catch {
+            throw UpstreamFailure.malformedResponse(error.responseReason(maxBytes: maxBytes))
         }
     }
 }
