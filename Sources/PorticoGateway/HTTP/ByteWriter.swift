@@ -9,8 +9,7 @@ import Glibc
 /// into a buffer's spare room with plain copies.
 ///
 /// Each `ByteBuffer.write...` call checks capacity and unique ownership and may grow the
-/// storage: for the forty-odd pieces of a proxied request and its answer that was 4% of the
-/// CPU of the request. A writer gets the room once, for a bound the caller computes, and then
+/// storage, for each of the forty-odd pieces of a proxied request and its answer. A writer gets the room once, for a bound the caller computes, and then
 /// only copies. The bound is checked on every write: a wrong bound stops the process rather
 /// than writing past the room.
 struct ByteWriter: ~Copyable {

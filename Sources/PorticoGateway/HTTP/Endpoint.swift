@@ -6,7 +6,7 @@ import NIOHPACK
 ///
 /// `indirect`: its cases are boxed, so the copy a request makes of its route's endpoint is
 /// one retain (copying the enum inline went through its value witness, with the service's
-/// existential: 1% of a small keep-alive request).
+/// existential).
 indirect enum Endpoint: Sendable {
     /// A response fixed at load, encoded once for each HTTP version.
     case fixed(FixedResponse)
@@ -151,8 +151,7 @@ enum HTTP2Encoding {
     /// The same fields written straight into `out` as an HPACK block of literals without
     /// indexing (RFC 7541 6.2.2; names from the static table where it has them, values as
     /// plain strings), as nginx writes its responses' fields: no dynamic-table lookups (the
-    /// encoder's hashing and matching were 8% of a small dynamic answer over HTTP/2) and the
-    /// client's table is left alone. Valid whatever the connection's table holds, except
+    /// encoder hashes and matches every field) and the client's table is left alone. Valid whatever the connection's table holds, except
     /// right after the client changed its table size (the encoder signals that).
     static func writeLiteralBlock(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int, date: String, into out: inout ByteBuffer) {
         switch status.code {

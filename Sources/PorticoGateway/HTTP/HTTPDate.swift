@@ -6,8 +6,7 @@ import NIOPosix
 /// The `Date` header value (IMF-fixdate) as a connection keeps it: looked up once a second.
 ///
 /// The connections of one thread (one event loop) share one formatted value per second, so
-/// a connection that lives for one request does not format its own (formatting was 0.5% of a
-/// resumed TLS connection). Per thread rather than per process: a string retained per request
+/// a connection that lives for one request does not format its own. Per thread rather than per process: a string retained per request
 /// by both cores moved its reference count's cache line between them every time.
 struct HTTPDate {
     /// The second `value` is for.

@@ -72,7 +72,7 @@ enum RequestDispatch {
     }
 
     /// The `Host` without its port. Searched as bytes: `lastIndex(of:)` on the characters
-    /// of a `String` cost 2.5% of a keep-alive request's CPU.
+    /// of a `String` walks grapheme clusters.
     static func hostWithoutPort(_ host: String) -> Substring {
         let utf8 = host.utf8
         if utf8.first == UInt8(ascii: "[") {

@@ -31,8 +31,8 @@ extension DeadlineClient {
 ///
 /// A scheduled task per connection is what NIO offers, but cancelling one searches the
 /// loop's whole list of scheduled tasks; with connections closing at thousands per second
-/// (each leaving NIOSSL's 5 s shutdown timer behind) that search was 7% of the CPU of new
-/// TLS connections. Registering here and leaving is constant time, and a deadline moved
+/// (each leaving NIOSSL's 5 s shutdown timer behind) that search was a large share of the
+/// CPU of new TLS connections. Registering here and leaving is constant time, and a deadline moved
 /// per request is a stored value.
 final class DeadlineSweeper {
     static let interval = TimeAmount.milliseconds(250)

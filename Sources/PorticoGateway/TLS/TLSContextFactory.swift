@@ -5,8 +5,8 @@ import NIOSSL
 ///
 /// When the ``ReloadableIdentity`` changes, the next connection gets a context built for the
 /// new pair (once; connections already open keep theirs). The pair used to be set on every
-/// connection from NIOSSL's ClientHello callback, which cost ~10 us per connection (4% of a
-/// resumed handshake): setting a chain and key on a connection copies and checks them.
+/// connection from NIOSSL's ClientHello callback, a cost on every handshake: setting a chain
+/// and key on a connection copies and checks them.
 final class ListenerTLS: Sendable {
     /// A context for the listener's engine: NIOSSL's, or the core's own BoringSSL one.
     enum Context: Sendable {

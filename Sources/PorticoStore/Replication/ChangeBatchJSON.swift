@@ -4,8 +4,8 @@
 ///       {"seq":N,"entity":"…","key":"…","op":"upsert","origin":"…","hlc":N,"row":[value, …]}, …]}
 ///
 /// where each value is null, an integer or a string (blobs in base64), in the entity's column
-/// order, and `row` is absent for a delete. Foundation's JSONEncoder and JSONDecoder took
-/// about 30% of the CPU on each side of a catch-up; this does the same job in a few percent.
+/// order, and `row` is absent for a delete. Foundation's JSONEncoder and JSONDecoder were the
+/// largest cost on each side of a catch-up (bench/README.md has the figures).
 extension ChangeBatch {
     /// The page as JSON bytes.
     public func json() -> [UInt8] {
