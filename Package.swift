@@ -188,15 +188,50 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What the test targets share: temporary folders, identities, outside programs, child
+        // processes, HTTP clients and probes, and a gateway started from YAML.
+        .target(
+            name: "PorticoTestSupport",
+            dependencies: [
+                "PorticoGateway",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/PorticoTestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "PorticoGatewayTests",
             dependencies: [
                 "PorticoGateway",
                 "PorticoStore",
+                "PorticoTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "X509", package: "swift-certificates"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The real executables as an operator runs them: processes, signals, a browser, two
+        // sites of managers, crashes.
+        .testTarget(
+            name: "PorticoEndToEndTests",
+            dependencies: [
+                "PorticoGateway",
+                "PorticoStore",
+                "PorticoTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -215,6 +250,15 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PorticoAgentTests",
+            dependencies: [
+                "PorticoAgent",
+                "PorticoProtocol",
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

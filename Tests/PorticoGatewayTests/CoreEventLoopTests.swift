@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import PorticoTestSupport
 import Testing
 
 #if canImport(Glibc)

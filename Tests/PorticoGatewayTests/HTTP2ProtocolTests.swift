@@ -1,5 +1,6 @@
 import NIOHPACK
 import NIOCore
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

@@ -1,4 +1,5 @@
 import NIOHPACK
+import PorticoTestSupport
 import Testing
 @testable import PorticoGateway
 

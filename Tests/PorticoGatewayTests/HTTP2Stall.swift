@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import PorticoTestSupport
 import NIOHPACK
 import NIOHTTP2
 import NIOPosix

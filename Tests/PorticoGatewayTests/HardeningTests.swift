@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import NIOCore
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

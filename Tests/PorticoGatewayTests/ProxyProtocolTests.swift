@@ -1,4 +1,5 @@
 import NIOCore
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

@@ -1,4 +1,5 @@
 import NIOPosix
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

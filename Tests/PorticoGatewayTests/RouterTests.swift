@@ -1,3 +1,4 @@
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import NIOHTTP1
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

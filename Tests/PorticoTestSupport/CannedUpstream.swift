@@ -5,9 +5,9 @@ import NIOPosix
 
 /// A loopback server that answers each request (once its head has arrived) with bytes the
 /// test chose, per connection and request number, and counts connections and requests.
-final class CannedUpstream: Sendable {
+public final class CannedUpstream: Sendable {
     /// What to do with request `request` (from 0) on connection `connection` (from 0).
-    enum Action: Sendable {
+    public enum Action: Sendable {
         case answer(String)
         /// Answer, then close the connection.
         case answerAndClose(String)
@@ -17,15 +17,15 @@ final class CannedUpstream: Sendable {
         case ignore
     }
 
-    let channel: any Channel
+    public let channel: any Channel
     private let counts: NIOLockedValueBox<(connections: Int, requests: Int)>
     private let closes: NIOLockedValueBox<(count: Int, waiters: [(Int, EventLoopPromise<Void>)])>
-    var port: Int { channel.localAddress!.port! }
-    var connections: Int { counts.withLockedValue { $0.connections } }
-    var requests: Int { counts.withLockedValue { $0.requests } }
+    public var port: Int { channel.localAddress!.port! }
+    public var connections: Int { counts.withLockedValue { $0.connections } }
+    public var requests: Int { counts.withLockedValue { $0.requests } }
 
     /// Waits until `count` connections have been closed (by either side).
-    func waitUntilClosed(connections count: Int) async {
+    public func waitUntilClosed(connections count: Int) async {
         let promise = channel.eventLoop.makePromise(of: Void.self)
         closes.withLockedValue { closes in
             if closes.count >= count { promise.succeed() } else { closes.waiters.append((count, promise)) }
@@ -33,7 +33,7 @@ final class CannedUpstream: Sendable {
         try? await promise.futureResult.get()
     }
 
-    static func start(_ plan: @escaping @Sendable (_ connection: Int, _ request: Int) -> Action) async throws -> CannedUpstream {
+    public static func start(_ plan: @escaping @Sendable (_ connection: Int, _ request: Int) -> Action) async throws -> CannedUpstream {
         let counts = NIOLockedValueBox((connections: 0, requests: 0))
         let closes = NIOLockedValueBox((count: 0, waiters: [(Int, EventLoopPromise<Void>)]()))
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -68,24 +68,24 @@ final class CannedUpstream: Sendable {
         self.closes = closes
     }
 
-    func stop() async { try? await channel.close() }
+    public func stop() async { try? await channel.close() }
 
     private final class Handler: ChannelInboundHandler {
-        typealias InboundIn = ByteBuffer
-        typealias OutboundOut = ByteBuffer
-        let connection: Int
-        let plan: @Sendable (Int, Int) -> Action
-        let counts: NIOLockedValueBox<(connections: Int, requests: Int)>
-        var received = ""
-        var request = 0
+        public typealias InboundIn = ByteBuffer
+        public typealias OutboundOut = ByteBuffer
+        public let connection: Int
+        public let plan: @Sendable (Int, Int) -> Action
+        public let counts: NIOLockedValueBox<(connections: Int, requests: Int)>
+        public var received = ""
+        public var request = 0
 
-        init(connection: Int, plan: @escaping @Sendable (Int, Int) -> Action, counts: NIOLockedValueBox<(connections: Int, requests: Int)>) {
+        public init(connection: Int, plan: @escaping @Sendable (Int, Int) -> Action, counts: NIOLockedValueBox<(connections: Int, requests: Int)>) {
             self.connection = connection
             self.plan = plan
             self.counts = counts
         }
 
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             received += String(buffer: unwrapInboundIn(data))
             // Requests here have no bodies, or tiny ones that arrive with their heads.
             while let end = received.range(of: "\r\n\r\n") {
@@ -115,7 +115,7 @@ final class CannedUpstream: Sendable {
             }
         }
 
-        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        public func errorCaught(context: ChannelHandlerContext, error: any Error) {
             context.close(promise: nil)
         }
     }

@@ -5,18 +5,18 @@ import NIOSSL
 import NIOTLS
 import Testing
 
-@testable import PorticoGateway
+import PorticoGateway
 
 /// A raw TLS connection for what HTTP clients hide: the served certificate, the protocol
 /// version, a client certificate refused after the handshake.
-final class TLSProbe: Sendable {
-    let channel: any Channel
-    let peerCertificate: NIOSSLCertificate?
+public final class TLSProbe: Sendable {
+    public let channel: any Channel
+    public let peerCertificate: NIOSSLCertificate?
     private let collector: Collector
 
     /// Opens a connection and completes the handshake; `sendPrefix` goes first, in the clear
     /// (a PROXY header).
-    static func connect(
+    public static func connect(
         port: Int, minimumVersion: TLSVersion = .tlsv12, maximumVersion: TLSVersion? = nil,
         clientIdentity: TestPKI.Pair? = nil, alpn: [String] = ["http/1.1"], sendPrefix: ByteBuffer? = nil
     ) async throws -> TLSProbe {
@@ -54,7 +54,7 @@ final class TLSProbe: Sendable {
     }
 
     /// Sends an HTTP/1.1 request on this connection and returns the response text.
-    func get(_ path: String, keepAlive: Bool = true) async throws -> String {
+    public func get(_ path: String, keepAlive: Bool = true) async throws -> String {
         let request = "GET \(path) HTTP/1.1\r\nHost: localhost\r\n\(keepAlive ? "" : "Connection: close\r\n")\r\n"
         let response = collector.expectResponse(on: channel.eventLoop)
         do {
@@ -67,31 +67,31 @@ final class TLSProbe: Sendable {
         return try await response.get()
     }
 
-    func close() async {
+    public func close() async {
         try? await channel.close()
     }
 
     /// Collects the bytes of one response (until a complete head plus content-length body,
     /// or the end of the connection).
-    final class Collector: ChannelInboundHandler, Sendable {
-        typealias InboundIn = ByteBuffer
-        let handshake: EventLoopPromise<Void>
+    public final class Collector: ChannelInboundHandler, Sendable {
+        public typealias InboundIn = ByteBuffer
+        public let handshake: EventLoopPromise<Void>
         private let state = NIOLockedValueBox<(buffer: ByteBuffer, promise: EventLoopPromise<String>?)>((ByteBuffer(), nil))
 
         /// - Parameter tls: whether a handshake is to be waited for; a plain connection has none.
-        init(tls: Bool = true) {
+        public init(tls: Bool = true) {
             handshake = MultiThreadedEventLoopGroup.singleton.next().makePromise()
             if !tls { handshake.succeed() }
         }
 
-        func expectResponse(on loop: any EventLoop) -> EventLoopFuture<String> {
+        public func expectResponse(on loop: any EventLoop) -> EventLoopFuture<String> {
             let promise = loop.makePromise(of: String.self)
             state.withLockedValue { $0 = (ByteBuffer(), promise) }
             return promise.futureResult
         }
 
         /// Fails the response being waited for, if any.
-        func failPending(_ error: any Error) {
+        public func failPending(_ error: any Error) {
             let promise = state.withLockedValue { state -> EventLoopPromise<String>? in
                 defer { state.promise = nil }
                 return state.promise
@@ -99,12 +99,12 @@ final class TLSProbe: Sendable {
             promise?.fail(error)
         }
 
-        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
             if case TLSUserEvent.handshakeCompleted = event { handshake.succeed() }
             context.fireUserInboundEventTriggered(event)
         }
 
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var incoming = unwrapInboundIn(data)
             let done = state.withLockedValue { state -> (EventLoopPromise<String>, String)? in
                 state.buffer.writeBuffer(&incoming)
@@ -123,7 +123,7 @@ final class TLSProbe: Sendable {
             if let (promise, text) = done { promise.succeed(text) }
         }
 
-        func channelInactive(context: ChannelHandlerContext) {
+        public func channelInactive(context: ChannelHandlerContext) {
             handshake.fail(ChannelError.ioOnClosedChannel)
             let pending = state.withLockedValue { state -> (EventLoopPromise<String>, String)? in
                 guard let promise = state.promise else { return nil }
@@ -135,7 +135,7 @@ final class TLSProbe: Sendable {
             }
         }
 
-        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        public func errorCaught(context: ChannelHandlerContext, error: any Error) {
             handshake.fail(error)
             failPending(error)
             context.close(promise: nil)
@@ -147,15 +147,15 @@ import Foundation
 
 /// Writes its bytes as the connection opens, before the handlers after it (TLS) write theirs.
 private final class PrefixWriter: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
-    typealias OutboundOut = ByteBuffer
+    public typealias InboundIn = NIOAny
+    public typealias OutboundOut = ByteBuffer
     private let prefix: ByteBuffer
 
-    init(prefix: ByteBuffer) {
+    public init(prefix: ByteBuffer) {
         self.prefix = prefix
     }
 
-    func channelActive(context: ChannelHandlerContext) {
+    public func channelActive(context: ChannelHandlerContext) {
         context.writeAndFlush(wrapOutboundOut(prefix), promise: nil)
         context.fireChannelActive()
     }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PorticoStore
+import PorticoTestSupport
 import Testing
 
 /// Durability through the real executable: a process ingesting event batches is killed

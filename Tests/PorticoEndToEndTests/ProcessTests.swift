@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import PorticoStore
+import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway

@@ -1,5 +1,6 @@
 import Foundation
 import PorticoGateway
+import PorticoTestSupport
 import Testing
 
 /// The console in a real browser: Debian's headless Chromium driven by Selenium through

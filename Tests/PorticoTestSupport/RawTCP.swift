@@ -4,17 +4,17 @@ import NIOPosix
 
 /// A plain TCP connection that sends bytes as given and collects whatever comes back until
 /// the server closes: for PROXY headers, garbage, and clients that trickle.
-final class RawTCP: Sendable {
-    let channel: any Channel
+public final class RawTCP: Sendable {
+    public let channel: any Channel
     private let received: NIOLockedValueBox<ByteBuffer>
     private let watchers: NIOLockedValueBox<[Watcher]>
 
-    struct Watcher: Sendable {
-        let text: String
-        let promise: EventLoopPromise<Void>
+    public struct Watcher: Sendable {
+        public let text: String
+        public let promise: EventLoopPromise<Void>
     }
 
-    static func connect(port: Int) async throws -> RawTCP {
+    public static func connect(port: Int) async throws -> RawTCP {
         let received = NIOLockedValueBox(ByteBuffer())
         let watchers = NIOLockedValueBox<[Watcher]>([])
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -31,15 +31,15 @@ final class RawTCP: Sendable {
         self.watchers = watchers
     }
 
-    func send(_ bytes: [UInt8]) async throws {
+    public func send(_ bytes: [UInt8]) async throws {
         try await channel.writeAndFlush(ByteBuffer(bytes: bytes))
     }
 
-    func send(_ text: String) async throws { try await send(Array(text.utf8)) }
+    public func send(_ text: String) async throws { try await send(Array(text.utf8)) }
 
     /// Waits until what the server sent contains `text` (or the connection closes), and
     /// returns everything received so far.
-    func received(containing text: String) async -> String {
+    public func received(containing text: String) async -> String {
         let promise = channel.eventLoop.makePromise(of: Void.self)
         let watcher = Watcher(text: text, promise: promise)
         received.withLockedValue { buffer in
@@ -51,30 +51,30 @@ final class RawTCP: Sendable {
     }
 
     /// Waits until the server closes the connection and returns everything it sent.
-    func responseUntilClose() async -> String {
+    public func responseUntilClose() async -> String {
         try? await channel.closeFuture.get()
         return String(buffer: received.withLockedValue { $0 })
     }
 
     /// Sends `bytes` on a new connection and returns what came back before the server closed.
-    static func exchange(port: Int, _ bytes: [UInt8]) async throws -> String {
+    public static func exchange(port: Int, _ bytes: [UInt8]) async throws -> String {
         let connection = try await connect(port: port)
         try? await connection.send(bytes)
         return await connection.responseUntilClose()
     }
 
-    static func exchange(port: Int, _ text: String) async throws -> String { try await exchange(port: port, Array(text.utf8)) }
+    public static func exchange(port: Int, _ text: String) async throws -> String { try await exchange(port: port, Array(text.utf8)) }
 
     private final class Collector: ChannelInboundHandler, Sendable {
-        typealias InboundIn = ByteBuffer
-        let received: NIOLockedValueBox<ByteBuffer>
-        let watchers: NIOLockedValueBox<[Watcher]>
-        init(received: NIOLockedValueBox<ByteBuffer>, watchers: NIOLockedValueBox<[Watcher]>) {
+        public typealias InboundIn = ByteBuffer
+        public let received: NIOLockedValueBox<ByteBuffer>
+        public let watchers: NIOLockedValueBox<[Watcher]>
+        public init(received: NIOLockedValueBox<ByteBuffer>, watchers: NIOLockedValueBox<[Watcher]>) {
             self.received = received
             self.watchers = watchers
         }
 
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var bytes = unwrapInboundIn(data)
             received.withLockedValue { buffer in
                 buffer.writeBuffer(&bytes)
@@ -90,7 +90,7 @@ final class RawTCP: Sendable {
             context.fireChannelRead(data)
         }
 
-        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        public func errorCaught(context: ChannelHandlerContext, error: any Error) {
             context.close(promise: nil)
         }
     }

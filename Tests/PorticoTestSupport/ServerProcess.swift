@@ -4,14 +4,14 @@ import NIOCore
 import NIOPosix
 import Testing
 
-@testable import PorticoGateway
+import PorticoGateway
 
 /// The `portico` executable built beside the tests, run as a real process.
-final class ServerProcess: Sendable {
+public final class ServerProcess: Sendable {
     /// Where the test binary's build put the executable.
-    static var executable: String? { executable(named: "portico") }
+    public static var executable: String? { executable(named: "portico") }
 
-    static func executable(named name: String) -> String? {
+    public static func executable(named name: String) -> String? {
         let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         var dir = testBinary.deletingLastPathComponent()
         // The runner may be inside the .xctest bundle.
@@ -27,15 +27,15 @@ final class ServerProcess: Sendable {
     /// Whether the child has been waited for (its pid may then belong to another process).
     private let reaped = NIOLockedValueBox(false)
     private struct Output {
-        var text = ""
-        var ended = false
-        var endWaiters: [CheckedContinuation<Void, Never>] = []
-        var waiters: [(needle: String, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        public var text = ""
+        public var ended = false
+        public var endWaiters: [CheckedContinuation<Void, Never>] = []
+        public var waiters: [(needle: String, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
 
-        func occurrences(of needle: String) -> Int { text.components(separatedBy: needle).count - 1 }
+        public func occurrences(of needle: String) -> Int { text.components(separatedBy: needle).count - 1 }
 
         /// Removes and returns the waiters whose condition now holds.
-        mutating func satisfied() -> [CheckedContinuation<Void, Never>] {
+        public mutating func satisfied() -> [CheckedContinuation<Void, Never>] {
             let text = self.text
             let met = { (waiter: (needle: String, count: Int, continuation: CheckedContinuation<Void, Never>)) in
                 text.components(separatedBy: waiter.needle).count - 1 >= waiter.count
@@ -50,7 +50,7 @@ final class ServerProcess: Sendable {
     /// Starts `portico` (or another executable of the package) with `arguments`, collecting
     /// its standard output and error; with at most `descriptorLimit` open files when given
     /// (a shell sets the limit and then becomes the process).
-    init(_ arguments: [String], executable name: String = "portico", descriptorLimit: Int? = nil) throws {
+    public init(_ arguments: [String], executable name: String = "portico", descriptorLimit: Int? = nil) throws {
         let path = try #require(Self.executable(named: name), "the \(name) executable was not built beside the tests")
         if let descriptorLimit {
             child = try ChildProcess.start("/bin/sh", ["-c", "ulimit -n \(descriptorLimit) && exec \"$0\" \"$@\"", path] + arguments)
@@ -78,11 +78,11 @@ final class ServerProcess: Sendable {
         }
     }
 
-    var text: String { output.withLockedValue { $0.text } }
+    public var text: String { output.withLockedValue { $0.text } }
 
     /// The port a listener bound, read from the process's "listening" log line (so tests can
     /// let it bind port 0 rather than guess a free one another test might take first).
-    func boundPort(_ role: ListenerRole) -> Int? {
+    public func boundPort(_ role: ListenerRole) -> Int? {
         for line in text.split(separator: "\n") where line.hasSuffix("listening") && line.contains("listener=\(role.rawValue) ") {
             guard let start = line.range(of: "address=") else { continue }
             let address = line[start.upperBound...].prefix { $0 != " " }
@@ -95,7 +95,7 @@ final class ServerProcess: Sendable {
     /// the event waited on. If the test is cancelled meanwhile (its time limit), the process
     /// is killed, which ends its output and the wait, so a missing line fails the test
     /// instead of hanging the run.
-    func waitFor(_ needle: String, count: Int = 1) async {
+    public func waitFor(_ needle: String, count: Int = 1) async {
         let pid = child.pid
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -111,14 +111,14 @@ final class ServerProcess: Sendable {
         }
     }
 
-    func signal(_ signal: Int32) {
+    public func signal(_ signal: Int32) {
         reaped.withLockedValue { reaped in
             if !reaped { _ = kill(child.pid, signal) }
         }
     }
 
     /// Waits for the process to exit and for all of its output, and returns its status.
-    func wait() async -> Int32 {
+    public func wait() async -> Int32 {
         let child = self.child
         let reaped = self.reaped
         let status = await withCheckedContinuation { continuation in

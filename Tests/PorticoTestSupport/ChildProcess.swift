@@ -10,18 +10,18 @@ import Glibc
 /// (`memcpy` in `Process.run()`, SIGSEGV). Here every descriptor above standard error is closed
 /// in the child (`posix_spawn_file_actions_addclosefrom_np`), as `Process` meant to do: a
 /// child holding another child's pipe would keep that pipe from ever reaching end of file.
-struct ChildProcess: Sendable {
-    let pid: pid_t
+public struct ChildProcess: Sendable {
+    public let pid: pid_t
     /// The read end of the child's standard output and error.
-    let output: Int32
+    public let output: Int32
     /// The write end of the child's standard input, or -1 (it reads `/dev/null`).
-    let input: Int32
+    public let input: Int32
 
-    struct Failure: Error, CustomStringConvertible {
-        let description: String
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
     }
 
-    static func start(_ path: String, _ arguments: [String], withInput: Bool = false) throws -> ChildProcess {
+    public static func start(_ path: String, _ arguments: [String], withInput: Bool = false) throws -> ChildProcess {
         var out: [Int32] = [-1, -1]
         var inp: [Int32] = [-1, -1]
         // Close-on-exec, so that no other child started meanwhile holds them (`pipe2` is one
@@ -70,7 +70,7 @@ struct ChildProcess: Sendable {
     }
 
     /// Writes `text` to the child's standard input and closes it.
-    func send(_ text: String) {
+    public func send(_ text: String) {
         guard input >= 0 else { return }
         var bytes = Array(text.utf8)
         var offset = 0
@@ -85,7 +85,7 @@ struct ChildProcess: Sendable {
 
     /// Reads the child's output until end of file, handing each piece to `body`, then closes
     /// the pipe. Blocks.
-    func readOutput(_ body: ([UInt8]) -> Void) {
+    public func readOutput(_ body: ([UInt8]) -> Void) {
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let count = buffer.withUnsafeMutableBytes { Glibc.read(output, $0.baseAddress, $0.count) }
@@ -97,7 +97,7 @@ struct ChildProcess: Sendable {
     }
 
     /// Waits for the child to exit: its exit status, or 128 plus the signal that ended it. Blocks.
-    func wait() -> Int32 {
+    public func wait() -> Int32 {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 {
             if errno != EINTR { return -1 }

@@ -1,0 +1,91 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import Testing
+import X509
+
+import PorticoGateway
+
+/// A gateway started from YAML in a temporary folder, every listener on 127.0.0.1 and a free port.
+public struct RunningGateway: Sendable {
+    public let gateway: Gateway
+    public let dir: TemporaryDirectory
+    public let identity: TestPKI.Pair
+
+    public func port(_ role: ListenerRole) async throws -> Int {
+        try #require(await gateway.boundAddress(of: role)?.port)
+    }
+
+    public func url(_ role: ListenerRole, _ path: String) async throws -> String {
+        let scheme = role == .clientPlain ? "http" : "https"
+        return "\(scheme)://127.0.0.1:\(try await port(role))\(path)"
+    }
+}
+
+public enum TestGateway {
+    /// The listeners block with every role on port 0; `extra` is appended per role.
+    public static func listenersYAML(_ extra: [ListenerRole: String] = [:], engine: ListenerEngine? = nil) -> String {
+        var yaml = "listeners:\n"
+        for role in ListenerRole.allCases {
+            yaml += "  \(role.rawValue):\n    bind: 127.0.0.1\n    port: 0\n    access_log: false\n"
+            if let engine { yaml += "    engine: \(engine)\n" }
+            if let more = extra[role] {
+                yaml += more.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n") + "\n"
+            }
+        }
+        return yaml
+    }
+
+    public static func configuration(yaml: String, dir: TemporaryDirectory) throws -> GatewayConfiguration {
+        let file = try dir.write("portico.yaml", yaml)
+        return try ConfigurationLoader(knownServices: BuiltinServices.names.union(TestServices.names)).load(file: file)
+    }
+
+    /// Starts a gateway, runs `body`, and drains the gateway whatever happens. `engine`, when
+    /// given, serves every listener.
+    public static func with<T>(
+        engine: ListenerEngine? = nil,
+        listeners: [ListenerRole: String] = [:],
+        body extraYAML: String = "",
+        services: ServiceRegistry = TestServices.registry(),
+        gracePeriod: String = "5s",
+        _ run: (RunningGateway) async throws -> T
+    ) async throws -> T {
+        let dir = try TemporaryDirectory()
+        let identity = try TestPKI.make(in: dir, name: "server")
+        let yaml = """
+            identity:
+              certificate: server.crt
+              private_key: server.key
+              reload_interval: 1h
+            shutdown:
+              grace_period: \(gracePeriod)
+            \(listenersYAML(listeners, engine: engine))
+            \(extraYAML)
+            """
+        let cache = IdentityCache()
+        let prepared = try ConfigurationCheck.prepare(try configuration(yaml: yaml, dir: dir), generateMissing: false, cache: cache)
+        let file = dir.file("portico.yaml")
+        let knownServices = BuiltinServices.names.union(TestServices.names)
+        var logger = Logger(label: "portico-test")
+        logger.logLevel = .critical
+        let gateway = Gateway(
+            configuration: prepared, identityCache: cache, services: services, logger: logger,
+            source: { () throws(ConfigurationError) -> GatewayConfiguration in try ConfigurationLoader(knownServices: knownServices).load(file: file) }
+        )
+        try await gateway.start()
+        let running = RunningGateway(gateway: gateway, dir: dir, identity: identity)
+        do {
+            let result = try await run(running)
+            await gateway.stop()
+            return result
+        } catch {
+            await gateway.stop()
+            throw error
+        }
+    }
+}
