@@ -113,6 +113,7 @@ let package = Package(
                 .product(name: "Mustache", package: "swift-mustache"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Yams", package: "Yams"),
             ],
             resources: [
                 .embedInCode("API/openapi.yaml"),
@@ -225,6 +226,7 @@ let package = Package(
             name: "PorticoEndToEndTests",
             dependencies: [
                 "PorticoGateway",
+                "PorticoManager",
                 "PorticoStore",
                 "PorticoTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -239,6 +241,7 @@ let package = Package(
             name: "PorticoManagerTests",
             dependencies: [
                 "PorticoManager",
+                "PorticoTestSupport",
                 "PorticoAgent",
                 "PorticoProtocol",
                 "PorticoGateway",

@@ -26,7 +26,7 @@ public enum ManagerServices {
 
     /// Records the peers the config file names (new ones added, URL and certificate brought up
     /// to date); peers added with `portico peer add` stay as they are.
-    public static func syncConfiguredPeers(_ configuration: GatewayConfiguration, store: Store) async throws {
+    public static func syncConfiguredPeers(_ configuration: ManagerConfiguration, store: Store) async throws {
         for peer in configuration.peers {
             let pem = try FileContents.read(peer.certificate)
             guard let leaf = try NIOSSLCertificate.fromPEMBytes(pem).first else { throw ManagerError("\(peer.certificate) holds no certificate") }
@@ -54,9 +54,8 @@ public enum ManagerServices {
         public let links: PeerLinks
     }
 
-    public static func registry(prepared: PreparedConfiguration, store: Store, metrics: GatewayMetrics? = nil, logger: Logger) throws -> Runtime {
-        let configuration = prepared.configuration
-        guard let identity = prepared.identity(of: .client) ?? ListenerRole.allCases.lazy.compactMap({ prepared.identity(of: $0) }).first else {
+    public static func registry(_ configuration: ManagerConfiguration, prepared: PreparedConfiguration, store: Store, metrics: GatewayMetrics? = nil, logger: Logger) throws -> Runtime {
+        guard let identity = prepared.identity(of: .client) ?? prepared.configuration.names.lazy.compactMap({ prepared.identity(of: $0) }).first else {
             throw ManagerError("no TLS listener is enabled, so there is no server identity to sign agent policies with; enable the client listener")
         }
         let keys = try ManagerKeys.loadOrCreate(in: configuration.dataDirectory)
@@ -65,8 +64,8 @@ public enum ManagerServices {
         settings.checkInIntervalSeconds = Int(configuration.agents.checkInInterval.nanoseconds / 1_000_000_000)
         settings.clockSkewMilliseconds = configuration.agents.clockSkew.nanoseconds / 1_000_000
         let agent = AgentService(store: store, keys: keys, identity: { identity.current }, configuration: settings, logger: logger)
-        let rotation = IdentityRotation(configuration: configuration, identities: liveIdentities(prepared), agent: agent, store: store, logger: Logger(label: "portico.identity"))
-        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: peerTrustFolder(configuration), configured: configuration.peers,
+        let rotation = IdentityRotation(configuration: prepared.configuration, identities: liveIdentities(prepared), agent: agent, store: store, logger: Logger(label: "portico.identity"))
+        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: peerTrustFolder(prepared.configuration), configured: configuration.peers,
                               metrics: metrics?.registry, logger: Logger(label: "portico.replication"))
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
         var registry = ServiceRegistry()
@@ -83,8 +82,8 @@ public enum ManagerServices {
     /// The identities loaded from the configured identity files (the ones a rotation replaces).
     public static func liveIdentities(_ prepared: PreparedConfiguration) -> [ReloadableIdentity] {
         var found: [ReloadableIdentity] = []
-        for role in ListenerRole.allCases {
-            guard let identity = prepared.identity(of: role), identity.certificatePath == prepared.configuration.identity.certificate,
+        for name in prepared.configuration.names {
+            guard let identity = prepared.identity(of: name), identity.certificatePath == prepared.configuration.identity.certificate,
                   !found.contains(where: { $0 === identity }) else { continue }
             found.append(identity)
         }
@@ -95,24 +94,15 @@ public enum ManagerServices {
     /// next one if `ssl/next/` holds one.
     public static func identityStatus(_ prepared: PreparedConfiguration) -> APIService.IdentityStatus? {
         let configuration = prepared.configuration
-        var servedBy: [ListenerRole] = []
+        var servedBy: [ListenerName] = []
         var current: ServerIdentity?
         for listener in configuration.enabledListeners where listener.tls {
-            guard let identity = prepared.identity(of: listener.role)?.current else { continue }
+            guard let identity = prepared.identity(of: listener.name)?.current else { continue }
             if current == nil { current = identity }
-            if identity.fingerprint == current?.fingerprint { servedBy.append(listener.role) }
+            if identity.fingerprint == current?.fingerprint { servedBy.append(listener.name) }
         }
         guard let current else { return nil }
         let next = StagedIdentity.load(configuration)
         return APIService.IdentityStatus(current: IdentitySummary(current, listeners: servedBy), staged: next.map { IdentitySummary($0, listeners: []) })
-    }
-}
-
-extension GatewayConfiguration {
-    /// The store this configuration names: PostgreSQL when `storage.postgres.url` is set,
-    /// else SQLite under `data_dir`.
-    public var storeConfiguration: StoreConfiguration {
-        if let url = storage.postgresURL { return .postgres(url: url, poolSize: storage.postgresPoolSize) }
-        return .sqlite(path: dataDirectory + "/portico.sqlite")
     }
 }

@@ -26,11 +26,11 @@ func emit(_ line: String) {
 struct BenchOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "The manager's config file.") var config: String
 
-    func load() throws -> GatewayConfiguration {
-        try ConfigurationLoader(knownServices: ManagerServices.allNames).load(file: config)
+    func load() throws -> ManagerConfiguration {
+        try ManagerConfiguration.load(file: config)
     }
 
-    func open(_ configuration: GatewayConfiguration) async throws -> Store {
+    func open(_ configuration: ManagerConfiguration) async throws -> Store {
         var logger = Logger(label: "portico.store")
         logger.logLevel = .warning
         return try await Store.open(configuration.storeConfiguration, siteID: configuration.siteName, logger: logger)

@@ -81,7 +81,7 @@ struct AgentConfig: AsyncParsableCommand {
             let config = try loadOrExit(options)
             let identity: ServerIdentity
             do {
-                identity = try ServerIdentity.load(certificatePath: config.identity.certificate, privateKeyPath: config.identity.privateKey)
+                identity = try ServerIdentity.load(certificatePath: config.gateway.identity.certificate, privateKeyPath: config.gateway.identity.privateKey)
             } catch {
                 printError("portico: \(error) (start serve once to generate the identity)")
                 throw ExitCode(1)
@@ -89,8 +89,8 @@ struct AgentConfig: AsyncParsableCommand {
             var managerURLs = urls
             if managerURLs.isEmpty {
                 let host = ProcessInfo.processInfo.hostName
-                if let https = config.listeners[.client], https.enabled { managerURLs.append("https://\(host):\(https.port)") }
-                if let plain = config.listeners[.clientPlain], plain.enabled { managerURLs.append("http://\(host):\(plain.port)") }
+                if let https = config.gateway.listeners[.client], https.enabled { managerURLs.append("https://\(host):\(https.port)") }
+                if let plain = config.gateway.listeners[.clientPlain], plain.enabled { managerURLs.append("http://\(host):\(plain.port)") }
             }
             let bootstrap = BootstrapFile(site: config.siteName, managerURLs: managerURLs, pinned: PinnedCertificates(pem: [identity.certificatePEM], authorities: identity.authorityPEMs), enrollmentToken: token)
             let encoder = JSONEncoder()

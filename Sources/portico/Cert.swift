@@ -32,8 +32,8 @@ struct Cert: AsyncParsableCommand {
                 printError("portico: --days must be between 1 and 3650")
                 throw ExitCode(1)
             }
-            let config = try loadOrExit(options)
-            let generated = try IdentityGenerator.generate(keyType: keyType, commonName: config.siteName, names: config.identity.names + names, days: days)
+            let config = try loadOrExit(options).gateway
+            let generated = try IdentityGenerator.generate(keyType: keyType, commonName: config.identity.commonName, names: config.identity.names + names, days: days)
             let target = live ? (config.identity.certificate, config.identity.privateKey) : stagedPaths(config)
             do {
                 try IdentityGenerator.write(generated, certificatePath: target.0, privateKeyPath: target.1)
@@ -64,7 +64,7 @@ struct Cert: AsyncParsableCommand {
         @Flag(help: "Switch to the staged identity now, whatever the progress.") var force = false
 
         func run() async throws {
-            let config = try loadOrExit(options)
+            let config = try loadOrExit(options).gateway
             if status { return try await showStatus(config) }
             if force {
                 guard StagedIdentity.load(config) != nil else {
@@ -94,7 +94,7 @@ struct Cert: AsyncParsableCommand {
             let paths = StagedIdentity.paths(config)
             do {
                 if StagedIdentity.load(config) == nil {
-                    let generated = try IdentityGenerator.generate(keyType: keyType, commonName: config.siteName, names: config.identity.names + names, days: days)
+                    let generated = try IdentityGenerator.generate(keyType: keyType, commonName: config.identity.commonName, names: config.identity.names + names, days: days)
                     try IdentityGenerator.write(generated, certificatePath: paths.certificate, privateKeyPath: paths.key)
                     writeLine("staged a new identity at \(paths.certificate)")
                 } else {
@@ -137,7 +137,7 @@ struct Cert: AsyncParsableCommand {
         @Option(name: .shortAndLong, help: "Where to write it (default: standard output).") var output: String?
 
         func run() async throws {
-            let config = try loadOrExit(options)
+            let config = try loadOrExit(options).gateway
             let paths = staged ? stagedPaths(config) : (config.identity.certificate, config.identity.privateKey)
             do {
                 let identity = try ServerIdentity.load(certificatePath: paths.0, privateKeyPath: paths.1)
@@ -165,7 +165,7 @@ struct Cert: AsyncParsableCommand {
         @Flag(help: "Stage it instead of replacing the live identity.") var staged = false
 
         func run() async throws {
-            let config = try loadOrExit(options)
+            let config = try loadOrExit(options).gateway
             let certificatePEM: [UInt8]
             let keyPEM: [UInt8]
             do {
@@ -205,13 +205,13 @@ struct Cert: AsyncParsableCommand {
         @OptionGroup var options: ConfigOptions
 
         func run() async throws {
-            let config = try loadOrExit(options)
-            var pairs: [(certificate: String, key: String, roles: [ListenerRole])] = []
+            let config = try loadOrExit(options).gateway
+            var pairs: [(certificate: String, key: String, roles: [ListenerName])] = []
             for listener in config.enabledListeners where listener.tls {
                 let certificate = listener.certificate ?? config.identity.certificate
                 let key = listener.privateKey ?? config.identity.privateKey
-                if let index = pairs.firstIndex(where: { $0.certificate == certificate }) { pairs[index].roles.append(listener.role) } else {
-                    pairs.append((certificate, key, [listener.role]))
+                if let index = pairs.firstIndex(where: { $0.certificate == certificate }) { pairs[index].roles.append(listener.name) } else {
+                    pairs.append((certificate, key, [listener.name]))
                 }
             }
             let staged = stagedPaths(config)
@@ -231,7 +231,7 @@ struct Cert: AsyncParsableCommand {
             }
         }
 
-        static func describe(_ identity: ServerIdentity, path: String, roles: [ListenerRole]) -> [String] {
+        static func describe(_ identity: ServerIdentity, path: String, roles: [ListenerName]) -> [String] {
             let summary = IdentitySummary(identity, listeners: roles)
             let formatter = ISO8601DateFormatter()
             return [

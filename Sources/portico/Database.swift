@@ -43,7 +43,7 @@ struct Database: AsyncParsableCommand {
 
 /// Opens the configured store, runs `body`, and closes the store whatever happens; an error
 /// is printed as a sentence and becomes exit status 1.
-func withStore<T>(_ options: ConfigOptions, migrate: Bool = true, _ body: (Store, GatewayConfiguration) async throws -> T) async throws -> T {
+func withStore<T>(_ options: ConfigOptions, migrate: Bool = true, _ body: (Store, ManagerConfiguration) async throws -> T) async throws -> T {
     let config = try loadOrExit(options)
     let store = try await openOrExit(config, migrate: migrate)
     do {
@@ -60,7 +60,7 @@ func withStore<T>(_ options: ConfigOptions, migrate: Bool = true, _ body: (Store
     }
 }
 
-func loadOrExit(_ options: ConfigOptions) throws -> GatewayConfiguration {
+func loadOrExit(_ options: ConfigOptions) throws -> ManagerConfiguration {
     do {
         return try options.load()
     } catch {
@@ -69,7 +69,7 @@ func loadOrExit(_ options: ConfigOptions) throws -> GatewayConfiguration {
     }
 }
 
-func openOrExit(_ config: GatewayConfiguration, migrate: Bool) async throws -> Store {
+func openOrExit(_ config: ManagerConfiguration, migrate: Bool) async throws -> Store {
     var logger = Logger(label: "portico.store")
     logger.logLevel = .warning
     do {

@@ -24,7 +24,7 @@ struct Peer: AsyncParsableCommand {
                 printError("portico: --history must be one of both, send, receive or none, not \(history)")
                 throw ExitCode(1)
             }
-            guard let trust = config.listeners[.replication]?.trust else {
+            guard let trust = config.gateway.listeners[.replication]?.trust else {
                 printError("portico: set listeners.replication.trust to a folder (for example ssl/peers/) first: peers' certificates are kept there")
                 throw ExitCode(1)
             }
@@ -61,7 +61,7 @@ struct Peer: AsyncParsableCommand {
             try await withStore(options) { store, _ in
                 try await ManagerOperations(store: store, agent: nil).removePeer(name: name, by: .commandLine)
             }
-            if let trust = config.listeners[.replication]?.trust { try? FileManager.default.removeItem(atPath: (trust.hasSuffix("/") ? trust : trust + "/") + name + ".pem") }
+            if let trust = config.gateway.listeners[.replication]?.trust { try? FileManager.default.removeItem(atPath: (trust.hasSuffix("/") ? trust : trust + "/") + name + ".pem") }
             writeLine("removed peer \(name); send the manager SIGHUP so that its replication listener stops trusting it")
         }
     }

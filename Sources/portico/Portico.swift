@@ -21,14 +21,10 @@ struct ConfigOptions: ParsableArguments {
     var config: String?
 
     /// Loads the configuration or returns the problems.
-    func load() throws(ConfigurationError) -> GatewayConfiguration {
-        let loader = ConfigurationLoader(knownServices: ManagerServices.allNames)
-        if let config { return try loader.load(file: config) }
-        if FileExists.at("conf/portico.yaml") { return try loader.load(file: "conf/portico.yaml") }
-        var defaults = GatewayConfiguration(baseDirectory: Paths.resolve("conf", against: Paths.currentDirectory))
-        defaults.dataDirectory = Paths.resolve("data", against: Paths.currentDirectory)
-        defaults.routes = ManagerServices.defaultRoutes
-        return defaults
+    func load() throws(ConfigurationError) -> ManagerConfiguration {
+        if let config { return try ManagerConfiguration.load(file: config) }
+        if FileExists.at("conf/portico.yaml") { return try ManagerConfiguration.load(file: "conf/portico.yaml") }
+        return ManagerConfiguration.embeddedDefaults(in: Paths.currentDirectory)
     }
 
     var sourceDescription: String { config ?? (FileExists.at("conf/portico.yaml") ? "conf/portico.yaml" : "the embedded defaults") }
@@ -51,33 +47,35 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "portico")
         let cache = IdentityCache()
+        let configuration: ManagerConfiguration
         let prepared: PreparedConfiguration
         do {
-            prepared = try ConfigurationCheck.prepare(try options.load(), generateMissing: true, cache: cache)
+            configuration = try options.load()
+            prepared = try ConfigurationCheck.prepare(configuration.gateway, generateMissing: true, cache: cache)
         } catch {
             printError("portico: the configuration from \(options.sourceDescription) cannot be used:\n\(error)")
             throw ExitCode(1)
         }
         let store: Store
         do {
-            store = try await Store.open(prepared.configuration.storeConfiguration, siteID: prepared.configuration.siteName, logger: Logger(label: "portico.store"))
+            store = try await Store.open(configuration.storeConfiguration, siteID: configuration.siteName, logger: Logger(label: "portico.store"))
             let schema = try await store.schemaVersion()
-            logger.info("database ready", metadata: ["database": "\(prepared.configuration.storeConfiguration.redacted)", "schema": "\(schema)"])
+            logger.info("database ready", metadata: ["database": "\(configuration.storeConfiguration.redacted)", "schema": "\(schema)"])
         } catch {
-            printError("portico: cannot open the database \(prepared.configuration.storeConfiguration.redacted): \(error)")
+            printError("portico: cannot open the database \(configuration.storeConfiguration.redacted): \(error)")
             throw ExitCode(1)
         }
-        let metrics = GatewayMetrics()
+        let metrics = GatewayMetrics(listeners: ManagerConfiguration.roles.map(\.name))
         let runtime: ManagerServices.Runtime
         do {
-            runtime = try ManagerServices.registry(prepared: prepared, store: store, metrics: metrics, logger: Logger(label: "portico.agent"))
+            runtime = try ManagerServices.registry(configuration, prepared: prepared, store: store, metrics: metrics, logger: Logger(label: "portico.agent"))
         } catch {
             await store.close()
             printError("portico: \(error)")
             throw ExitCode(1)
         }
         do {
-            try await ManagerServices.syncConfiguredPeers(prepared.configuration, store: store)
+            try await ManagerServices.syncConfiguredPeers(configuration, store: store)
         } catch {
             await store.close()
             printError("portico: the peers in the config cannot be recorded: \(error)")
@@ -90,7 +88,7 @@ struct Serve: AsyncParsableCommand {
             services: runtime.registry,
             logger: logger,
             metrics: metrics,
-            source: { () throws(ConfigurationError) -> GatewayConfiguration in try options.load() },
+            source: { () throws(ConfigurationError) -> GatewayConfiguration in try options.load().gateway },
             handleSIGHUP: true
         )
         let group = ServiceGroup(
@@ -118,7 +116,7 @@ struct Config: AsyncParsableCommand {
 
         func run() async throws {
             do {
-                let prepared = try ConfigurationCheck.prepare(try options.load(), generateMissing: false)
+                let prepared = try ConfigurationCheck.prepare(try options.load().gateway, generateMissing: false)
                 for note in prepared.notes { print("note: \(note)") }
                 print("OK")
             } catch {

@@ -1,5 +1,6 @@
 import Foundation
 import PorticoGateway
+import PorticoManager
 import PorticoTestSupport
 import Testing
 

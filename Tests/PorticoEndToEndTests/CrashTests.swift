@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PorticoStore
+import PorticoManager
 import PorticoTestSupport
 import Testing
 

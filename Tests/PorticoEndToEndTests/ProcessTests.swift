@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import PorticoStore
+import PorticoManager
 import PorticoTestSupport
 import Testing
 
@@ -11,7 +12,7 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(2))) struct ProcessTests {
     private func config(ports: [Int], extra: String = "", dir: TemporaryDirectory) throws -> String {
         var yaml = "identity: {certificate: ssl/server.crt, private_key: ssl/server.key, generate: ecdsa-p256}\nshutdown: {grace_period: 10s}\nlisteners:\n"
-        for (role, port) in zip(ListenerRole.allCases, ports) {
+        for (role, port) in zip(ManagerConfiguration.roles.map(\.name), ports) {
             yaml += "  \(role.rawValue): {bind: 127.0.0.1, port: \(port)}\n"
         }
         return try dir.write("portico.yaml", yaml + extra)
@@ -203,7 +204,7 @@ import NIOPosix
         let soon = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "soon", days: 10)
         try IdentityGenerator.write(soon, certificatePath: dir.file("ssl/server.crt"), privateKeyPath: dir.file("ssl/server.key"))
         var yaml = "data_dir: data\nlisteners:\n"
-        for role in ListenerRole.allCases { yaml += "  \(role.rawValue): {bind: 127.0.0.1, port: 0}\n" }
+        for role in ManagerConfiguration.roles.map(\.name) { yaml += "  \(role.rawValue): {bind: 127.0.0.1, port: 0}\n" }
         let process = try ServerProcess(["serve", "--config", try dir.write("portico.yaml", yaml)])
         await process.waitFor("the server certificate expires soon")
         #expect(process.text.contains("days_left=9") || process.text.contains("days_left=10"))

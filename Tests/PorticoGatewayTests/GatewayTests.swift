@@ -17,7 +17,7 @@ import X509
             var ports: Set<Int> = []
             try await TestClient.with(trusting: gw.identity.certificate, http2: true) { h2 in
                 try await TestClient.with(trusting: gw.identity.certificate, http2: false) { h1 in
-                    for role in ListenerRole.allCases where role != .replication && role != .clientPlain {
+                    for role in TestListeners.names where role != .replication && role != .clientPlain {
                         ports.insert(try await gw.port(role))
                         let viaH2 = try await TestClient.get(h2, try await gw.url(role, "/healthz"))
                         #expect(viaH2.status == 200 && viaH2.body == "ok\n", "\(role) over h2")
@@ -36,7 +36,7 @@ import X509
                     ports.insert(try await gw.port(.replication))
                 }
             }
-            #expect(ports.count == ListenerRole.allCases.count)
+            #expect(ports.count == TestListeners.names.count)
         }
     }
 
@@ -45,7 +45,7 @@ import X509
     @Test(arguments: ListenerEngine.allCases) func statusIsReadinessAsJSON(engine: ListenerEngine) async throws {
         try await TestGateway.with(engine: engine) { gw in
             try await TestClient.with(http2: false) { client in
-                for role in [ListenerRole.clientPlain, .client, .console] {
+                for role in [ListenerName.clientPlain, .client, .console] {
                     let answer = try await TestClient.get(client, try await gw.url(role, "/statusz"))
                     #expect(answer.status == 200)
                     #expect(answer.headers.first(name: "content-type") == "application/json")
@@ -60,7 +60,7 @@ import X509
             return
         }
         let request = GatewayRequest(
-            method: .GET, uri: "/statusz", headers: [:], body: ByteBuffer(), host: nil, parameters: [:], role: .console,
+            method: .GET, uri: "/statusz", headers: [:], body: ByteBuffer(), host: nil, parameters: [:], listener: .console,
             httpMajorVersion: 1, isTLS: true, peerAddress: nil, clientAddress: nil, peerIsTrustedProxy: false, clientCertificate: nil)
         let notReady = status(request)
         #expect(notReady.status == .serviceUnavailable)

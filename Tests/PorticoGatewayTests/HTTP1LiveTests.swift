@@ -25,12 +25,12 @@ import Testing
     /// once, arrive whole and in order, in the clear and over TLS.
     @Test(arguments: ListenerEngine.allCases) func aLargeBodyAndItsEchoCrossWhole(engine: ListenerEngine) async throws {
         let routes = "routes:\n  - {listeners: [client_plain, console], path: /echo, service: echo, max_body_bytes: 8388608}"
-        let listeners: [ListenerRole: String] = [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"]
+        let listeners: [ListenerName: String] = [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"]
         try await TestGateway.with(listeners: listeners, body: routes) { gw in
             // Numbered lines: a lost, repeated or reordered piece changes the text.
             let body = (0..<120_000).map { String(format: "%06d portico core\n", $0) }.joined()
             try await TestClient.with(http2: false) { client in
-                for role in [ListenerRole.clientPlain, .console] {
+                for role in [ListenerName.clientPlain, .console] {
                     let answer = try await TestClient.get(client, try await gw.url(role, "/echo"), method: .POST, body: body)
                     #expect(answer.status == 200)
                     let echoed = try #require(answer.body.range(of: "body="))

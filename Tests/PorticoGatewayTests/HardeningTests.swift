@@ -194,7 +194,7 @@ private typealias Flag = RawHTTP2.Flag
         try await TestGateway.with(engine: engine, body: routes) { gw in
             let file = gw.dir.file("upload.bin")
             try Data(repeating: 0x61, count: 3_000_000).write(to: URL(fileURLWithPath: file))
-            for (role, extra) in [(ListenerRole.console, ["--cacert", gw.identity.certificatePath, "--http1.1"]), (.clientPlain, [])] {
+            for (role, extra) in [(ListenerName.console, ["--cacert", gw.identity.certificatePath, "--http1.1"]), (.clientPlain, [])] {
                 // Declared length over the limit, and chunked (the size known only as it comes).
                 // Several times each: a connection closed under an upload is reset at a moment that varies.
                 for framing in [[String](), ["-H", "Transfer-Encoding: chunked"]] + [[String]](repeating: [], count: 4) {
@@ -244,7 +244,7 @@ private typealias Flag = RawHTTP2.Flag
     func tls12OffersOnlyForwardSecretAEADSuitesUnlessAListenerAsksForMore(engine: ListenerEngine) async throws {
         let legacy = "tls12_ciphers: [ECDHE-RSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-SHA, ECDHE-ECDSA-AES128-SHA, AES128-GCM-SHA256]"
         try await TestGateway.with(engine: engine, listeners: [.reporting: legacy]) { gw in
-            func handshake(_ role: ListenerRole, _ ciphers: String) async throws -> Bool {
+            func handshake(_ role: ListenerName, _ ciphers: String) async throws -> Bool {
                 let port = try await gw.port(role)
                 let result = try await Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-tls1_2", "-cipher", ciphers], input: "")
                 return result.status == 0 && result.output.contains("Cipher is ")

@@ -69,15 +69,15 @@ struct TestManager {
             \(extraYAML)
             """
         try yaml.write(toFile: directory + "/portico.yaml", atomically: true, encoding: .utf8)
-        let config = try ConfigurationLoader(knownServices: ManagerServices.allNames).load(file: directory + "/portico.yaml")
+        let config = try ManagerConfiguration.load(file: directory + "/portico.yaml")
         let cache = IdentityCache()
-        let prepared = try ConfigurationCheck.prepare(config, generateMissing: true, cache: cache)
+        let prepared = try ConfigurationCheck.prepare(config.gateway, generateMissing: true, cache: cache)
         let identity = try #require(prepared.identity(of: .client))
         let store = try await Store.open(.sqlite(path: config.dataDirectory + "/portico.sqlite"), siteID: config.siteName, logger: quiet)
         let agent = AgentService(store: store, keys: try ManagerKeys.loadOrCreate(in: config.dataDirectory), identity: { identity.current }, configuration: configuration, logger: quiet)
         var services = ServiceRegistry()
         services.register("agent", agent)
-        let rotation = IdentityRotation(configuration: config, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store, logger: quiet)
+        let rotation = IdentityRotation(configuration: config.gateway, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store, logger: quiet)
         try await ManagerServices.syncConfiguredPeers(config, store: store)
         let metrics = GatewayMetrics()
         let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", configured: config.peers, timing: linkTiming,

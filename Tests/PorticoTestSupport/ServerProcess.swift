@@ -82,7 +82,7 @@ public final class ServerProcess: Sendable {
 
     /// The port a listener bound, read from the process's "listening" log line (so tests can
     /// let it bind port 0 rather than guess a free one another test might take first).
-    public func boundPort(_ role: ListenerRole) -> Int? {
+    public func boundPort(_ role: ListenerName) -> Int? {
         for line in text.split(separator: "\n") where line.hasSuffix("listening") && line.contains("listener=\(role.rawValue) ") {
             guard let start = line.range(of: "address=") else { continue }
             let address = line[start.upperBound...].prefix { $0 != " " }

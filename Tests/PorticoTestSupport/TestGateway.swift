@@ -16,21 +16,21 @@ public struct RunningGateway: Sendable {
     public let dir: TemporaryDirectory
     public let identity: TestPKI.Pair
 
-    public func port(_ role: ListenerRole) async throws -> Int {
+    public func port(_ role: ListenerName) async throws -> Int {
         try #require(await gateway.boundAddress(of: role)?.port)
     }
 
-    public func url(_ role: ListenerRole, _ path: String) async throws -> String {
-        let scheme = role == .clientPlain ? "http" : "https"
+    public func url(_ role: ListenerName, _ path: String) async throws -> String {
+        let scheme = role.rawValue == "client_plain" ? "http" : "https"
         return "\(scheme)://127.0.0.1:\(try await port(role))\(path)"
     }
 }
 
 public enum TestGateway {
     /// The listeners block with every role on port 0; `extra` is appended per role.
-    public static func listenersYAML(_ extra: [ListenerRole: String] = [:], engine: ListenerEngine? = nil) -> String {
+    public static func listenersYAML(_ extra: [ListenerName: String] = [:], engine: ListenerEngine? = nil) -> String {
         var yaml = "listeners:\n"
-        for role in ListenerRole.allCases {
+        for role in TestListeners.names {
             yaml += "  \(role.rawValue):\n    bind: 127.0.0.1\n    port: 0\n    access_log: false\n"
             if let engine { yaml += "    engine: \(engine)\n" }
             if let more = extra[role] {
@@ -42,14 +42,14 @@ public enum TestGateway {
 
     public static func configuration(yaml: String, dir: TemporaryDirectory) throws -> GatewayConfiguration {
         let file = try dir.write("portico.yaml", yaml)
-        return try ConfigurationLoader(knownServices: BuiltinServices.names.union(TestServices.names)).load(file: file)
+        return try ConfigurationLoader(knownServices: BuiltinServices.names.union(TestServices.names), kinds: TestListeners.kinds).load(file: file)
     }
 
     /// Starts a gateway, runs `body`, and drains the gateway whatever happens. `engine`, when
     /// given, serves every listener.
     public static func with<T>(
         engine: ListenerEngine? = nil,
-        listeners: [ListenerRole: String] = [:],
+        listeners: [ListenerName: String] = [:],
         body extraYAML: String = "",
         services: ServiceRegistry = TestServices.registry(),
         gracePeriod: String = "5s",
@@ -75,7 +75,7 @@ public enum TestGateway {
         logger.logLevel = .critical
         let gateway = Gateway(
             configuration: prepared, identityCache: cache, services: services, logger: logger,
-            source: { () throws(ConfigurationError) -> GatewayConfiguration in try ConfigurationLoader(knownServices: knownServices).load(file: file) }
+            source: { () throws(ConfigurationError) -> GatewayConfiguration in try ConfigurationLoader(knownServices: knownServices, kinds: TestListeners.kinds).load(file: file) }
         )
         try await gateway.start()
         let running = RunningGateway(gateway: gateway, dir: dir, identity: identity)

@@ -6,19 +6,19 @@ import NIOSSL
 public struct PreparedConfiguration: Sendable {
     public let configuration: GatewayConfiguration
     /// The identity each TLS listener serves.
-    let identities: [ListenerRole: ReloadableIdentity]
+    let identities: [ListenerName: ReloadableIdentity]
     /// The TLS context each TLS listener uses for new connections.
-    let tlsContexts: [ListenerRole: ListenerTLS]
+    let tlsContexts: [ListenerName: ListenerTLS]
     /// Things an operator should know that are not errors.
     public let notes: [String]
 
     /// The identity a TLS listener serves (the shared one unless it names its own).
-    public func identity(of role: ListenerRole) -> ReloadableIdentity? { identities[role] }
+    public func identity(of listener: ListenerName) -> ReloadableIdentity? { identities[listener] }
 
     /// Every distinct identity in use.
     var distinctIdentities: [ReloadableIdentity] {
         var seen: Set<ObjectIdentifier> = []
-        return ListenerRole.allCases.compactMap { identities[$0] }.filter { seen.insert(ObjectIdentifier($0)).inserted }
+        return configuration.names.compactMap { identities[$0] }.filter { seen.insert(ObjectIdentifier($0)).inserted }
     }
 }
 
@@ -50,8 +50,8 @@ public enum ConfigurationCheck {
     public static func prepare(_ config: GatewayConfiguration, generateMissing: Bool, cache: IdentityCache = IdentityCache()) throws(ConfigurationError) -> PreparedConfiguration {
         var diagnostics: [ConfigurationDiagnostic] = []
         var notes: [String] = []
-        var identities: [ListenerRole: ReloadableIdentity] = [:]
-        var contexts: [ListenerRole: ListenerTLS] = [:]
+        var identities: [ListenerName: ReloadableIdentity] = [:]
+        var contexts: [ListenerName: ListenerTLS] = [:]
         let tlsListeners = config.enabledListeners.filter(\.tls)
 
         var shared: ReloadableIdentity? = nil
@@ -64,7 +64,7 @@ public enum ConfigurationCheck {
             if !certExists && !keyExists, let keyType = identity.generate {
                 if generateMissing {
                     do {
-                        let generated = try IdentityGenerator.generate(keyType: keyType, commonName: config.siteName, names: identity.names)
+                        let generated = try IdentityGenerator.generate(keyType: keyType, commonName: identity.commonName, names: identity.names)
                         try IdentityGenerator.write(generated, certificatePath: identity.certificate, privateKeyPath: identity.privateKey)
                         notes.append("generated a new \(keyType.rawValue) server identity at \(identity.certificate)")
                     } catch {
@@ -92,7 +92,7 @@ public enum ConfigurationCheck {
         }
 
         for listener in tlsListeners {
-            let path = "listeners.\(listener.role)"
+            let path = "listeners.\(listener.name)"
             var identity = shared
             if let certificate = listener.certificate, let key = listener.privateKey {
                 do {
@@ -111,22 +111,20 @@ public enum ConfigurationCheck {
                     continue
                 }
             }
-            if listener.role == .replication {
-                for (index, peer) in config.peers.enumerated() {
-                    do {
-                        trust += try TrustBundle.load(peer.certificate)
-                    } catch {
-                        diagnostics.append(ConfigurationDiagnostic("peers[\(index)].certificate: \(error.message)", at: config.locations["peers[\(index)].certificate"]))
-                    }
+            for extra in listener.extraTrust {
+                do {
+                    trust += try TrustBundle.load(extra.file)
+                } catch {
+                    diagnostics.append(ConfigurationDiagnostic("\(extra.key): \(error.message)", at: config.locations[extra.key]))
                 }
             }
             if listener.clientAuth != .none && trust.isEmpty {
-                notes.append("\(listener.role) asks for client certificates but trusts none yet; every client certificate will be refused until \(path).trust names peer certificates or a CA")
+                notes.append("\(listener.name) asks for client certificates but trusts none yet; every client certificate will be refused until \(path).trust names peer certificates or a CA")
             }
             guard let identity else { continue }
-            identities[listener.role] = identity
+            identities[listener.name] = identity
             do {
-                contexts[listener.role] = try ListenerTLS(listener: listener, identity: identity, trust: trust)
+                contexts[listener.name] = try ListenerTLS(listener: listener, identity: identity, trust: trust)
             } catch {
                 diagnostics.append(ConfigurationDiagnostic("\(path): cannot build its TLS context: \(error)", at: config.locations[path]))
             }
@@ -148,14 +146,14 @@ public enum ConfigurationCheck {
     /// Compiles each listener's routes to find two that claim the same host, path and method.
     static func routeDiagnostics(_ config: GatewayConfiguration) -> [ConfigurationDiagnostic] {
         var diagnostics: [ConfigurationDiagnostic] = []
-        for role in ListenerRole.allCases {
+        for name in config.names {
             var definitions: [Router<Int>.Definition] = []
-            for (index, route) in config.routes.enumerated() where route.listeners.contains(role) {
+            for (index, route) in config.routes.enumerated() where route.listeners.contains(name) {
                 definitions.append(.init(methods: route.methods, host: route.host, path: route.path, target: index, maxBodyBytes: route.maxBodyBytes))
                 do {
                     _ = try Router(definitions)
                 } catch {
-                    diagnostics.append(ConfigurationDiagnostic("on listener \(role), \(error)", at: route.location))
+                    diagnostics.append(ConfigurationDiagnostic("on listener \(name), \(error)", at: route.location))
                     definitions.removeLast()
                 }
             }

@@ -16,15 +16,30 @@ import Darwin
 /// listeners, upstreams and services). Files the config names (certificates, keys, trust
 /// bundles) are read by ``ConfigurationCheck``, which also builds the TLS material.
 public struct ConfigurationLoader: Sendable {
-    /// Names of built-in services that routes may target.
+    /// Names of the services that routes may target.
     public var knownServices: Set<String>
+    /// The listeners the program has, with their defaults.
+    public var kinds: [ListenerKind]
 
-    public init(knownServices: Set<String> = BuiltinServices.names) {
+    public init(knownServices: Set<String> = BuiltinServices.names, kinds: [ListenerKind]) {
         self.knownServices = knownServices
+        self.kinds = kinds
     }
 
     /// Loads the file at `path`.
     public func load(file path: String) throws(ConfigurationError) -> GatewayConfiguration {
+        var none = NoSections()
+        return try load(file: path, sections: &none)
+    }
+
+    /// Loads YAML text as if it came from `file` (relative paths resolve against its folder).
+    public func load(yaml text: String, file: String) throws(ConfigurationError) -> GatewayConfiguration {
+        var none = NoSections()
+        return try load(yaml: text, file: file, sections: &none)
+    }
+
+    /// Loads the file at `path`, with top-level keys the program reads itself.
+    package func load<Sections: ConfigurationSections>(file path: String, sections: inout Sections) throws(ConfigurationError) -> GatewayConfiguration {
         let absolute = Paths.resolve(path, against: Paths.currentDirectory)
         let text: String
         do {
@@ -32,11 +47,12 @@ public struct ConfigurationLoader: Sendable {
         } catch {
             throw ConfigurationError([ConfigurationDiagnostic("cannot read the config file: \(error)", at: nil)])
         }
-        return try load(yaml: text, file: absolute)
+        return try load(yaml: text, file: absolute, sections: &sections)
     }
 
-    /// Loads YAML text as if it came from `file` (relative paths resolve against its folder).
-    public func load(yaml text: String, file: String) throws(ConfigurationError) -> GatewayConfiguration {
+    /// Loads YAML text, with top-level keys the program reads itself: their problems are
+    /// reported with the gateway's, in one list.
+    package func load<Sections: ConfigurationSections>(yaml text: String, file: String, sections: inout Sections) throws(ConfigurationError) -> GatewayConfiguration {
         var reader = NodeReader(file: file)
         let root: Node?
         do {
@@ -46,11 +62,15 @@ public struct ConfigurationLoader: Sendable {
         } catch {
             throw ConfigurationError([ConfigurationDiagnostic("\(file): \(error)", at: nil)])
         }
-        var config = GatewayConfiguration(baseDirectory: Paths.directory(of: file))
+        let base = Paths.directory(of: file)
+        var config = GatewayConfiguration(baseDirectory: base, kinds: kinds)
         config.sourceFile = file
-        if let root {
-            read(root, into: &config, reader: &reader)
+        var top: [String: (key: Node, value: Node)] = [:]
+        if let root, let keys = reader.mapping(root, at: "the top level", keys: Self.topKeys + sections.keys) {
+            top = keys
+            read(top, into: &config, reader: &reader)
         }
+        sections.read(top, base: base, reader: &reader, gateway: &config)
         validateReferences(config, reader: &reader)
         if !reader.diagnostics.isEmpty {
             throw ConfigurationError(reader.diagnostics)
@@ -58,41 +78,10 @@ public struct ConfigurationLoader: Sendable {
         return config
     }
 
-    private func read(_ root: Node, into config: inout GatewayConfiguration, reader: inout NodeReader) {
+    static let topKeys = ["identity", "listeners", "routes", "upstreams", "shutdown"]
+
+    private func read(_ top: [String: (key: Node, value: Node)], into config: inout GatewayConfiguration, reader: inout NodeReader) {
         let base = Paths.directory(of: reader.file)
-        guard let top = reader.mapping(root, at: "the top level", keys: ["site", "data_dir", "storage", "agents", "identity", "listeners", "routes", "upstreams", "shutdown", "peers"]) else { return }
-        if let site = top["site"], let keys = reader.mapping(site.value, at: "site", keys: ["name"]) {
-            if let name = keys["name"], let value = reader.string(name.value, at: "site.name") {
-                if value.isEmpty { reader.error("site.name must not be empty", at: name.value) } else { config.siteName = value }
-            }
-        }
-        if let dataDir = top["data_dir"], let value = reader.string(dataDir.value, at: "data_dir") {
-            config.dataDirectory = Paths.resolve(value, against: base)
-        }
-        if let storage = top["storage"], let keys = reader.mapping(storage.value, at: "storage", keys: ["postgres"]),
-           let postgres = keys["postgres"], let settings = reader.mapping(postgres.value, at: "storage.postgres", keys: ["url", "pool_size"]) {
-            if let url = settings["url"], let value = reader.string(url.value, at: "storage.postgres.url") {
-                if value.hasPrefix("postgres://") || value.hasPrefix("postgresql://") {
-                    config.storage.postgresURL = value
-                } else {
-                    // The value is not echoed: it may hold a password.
-                    reader.error("storage.postgres.url must start with postgres:// (postgres://user:password@host:5432/database)", at: url.value)
-                }
-            }
-            if let size = settings["pool_size"], let value = reader.int(size.value, at: "storage.postgres.pool_size") {
-                if (1...256).contains(value) { config.storage.postgresPoolSize = value } else { reader.error("storage.postgres.pool_size must be between 1 and 256", at: size.value) }
-            }
-        }
-        if let agents = top["agents"], let keys = reader.mapping(agents.value, at: "agents", keys: ["session_lifetime", "checkin_interval", "clock_skew"]) {
-            for (key, keyPath) in [("session_lifetime", \AgentSettings.sessionLifetime), ("checkin_interval", \.checkInInterval), ("clock_skew", \.clockSkew)] {
-                guard let entry = keys[key], let value = reader.duration(entry.value, at: "agents.\(key)") else { continue }
-                if value.nanoseconds < 1_000_000_000 {
-                    reader.error("agents.\(key) must be at least 1s", at: entry.value)
-                } else {
-                    config.agents[keyPath: keyPath] = value
-                }
-            }
-        }
         if let shutdown = top["shutdown"], let keys = reader.mapping(shutdown.value, at: "shutdown", keys: ["grace_period"]) {
             if let grace = keys["grace_period"], let value = reader.duration(grace.value, at: "shutdown.grace_period") {
                 config.shutdownGracePeriod = value
@@ -109,49 +98,6 @@ public struct ConfigurationLoader: Sendable {
         }
         if let routes = top["routes"] {
             readRoutes(routes.value, into: &config, reader: &reader)
-        }
-        if let peers = top["peers"] {
-            readPeers(peers.value, into: &config, base: base, reader: &reader)
-        }
-    }
-
-    private func readPeers(_ node: Node, into config: inout GatewayConfiguration, base: String, reader: inout NodeReader) {
-        guard let list = reader.sequence(node, at: "peers") else { return }
-        var seen: Set<String> = []
-        for (index, item) in list.enumerated() {
-            let path = "peers[\(index)]"
-            guard let keys = reader.mapping(item, at: path, keys: ["name", "url", "certificate", "history"]) else { continue }
-            guard let nameNode = keys["name"], let name = reader.string(nameNode.value, at: "\(path).name") else {
-                if keys["name"] == nil { reader.error("\(path) needs a name", at: item) }
-                continue
-            }
-            if name.isEmpty || name.utf8.count > 64 || !name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") }) {
-                reader.error("\(path).name '\(name)' must be 1 to 64 printable characters without spaces or '/'", at: nameNode.value)
-                continue
-            }
-            if !seen.insert(name).inserted { reader.error("\(path).name '\(name)' is used by another peer", at: nameNode.value) }
-            guard let urlNode = keys["url"], let url = reader.string(urlNode.value, at: "\(path).url") else {
-                if keys["url"] == nil { reader.error("\(path) needs a url, https://host:8444", at: item) }
-                continue
-            }
-            guard url.hasPrefix("https://"), !url.dropFirst(8).prefix(while: { $0 != "/" && $0 != ":" }).isEmpty else {
-                reader.error("\(path).url '\(url)' must be an https:// URL of the peer's replication listener", at: urlNode.value)
-                continue
-            }
-            guard let certificateNode = keys["certificate"], let certificate = reader.string(certificateNode.value, at: "\(path).certificate") else {
-                if keys["certificate"] == nil { reader.error("\(path) needs the peer's certificate (a PEM file)", at: item) }
-                continue
-            }
-            var history = "both"
-            if let historyNode = keys["history"], let mode = reader.string(historyNode.value, at: "\(path).history") {
-                guard PeerConfiguration.historyModes.contains(mode) else {
-                    reader.error("\(path).history '\(mode)' must be one of \(PeerConfiguration.historyModes.joined(separator: ", ")): which way events and audit entries go", at: historyNode.value)
-                    continue
-                }
-                history = mode
-            }
-            config.peers.append(PeerConfiguration(name: name, url: url.hasSuffix("/") ? String(url.dropLast()) : url, certificate: Paths.resolve(certificate, against: base), history: history))
-            config.locations["\(path).certificate"] = reader.location(certificateNode.value)
         }
     }
 
@@ -192,11 +138,11 @@ public struct ConfigurationLoader: Sendable {
     ]
 
     private func readListeners(_ node: Node, into config: inout GatewayConfiguration, base: String, reader: inout NodeReader) {
-        guard let roles = reader.mapping(node, at: "listeners", keys: ListenerRole.allCases.map(\.rawValue), what: "listener role") else { return }
-        for role in ListenerRole.allCases {
-            guard let entry = roles[role.rawValue] else { continue }
-            let path = "listeners.\(role)"
-            var listener = ListenerConfiguration(role: role)
+        guard let named = reader.mapping(node, at: "listeners", keys: kinds.map(\.name.rawValue), what: "listener") else { return }
+        for kind in kinds {
+            guard let entry = named[kind.name.rawValue] else { continue }
+            let path = "listeners.\(kind.name)"
+            var listener = ListenerConfiguration(kind)
             config.locations[path] = reader.location(entry.key)
             guard let keys = reader.mapping(entry.value, at: path, keys: Self.listenerKeys) else { continue }
             if let v = keys["enabled"], let b = reader.bool(v.value, at: "\(path).enabled") { listener.enabled = b }
@@ -265,7 +211,7 @@ public struct ConfigurationLoader: Sendable {
             if (listener.certificate == nil) != (listener.privateKey == nil) {
                 reader.error("\(path) names a certificate without a private_key or the other way round; give both or neither", at: entry.value)
             }
-            config.listeners[role] = listener
+            config.listeners[kind.name] = listener
         }
     }
 
@@ -345,15 +291,15 @@ public struct ConfigurationLoader: Sendable {
         for (index, item) in list.enumerated() {
             let path = "routes[\(index)]"
             guard let keys = reader.mapping(item, at: path, keys: allowed) else { continue }
-            var roles: [ListenerRole] = []
+            var listeners: [ListenerName] = []
             var names: [(String, Node)] = []
             if let v = keys["listener"], let s = reader.string(v.value, at: "\(path).listener") { names.append((s, v.value)) }
             if let v = keys["listeners"], let list = reader.sequence(v.value, at: "\(path).listeners") {
                 for n in list { if let s = reader.string(n, at: "\(path).listeners") { names.append((s, n)) } }
             }
             for (name, n) in names {
-                if let role = ListenerRole(rawValue: name) { roles.append(role) } else {
-                    reader.error("\(path) names listener '\(name)', which does not exist; listeners are \(ListenerRole.allCases.map(\.rawValue).joined(separator: ", "))", at: n)
+                if kinds.contains(where: { $0.name.rawValue == name }) { listeners.append(ListenerName(name)) } else {
+                    reader.error("\(path) names listener '\(name)', which does not exist; listeners are \(kinds.map(\.name.rawValue).joined(separator: ", "))", at: n)
                 }
             }
             if names.isEmpty { reader.error("\(path) needs a listener (or listeners) to apply to", at: item) }
@@ -398,8 +344,8 @@ public struct ConfigurationLoader: Sendable {
             if let v = keys["max_body_bytes"], let n = reader.int(v.value, at: "\(path).max_body_bytes") {
                 if n >= 0 { bodyLimit = n } else { reader.error("\(path).max_body_bytes must not be negative", at: v.value) }
             }
-            guard let target, !roles.isEmpty else { continue }
-            var route = RouteConfiguration(listeners: roles, methods: methods, host: host, path: routePath, target: target, maxBodyBytes: bodyLimit)
+            guard let target, !listeners.isEmpty else { continue }
+            var route = RouteConfiguration(listeners: listeners, methods: methods, host: host, path: routePath, target: target, maxBodyBytes: bodyLimit)
             route.location = reader.location(item)
             config.routes.append(route)
         }
@@ -413,22 +359,39 @@ public struct ConfigurationLoader: Sendable {
                 reader.diagnostics.append(ConfigurationDiagnostic("route \(route.path) names upstream '\(name)', which does not exist; \(list)", at: route.location))
             }
         }
-        var seen: [String: ListenerRole] = [:]
+        var seen: [String: ListenerName] = [:]
         for listener in config.enabledListeners where listener.port != 0 {
             let key = "\(listener.port)"
             if let other = seen[key] {
                 // Named where the file sets one of the two ports; a listener left out of the
                 // file keeps its default port, which the sentence says.
-                let own = config.locations["listeners.\(listener.role).port"] ?? config.locations["listeners.\(listener.role)"]
+                let own = config.locations["listeners.\(listener.name).port"] ?? config.locations["listeners.\(listener.name)"]
                 let others = config.locations["listeners.\(other).port"] ?? config.locations["listeners.\(other)"]
-                let byDefault = config.locations["listeners.\(listener.role).port"] == nil ? " (its default)" : ""
+                let byDefault = config.locations["listeners.\(listener.name).port"] == nil ? " (its default)" : ""
                 let otherByDefault = config.locations["listeners.\(other).port"] == nil ? " (its default)" : ""
                 reader.diagnostics.append(ConfigurationDiagnostic(
-                    "listener \(listener.role) uses port \(listener.port)\(byDefault), which listener \(other) already uses\(otherByDefault); each listener needs its own port",
+                    "listener \(listener.name) uses port \(listener.port)\(byDefault), which listener \(other) already uses\(otherByDefault); each listener needs its own port",
                     at: own ?? others ?? SourceLocation(file: reader.file, line: 1, column: 1)))
             } else {
-                seen[key] = listener.role
+                seen[key] = listener.name
             }
         }
     }
+}
+
+/// Top-level keys of the config file that a program built on the gateway reads itself (the
+/// manager's `site`, `storage`, `peers`, ...), with the gateway's reader, so that their
+/// problems come in the same list with file, line and column.
+package protocol ConfigurationSections {
+    /// The keys, beside the gateway's.
+    var keys: [String] { get }
+    /// Reads the entries of `top` it owns; may set what the gateway takes from them (a
+    /// listener's extra trust, the identity's common name).
+    mutating func read(_ top: [String: (key: Node, value: Node)], base: String, reader: inout NodeReader, gateway: inout GatewayConfiguration)
+}
+
+/// A gateway on its own: no keys of a program's.
+struct NoSections: ConfigurationSections {
+    var keys: [String] { [] }
+    func read(_ top: [String: (key: Node, value: Node)], base: String, reader: inout NodeReader, gateway: inout GatewayConfiguration) {}
 }

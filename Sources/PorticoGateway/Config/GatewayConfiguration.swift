@@ -6,25 +6,16 @@ import NIOCore
 /// folder of the file). Build it with ``ConfigurationLoader``; the defaults here are the
 /// embedded defaults that `portico serve` uses with no config file.
 public struct GatewayConfiguration: Sendable, Equatable {
-    /// `site.name`: the name of this manager's site, shown to operators and peers.
-    public var siteName: String = "default-site"
-    /// `data_dir`: where the manager keeps its database and state.
-    public var dataDirectory: String
+    /// The listeners the program has, in the order it lists them, with their defaults.
+    public var kinds: [ListenerKind]
     /// `identity`: the server certificate shared by every TLS listener.
     public var identity: IdentityConfiguration
-    /// `listeners.<role>`: one listener per role.
-    public var listeners: [ListenerRole: ListenerConfiguration]
+    /// `listeners.<name>`: one listener per kind.
+    public var listeners: [ListenerName: ListenerConfiguration]
     /// `routes`: what each listener sends where, in file order.
     public var routes: [RouteConfiguration] = []
-    /// `peers`: managers of other sites this one replicates with; their certificates are
-    /// trusted by the replication listener besides `listeners.replication.trust`.
-    public var peers: [PeerConfiguration] = []
     /// `upstreams.<name>`: HTTP backends that routes may target.
     public var upstreams: [String: UpstreamConfiguration] = [:]
-    /// `storage`: where state is kept; SQLite under `data_dir` unless a PostgreSQL URL is set.
-    public var storage: StorageSettings = StorageSettings()
-    /// `agents`: how the manager talks to endpoint agents.
-    public var agents: AgentSettings = AgentSettings()
     /// `shutdown.grace_period`: how long a drain waits for in-flight requests before closing.
     public var shutdownGracePeriod: TimeAmount = .seconds(30)
     /// The file this configuration was read from, if any.
@@ -33,47 +24,28 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// about what they name.
     public var locations: [String: SourceLocation] = [:]
 
-    /// The embedded defaults, rooted at `baseDirectory`.
-    public init(baseDirectory: String) {
-        self.dataDirectory = Paths.resolve("data", against: baseDirectory)
+    /// The embedded defaults, rooted at `baseDirectory`: each of `kinds` listening with its
+    /// defaults, no routes.
+    public init(baseDirectory: String, kinds: [ListenerKind]) {
+        self.kinds = kinds
         self.identity = IdentityConfiguration(
             certificate: Paths.resolve("ssl/server.crt", against: baseDirectory),
             privateKey: Paths.resolve("ssl/server.key", against: baseDirectory)
         )
-        var listeners: [ListenerRole: ListenerConfiguration] = [:]
-        for role in ListenerRole.allCases {
-            listeners[role] = ListenerConfiguration(role: role)
+        var listeners: [ListenerName: ListenerConfiguration] = [:]
+        for kind in kinds {
+            listeners[kind.name] = ListenerConfiguration(kind)
         }
         self.listeners = listeners
     }
 
-    /// The listeners that are enabled, in role order.
+    /// The listener names, in the program's order.
+    public var names: [ListenerName] { kinds.map(\.name) }
+
+    /// The listeners that are enabled, in the program's order.
     public var enabledListeners: [ListenerConfiguration] {
-        ListenerRole.allCases.compactMap { listeners[$0] }.filter(\.enabled)
+        kinds.compactMap { listeners[$0.name] }.filter(\.enabled)
     }
-}
-
-/// `storage`: the database settings (the store itself lives in another layer).
-public struct StorageSettings: Sendable, Equatable {
-    /// `storage.postgres.url`: e.g. `postgres://portico:secret@db:5432/portico?sslmode=require`.
-    /// When absent, SQLite at `data_dir/portico.sqlite`.
-    public var postgresURL: String?
-    /// `storage.postgres.pool_size`: connections per manager.
-    public var postgresPoolSize: Int = 8
-
-    public init() {}
-}
-
-/// `agents`: settings of the agent protocol (the service itself lives in another layer).
-public struct AgentSettings: Sendable, Equatable {
-    /// `agents.session_lifetime`: how long a conversation's keys are good for.
-    public var sessionLifetime: TimeAmount = .minutes(15)
-    /// `agents.checkin_interval`: the interval handed to agents, before jitter.
-    public var checkInInterval: TimeAmount = .minutes(5)
-    /// `agents.clock_skew`: how far an agent's clock may be from the manager's.
-    public var clockSkew: TimeAmount = .minutes(5)
-
-    public init() {}
 }
 
 /// Which key type a generated identity uses.
@@ -96,6 +68,8 @@ public struct IdentityConfiguration: Sendable, Equatable {
     public var names: [String] = []
     /// `identity.reload_interval`: how often the files are checked for changes (SIGHUP checks at once).
     public var reloadInterval: TimeAmount = .seconds(10)
+    /// The common name of a generated certificate (the program's: the manager's site name).
+    public var commonName: String = "portico"
 
     public init(certificate: String, privateKey: String) {
         self.certificate = certificate
@@ -103,9 +77,9 @@ public struct IdentityConfiguration: Sendable, Equatable {
     }
 }
 
-/// `listeners.<role>`: one listening socket and its TLS policy and limits.
+/// `listeners.<name>`: one listening socket and its TLS policy and limits.
 public struct ListenerConfiguration: Sendable, Equatable {
-    public var role: ListenerRole
+    public var name: ListenerName
     /// `enabled`: whether the role listens at all.
     public var enabled: Bool = true
     /// `bind`: address to bind, IPv4 or IPv6 literal or a host name.
@@ -118,6 +92,9 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var clientAuth: ClientAuthentication
     /// `trust`: PEM bundle (file) or folder of PEM files that client certificates must chain to.
     public var trust: String?
+    /// Certificates trusted besides `trust`, from elsewhere in the config (the manager's
+    /// peers): each file with the key that named it, for messages.
+    public var extraTrust: [TrustedFile] = []
     /// `certificate` / `private_key`: a listener's own identity instead of the shared one.
     public var certificate: String?
     public var privateKey: String?
@@ -140,11 +117,11 @@ public struct ListenerConfiguration: Sendable, Equatable {
     /// `nio` is asked for).
     public var engine: ListenerEngine = .core
 
-    public init(role: ListenerRole) {
-        self.role = role
-        self.port = role.defaultPort
-        self.tls = role.defaultTLS
-        self.clientAuth = role.defaultClientAuth
+    public init(_ kind: ListenerKind) {
+        self.name = kind.name
+        self.port = kind.defaultPort
+        self.tls = kind.defaultTLS
+        self.clientAuth = kind.defaultClientAuth
     }
 
     /// Whether two configurations need the socket to be bound again.
@@ -164,7 +141,7 @@ public enum ListenerEngine: String, Sendable, Equatable, CaseIterable {
     case core
 }
 
-/// `listeners.<role>.limits`: bounds on what one client may hold or send.
+/// `listeners.<name>.limits`: bounds on what one client may hold or send.
 public struct ListenerLimits: Sendable, Equatable {
     /// `max_connections`: open connections beyond this are closed at accept and counted.
     public var maxConnections: Int = 10_000
@@ -186,8 +163,8 @@ public struct ListenerLimits: Sendable, Equatable {
 
 /// One entry of `routes`.
 public struct RouteConfiguration: Sendable, Equatable {
-    /// `listener` or `listeners`: the roles this route applies to.
-    public var listeners: [ListenerRole]
+    /// `listener` or `listeners`: the listeners this route applies to.
+    public var listeners: [ListenerName]
     /// `methods`: allowed methods; empty means any.
     public var methods: [String] = []
     /// `host`: exact host (without port) the request must name; `nil` matches any.
@@ -201,7 +178,7 @@ public struct RouteConfiguration: Sendable, Equatable {
     /// Where the route was written, for messages.
     public var location: SourceLocation?
 
-    public init(listeners: [ListenerRole], methods: [String] = [], host: String? = nil, path: String, target: RouteTarget, maxBodyBytes: Int? = nil) {
+    public init(listeners: [ListenerName], methods: [String] = [], host: String? = nil, path: String, target: RouteTarget, maxBodyBytes: Int? = nil) {
         self.listeners = listeners
         self.methods = methods
         self.host = host
@@ -286,25 +263,14 @@ public struct SourceLocation: Sendable, Equatable, CustomStringConvertible {
     public var description: String { "\(file):\(line):\(column)" }
 }
 
-/// One entry of `peers`.
-public struct PeerConfiguration: Sendable, Equatable {
-    /// `name`: how this site calls the peer.
-    public var name: String
-    /// `url`: the peer's replication listener, `https://host:8444`.
-    public var url: String
-    /// `certificate`: the peer's server certificate (PEM file), trusted for its connections.
-    public var certificate: String
-    /// `history`: which way events and audit entries go with this peer: `both` (default),
-    /// `send` (this site sends its own, takes none), `receive`, or `none`.
-    public var history: String
+/// A certificate file a listener trusts, and the config key that named it.
+public struct TrustedFile: Sendable, Equatable {
+    public var file: String
+    public var key: String
 
-    public static let historyModes = ["both", "send", "receive", "none"]
-
-    public init(name: String, url: String, certificate: String, history: String = "both") {
-        self.name = name
-        self.url = url
-        self.certificate = certificate
-        self.history = history
+    public init(file: String, key: String) {
+        self.file = file
+        self.key = key
     }
 }
 

@@ -2,21 +2,21 @@ import NIOCore
 import Yams
 
 /// Walks Yams nodes, collecting diagnostics with their marks.
-struct NodeReader {
-    let file: String
-    var diagnostics: [ConfigurationDiagnostic] = []
+package struct NodeReader {
+    package let file: String
+    package var diagnostics: [ConfigurationDiagnostic] = []
 
-    init(file: String) { self.file = file }
+    package init(file: String) { self.file = file }
 
-    func location(_ node: Node) -> SourceLocation? {
+    package func location(_ node: Node) -> SourceLocation? {
         node.mark.map { SourceLocation(file: file, line: $0.line, column: $0.column) }
     }
 
-    mutating func error(_ message: String, at node: Node) {
+    package mutating func error(_ message: String, at node: Node) {
         diagnostics.append(ConfigurationDiagnostic(message, at: location(node)))
     }
 
-    func diagnostic(for error: YamlError) -> ConfigurationDiagnostic {
+    package func diagnostic(for error: YamlError) -> ConfigurationDiagnostic {
         switch error {
         case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _), .composer(let context, let problem, let mark, _):
             let where_ = context.map { " \($0.text)" } ?? ""
@@ -30,7 +30,7 @@ struct NodeReader {
     }
 
     /// A mapping's entries by key; unknown keys are reported (with a suggestion) and left out.
-    mutating func mapping(_ node: Node, at path: String, keys allowed: [String], what: String = "key") -> [String: (key: Node, value: Node)]? {
+    package mutating func mapping(_ node: Node, at path: String, keys allowed: [String], what: String = "key") -> [String: (key: Node, value: Node)]? {
         guard case .mapping(let mapping) = node else {
             if case .scalar(let s) = node, s.string.isEmpty || s.string == "~" || s.string == "null" { return [:] }
             error("\(path) must be a mapping of keys to values", at: node)
@@ -56,7 +56,7 @@ struct NodeReader {
         return result
     }
 
-    mutating func sequence(_ node: Node, at path: String) -> [Node]? {
+    package mutating func sequence(_ node: Node, at path: String) -> [Node]? {
         guard case .sequence(let sequence) = node else {
             error("\(path) must be a list", at: node)
             return nil
@@ -64,7 +64,7 @@ struct NodeReader {
         return Array(sequence)
     }
 
-    mutating func string(_ node: Node, at path: String) -> String? {
+    package mutating func string(_ node: Node, at path: String) -> String? {
         guard case .scalar(let scalar) = node else {
             error("\(path) must be a single value, not a list or mapping", at: node)
             return nil
@@ -72,12 +72,12 @@ struct NodeReader {
         return scalar.string
     }
 
-    mutating func stringList(_ node: Node, at path: String) -> [String]? {
+    package mutating func stringList(_ node: Node, at path: String) -> [String]? {
         guard let list = sequence(node, at: path) else { return nil }
         return list.compactMap { string($0, at: path) }
     }
 
-    mutating func int(_ node: Node, at path: String) -> Int? {
+    package mutating func int(_ node: Node, at path: String) -> Int? {
         guard let text = string(node, at: path) else { return nil }
         if let value = Int(text.replacingUnderscores()) { return value }
         if let value = ByteSize.parse(text) { return value }
@@ -85,7 +85,7 @@ struct NodeReader {
         return nil
     }
 
-    mutating func bool(_ node: Node, at path: String) -> Bool? {
+    package mutating func bool(_ node: Node, at path: String) -> Bool? {
         guard let text = string(node, at: path) else { return nil }
         switch text.lowercased() {
         case "true", "yes", "on": return true
@@ -96,7 +96,7 @@ struct NodeReader {
         }
     }
 
-    mutating func duration(_ node: Node, at path: String) -> TimeAmount? {
+    package mutating func duration(_ node: Node, at path: String) -> TimeAmount? {
         guard let text = string(node, at: path) else { return nil }
         if let value = DurationText.parse(text) { return value }
         error("\(path) must be a duration such as 500ms, 10s, 5m or 1h, not '\(text)'", at: node)
@@ -105,5 +105,5 @@ struct NodeReader {
 }
 
 extension String {
-    func replacingUnderscores() -> String { self.filter { $0 != "_" } }
+    package func replacingUnderscores() -> String { self.filter { $0 != "_" } }
 }

@@ -42,7 +42,7 @@ final class CoreTLSContext: @unchecked Sendable {
         try Self.usePair(identity, in: context)
         // Sessions of one listener only resume on it (and resumption needs this when client
         // certificates are asked for).
-        let sessionContext = Array("portico-\(listener.role.rawValue)".utf8.prefix(Int(SSL_MAX_SID_CTX_LENGTH)))
+        let sessionContext = Array("portico-\(listener.name.rawValue)".utf8.prefix(Int(SSL_MAX_SID_CTX_LENGTH)))
         _ = SSL_CTX_set_session_id_context(context, sessionContext, sessionContext.count)
         // h2 when the listener offers it and the client does, else http/1.1. (The callback is
         // a C function: whether h2 is offered travels as its argument, non-nil for yes.)

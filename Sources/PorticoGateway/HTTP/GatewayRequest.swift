@@ -16,7 +16,7 @@ public struct GatewayRequest: Sendable {
     /// Values of `{param}` segments of the matched route.
     public var parameters: [String: String]
     /// The listener that accepted the request.
-    public var role: ListenerRole
+    public var listener: ListenerName
     /// 1 for HTTP/1.x, 2 for HTTP/2.
     public var httpMajorVersion: Int
     /// Whether the connection is TLS (to this listener; see ``forwardedProto``).

@@ -393,7 +393,7 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
             body: pending.body ?? ByteBuffer(),
             host: pending.head.host,
             parameters: parameters,
-            role: info.role,
+            listener: info.listener,
             httpMajorVersion: 1,
             isTLS: info.isTLS,
             peerAddress: info.peerAddress,

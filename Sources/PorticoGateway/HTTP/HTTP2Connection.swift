@@ -725,7 +725,7 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
             body: stream.body,
             host: stream.authority ?? headers.first(name: "host"),
             parameters: parameters,
-            role: info.role,
+            listener: info.listener,
             httpMajorVersion: 2,
             isTLS: info.isTLS,
             peerAddress: info.peerAddress,

@@ -6,9 +6,9 @@ public enum BuiltinServices {
     public static let names: Set<String> = ["health", "ready", "status", "metrics"]
 
     /// Routes every listener gets unless the config routes the same path itself.
-    static func implicitRoutes(for role: ListenerRole) -> [(path: String, service: String)] {
+    static func implicitRoutes(servingMetrics: Bool) -> [(path: String, service: String)] {
         var routes = [("/healthz", "health"), ("/readyz", "ready"), ("/statusz", "status")]
-        if role == .webservices { routes.append(("/metrics", "metrics")) }
+        if servingMetrics { routes.append(("/metrics", "metrics")) }
         return routes
     }
 
@@ -30,7 +30,7 @@ public enum BuiltinServices {
                 // were three allocations more.
                 var body = ByteBufferAllocator().buffer(capacity: 64)
                 body.writeStaticString(ready ? #"{"status":"ready","listener":""# : #"{"status":"not ready","listener":""#)
-                body.writeString(request.role.rawValue)
+                body.writeString(request.listener.rawValue)
                 body.writeStaticString(#""}"#)
                 return GatewayResponse(status: ready ? .ok : .serviceUnavailable, headers: headers, body: body)
             }

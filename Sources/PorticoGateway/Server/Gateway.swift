@@ -21,7 +21,7 @@ public actor Gateway: Service {
     private let source: ConfigurationSource?
     private let handleSIGHUP: Bool
     private let readiness = ReadinessFlag()
-    private var listeners: [ListenerRole: Listener] = [:]
+    private var listeners: [ListenerName: Listener] = [:]
     private var pools: [String: UpstreamPool] = [:]
     private var healthChecks: [String: Task<Void, Never>] = [:]
     /// Drains of listeners replaced by a reload.
@@ -61,17 +61,17 @@ public actor Gateway: Service {
     public var configuration: GatewayConfiguration { prepared.configuration }
 
     /// Where a role's listener is bound, while it runs.
-    public func boundAddress(of role: ListenerRole) async -> SocketAddress? {
+    public func boundAddress(of role: ListenerName) async -> SocketAddress? {
         await listeners[role]?.localAddress
     }
 
     /// Open connections on a role's listener.
-    public func connectionCount(of role: ListenerRole) -> Int {
+    public func connectionCount(of role: ListenerName) -> Int {
         listeners[role]?.connectionCount ?? 0
     }
 
     /// A role's listener, while it runs.
-    func listener(of role: ListenerRole) -> Listener? { listeners[role] }
+    func listener(of role: ListenerName) -> Listener? { listeners[role] }
 
     /// The pool serving an upstream name.
     func upstreamPool(named name: String) -> UpstreamPool? { pools[name] }
@@ -108,7 +108,7 @@ public actor Gateway: Service {
             for listenerConfiguration in prepared.configuration.enabledListeners {
                 let listener = Listener(snapshot: try makeSnapshot(listenerConfiguration), group: group, logger: logger)
                 try await listener.start()
-                listeners[listenerConfiguration.role] = listener
+                listeners[listenerConfiguration.name] = listener
             }
         } catch {
             await stop()
@@ -181,7 +181,10 @@ public actor Gateway: Service {
         prepared = next
         applyPools(next.configuration)
         let grace = next.configuration.shutdownGracePeriod
-        for role in ListenerRole.allCases {
+        // Names in either configuration: a listener the new one lacks is drained.
+        var names = next.configuration.names
+        for name in previous.configuration.names where !names.contains(name) { names.append(name) }
+        for role in names {
             let old = listeners[role]
             guard let wanted = next.configuration.listeners[role], wanted.enabled else {
                 if let old {
@@ -278,7 +281,7 @@ public actor Gateway: Service {
     private func makeSnapshot(_ listener: ListenerConfiguration) throws -> ListenerSnapshot {
         let configuration = prepared.configuration
         var definitions: [Router<Endpoint>.Definition] = []
-        let routes = configuration.routes.filter { $0.listeners.contains(listener.role) }
+        let routes = configuration.routes.filter { $0.listeners.contains(listener.name) }
         // Which config route each path reaches, so that a service's routes are compiled only
         // under the config route that would have taken them.
         let reach = try Router(routes.enumerated().map { index, route in
@@ -292,7 +295,7 @@ public actor Gateway: Service {
             guard let endpoint = endpoint(for: route.target) else { continue }
             definitions.append(.init(methods: route.methods, host: route.host, path: route.path, target: endpoint, maxBodyBytes: route.maxBodyBytes))
         }
-        for implicit in BuiltinServices.implicitRoutes(for: listener.role) where !routes.contains(where: { $0.path == implicit.path && $0.host == nil }) {
+        for implicit in BuiltinServices.implicitRoutes(servingMetrics: prepared.configuration.kinds.first { $0.name == listener.name }?.servesMetrics ?? false) where !routes.contains(where: { $0.path == implicit.path && $0.host == nil }) {
             if let endpoint = endpoint(for: .service(implicit.service)) {
                 definitions.append(.init(methods: ["GET"], host: nil, path: implicit.path, target: endpoint, maxBodyBytes: 0))
             }
@@ -305,8 +308,8 @@ public actor Gateway: Service {
         return ListenerSnapshot(
             configuration: listener,
             router: router,
-            tls: prepared.tlsContexts[listener.role],
-            metrics: metrics.listener(listener.role),
+            tls: prepared.tlsContexts[listener.name],
+            metrics: metrics.listener(listener.name),
             accessLogger: accessLogger,
             readiness: readiness
         )

@@ -6,31 +6,37 @@ import Prometheus
 /// that the request path only increments.
 public final class GatewayMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
-    private let perListener: [ListenerRole: ListenerMetrics]
+    /// Made when a listener first asks, in that order (the names are the program's).
+    private let perListener = NIOLockedValueBox<[(name: ListenerName, metrics: ListenerMetrics)]>([])
     let configReloadsOK: Counter
     let configReloadsFailed: Counter
     private let identityGauges: NIOLockedValueBox<[String: (expiry: Gauge, ok: Counter, failed: Counter, lastFailed: Gauge)]>
 
-    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    /// - Parameter listeners: listeners whose series exist from the start, at zero (others
+    ///   get theirs when they first listen).
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), listeners: [ListenerName] = []) {
         self.registry = registry
-        var perListener: [ListenerRole: ListenerMetrics] = [:]
-        for role in ListenerRole.allCases {
-            perListener[role] = ListenerMetrics(role: role, registry: registry)
-        }
-        self.perListener = perListener
         self.configReloadsOK = registry.makeCounter(descriptor: .portico("config_reloads", unit: "total", help: "Configuration reloads by result"), labels: [("result", "ok")])
         self.configReloadsFailed = registry.makeCounter(descriptor: .portico("config_reloads", unit: "total", help: "Configuration reloads by result"), labels: [("result", "failed")])
         self.identityGauges = NIOLockedValueBox([:])
+        for name in listeners { _ = listener(name) }
     }
 
-    func listener(_ role: ListenerRole) -> ListenerMetrics { perListener[role]! }
+    func listener(_ name: ListenerName) -> ListenerMetrics {
+        perListener.withLockedValue { all in
+            if let existing = all.first(where: { $0.name == name }) { return existing.metrics }
+            let created = ListenerMetrics(role: name, registry: registry)
+            all.append((name, created))
+            return created
+        }
+    }
 
     /// Every series in the Prometheus text format: the registry's, then the request
     /// counts and durations, which are kept per event loop outside it (``RequestStats``).
     public func emit() -> [UInt8] {
         var bytes = registry.emitToBuffer()
         var text = ""
-        RequestStats.emit(ListenerRole.allCases.map { perListener[$0]!.requests }, into: &text)
+        RequestStats.emit(perListener.withLockedValue { $0.map(\.metrics.requests) }, into: &text)
         bytes.append(contentsOf: text.utf8)
         return bytes
     }
@@ -66,7 +72,7 @@ final class ListenerMetrics: Sendable {
     let timeouts: Counter
     let requests: RequestStats
 
-    init(role: ListenerRole, registry: PrometheusCollectorRegistry) {
+    init(role: ListenerName, registry: PrometheusCollectorRegistry) {
         let label = [("listener", role.rawValue)]
         openConnections = registry.makeGauge(descriptor: .portico("open_connections", unit: "", help: "Open connections per listener"), labels: label)
         refusedConnections = registry.makeCounter(descriptor: .portico("refused_connections", unit: "total", help: "Connections closed at accept because the listener was full or the source untrusted"), labels: label)

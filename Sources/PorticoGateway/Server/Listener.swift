@@ -25,7 +25,7 @@ actor Listener {
         case stopped
     }
 
-    let role: ListenerRole
+    let role: ListenerName
     private(set) var configuration: ListenerConfiguration
     private var state: State = .idle
     private let snapshot: SnapshotBox<ListenerSnapshot>
@@ -34,7 +34,7 @@ actor Listener {
     private let logger: Logger
 
     init(snapshot: ListenerSnapshot, group: any EventLoopGroup, logger: Logger) {
-        self.role = snapshot.configuration.role
+        self.role = snapshot.configuration.name
         self.configuration = snapshot.configuration
         self.snapshot = SnapshotBox(snapshot, localize: { $0.localCopy() })
         self.group = group
@@ -206,7 +206,7 @@ actor Listener {
     }
 
     /// Serves one connection accepted by the core (on its loop).
-    private static func serveCore(fd: Int32, peer: SocketAddress?, loop: CoreEventLoop, role: ListenerRole, snapshot box: SnapshotBox<ListenerSnapshot>, tracker: ConnectionTracker, logger: Logger) {
+    private static func serveCore(fd: Int32, peer: SocketAddress?, loop: CoreEventLoop, role: ListenerName, snapshot box: SnapshotBox<ListenerSnapshot>, tracker: ConnectionTracker, logger: Logger) {
         let reader = SnapshotReader(box, eventLoop: loop)
         let snapshot = reader.value
         let metrics = snapshot.metrics
@@ -224,7 +224,7 @@ actor Listener {
         id.withLockedValue { $0 = ObjectIdentifier(connection) }
         let configuration = snapshot.configuration
         let tls = configuration.tls ? snapshot.tls?.coreContext() : nil
-        let info = ConnectionInfo(role: role, isTLS: tls != nil, peerAddress: peer, snapshot: reader, eventLoop: loop)
+        let info = ConnectionInfo(listener: role, isTLS: tls != nil, peerAddress: peer, snapshot: reader, eventLoop: loop)
         var proxyHeader: ProxyHeaderReader?
         var onProxyRefused: ((String) -> Void)?
         if configuration.proxyProtocol {
@@ -243,7 +243,7 @@ actor Listener {
     }
 
     /// Sets up one accepted connection's pipeline.
-    private static func initialize(channel: any Channel, role: ListenerRole, snapshot box: SnapshotBox<ListenerSnapshot>, tracker: ConnectionTracker, logger: Logger) throws {
+    private static func initialize(channel: any Channel, role: ListenerName, snapshot box: SnapshotBox<ListenerSnapshot>, tracker: ConnectionTracker, logger: Logger) throws {
         let reader = SnapshotReader(box, eventLoop: channel.eventLoop)
         let snapshot = reader.value
         let configuration = snapshot.configuration
@@ -254,7 +254,7 @@ actor Listener {
             return
         }
 
-        let info = ConnectionInfo(role: role, isTLS: configuration.tls, peerAddress: channel.remoteAddress, snapshot: reader, eventLoop: channel.eventLoop)
+        let info = ConnectionInfo(listener: role, isTLS: configuration.tls, peerAddress: channel.remoteAddress, snapshot: reader, eventLoop: channel.eventLoop)
         let pipeline = channel.pipeline.syncOperations
         if configuration.proxyProtocol {
             let trusted = configuration.trustedProxies.containsAddress(channel.remoteAddress)
@@ -358,7 +358,7 @@ final class TLSHandshakeObserver: ChannelInboundHandler, RemovableChannelHandler
 public struct ListenerError: Error, CustomStringConvertible {
     public let description: String
 
-    static func bind(role: ListenerRole, address: String, port: Int, error: any Error) -> ListenerError {
+    static func bind(role: ListenerName, address: String, port: Int, error: any Error) -> ListenerError {
         var reason = "\(error)"
         if let io = error as? IOError {
             switch io.errnoCode {

@@ -40,7 +40,7 @@ final class ListenerSnapshot: Sendable {
 
 /// What one connection knows of itself; owned by its event loop.
 final class ConnectionInfo {
-    let role: ListenerRole
+    let listener: ListenerName
     let isTLS: Bool
     /// The TCP peer, replaced by the source in a trusted PROXY header.
     var peerAddress: SocketAddress? {
@@ -77,8 +77,8 @@ final class ConnectionInfo {
     /// Where this connection's loop counts requests; found at the first one.
     private var requestStats: RequestStats.Shard?
 
-    init(role: ListenerRole, isTLS: Bool, peerAddress: SocketAddress?, snapshot: SnapshotReader<ListenerSnapshot>, eventLoop: any EventLoop) {
-        self.role = role
+    init(listener: ListenerName, isTLS: Bool, peerAddress: SocketAddress?, snapshot: SnapshotReader<ListenerSnapshot>, eventLoop: any EventLoop) {
+        self.listener = listener
         self.isTLS = isTLS
         self.peerAddress = peerAddress
         self.snapshot = snapshot
@@ -94,7 +94,7 @@ final class ConnectionInfo {
         requestStats!.record(status: status, nanoseconds: elapsed.nanoseconds)
         guard let logger = snapshot.accessLogger else { return }
         logger.info("request", metadata: [
-            "listener": "\(role)", "client": "\(peerAddressText ?? "-")", "method": "\(method)",
+            "listener": "\(listener)", "client": "\(peerAddressText ?? "-")", "method": "\(method)",
             "uri": "\(uri)", "status": "\(status)", "bytes": "\(bytes)", "http": "\(http)",
             "duration_us": "\(elapsed.nanoseconds / 1000)",
         ])

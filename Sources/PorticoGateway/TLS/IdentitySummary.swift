@@ -19,9 +19,9 @@ public struct IdentitySummary: Sendable, Equatable {
     /// Upper-case hex pairs joined by colons, as `openssl x509 -fingerprint -sha256` prints them.
     public var fingerprint: String
     /// The listeners serving it; empty for a staged identity.
-    public var listeners: [ListenerRole]
+    public var listeners: [ListenerName]
 
-    public init(_ identity: ServerIdentity, listeners: [ListenerRole]) {
+    public init(_ identity: ServerIdentity, listeners: [ListenerName]) {
         let leaf = identity.leaf
         var names: [String] = []
         if let sans = try? leaf.extensions.subjectAlternativeNames {

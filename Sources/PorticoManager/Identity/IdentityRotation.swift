@@ -100,7 +100,7 @@ public final class IdentityRotation: Service, Sendable {
     public func stage(keyType: KeyType, days: Int, names: [String], plan: StagedIdentity.Plan) async throws -> Status {
         if StagedIdentity.load(configuration) != nil { throw RotationError("a next identity is staged already; switch to it or remove \(StagedIdentity.paths(configuration).certificate)") }
         let generated = try await Task.detached {
-            try IdentityGenerator.generate(keyType: keyType, commonName: self.configuration.siteName, names: self.configuration.identity.names + names, days: days)
+            try IdentityGenerator.generate(keyType: keyType, commonName: self.configuration.identity.commonName, names: self.configuration.identity.names + names, days: days)
         }.value
         let paths = StagedIdentity.paths(configuration)
         try IdentityGenerator.write(generated, certificatePath: paths.certificate, privateKeyPath: paths.key)

@@ -1,11 +1,13 @@
 import Foundation
+import PorticoGateway
+import PorticoManager
 import PorticoTestSupport
 import Testing
 
-@testable import PorticoGateway
-
+/// The config file as operators write it: the gateway's keys and the manager's, read in one
+/// pass by ``ManagerConfiguration``, every problem with its file, line and column.
 @Suite struct ConfigurationTests {
-    let loader = ConfigurationLoader()
+    let loader = ManagerConfigurationLoader()
 
     private func problems(_ yaml: String, file: String = "/etc/portico/portico.yaml") -> [ConfigurationDiagnostic] {
         do {
@@ -18,14 +20,14 @@ import Testing
 
     @Test func embeddedDefaultsGiveEveryRoleItsPort() throws {
         let config = try loader.load(yaml: "", file: "/srv/conf/portico.yaml")
-        #expect(config.enabledListeners.map(\.role) == ListenerRole.allCases)
-        #expect(config.listeners[.client]?.port == 8441)
-        #expect(config.listeners[.clientPlain]?.port == 8014)
-        #expect(config.listeners[.clientPlain]?.tls == false)
-        #expect(config.listeners[.replication]?.clientAuth == .require)
-        #expect(config.listeners[.webservices]?.port == 8446)
-        #expect(config.enabledListeners.allSatisfy { $0.engine == .core })
-        #expect(config.identity.certificate == "/srv/conf/ssl/server.crt")
+        #expect(config.gateway.enabledListeners.map(\.name) == ManagerConfiguration.roles.map(\.name))
+        #expect(config.gateway.listeners[.client]?.port == 8441)
+        #expect(config.gateway.listeners[.clientPlain]?.port == 8014)
+        #expect(config.gateway.listeners[.clientPlain]?.tls == false)
+        #expect(config.gateway.listeners[.replication]?.clientAuth == .require)
+        #expect(config.gateway.listeners[.webservices]?.port == 8446)
+        #expect(config.gateway.enabledListeners.allSatisfy { $0.engine == .core })
+        #expect(config.gateway.identity.certificate == "/srv/conf/ssl/server.crt")
     }
 
     @Test func relativePathsResolveAgainstTheConfigFolder() throws {
@@ -39,9 +41,9 @@ import Testing
                 trust: ./peers/
             """, file: "/srv/portico/conf/portico.yaml")
         #expect(config.dataDirectory == "/srv/portico/data")
-        #expect(config.identity.certificate == "/srv/portico/conf/ssl/a.crt")
-        #expect(config.identity.privateKey == "/abs/a.key")
-        #expect(config.listeners[.replication]?.trust == "/srv/portico/conf/peers")
+        #expect(config.gateway.identity.certificate == "/srv/portico/conf/ssl/a.crt")
+        #expect(config.gateway.identity.privateKey == "/abs/a.key")
+        #expect(config.gateway.listeners[.replication]?.trust == "/srv/portico/conf/peers")
     }
 
     @Test func valuesAreParsedWithUnits() throws {
@@ -57,13 +59,13 @@ import Testing
             shutdown:
               grace_period: 1h
             """, file: "/c/p.yaml")
-        let limits = try #require(config.listeners[.client]?.limits)
+        let limits = try #require(config.gateway.listeners[.client]?.limits)
         #expect(limits.maxBodyBytes == 2 << 20)
         #expect(limits.maxHeaderBytes == 8192)
         #expect(limits.headerTimeout == .milliseconds(500))
         #expect(limits.idleTimeout == .minutes(2))
-        #expect(config.shutdownGracePeriod == .hours(1))
-        #expect(config.listeners[.client]?.trustedProxies.map(\.description) == ["10.0.0.0/8", "0:0:0:0:0:0:0:1/128"])
+        #expect(config.gateway.shutdownGracePeriod == .hours(1))
+        #expect(config.gateway.listeners[.client]?.trustedProxies.map(\.description) == ["10.0.0.0/8", "0:0:0:0:0:0:0:1/128"])
     }
 
     @Test func agentSettingsAreReadAndChecked() throws {
@@ -177,7 +179,7 @@ import Testing
                 targets: [http://127.0.0.1:9000]
                 keepalive: {idle_connections: 8, idle_timeout: 30s}
             """, file: "/etc/portico/portico.yaml")
-        let upstream = try #require(config.upstreams["api"])
+        let upstream = try #require(config.gateway.upstreams["api"])
         #expect(upstream.keepaliveConnections == 8)
         #expect(upstream.keepaliveTimeout == .seconds(30))
 
@@ -243,9 +245,9 @@ import Testing
               - {listener: client_plain, path: /x, service: health}
               - {listener: client_plain, path: /x, service: ready}
             """, file: "/tmp/p.yaml")
-        #expect(throws: ConfigurationError.self) { try ConfigurationCheck.prepare(config, generateMissing: false) }
+        #expect(throws: ConfigurationError.self) { try ConfigurationCheck.prepare(config.gateway, generateMissing: false) }
         do {
-            _ = try ConfigurationCheck.prepare(config, generateMissing: false)
+            _ = try ConfigurationCheck.prepare(config.gateway, generateMissing: false)
         } catch {
             #expect(error.diagnostics.first?.location?.line == 10)
             #expect(error.diagnostics.first?.message.contains("repeats /x") == true)
@@ -263,8 +265,8 @@ import Testing
         #expect(found.map { $0.location?.line } == [4])
         #expect(found.first?.message == "listeners.console.engine must be nio or core, not 'fast'")
         let config = try loader.load(yaml: "listeners:\n  reporting: {engine: core, tls: false}\n  webservices: {engine: nio}\n", file: "/tmp/p.yaml")
-        #expect(config.listeners[.reporting]?.engine == .core)
-        #expect(config.listeners[.webservices]?.engine == .nio)
+        #expect(config.gateway.listeners[.reporting]?.engine == .core)
+        #expect(config.gateway.listeners[.webservices]?.engine == .nio)
     }
 
     @Test func unreadableAndMismatchedCertificateFilesAreReportedAtTheirKeys() throws {
@@ -286,7 +288,7 @@ import Testing
         _ = (a, b)
         let config = try loader.load(yaml: yaml, file: dir.file("portico.yaml"))
         do {
-            _ = try ConfigurationCheck.prepare(config, generateMissing: false)
+            _ = try ConfigurationCheck.prepare(config.gateway, generateMissing: false)
             Issue.record("a mismatched key and unreadable files were accepted")
         } catch {
             let byLine = Dictionary(error.diagnostics.compactMap { d in d.location.map { ($0.line, d.message) } }, uniquingKeysWith: { $0 + "; " + $1 })
@@ -310,9 +312,9 @@ import Testing
               gone: {targets: ["https://127.0.0.1:9445"], trust: missing.pem}
             """
         let config = try loader.load(yaml: yaml, file: dir.file("portico.yaml"))
-        #expect(config.upstreams["good"]?.trust == dir.file("server.crt"))
+        #expect(config.gateway.upstreams["good"]?.trust == dir.file("server.crt"))
         do {
-            _ = try ConfigurationCheck.prepare(config, generateMissing: false)
+            _ = try ConfigurationCheck.prepare(config.gateway, generateMissing: false)
             Issue.record("unreadable upstream trust files were accepted")
         } catch {
             let byLine = Dictionary(error.diagnostics.compactMap { d in d.location.map { ($0.line, d.message) } }, uniquingKeysWith: { $0 + "; " + $1 })
@@ -325,7 +327,7 @@ import Testing
     @Test func checkNotesAMissingIdentityWithoutWritingIt() throws {
         let dir = try TemporaryDirectory()
         let config = try loader.load(yaml: "", file: dir.file("portico.yaml"))
-        let prepared = try ConfigurationCheck.prepare(config, generateMissing: false)
+        let prepared = try ConfigurationCheck.prepare(config.gateway, generateMissing: false)
         #expect(prepared.notes.contains { $0.contains("serve will generate") })
         #expect(!FileManager.default.fileExists(atPath: dir.file("ssl/server.crt")))
     }
@@ -333,10 +335,10 @@ import Testing
     @Test func serveGeneratesTheIdentityWithAPrivateKeyFile() throws {
         let dir = try TemporaryDirectory()
         let config = try loader.load(yaml: "identity: {generate: ecdsa-p256, names: [portico.example.com]}", file: dir.file("portico.yaml"))
-        let prepared = try ConfigurationCheck.prepare(config, generateMissing: true)
+        let prepared = try ConfigurationCheck.prepare(config.gateway, generateMissing: true)
         let attributes = try FileManager.default.attributesOfItem(atPath: dir.file("ssl/server.key"))
         #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
-        let identity = try #require(prepared.identities[.client]).current
+        let identity = try #require(prepared.identity(of: .client)).current
         let sans = try #require(try identity.leaf.extensions.subjectAlternativeNames)
         let text = sans.map { "\($0)" }.joined(separator: " ")
         #expect(text.contains("localhost"))
@@ -347,7 +349,7 @@ import Testing
     @Test func generationNeverMakesMissingFilesAnError() throws {
         let dir = try TemporaryDirectory()
         let config = try loader.load(yaml: "identity: {generate: never}", file: dir.file("portico.yaml"))
-        #expect(throws: ConfigurationError.self) { try ConfigurationCheck.prepare(config, generateMissing: true) }
+        #expect(throws: ConfigurationError.self) { try ConfigurationCheck.prepare(config.gateway, generateMissing: true) }
     }
 }
 
@@ -365,7 +367,7 @@ import Testing
     }
 
     @Test func peersNeedANameAnHTTPSURLAndACertificateEachProblemOnItsLine() throws {
-        let loader = ConfigurationLoader()
+        let loader = ManagerConfigurationLoader()
         var found: [ConfigurationDiagnostic] = []
         do { _ = try loader.load(yaml: """
             peers:
@@ -387,5 +389,37 @@ import Testing
             """, file: "/srv/conf/portico.yaml")
         #expect(config.peers == [PeerConfiguration(name: "site-b", url: "https://b.example:8444", certificate: "/srv/conf/peers/b.crt"),
                                  PeerConfiguration(name: "site-c", url: "https://c.example:8444", certificate: "/srv/conf/peers/c.crt", history: "send")])
+        // The replication listener trusts them, each named by its key for messages.
+        #expect(config.gateway.listeners[.replication]?.extraTrust == [TrustedFile(file: "/srv/conf/peers/b.crt", key: "peers[0].certificate"),
+                                                                       TrustedFile(file: "/srv/conf/peers/c.crt", key: "peers[1].certificate")])
+    }
+
+    /// A peer's certificate that cannot be read is reported where the file names it, by the
+    /// check that builds the replication listener's trust.
+    @Test func anUnreadablePeerCertificateIsReportedAtItsKey() throws {
+        let dir = try TemporaryDirectory()
+        _ = try TestPKI.make(in: dir, name: "server")
+        try dir.write("peers/b.crt", "not a certificate")
+        let config = try ManagerConfigurationLoader().load(yaml: """
+            site: {name: north}
+            identity: {certificate: server.crt, private_key: server.key}
+            peers:
+              - {name: site-b, url: "https://b.example:8444", certificate: peers/b.crt}
+            """, file: dir.file("portico.yaml"))
+        #expect(config.gateway.identity.commonName == "north")
+        do {
+            _ = try ConfigurationCheck.prepare(config.gateway, generateMissing: false)
+            Issue.record("an unreadable peer certificate was accepted")
+        } catch {
+            #expect(error.diagnostics.map { $0.location?.line } == [4], "\(error.diagnostics)")
+            #expect(error.diagnostics.first?.message.hasPrefix("peers[0].certificate: ") == true, "\(error.diagnostics)")
+        }
+    }
+}
+
+/// Loads a whole config file as `portico` does.
+struct ManagerConfigurationLoader {
+    func load(yaml: String, file: String) throws(ConfigurationError) -> ManagerConfiguration {
+        try ManagerConfiguration.load(yaml: yaml, file: file)
     }
 }

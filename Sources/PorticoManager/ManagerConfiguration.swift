@@ -1,0 +1,243 @@
+import Foundation
+import NIOCore
+import PorticoGateway
+import PorticoStore
+import Yams
+
+extension ListenerName {
+    /// Endpoint agents over HTTPS.
+    public static let client: ListenerName = "client"
+    /// Endpoint agents over plain HTTP (messages are sealed end to end by the agent protocol).
+    public static let clientPlain: ListenerName = "client_plain"
+    /// Peer managers, mutual TLS.
+    public static let replication: ListenerName = "replication"
+    /// Operators in a browser.
+    public static let console: ListenerName = "console"
+    /// Reports and exports.
+    public static let reporting: ListenerName = "reporting"
+    /// REST API for automation; also serves `/metrics`.
+    public static let webservices: ListenerName = "webservices"
+}
+
+/// The whole configuration of a manager, as read from `portico.yaml`: the gateway's
+/// (listeners, identity, routes, upstreams, limits) and what the manager adds (its roles with
+/// their ports, the site, storage, agents, peers). One file, read in one pass, its problems
+/// reported together with file, line and column.
+public struct ManagerConfiguration: Sendable, Equatable {
+    /// The roles a manager listens for, one listener each, with their default ports.
+    public static let roles: [ListenerKind] = [
+        ListenerKind(.client, port: 8441),
+        ListenerKind(.clientPlain, port: 8014, tls: false),
+        ListenerKind(.replication, port: 8444, clientAuth: .require),
+        ListenerKind(.console, port: 8443),
+        ListenerKind(.reporting, port: 8445),
+        ListenerKind(.webservices, port: 8446, servesMetrics: true),
+    ]
+
+    public var gateway: GatewayConfiguration
+    /// `site.name`: the name of this manager's site, shown to operators and peers.
+    public var siteName: String = "default-site"
+    /// `data_dir`: where the manager keeps its database and state.
+    public var dataDirectory: String
+    /// `storage`: where state is kept; SQLite under `data_dir` unless a PostgreSQL URL is set.
+    public var storage = StorageSettings()
+    /// `agents`: how the manager talks to endpoint agents.
+    public var agents = AgentSettings()
+    /// `peers`: managers of other sites this one replicates with; their certificates are
+    /// trusted by the replication listener besides `listeners.replication.trust`.
+    public var peers: [PeerConfiguration] = []
+
+    /// The embedded defaults, rooted at `baseDirectory`.
+    public init(baseDirectory: String) {
+        self.gateway = GatewayConfiguration(baseDirectory: baseDirectory, kinds: Self.roles)
+        self.dataDirectory = Paths.resolve("data", against: baseDirectory)
+        self.gateway.identity.commonName = siteName
+    }
+
+    /// What `portico serve` runs with no config file: the listeners with their default
+    /// ports under `conf/`, data in `data/` of the current folder, and the manager's routes.
+    public static func embeddedDefaults(in directory: String) -> ManagerConfiguration {
+        var defaults = ManagerConfiguration(baseDirectory: Paths.resolve("conf", against: directory))
+        defaults.dataDirectory = Paths.resolve("data", against: directory)
+        defaults.gateway.routes = ManagerServices.defaultRoutes
+        return defaults
+    }
+
+    /// The loader of the gateway's part, with the manager's roles and services.
+    public static var gatewayLoader: ConfigurationLoader {
+        ConfigurationLoader(knownServices: ManagerServices.allNames, kinds: roles)
+    }
+
+    /// Loads the file at `path`.
+    public static func load(file path: String) throws(ConfigurationError) -> ManagerConfiguration {
+        var sections = ManagerSections()
+        let gateway = try gatewayLoader.load(file: path, sections: &sections)
+        return sections.configuration(gateway)
+    }
+
+    /// Loads YAML text as if it came from `file` (relative paths resolve against its folder).
+    public static func load(yaml text: String, file: String) throws(ConfigurationError) -> ManagerConfiguration {
+        var sections = ManagerSections()
+        let gateway = try gatewayLoader.load(yaml: text, file: file, sections: &sections)
+        return sections.configuration(gateway)
+    }
+
+    /// The store this configuration names: PostgreSQL when `storage.postgres.url` is set,
+    /// else SQLite under `data_dir`.
+    public var storeConfiguration: StoreConfiguration {
+        if let url = storage.postgresURL { return .postgres(url: url, poolSize: storage.postgresPoolSize) }
+        return .sqlite(path: dataDirectory + "/portico.sqlite")
+    }
+}
+
+/// `storage`: the database settings.
+public struct StorageSettings: Sendable, Equatable {
+    /// `storage.postgres.url`: e.g. `postgres://portico:secret@db:5432/portico?sslmode=require`.
+    /// When absent, SQLite at `data_dir/portico.sqlite`.
+    public var postgresURL: String?
+    /// `storage.postgres.pool_size`: connections per manager.
+    public var postgresPoolSize: Int = 8
+
+    public init() {}
+}
+
+/// `agents`: settings of the agent protocol.
+public struct AgentSettings: Sendable, Equatable {
+    /// `agents.session_lifetime`: how long a conversation's keys are good for.
+    public var sessionLifetime: TimeAmount = .minutes(15)
+    /// `agents.checkin_interval`: the interval handed to agents, before jitter.
+    public var checkInInterval: TimeAmount = .minutes(5)
+    /// `agents.clock_skew`: how far an agent's clock may be from the manager's.
+    public var clockSkew: TimeAmount = .minutes(5)
+
+    public init() {}
+}
+
+/// One entry of `peers`.
+public struct PeerConfiguration: Sendable, Equatable {
+    /// `name`: how this site calls the peer.
+    public var name: String
+    /// `url`: the peer's replication listener, `https://host:8444`.
+    public var url: String
+    /// `certificate`: the peer's server certificate (PEM file), trusted for its connections.
+    public var certificate: String
+    /// `history`: which way events and audit entries go with this peer: `both` (default),
+    /// `send` (this site sends its own, takes none), `receive`, or `none`.
+    public var history: String
+
+    public static let historyModes = ["both", "send", "receive", "none"]
+
+    public init(name: String, url: String, certificate: String, history: String = "both") {
+        self.name = name
+        self.url = url
+        self.certificate = certificate
+        self.history = history
+    }
+}
+
+/// The manager's top-level keys, read with the gateway's reader.
+struct ManagerSections: ConfigurationSections {
+    var siteName = "default-site"
+    var dataDirectory: String?
+    var storage = StorageSettings()
+    var agents = AgentSettings()
+    var peers: [PeerConfiguration] = []
+
+    var keys: [String] { ["site", "data_dir", "storage", "agents", "peers"] }
+
+    func configuration(_ gateway: GatewayConfiguration) -> ManagerConfiguration {
+        let base = gateway.sourceFile.map { Paths.directory(of: $0) } ?? Paths.currentDirectory
+        var configuration = ManagerConfiguration(baseDirectory: base)
+        configuration.gateway = gateway
+        configuration.siteName = siteName
+        if let dataDirectory { configuration.dataDirectory = dataDirectory }
+        configuration.storage = storage
+        configuration.agents = agents
+        configuration.peers = peers
+        return configuration
+    }
+
+    mutating func read(_ top: [String: (key: Node, value: Node)], base: String, reader: inout NodeReader, gateway: inout GatewayConfiguration) {
+        if let site = top["site"], let keys = reader.mapping(site.value, at: "site", keys: ["name"]) {
+            if let name = keys["name"], let value = reader.string(name.value, at: "site.name") {
+                if value.isEmpty { reader.error("site.name must not be empty", at: name.value) } else { siteName = value }
+            }
+        }
+        // A generated certificate is named for the site.
+        gateway.identity.commonName = siteName
+        if let dataDir = top["data_dir"], let value = reader.string(dataDir.value, at: "data_dir") {
+            dataDirectory = Paths.resolve(value, against: base)
+        }
+        if let storage = top["storage"], let keys = reader.mapping(storage.value, at: "storage", keys: ["postgres"]),
+           let postgres = keys["postgres"], let settings = reader.mapping(postgres.value, at: "storage.postgres", keys: ["url", "pool_size"]) {
+            if let url = settings["url"], let value = reader.string(url.value, at: "storage.postgres.url") {
+                if value.hasPrefix("postgres://") || value.hasPrefix("postgresql://") {
+                    self.storage.postgresURL = value
+                } else {
+                    // The value is not echoed: it may hold a password.
+                    reader.error("storage.postgres.url must start with postgres:// (postgres://user:password@host:5432/database)", at: url.value)
+                }
+            }
+            if let size = settings["pool_size"], let value = reader.int(size.value, at: "storage.postgres.pool_size") {
+                if (1...256).contains(value) { self.storage.postgresPoolSize = value } else { reader.error("storage.postgres.pool_size must be between 1 and 256", at: size.value) }
+            }
+        }
+        if let agents = top["agents"], let keys = reader.mapping(agents.value, at: "agents", keys: ["session_lifetime", "checkin_interval", "clock_skew"]) {
+            for (key, keyPath) in [("session_lifetime", \AgentSettings.sessionLifetime), ("checkin_interval", \.checkInInterval), ("clock_skew", \.clockSkew)] {
+                guard let entry = keys[key], let value = reader.duration(entry.value, at: "agents.\(key)") else { continue }
+                if value.nanoseconds < 1_000_000_000 {
+                    reader.error("agents.\(key) must be at least 1s", at: entry.value)
+                } else {
+                    self.agents[keyPath: keyPath] = value
+                }
+            }
+        }
+        if let peers = top["peers"] {
+            readPeers(peers.value, base: base, reader: &reader, gateway: &gateway)
+        }
+        // The replication listener trusts the peers' certificates besides its own `trust`.
+        gateway.listeners[.replication]?.extraTrust = self.peers.enumerated().map { index, peer in
+            TrustedFile(file: peer.certificate, key: "peers[\(index)].certificate")
+        }
+    }
+
+    private mutating func readPeers(_ node: Node, base: String, reader: inout NodeReader, gateway: inout GatewayConfiguration) {
+        guard let list = reader.sequence(node, at: "peers") else { return }
+        var seen: Set<String> = []
+        for (index, item) in list.enumerated() {
+            let path = "peers[\(index)]"
+            guard let keys = reader.mapping(item, at: path, keys: ["name", "url", "certificate", "history"]) else { continue }
+            guard let nameNode = keys["name"], let name = reader.string(nameNode.value, at: "\(path).name") else {
+                if keys["name"] == nil { reader.error("\(path) needs a name", at: item) }
+                continue
+            }
+            if name.isEmpty || name.utf8.count > 64 || !name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") }) {
+                reader.error("\(path).name '\(name)' must be 1 to 64 printable characters without spaces or '/'", at: nameNode.value)
+                continue
+            }
+            if !seen.insert(name).inserted { reader.error("\(path).name '\(name)' is used by another peer", at: nameNode.value) }
+            guard let urlNode = keys["url"], let url = reader.string(urlNode.value, at: "\(path).url") else {
+                if keys["url"] == nil { reader.error("\(path) needs a url, https://host:8444", at: item) }
+                continue
+            }
+            guard url.hasPrefix("https://"), !url.dropFirst(8).prefix(while: { $0 != "/" && $0 != ":" }).isEmpty else {
+                reader.error("\(path).url '\(url)' must be an https:// URL of the peer's replication listener", at: urlNode.value)
+                continue
+            }
+            guard let certificateNode = keys["certificate"], let certificate = reader.string(certificateNode.value, at: "\(path).certificate") else {
+                if keys["certificate"] == nil { reader.error("\(path) needs the peer's certificate (a PEM file)", at: item) }
+                continue
+            }
+            var history = "both"
+            if let historyNode = keys["history"], let mode = reader.string(historyNode.value, at: "\(path).history") {
+                guard PeerConfiguration.historyModes.contains(mode) else {
+                    reader.error("\(path).history '\(mode)' must be one of \(PeerConfiguration.historyModes.joined(separator: ", ")): which way events and audit entries go", at: historyNode.value)
+                    continue
+                }
+                history = mode
+            }
+            peers.append(PeerConfiguration(name: name, url: url.hasSuffix("/") ? String(url.dropLast()) : url, certificate: Paths.resolve(certificate, against: base), history: history))
+            gateway.locations["\(path).certificate"] = reader.location(certificateNode.value)
+        }
+    }
+}
