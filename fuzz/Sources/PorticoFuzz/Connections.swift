@@ -30,7 +30,7 @@ enum FuzzListener {
     static let loop = EmbeddedEventLoop()
 
     static let snapshot: SnapshotBox<ListenerSnapshot> = {
-        var configuration = ListenerConfiguration(role: .console)
+        var configuration = ListenerConfiguration(ListenerKind(.console, port: 0))
         configuration.limits.maxBodyBytes = 4096
         configuration.limits.maxHeaderBytes = 4096
         configuration.limits.maxHeaderCount = 32
@@ -58,7 +58,7 @@ enum FuzzListener {
     static func serve<Connection: ServedConnection>(_ input: UnsafeBufferPointer<UInt8>, as _: Connection.Type, prefix: [UInt8] = []) -> NullTransport
     where Connection.Transport == NullTransport {
         let transport = NullTransport(eventLoop: loop)
-        let info = ConnectionInfo(role: .console, isTLS: false, peerAddress: try? SocketAddress(ipAddress: "192.0.2.1", port: 4000),
+        let info = ConnectionInfo(listener: .console, isTLS: false, peerAddress: try? SocketAddress(ipAddress: "192.0.2.1", port: 4000),
                                   snapshot: SnapshotReader(snapshot, eventLoop: loop), eventLoop: loop)
         let connection = Connection(info: info, transport: transport)
         connection.start()
