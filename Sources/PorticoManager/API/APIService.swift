@@ -189,33 +189,7 @@ public final class APIService: HTTPService {
 
 /// One endpoint: method, path pattern under `/api/v1`, who may call it, the audit action
 /// name for changes, and the handler.
-struct APIRoute: Sendable {
-    enum Access: Sendable {
-        case anyone
-        case signedIn
-        case permission(Permission)
-    }
-
-    let method: HTTPMethod
-    let pattern: String
-    let access: Access
-    let action: String
-    let handler: @Sendable (APIService, APIContext) async throws -> APIReply
-
-    init(_ method: HTTPMethod, _ pattern: String, _ access: Access, action: String = "", _ handler: @escaping @Sendable (APIService, APIContext) async throws -> APIReply) {
-        self.method = method
-        self.pattern = pattern
-        self.access = access
-        self.action = action
-        self.handler = handler
-    }
-
-    /// The scope a caller needs, when a permission guards it.
-    var scope: String? {
-        if case .permission(let permission) = access { return permission.scope }
-        return nil
-    }
-}
+typealias APIRoute = ManagerRoute<APIService, APIContext, APIReply>
 
 /// A request as a handler sees it.
 struct APIContext: Sendable {

@@ -3,33 +3,7 @@ import PorticoGateway
 import PorticoStore
 
 /// One page or form of the console: method, path pattern, who may use it, and the handler.
-struct ConsoleRoute: Sendable {
-    enum Access: Sendable {
-        /// The sign-in page and form.
-        case anyone
-        /// Any signed-in operator.
-        case signedIn
-        /// A signed-in operator whose role has the permission (the API's for the same thing).
-        case permission(Permission)
-    }
-
-    let method: HTTPMethod
-    let pattern: String
-    let access: Access
-    let handler: @Sendable (ConsoleService, ConsoleCall) async throws -> GatewayResponse
-
-    init(_ method: HTTPMethod, _ pattern: String, _ access: Access, _ handler: @escaping @Sendable (ConsoleService, ConsoleCall) async throws -> GatewayResponse) {
-        self.method = method
-        self.pattern = pattern
-        self.access = access
-        self.handler = handler
-    }
-
-    var scope: String? {
-        if case .permission(let permission) = access { return permission.scope }
-        return nil
-    }
-}
+typealias ConsoleRoute = ManagerRoute<ConsoleService, ConsoleCall, GatewayResponse>
 
 /// A request as a console handler sees it: the signed-in session, the form of a POST (its
 /// CSRF token already checked), the query and the path's parameters.
