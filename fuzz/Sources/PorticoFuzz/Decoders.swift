@@ -101,7 +101,7 @@ enum APIFuzz {
     static func request(_ input: UnsafeBufferPointer<UInt8>) -> GatewayRequest {
         GatewayRequest(
             method: .POST, uri: "/api/v1/x", headers: ["content-type": "application/json"], body: ByteBuffer(bytes: input), host: nil, parameters: [:],
-            role: .webservices, httpMajorVersion: 1, isTLS: true, peerAddress: nil, clientAddress: nil, peerIsTrustedProxy: false, clientCertificate: nil)
+            listener: .webservices, httpMajorVersion: 1, isTLS: true, peerAddress: nil, clientAddress: nil, peerIsTrustedProxy: false, clientCertificate: nil)
     }
 
     @Sendable static func run(_ input: UnsafeBufferPointer<UInt8>) {
