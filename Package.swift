@@ -42,6 +42,8 @@ let package = Package(
     targets: [
         // The Linux calls the server core makes that Swift's Glibc module leaves out.
         .target(name: "CPorticoSystem"),
+        // The system's OpenSSL (libssl-dev), found with pkg-config.
+        .systemLibrary(name: "CPorticoOpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .target(
             name: "PorticoGateway",
             dependencies: [
@@ -183,6 +185,8 @@ let package = Package(
             dependencies: [
                 "PorticoAgent",
                 "PorticoProtocol",
+                "CPorticoOpenSSL",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -10,7 +10,7 @@ import PorticoProtocol
 /// policies, reports events and command results. One request at a time per client.
 public actor AgentClient {
     public private(set) var state: AgentState
-    private var http: HTTPClient
+    private var transport: any AgentTransport
     private var session: (keys: SessionKeys, expires: Int64)?
     /// SHA-256 of each pinned certificate, reported at check-in; recomputed when the pins change.
     private var pinnedFingerprints: [String]
@@ -19,9 +19,14 @@ public actor AgentClient {
     public let managerURL: String
 
     public init(state: AgentState, managerURL: String? = nil, http: HTTPClient? = nil) {
+        // The client's shutdown ends the HTTP client it was given, as it ends one it made.
+        self.init(state: state, managerURL: managerURL, transport: http.map { HTTPClientTransport(client: $0, owned: true) } ?? HTTPClientTransport(pinned: state.pinned))
+    }
+
+    public init(state: AgentState, managerURL: String? = nil, transport: any AgentTransport) {
         self.state = state
         self.managerURL = managerURL ?? state.managerURLs.first ?? ""
-        self.http = http ?? Self.makeHTTPClient(pinned: state.pinned)
+        self.transport = transport
         self.pinnedFingerprints = Self.fingerprints(of: state.pinned)
     }
 
@@ -35,17 +40,11 @@ public actor AgentClient {
 
     /// An HTTP client that trusts only the pinned manager certificates for TLS.
     public static func makeHTTPClient(pinned: PinnedCertificates) -> HTTPClient {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .certificates(pinned.tlsTrustRoots.compactMap { try? NIOSSLCertificate(bytes: Array($0.utf8), format: .pem) })
-        tls.certificateVerification = .noHostnameVerification
-        tls.minimumTLSVersion = .tlsv12
-        var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
-        configuration.timeout = .init(connect: .seconds(5), read: .seconds(30))
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        HTTPClientTransport.makeHTTPClient(pinned: pinned)
     }
 
     public func shutdown() async {
-        try? await http.shutdown()
+        await transport.shutdown()
     }
 
     // MARK: - Enrollment
@@ -63,18 +62,19 @@ public actor AgentClient {
     }
 
     public static func enroll(bootstrap: BootstrapFile, credential: Credential, keys: DeviceKeys = DeviceKeys(), hostname: String, os: String, managerURL: String? = nil, http: HTTPClient? = nil) async throws -> AgentState {
-        let client = http ?? makeHTTPClient(pinned: bootstrap.pinned)
+        let transport = http.map { HTTPClientTransport(client: $0) } ?? HTTPClientTransport(pinned: bootstrap.pinned)
         do {
-            let state = try await enroll(client: client, bootstrap: bootstrap, credential: credential, keys: keys, hostname: hostname, os: os, managerURL: managerURL)
-            if http == nil { try? await client.shutdown() }
+            let state = try await enroll(transport: transport, bootstrap: bootstrap, credential: credential, keys: keys, hostname: hostname, os: os, managerURL: managerURL)
+            await transport.shutdown()
             return state
         } catch {
-            if http == nil { try? await client.shutdown() }
+            await transport.shutdown()
             throw error
         }
     }
 
-    private static func enroll(client: HTTPClient, bootstrap: BootstrapFile, credential: Credential, keys: DeviceKeys, hostname: String, os: String, managerURL: String?) async throws -> AgentState {
+    /// Enrolls through `transport`, which stays open.
+    public static func enroll(transport client: any AgentTransport, bootstrap: BootstrapFile, credential: Credential, keys: DeviceKeys, hostname: String, os: String, managerURL: String?) async throws -> AgentState {
         let url = managerURL ?? bootstrap.managerURLs.first ?? ""
         let hello: Hello = try await getJSON(client, url + "/agent/v1/hello")
         guard let signer = bootstrap.pinned.pinned(hello.certificate), let signature = Base64URL.decode(hello.signature),
@@ -116,7 +116,7 @@ public actor AgentClient {
         var request = SessionRequest(deviceID: state.deviceID, ephemeralKey: Base64URL.encode(ephemeral.publicKey.rawRepresentation),
                                      timestampMilliseconds: Self.nowMilliseconds(), nonce: Base64URL.encode((0..<16).map { _ in UInt8.random(in: 0...255) }))
         request.signature = Base64URL.encode(try keys.signing.signature(for: request.transcript))
-        let response: SessionResponse = try await Self.postJSON(http, managerURL + "/agent/v1/session", request)
+        let response: SessionResponse = try await Self.postJSON(transport, managerURL + "/agent/v1/session", request)
         let transcript = response.transcript(request: request)
         guard let signer = state.pinned.pinned(response.certificate), let signature = Base64URL.decode(response.signature),
               ManagerSignature.isValid(signature, for: transcript, by: signer)
@@ -153,7 +153,7 @@ public actor AgentClient {
 
     /// Posts a sealed envelope as it is and returns the raw answer.
     public func post(envelope: [UInt8]) async throws -> (status: Int, body: [UInt8]) {
-        try await Self.post(http, managerURL + "/agent/v1/message", body: envelope, contentType: "application/octet-stream")
+        try await transport.post(managerURL + "/agent/v1/message", body: envelope, contentType: "application/octet-stream")
     }
 
     private func sendInSession(_ message: AgentMessage) async throws -> ManagerMessage {
@@ -182,9 +182,7 @@ public actor AgentClient {
             state.pinned.addAuthorities(reply.nextAuthorities ?? [])
             pinnedFingerprints = Self.fingerprints(of: state.pinned)
             // New connections must trust the announced certificate too.
-            let old = http
-            http = Self.makeHTTPClient(pinned: state.pinned)
-            try? await old.shutdown()
+            transport = await transport.pinning(state.pinned)
         }
         return reply
     }
@@ -221,27 +219,16 @@ public actor AgentClient {
 
     static func nowMilliseconds() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
-    static func post(_ client: HTTPClient, _ url: String, body: [UInt8], contentType: String) async throws -> (status: Int, body: [UInt8]) {
-        var request = HTTPClientRequest(url: url)
-        request.method = .POST
-        request.headers.add(name: "content-type", value: contentType)
-        request.body = .bytes(ByteBuffer(bytes: body))
-        let response = try await client.execute(request, timeout: .seconds(30))
-        let bytes = try await response.body.collect(upTo: 8 << 20)
-        return (Int(response.status.code), Array(bytes.readableBytesView))
-    }
-
-    static func postJSON<Request: Encodable, Response: Decodable>(_ client: HTTPClient, _ url: String, _ value: Request) async throws -> Response {
-        let (status, body) = try await post(client, url, body: Array(try JSONEncoder().encode(value)), contentType: "application/json")
+    static func postJSON<Request: Encodable, Response: Decodable>(_ client: any AgentTransport, _ url: String, _ value: Request) async throws -> Response {
+        let (status, body) = try await client.post(url, body: Array(try JSONEncoder().encode(value)), contentType: "application/json")
         guard status == 200 else { throw problem(status: status, body: body) }
         do { return try JSONDecoder().decode(Response.self, from: Data(body)) } catch { throw ProtocolError(.malformed, "the manager's answer is not the expected JSON") }
     }
 
-    static func getJSON<Response: Decodable>(_ client: HTTPClient, _ url: String) async throws -> Response {
-        let response = try await client.execute(HTTPClientRequest(url: url), timeout: .seconds(30))
-        let bytes = try await response.body.collect(upTo: 1 << 20)
-        guard response.status == .ok else { throw problem(status: Int(response.status.code), body: Array(bytes.readableBytesView)) }
-        do { return try JSONDecoder().decode(Response.self, from: Data(bytes.readableBytesView)) } catch { throw ProtocolError(.malformed, "the manager's answer is not the expected JSON") }
+    static func getJSON<Response: Decodable>(_ client: any AgentTransport, _ url: String) async throws -> Response {
+        let (status, body) = try await client.get(url)
+        guard status == 200 else { throw problem(status: status, body: body) }
+        do { return try JSONDecoder().decode(Response.self, from: Data(body)) } catch { throw ProtocolError(.malformed, "the manager's answer is not the expected JSON") }
     }
 
     private struct Problem: Decodable {

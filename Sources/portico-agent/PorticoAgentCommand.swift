@@ -9,7 +9,7 @@ struct PorticoAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portico-agent",
         abstract: "Reference Portico agent, and a load simulator of many agents.",
-        subcommands: [Enroll.self, Run.self, Status.self, Simulate.self])
+        subcommands: [Enroll.self, Run.self, Status.self, Simulate.self, Fleet.self])
 }
 
 struct Enroll: AsyncParsableCommand {

@@ -80,6 +80,9 @@ public final class ServerProcess: Sendable {
 
     public var text: String { output.withLockedValue { $0.text } }
 
+    /// The process id, for tools that watch the process.
+    public var pid: Int32 { child.pid }
+
     /// The port a listener bound, read from the process's "listening" log line (so tests can
     /// let it bind port 0 rather than guess a free one another test might take first).
     public func boundPort(_ role: ListenerName) -> Int? {

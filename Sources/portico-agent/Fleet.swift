@@ -1,0 +1,269 @@
+import ArgumentParser
+import Foundation
+import NIOConcurrencyHelpers
+import PorticoAgent
+import PorticoProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fleet as it reaches a manager in the field: agents enrolled once, each checking in on
+/// its own schedule (the interval the manager asks for, with its jitter) on a fresh TCP and
+/// TLS connection that resumes the agent's TLS session, from many loopback source addresses
+/// so that ports never run out. Sessions of the protocol expire and are opened again as the
+/// agents' own. A progress line each second, and a table at the end.
+struct Fleet: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Load at fleet scale: agents on fresh connections with TLS resumption, each on its own schedule.")
+    @Option(help: "The bootstrap file.") var bootstrap: String
+    @Option(help: "A multi-use enrollment token (else the bootstrap file's).") var token: String?
+    @Option(help: "How many agents.") var agents: Int = 1000
+    @Option(help: "Seconds between an agent's check-ins (jittered by 10%); default: what the manager asks.") var interval: Int?
+    @Option(help: "How long to check in, in seconds, after enrollment.") var duration: Int = 60
+    @Option(help: "Loopback source addresses to connect from (127.0.1.1 and on).") var sources: Int = 64
+    @Option(help: "Requests in flight at most.") var concurrency: Int = 256
+    @Option(help: "The manager's process id, for its CPU per check-in and its memory.") var serverPid: Int32?
+    @Option(help: "The manager's database file, for its size.") var database: String?
+    @Option(help: "A manager URL to use instead of the bootstrap file's first (an IPv4 address).") var url: String?
+
+    func validate() throws {
+        guard agents > 0, duration > 0, sources > 0, sources <= 65_000, concurrency > 0 else {
+            throw ValidationError("agents, duration, sources and concurrency must be positive (sources at most 65000)")
+        }
+        if let interval, interval <= 0 { throw ValidationError("interval must be positive") }
+    }
+
+    func run() async throws {
+        let file = try readBootstrap(bootstrap)
+        guard let token = token ?? file.enrollmentToken else { throw ValidationError("no token: pass --token or put one in the bootstrap file") }
+        let managerURL = url ?? file.managerURLs.first ?? ""
+        let target = try FleetTarget(url: managerURL)
+        let tls = try FreshConnectionTLS(pinned: file.pinned, threads: concurrency)
+        let sourceAddresses = (0..<sources).map { Self.source($0) }
+        let clock = ContinuousClock()
+        let server = serverPid.map(ServerProcessStats.init)
+        let stats = FleetStats()
+
+        // Enrollment, once per agent, on the same kind of connections.
+        let enrollStart = clock.now
+        let limiter = Limiter(concurrency)
+        var clients = [AgentClient?](repeating: nil, count: agents)
+        try await withThrowingTaskGroup(of: (Int, AgentClient).self) { group in
+            for n in 0..<agents {
+                await limiter.acquire()
+                group.addTask {
+                    let transport = FreshConnectionTransport(client: tls, target: target, source: sourceAddresses[n % sourceAddresses.count])
+                    do {
+                        let state = try await AgentClient.enroll(transport: transport, bootstrap: file, credential: .token(token), keys: DeviceKeys(),
+                                                                 hostname: "fleet-\(n)", os: "simulated", managerURL: managerURL)
+                        await limiter.release()
+                        return (n, AgentClient(state: state, managerURL: managerURL, transport: transport))
+                    } catch {
+                        await limiter.release()
+                        throw error
+                    }
+                }
+            }
+            for try await (index, client) in group { clients[index] = client }
+        }
+        let fleet = clients.map { $0! }
+        let enrollSeconds = Self.seconds(clock.now - enrollStart)
+        print(String(format: "enrolled %d agents in %.1fs (%.0f/s)", fleet.count, enrollSeconds, Double(fleet.count) / enrollSeconds))
+
+        let managerInterval = await fleet[0].state.checkInIntervalSeconds
+        let fixedInterval = interval
+        let every = Double(fixedInterval ?? managerInterval)
+        let targetRate = Double(agents) / every
+        print(String(format: "checking in for %ds: %d agents every %.0fs (target %.0f check-ins/s), %d source addresses, %d in flight at most",
+                     duration, agents, every, targetRate, sources, concurrency))
+
+        let schedule = Schedule(slotMilliseconds: 100)
+        let start = clock.now
+        // The first check-ins spread over one interval.
+        for index in fleet.indices { schedule.add(index, at: Double.random(in: 0..<every) * 1000) }
+        let baseline = (server?.cpuTicks(), tls.counts)
+        let end = start + .seconds(duration)
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                var last = (count: 0, ticks: baseline.0 ?? 0)
+                for second in 1...duration {
+                    try? await Task.sleep(until: start + .seconds(second))
+                    let count = stats.count
+                    let ticks = server?.cpuTicks() ?? 0
+                    var line = String(format: "%ds: %d check-ins/s (target %.0f), p99 %.1f ms, %d errors", second, count - last.count, targetRate,
+                                      stats.recentPercentile(0.99), stats.errorCount)
+                    if let server, count > last.count {
+                        line += String(format: ", server %.0f us/check-in, RSS %.0f MB", server.microseconds(ticks: ticks - last.ticks) / Double(count - last.count), server.rssMegabytes())
+                    }
+                    print(line)
+                    last = (count, ticks)
+                }
+            }
+            while clock.now < end {
+                let due = schedule.take(upTo: Self.milliseconds(clock.now - start))
+                for index in due {
+                    await limiter.acquire()
+                    let client = fleet[index]
+                    group.addTask {
+                        let began = clock.now
+                        var next = every
+                        do {
+                            let reply = try await client.checkIn(status: "ok")
+                            stats.record(clock.now - began)
+                            if fixedInterval == nil { next = Double(reply.nextCheckInSeconds) }
+                        } catch {
+                            stats.fail(Self.kind(of: error))
+                        }
+                        if fixedInterval != nil { next *= Double.random(in: 0.9...1.1) }
+                        schedule.add(index, at: Self.milliseconds(clock.now - start) + next * 1000)
+                        await limiter.release()
+                    }
+                }
+                try? await Task.sleep(for: .milliseconds(schedule.slotMilliseconds))
+            }
+        }
+        let elapsed = Self.seconds(clock.now - start)
+        let counts = tls.counts
+        let connections = counts.connections - baseline.1.connections
+        let resumed = counts.resumed - baseline.1.resumed
+        let latencies = stats.sortedMilliseconds
+        func percentile(_ p: Double) -> Double { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+        print("agents\ttarget/s\tachieved/s\tp50 ms\tp99 ms\tmax ms\tconnections\tresumed\terrors")
+        print(String(format: "%d\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%d\t%.1f%%\t%d", agents, targetRate, Double(latencies.count) / elapsed, percentile(0.5), percentile(0.99),
+                     latencies.last ?? 0, connections, connections == 0 ? 0 : Double(resumed) * 100 / Double(connections), stats.errorCount))
+        for (kind, count) in stats.errorsByKind.sorted(by: { $0.key < $1.key }) { print("error\t\(kind)\t\(count)") }
+        if let server, let before = baseline.0, !latencies.isEmpty {
+            let ticks = server.cpuTicks() - before
+            print(String(format: "server\t%.0f us CPU per check-in (connections and session openings included)\t%.0f MB RSS", server.microseconds(ticks: ticks) / Double(latencies.count), server.rssMegabytes()))
+        }
+        if let database {
+            // SQLite keeps recent writes in its write-ahead log beside the file.
+            let bytes = ["", "-wal"].compactMap { try? FileManager.default.attributesOfItem(atPath: database + $0)[.size] as? NSNumber }.reduce(0.0) { $0 + $1.doubleValue }
+            print(String(format: "database\t%.1f MB\t%.0f bytes per agent", bytes / 1_048_576, bytes / Double(agents)))
+        }
+        try await tls.pool.shutdownGracefully()
+    }
+
+    /// 127.0.1.1, 127.0.1.2, ... in network order.
+    static func source(_ n: Int) -> in_addr_t {
+        let value = UInt32(0x7F00_0101) + UInt32(n)
+        return in_addr_t(value.bigEndian)
+    }
+
+    static func kind(of error: any Error) -> String {
+        switch error {
+        case let error as FleetError: error.kind
+        case let error as ProtocolError: error.code.rawValue
+        default: "other"
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> Double { Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18 }
+    static func milliseconds(_ duration: Duration) -> Double { seconds(duration) * 1000 }
+}
+
+/// Agents due at each moment, in slots of a fixed length.
+final class Schedule: Sendable {
+    let slotMilliseconds: Int
+    private let slots = NIOLockedValueBox<(taken: Int, due: [Int: [Int]])>((0, [:]))
+
+    init(slotMilliseconds: Int) { self.slotMilliseconds = slotMilliseconds }
+
+    func add(_ index: Int, at milliseconds: Double) {
+        let slot = Int(milliseconds) / slotMilliseconds
+        slots.withLockedValue { state in state.due[max(slot, state.taken), default: []].append(index) }
+    }
+
+    /// Every agent due up to `milliseconds` from the start.
+    func take(upTo milliseconds: Double) -> [Int] {
+        let last = Int(milliseconds) / slotMilliseconds
+        return slots.withLockedValue { state in
+            var due: [Int] = []
+            while state.taken <= last {
+                if let agents = state.due.removeValue(forKey: state.taken) { due += agents }
+                state.taken += 1
+            }
+            return due
+        }
+    }
+}
+
+/// At most `limit` at once; the rest wait their turn in order.
+actor Limiter {
+    private var available: Int
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    init(_ limit: Int) { available = limit }
+
+    func acquire() async {
+        if available > 0 {
+            available -= 1
+            return
+        }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    func release() {
+        if waiters.isEmpty { available += 1 } else { waiters.removeFirst().resume() }
+    }
+}
+
+/// Latencies and errors of the fleet, with the last second's for the progress line.
+final class FleetStats: Sendable {
+    private struct State {
+        var latencies: [Double] = []
+        var recent: [Double] = []
+        var errors: [String: Int] = [:]
+    }
+    private let state = NIOLockedValueBox(State())
+
+    func record(_ duration: Duration) {
+        let milliseconds = Fleet.milliseconds(duration)
+        state.withLockedValue {
+            $0.latencies.append(milliseconds)
+            $0.recent.append(milliseconds)
+        }
+    }
+
+    func fail(_ kind: String) { state.withLockedValue { $0.errors[kind, default: 0] += 1 } }
+
+    var count: Int { state.withLockedValue { $0.latencies.count } }
+    var errorCount: Int { state.withLockedValue { $0.errors.values.reduce(0, +) } }
+    var errorsByKind: [String: Int] { state.withLockedValue { $0.errors } }
+    var sortedMilliseconds: [Double] { state.withLockedValue { $0.latencies }.sorted() }
+
+    /// A percentile of the latencies since the last call.
+    func recentPercentile(_ p: Double) -> Double {
+        let recent = state.withLockedValue { state in
+            defer { state.recent.removeAll(keepingCapacity: true) }
+            return state.recent
+        }.sorted()
+        return recent.isEmpty ? 0 : recent[min(recent.count - 1, Int(Double(recent.count) * p))]
+    }
+}
+
+/// The manager's CPU time and memory, from /proc.
+struct ServerProcessStats: Sendable {
+    let pid: Int32
+
+    init(_ pid: Int32) { self.pid = pid }
+
+    /// User and system time in clock ticks.
+    func cpuTicks() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return 0 }
+        // Fields after the command's closing parenthesis; utime and stime are the 14th and 15th.
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let user = Int(fields[11]), let system = Int(fields[12]) else { return 0 }
+        return user + system
+    }
+
+    func microseconds(ticks: Int) -> Double { Double(ticks) * 1_000_000 / Double(sysconf(Int32(_SC_CLK_TCK))) }
+
+    func rssMegabytes() -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
+        return kilobytes / 1024
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+import PorticoManager
+import PorticoTestSupport
+import Testing
+
+/// `portico-agent fleet` against `portico serve`: agents enrolled once check in on their
+/// schedule, each on a fresh TCP and TLS connection that resumes its TLS session.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct FleetTests {
+    @Test func agentsCheckInOnFreshConnectionsThatResumeTheirSessions() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try dir.write("portico.yaml", """
+            data_dir: data
+            identity: {generate: ecdsa-p256}
+            listeners:
+              client: {bind: 127.0.0.1, port: 0, access_log: false}
+              client_plain: {enabled: false}
+              replication: {enabled: false}
+              console: {enabled: false}
+              reporting: {enabled: false}
+              webservices: {enabled: false}
+            routes:
+              - {listener: client, path: /agent/v1/*, service: agent}
+            """)
+        let serve = try ServerProcess(["serve", "--config", config])
+        await serve.waitFor("listening")
+        let https = "https://127.0.0.1:\(try #require(serve.boundPort(.client)))"
+        let token = try ServerProcess(["token", "create", "--config", config, "--expires", "1h", "--unlimited"])
+        #expect(await token.wait() == 0)
+        let bootstrap = dir.file("bootstrap.json")
+        let export = try ServerProcess(["agent-config", "export", "--config", config, "--url", https, "--output", bootstrap,
+                                        "--token", token.text.trimmingCharacters(in: .whitespacesAndNewlines)])
+        #expect(await export.wait() == 0)
+
+        let fleet = try ServerProcess(["fleet", "--bootstrap", bootstrap, "--agents", "12", "--interval", "1", "--duration", "3", "--sources", "4",
+                                       "--concurrency", "8", "--server-pid", "\(serve.pid)", "--database", dir.file("data/portico.sqlite")],
+                                      executable: "portico-agent")
+        #expect(await fleet.wait() == 0, "fleet said: \(fleet.text)")
+        let lines = fleet.text.split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("enrolled 12 agents") }, "\(fleet.text)")
+        // agents, target/s, achieved/s, p50, p99, max, connections, resumed, errors
+        let header = try #require(lines.firstIndex { $0.hasPrefix("agents\ttarget/s") }, "\(fleet.text)")
+        let table = lines[header + 1].split(separator: "\t")
+        #expect(table.count == 9 && table[0] == "12", "\(table)")
+        let connections = try #require(Int(table[6]))
+        let resumed = try #require(Double(table[7].dropLast()))
+        // About one check-in per agent a second for three seconds, each on its own connection
+        // (the first of each agent's also opens a protocol session).
+        #expect(connections >= 24, "\(fleet.text)")
+        #expect(resumed >= 90, "\(fleet.text)")
+        #expect(table[8] == "0", "\(fleet.text)")
+        #expect(lines.contains { $0.hasPrefix("server\t") && $0.contains("us CPU per check-in") }, "\(fleet.text)")
+        #expect(lines.contains { $0.hasPrefix("database\t") }, "\(fleet.text)")
+
+        serve.signal(SIGTERM)
+        #expect(await serve.wait() == 0)
+    }
+}
