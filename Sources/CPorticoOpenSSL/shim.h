@@ -13,6 +13,10 @@ static inline long CPorticoOpenSSL_set_min_proto_version(SSL_CTX *context, int v
     return SSL_CTX_set_min_proto_version(context, version);
 }
 
+static inline long CPorticoOpenSSL_set_max_proto_version(SSL_CTX *context, int version) {
+    return SSL_CTX_set_max_proto_version(context, version);
+}
+
 static inline long CPorticoOpenSSL_set_session_cache_mode(SSL_CTX *context, long mode) {
     return SSL_CTX_set_session_cache_mode(context, mode);
 }

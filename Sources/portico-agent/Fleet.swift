@@ -26,12 +26,14 @@ struct Fleet: AsyncParsableCommand {
     @Option(help: "The manager's process id, for its CPU per check-in and its memory.") var serverPid: Int32?
     @Option(help: "The manager's database file, for its size.") var database: String?
     @Option(help: "A manager URL to use instead of the bootstrap file's first (an IPv4 address).") var url: String?
+    @Option(help: "The newest TLS version to offer: 1.3 (resumption with a fresh key exchange) or 1.2 (resumption by ticket alone).") var tls: String = "1.3"
 
     func validate() throws {
         guard agents > 0, duration > 0, sources > 0, sources <= 65_000, concurrency > 0 else {
             throw ValidationError("agents, duration, sources and concurrency must be positive (sources at most 65000)")
         }
         if let interval, interval <= 0 { throw ValidationError("interval must be positive") }
+        guard tls == "1.3" || tls == "1.2" else { throw ValidationError("--tls must be 1.3 or 1.2") }
     }
 
     func run() async throws {
@@ -39,7 +41,7 @@ struct Fleet: AsyncParsableCommand {
         guard let token = token ?? file.enrollmentToken else { throw ValidationError("no token: pass --token or put one in the bootstrap file") }
         let managerURL = url ?? file.managerURLs.first ?? ""
         let target = try FleetTarget(url: managerURL)
-        let tls = try FreshConnectionTLS(pinned: file.pinned, threads: concurrency)
+        let tls = try FreshConnectionTLS(pinned: file.pinned, threads: concurrency, newest: self.tls == "1.2" ? .tls12 : .tls13)
         let sourceAddresses = (0..<sources).map { Self.source($0) }
         let clock = ContinuousClock()
         let server = serverPid.map(ServerProcessStats.init)
@@ -69,20 +71,21 @@ struct Fleet: AsyncParsableCommand {
         }
         let fleet = clients.map { $0! }
         let enrollSeconds = Self.seconds(clock.now - enrollStart)
-        print(String(format: "enrolled %d agents in %.1fs (%.0f/s)", fleet.count, enrollSeconds, Double(fleet.count) / enrollSeconds))
+        emit(String(format: "enrolled %d agents in %.1fs (%.0f/s)", fleet.count, enrollSeconds, Double(fleet.count) / enrollSeconds))
 
         let managerInterval = await fleet[0].state.checkInIntervalSeconds
         let fixedInterval = interval
         let every = Double(fixedInterval ?? managerInterval)
         let targetRate = Double(agents) / every
-        print(String(format: "checking in for %ds: %d agents every %.0fs (target %.0f check-ins/s), %d source addresses, %d in flight at most",
+        emit(String(format: "checking in for %ds: %d agents every %.0fs (target %.0f check-ins/s), %d source addresses, %d in flight at most",
                      duration, agents, every, targetRate, sources, concurrency))
 
         let schedule = Schedule(slotMilliseconds: 100)
         let start = clock.now
         // The first check-ins spread over one interval.
         for index in fleet.indices { schedule.add(index, at: Double.random(in: 0..<every) * 1000) }
-        let baseline = (server?.cpuTicks(), tls.counts)
+        let simulator = ServerProcessStats(getpid())
+        let baseline = (server?.cpuTicks(), tls.counts, simulator.cpuTicks())
         let end = start + .seconds(duration)
         await withDiscardingTaskGroup { group in
             group.addTask {
@@ -96,7 +99,7 @@ struct Fleet: AsyncParsableCommand {
                     if let server, count > last.count {
                         line += String(format: ", server %.0f us/check-in, RSS %.0f MB", server.microseconds(ticks: ticks - last.ticks) / Double(count - last.count), server.rssMegabytes())
                     }
-                    print(line)
+                    emit(line)
                     last = (count, ticks)
                 }
             }
@@ -129,23 +132,34 @@ struct Fleet: AsyncParsableCommand {
         let resumed = counts.resumed - baseline.1.resumed
         let latencies = stats.sortedMilliseconds
         func percentile(_ p: Double) -> Double { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
-        print("agents\ttarget/s\tachieved/s\tp50 ms\tp99 ms\tmax ms\tconnections\tresumed\terrors")
-        print(String(format: "%d\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%d\t%.1f%%\t%d", agents, targetRate, Double(latencies.count) / elapsed, percentile(0.5), percentile(0.99),
+        emit("agents\ttarget/s\tachieved/s\tp50 ms\tp99 ms\tmax ms\tconnections\tresumed\terrors")
+        emit(String(format: "%d\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%d\t%.1f%%\t%d", agents, targetRate, Double(latencies.count) / elapsed, percentile(0.5), percentile(0.99),
                      latencies.last ?? 0, connections, connections == 0 ? 0 : Double(resumed) * 100 / Double(connections), stats.errorCount))
-        for (kind, count) in stats.errorsByKind.sorted(by: { $0.key < $1.key }) { print("error\t\(kind)\t\(count)") }
+        for (kind, count) in stats.errorsByKind.sorted(by: { $0.key < $1.key }) { emit("error\t\(kind)\t\(count)") }
         if let server, let before = baseline.0, !latencies.isEmpty {
             let ticks = server.cpuTicks() - before
-            print(String(format: "server\t%.0f us CPU per check-in (connections and session openings included)\t%.0f MB RSS", server.microseconds(ticks: ticks) / Double(latencies.count), server.rssMegabytes()))
+            emit(String(format: "server\t%.0f us CPU per check-in (connections and session openings included)\t%.2f cores\t%.0f MB RSS",
+                         server.microseconds(ticks: ticks) / Double(latencies.count), server.microseconds(ticks: ticks) / 1e6 / elapsed, server.rssMegabytes()))
+        }
+        if !latencies.isEmpty {
+            // Where the simulator's own CPU is what limits, this says so.
+            let ticks = simulator.cpuTicks() - baseline.2
+            emit(String(format: "simulator\t%.0f us CPU per check-in\t%.2f cores", simulator.microseconds(ticks: ticks) / Double(latencies.count), simulator.microseconds(ticks: ticks) / 1e6 / elapsed))
         }
         if let database {
             // SQLite keeps recent writes in its write-ahead log beside the file.
             let bytes = ["", "-wal"].compactMap { try? FileManager.default.attributesOfItem(atPath: database + $0)[.size] as? NSNumber }.reduce(0.0) { $0 + $1.doubleValue }
-            print(String(format: "database\t%.1f MB\t%.0f bytes per agent", bytes / 1_048_576, bytes / Double(agents)))
+            emit(String(format: "database\t%.1f MB\t%.0f bytes per agent", bytes / 1_048_576, bytes / Double(agents)))
         }
         try await tls.pool.shutdownGracefully()
     }
 
-    /// 127.0.1.1, 127.0.1.2, ... in network order.
+    /// Writes a line to standard output at once (a progress line is read as it comes).
+func emit(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// 127.0.1.1, 127.0.1.2, ... in network order.
     static func source(_ n: Int) -> in_addr_t {
         let value = UInt32(0x7F00_0101) + UInt32(n)
         return in_addr_t(value.bigEndian)
@@ -243,7 +257,7 @@ final class FleetStats: Sendable {
     }
 }
 
-/// The manager's CPU time and memory, from /proc.
+/// A process's CPU time and memory, from /proc (the manager's, or the simulator's own).
 struct ServerProcessStats: Sendable {
     let pid: Int32
 

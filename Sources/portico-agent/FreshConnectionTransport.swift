@@ -28,15 +28,23 @@ final class FreshConnectionTLS: @unchecked Sendable {
     /// - Parameters:
     ///   - pinned: the certificates TLS may end at (the agent's pins), without host names.
     ///   - threads: requests in flight at most.
-    init(pinned: PinnedCertificates, threads: Int) throws {
+    ///   - newest: the newest version offered.
+    enum Version {
+        case tls12, tls13
+    }
+
+    init(pinned: PinnedCertificates, threads: Int, newest: Version = .tls13) throws {
         guard let context = SSL_CTX_new(TLS_client_method()) else { throw FleetError.tls("SSL_CTX_new failed") }
         _ = CPorticoOpenSSL_set_min_proto_version(context, TLS1_2_VERSION)
+        if newest == .tls12 { _ = CPorticoOpenSSL_set_max_proto_version(context, TLS1_2_VERSION) }
         let store = SSL_CTX_get_cert_store(context)
         for pem in pinned.tlsTrustRoots {
-            let bytes = Array(pem.utf8)
-            let bio = bytes.withUnsafeBytes { BIO_new_mem_buf($0.baseAddress, Int32($0.count)) }
+            // A BIO of its own (copied in): a memory BIO over the string's bytes would outlive them.
+            guard let bio = BIO_new(BIO_s_mem()) else { throw FleetError.tls("BIO_new failed") }
             defer { BIO_free(bio) }
-            guard let certificate = PEM_read_bio_X509(bio, nil, nil, nil) else { throw FleetError.tls("a pinned certificate is not PEM") }
+            let text = pem.hasSuffix("\n") ? pem : pem + "\n"
+            _ = text.withCString { BIO_puts(bio, $0) }
+            guard let certificate = PEM_read_bio_X509(bio, nil, nil, nil) else { throw FleetError.tls("a pinned certificate is not PEM: \(Self.lastError())") }
             X509_STORE_add_cert(store, certificate)
             X509_free(certificate)
         }
@@ -82,7 +90,7 @@ final class FreshConnectionTLS: @unchecked Sendable {
         guard bound == 0 else { throw FleetError.connect("bind: \(String(cString: strerror(errno)))") }
         var remote = target.address
         let connected = withUnsafePointer(to: &remote) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard connected == 0 else { throw FleetError.connect("connect: \(String(cString: strerror(errno)))") }
+        guard connected == 0 else { throw FleetError.connect(String(cString: strerror(errno))) }
         counters.withLockedValue { $0.connections += 1 }
         guard target.tls else { return try Self.plainExchange(fd, request: request) }
 
@@ -182,7 +190,7 @@ final class FreshConnectionTLS: @unchecked Sendable {
         guard code != 0 else { return String(cString: strerror(errno)) }
         var text = [CChar](repeating: 0, count: 256)
         ERR_error_string_n(code, &text, text.count)
-        return String(cString: text)
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 
