@@ -483,3 +483,14 @@ final class CoreEventLoopGroup: EventLoopGroup, Sendable {
         }
     }
 }
+
+/// A loop is also a task executor: a request's service code started with the loop as its
+/// preference runs on the loop's thread, as the connection does, instead of hopping to the
+/// shared pool and back (work that blocks, such as password hashing, goes to a thread pool of
+/// its own).
+extension CoreEventLoop: TaskExecutor {
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        enqueue { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+    }
+}

@@ -20,7 +20,7 @@ enum RequestDispatch {
             return .response(respond(request()))
         case .route(let route):
             let request = request()
-            let future = eventLoop.makeFutureWithTask { try await route.handler(request) }
+            let future = run(on: eventLoop) { try await route.handler(request) }
             return .pending(future.flatMapError { error in
                 logger?.error("service failed", metadata: ["error": "\(error)", "path": "\(request.path)"])
                 return eventLoop.makeFutureWithTask { await route.service.refusal(.failed, for: request) }
@@ -31,6 +31,17 @@ enum RequestDispatch {
         case .upstream(let pool):
             return .pending(pool.forward(request(), on: eventLoop))
         }
+    }
+
+    /// A service's work as a task: on the core's loops, a task that prefers the loop's own
+    /// thread, so that the request does not cross threads unless its work does.
+    private static func run(on eventLoop: any EventLoop, _ body: @escaping @Sendable () async throws -> GatewayResponse) -> EventLoopFuture<GatewayResponse> {
+        guard let loop = eventLoop as? CoreEventLoop else { return eventLoop.makeFutureWithTask(body) }
+        let promise = loop.makePromise(of: GatewayResponse.self)
+        Task(executorPreference: loop) {
+            do { promise.succeed(try await body()) } catch { promise.fail(error) }
+        }
+        return promise.futureResult
     }
 
     /// Where a request head goes, decided the same way for both HTTP versions.
