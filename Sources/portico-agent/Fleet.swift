@@ -1,4 +1,7 @@
 import ArgumentParser
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
 import Foundation
 import NIOConcurrencyHelpers
 import PorticoAgent
@@ -27,12 +30,22 @@ struct Fleet: AsyncParsableCommand {
     @Option(help: "The manager's database file, for its size.") var database: String?
     @Option(help: "A manager URL to use instead of the bootstrap file's first (an IPv4 address).") var url: String?
     @Option(help: "The newest TLS version to offer: 1.3 (resumption with a fresh key exchange) or 1.2 (resumption by ticket alone).") var tls: String = "1.3"
+    @Option(help: "The manager's API (https://127.0.0.1:8446), for the events below; the operator's password is read from PORTICO_FLEET_PASSWORD, else from standard input.") var api: String?
+    @Option(help: "The operator the API calls sign in as.") var operatorName: String?
+    @Option(help: "Second at which a policy is published through the API; every agent fetches it.") var publishAt: Int?
+    @Option(help: "Second at which lock commands are queued through the API for random agents.") var lockAt: Int?
+    @Option(help: "How many agents get a lock command.") var locks: Int = 1000
+    @Option(help: "The share of check-ins that also report a batch of 10 events (0 to 1).") var eventShare: Double = 0
 
     func validate() throws {
         guard agents > 0, duration > 0, sources > 0, sources <= 65_000, concurrency > 0 else {
             throw ValidationError("agents, duration, sources and concurrency must be positive (sources at most 65000)")
         }
         if let interval, interval <= 0 { throw ValidationError("interval must be positive") }
+        if (publishAt != nil || lockAt != nil) && (api == nil || operatorName == nil) {
+            throw ValidationError("--publish-at and --lock-at need --api and --operator-name (and the password in PORTICO_FLEET_PASSWORD or on standard input)")
+        }
+        guard (0...1).contains(eventShare) else { throw ValidationError("--event-share must be between 0 and 1") }
         guard tls == "1.3" || tls == "1.2" else { throw ValidationError("--tls must be 1.3 or 1.2") }
     }
 
@@ -87,7 +100,31 @@ struct Fleet: AsyncParsableCommand {
         let simulator = ServerProcessStats(getpid())
         let baseline = (server?.cpuTicks(), tls.counts, simulator.cpuTicks())
         let end = start + .seconds(duration)
+        let events = FleetEvents()
+        let password = self.api == nil ? "" : ProcessInfo.processInfo.environment["PORTICO_FLEET_PASSWORD"] ?? readLine(strippingNewline: true) ?? ""
+        let api = try self.api.map { try FleetAPI(url: $0, pinned: file.pinned, name: operatorName ?? "", password: password) }
+        let eventShare = self.eventShare
+        let (publishAt, lockAt, locks) = (self.publishAt, self.lockAt, self.locks)
         await withDiscardingTaskGroup { group in
+            if let api {
+                group.addTask {
+                    if let publishAt {
+                        try? await Task.sleep(until: start + .seconds(publishAt))
+                        do {
+                            try await api.publishPolicy(named: "fleet-\(UInt32.random(in: 0...UInt32.max))")
+                            events.published(at: clock.now)
+                        } catch { emit("publish failed: \(error)") }
+                    }
+                    if let lockAt {
+                        try? await Task.sleep(until: start + .seconds(lockAt))
+                        var chosen = Set<Int>()
+                        while chosen.count < min(locks, fleet.count) { chosen.insert(Int.random(in: fleet.indices)) }
+                        var ids: [String] = []
+                        for index in chosen { ids.append(await fleet[index].state.deviceID) }
+                        await api.lock(ids, events: events, clock: clock)
+                    }
+                }
+            }
             group.addTask {
                 var last = (count: 0, ticks: baseline.0 ?? 0)
                 for second in 1...duration {
@@ -115,6 +152,21 @@ struct Fleet: AsyncParsableCommand {
                             let reply = try await client.checkIn(status: "ok")
                             stats.record(clock.now - began)
                             if fixedInterval == nil { next = Double(reply.nextCheckInSeconds) }
+                            // What an agent does with the answer: fetch a changed policy, carry
+                            // out its commands, and report what it saw.
+                            if reply.policyChanged {
+                                _ = try await client.fetchPolicy()
+                                events.fetched(at: clock.now)
+                            }
+                            for command in reply.commands {
+                                try await client.reportResult(commandID: command.id, succeeded: true, detail: "simulated")
+                                events.acknowledged(command.id, at: clock.now)
+                            }
+                            if eventShare > 0, Double.random(in: 0..<1) < eventShare {
+                                let now = Int64(Date().timeIntervalSince1970 * 1000)
+                                _ = try await client.report((0..<10).map { AgentEvent(id: "\(now)-\(index)-\($0)", kind: "process.started", occurredMilliseconds: now, body: #"{"path":"/usr/bin/true"}"#) })
+                                events.reported()
+                            }
                         } catch {
                             stats.fail(Self.kind(of: error))
                         }
@@ -146,20 +198,17 @@ struct Fleet: AsyncParsableCommand {
             let ticks = simulator.cpuTicks() - baseline.2
             emit(String(format: "simulator\t%.0f us CPU per check-in\t%.2f cores", simulator.microseconds(ticks: ticks) / Double(latencies.count), simulator.microseconds(ticks: ticks) / 1e6 / elapsed))
         }
+        for line in events.summary(agents: agents) { emit(line) }
         if let database {
             // SQLite keeps recent writes in its write-ahead log beside the file.
             let bytes = ["", "-wal"].compactMap { try? FileManager.default.attributesOfItem(atPath: database + $0)[.size] as? NSNumber }.reduce(0.0) { $0 + $1.doubleValue }
             emit(String(format: "database\t%.1f MB\t%.0f bytes per agent", bytes / 1_048_576, bytes / Double(agents)))
         }
+        await api?.shutdown()
         try await tls.pool.shutdownGracefully()
     }
 
-    /// Writes a line to standard output at once (a progress line is read as it comes).
-func emit(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
-}
-
-/// 127.0.1.1, 127.0.1.2, ... in network order.
+    /// 127.0.1.1, 127.0.1.2, ... in network order.
     static func source(_ n: Int) -> in_addr_t {
         let value = UInt32(0x7F00_0101) + UInt32(n)
         return in_addr_t(value.bigEndian)
@@ -280,4 +329,114 @@ struct ServerProcessStats: Sendable {
               let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
         return kilobytes / 1024
     }
+}
+
+/// What happens to a fleet mid-run: a policy published and fetched, locks queued and carried
+/// out, events reported.
+final class FleetEvents: Sendable {
+    private struct State {
+        var published: ContinuousClock.Instant?
+        var fetches: [ContinuousClock.Instant] = []
+        var queued: [String: ContinuousClock.Instant] = [:]
+        var acknowledgements: [Double] = []
+        var batches = 0
+    }
+    private let state = NIOLockedValueBox(State())
+
+    func published(at instant: ContinuousClock.Instant) { state.withLockedValue { $0.published = instant } }
+    func fetched(at instant: ContinuousClock.Instant) { state.withLockedValue { if $0.published != nil { $0.fetches.append(instant) } } }
+    func queued(_ commandID: String, at instant: ContinuousClock.Instant) { state.withLockedValue { $0.queued[commandID] = instant } }
+    func reported() { state.withLockedValue { $0.batches += 1 } }
+
+    func acknowledged(_ commandID: String, at instant: ContinuousClock.Instant) {
+        state.withLockedValue { state in
+            guard let queued = state.queued.removeValue(forKey: commandID) else { return }
+            state.acknowledgements.append(Fleet.seconds(instant - queued))
+        }
+    }
+
+    /// Lines for the final table.
+    func summary(agents: Int) -> [String] {
+        let state = self.state.withLockedValue { $0 }
+        var lines: [String] = []
+        if let published = state.published {
+            let fetches = state.fetches.sorted()
+            let needed = Int((Double(agents) * 0.99).rounded(.up))
+            let reached = fetches.count >= needed ? String(format: "%.1f s", Fleet.seconds(fetches[needed - 1] - published)) : "not reached"
+            lines.append("policy\t\(fetches.count) of \(agents) agents fetched it\t99% reached in \(reached)")
+        }
+        if !state.acknowledgements.isEmpty || !state.queued.isEmpty {
+            let times = state.acknowledgements.sorted()
+            func percentile(_ p: Double) -> Double { times.isEmpty ? 0 : times[min(times.count - 1, Int(Double(times.count) * p))] }
+            lines.append(String(format: "locks\t%d queued, %d carried out\tp50 %.1f s, p99 %.1f s, max %.1f s from queued to carried out",
+                                times.count + state.queued.count, times.count, percentile(0.5), percentile(0.99), times.last ?? 0))
+        }
+        if state.batches > 0 { lines.append("events\t\(state.batches) batches of 10 reported") }
+        return lines
+    }
+}
+
+/// The manager's API, as an operator's automation calls it, for the fleet's mid-run events.
+final class FleetAPI: Sendable {
+    private let base: String
+    private let client: HTTPClient
+    private let name: String
+    private let password: String
+
+    init(url: String, pinned: PinnedCertificates, name: String, password: String) throws {
+        self.base = url.hasSuffix("/") ? String(url.dropLast()) : url
+        self.client = AgentClient.makeHTTPClient(pinned: pinned)
+        self.name = name
+        self.password = password
+    }
+
+    func shutdown() async { try? await client.shutdown() }
+
+    private func call(_ method: HTTPMethod, _ path: String, token: String?, body: [String: Any]) async throws -> [String: Any] {
+        var request = HTTPClientRequest(url: base + "/api/v1" + path)
+        request.method = method
+        request.headers.add(name: "content-type", value: "application/json")
+        if let token { request.headers.add(name: "authorization", value: "Bearer \(token)") }
+        request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
+        let response = try await client.execute(request, timeout: .seconds(30))
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        guard (200..<300).contains(response.status.code) else { throw FleetError.io("API \(method.rawValue) \(path): \(response.status.code) \(String(buffer: bytes))") }
+        return (try? JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any]) ?? [:]
+    }
+
+    private func signIn() async throws -> String {
+        guard let token = try await call(.POST, "/auth/login", token: nil, body: ["name": name, "password": password])["access_token"] as? String else {
+            throw FleetError.io("the API's sign-in gave no access token")
+        }
+        return token
+    }
+
+    func publishPolicy(named policyName: String) async throws {
+        let token = try await signIn()
+        guard let id = try await call(.POST, "/policies", token: token, body: ["name": policyName, "document": ["usb_storage": "block"]])["id"] as? String else {
+            throw FleetError.io("the API made no policy id")
+        }
+        _ = try await call(.POST, "/policies/\(id)/publish", token: token, body: ["version": 1])
+    }
+
+    /// Queues a lock for each device, 32 at a time, recording when each was queued.
+    func lock(_ deviceIDs: [String], events: FleetEvents, clock: ContinuousClock) async {
+        guard let token = try? await signIn() else { emit("locks: the API's sign-in failed"); return }
+        await withTaskGroup(of: Void.self) { group in
+            for (n, id) in deviceIDs.enumerated() {
+                if n >= 32 { await group.next() }
+                group.addTask {
+                    let queued = clock.now
+                    if let command = try? await self.call(.POST, "/commands", token: token, body: ["device_id": id, "kind": "lock"]), let commandID = command["id"] as? String {
+                        events.queued(commandID, at: queued)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes a line to standard output at once (a progress line is read as it comes).
+func emit(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -54,4 +54,51 @@ import Testing
         serve.signal(SIGTERM)
         #expect(await serve.wait() == 0)
     }
+
+    /// Mid-run, through the API: a policy published reaches every agent, locks queued for some
+    /// of them are carried out, and a share of check-ins report events.
+    @Test func aPolicyPublishedAndLocksQueuedMidRunReachTheAgents() async throws {
+        let dir = try TemporaryDirectory()
+        let config = try dir.write("portico.yaml", """
+            data_dir: data
+            identity: {generate: ecdsa-p256}
+            listeners:
+              client: {bind: 127.0.0.1, port: 0, access_log: false}
+              webservices: {bind: 127.0.0.1, port: 0, access_log: false}
+              client_plain: {enabled: false}
+              replication: {enabled: false}
+              console: {enabled: false}
+              reporting: {enabled: false}
+            routes:
+              - {listener: client, path: /agent/v1/*, service: agent}
+              - {listener: webservices, path: /api/v1/*, service: api}
+            """)
+        let portico = try #require(ServerProcess.executable(named: "portico"))
+        let agent = try #require(ServerProcess.executable(named: "portico-agent"))
+        let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ops", "--role", "admin"], input: "fleet password 1234\n")
+        #expect(admin.status == 0, "\(admin.output)")
+        let serve = try ServerProcess(["serve", "--config", config])
+        await serve.waitFor("listening", count: 2)
+        let https = "https://127.0.0.1:\(try #require(serve.boundPort(.client)))"
+        let api = "https://127.0.0.1:\(try #require(serve.boundPort(.webservices)))"
+        let token = try await Tools.run(portico, ["token", "create", "--config", config, "--expires", "1h", "--unlimited"])
+        let bootstrap = dir.file("bootstrap.json")
+        #expect(try await Tools.run(portico, ["agent-config", "export", "--config", config, "--url", https, "--output", bootstrap,
+                                              "--token", token.output.trimmingCharacters(in: .whitespacesAndNewlines)]).status == 0)
+
+        let fleet = try await Tools.run(agent, ["fleet", "--bootstrap", bootstrap, "--agents", "12", "--interval", "1", "--duration", "5", "--sources", "4",
+                                                "--concurrency", "8", "--api", api, "--operator-name", "ops", "--publish-at", "1", "--lock-at", "1",
+                                                "--locks", "5", "--event-share", "0.5"], input: "fleet password 1234\n")
+        #expect(fleet.status == 0, "\(fleet.output)")
+        let lines = fleet.output.split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("policy\t12 of 12 agents fetched it\t99% reached in ") && !$0.hasSuffix("not reached") }, "\(fleet.output)")
+        #expect(lines.contains { $0.hasPrefix("locks\t5 queued, 5 carried out") }, "\(fleet.output)")
+        #expect(lines.contains { $0.hasPrefix("events\t") }, "\(fleet.output)")
+        let table = try #require(lines.firstIndex { $0.hasPrefix("agents\ttarget/s") }.map { lines[$0 + 1].split(separator: "\t") })
+        #expect(table.last == "0", "\(fleet.output)")
+
+        serve.signal(SIGTERM)
+        #expect(await serve.wait() == 0)
+    }
 }
+
