@@ -8,6 +8,9 @@
 #   KEY=rsa-2048 bench/fleet.sh         the manager's identity (default ecdsa-p256)
 #   ACCESS_LOG=false bench/fleet.sh     its access log (default on, as shipped)
 #   bench/fleet.sh 20000 6 120 --tls 1.2
+#   EVENTS=1 bench/fleet.sh             also, through the API: a policy published at a third of
+#                                       the run, 1,000 locks queued at half, and 10% of check-ins
+#                                       reporting a batch of events
 #
 # Prints the fleet's progress each second and its table: achieved rate, latencies, connections
 # and the share resumed, errors by kind, the manager's and the simulator's CPU per check-in,
@@ -36,11 +39,18 @@ listeners:
   replication: {enabled: false}
   console: {enabled: false}
   reporting: {enabled: false}
-  webservices: {enabled: false}
+  webservices: {bind: 127.0.0.1, port: $((port + 5)), access_log: ${ACCESS_LOG:-true}}
 routes:
   - {listener: client, path: /agent/v1/*, service: agent, max_body_bytes: 2MiB}
+  - {listener: webservices, path: /api/v1/*, service: api}
 YAML
 cd "$work"
+events=()
+if [ -n "${EVENTS:-}" ]; then
+  echo "fleet bench password" | "$bin/portico" admin create --config portico.yaml --name fleet --role admin >/dev/null
+  events=(--api "https://127.0.0.1:$((port + 5))" --operator-name fleet --publish-at $((duration / 3)) --lock-at $((duration / 2)) --event-share 0.1)
+  export PORTICO_FLEET_PASSWORD="fleet bench password"
+fi
 "$bin/portico" serve --config portico.yaml > serve.log 2>&1 &
 pid=$!
 for _ in $(seq 100); do grep -q listening serve.log && break; sleep 0.1; done
@@ -48,4 +58,4 @@ token=$("$bin/portico" token create --config portico.yaml --expires 24h --unlimi
 "$bin/portico" agent-config export --config portico.yaml --url "https://127.0.0.1:$port" --token "$token" -o bootstrap.json
 echo "fleet: $agents agents every ${interval}s for ${duration}s; identity ${KEY:-ecdsa-p256}, access log ${ACCESS_LOG:-true}; $*"
 "$bin/portico-agent" fleet --bootstrap bootstrap.json --agents "$agents" --interval "$interval" --duration "$duration" \
-  --server-pid "$pid" --database data/portico.sqlite "$@"
+  --server-pid "$pid" --database data/portico.sqlite ${events[@]+"${events[@]}"} "$@"
