@@ -92,6 +92,40 @@ import X509
         }
     }
 
+    /// Devices with the same policies get the same signed bundle (one signature per
+    /// publication, not one per device); a new publication, or other policies, get their own.
+    @Test func devicesWithTheSamePoliciesShareOneSignedBundle() async throws {
+        try await TestManager.with { manager in
+            let servers = try await manager.store.createGroup(name: "Servers")
+            let laptops = try await manager.store.createGroup(name: "Laptops")
+            let policy = try await manager.store.createPolicy(name: "Baseline", document: #"{"firewall":"on"}"#, by: "admin")
+            try await manager.store.publishPolicy(policyID: policy.id, version: 1)
+            try await manager.store.assignPolicy(policyID: policy.id, toGroup: servers.id)
+            func bundle(_ agent: AgentClient) async throws -> PolicyBundle {
+                guard case .policy(let bundle) = try await agent.send(.fetchPolicy) else { throw ProtocolError(.malformed, "no policy") }
+                return bundle
+            }
+            try await withAgent(try await manager.enrolledAgent(url: manager.plainURL, group: servers.id)) { first in
+                try await withAgent(try await manager.enrolledAgent(url: manager.plainURL, group: servers.id)) { second in
+                    try await withAgent(try await manager.enrolledAgent(url: manager.plainURL, group: laptops.id)) { other in
+                        let a = try await bundle(first)
+                        let b = try await bundle(second)
+                        #expect(a == b)
+                        #expect(try await first.fetchPolicy().policies.map(\.name) == ["Baseline"])
+                        let c = try await bundle(other)
+                        #expect(c != a && c.serial == a.serial)
+                        #expect(try await other.fetchPolicy().policies.isEmpty)
+                        let next = try await manager.store.addPolicyVersion(policyID: policy.id, document: #"{"firewall":"off"}"#, by: "admin")
+                        try await manager.store.publishPolicy(policyID: policy.id, version: next)
+                        let d = try await bundle(second)
+                        #expect(d != b && d.serial > b.serial)
+                        #expect(try await second.fetchPolicy().policies.map(\.document) == [#"{"firewall":"off"}"#])
+                    }
+                }
+            }
+        }
+    }
+
     @Test func replayedReorderedTamperedAndExpiredMessagesAreRefused() async throws {
         try await TestManager.with { manager in
             try await withAgent(try await manager.enrolledAgent(url: manager.plainURL)) { agent in

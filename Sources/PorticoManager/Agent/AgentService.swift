@@ -40,6 +40,10 @@ public final class AgentService: HTTPService {
     private let logger: Logger
     private let nextCertificate = NIOLockedValueBox<(pem: String, authorities: [String])?>(nil)
     private let inFlight = NIOLockedValueBox(0)
+    /// Signed policy bundles by what they hold and which identity signed them. Every device
+    /// with the same policies gets the same bundle, so that a publication costs a signature
+    /// per set of policies, not one per device that fetches it. Emptied when the serial moves.
+    private let bundles = NIOLockedValueBox<(serial: Int64, byKey: [String: PolicyBundle])>((-1, [:]))
     private let authenticator: OperatorAuthenticator
     private let operations: ManagerOperations
 
@@ -293,9 +297,16 @@ public final class AgentService: HTTPService {
         case .fetchPolicy:
             let serial = try await store.policySerial()
             let policies = try await store.publishedPolicies(forDevice: deviceID)
+            let current = identity()
+            let key = current.fingerprintHex + "|" + policies.map { "\($0.policyID)@\($0.version)" }.joined(separator: ",")
+            if let cached = bundles.withLockedValue({ $0.serial == serial ? $0.byKey[key] : nil }) { return .policy(cached) }
             let contents = PolicyBundle.Contents(serial: serial, policies: policies.map { .init(id: $0.policyID, name: $0.policyName, version: $0.version, document: $0.document) })
-            let signingKey = identity().signingKey
-            return .policy(try PolicyBundle.make(contents, siteKey: keys.siteKey) { try ManagerSignature.sign($0, with: signingKey) })
+            let bundle = try PolicyBundle.make(contents, siteKey: keys.siteKey) { try ManagerSignature.sign($0, with: current.signingKey) }
+            bundles.withLockedValue { state in
+                if state.serial != serial { state = (serial, [:]) }
+                if state.byKey.count < 4096 { state.byKey[key] = bundle }
+            }
+            return .policy(bundle)
         case .events(let events):
             guard events.count <= 1000 else { throw ProtocolError(.malformed, "at most 1000 events in one batch") }
             try await operations.ingestEvents(events.map { EventRecord(deviceID: deviceID, eventID: $0.id, kind: $0.kind, occurredMilliseconds: $0.occurredMilliseconds, body: $0.body) })
