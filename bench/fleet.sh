@@ -21,6 +21,14 @@ interval=${2:-6}
 duration=${3:-120}
 shift $(( $# < 3 ? $# : 3 ))
 root=$(cd "$(dirname "$0")/.." && pwd)
+# A run started while an earlier one's connections sit in TIME_WAIT (a minute) is slower from
+# its first second: wait them out.
+for _ in $(seq 90); do
+  waiting=$(ss -tan state time-wait 2>/dev/null | tail -n +2 | wc -l)
+  [ "$waiting" -lt 1000 ] && break
+  [ "$_" = 1 ] && echo "fleet: waiting for $waiting connections in TIME_WAIT to clear" >&2
+  sleep 1
+done
 (cd "$root" && swift build -c release --product portico >/dev/null && swift build -c release --product portico-agent >/dev/null)
 bin="$root/.build/release"
 work=$(mktemp -d /tmp/portico-fleet.XXXXXX)
