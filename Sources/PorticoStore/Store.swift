@@ -180,26 +180,20 @@ public final class Store: Sendable {
     /// Runs `body` inside a group-committed transaction and returns once it is durable.
     /// A throwing `body` rolls back its own changes only; other callers in the batch commit.
     public func write<T: Sendable>(_ body: @escaping @Sendable (Transaction) async throws -> T) async throws -> T {
-        let promise = MultiThreadedEventLoopGroup.singleton.any().makePromise(of: T.self)
+        let completion = WriteCompletion<T>()
         let job = WriteJob(
             execute: { [siteID, clock, dialect, changeFeed] database in
                 let effects = TransactionEffects()
                 let value = try await body(Transaction(database: database, dialect: dialect, siteID: siteID, clock: clock, effects: effects))
                 return {
                     if effects.loggedChange { changeFeed.signal() }
-                    promise.succeed(value)
+                    completion.finish(.success(value))
                 }
             },
-            fail: { promise.fail($0) }
+            fail: { completion.finish(.failure($0)) }
         )
-        do {
-            try await batcher.submit(job)
-        } catch {
-            // Refused (the store is closing): the promise must still be completed.
-            promise.fail(error)
-            throw error
-        }
-        return try await promise.futureResult.get()
+        try await batcher.submit(job)
+        return try await completion.value
     }
 
     /// The schema version this binary writes.
@@ -391,5 +385,46 @@ enum PostgresURL {
         default: throw StoreError.invalid("storage.postgres.url", "sslmode must be disable, prefer or require, not \(sslMode)")
         }
         return PostgresClient.Configuration(host: host, port: url.port ?? 5432, username: user, password: url.password, database: database?.isEmpty == false ? database : nil, tls: tls)
+    }
+}
+
+/// A write's outcome, handed from the batch's commit to its caller. The caller resumes straight
+/// from the commit, on its own executor (a promise completed on an event loop of NIO's took one
+/// more thread on the way back).
+final class WriteCompletion<T: Sendable>: Sendable {
+    private enum State {
+        case pending
+        case waiting(CheckedContinuation<T, any Error>)
+        case done(Result<T, any Error>)
+    }
+    private let state = NIOLockedValueBox(State.pending)
+
+    func finish(_ result: Result<T, any Error>) {
+        let waiter: CheckedContinuation<T, any Error>? = state.withLockedValue { state in
+            switch state {
+            case .pending:
+                state = .done(result)
+                return nil
+            case .waiting(let continuation):
+                state = .done(result)
+                return continuation
+            case .done:
+                return nil
+            }
+        }
+        waiter?.resume(with: result)
+    }
+
+    var value: T {
+        get async throws {
+            try await withCheckedThrowingContinuation { continuation in
+                let ready: Result<T, any Error>? = state.withLockedValue { state in
+                    if case .done(let result) = state { return result }
+                    state = .waiting(continuation)
+                    return nil
+                }
+                if let ready { continuation.resume(with: ready) }
+            }
+        }
     }
 }
