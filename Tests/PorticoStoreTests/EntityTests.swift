@@ -200,4 +200,19 @@ private func sha256(_ text: String) -> [UInt8] { Array(SHA256.hash(data: Array(t
             #expect(try await store.checkIn(CheckIn(deviceID: "dev-1", atMilliseconds: 20, policySerial: 1, status: "ok"))?.commands.count == 1)
         }
     }
+
+    /// The usual check-in finds no command waiting; an expired one is not given either.
+    @Test(arguments: Engines.all)
+    func aCheckInWithNothingWaitingGetsNoCommands(_ dialect: Dialect) async throws {
+        try await Engines.withStore(dialect) { store in
+            try await store.addDevice(DeviceRecord(id: "dev-2", signingKey: [1], agreementKey: [2], hostname: "b", os: "linux"))
+            let quiet = try #require(try await store.checkIn(CheckIn(deviceID: "dev-2", atMilliseconds: 10, policySerial: 0, status: "ok")))
+            #expect(quiet.policySerial == 0 && quiet.commands.isEmpty)
+            try await store.enqueueCommand(CommandRecord(id: "old", deviceID: "dev-2", kind: .lock, issuedBy: "op", issuedMilliseconds: 1, expiresMilliseconds: 15))
+            #expect(try await store.checkIn(CheckIn(deviceID: "dev-2", atMilliseconds: 20, policySerial: 0, status: "ok"))?.commands.isEmpty == true)
+            #expect(try await store.command(id: "old")?.state == .pending)
+            try await store.enqueueCommand(CommandRecord(id: "new", deviceID: "dev-2", kind: .unlock, issuedBy: "op", issuedMilliseconds: 21, expiresMilliseconds: 1_000))
+            #expect(try await store.checkIn(CheckIn(deviceID: "dev-2", atMilliseconds: 30, policySerial: 0, status: "ok"))?.commands.map(\.id) == ["new"])
+        }
+    }
 }

@@ -174,14 +174,20 @@ extension Store {
         try Validate.text(checkIn.status, field: "checkin.status", maxBytes: 4096)
         try Validate.nonNegative(checkIn.policySerial, field: "checkin.policy_serial")
         return try await write { transaction in
-            let db = transaction.database
-            let updated = try await db.raw("""
+            // One statement in the usual case (no command waiting): the update, the serial and
+            // whether commands wait come back together. Each statement is a trip to the
+            // database's thread and back.
+            let row = try await transaction.database.raw("""
                 UPDATE devices SET last_checkin_ms = \(bind: checkIn.atMilliseconds), policy_serial = \(bind: checkIn.policySerial), status = \(bind: checkIn.status),
-                pinned = \(bind: checkIn.pinnedText) WHERE id = \(bind: checkIn.deviceID) RETURNING id
-                """).all()
-            guard !updated.isEmpty else { return nil }
-            let serial = try await db.raw("SELECT value FROM counters WHERE name = 'policy_serial'").first()?.decode(column: "value", as: Int64.self) ?? 0
-            let commands = try await Self.deliverOpenCommands(transaction, deviceID: checkIn.deviceID, now: checkIn.atMilliseconds)
+                pinned = \(bind: checkIn.pinnedText) WHERE id = \(bind: checkIn.deviceID)
+                RETURNING id, (SELECT value FROM counters WHERE name = 'policy_serial') AS serial,
+                CASE WHEN EXISTS (SELECT 1 FROM commands WHERE device_id = \(bind: checkIn.deviceID) AND state IN ('pending', 'delivered')
+                                  AND (expires_ms IS NULL OR expires_ms > \(bind: checkIn.atMilliseconds))) THEN 1 ELSE 0 END AS waiting
+                """).first()
+            guard let row else { return nil }
+            let serial = try row.decode(column: "serial", as: Int64?.self) ?? 0
+            let waiting = try row.decode(column: "waiting", as: Int.self) != 0
+            let commands = waiting ? try await Self.deliverOpenCommands(transaction, deviceID: checkIn.deviceID, now: checkIn.atMilliseconds) : []
             return (serial, commands)
         }
     }
