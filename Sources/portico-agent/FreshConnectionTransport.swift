@@ -13,9 +13,9 @@ import Glibc
 /// TLS handshake per request, resuming the agent's previous TLS session, from one of many
 /// loopback source addresses, as agents in the field reach a manager. Blocking I/O on threads
 /// of a pool of its own, so that thousands of connections in flight need no event loop of ours.
+// Unchecked sendability: the SSL_CTX is only read after `init` (SSL_new takes it from any
+// thread, as OpenSSL allows), and the counters are behind a lock.
 final class FreshConnectionTLS: @unchecked Sendable {
-    // `@unchecked`: the SSL_CTX is only read after `init` (SSL_new takes it from any thread,
-    // as OpenSSL allows), and the counters are atomics behind a lock.
     private let context: OpaquePointer?
     let pool: NIOThreadPool
     private let counters = NIOLockedValueBox(Counters())
@@ -218,8 +218,8 @@ struct FleetTarget: Sendable {
 
 /// One simulated agent's way to the manager: a fresh connection per request from its source
 /// address, resuming the TLS session its previous connection ended with.
+// Unchecked sendability: `session` is behind its lock; everything else is set once in `init`.
 final class FreshConnectionTransport: AgentTransport, @unchecked Sendable {
-    // `@unchecked`: `session` is behind the lock; the rest is set once.
     private let client: FreshConnectionTLS
     private let target: FleetTarget
     private let source: in_addr_t
