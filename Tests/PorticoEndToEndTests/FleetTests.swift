@@ -8,28 +8,7 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(2))) struct FleetTests {
     @Test func agentsCheckInOnFreshConnectionsThatResumeTheirSessions() async throws {
         let dir = try TemporaryDirectory()
-        let config = try dir.write("portico.yaml", """
-            data_dir: data
-            identity: {generate: ecdsa-p256}
-            listeners:
-              client: {bind: 127.0.0.1, port: 0, access_log: false}
-              client_plain: {enabled: false}
-              replication: {enabled: false}
-              console: {enabled: false}
-              reporting: {enabled: false}
-              webservices: {enabled: false}
-            routes:
-              - {listener: client, path: /agent/v1/*, service: agent}
-            """)
-        let serve = try ServerProcess(["serve", "--config", config])
-        await serve.waitFor("listening")
-        let https = "https://127.0.0.1:\(try #require(serve.boundPort(.client)))"
-        let token = try ServerProcess(["token", "create", "--config", config, "--expires", "1h", "--unlimited"])
-        #expect(await token.wait() == 0)
-        let bootstrap = dir.file("bootstrap.json")
-        let export = try ServerProcess(["agent-config", "export", "--config", config, "--url", https, "--output", bootstrap,
-                                        "--token", token.text.trimmingCharacters(in: .whitespacesAndNewlines)])
-        #expect(await export.wait() == 0)
+        let (serve, bootstrap, _) = try await Self.manager(in: dir, api: false)
 
         let fleet = try ServerProcess(["fleet", "--bootstrap", bootstrap, "--agents", "12", "--interval", "1", "--duration", "3", "--sources", "4",
                                        "--concurrency", "8", "--server-pid", "\(serve.pid)", "--database", dir.file("data/portico.sqlite")],
@@ -59,37 +38,13 @@ import Testing
     /// of them are carried out, and a share of check-ins report events.
     @Test func aPolicyPublishedAndLocksQueuedMidRunReachTheAgents() async throws {
         let dir = try TemporaryDirectory()
-        let config = try dir.write("portico.yaml", """
-            data_dir: data
-            identity: {generate: ecdsa-p256}
-            listeners:
-              client: {bind: 127.0.0.1, port: 0, access_log: false}
-              webservices: {bind: 127.0.0.1, port: 0, access_log: false}
-              client_plain: {enabled: false}
-              replication: {enabled: false}
-              console: {enabled: false}
-              reporting: {enabled: false}
-            routes:
-              - {listener: client, path: /agent/v1/*, service: agent}
-              - {listener: webservices, path: /api/v1/*, service: api}
-            """)
-        let portico = try #require(ServerProcess.executable(named: "portico"))
         let agent = try #require(ServerProcess.executable(named: "portico-agent"))
-        let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ops", "--role", "admin"], input: "fleet password 1234\n")
-        #expect(admin.status == 0, "\(admin.output)")
-        let serve = try ServerProcess(["serve", "--config", config])
-        await serve.waitFor("listening", count: 2)
-        let https = "https://127.0.0.1:\(try #require(serve.boundPort(.client)))"
-        let api = "https://127.0.0.1:\(try #require(serve.boundPort(.webservices)))"
-        let token = try await Tools.run(portico, ["token", "create", "--config", config, "--expires", "1h", "--unlimited"])
-        let bootstrap = dir.file("bootstrap.json")
-        #expect(try await Tools.run(portico, ["agent-config", "export", "--config", config, "--url", https, "--output", bootstrap,
-                                              "--token", token.output.trimmingCharacters(in: .whitespacesAndNewlines)]).status == 0)
+        let (serve, bootstrap, api) = try await Self.manager(in: dir, api: true)
 
         // Long enough for the locks to be carried out at the agents' next check-ins even when
         // the sign-in before them is slow (the whole suite running at once).
         let fleet = try await Tools.run(agent, ["fleet", "--bootstrap", bootstrap, "--agents", "12", "--interval", "1", "--duration", "15", "--sources", "4",
-                                                "--concurrency", "8", "--api", api, "--operator-name", "ops", "--publish-at", "1", "--lock-at", "1",
+                                                "--concurrency", "8", "--api", try #require(api), "--operator-name", "ops", "--publish-at", "1", "--lock-at", "1",
                                                 "--locks", "5", "--event-share", "0.5"], input: "fleet password 1234\n")
         #expect(fleet.status == 0, "\(fleet.output)")
         let lines = fleet.output.split(separator: "\n")
@@ -102,5 +57,38 @@ import Testing
         serve.signal(SIGTERM)
         #expect(await serve.wait() == 0)
     }
-}
 
+    /// `portico serve` with the agents' listener (and the API with an admin, `ops`, when
+    /// asked), an unlimited token, and a bootstrap file for it.
+    static func manager(in dir: TemporaryDirectory, api: Bool) async throws -> (serve: ServerProcess, bootstrap: String, api: String?) {
+        let config = try dir.write("portico.yaml", """
+            data_dir: data
+            identity: {generate: ecdsa-p256}
+            listeners:
+              client: {bind: 127.0.0.1, port: 0, access_log: false}
+              webservices: {enabled: \(api), bind: 127.0.0.1, port: 0, access_log: false}
+              client_plain: {enabled: false}
+              replication: {enabled: false}
+              console: {enabled: false}
+              reporting: {enabled: false}
+            routes:
+              - {listener: client, path: /agent/v1/*, service: agent}
+              - {listener: webservices, path: /api/v1/*, service: api}
+            """)
+        let portico = try #require(ServerProcess.executable(named: "portico"))
+        if api {
+            let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ops", "--role", "admin"], input: "fleet password 1234\n")
+            #expect(admin.status == 0, "\(admin.output)")
+        }
+        let serve = try ServerProcess(["serve", "--config", config])
+        await serve.waitFor("listening", count: api ? 2 : 1)
+        let https = "https://127.0.0.1:\(try #require(serve.boundPort(.client)))"
+        let token = try await Tools.run(portico, ["token", "create", "--config", config, "--expires", "1h", "--unlimited"])
+        #expect(token.status == 0, "\(token.output)")
+        let bootstrap = dir.file("bootstrap.json")
+        let export = try await Tools.run(portico, ["agent-config", "export", "--config", config, "--url", https, "--output", bootstrap,
+                                                   "--token", token.output.trimmingCharacters(in: .whitespacesAndNewlines)])
+        #expect(export.status == 0, "\(export.output)")
+        return (serve, bootstrap, api ? "https://127.0.0.1:\(try #require(serve.boundPort(.webservices)))" : nil)
+    }
+}
