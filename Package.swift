@@ -172,8 +172,10 @@ let package = Package(
         .executableTarget(
             name: "portico-bench",
             dependencies: [
+                "PorticoAgent",
                 "PorticoGateway",
                 "PorticoManager",
+                "PorticoProtocol",
                 "PorticoStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

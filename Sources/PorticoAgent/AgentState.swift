@@ -15,6 +15,18 @@ public struct AgentState: Codable, Sendable, Equatable {
     public var policySerial: Int64
     public var checkInIntervalSeconds: Int
 
+    public init(deviceID: String, signingKey: String, agreementKey: String, siteKey: String, pinned: PinnedCertificates, managerURLs: [String],
+                policySerial: Int64, checkInIntervalSeconds: Int) {
+        self.deviceID = deviceID
+        self.signingKey = signingKey
+        self.agreementKey = agreementKey
+        self.siteKey = siteKey
+        self.pinned = pinned
+        self.managerURLs = managerURLs
+        self.policySerial = policySerial
+        self.checkInIntervalSeconds = checkInIntervalSeconds
+    }
+
     public var keys: DeviceKeys {
         get throws {
             guard let signing = Base64URL.decode(signingKey), let agreement = Base64URL.decode(agreementKey) else { throw ProtocolError(.malformed, "the agent state's keys are damaged") }

@@ -15,6 +15,17 @@ public struct DeviceKeys: Sendable {
     public var deviceID: String { DeviceID.derive(fromSigningKey: Array(signing.publicKey.rawRepresentation)) }
 }
 
+extension DeviceKeys {
+    /// Keys derived from a seed and an index, for load tests only: a simulated fleet of any
+    /// size is made again from the seed alone, with no file of private keys. A real device's
+    /// keys are random (the initializer above).
+    public init(fleetSeed seed: String, index: Int) {
+        func raw(_ label: String) -> [UInt8] { Array(SHA256.hash(data: Array("portico-fleet|\(seed)|\(index)|\(label)".utf8))) }
+        // 32 bytes are always a valid Curve25519 private key.
+        self.init(signing: try! .init(rawRepresentation: raw("signing")), agreement: try! .init(rawRepresentation: raw("agreement")))
+    }
+}
+
 public enum DeviceID {
     /// `d-` and the first 16 bytes of SHA-256 of the raw Ed25519 public key, in hex.
     public static func derive(fromSigningKey publicKey: [UInt8]) -> String {

@@ -21,6 +21,7 @@ struct Fleet: AsyncParsableCommand {
         abstract: "Load at fleet scale: agents on fresh connections with TLS resumption, each on its own schedule.")
     @Option(help: "The bootstrap file.") var bootstrap: String
     @Option(help: "A multi-use enrollment token (else the bootstrap file's).") var token: String?
+    @Option(help: "Agents enrolled already by `portico-bench enroll-fleet` (its file): no enrollment through the manager.") var enrolled: String?
     @Option(help: "How many agents.") var agents: Int = 1000
     @Option(help: "Seconds between an agent's check-ins (jittered by 10%); default: what the manager asks.") var interval: Int?
     @Option(help: "How long to check in, in seconds, after enrollment.") var duration: Int = 60
@@ -51,7 +52,10 @@ struct Fleet: AsyncParsableCommand {
 
     func run() async throws {
         let file = try readBootstrap(bootstrap)
-        guard let token = token ?? file.enrollmentToken else { throw ValidationError("no token: pass --token or put one in the bootstrap file") }
+        let preEnrolled = try enrolled.map { try JSONDecoder().decode(FleetEnrollment.self, from: Data(contentsOf: URL(fileURLWithPath: $0))) }
+        if let preEnrolled, preEnrolled.agents < agents { throw ValidationError("\(enrolled ?? "") holds \(preEnrolled.agents) agents, fewer than --agents \(agents)") }
+        let token = token ?? file.enrollmentToken
+        guard preEnrolled != nil || token != nil else { throw ValidationError("no token: pass --token or put one in the bootstrap file, or --enrolled") }
         let managerURL = url ?? file.managerURLs.first ?? ""
         let target = try FleetTarget(url: managerURL)
         let tls = try FreshConnectionTLS(pinned: file.pinned, threads: concurrency, newest: self.tls == "1.2" ? .tls12 : .tls13)
@@ -64,13 +68,18 @@ struct Fleet: AsyncParsableCommand {
         let enrollStart = clock.now
         let limiter = Limiter(concurrency)
         var clients = [AgentClient?](repeating: nil, count: agents)
-        try await withThrowingTaskGroup(of: (Int, AgentClient).self) { group in
+        if let preEnrolled {
+            for n in 0..<agents {
+                let transport = FreshConnectionTransport(client: tls, target: target, source: sourceAddresses[n % sourceAddresses.count])
+                clients[n] = AgentClient(state: preEnrolled.state(n, pinned: file.pinned, managerURL: managerURL), managerURL: managerURL, transport: transport)
+            }
+        } else { try await withThrowingTaskGroup(of: (Int, AgentClient).self) { group in
             for n in 0..<agents {
                 await limiter.acquire()
                 group.addTask {
                     let transport = FreshConnectionTransport(client: tls, target: target, source: sourceAddresses[n % sourceAddresses.count])
                     do {
-                        let state = try await AgentClient.enroll(transport: transport, bootstrap: file, credential: .token(token), keys: DeviceKeys(),
+                        let state = try await AgentClient.enroll(transport: transport, bootstrap: file, credential: .token(token ?? ""), keys: DeviceKeys(),
                                                                  hostname: "fleet-\(n)", os: "simulated", managerURL: managerURL)
                         await limiter.release()
                         return (n, AgentClient(state: state, managerURL: managerURL, transport: transport))
@@ -81,10 +90,10 @@ struct Fleet: AsyncParsableCommand {
                 }
             }
             for try await (index, client) in group { clients[index] = client }
-        }
+        } }
         let fleet = clients.map { $0! }
         let enrollSeconds = Self.seconds(clock.now - enrollStart)
-        emit(String(format: "enrolled %d agents in %.1fs (%.0f/s)", fleet.count, enrollSeconds, Double(fleet.count) / enrollSeconds))
+        emit(String(format: "%@ %d agents in %.1fs (%.0f/s)", preEnrolled == nil ? "enrolled" : "loaded", fleet.count, enrollSeconds, Double(fleet.count) / enrollSeconds))
 
         let managerInterval = await fleet[0].state.checkInIntervalSeconds
         let fixedInterval = interval

@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import Logging
 import PorticoGateway
+import PorticoAgent
 import PorticoManager
+import PorticoProtocol
 import PorticoStore
 
 /// `portico-bench`: the loads the benchmarks (bench/) and the crash test drive against a
@@ -12,7 +14,7 @@ struct PorticoBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portico-bench",
         abstract: "Loads for benchmarks and tests, on the database a manager's config names.",
-        subcommands: [IngestProbe.self, StoreBench.self, Seed.self]
+        subcommands: [IngestProbe.self, StoreBench.self, Seed.self, EnrollFleet.self]
     )
 }
 
@@ -194,5 +196,53 @@ struct Seed: AsyncParsableCommand {
         }
         emit("\(try await store.changeLogHead())")
         await store.close()
+    }
+}
+
+/// Devices for `portico-agent fleet --enrolled`, written straight into the database before the
+/// manager starts: their keys derive from a seed (``DeviceKeys/init(fleetSeed:index:)``), so a
+/// fleet of a million is enrolled in minutes, where the real endpoint takes about half an hour.
+/// Writes the file the fleet reads: the seed, the count, and the site key agents get at
+/// enrollment.
+struct EnrollFleet: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "enroll-fleet", abstract: "Simulated devices in the database, for a fleet at scale.")
+    @OptionGroup var options: BenchOptions
+    @Option(help: "How many devices.") var agents: Int = 1_000_000
+    @Option(help: "The seed their keys derive from.") var seed: String = "fleet"
+    @Option(help: "Where to write the file for `portico-agent fleet --enrolled`.") var out: String
+
+    func run() async throws {
+        let config = try options.load()
+        let store = try await options.open(config)
+        let keys = try ManagerKeys.loadOrCreate(in: config.dataDirectory)
+        let (count, seed) = (agents, self.seed)
+        let clock = ContinuousClock()
+        let start = clock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for writer in 0..<64 {
+                group.addTask {
+                    for index in stride(from: writer, to: count, by: 64) {
+                        let device = DeviceKeys(fleetSeed: seed, index: index)
+                        do {
+                            try await store.addDevice(DeviceRecord(id: device.deviceID, signingKey: Array(device.signing.publicKey.rawRepresentation),
+                                                                   agreementKey: Array(device.agreement.publicKey.rawRepresentation), hostname: "fleet-\(index)", os: "simulated"))
+                        } catch let error as StoreError where error.kind == .conflict {
+                            // Enrolled by an earlier run with the same seed.
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        await store.close()
+        let enrolled = FleetEnrollment(seed: seed, agents: count, siteKey: Base64URL.encode(keys.siteKey.withUnsafeBytes { Array($0) }),
+                                     checkInIntervalSeconds: Int(config.agents.checkInInterval.nanoseconds / 1_000_000_000))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        // It holds the site key: readable by its owner only.
+        guard FileManager.default.createFile(atPath: out, contents: try encoder.encode(enrolled), attributes: [.posixPermissions: 0o600]) else {
+            throw ValidationError("cannot write \(out)")
+        }
+        emit(String(format: "enrolled %d devices in %.1fs", count, StoreBench.seconds(clock.now - start)))
     }
 }

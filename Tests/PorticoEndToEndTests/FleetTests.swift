@@ -58,9 +58,35 @@ import Testing
         #expect(await serve.wait() == 0)
     }
 
+    /// A fleet enrolled straight into the database before the manager starts (keys derived
+    /// from a seed) checks in as agents enrolled through the endpoint do.
+    @Test func aFleetEnrolledInTheDatabaseChecksIn() async throws {
+        let dir = try TemporaryDirectory()
+        let bench = try #require(ServerProcess.executable(named: "portico-bench"))
+        let enrolled = dir.file("fleet.json")
+        let (serve, bootstrap, _) = try await Self.manager(in: dir, api: false) { config in
+            let run = try await Tools.run(bench, ["enroll-fleet", "--config", config, "--agents", "200", "--seed", "test", "--out", enrolled])
+            #expect(run.status == 0 && run.output.hasPrefix("enrolled 200 devices"), "\(run.output)")
+        }
+        let attributes = try FileManager.default.attributesOfItem(atPath: enrolled)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        let fleet = try ServerProcess(["fleet", "--bootstrap", bootstrap, "--enrolled", enrolled, "--agents", "200", "--interval", "1", "--duration", "3",
+                                       "--sources", "4", "--concurrency", "16"], executable: "portico-agent")
+        #expect(await fleet.wait() == 0, "fleet said: \(fleet.text)")
+        let lines = fleet.text.split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("loaded 200 agents") }, "\(fleet.text)")
+        let table = try #require(lines.firstIndex { $0.hasPrefix("agents\ttarget/s") }.map { lines[$0 + 1].split(separator: "\t") }, "\(fleet.text)")
+        // Every agent checked in at least once (opening its session), and none was refused.
+        #expect(try #require(Int(table[6])) >= 400, "\(fleet.text)")
+        #expect(table[8] == "0", "\(fleet.text)")
+        serve.signal(SIGTERM)
+        #expect(await serve.wait() == 0)
+    }
+
     /// `portico serve` with the agents' listener (and the API with an admin, `ops`, when
     /// asked), an unlimited token, and a bootstrap file for it.
-    static func manager(in dir: TemporaryDirectory, api: Bool) async throws -> (serve: ServerProcess, bootstrap: String, api: String?) {
+    /// `before` runs with the config file's path before the manager starts.
+    static func manager(in dir: TemporaryDirectory, api: Bool, before: (String) async throws -> Void = { _ in }) async throws -> (serve: ServerProcess, bootstrap: String, api: String?) {
         let config = try dir.write("portico.yaml", """
             data_dir: data
             identity: {generate: ecdsa-p256}
@@ -80,6 +106,7 @@ import Testing
             let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ops", "--role", "admin"], input: "fleet password 1234\n")
             #expect(admin.status == 0, "\(admin.output)")
         }
+        try await before(config)
         let serve = try ServerProcess(["serve", "--config", config])
         await serve.waitFor("listening", count: api ? 2 : 1)
         let https = "https://127.0.0.1:\(try #require(serve.boundPort(.client)))"
