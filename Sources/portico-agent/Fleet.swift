@@ -152,6 +152,8 @@ struct Fleet: AsyncParsableCommand {
             while clock.now < end {
                 let due = schedule.take(upTo: Self.milliseconds(clock.now - start))
                 for index in due {
+                    // Behind schedule, the due list can outlast the run: it ends on time.
+                    if clock.now >= end { break }
                     await limiter.acquire()
                     let client = fleet[index]
                     group.addTask {
