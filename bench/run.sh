@@ -7,6 +7,8 @@
 #                                 every test but h2: the least this stack can cost)
 #   RAWFLOOR=1 bench/run.sh      (also bench/floor's portico-rawfloor, the same with epoll and
 #                                 BoringSSL driven directly: the least a core of our own could cost)
+#   ACCESS_LOG=1 bench/run.sh    (access logs on, on both: nginx's to a file, Portico's to its
+#                                 standard error, redirected to a file, as each ships them)
 #   NIO=1 bench/run.sh           (also a second Portico whose listeners run on SwiftNIO and
 #                                 NIOSSL, `engine: nio`, as "nio"; "portico" is on its own core)
 #
@@ -69,11 +71,14 @@ NIO_PORT=${NIO_PORT:-19450}
 NIO_EC_PORT=${NIO_EC_PORT:-19451}
 
 mkdir -p "$work/ec" "$work/upstream-tmp"
+# Access logs: off on both unless ACCESS_LOG is set (Portico writes its lines at level info).
+access_log=false; log_level=warning
+if [ -n "${ACCESS_LOG:-}" ]; then access_log=true; log_level=info; fi
 
-# What both nginx instances set in their http block: no access log, temp files in the work
-# folder, keep-alive without a request limit.
+# What both nginx instances set in their http block: the access log (off unless a file is
+# given), temp files in the work folder, keep-alive without a request limit.
 http_common() {
-  printf '  access_log off;\n'
+  if [ -n "${2:-}" ]; then printf '  access_log %s;\n' "$2"; else printf '  access_log off;\n'; fi
   for kind in client_body proxy fastcgi uwsgi scgi; do printf '  %s_temp_path %s;\n' "$kind" "$1"; done
   printf '  keepalive_requests 1000000;\n'
 }
@@ -101,11 +106,11 @@ portico_yaml() {
   cat <<YAML
 $1
 listeners:
-  client: {bind: 127.0.0.1, port: $2, access_log: false, engine: $4, limits: {max_connections: 20000}}
+  client: {bind: 127.0.0.1, port: $2, access_log: $access_log, engine: $4, limits: {max_connections: 20000}}
   console:
     bind: 127.0.0.1
     port: $3
-    access_log: false
+    access_log: $access_log
     engine: $4
     certificate: $work/ec/server.crt
     private_key: $work/ec/server.key
@@ -122,7 +127,7 @@ YAML
 }
 # Starts Portico with the configuration in folder $1 and waits until port $2 answers.
 start_portico() {
-  "$portico_bin" serve --config "$1/portico.yaml" --log-level warning 2>"$1/portico.log" &
+  "$portico_bin" serve --config "$1/portico.yaml" --log-level "$log_level" 2>"$1/portico.log" &
   started_pid=$!
   for _ in $(seq 100); do
     curl -sk "https://127.0.0.1:$2/healthz" >/dev/null 2>&1 && break
@@ -173,7 +178,7 @@ pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 20000; }
 http {
-$(http_common "$work/nginx-tmp")
+$(http_common "$work/nginx-tmp" "${ACCESS_LOG:+$work/nginx-access.log}")
   server {
     listen 127.0.0.1:$NGINX_PORT ssl http2;
     ssl_certificate $work/ssl/server.crt;
