@@ -35,21 +35,11 @@ import Testing
         let portico = try #require(ServerProcess.executable(named: "portico"))
         let agent = try #require(ServerProcess.executable(named: "portico-agent"))
         let dir = try TemporaryDirectory()
-        let config = try dir.write("portico.yaml", """
-            data_dir: data
-            identity: {generate: ecdsa-p256}
-            listeners:
-              client: {bind: 127.0.0.1, port: 0}
-              client_plain: {enabled: false}
-              replication: {enabled: false}
-              console: {bind: 127.0.0.1, port: 0}
-              reporting: {enabled: false}
-              webservices: {enabled: false}
-            routes:
-              - {listeners: [client], path: /agent/v1/*, service: agent}
-              - {listener: console, path: /*, service: console}
-              - {listener: console, path: /reports/*, service: reporting}
-            """)
+        let config = try ManagerConfigFile.write(in: dir, listeners: [.client: "", .console: ""], routes: [
+            "{listeners: [client], path: /agent/v1/*, service: agent}",
+            "{listener: console, path: /*, service: console}",
+            "{listener: console, path: /reports/*, service: reporting}",
+        ])
         let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ada", "--role", "admin"], input: "correct horse battery\n")
         #expect(admin.status == 0, "\(admin.output)")
         let serve = try ServerProcess(["serve", "--config", config])

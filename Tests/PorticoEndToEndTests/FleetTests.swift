@@ -1,4 +1,5 @@
 import Foundation
+import PorticoGateway
 import PorticoManager
 import PorticoTestSupport
 import Testing
@@ -87,20 +88,11 @@ import Testing
     /// asked), an unlimited token, and a bootstrap file for it.
     /// `before` runs with the config file's path before the manager starts.
     static func manager(in dir: TemporaryDirectory, api: Bool, before: (String) async throws -> Void = { _ in }) async throws -> (serve: ServerProcess, bootstrap: String, api: String?) {
-        let config = try dir.write("portico.yaml", """
-            data_dir: data
-            identity: {generate: ecdsa-p256}
-            listeners:
-              client: {bind: 127.0.0.1, port: 0, access_log: false}
-              webservices: {enabled: \(api), bind: 127.0.0.1, port: 0, access_log: false}
-              client_plain: {enabled: false}
-              replication: {enabled: false}
-              console: {enabled: false}
-              reporting: {enabled: false}
-            routes:
-              - {listener: client, path: /agent/v1/*, service: agent}
-              - {listener: webservices, path: /api/v1/*, service: api}
-            """)
+        var listeners: [ListenerName: String] = [.client: "access_log: false"]
+        if api { listeners[.webservices] = "access_log: false" }
+        let config = try ManagerConfigFile.write(in: dir, listeners: listeners, routes: [
+            "{listener: client, path: /agent/v1/*, service: agent}", "{listener: webservices, path: /api/v1/*, service: api}",
+        ])
         let portico = try #require(ServerProcess.executable(named: "portico"))
         if api {
             let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ops", "--role", "admin"], input: "fleet password 1234\n")

@@ -151,19 +151,8 @@ import NIOPosix
 @Suite(.serialized, .timeLimit(.minutes(2))) struct FirstAgentTests {
     @Test func serveTokenBootstrapEnrollRunAndStatus() async throws {
         let dir = try TemporaryDirectory()
-        let config = try dir.write("portico.yaml", """
-            data_dir: data
-            identity: {generate: ecdsa-p256}
-            listeners:
-              client: {bind: 127.0.0.1, port: 0}
-              client_plain: {bind: 127.0.0.1, port: 0}
-              replication: {enabled: false}
-              console: {enabled: false}
-              reporting: {enabled: false}
-              webservices: {enabled: false}
-            routes:
-              - {listeners: [client, client_plain], path: /agent/v1/*, service: agent}
-            """)
+        let config = try ManagerConfigFile.write(in: dir, listeners: [.client: "", .clientPlain: ""],
+                                                 routes: ["{listeners: [client, client_plain], path: /agent/v1/*, service: agent}"])
         let serve = try ServerProcess(["serve", "--config", config])
         await serve.waitFor("listening", count: 2)
         let https = "https://127.0.0.1:\(try #require(serve.boundPort(.client)))"
@@ -218,19 +207,7 @@ import NIOPosix
 @Suite(.serialized, .timeLimit(.minutes(2))) struct RotationProcessTests {
     @Test func aRotationSwitchesOnceTheAgentPinnedTheNextIdentityAndTheAgentCarriesOn() async throws {
         let dir = try TemporaryDirectory()
-        let config = try dir.write("portico.yaml", """
-            data_dir: data
-            identity: {generate: ecdsa-p256}
-            listeners:
-              client: {bind: 127.0.0.1, port: 0}
-              client_plain: {enabled: false}
-              replication: {enabled: false}
-              console: {enabled: false}
-              reporting: {enabled: false}
-              webservices: {enabled: false}
-            routes:
-              - {listeners: [client], path: /agent/v1/*, service: agent}
-            """)
+        let config = try ManagerConfigFile.write(in: dir, listeners: [.client: ""], routes: ["{listeners: [client], path: /agent/v1/*, service: agent}"])
         let serve = try ServerProcess(["serve", "--config", config])
         await serve.waitFor("listening")
         let port = try #require(serve.boundPort(.client))
@@ -278,17 +255,7 @@ import NIOPosix
 @Suite(.serialized, .timeLimit(.minutes(2))) struct LiveImportProcessTests {
     @Test func anImportSwapsTheLiveIdentityWithoutDroppingAnOpenConnection() async throws {
         let dir = try TemporaryDirectory()
-        let config = try dir.write("portico.yaml", """
-            data_dir: data
-            identity: {generate: ecdsa-p256, reload_interval: 1s}
-            listeners:
-              client: {bind: 127.0.0.1, port: 0}
-              client_plain: {enabled: false}
-              replication: {enabled: false}
-              console: {enabled: false}
-              reporting: {enabled: false}
-              webservices: {enabled: false}
-            """)
+        let config = try ManagerConfigFile.write(in: dir, identity: "{generate: ecdsa-p256, reload_interval: 1s}", listeners: [.client: ""])
         let serve = try ServerProcess(["serve", "--config", config])
         await serve.waitFor("listening")
         let port = try #require(serve.boundPort(.client))
