@@ -46,6 +46,18 @@ public struct ManagerConfiguration: Sendable, Equatable {
     /// `peers`: managers of other sites this one replicates with; their certificates are
     /// trusted by the replication listener besides `listeners.replication.trust`.
     public var peers: [PeerConfiguration] = []
+    /// `secrets`: where this manager finds the key that seals the site's secrets in the database.
+    public var secrets = SecretsSettings()
+
+    /// This manager's copy of the peers' certificates the database holds, which its
+    /// replication listener trusts besides `listeners.replication.trust`.
+    public var peersFolder: String { dataDirectory + "/peers" }
+
+    /// Has the replication listener trust ``peersFolder`` (once it exists).
+    mutating func trustPeersFolder() {
+        let folder = TrustedFile(file: peersFolder, key: "data_dir", optional: true)
+        gateway.listeners[.replication]?.extraTrust.append(folder)
+    }
 
     /// The embedded defaults, rooted at `baseDirectory`.
     public init(baseDirectory: String) {
@@ -60,6 +72,7 @@ public struct ManagerConfiguration: Sendable, Equatable {
         var defaults = ManagerConfiguration(baseDirectory: Paths.resolve("conf", against: directory))
         defaults.dataDirectory = Paths.resolve("data", against: directory)
         defaults.gateway.routes = ManagerServices.defaultRoutes
+        defaults.trustPeersFolder()
         return defaults
     }
 
@@ -142,8 +155,9 @@ struct ManagerSections: ConfigurationSections {
     var storage = StorageSettings()
     var agents = AgentSettings()
     var peers: [PeerConfiguration] = []
+    var secrets = SecretsSettings()
 
-    var keys: [String] { ["site", "data_dir", "storage", "agents", "peers"] }
+    var keys: [String] { ["site", "data_dir", "storage", "agents", "peers", "secrets"] }
 
     func configuration(_ gateway: GatewayConfiguration) -> ManagerConfiguration {
         let base = gateway.sourceFile.map { Paths.directory(of: $0) } ?? Paths.currentDirectory
@@ -154,6 +168,8 @@ struct ManagerSections: ConfigurationSections {
         configuration.storage = storage
         configuration.agents = agents
         configuration.peers = peers
+        configuration.secrets = secrets
+        configuration.trustPeersFolder()
         return configuration
     }
 
@@ -189,6 +205,21 @@ struct ManagerSections: ConfigurationSections {
                     reader.error("agents.\(key) must be at least 1s", at: entry.value)
                 } else {
                     self.agents[keyPath: keyPath] = value
+                }
+            }
+        }
+        if let node = top["secrets"], let keys = reader.mapping(node.value, at: "secrets", keys: ["key_file", "key_env"]) {
+            if keys["key_file"] != nil && keys["key_env"] != nil {
+                reader.error("secrets names both key_file and key_env; give one", at: node.value)
+            }
+            if let file = keys["key_file"], let value = reader.string(file.value, at: "secrets.key_file") {
+                if value.isEmpty { reader.error("secrets.key_file must not be empty", at: file.value) } else { secrets.keyFile = Paths.resolve(value, against: base) }
+            }
+            if let variable = keys["key_env"], let value = reader.string(variable.value, at: "secrets.key_env") {
+                if value.isEmpty || !value.utf8.allSatisfy({ $0 == UInt8(ascii: "_") || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) }) {
+                    reader.error("secrets.key_env '\(value)' must be the name of an environment variable (letters, digits and _)", at: variable.value)
+                } else {
+                    secrets.keyEnvironment = value
                 }
             }
         }

@@ -31,7 +31,8 @@ public enum ManagerServices {
             let pem = try FileContents.read(peer.certificate)
             guard let leaf = try NIOSSLCertificate.fromPEMBytes(pem).first else { throw ManagerError("\(peer.certificate) holds no certificate") }
             let fingerprint = try leaf.sha256Hex()
-            try await ManagerOperations(store: store, agent: nil).configurePeer(PeerRecord(name: peer.name, url: peer.url, certificateFingerprint: fingerprint, history: PeerHistory(rawValue: peer.history) ?? .both))
+            try await ManagerOperations(store: store, agent: nil).configurePeer(PeerRecord(name: peer.name, url: peer.url, certificateFingerprint: fingerprint, history: PeerHistory(rawValue: peer.history) ?? .both,
+                                                                               certificatePEM: String(decoding: pem, as: UTF8.self)))
         }
     }
 
@@ -41,6 +42,11 @@ public enum ManagerServices {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: trust, isDirectory: &isDirectory), isDirectory.boolValue else { return nil }
         return trust.hasSuffix("/") ? String(trust.dropLast()) : trust
+    }
+
+    /// The site's secrets in `store`, opened with the key the configuration names.
+    public static func vault(_ configuration: ManagerConfiguration, store: Store) throws -> SiteVault {
+        SiteVault(store: store, key: try SecretsKey.load(configuration.secrets, dataDirectory: configuration.dataDirectory))
     }
 
     /// What `serve` runs besides the gateway.
@@ -54,19 +60,24 @@ public enum ManagerServices {
         public let links: PeerLinks
     }
 
-    public static func registry(_ configuration: ManagerConfiguration, prepared: PreparedConfiguration, store: Store, metrics: GatewayMetrics? = nil, logger: Logger) throws -> Runtime {
+    /// - Parameters:
+    ///   - vault: the site's secrets in the database.
+    ///   - sync: the site's identity in the database, exchanged by the rotation's steps.
+    public static func registry(_ configuration: ManagerConfiguration, prepared: PreparedConfiguration, store: Store, vault: SiteVault, sync: IdentitySync?,
+                                metrics: GatewayMetrics? = nil, logger: Logger) async throws -> Runtime {
         guard let identity = prepared.identity(of: .client) ?? prepared.configuration.names.lazy.compactMap({ prepared.identity(of: $0) }).first else {
             throw ManagerError("no TLS listener is enabled, so there is no server identity to sign agent policies with; enable the client listener")
         }
-        let keys = try ManagerKeys.loadOrCreate(in: configuration.dataDirectory)
+        let keys = try await ManagerKeys.load(from: vault, legacyDirectory: configuration.dataDirectory)
         var settings = AgentService.Configuration()
         settings.sessionLifetimeMilliseconds = configuration.agents.sessionLifetime.nanoseconds / 1_000_000
         settings.checkInIntervalSeconds = Int(configuration.agents.checkInInterval.nanoseconds / 1_000_000_000)
         settings.clockSkewMilliseconds = configuration.agents.clockSkew.nanoseconds / 1_000_000
-        let agent = AgentService(store: store, keys: keys, identity: { identity.current }, configuration: settings, logger: logger)
-        let rotation = IdentityRotation(configuration: prepared.configuration, identities: liveIdentities(prepared), agent: agent, store: store, logger: Logger(label: "portico.identity"))
+        let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: settings, logger: logger)
+        let rotation = IdentityRotation(configuration: prepared.configuration, identities: liveIdentities(prepared), agent: agent, store: store, sync: sync,
+                                        logger: Logger(label: "portico.identity"))
         let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: peerTrustFolder(prepared.configuration), configured: configuration.peers,
-                              metrics: metrics?.registry, logger: Logger(label: "portico.replication"))
+                              peersFolder: configuration.peersFolder, metrics: metrics?.registry, logger: Logger(label: "portico.replication"))
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
         var registry = ServiceRegistry()
         registry.register("agent", agent)

@@ -13,6 +13,23 @@ public struct SessionKeys: Sendable {
         let bytes = material.withUnsafeBytes { Array($0) }
         return SessionKeys(sessionID: sessionID, agentToManager: SymmetricKey(data: bytes[0..<32]), managerToAgent: SymmetricKey(data: bytes[32..<64]))
     }
+
+    private init(sessionID: [UInt8], agentToManager: SymmetricKey, managerToAgent: SymmetricKey) {
+        self.sessionID = sessionID
+        self.agentToManager = agentToManager
+        self.managerToAgent = managerToAgent
+    }
+
+    /// Both keys, 64 bytes, for a manager to keep the session where another one can continue it.
+    public var material: [UInt8] {
+        agentToManager.withUnsafeBytes { Array($0) } + managerToAgent.withUnsafeBytes { Array($0) }
+    }
+
+    /// The keys kept as ``material``; nil when it is not 64 bytes.
+    public init?(sessionID: [UInt8], material: [UInt8]) {
+        guard material.count == 64 else { return nil }
+        self.init(sessionID: sessionID, agentToManager: SymmetricKey(data: material[0..<32]), managerToAgent: SymmetricKey(data: material[32..<64]))
+    }
 }
 
 /// Which way a message goes; part of the nonce, so the two directions never share one.

@@ -214,7 +214,7 @@ struct EnrollFleet: AsyncParsableCommand {
     func run() async throws {
         let config = try options.load()
         let store = try await options.open(config)
-        let keys = try ManagerKeys.loadOrCreate(in: config.dataDirectory)
+        let keys = try await ManagerKeys.load(from: try ManagerServices.vault(config, store: store), legacyDirectory: config.dataDirectory)
         let (count, seed) = (agents, self.seed)
         let clock = ContinuousClock()
         let start = clock.now

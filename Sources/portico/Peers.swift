@@ -11,7 +11,7 @@ struct Peer: AsyncParsableCommand {
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Add a peer: its replication URL and its certificate, which the replication listener then trusts (after SIGHUP) and this manager pins when it calls the peer.")
+            abstract: "Add a peer: its replication URL and its certificate, which every manager of this site then trusts on its replication listener (within seconds) and pins when it calls the peer.")
         @OptionGroup var options: ConfigOptions
         @Option var name: String
         @Option(help: "The peer's replication listener, https://host:8444.") var url: String
@@ -22,10 +22,6 @@ struct Peer: AsyncParsableCommand {
             let config = try loadOrExit(options)
             guard let mode = PeerHistory(rawValue: history) else {
                 printError("portico: --history must be one of both, send, receive or none, not \(history)")
-                throw ExitCode(1)
-            }
-            guard let trust = config.gateway.listeners[.replication]?.trust else {
-                printError("portico: set listeners.replication.trust to a folder (for example ssl/peers/) first: peers' certificates are kept there")
                 throw ExitCode(1)
             }
             let pem: [UInt8]
@@ -39,30 +35,23 @@ struct Peer: AsyncParsableCommand {
                 throw ExitCode(1)
             }
             try await withStore(options) { store, _ in
-                try await ManagerOperations(store: store, agent: nil).addPeer(PeerRecord(name: name, url: url, certificateFingerprint: fingerprint, history: mode), by: .commandLine)
+                try await ManagerOperations(store: store, agent: nil).addPeer(
+                    PeerRecord(name: name, url: url, certificateFingerprint: fingerprint, history: mode, certificatePEM: String(decoding: pem, as: UTF8.self)), by: .commandLine)
             }
-            do {
-                try SecureFile.write(pem, to: (trust.hasSuffix("/") ? trust : trust + "/") + name + ".pem", mode: 0o644)
-            } catch {
-                printError("portico: the peer is recorded but its certificate could not be written: \(error)")
-                throw ExitCode(1)
-            }
-            writeLine("added peer \(name) (\(url), SHA-256 \(fingerprint)); send the manager SIGHUP so that its replication listener trusts it")
+            writeLine("added peer \(name) (\(url), SHA-256 \(fingerprint)); the site's running managers trust it within seconds")
         }
     }
 
     struct Remove: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Remove a peer and its certificate from the replication trust folder.")
+        static let configuration = CommandConfiguration(abstract: "Remove a peer; the site's managers stop trusting its certificate within seconds.")
         @OptionGroup var options: ConfigOptions
         @Argument var name: String
 
         func run() async throws {
-            let config = try loadOrExit(options)
             try await withStore(options) { store, _ in
                 try await ManagerOperations(store: store, agent: nil).removePeer(name: name, by: .commandLine)
             }
-            if let trust = config.gateway.listeners[.replication]?.trust { try? FileManager.default.removeItem(atPath: (trust.hasSuffix("/") ? trust : trust + "/") + name + ".pem") }
-            writeLine("removed peer \(name); send the manager SIGHUP so that its replication listener stops trusting it")
+            writeLine("removed peer \(name); the site's running managers stop trusting it within seconds")
         }
     }
 

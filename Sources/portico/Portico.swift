@@ -48,10 +48,8 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "portico")
         let cache = IdentityCache()
         let configuration: ManagerConfiguration
-        let prepared: PreparedConfiguration
         do {
             configuration = try options.load()
-            prepared = try ConfigurationCheck.prepare(configuration.gateway, generateMissing: true, cache: cache)
         } catch {
             printError("portico: the configuration from \(options.sourceDescription) cannot be used:\n\(error)")
             throw ExitCode(1)
@@ -65,10 +63,35 @@ struct Serve: AsyncParsableCommand {
             printError("portico: cannot open the database \(configuration.storeConfiguration.redacted): \(error)")
             throw ExitCode(1)
         }
+        // The site's identity comes from the database when the site has one; the files are
+        // this manager's copy. A first manager's generated identity becomes the site's.
+        let vault: SiteVault
+        let sync: IdentitySync
+        let prepared: PreparedConfiguration
+        do {
+            vault = try ManagerServices.vault(configuration, store: store)
+            sync = IdentitySync(vault: vault, configuration: configuration.gateway, dataDirectory: configuration.dataDirectory)
+            if try await sync.exchange() == .adopted { logger.notice("took the site's identity from the database") }
+        } catch {
+            await store.close()
+            printError("portico: the site's secrets cannot be read: \(error)")
+            throw ExitCode(1)
+        }
+        do {
+            prepared = try ConfigurationCheck.prepare(configuration.gateway, generateMissing: true, cache: cache)
+        } catch {
+            await store.close()
+            printError("portico: the configuration from \(options.sourceDescription) cannot be used:\n\(error)")
+            throw ExitCode(1)
+        }
         let metrics = GatewayMetrics(listeners: ManagerConfiguration.roles.map(\.name))
         let runtime: ManagerServices.Runtime
         do {
-            runtime = try ManagerServices.registry(configuration, prepared: prepared, store: store, metrics: metrics, logger: Logger(label: "portico.agent"))
+            if try await sync.exchange() == .adopted {
+                // Another manager of the site stored its identity first.
+                for identity in ManagerServices.liveIdentities(prepared) { identity.reload(force: true) }
+            }
+            runtime = try await ManagerServices.registry(configuration, prepared: prepared, store: store, vault: vault, sync: sync, metrics: metrics, logger: Logger(label: "portico.agent"))
         } catch {
             await store.close()
             printError("portico: \(error)")
@@ -91,6 +114,8 @@ struct Serve: AsyncParsableCommand {
             source: { () throws(ConfigurationError) -> GatewayConfiguration in try options.load().gateway },
             handleSIGHUP: true
         )
+        // A peer added or removed on any manager of the site: the replication listener trusts the new set.
+        runtime.links.onTrustChange { await gateway.reload() }
         let group = ServiceGroup(
             configuration: .init(services: [.init(service: gateway), .init(service: runtime.rotation), .init(service: runtime.history), .init(service: runtime.links)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )

@@ -10,8 +10,8 @@ import Testing
 @testable import PorticoGateway
 
 /// The deployment `deploy/compose.yaml` describes, as real processes: two sites, each with
-/// two `portico serve` sharing one PostgreSQL database and the site's identity, replicating
-/// between the sites over mutual TLS.
+/// two `portico serve` sharing one PostgreSQL database and nothing else, replicating between
+/// the sites over mutual TLS.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct SiteProcessTests {
     static let postgres = ProcessInfo.processInfo.environment["PORTICO_TEST_POSTGRES_URL"]
     static let required = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
@@ -38,22 +38,26 @@ import Testing
                 _ = drop?.wait()
             }
         }
-        // Each site: one identity, its peer's certificate trusted, two managers' configs.
+        // Each site: one identity, imported on its first manager only, and one secrets key,
+        // which each manager is given a copy of. Nothing else: no file is shared between the
+        // managers of a site, and the peers' certificates are recorded in the database.
         let identities = try ["east", "west"].map { try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: $0) }
         for (index, site) in ["east", "west"].enumerated() {
-            try IdentityGenerator.write(identities[index], certificatePath: dir.file("\(site)/ssl/server.crt"), privateKeyPath: dir.file("\(site)/ssl/server.key"))
-            let peer = index == 0 ? "west" : "east"
-            try dir.write("\(site)/ssl/peers/\(peer).pem", identities[1 - index].certificatePEM)
+            try IdentityGenerator.write(identities[index], certificatePath: dir.file("\(site)/m1/ssl/server.crt"), privateKeyPath: dir.file("\(site)/m1/ssl/server.key"))
+            try dir.write("\(site).pem", identities[index].certificatePEM)
+            let key = Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
             for manager in 1...2 {
+                try SecureFile.write(Array(key.utf8), to: dir.file("\(site)/m\(manager)/secrets.key"), mode: 0o600)
                 try dir.write("\(site)/m\(manager).yaml", """
                     site: {name: \(site)}
-                    data_dir: data
-                    identity: {certificate: ssl/server.crt, private_key: ssl/server.key}
+                    data_dir: m\(manager)/data
+                    secrets: {key_file: m\(manager)/secrets.key}
+                    identity: {certificate: m\(manager)/ssl/server.crt, private_key: m\(manager)/ssl/server.key}
                     storage: {postgres: {url: "\(databases[site]!)", pool_size: 4}}
                     listeners:
                       client: {bind: 127.0.0.1, port: 0}
                       client_plain: {enabled: false}
-                      replication: {bind: 127.0.0.1, port: 0, trust: ssl/peers/}
+                      replication: {bind: 127.0.0.1, port: 0}
                       console: {enabled: false}
                       reporting: {enabled: false}
                       webservices: {bind: 127.0.0.1, port: 0}
@@ -72,6 +76,12 @@ import Testing
         }
         func api(_ name: String) throws -> String { "https://127.0.0.1:\(try #require(managers[name]?.boundPort(.webservices)))/api/v1" }
         func replication(_ name: String) throws -> String { "https://127.0.0.1:\(try #require(managers[name]?.boundPort(.replication)))" }
+        // The second manager of each site took the site's identity from the database.
+        for (index, site) in ["east", "west"].enumerated() {
+            let probe = try await TLSProbe.connect(port: try #require(managers["\(site)/m2"]?.boundPort(.client), "\(managers["\(site)/m2"]?.text ?? "")"))
+            #expect(try probe.peerCertificate?.sha256Hex() == (try NIOSSLCertificate.fromPEMBytes(Array(identities[index].certificatePEM.utf8)).first?.sha256Hex()))
+            await probe.close()
+        }
 
         let portico = try #require(ServerProcess.executable)
         for site in ["east", "west"] {
@@ -81,10 +91,10 @@ import Testing
         }
         // East calls west's first manager, west calls east's second: every manager is involved.
         let eastPeer = try await Tools.run(portico, ["peer", "add", "--config", dir.file("east/m1.yaml"), "--name", "west", "--url", try replication("west/m1"),
-                                                     "--certificate", dir.file("east/ssl/peers/west.pem")])
+                                                     "--certificate", dir.file("west.pem")])
         #expect(eastPeer.status == 0, "\(eastPeer.output)")
         let westPeer = try await Tools.run(portico, ["peer", "add", "--config", dir.file("west/m1.yaml"), "--name", "east", "--url", try replication("east/m2"),
-                                                     "--certificate", dir.file("west/ssl/peers/east.pem")])
+                                                     "--certificate", dir.file("east.pem")])
         #expect(westPeer.status == 0, "\(westPeer.output)")
 
         try await APIClient.with { client in

@@ -291,7 +291,7 @@ import Yams
                     let challenge = RemoteHelp.makeChallenge(now: Int64(Date().timeIntervalSince1970 * 1000))
                     let help = try await api.call(.POST, "/devices/\(deviceID)/remote-help", token: token, json: "{\"challenge\":\"\(challenge)\"}")
                     let response = try #require(help.json["response"] as? String)
-                    let managerKey = try ManagerKeys.loadOrCreate(in: manager.directory + "/data").agreement.publicKey.rawRepresentation
+                    let managerKey = manager.keys.agreement.publicKey.rawRepresentation
                     #expect(try await agent.verifyRemoteHelp(response: response, challenge: challenge, managerAgreementKey: Array(managerKey)))
 
                     // Events the agent reports are queryable.

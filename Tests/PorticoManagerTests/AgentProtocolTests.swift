@@ -20,7 +20,7 @@ import X509
             #expect(device.hostname == "laptop-1" && device.signingKey == Array(keys.signing.publicKey.rawRepresentation))
             #expect(try await manager.store.groupIDs(ofDevice: state.deviceID) == [group.id])
             // The site key arrived sealed to the agent and matches the manager's.
-            let managerKeys = try ManagerKeys.loadOrCreate(in: manager.directory + "/data")
+            let managerKeys = manager.keys
             #expect(state.siteKey == Base64URL.encode(managerKeys.siteKey.withUnsafeBytes { Array($0) }))
             // Two machines with the same hostname are two devices.
             let twin = try await AgentClient.enroll(bootstrap: manager.bootstrap, token: try await manager.makeToken(), hostname: "laptop-1", os: "windows 11")
@@ -228,7 +228,7 @@ import X509
                 // the manager; the device accepts it, and not a wrong one.
                 let challenge = RemoteHelp.makeChallenge(now: Int64(Date().timeIntervalSince1970 * 1000))
                 let response = try await manager.agent.remoteHelpResponse(deviceID: deviceID, challenge: challenge)
-                let managerKey = try ManagerKeys.loadOrCreate(in: manager.directory + "/data").agreement.publicKey.rawRepresentation
+                let managerKey = manager.keys.agreement.publicKey.rawRepresentation
                 #expect(try await agent.verifyRemoteHelp(response: response, challenge: challenge, managerAgreementKey: Array(managerKey)))
                 #expect(try await agent.verifyRemoteHelp(response: "00000000" == response ? "11111111" : "00000000", challenge: challenge, managerAgreementKey: Array(managerKey)) == false)
 

@@ -82,7 +82,7 @@ import Testing
 
     @Test func everyRefusedEnrollmentAndHandshakeIsAuditedWithItsReason() async throws {
         try await TestManager.with { manager in
-            let managerKeys = try ManagerKeys.loadOrCreate(in: manager.directory + "/data")
+            let managerKeys = manager.keys
             let now = Int64(Date().timeIntervalSince1970 * 1000)
             let request = { (keys: DeviceKeys, time: Int64, signed: Bool) in try Self.enrollRequest(keys, at: time, signed: signed) }
             let sealed = { (request: EnrollRequest, recipient: Curve25519.KeyAgreement.PublicKey) in try Self.sealed(request, to: recipient) }

@@ -389,9 +389,11 @@ import Testing
             """, file: "/srv/conf/portico.yaml")
         #expect(config.peers == [PeerConfiguration(name: "site-b", url: "https://b.example:8444", certificate: "/srv/conf/peers/b.crt"),
                                  PeerConfiguration(name: "site-c", url: "https://c.example:8444", certificate: "/srv/conf/peers/c.crt", history: "send")])
-        // The replication listener trusts them, each named by its key for messages.
+        // The replication listener trusts them, each named by its key for messages, and the
+        // manager's copy of the peers' certificates the database holds, once there is one.
         #expect(config.gateway.listeners[.replication]?.extraTrust == [TrustedFile(file: "/srv/conf/peers/b.crt", key: "peers[0].certificate"),
-                                                                       TrustedFile(file: "/srv/conf/peers/c.crt", key: "peers[1].certificate")])
+                                                                       TrustedFile(file: "/srv/conf/peers/c.crt", key: "peers[1].certificate"),
+                                                                       TrustedFile(file: "/srv/conf/data/peers", key: "data_dir", optional: true)])
     }
 
     /// A peer's certificate that cannot be read is reported where the file names it, by the

@@ -30,6 +30,8 @@ struct TestManager {
     /// `https://127.0.0.1:<port>` on the replication listener (mutual TLS; trusts `ssl/peers/`).
     let replicationURL: String
     let links: PeerLinks
+    /// The site's agent keys, as the database keeps them.
+    let keys: ManagerKeys
 
     static var quiet: Logger {
         var logger = Logger(label: "portico-manager-test")
@@ -74,10 +76,13 @@ struct TestManager {
         let prepared = try ConfigurationCheck.prepare(config.gateway, generateMissing: true, cache: cache)
         let identity = try #require(prepared.identity(of: .client))
         let store = try await Store.open(.sqlite(path: config.dataDirectory + "/portico.sqlite"), siteID: config.siteName, logger: quiet)
-        let agent = AgentService(store: store, keys: try ManagerKeys.loadOrCreate(in: config.dataDirectory), identity: { identity.current }, configuration: configuration, logger: quiet)
+        let vault = try ManagerServices.vault(config, store: store)
+        let keys = try await ManagerKeys.load(from: vault, legacyDirectory: config.dataDirectory)
+        let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: configuration, logger: quiet)
         var services = ServiceRegistry()
         services.register("agent", agent)
-        let rotation = IdentityRotation(configuration: config.gateway, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store, logger: quiet)
+        let rotation = IdentityRotation(configuration: config.gateway, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store,
+                                        sync: IdentitySync(vault: vault, configuration: config.gateway, dataDirectory: config.dataDirectory), logger: quiet)
         try await ManagerServices.syncConfiguredPeers(config, store: store)
         let metrics = GatewayMetrics()
         let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", configured: config.peers, timing: linkTiming,
@@ -100,7 +105,7 @@ struct TestManager {
             gateway: gateway, store: store, agent: agent, directory: directory, httpsURL: https, plainURL: plain,
             bootstrap: BootstrapFile(site: config.siteName, managerURLs: [https, plain], pinned: PinnedCertificates(pem: [identity.current.certificatePEM], authorities: identity.current.authorityPEMs)),
             identity: identity, api: api, rotation: rotation, apiURL: apiURL, consoleURL: consoleURL, reportingURL: reportingURL,
-            replicationURL: replicationURL, links: links)
+            replicationURL: replicationURL, links: links, keys: keys)
         do {
             let result = try await body(manager)
             links.stopPullers()

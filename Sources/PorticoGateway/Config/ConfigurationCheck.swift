@@ -111,7 +111,7 @@ public enum ConfigurationCheck {
                     continue
                 }
             }
-            for extra in listener.extraTrust {
+            for extra in listener.extraTrust where !(extra.optional && !FileContents.exists(extra.file)) {
                 do {
                     trust += try TrustBundle.load(extra.file)
                 } catch {

@@ -267,10 +267,13 @@ public struct SourceLocation: Sendable, Equatable, CustomStringConvertible {
 public struct TrustedFile: Sendable, Equatable {
     public var file: String
     public var key: String
+    /// Skipped while it does not exist (a folder the program fills at run time).
+    public var optional: Bool
 
-    public init(file: String, key: String) {
+    public init(file: String, key: String, optional: Bool = false) {
         self.file = file
         self.key = key
+        self.optional = optional
     }
 }
 

@@ -90,7 +90,7 @@ public enum StagedIdentity {
         return (folder + "/server.crt", folder + "/server.key")
     }
 
-    static func planPath(_ configuration: GatewayConfiguration) -> String {
+    public static func planPath(_ configuration: GatewayConfiguration) -> String {
         Paths.directory(of: configuration.identity.certificate) + "/next/rotation.json"
     }
 

@@ -36,7 +36,7 @@ public final class AgentService: HTTPService {
     private let keys: ManagerKeys
     private let identity: @Sendable () -> ServerIdentity
     private let configuration: Configuration
-    private let sessions = SessionTable()
+    private let sessions: SessionTable
     private let logger: Logger
     private let nextCertificate = NIOLockedValueBox<(pem: String, authorities: [String])?>(nil)
     private let inFlight = NIOLockedValueBox(0)
@@ -47,9 +47,13 @@ public final class AgentService: HTTPService {
     private let authenticator: OperatorAuthenticator
     private let operations: ManagerOperations
 
-    /// - Parameter identity: the manager's current identity (certificate and signing key).
-    public init(store: Store, keys: ManagerKeys, identity: @escaping @Sendable () -> ServerIdentity, configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.agent")) {
+    /// - Parameters:
+    ///   - identity: the manager's current identity (certificate and signing key).
+    ///   - secrets: the site's secrets key, which seals session keys in the database.
+    public init(store: Store, keys: ManagerKeys, secrets: SecretsKey, identity: @escaping @Sendable () -> ServerIdentity, configuration: Configuration = Configuration(),
+                logger: Logger = Logger(label: "portico.agent")) {
         self.store = store
+        self.sessions = SessionTable(store: store, secrets: secrets, keepEndedMilliseconds: 2 * configuration.clockSkewMilliseconds)
         self.keys = keys
         self.identity = identity
         self.configuration = configuration
@@ -67,10 +71,11 @@ public final class AgentService: HTTPService {
         nextCertificate.withLockedValue { $0 = pem.map { ($0, authorities) } }
     }
 
-    /// Open sessions, for metrics and tests.
+    /// Sessions this manager has cached, for metrics and tests.
     public var openSessions: Int { sessions.count }
 
-    /// Ends a device's sessions at once (after revoking or wiping it).
+    /// Forgets a device's cached sessions (after revoking or wiping it; the database ends
+    /// them for every manager of the site).
     public func endSessions(ofDevice deviceID: String) {
         sessions.removeSessions(ofDevice: deviceID)
     }
@@ -228,9 +233,6 @@ public final class AgentService: HTTPService {
         guard let ephemeralBytes = Base64URL.decode(handshake.ephemeralKey), let agentEphemeral = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: ephemeralBytes),
               let nonce = Base64URL.decode(handshake.nonce), nonce.count == 16
         else { throw ProtocolError(.malformed, "the handshake's ephemeral key or nonce is not well formed") }
-        guard sessions.claimNonce(handshake.nonce, until: now + 2 * configuration.clockSkewMilliseconds, now: now) else {
-            throw ProtocolError(.replayed, "this handshake was seen before")
-        }
         let ephemeral = Curve25519.KeyAgreement.PrivateKey()
         let sessionID = (0..<16).map { _ in UInt8.random(in: 0...255) }
         let current = identity()
@@ -239,7 +241,7 @@ public final class AgentService: HTTPService {
         let transcript = response.transcript(request: handshake)
         response.signature = Base64URL.encode(try ManagerSignature.sign(transcript, with: current.signingKey))
         let keys = SessionKeys.derive(sharedSecret: try ephemeral.sharedSecretFromKeyAgreement(with: agentEphemeral), sessionID: sessionID, transcript: transcript)
-        sessions.add(.init(deviceID: device.id, keys: keys, expiresMilliseconds: response.expiresMilliseconds, lastCounter: 0))
+        try await sessions.open(.init(deviceID: device.id, keys: keys, expiresMilliseconds: response.expiresMilliseconds, lastCounter: 0), nonce: handshake.nonce, now: now)
         return try Self.json(response)
     }
 
@@ -247,29 +249,42 @@ public final class AgentService: HTTPService {
         let bytes = Array(request.body.readableBytesView)
         let (sessionID, counter) = try Envelope.header(of: bytes)
         let now = Int64(HybridLogicalClock.wallMilliseconds())
-        let session = try sessions.session(sessionID, now: now)
+        let session = try await sessions.session(sessionID, now: now)
         subject = "device:" + session.deviceID
-        // A counter already passed is refused without opening the message; any other counter
-        // is taken only once the message authenticates under the session's keys.
+        // A counter this manager saw taken is refused without opening the message. Any other
+        // is taken by the database, in the transaction of what the message does, once the
+        // message authenticates under the session's keys: one that does not (tampered, or
+        // forged by someone who only saw the session id) leaves it where it was, and one
+        // another manager took already is refused there.
         guard counter > session.lastCounter else {
             throw ProtocolError(.replayed, "message counter \(counter) is not above \(session.lastCounter): replayed or reordered")
         }
         let (_, plaintext) = try Envelope.open(bytes, keys: session.keys, direction: .agentToManager)
-        try sessions.accept(sessionID: sessionID, counter: counter)
-        // From here the message is the device's own: what is wrong with it is answered sealed.
+        let advance = SessionAdvance(sessionID: sessionID, counter: counter, nowMilliseconds: now)
+        var taken = false
         let reply: ManagerMessage
         do {
-            let message: AgentMessage
-            do { message = try JSONDecoder().decode(AgentMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the message is not a known agent message") }
-            reply = try await handle(message, deviceID: session.deviceID, now: now)
-        } catch let error as ProtocolError {
-            await refused("device.message", subject: subject, request: request, error)
-            reply = .error(error)
-        } catch let error as StoreError where error.kind == .invalidValue {
-            let malformed = ProtocolError(.malformed, error.message)
-            await refused("device.message", subject: subject, request: request, malformed)
-            reply = .error(malformed)
+            // From here the message is the device's own: what is wrong with it is answered
+            // sealed, once its counter is taken (a reply is never sealed twice with one counter).
+            do {
+                let message: AgentMessage
+                do { message = try JSONDecoder().decode(AgentMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the message is not a known agent message") }
+                reply = try await handle(message, deviceID: session.deviceID, advance: advance, taken: &taken)
+            } catch let error as ProtocolError {
+                await refused("device.message", subject: subject, request: request, error)
+                if !taken { try await operations.advanceSession(advance) }
+                reply = .error(error)
+            } catch let error as StoreError where error.kind == .invalidValue {
+                let malformed = ProtocolError(.malformed, error.message)
+                await refused("device.message", subject: subject, request: request, malformed)
+                if !taken { try await operations.advanceSession(advance) }
+                reply = .error(malformed)
+            }
+        } catch let refusal as SessionRefusal {
+            if refusal == .ended { sessions.forget(sessionID) }
+            throw refusal.protocolError
         }
+        sessions.taken(sessionID: sessionID, counter: counter)
         let sealed = try Envelope.seal(Array(try JSONEncoder().encode(reply)), keys: session.keys, counter: counter, direction: .managerToAgent)
         return GatewayResponse(status: .ok, headers: ["content-type": "application/octet-stream"], body: ByteBuffer(bytes: sealed))
     }
@@ -279,12 +294,16 @@ public final class AgentService: HTTPService {
         id.utf8.count == 34 && id.hasPrefix("d-") && id.utf8.dropFirst(2).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
     }
 
-    private func handle(_ message: AgentMessage, deviceID: String, now: Int64) async throws -> ManagerMessage {
+    /// Does what a message asks. The message's counter is taken in the same transaction when
+    /// its work is one write, before the work otherwise; `taken` says when it was.
+    private func handle(_ message: AgentMessage, deviceID: String, advance: SessionAdvance, taken: inout Bool) async throws -> ManagerMessage {
+        let now = advance.nowMilliseconds
         switch message {
         case .checkIn(let checkIn):
-            guard let (serial, commands) = try await operations.checkIn(CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints)) else {
-                throw ProtocolError(.unknownDevice, "the device no longer exists")
-            }
+            let outcome = try await operations.checkIn(
+                CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints), advancing: advance)
+            taken = true
+            guard let (serial, commands) = outcome else { throw ProtocolError(.unknownDevice, "the device no longer exists") }
             let loaded = inFlight.withLockedValue { $0 } > configuration.backOffAbove
             let next = nextCertificate.withLockedValue { $0 }
             let base = configuration.checkInIntervalSeconds * (loaded ? 2 : 1)
@@ -295,6 +314,8 @@ public final class AgentService: HTTPService {
                 nextCheckInSeconds: base + Int.random(in: -jitter...jitter), backOff: loaded,
                 nextCertificate: next?.pem, nextAuthorities: next.flatMap { $0.authorities.isEmpty ? nil : $0.authorities }))
         case .fetchPolicy:
+            try await operations.advanceSession(advance)
+            taken = true
             let serial = try await store.policySerial()
             let policies = try await store.publishedPolicies(forDevice: deviceID)
             let current = identity()
@@ -309,10 +330,14 @@ public final class AgentService: HTTPService {
             return .policy(bundle)
         case .events(let events):
             guard events.count <= 1000 else { throw ProtocolError(.malformed, "at most 1000 events in one batch") }
-            try await operations.ingestEvents(events.map { EventRecord(deviceID: deviceID, eventID: $0.id, kind: $0.kind, occurredMilliseconds: $0.occurredMilliseconds, body: $0.body) })
+            try await operations.ingestEvents(events.map { EventRecord(deviceID: deviceID, eventID: $0.id, kind: $0.kind, occurredMilliseconds: $0.occurredMilliseconds, body: $0.body) },
+                                              advancing: advance)
+            taken = true
             // Durable now, new or seen before: every id is acknowledged.
             return .eventsAccepted(events.map(\.id))
         case .commandResult(let result):
+            try await operations.advanceSession(advance)
+            taken = true
             let closed: CommandRecord?
             do {
                 closed = try await operations.acknowledgeCommand(id: result.commandID, deviceID: deviceID, succeeded: result.succeeded, result: result.detail, now: now)

@@ -31,12 +31,16 @@ public final class IdentityRotation: Service, Sendable {
     let store: Store
     let logger: Logger
     let interval: Duration
+    /// Keeps the identity the same on every manager of the site, through the database.
+    let sync: IdentitySync?
     /// The staged identity last announced, by fingerprint, to parse the files only when they change.
     private let announced = NIOLockedValueBox<(fingerprint: [UInt8], pem: String)?>(nil)
 
     /// - Parameter identities: the live identities the listeners serve, reloaded after a switch.
-    public init(configuration: GatewayConfiguration, identities: [ReloadableIdentity], agent: AgentService, store: Store, interval: Duration = .seconds(5),
+    /// - Parameter sync: the site's identity in the database, exchanged at every step.
+    public init(configuration: GatewayConfiguration, identities: [ReloadableIdentity], agent: AgentService, store: Store, sync: IdentitySync? = nil, interval: Duration = .seconds(5),
                 logger: Logger = Logger(label: "portico.identity")) {
+        self.sync = sync
         self.configuration = configuration
         self.identities = identities
         self.agent = agent
@@ -55,10 +59,13 @@ public final class IdentityRotation: Service, Sendable {
         }
     }
 
-    /// One step: pick up live files changed outside (a forced switch from the CLI), announce
-    /// the staged identity, and switch when the plan's share is reached. Returns the status.
+    /// One step: exchange the identity with the site's (another manager's rotation or import
+    /// arrives, this one's leaves), pick up live files changed outside (a forced switch from
+    /// the CLI), announce the staged identity, and switch when the plan's share is reached.
+    /// Returns the status.
     @discardableResult
     public func tick(now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> Status? {
+        try await exchange()
         for identity in identities {
             // The gateway's own check would find these unchanged afterwards: say it here.
             if case .reloaded = identity.reload() {
@@ -76,9 +83,20 @@ public final class IdentityRotation: Service, Sendable {
             logger.notice("switching to the staged identity", metadata: [
                 "fingerprint": "\(status.fingerprintHex)", "acknowledged": "\(status.acknowledged)", "active": "\(status.active)"])
             try switchNow()
+            try await exchange()
             return status
         }
         return status
+    }
+
+    /// Exchanges the identity with the site's now: after a change on this manager, so that
+    /// the others have it within their next step.
+    public func exchange() async throws {
+        guard let sync else { return }
+        if try await sync.exchange() == .adopted {
+            logger.notice("took the site's identity from the database")
+            reloadLive()
+        }
     }
 
     /// Where the rotation stands, or nil when nothing is staged. Announces the staged identity.
@@ -105,6 +123,7 @@ public final class IdentityRotation: Service, Sendable {
         let paths = StagedIdentity.paths(configuration)
         try IdentityGenerator.write(generated, certificatePath: paths.certificate, privateKeyPath: paths.key)
         try StagedIdentity.writePlan(plan, configuration)
+        try await exchange()
         guard let status = try await status() else { throw RotationError("the staged identity does not load") }
         return status
     }

@@ -29,6 +29,7 @@ extension ManagerOperations {
     public func revokeDevice(id: String, by actor: Actor) async throws {
         try await store.write { transaction in
             try await transaction.setDeviceState(id: id, to: .revoked)
+            try await transaction.endAgentSessions(ofDevice: id)
             try await transaction.audit(actor.entry("device.revoke", target: id))
         }
         agent?.endSessions(ofDevice: id)
@@ -38,6 +39,7 @@ extension ManagerOperations {
     public func deleteDevice(id: String, by actor: Actor) async throws {
         try await store.write { transaction in
             try await transaction.deleteDevice(id: id)
+            try await transaction.endAgentSessions(ofDevice: id)
             try await transaction.audit(actor.entry("device.delete", target: id))
         }
         agent?.endSessions(ofDevice: id)
@@ -67,13 +69,29 @@ extension ManagerOperations {
 
     /// Records a check-in; returns the policy serial and the commands now delivered, or nil
     /// when the device no longer exists.
-    public func checkIn(_ checkIn: CheckIn) async throws -> (policySerial: Int64, commands: [CommandRecord])? {
-        try await store.checkIn(checkIn)
+    /// The message's counter is taken in the same transaction: a replay changes nothing.
+    public func checkIn(_ checkIn: CheckIn, advancing: SessionAdvance) async throws -> (policySerial: Int64, commands: [CommandRecord])? {
+        try await store.checkIn(checkIn, advancing: advancing)
     }
 
     /// Stores a batch of a device's events; ids seen before are kept once.
-    public func ingestEvents(_ events: [EventRecord]) async throws {
-        _ = try await store.ingestEvents(events)
+    public func ingestEvents(_ events: [EventRecord], advancing: SessionAdvance) async throws {
+        _ = try await store.ingestEvents(events, advancing: advancing)
+    }
+
+    /// Opens an agent session; false when its handshake nonce was seen before.
+    public func openAgentSession(_ session: AgentSessionRecord, nonce: String, now: Int64) async throws -> Bool {
+        try await store.openAgentSession(session, nonce: nonce, now: now)
+    }
+
+    /// Takes a message's counter, for a message whose work is not one write.
+    public func advanceSession(_ advance: SessionAdvance) async throws {
+        try await store.advanceSession(advance)
+    }
+
+    /// Forgets sessions that ended before `before`, with their handshake nonces.
+    public func removeEndedAgentSessions(before: Int64) async throws -> Int {
+        try await store.removeEndedAgentSessions(before: before)
     }
 
     /// Closes a command with the device's result and moves the device's state with a lock,

@@ -36,3 +36,26 @@ extension ManagerOperations {
         try await store.recordFleetSnapshot(summary, at: milliseconds)
     }
 }
+
+/// The site's secrets, sealed by the manager before they reach the store.
+extension ManagerOperations {
+    /// Stores a secret the site does not have yet; false when another manager stored it first.
+    public func createSiteSecret(_ name: String, _ secret: SealedSecret) async throws -> Bool {
+        try await store.write { transaction in
+            let created = try await transaction.insertSecretIfAbsent(name, secret)
+            if created { try await transaction.audit(AuditEntry(actor: "manager", action: "site.secret.create", target: name, source: "local", result: "ok", detail: "key \(secret.keyID)")) }
+            return created
+        }
+    }
+
+    /// Replaces a secret of the site (an identity imported, staged or switched on a manager).
+    /// - Returns: its new version.
+    @discardableResult
+    public func replaceSiteSecret(_ name: String, _ secret: SealedSecret, detail: String) async throws -> Int64 {
+        try await store.write { transaction in
+            let version = try await transaction.replaceSecret(name, secret)
+            try await transaction.audit(AuditEntry(actor: "manager", action: "site.secret.replace", target: name, source: "local", result: "ok", detail: detail))
+            return version
+        }
+    }
+}

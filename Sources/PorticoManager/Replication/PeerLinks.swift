@@ -70,12 +70,18 @@ public final class PeerLinks: Service, Sendable {
     public let changes = ChangeFeed()
     /// How this manager names itself when it holds a pull lease.
     public let instance: String
+    /// This manager's copy of the peers' certificates the database holds, as `<name>.pem`,
+    /// which its replication listener trusts.
+    let peersFolder: String?
     private let board = NIOLockedValueBox<[String: Status]>([:])
     private let pullers = NIOLockedValueBox<[String: Task<Void, Never>]>([:])
+    private let trustChanged = NIOLockedValueBox<(@Sendable () async -> Void)?>(nil)
 
+    /// - Parameter peersFolder: where to keep the copy of the peers' certificates.
     public init(store: Store, identity: @escaping @Sendable () -> ServerIdentity, trustFolder: String?, configured: [PeerConfiguration] = [],
-                schemaVersion: Int = Store.latestSchemaVersion, timing: Timing = Timing(), metrics: PrometheusCollectorRegistry? = nil,
+                peersFolder: String? = nil, schemaVersion: Int = Store.latestSchemaVersion, timing: Timing = Timing(), metrics: PrometheusCollectorRegistry? = nil,
                 logger: Logger = Logger(label: "portico.replication")) {
+        self.peersFolder = peersFolder
         self.store = store
         self.identity = identity
         self.trustFolder = trustFolder
@@ -131,7 +137,9 @@ public final class PeerLinks: Service, Sendable {
     @discardableResult
     public func checkAll() async throws -> [Status] {
         var statuses: [Status] = []
-        for peer in try await store.peers() {
+        let peers = try await store.peers()
+        await copyCertificates(peers)
+        for peer in peers {
             let hello = await hello(peer)
             let (before, status) = update(peer.name) { status in
                 status.connected = hello.connected
@@ -147,6 +155,35 @@ public final class PeerLinks: Service, Sendable {
             statuses.append(status)
         }
         return statuses
+    }
+
+    /// Runs `handler` when the peers' certificates this manager trusts change (a peer added or
+    /// removed on any manager of the site): `serve` reloads the listeners with it.
+    public func onTrustChange(_ handler: @escaping @Sendable () async -> Void) {
+        trustChanged.withLockedValue { $0 = handler }
+    }
+
+    /// Brings ``peersFolder`` up to date with the peers in the database.
+    func copyCertificates(_ peers: [PeerRecord]) async {
+        guard let folder = peersFolder else { return }
+        let wanted = Dictionary(peers.compactMap { peer in peer.certificatePEM.map { (peer.name + ".pem", Array($0.utf8)) } }, uniquingKeysWith: { first, _ in first })
+        let present = Set((try? FileManager.default.contentsOfDirectory(atPath: folder))?.filter { $0.hasSuffix(".pem") } ?? [])
+        var changed = false
+        do {
+            for (file, pem) in wanted where FileManager.default.contents(atPath: folder + "/" + file).map(Array.init) != pem {
+                try SecureFile.write(pem, to: folder + "/" + file, mode: 0o644)
+                changed = true
+            }
+            for file in present.subtracting(wanted.keys) {
+                try FileManager.default.removeItem(atPath: folder + "/" + file)
+                changed = true
+            }
+        } catch {
+            logger.error("the peers' certificates cannot be copied", metadata: ["folder": "\(folder)", "error": "\(error)"])
+        }
+        guard changed else { return }
+        logger.notice("peers' certificates changed; the replication listener trusts the new set", metadata: ["peers": "\(wanted.keys.sorted())"])
+        if let handler = trustChanged.withLockedValue({ $0 }) { await handler() }
     }
 
     /// Changes a link's status; returns it before and after.
@@ -168,9 +205,10 @@ public final class PeerLinks: Service, Sendable {
 
     /// A client that presents this manager's identity and trusts only the peer's certificate.
     private func client(for peer: PeerRecord) throws -> HTTPClient {
-        guard let path = configured[peer.name] ?? trustFolder.map({ $0 + "/" + peer.name + ".pem" }), let pem = FileManager.default.contents(atPath: path),
-              let certificates = try? NIOSSLCertificate.fromPEMBytes(Array(pem)), !certificates.isEmpty else {
-            throw ManagerError("no certificate for \(peer.name) in the config file's peers or the replication trust folder")
+        let pem = peer.certificatePEM.map { Array($0.utf8) }
+            ?? (configured[peer.name] ?? trustFolder.map({ $0 + "/" + peer.name + ".pem" })).flatMap { FileManager.default.contents(atPath: $0).map(Array.init) }
+        guard let pem, let certificates = try? NIOSSLCertificate.fromPEMBytes(pem), !certificates.isEmpty else {
+            throw ManagerError("no certificate for \(peer.name) in the database, the config file's peers or the replication trust folder")
         }
         let own = identity()
         var tls = TLSConfiguration.makeClientConfiguration()

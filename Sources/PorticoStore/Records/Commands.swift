@@ -169,11 +169,14 @@ extension CommandRecord {
 extension Store {
     /// A whole check-in in one write: records it, reads the site's policy serial, and takes
     /// the device's pending commands (marking them delivered). Returns nil for an unknown device.
-    public func checkIn(_ checkIn: CheckIn) async throws -> (policySerial: Int64, commands: [CommandRecord])? {
+    /// - Parameter advancing: the message's place in its session, taken first in the same
+    ///   transaction; a replay changes nothing (``SessionRefusal``).
+    public func checkIn(_ checkIn: CheckIn, advancing: SessionAdvance? = nil) async throws -> (policySerial: Int64, commands: [CommandRecord])? {
         try Validate.identifier(checkIn.deviceID, field: "checkin.device_id")
         try Validate.text(checkIn.status, field: "checkin.status", maxBytes: 4096)
         try Validate.nonNegative(checkIn.policySerial, field: "checkin.policy_serial")
         return try await write { transaction in
+            if let advancing { try await transaction.advanceSession(advancing) }
             // One statement in the usual case (no command waiting): the update, the serial and
             // whether commands wait come back together. Each statement is a trip to the
             // database's thread and back.

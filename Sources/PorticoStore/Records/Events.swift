@@ -34,11 +34,15 @@ extension Store {
     /// Returns the ids that were new. When this returns, the batch is durable.
     /// - Throws: ``StoreError`` naming the first invalid field; nothing of the batch is stored then.
     @discardableResult
-    public func ingestEvents(_ events: [EventRecord]) async throws -> [String] {
+    /// - Parameter advancing: the message's place in its session, taken first in the same
+    ///   transaction (``SessionRefusal``).
+    public func ingestEvents(_ events: [EventRecord], advancing: SessionAdvance? = nil) async throws -> [String] {
         for event in events { try event.validate() }
+        if events.isEmpty, let advancing { try await advanceSession(advancing) }
         guard !events.isEmpty else { return [] }
         let received = Int64(HybridLogicalClock.wallMilliseconds())
         return try await write { transaction in
+            if let advancing { try await transaction.advanceSession(advancing) }
             var inserted: [String] = []
             var keys: [String] = []
             let hlc = Int64(bitPattern: transaction.timestamp())

@@ -10,8 +10,11 @@ public struct PeerRecord: Sendable, Equatable {
     public var siteID: String?
     /// Which way events and audit entries go with this peer.
     public var history: PeerHistory
+    /// The peer's certificate (PEM), which every manager of this site trusts and pins.
+    public var certificatePEM: String?
 
-    public init(name: String, url: String, certificateFingerprint: String, siteID: String? = nil, history: PeerHistory = .both) {
+    public init(name: String, url: String, certificateFingerprint: String, siteID: String? = nil, history: PeerHistory = .both, certificatePEM: String? = nil) {
+        self.certificatePEM = certificatePEM
         self.name = name
         self.url = url
         self.certificateFingerprint = certificateFingerprint
@@ -62,10 +65,11 @@ extension Store {
 
     public func peers() async throws -> [PeerRecord] {
         try await read { db in
-            try await db.raw("SELECT name, url, certificate_fingerprint, site_id, history FROM peers ORDER BY name").all().map {
+            try await db.raw("SELECT name, url, certificate_fingerprint, site_id, history, certificate_pem FROM peers ORDER BY name").all().map {
                 PeerRecord(name: try $0.decode(column: "name", as: String.self), url: try $0.decode(column: "url", as: String.self),
                            certificateFingerprint: try $0.decode(column: "certificate_fingerprint", as: String.self), siteID: try $0.decode(column: "site_id", as: String?.self),
-                           history: PeerHistory(rawValue: try $0.decode(column: "history", as: String.self)) ?? .both)
+                           history: PeerHistory(rawValue: try $0.decode(column: "history", as: String.self)) ?? .both,
+                           certificatePEM: try $0.decode(column: "certificate_pem", as: String?.self))
             }
         }
     }
@@ -106,9 +110,9 @@ extension Transaction {
             throw StoreError(kind: .conflict, message: "a peer named \(peer.name) already exists")
         }
         try await database.raw("""
-            INSERT INTO peers (name, url, certificate_fingerprint, site_id, history, added_ms)
+            INSERT INTO peers (name, url, certificate_fingerprint, site_id, history, added_ms, certificate_pem)
             VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), \(bind: peer.siteID), \(bind: peer.history.rawValue),
-                    \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
+                    \(bind: Int64(HybridLogicalClock.wallMilliseconds())), \(bind: peer.certificatePEM))
             """).run()
     }
 
@@ -117,9 +121,11 @@ extension Transaction {
         try Validate.identifier(peer.name, field: "peer.name", maxLength: 64)
         guard peer.url.hasPrefix("https://") else { throw StoreError.invalid("peer.url", "must be an https:// URL") }
         try await database.raw("""
-            INSERT INTO peers (name, url, certificate_fingerprint, site_id, history, added_ms)
-            VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), NULL, \(bind: peer.history.rawValue), \(bind: Int64(HybridLogicalClock.wallMilliseconds())))
-            ON CONFLICT (name) DO UPDATE SET url = excluded.url, certificate_fingerprint = excluded.certificate_fingerprint, history = excluded.history
+            INSERT INTO peers (name, url, certificate_fingerprint, site_id, history, added_ms, certificate_pem)
+            VALUES (\(bind: peer.name), \(bind: peer.url), \(bind: peer.certificateFingerprint.lowercased()), NULL, \(bind: peer.history.rawValue), \(bind: Int64(HybridLogicalClock.wallMilliseconds())),
+                    \(bind: peer.certificatePEM))
+            ON CONFLICT (name) DO UPDATE SET url = excluded.url, certificate_fingerprint = excluded.certificate_fingerprint, history = excluded.history,
+            certificate_pem = excluded.certificate_pem
             """).run()
     }
 

@@ -183,6 +183,29 @@ enum Migrations {
         Migration(version: 7, name: "replication leases: one manager of a site pulls each peer") { _ in
             ["CREATE TABLE replication_leases (site_id TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL)"]
         },
+        Migration(version: 8, name: "a site of managers on one database: sealed site secrets, agent sessions, peers' certificates") { d in
+            [
+                // The site's private keys and its identity, sealed with the key every manager
+                // of the site is given; `version` moves with each change so that managers
+                // notice one by reading a number.
+                """
+                CREATE TABLE site_secrets (
+                    name TEXT PRIMARY KEY, sealed \(d.blob) NOT NULL, key_id TEXT NOT NULL, version BIGINT NOT NULL, updated_ms BIGINT NOT NULL)
+                """,
+                // Agent sessions any manager of the site continues; the handshake's nonce is
+                // unique, so a handshake replayed to another manager is refused.
+                """
+                CREATE TABLE agent_sessions (
+                    id \(d.blob) PRIMARY KEY, device_id TEXT NOT NULL, sealed_keys \(d.blob) NOT NULL, expires_ms BIGINT NOT NULL,
+                    last_counter BIGINT NOT NULL, nonce TEXT NOT NULL, created_ms BIGINT NOT NULL)
+                """,
+                "CREATE UNIQUE INDEX agent_sessions_nonce ON agent_sessions (nonce)",
+                "CREATE INDEX agent_sessions_device ON agent_sessions (device_id)",
+                "CREATE INDEX agent_sessions_expiry ON agent_sessions (expires_ms)",
+                // A peer's certificate itself, so that every manager of the site trusts it.
+                "ALTER TABLE peers ADD COLUMN certificate_pem TEXT",
+            ]
+        },
     ]
 
     /// The schema version this binary writes.

@@ -173,7 +173,9 @@ extension APIService {
         } catch let error as IdentityError {
             throw APIProblem.invalid(body.pkcs12 == nil ? "certificate" : "pkcs12", "is refused: \(error.description)")
         }
-        if body.live == true { rotation.reloadLive() } else { _ = try await rotation.status() }
+        if body.live == true { rotation.reloadLive() }
+        try await rotation.exchange()
+        _ = try await rotation.status()
         try await operations.record(context.entry("identity.import", target: installed.fingerprintHex, detail: body.live == true ? "live" : "staged"))
         return try .json(try await identityView())
     }
@@ -182,6 +184,7 @@ extension APIService {
     func switchIdentity(_ context: APIContext) async throws -> APIReply {
         guard let rotation, let status = try await rotation.status() else { throw APIProblem(.conflict, "no next identity is staged; POST /api/v1/identity/rotate first") }
         try rotation.switchNow()
+        try await rotation.exchange()
         try await operations.record(context.entry("identity.switch", target: status.fingerprintHex, detail: "forced at \(status.acknowledged) of \(status.active) agents"))
         return try .json(try await identityView())
     }
