@@ -42,17 +42,24 @@ struct TestManager {
     /// - Parameters:
     ///   - site: the site's name (and id).
     ///   - before: runs with the manager's folder before anything is loaded (to place identity or peer files).
+    ///   - sharing: another manager of the same site, whose database and secrets key this one
+    ///     is given (its own folder, files and listeners otherwise), as a second `serve` would.
     static func with<T>(configuration: AgentService.Configuration = AgentService.Configuration(), api apiConfiguration: APIService.Configuration = APIService.Configuration(),
                         site: String = "test-site", before: (String) throws -> Void = { _ in }, extraYAML: String = "", linkTiming: PeerLinks.Timing = .fast,
-                        _ body: (TestManager) async throws -> T) async throws -> T {
+                        sharing other: TestManager? = nil, _ body: (TestManager) async throws -> T) async throws -> T {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("portico-manager-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try FileManager.default.createDirectory(atPath: directory + "/ssl/peers", withIntermediateDirectories: true)
         try before(directory)
+        if let other {
+            // Each manager of a site is given its own copy of the site's secrets key.
+            try FileManager.default.copyItem(atPath: other.directory + "/data/secrets.key", toPath: directory + "/secrets.key")
+        }
         let yaml = """
             site: {name: \(site)}
             data_dir: data
+            \(other == nil ? "" : "secrets: {key_file: secrets.key}")
             identity: {generate: ecdsa-p256, reload_interval: 1h}
             listeners:
               client: {bind: 127.0.0.1, port: 0, access_log: false}
@@ -73,19 +80,23 @@ struct TestManager {
         try yaml.write(toFile: directory + "/portico.yaml", atomically: true, encoding: .utf8)
         let config = try ManagerConfiguration.load(file: directory + "/portico.yaml")
         let cache = IdentityCache()
-        let prepared = try ConfigurationCheck.prepare(config.gateway, generateMissing: true, cache: cache)
-        let identity = try #require(prepared.identity(of: .client))
-        let store = try await Store.open(.sqlite(path: config.dataDirectory + "/portico.sqlite"), siteID: config.siteName, logger: quiet)
+        // As `serve` does: the site's identity from the database, or this one's to it.
+        let store = try await Store.open(.sqlite(path: (other?.directory ?? directory) + "/data/portico.sqlite"), siteID: config.siteName, logger: quiet)
         let vault = try ManagerServices.vault(config, store: store)
+        let sync = IdentitySync(vault: vault, configuration: config.gateway, dataDirectory: config.dataDirectory)
+        try await sync.exchange()
+        let prepared = try ConfigurationCheck.prepare(config.gateway, generateMissing: true, cache: cache)
+        try await sync.exchange()
+        let identity = try #require(prepared.identity(of: .client))
         let keys = try await ManagerKeys.load(from: vault, legacyDirectory: config.dataDirectory)
         let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: configuration, logger: quiet)
         var services = ServiceRegistry()
         services.register("agent", agent)
         let rotation = IdentityRotation(configuration: config.gateway, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store,
-                                        sync: IdentitySync(vault: vault, configuration: config.gateway, dataDirectory: config.dataDirectory), logger: quiet)
+                                        sync: sync, logger: quiet)
         try await ManagerServices.syncConfiguredPeers(config, store: store)
         let metrics = GatewayMetrics()
-        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", configured: config.peers, timing: linkTiming,
+        let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", configured: config.peers, peersFolder: config.peersFolder, timing: linkTiming,
                               metrics: metrics.registry, logger: quiet)
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
         services.register("api", api)
