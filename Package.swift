@@ -233,8 +233,10 @@ let package = Package(
         .testTarget(
             name: "PorticoEndToEndTests",
             dependencies: [
+                "PorticoAgent",
                 "PorticoGateway",
                 "PorticoManager",
+                "PorticoProtocol",
                 "PorticoStore",
                 "PorticoTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -70,7 +70,8 @@ public final class Store: Sendable {
             var postgres = try PostgresURL.configuration(url)
             postgres.options.maximumConnections = poolSize
             let client = PostgresClient(configuration: postgres, backgroundLogger: logger)
-            let runner = Task { await client.run() }
+            // Started at once, so that the first query never finds the client not running yet.
+            let runner = Task.immediate { await client.run() }
             engine = .postgres(client, runner: runner)
             dialect = .postgres
         }

@@ -47,11 +47,12 @@ public final class ServerProcess: Sendable {
     }
     private let output = NIOLockedValueBox(Output())
 
-    /// Starts `portico` (or another executable of the package) with `arguments`, collecting
+    /// Starts `portico` (or another executable of the package, or the program at an absolute
+    /// path) with `arguments`, collecting
     /// its standard output and error; with at most `descriptorLimit` open files when given
     /// (a shell sets the limit and then becomes the process).
     public init(_ arguments: [String], executable name: String = "portico", descriptorLimit: Int? = nil) throws {
-        let path = try #require(Self.executable(named: name), "the \(name) executable was not built beside the tests")
+        let path = name.hasPrefix("/") ? name : try #require(Self.executable(named: name), "the \(name) executable was not built beside the tests")
         if let descriptorLimit {
             child = try ChildProcess.start("/bin/sh", ["-c", "ulimit -n \(descriptorLimit) && exec \"$0\" \"$@\"", path] + arguments)
         } else {

@@ -31,15 +31,22 @@ public final class TLSProbe: Sendable {
         }
         let context = try NIOSSLContext(configuration: tls)
         let collector = Collector()
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if let sendPrefix { try channel.pipeline.syncOperations.addHandler(PrefixWriter(prefix: sendPrefix)) }
-                    try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil))
-                    try channel.pipeline.syncOperations.addHandler(collector)
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if let sendPrefix { try channel.pipeline.syncOperations.addHandler(PrefixWriter(prefix: sendPrefix)) }
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil))
+                        try channel.pipeline.syncOperations.addHandler(collector)
+                    }
                 }
-            }
-            .connect(host: "127.0.0.1", port: port).get()
+                .connect(host: "127.0.0.1", port: port).get()
+        } catch {
+            // Refused before any handshake: the promise waited for nothing.
+            collector.handshake.fail(error)
+            throw error
+        }
         try await collector.handshake.futureResult.get()
         let certificate = try await channel.eventLoop.submit {
             try channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self).peerCertificate
