@@ -37,33 +37,43 @@ import Testing
             #expect(try await b.openAgentSession(AgentSessionRecord(id: Array(16..<32), deviceID: "dev-1", sealedKeys: [1], expiresMilliseconds: now + 60_000), nonce: "n-1", now: now) == false)
             #expect(try await b.agentSession(id: id) == session)
 
+            func advance(_ counter: UInt64, session: [UInt8] = id) -> SessionAdvance { SessionAdvance(deviceID: "dev-1", sessionID: session, counter: counter) }
             let checkIn = CheckIn(deviceID: "dev-1", atMilliseconds: now, policySerial: 0, status: "ok", pinned: [])
-            #expect(try await a.checkIn(checkIn, advancing: SessionAdvance(sessionID: id, counter: 1, nowMilliseconds: now)) != nil)
-            #expect(try await b.checkIn(checkIn, advancing: SessionAdvance(sessionID: id, counter: 2, nowMilliseconds: now)) != nil)
+            #expect(try await a.checkIn(checkIn, advancing: advance(1)) != nil)
+            #expect(try await b.checkIn(checkIn, advancing: advance(2)) != nil)
             // Counter 2 again, at either manager: refused, and the check-in it carried changes nothing.
             for store in [a, b] {
                 await #expect(throws: SessionRefusal.replayed) {
-                    _ = try await store.checkIn(CheckIn(deviceID: "dev-1", atMilliseconds: now + 5, policySerial: 9, status: "replayed", pinned: []),
-                                                advancing: SessionAdvance(sessionID: id, counter: 2, nowMilliseconds: now))
+                    _ = try await store.checkIn(CheckIn(deviceID: "dev-1", atMilliseconds: now + 5, policySerial: 9, status: "replayed", pinned: []), advancing: advance(2))
                 }
             }
             #expect(try await a.device(id: "dev-1")?.status == "ok")
-            #expect(try await a.agentSession(id: id)?.lastCounter == 2)
-            await #expect(throws: SessionRefusal.replayed) { try await b.advanceSession(SessionAdvance(sessionID: id, counter: 1, nowMilliseconds: now)) }
-            try await b.advanceSession(SessionAdvance(sessionID: id, counter: 3, nowMilliseconds: now))
-            // An unknown or expired session has ended.
-            await #expect(throws: SessionRefusal.ended) { try await a.advanceSession(SessionAdvance(sessionID: Array(32..<48), counter: 1, nowMilliseconds: now)) }
-            await #expect(throws: SessionRefusal.ended) { try await a.advanceSession(SessionAdvance(sessionID: id, counter: 4, nowMilliseconds: now + 60_000)) }
-            // A revoked device's sessions end on every manager.
+            await #expect(throws: SessionRefusal.replayed) { try await b.advanceSession(advance(1)) }
+            try await b.advanceSession(advance(3))
+            // Events take their counter with them.
+            #expect(try await a.ingestEvents([EventRecord(deviceID: "dev-1", eventID: "e1", kind: "k", occurredMilliseconds: now, body: "{}")], advancing: advance(4)) == ["e1"])
+            await #expect(throws: SessionRefusal.replayed) {
+                _ = try await b.ingestEvents([EventRecord(deviceID: "dev-1", eventID: "e2", kind: "k", occurredMilliseconds: now, body: "{}")], advancing: advance(4))
+            }
+            #expect(try await a.events(device: "dev-1").map(\.eventID) == ["e1"])
+            // A session that is not the device's current one has ended.
+            await #expect(throws: SessionRefusal.ended) { try await a.advanceSession(advance(5, session: Array(32..<48))) }
+            // A newer session ends the one before, at every manager.
+            let newer: [UInt8] = Array(64..<80)
+            #expect(try await b.openAgentSession(AgentSessionRecord(id: newer, deviceID: "dev-1", sealedKeys: [1], expiresMilliseconds: now + 60_000), nonce: "n-2", now: now))
+            await #expect(throws: SessionRefusal.ended) { try await a.advanceSession(advance(5)) }
+            try await a.advanceSession(advance(1, session: newer))
+            // A revoked device's session ends on every manager.
             try await a.write { transaction in
                 try await transaction.setDeviceState(id: "dev-1", to: .revoked)
                 try await transaction.endAgentSessions(ofDevice: "dev-1")
             }
-            await #expect(throws: SessionRefusal.ended) { try await b.advanceSession(SessionAdvance(sessionID: id, counter: 5, nowMilliseconds: now)) }
+            await #expect(throws: SessionRefusal.ended) { try await b.advanceSession(advance(2, session: newer)) }
+            #expect(try await b.agentSession(id: newer)?.expiresMilliseconds == 0)
             // Ended sessions are removed with their nonces once the window has passed.
-            #expect(try await a.removeEndedAgentSessions(before: now) == 1)
-            #expect(try await b.agentSession(id: id) == nil)
-            #expect(try await a.openAgentSession(AgentSessionRecord(id: Array(48..<64), deviceID: "dev-1", sealedKeys: [1], expiresMilliseconds: now + 60_000), nonce: "n-1", now: now))
+            #expect(try await a.removeEndedAgentSessions(before: now) == 2)
+            #expect(try await b.agentSession(id: newer) == nil)
+            #expect(try await a.openAgentSession(AgentSessionRecord(id: Array(48..<64), deviceID: "dev-1", sealedKeys: [1], expiresMilliseconds: now + 60_000), nonce: "n-2", now: now))
             await a.close()
             await b.close()
         }

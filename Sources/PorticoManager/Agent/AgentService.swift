@@ -260,7 +260,7 @@ public final class AgentService: HTTPService {
             throw ProtocolError(.replayed, "message counter \(counter) is not above \(session.lastCounter): replayed or reordered")
         }
         let (_, plaintext) = try Envelope.open(bytes, keys: session.keys, direction: .agentToManager)
-        let advance = SessionAdvance(sessionID: sessionID, counter: counter, nowMilliseconds: now)
+        let advance = SessionAdvance(deviceID: session.deviceID, sessionID: sessionID, counter: counter)
         var taken = false
         let reply: ManagerMessage
         do {
@@ -269,7 +269,7 @@ public final class AgentService: HTTPService {
             do {
                 let message: AgentMessage
                 do { message = try JSONDecoder().decode(AgentMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the message is not a known agent message") }
-                reply = try await handle(message, deviceID: session.deviceID, advance: advance, taken: &taken)
+                reply = try await handle(message, deviceID: session.deviceID, now: now, advance: advance, taken: &taken)
             } catch let error as ProtocolError {
                 await refused("device.message", subject: subject, request: request, error)
                 if !taken { try await operations.advanceSession(advance) }
@@ -296,8 +296,7 @@ public final class AgentService: HTTPService {
 
     /// Does what a message asks. The message's counter is taken in the same transaction when
     /// its work is one write, before the work otherwise; `taken` says when it was.
-    private func handle(_ message: AgentMessage, deviceID: String, advance: SessionAdvance, taken: inout Bool) async throws -> ManagerMessage {
-        let now = advance.nowMilliseconds
+    private func handle(_ message: AgentMessage, deviceID: String, now: Int64, advance: SessionAdvance, taken: inout Bool) async throws -> ManagerMessage {
         switch message {
         case .checkIn(let checkIn):
             let outcome = try await operations.checkIn(

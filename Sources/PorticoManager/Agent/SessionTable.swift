@@ -7,9 +7,11 @@ import PorticoStore
 /// agent elsewhere; this table caches the sessions this manager has seen.
 ///
 /// The database decides whether a message's counter is new: each message takes it in the
-/// transaction of what it does, so a message replayed to this manager or to another one is
-/// refused, and a handshake nonce seen by any manager is refused again. The counter cached
-/// here only turns away a replay this manager already saw without asking the database.
+/// transaction of what it does (a check-in, in its one statement), so a message replayed to
+/// this manager or to another one is refused, and a handshake nonce seen by any manager is
+/// refused again. A device has one session at a time: opening one ends the one before, at
+/// every manager. The counter cached here only turns away a replay this manager already saw
+/// without asking the database.
 final class SessionTable: Sendable {
     struct Session: Sendable {
         let deviceID: String
@@ -76,7 +78,7 @@ final class SessionTable: Sendable {
             throw ProtocolError(.unknownSession, "the session's keys do not open with this manager's secrets key")
         }
         guard let keys = SessionKeys(sessionID: sessionID, material: material) else { throw ProtocolError(.unknownSession, "the session's keys are not well formed") }
-        let session = Session(deviceID: record.deviceID, keys: keys, expiresMilliseconds: record.expiresMilliseconds, lastCounter: UInt64(max(0, record.lastCounter)))
+        let session = Session(deviceID: record.deviceID, keys: keys, expiresMilliseconds: record.expiresMilliseconds, lastCounter: 0)
         state.withLockedValue { $0.sessions[sessionID] = session }
         return session
     }
@@ -115,7 +117,7 @@ extension SessionRefusal {
     var protocolError: ProtocolError {
         switch self {
         case .replayed: ProtocolError(.replayed, "this message's counter was taken already: replayed or reordered")
-        case .ended: ProtocolError(.unknownSession, "the session ended (expired, or its device was revoked); open a new one")
+        case .ended: ProtocolError(.unknownSession, "the session ended (a newer one replaced it, or its device was revoked); open a new one")
         }
     }
 }

@@ -169,24 +169,41 @@ extension CommandRecord {
 extension Store {
     /// A whole check-in in one write: records it, reads the site's policy serial, and takes
     /// the device's pending commands (marking them delivered). Returns nil for an unknown device.
-    /// - Parameter advancing: the message's place in its session, taken first in the same
-    ///   transaction; a replay changes nothing (``SessionRefusal``).
+    /// - Parameter advancing: the message's place in its session, taken by the same statement;
+    ///   a replay changes nothing (``SessionRefusal``).
     public func checkIn(_ checkIn: CheckIn, advancing: SessionAdvance? = nil) async throws -> (policySerial: Int64, commands: [CommandRecord])? {
         try Validate.identifier(checkIn.deviceID, field: "checkin.device_id")
         try Validate.text(checkIn.status, field: "checkin.status", maxBytes: 4096)
         try Validate.nonNegative(checkIn.policySerial, field: "checkin.policy_serial")
         return try await write { transaction in
-            if let advancing { try await transaction.advanceSession(advancing) }
-            // One statement in the usual case (no command waiting): the update, the serial and
-            // whether commands wait come back together. Each statement is a trip to the
-            // database's thread and back.
-            let row = try await transaction.database.raw("""
+            // One statement in the usual case (no command waiting): the update, the message's
+            // counter, the serial and whether commands wait come back together. Each statement
+            // is a trip to the database's thread and back.
+            var query = SQLQueryString("""
                 UPDATE devices SET last_checkin_ms = \(bind: checkIn.atMilliseconds), policy_serial = \(bind: checkIn.policySerial), status = \(bind: checkIn.status),
-                pinned = \(bind: checkIn.pinnedText) WHERE id = \(bind: checkIn.deviceID)
-                RETURNING id, (SELECT value FROM counters WHERE name = 'policy_serial') AS serial,
-                CASE WHEN EXISTS (SELECT 1 FROM commands WHERE device_id = \(bind: checkIn.deviceID) AND state IN ('pending', 'delivered')
-                                  AND (expires_ms IS NULL OR expires_ms > \(bind: checkIn.atMilliseconds))) THEN 1 ELSE 0 END AS waiting
-                """).first()
+                pinned = \(bind: checkIn.pinnedText)
+                """)
+            if let advancing {
+                query.appendInterpolation(unsafeRaw: ", session_counter = ")
+                query.appendInterpolation(bind: advancing.storedCounter)
+            }
+            query.appendInterpolation(unsafeRaw: " WHERE id = ")
+            query.appendInterpolation(bind: checkIn.deviceID)
+            if let advancing {
+                query.appendInterpolation(unsafeRaw: " AND session_id = ")
+                query.appendInterpolation(bind: Data(advancing.sessionID))
+                query.appendInterpolation(unsafeRaw: " AND session_counter < ")
+                query.appendInterpolation(bind: advancing.storedCounter)
+                query.appendInterpolation(unsafeRaw: " AND state NOT IN ('revoked', 'wiped')")
+            }
+            query.appendInterpolation(unsafeRaw: " RETURNING id, (SELECT value FROM counters WHERE name = 'policy_serial') AS serial,")
+            query.appendInterpolation(unsafeRaw: " CASE WHEN EXISTS (SELECT 1 FROM commands WHERE device_id = ")
+            query.appendInterpolation(bind: checkIn.deviceID)
+            query.appendInterpolation(unsafeRaw: " AND state IN ('pending', 'delivered') AND (expires_ms IS NULL OR expires_ms > ")
+            query.appendInterpolation(bind: checkIn.atMilliseconds)
+            query.appendInterpolation(unsafeRaw: ")) THEN 1 ELSE 0 END AS waiting")
+            let row = try await transaction.database.raw(query).first()
+            if row == nil, let advancing { throw try await transaction.refusal(of: advancing) }
             guard let row else { return nil }
             let serial = try row.decode(column: "serial", as: Int64?.self) ?? 0
             let waiting = try row.decode(column: "waiting", as: Int.self) != 0

@@ -197,8 +197,12 @@ enum Migrations {
                 """
                 CREATE TABLE agent_sessions (
                     id \(d.blob) PRIMARY KEY, device_id TEXT NOT NULL, sealed_keys \(d.blob) NOT NULL, expires_ms BIGINT NOT NULL,
-                    last_counter BIGINT NOT NULL, nonce TEXT NOT NULL, created_ms BIGINT NOT NULL)
+                    nonce TEXT NOT NULL, created_ms BIGINT NOT NULL)
                 """,
+                // A device's current session and the last message counter taken in it, on the
+                // device's row, so that a check-in takes its counter in its one statement.
+                "ALTER TABLE devices ADD COLUMN session_id \(d.blob)",
+                "ALTER TABLE devices ADD COLUMN session_counter BIGINT NOT NULL DEFAULT 0",
                 "CREATE UNIQUE INDEX agent_sessions_nonce ON agent_sessions (nonce)",
                 "CREATE INDEX agent_sessions_device ON agent_sessions (device_id)",
                 "CREATE INDEX agent_sessions_expiry ON agent_sessions (expires_ms)",
