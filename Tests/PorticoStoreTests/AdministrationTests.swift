@@ -31,6 +31,16 @@ import Testing
             #expect(try await store.devices(DeviceFilter(lastCheckInBefore: 6_000)).map(\.id) == ["a1", "a2", "a3", "a4"])
             #expect(try await store.devices(DeviceFilter(lastCheckInBefore: 4_000)).map(\.id) == ["a1", "a2", "a3"])
             #expect(try await store.devices(after: "a2", limit: 1).map(\.id) == ["a3"])
+            // Parts of three characters or more go through the trigram index; a device renamed
+            // or deleted is found by its new name only, or not at all.
+            #expect(try await store.devices(DeviceFilter(hostname: "aptop-0")).map(\.id) == ["a1"])
+            #expect(try await store.devices(DeviceFilter(hostname: "SERV")).map(\.id) == ["a4"])
+            try await store.write { try await $0.database.raw("UPDATE devices SET hostname = 'printer-7' WHERE id = 'a4'").run() }
+            #expect(try await store.devices(DeviceFilter(hostname: "serv")).isEmpty)
+            #expect(try await store.devices(DeviceFilter(hostname: "inter-7")).map(\.id) == ["a4"])
+            try await store.write { try await $0.deleteDevice(id: "a1") }
+            #expect(try await store.devices(DeviceFilter(hostname: "laptop")).map(\.id) == ["a2"])
+            try await store.addDevice(Self.device("a1", hostname: "Laptop-01"))
             let counts = try await store.deviceCounts(onlineSince: 1_000)
             #expect(counts.total == 4 && counts.online == 1 && counts.byState[.locked] == 1)
 
@@ -167,6 +177,11 @@ import Testing
             #expect(freshness.map(\.devices) == [1, 0, 1, 0, 1])
             let rollout = try await store.policyRollout()
             #expect(rollout.count == 1 && rollout[0].targeted == 3 && rollout[0].current == 1)
+            // A device in two groups the policy is assigned to counts once.
+            let more = try await store.createGroup(name: "More")
+            try await store.assignPolicy(policyID: try #require(try await store.policies().first?.id), toGroup: more.id)
+            try await store.addDevice("a", toGroup: more.id)
+            #expect(try await store.policyRollout().map(\.targeted) == [3])
             #expect(try await store.devicesByPolicySerial().map(\.devices).reduce(0, +) == 3)
             #expect(try await store.pinProgress(fingerprint: String(repeating: "AB", count: 32), activeSince: now - 86_400_000) == (1, 1))
 

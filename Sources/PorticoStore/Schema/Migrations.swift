@@ -208,10 +208,55 @@ enum Migrations {
                 "CREATE INDEX agent_sessions_expiry ON agent_sessions (expires_ms)",
                 // A peer's certificate itself, so that every manager of the site trusts it.
                 "ALTER TABLE peers ADD COLUMN certificate_pem TEXT",
-            ]
+                // A group's members without a scan of every membership (rollout, group pages).
+                "CREATE INDEX device_group_members_group ON device_group_members (group_id, device_id)",
+                // Devices by state, in the order pages are read.
+                "CREATE INDEX devices_state ON devices (state, id)",
+            ] + Self.hostnameSearch(d)
         },
     ]
 
     /// The schema version this binary writes.
     static var latest: Int { all.last?.version ?? 0 }
+
+    /// An index of every three characters of host names, so that a search for a part of one
+    /// does not read every device: SQLite's FTS5 trigram table kept by triggers, PostgreSQL's
+    /// `pg_trgm` when the server has it (a search scans the devices otherwise).
+    static func hostnameSearch(_ dialect: Dialect) -> [String] {
+        switch dialect {
+        case .sqlite:
+            [
+                "CREATE VIRTUAL TABLE devices_hostname_search USING fts5(hostname, content='devices', content_rowid='rowid', tokenize='trigram')",
+                "INSERT INTO devices_hostname_search (devices_hostname_search) VALUES ('rebuild')",
+                """
+                CREATE TRIGGER devices_hostname_search_insert AFTER INSERT ON devices BEGIN
+                    INSERT INTO devices_hostname_search (rowid, hostname) VALUES (new.rowid, new.hostname);
+                END
+                """,
+                """
+                CREATE TRIGGER devices_hostname_search_delete AFTER DELETE ON devices BEGIN
+                    INSERT INTO devices_hostname_search (devices_hostname_search, rowid, hostname) VALUES ('delete', old.rowid, old.hostname);
+                END
+                """,
+                """
+                CREATE TRIGGER devices_hostname_search_update AFTER UPDATE OF hostname ON devices BEGIN
+                    INSERT INTO devices_hostname_search (devices_hostname_search, rowid, hostname) VALUES ('delete', old.rowid, old.hostname);
+                    INSERT INTO devices_hostname_search (rowid, hostname) VALUES (new.rowid, new.hostname);
+                END
+                """,
+            ]
+        case .postgres:
+            [
+                """
+                DO $$ BEGIN CREATE EXTENSION IF NOT EXISTS pg_trgm;
+                EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'pg_trgm is not available: host name searches read every device'; END $$
+                """,
+                """
+                DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+                    CREATE INDEX devices_hostname_trigrams ON devices USING gin (LOWER(hostname) gin_trgm_ops);
+                END IF; END $$
+                """,
+            ]
+        }
+    }
 }
