@@ -119,10 +119,15 @@ struct Fleet: AsyncParsableCommand {
                 group.addTask {
                     if let publishAt {
                         try? await Task.sleep(until: start + .seconds(publishAt))
+                        // From the moment the request leaves: an agent may fetch the policy
+                        // before the API's answer is back here.
+                        events.published(at: clock.now)
                         do {
                             try await api.publishPolicy(named: "fleet-\(UInt32.random(in: 0...UInt32.max))")
-                            events.published(at: clock.now)
-                        } catch { emit("publish failed: \(error)") }
+                        } catch {
+                            events.published(at: nil)
+                            emit("publish failed: \(error)")
+                        }
                     }
                     if let lockAt {
                         try? await Task.sleep(until: start + .seconds(lockAt))
@@ -167,7 +172,7 @@ struct Fleet: AsyncParsableCommand {
                             // out its commands, and report what it saw.
                             if reply.policyChanged {
                                 _ = try await client.fetchPolicy()
-                                events.fetched(at: clock.now)
+                                events.fetched(by: index, at: clock.now)
                             }
                             for command in reply.commands {
                                 try await client.reportResult(commandID: command.id, succeeded: true, detail: "simulated")
@@ -347,15 +352,17 @@ struct ServerProcessStats: Sendable {
 final class FleetEvents: Sendable {
     private struct State {
         var published: ContinuousClock.Instant?
-        var fetches: [ContinuousClock.Instant] = []
+        /// Each agent's latest fetch since the publication began (creating the policy moves the
+        /// serial too, so an agent may fetch twice).
+        var fetches: [Int: ContinuousClock.Instant] = [:]
         var queued: [String: ContinuousClock.Instant] = [:]
         var acknowledgements: [Double] = []
         var batches = 0
     }
     private let state = NIOLockedValueBox(State())
 
-    func published(at instant: ContinuousClock.Instant) { state.withLockedValue { $0.published = instant } }
-    func fetched(at instant: ContinuousClock.Instant) { state.withLockedValue { if $0.published != nil { $0.fetches.append(instant) } } }
+    func published(at instant: ContinuousClock.Instant?) { state.withLockedValue { $0.published = instant } }
+    func fetched(by agent: Int, at instant: ContinuousClock.Instant) { state.withLockedValue { if $0.published != nil { $0.fetches[agent] = instant } } }
     func queued(_ commandID: String, at instant: ContinuousClock.Instant) { state.withLockedValue { $0.queued[commandID] = instant } }
     func reported() { state.withLockedValue { $0.batches += 1 } }
 
@@ -371,7 +378,7 @@ final class FleetEvents: Sendable {
         let state = self.state.withLockedValue { $0 }
         var lines: [String] = []
         if let published = state.published {
-            let fetches = state.fetches.sorted()
+            let fetches = state.fetches.values.sorted()
             let needed = Int((Double(agents) * 0.99).rounded(.up))
             let reached = fetches.count >= needed ? String(format: "%.1f s", Fleet.seconds(fetches[needed - 1] - published)) : "not reached"
             lines.append("policy\t\(fetches.count) of \(agents) agents fetched it\t99% reached in \(reached)")

@@ -182,8 +182,8 @@ public final class PeerLinks: Service, Sendable {
             logger.error("the peers' certificates cannot be copied", metadata: ["folder": "\(folder)", "error": "\(error)"])
         }
         guard changed else { return }
-        logger.notice("peers' certificates changed; the replication listener trusts the new set", metadata: ["peers": "\(wanted.keys.sorted())"])
         if let handler = trustChanged.withLockedValue({ $0 }) { await handler() }
+        logger.notice("peers' certificates changed; the replication listener trusts the new set", metadata: ["peers": "\(wanted.keys.sorted())"])
     }
 
     /// Changes a link's status; returns it before and after.
