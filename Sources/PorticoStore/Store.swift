@@ -174,7 +174,44 @@ public final class Store: Sendable {
         case .sqlite(_, let reader):
             return try await body(reader.sql())
         case .postgres(let client, _):
-            return try await client.withConnection { connection in try await body(connection.sql()) }
+            return try await Self.withConnection(client) { connection in try await body(connection.sql()) }
+        }
+    }
+
+    /// How long a caller waits for a PostgreSQL connection before it is told the database is
+    /// unavailable. While the server is down or restarting, the pool keeps trying to connect
+    /// and would hold every request until it succeeds; agents and the API get an answer
+    /// instead, and try again later.
+    static let connectionWait: Duration = .seconds(5)
+
+    /// Runs `body` on a pooled connection, or throws ``StoreError`` `.unavailable` when none
+    /// could be had within ``connectionWait``. Once `body` runs, it takes as long as it takes.
+    static func withConnection<T: Sendable>(_ client: PostgresClient, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let leased = NIOLockedValueBox(false)
+        return try await withThrowingTaskGroup(of: LeaseRace<T>.self) { group in
+            group.addTask {
+                .body(try await client.withConnection { connection in
+                    leased.withLockedValue { $0 = true }
+                    return try await body(connection)
+                })
+            }
+            group.addTask {
+                try? await Task.sleep(for: connectionWait)
+                return .waited
+            }
+            while let finished = try await group.next() {
+                switch finished {
+                case .body(let value):
+                    group.cancelAll()
+                    return value
+                case .waited:
+                    guard leased.withLockedValue({ $0 }) || Task.isCancelled else {
+                        group.cancelAll()
+                        throw StoreError.unavailable("the database did not give a connection within \(connectionWait): it is down, restarting or overloaded")
+                    }
+                }
+            }
+            throw CancellationError()
         }
     }
 
@@ -255,7 +292,7 @@ public final class Store: Sendable {
         case .sqlite(let writer, _):
             return try await batcher.exclusive { try await body(writer.sql()) }
         case .postgres(let client, _):
-            return try await client.withConnection { connection in try await body(connection.sql()) }
+            return try await Self.withConnection(client) { connection in try await body(connection.sql()) }
         }
     }
 
@@ -275,6 +312,12 @@ public final class Store: Sendable {
             throw error
         }
     }
+}
+
+/// Which of a connection's lease and its deadline finished first.
+enum LeaseRace<T: Sendable>: Sendable {
+    case body(T)
+    case waited
 }
 
 /// What a write sees: the database inside the batch's transaction, and what a replicated

@@ -26,7 +26,7 @@ public struct StoreError: Error, Sendable, CustomStringConvertible, Equatable {
         StoreError(kind: .notFound, message: "\(what) does not exist")
     }
 
-    static func unavailable(_ what: String) -> StoreError {
+    public static func unavailable(_ what: String) -> StoreError {
         StoreError(kind: .unavailable, message: what)
     }
 }

@@ -126,7 +126,7 @@ actor WriteBatcher {
         case .sqlite(let writer, _):
             return try await body(writer.sql())
         case .postgres(let client, _):
-            return try await client.withConnection { connection in try await body(connection.sql()) }
+            return try await Store.withConnection(client) { connection in try await body(connection.sql()) }
         }
     }
 }

@@ -290,19 +290,8 @@ import NIOPosix
         let portico = try #require(ServerProcess.executable(named: "portico"))
         let peer = try TestPKI.make(in: dir, name: "site-b", commonName: "site-b")
         let certificate = peer.certificatePath
-        let config = try dir.write("portico.yaml", """
-            data_dir: data
-            identity: {generate: ecdsa-p256}
-            listeners:
-              client: {bind: 127.0.0.1, port: 0}
-              client_plain: {enabled: false}
-              replication: {bind: 127.0.0.1, port: 0}
-              console: {enabled: false}
-              reporting: {enabled: false}
-              webservices: {enabled: false}
-            routes:
-              - {listener: replication, path: /replication/v1/*, service: replication}
-            """)
+        let config = try ManagerConfigFile.write(in: dir, listeners: [.client: "", .replication: ""],
+                                                 routes: ["{listener: replication, path: /replication/v1/*, service: replication}"])
         let serve = try ServerProcess(["serve", "--config", config])
         defer { serve.signal(SIGKILL) }
         await serve.waitFor("listening", count: 2)

@@ -48,23 +48,16 @@ import Testing
             let key = Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
             for manager in 1...2 {
                 try SecureFile.write(Array(key.utf8), to: dir.file("\(site)/m\(manager)/secrets.key"), mode: 0o600)
-                try dir.write("\(site)/m\(manager).yaml", """
-                    site: {name: \(site)}
-                    data_dir: m\(manager)/data
-                    secrets: {key_file: m\(manager)/secrets.key}
-                    identity: {certificate: m\(manager)/ssl/server.crt, private_key: m\(manager)/ssl/server.key}
-                    storage: {postgres: {url: "\(databases[site]!)", pool_size: 4}}
-                    listeners:
-                      client: {bind: 127.0.0.1, port: 0}
-                      client_plain: {enabled: false}
-                      replication: {bind: 127.0.0.1, port: 0}
-                      console: {enabled: false}
-                      reporting: {enabled: false}
-                      webservices: {bind: 127.0.0.1, port: 0}
-                    routes:
-                      - {listener: webservices, path: /api/v1/*, service: api}
-                      - {listener: replication, path: /replication/v1/*, service: replication}
-                    """)
+                _ = try ManagerConfigFile.write(
+                    in: dir, file: "\(site)/m\(manager).yaml", dataDirectory: "m\(manager)/data",
+                    identity: "{certificate: m\(manager)/ssl/server.crt, private_key: m\(manager)/ssl/server.key}",
+                    listeners: [.client: "", .replication: "", .webservices: ""],
+                    routes: ["{listener: webservices, path: /api/v1/*, service: api}", "{listener: replication, path: /replication/v1/*, service: replication}"],
+                    more: """
+                        site: {name: \(site)}
+                        secrets: {key_file: m\(manager)/secrets.key}
+                        storage: {postgres: {url: "\(databases[site]!)", pool_size: 4}}
+                        """)
             }
         }
         var managers: [String: ServerProcess] = [:]

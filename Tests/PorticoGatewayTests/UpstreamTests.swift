@@ -21,11 +21,10 @@ import Testing
     }
 
     /// A loopback port with nothing listening on it.
+    /// A port nothing listens on, and nothing will meanwhile: below the range `port: 0` and
+    /// outgoing connections take theirs from.
     private func deadPort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
-        let port = try #require(channel.localAddress?.port)
-        try await channel.close()
-        return port
+        try TestPorts.unused()
     }
 
     private func backendName(_ answer: TestClient.Answer) -> String? {

@@ -4,6 +4,7 @@ import NIOPosix
 import PorticoAgent
 import PorticoManager
 import PorticoProtocol
+import PorticoTestSupport
 import Testing
 
 /// nginx from Debian terminating TLS in front of the plain client listener: the agent
@@ -19,7 +20,7 @@ import Testing
             let dir = manager.directory + "/nginx"
             try FileManager.default.createDirectory(atPath: dir + "/tmp", withIntermediateDirectories: true)
             try FileManager.default.setAttributes([.posixPermissions: 0o777], ofItemAtPath: dir + "/tmp")
-            let port = try await Self.freePort()
+            let port = try TestPorts.unused()
             let plainPort = try #require(URLComponents(string: manager.plainURL)?.port)
             let conf = """
                 worker_processes 1;
@@ -61,13 +62,6 @@ import Testing
                 #expect(acknowledged == ["e1"])
             }
         }
-    }
-
-    static func freePort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
-        let port = try #require(channel.localAddress?.port)
-        try await channel.close()
-        return port
     }
 
     /// Runs a program to completion on a thread of its own. posix_spawn and waitpid directly:

@@ -23,7 +23,7 @@ public final class TestPostgres: Sendable {
     public init(in directory: TemporaryDirectory) async throws {
         bin = try #require(Self.binaries, "PostgreSQL's server binaries are not installed (Debian package postgresql)")
         data = directory.file("pgdata")
-        port = try Self.freePort()
+        port = try TestPorts.unused()
         user = getuid() == 0 ? "postgres" : nil
         url = "postgres://portico@127.0.0.1:\(port)/portico"
         try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
@@ -57,33 +57,6 @@ public final class TestPostgres: Sendable {
     func run(_ tool: String, _ arguments: [String]) async throws -> Tools.Result {
         if let user { return try await Tools.run("/usr/sbin/runuser", ["-u", user, "--", bin + "/" + tool] + arguments) }
         return try await Tools.run(bin + "/" + tool, arguments)
-    }
-
-    /// A loopback port free at the time of asking, below the range the kernel hands out for
-    /// outgoing connections and `port: 0`, so that no other test's connection or listener
-    /// takes it meanwhile (a server given it may be restarted on it).
-    public static func freePort() throws -> Int {
-        let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
-            .split(whereSeparator: \.isWhitespace).compactMap { Int($0) } ?? []
-        let below = min(range.first ?? 32768, 32768)
-        for _ in 0..<100 {
-            let port = Int.random(in: 10_000..<below)
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            address.sin_port = UInt16(port).bigEndian
-            let bound = withUnsafePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-            }
-            if bound { return port }
-        }
-        throw TestPostgresError(description: "no free loopback port below \(below)")
-    }
-
-    struct TestPostgresError: Error, CustomStringConvertible {
-        let description: String
     }
 
     deinit {

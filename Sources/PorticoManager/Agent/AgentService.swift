@@ -127,6 +127,13 @@ public final class AgentService: HTTPService {
             let malformed = ProtocolError(.malformed, error.message)
             await refused(action, subject: subject, request: request, malformed)
             return Self.problem(.badRequest, malformed)
+        } catch let error as StoreError where error.kind == .unavailable {
+            // The database is down or restarting: the agent is told to come back later,
+            // at once, rather than held until it gives up.
+            logger.warning("agent request not answered: the database is unavailable", metadata: ["path": "\(request.path)", "error": "\(error)"])
+            var response = Self.problem(.serviceUnavailable, ProtocolError(.overloaded, "the manager cannot reach its database; try again later"))
+            response.headers.add(name: "retry-after", value: "30")
+            return response
         }
     }
 
