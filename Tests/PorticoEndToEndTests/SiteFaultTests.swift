@@ -191,6 +191,11 @@ import Testing
         let outage = ledger.withLockedValue { Array($0.errors.dropFirst(failedBefore)) }
         #expect(!outage.isEmpty)
         #expect(outage.contains { $0.contains("overloaded") } && !outage.contains { $0.contains("deadline") }, "\(outage)")
+        // The API says so too.
+        try await APIClient.with { client in
+            let refused = try await client.call(.POST, api + "/auth/login", json: #"{"name":"ops","password":"site operator password"}"#)
+            #expect(refused.status == 503 && refused.json["type"] as? String == "urn:portico:problem:unavailable", "\(refused)")
+        }
         try await postgres.start()
         let before = managers.map { $0.text.components(separatedBy: "/agent/v1/message").count - 1 }
         try await settle("both managers recover from the database's restart by themselves", rounds: 4)

@@ -19,6 +19,7 @@ public struct APIProblem: Error, Sendable, Equatable {
         case conflict
         case rateLimited = "rate-limited"
         case internalError = "internal"
+        case unavailable
 
         public var status: HTTPResponseStatus {
             switch self {
@@ -32,6 +33,7 @@ public struct APIProblem: Error, Sendable, Equatable {
             case .conflict: .conflict
             case .rateLimited: .tooManyRequests
             case .internalError: .internalServerError
+            case .unavailable: .serviceUnavailable
             }
         }
 
@@ -50,6 +52,7 @@ public struct APIProblem: Error, Sendable, Equatable {
             case .conflict: "The request conflicts with the current state"
             case .rateLimited: "Too many attempts"
             case .internalError: "The manager failed to answer"
+            case .unavailable: "The database is not available; try again later"
             }
         }
 
@@ -70,7 +73,7 @@ public struct APIProblem: Error, Sendable, Equatable {
     public var kind: Kind
     public var detail: String
     public var errors: [FieldError]
-    /// Seconds, for `Retry-After` on 429.
+    /// Seconds, for `Retry-After` on 429 and 503.
     public var retryAfter: Int?
     /// Methods for `Allow` on 405.
     public var allow: [String]
@@ -101,7 +104,8 @@ public struct APIProblem: Error, Sendable, Equatable {
             let field = error.message.split(separator: " ", maxSplits: 1).first.map(String.init) ?? ""
             let field2 = field.split(separator: ".").last.map(String.init) ?? field
             self.init(.validation, error.message, errors: [FieldError(field: field2, message: error.message)])
-        case .schemaTooNew, .unavailable: self.init(.internalError, "the database is not available")
+        case .schemaTooNew: self.init(.internalError, "the database is not available")
+        case .unavailable: self.init(.unavailable, "the manager cannot reach its database", retryAfter: 30)
         }
     }
 
