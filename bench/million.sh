@@ -7,6 +7,7 @@
 #       a server where the user may create databases; the run creates one and drops it)
 #
 #   GENERATE=1 bench/million.sh postgres     the devices made by SQL, with random keys (fast)
+#   KEEP=1 bench/million.sh                  keeps the SQLite database's folder, and says where
 #
 # The devices are written straight into the database (`portico-bench enroll-fleet`), then
 # given check-in times spread over the last 10 days, a tenth of them an older policy serial,
@@ -24,7 +25,7 @@ cleanup() {
   [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true
   wait 2>/dev/null || true
   [ "$engine" = postgres ] && psql "$admin" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
+  if [ -n "${KEEP:-}" ]; then echo "kept: $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 storage=""
@@ -99,4 +100,10 @@ else
   size=$(stat -c %s data/portico.sqlite)
 fi
 echo "database with check-ins and groups: $size bytes, $((size / devices)) bytes per device ($engine)"
+# A manager started on this database, as one that has run for a while: it gathers the query
+# statistics SQLite plans with at start (PostgreSQL's autovacuum has them already).
+kill "$pid"; wait "$pid" 2>/dev/null || true
+"$bin/portico" serve --config portico.yaml --log-level warning 2>>serve.log &
+pid=$!
+for _ in $(seq 300); do curl -sk https://127.0.0.1:19546/healthz >/dev/null 2>&1 && break; sleep 0.1; done
 python3 "$root/bench/million.py" "$api" https://127.0.0.1:19545 "$token"

@@ -83,6 +83,7 @@ public final class Store: Sendable {
             let version = try await store.schemaVersion()
             if version > Migrations.latest { throw StoreError.schemaTooNew(database: version, binary: Migrations.latest) }
             if let target = migrateUpTo { _ = try await store.migrate(upTo: target) }
+            try await store.optimize()
         } catch {
             await store.close()
             throw error
@@ -152,6 +153,15 @@ public final class Store: Sendable {
             return state.waiters
         }
         for waiter in waiters { waiter.resume() }
+    }
+
+    /// Brings the query planner's statistics up to date where they are missing or stale:
+    /// SQLite's `PRAGMA optimize`, at open and then hourly, as SQLite advises for long-lived
+    /// connections (PostgreSQL's autovacuum keeps its own). Without them SQLite plans joins
+    /// by rule, which over a large fleet can start from the wrong table.
+    public func optimize() async throws {
+        guard case .sqlite = engine else { return }
+        try await withSingleSession { db in try await db.raw("PRAGMA optimize=0x10002").run() }
     }
 
     /// Closes connections after writes already submitted have committed.
