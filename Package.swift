@@ -42,12 +42,13 @@ let package = Package(
     targets: [
         // The Linux calls the server core makes that Swift's Glibc module leaves out.
         .target(name: "CPorticoSystem"),
-        // The system's OpenSSL (libssl-dev), found with pkg-config.
+        // The system's OpenSSL (libssl-dev), found with pkg-config: the listeners' TLS.
         .systemLibrary(name: "CPorticoOpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .target(
             name: "PorticoGateway",
             dependencies: [
                 "CPorticoSystem",
+                "CPorticoOpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

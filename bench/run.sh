@@ -9,8 +9,6 @@
 #                                 BoringSSL driven directly: the least a core of our own could cost)
 #   ACCESS_LOG=1 bench/run.sh    (access logs on, on both: nginx's to a file, Portico's to its
 #                                 standard error, redirected to a file, as each ships them)
-#   NIO=1 bench/run.sh           (also a second Portico whose listeners run on SwiftNIO and
-#                                 NIOSSL, `engine: nio`, as "nio"; "portico" is on its own core)
 #
 # Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
 # is missing. Builds portico in release mode. Prints requests/s and server CPU
@@ -35,7 +33,6 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 work=$(mktemp -d /tmp/portico-bench.XXXXXX)
 cleanup() {
   [ -n "${portico_pid:-}" ] && kill "$portico_pid" 2>/dev/null || true
-  [ -n "${nio_pid:-}" ] && kill "$nio_pid" 2>/dev/null || true
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   [ -f "$work/upstream.pid" ] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
   [ -n "${floor_pid:-}" ] && kill "$floor_pid" 2>/dev/null || true
@@ -67,8 +64,6 @@ FLOOR_PORT=${FLOOR_PORT:-19446}
 FLOOR_EC_PORT=${FLOOR_EC_PORT:-19447}
 RAWFLOOR_PORT=${RAWFLOOR_PORT:-19448}
 RAWFLOOR_EC_PORT=${RAWFLOOR_EC_PORT:-19449}
-NIO_PORT=${NIO_PORT:-19450}
-NIO_EC_PORT=${NIO_EC_PORT:-19451}
 
 mkdir -p "$work/ec" "$work/upstream-tmp"
 # Access logs: off on both unless ACCESS_LOG is set (Portico writes its lines at level info).
@@ -101,17 +96,16 @@ $(http_common "$work/upstream-tmp")
 CONF
 
 # Portico's configuration: only the client listener (RSA) and console (ECDSA), no access log,
-# /proxied relayed to the upstream. Arguments: identity line, client port, console port, engine.
+# /proxied relayed to the upstream. Arguments: identity line, client port, console port.
 portico_yaml() {
   cat <<YAML
 $1
 listeners:
-  client: {bind: 127.0.0.1, port: $2, access_log: $access_log, engine: $4, limits: {max_connections: 20000}}
+  client: {bind: 127.0.0.1, port: $2, access_log: $access_log, limits: {max_connections: 20000}}
   console:
     bind: 127.0.0.1
     port: $3
     access_log: $access_log
-    engine: $4
     certificate: $work/ec/server.crt
     private_key: $work/ec/server.key
     limits: {max_connections: 20000}
@@ -135,21 +129,12 @@ start_portico() {
   done
 }
 
-# Portico on its own core; it generates the RSA-2048 identity.
+# Portico; it generates the RSA-2048 identity.
 portico_yaml "identity: {certificate: ssl/server.crt, private_key: ssl/server.key, generate: ${KEY_TYPE:-rsa-2048}}" \
-  "$PORTICO_PORT" "$PORTICO_EC_PORT" core > "$work/portico.yaml"
+  "$PORTICO_PORT" "$PORTICO_EC_PORT" > "$work/portico.yaml"
 "$NGINX" -c "$work/upstream.conf" -p "$work"
 start_portico "$work" "$PORTICO_PORT"
 portico_pid=$started_pid
-
-# The same Portico on SwiftNIO (NIO=1): a folder of its own (database), the same pairs.
-if [ "${NIO:-0}" = 1 ]; then
-  mkdir -p "$work/nio"
-  portico_yaml "identity: {certificate: $work/ssl/server.crt, private_key: $work/ssl/server.key}" \
-    "$NIO_PORT" "$NIO_EC_PORT" nio > "$work/nio/portico.yaml"
-  start_portico "$work/nio" "$NIO_PORT"
-  nio_pid=$started_pid
-fi
 
 # Starts a floor program of bench/floor on its two ports and waits until it answers.
 start_floor() {  # program port ec_port
@@ -215,7 +200,7 @@ done
 # The processes of a server: portico's, or the front nginx's master and workers (not the
 # upstream instance, which has its own pid file).
 server_pids() {
-  if [ "$1" = portico ]; then echo "$portico_pid"; elif [ "$1" = nio ]; then echo "$nio_pid"; elif [ "$1" = floor ]; then echo "$floor_pid"; elif [ "$1" = rawfloor ]; then echo "$rawfloor_pid"; else
+  if [ "$1" = portico ]; then echo "$portico_pid"; elif [ "$1" = floor ]; then echo "$floor_pid"; elif [ "$1" = rawfloor ]; then echo "$rawfloor_pid"; else
     local master
     master=$(cat "$work/nginx.pid")
     echo "$master $(pgrep -P "$master" | tr '\n' ' ')"
@@ -283,16 +268,16 @@ DURATION=${DURATION:-10s}
 seconds=${DURATION%s}
 for round in $(seq "$rounds"); do
   echo "bench: round $round of $rounds" >&2
-  servers="nginx portico"; [ "${NIO:-0}" = 1 ] && servers+=" nio"; [ "${FLOOR:-0}" = 1 ] && servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && servers+=" rawfloor"
+  servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && servers+=" rawfloor"
   for server in $servers; do
-    case $server in nginx) port=$NGINX_PORT ;; portico) port=$PORTICO_PORT ;; nio) port=$NIO_PORT ;; floor) port=$FLOOR_PORT ;; rawfloor) port=$RAWFLOOR_PORT ;; esac
+    case $server in nginx) port=$NGINX_PORT ;; portico) port=$PORTICO_PORT ;; floor) port=$FLOOR_PORT ;; rawfloor) port=$RAWFLOOR_PORT ;; esac
     measure $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
     measure $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
     # A JSON answer made per request (Portico's built-in status; nginx returns the same bytes).
     measure $server json wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/statusz"
     measure $server json2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/statusz"
     measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
-    case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; nio) ec_port=$NIO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
+    case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
     measure $server resume resumed "$ec_port" "$seconds"
     measure $server resume12 resumed "$ec_port" "$seconds" -tls1_2
     measure $server proxy wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/proxied"
@@ -307,10 +292,10 @@ rss_kb() {
   done
   echo $total
 }
-idle_servers="nginx portico"; [ "${NIO:-0}" = 1 ] && idle_servers+=" nio"; [ "${FLOOR:-0}" = 1 ] && idle_servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && idle_servers+=" rawfloor"
+idle_servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && idle_servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && idle_servers+=" rawfloor"
 for server in $idle_servers; do
   selected idle || break
-  case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; nio) ec_port=$NIO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
+  case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
   before=$(rss_kb $server)
   rm -f "$work/hold"; mkfifo "$work/hold"
   python3 "$here/idle_tls.py" "$ec_port" "$IDLE_CONNECTIONS" < "$work/hold" > "$work/idle.out" 2>"$work/idle.err" &
@@ -340,14 +325,14 @@ for line in open(sys.argv[1]):
         pass
 med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
 for test in ["h1", "h2", "json", "json2", "handshake", "resume", "resume12", "proxy"]:
-    for server in ["nginx", "portico", "nio", "floor", "rawfloor"]:
+    for server in ["nginx", "portico", "floor", "rawfloor"]:
         if (test, server) in med:
             r, u = med[(test, server)]
             print(f"{test:<11} {server:<9} {r:>14.0f}  {u:>19.1f}")
-    for server, label in [("portico", "ratio"), ("nio", "nio/ngx"), ("floor", "floor/ngx"), ("rawfloor", "raw/ngx")]:
+    for server, label in [("portico", "ratio"), ("floor", "floor/ngx"), ("rawfloor", "raw/ngx")]:
         if (test, "nginx") in med and (test, server) in med:
             print(f"{test:<11} {label:<9} {med[(test,server)][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,server)][1] / med[(test,'nginx')][1]:>19.2f}")
-for server in ["nginx", "portico", "nio", "floor", "rawfloor"]:
+for server in ["nginx", "portico", "floor", "rawfloor"]:
     for test, name in [("resume", "TLS 1.3"), ("resume12", "TLS 1.2")]:
         if (test, server) in med and ("handshake", server) in med:
             print(f"{server}: resumed ECDSA {name} handshakes are {med[(test, server)][0] / med[('handshake', server)][0]:.1f}x its full RSA-2048 handshakes")

@@ -10,9 +10,9 @@ import Testing
     static let required = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
     static func usable(_ tool: String) -> Bool { Tools.has(tool) || required }
 
-    @Test(.enabled(if: usable("curl"), "curl is not installed (apt-get install curl)"), arguments: ListenerEngine.allCases)
-    func curlOverHTTP2HTTP1AndPlain(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine) { gw in
+    @Test(.enabled(if: usable("curl"), "curl is not installed (apt-get install curl)"))
+    func curlOverHTTP2HTTP1AndPlain() async throws {
+        try await TestGateway.with { gw in
             let ca = gw.identity.certificatePath
             let h2 = try await Tools.run("curl", ["-sS", "--cacert", ca, "--http2", "-w", "\n%{http_version}", try await gw.url(.console, "/healthz")])
             #expect(h2.status == 0)
@@ -30,9 +30,9 @@ import Testing
         }
     }
 
-    @Test(.enabled(if: usable("openssl"), "openssl is not installed (apt-get install openssl)"), arguments: ListenerEngine.allCases)
-    func opensslSeesTheIdentityAndItsPolicy(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine) { gw in
+    @Test(.enabled(if: usable("openssl"), "openssl is not installed (apt-get install openssl)"))
+    func opensslSeesTheIdentityAndItsPolicy() async throws {
+        try await TestGateway.with { gw in
             let port = try await gw.port(.client)
             let ok = try await Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-alpn", "h2", "-tls1_2"], input: "")
             #expect(ok.output.contains("ALPN protocol: h2"))
@@ -66,9 +66,9 @@ import Testing
         #expect(key.status == 0)
     }
 
-    @Test(.enabled(if: usable("h2load"), "h2load is not installed (apt-get install nghttp2-client)"), arguments: ListenerEngine.allCases)
-    func h2loadGetsEveryAnswer(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine) { gw in
+    @Test(.enabled(if: usable("h2load"), "h2load is not installed (apt-get install nghttp2-client)"))
+    func h2loadGetsEveryAnswer() async throws {
+        try await TestGateway.with { gw in
             let result = try await Tools.run("h2load", ["-n", "2000", "-c", "4", "-m", "10", try await gw.url(.client, "/healthz")])
             #expect(result.status == 0)
             #expect(result.output.contains("2000 succeeded, 0 failed, 0 errored"), "h2load said: \(result.output)")

@@ -12,8 +12,8 @@ import X509
 @testable import PorticoGateway
 
 @Suite struct ListenerTests {
-    @Test(arguments: ListenerEngine.allCases) func everyRoleAnswersOnItsOwnPortOverHTTP1AndHTTP2(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine) { gw in
+    @Test func everyRoleAnswersOnItsOwnPortOverHTTP1AndHTTP2() async throws {
+        try await TestGateway.with { gw in
             var ports: Set<Int> = []
             try await TestClient.with(trusting: gw.identity.certificate, http2: true) { h2 in
                 try await TestClient.with(trusting: gw.identity.certificate, http2: false) { h1 in
@@ -42,8 +42,8 @@ import X509
 
     /// `/statusz` is readiness as JSON, made per request, naming the listener that answered;
     /// 503 while not ready.
-    @Test(arguments: ListenerEngine.allCases) func statusIsReadinessAsJSON(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine) { gw in
+    @Test func statusIsReadinessAsJSON() async throws {
+        try await TestGateway.with { gw in
             try await TestClient.with(http2: false) { client in
                 for role in [ListenerName.clientPlain, .client, .console] {
                     let answer = try await TestClient.get(client, try await gw.url(role, "/statusz"))
@@ -85,8 +85,8 @@ import X509
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func tls11IsRefused(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.client: "engine: \(engine)"]) { gw in
+    @Test func tls11IsRefused() async throws {
+        try await TestGateway.with(listeners: [.client: ""]) { gw in
             let port = try await gw.port(.client)
             await #expect(throws: (any Error).self) {
                 _ = try await TLSProbe.connect(port: port, minimumVersion: .tlsv1, maximumVersion: .tlsv11)
@@ -149,12 +149,12 @@ import X509
 }
 
 @Suite struct MutualTLSTests {
-    @Test(arguments: ListenerEngine.allCases) func replicationRefusesMissingAndUntrustedCertificatesAndAcceptsATrustedOne(engine: ListenerEngine) async throws {
+    @Test func replicationRefusesMissingAndUntrustedCertificatesAndAcceptsATrustedOne() async throws {
         let dir = try TemporaryDirectory()
         let peer = try TestPKI.make(in: dir, name: "peer", commonName: "peer-site-b")
         let stranger = try TestPKI.make(in: dir, name: "stranger", commonName: "stranger")
         let routes = "routes:\n  - {listener: replication, path: /whoami, service: whoami}"
-        try await TestGateway.with(listeners: [.replication: "trust: \(peer.certificatePath)\nengine: \(engine)"], body: routes) { gw in
+        try await TestGateway.with(listeners: [.replication: "trust: \(peer.certificatePath)"], body: routes) { gw in
             let port = try await gw.port(.replication)
             for (name, identity) in [("no certificate", nil), ("an untrusted certificate", stranger)] as [(String, TestPKI.Pair?)] {
                 var refused = false
@@ -182,11 +182,11 @@ import X509
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func replicationAlsoAcceptsAFolderOfPeerCertificates(engine: ListenerEngine) async throws {
+    @Test func replicationAlsoAcceptsAFolderOfPeerCertificates() async throws {
         let dir = try TemporaryDirectory()
         let peer = try TestPKI.make(in: dir, name: "peers/site-b", commonName: "site-b")
         _ = try TestPKI.make(in: dir, name: "peers/site-c", commonName: "site-c")
-        try await TestGateway.with(listeners: [.replication: "trust: \(dir.file("peers"))\nengine: \(engine)"]) { gw in
+        try await TestGateway.with(listeners: [.replication: "trust: \(dir.file("peers"))"]) { gw in
             let probe = try await TLSProbe.connect(port: try await gw.port(.replication), clientIdentity: peer)
             #expect(try await probe.get("/healthz").hasPrefix("HTTP/1.1 200"))
             await probe.close()
@@ -195,8 +195,8 @@ import X509
 }
 
 @Suite struct CertificateReloadTests {
-    @Test(arguments: ListenerEngine.allCases) func newConnectionsSeeARotatedCertificateWhileOpenOnesKeepWorking(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.console: "engine: \(engine)"]) { gw in
+    @Test func newConnectionsSeeARotatedCertificateWhileOpenOnesKeepWorking() async throws {
+        try await TestGateway.with(listeners: [.console: ""]) { gw in
             let port = try await gw.port(.console)
             let before = try await TLSProbe.connect(port: port)
             #expect(try await before.get("/healthz").hasPrefix("HTTP/1.1 200"))
@@ -220,8 +220,8 @@ import X509
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aKeyThatDoesNotMatchKeepsTheLastGoodPair(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.console: "engine: \(engine)"]) { gw in
+    @Test func aKeyThatDoesNotMatchKeepsTheLastGoodPair() async throws {
+        try await TestGateway.with(listeners: [.console: ""]) { gw in
             let port = try await gw.port(.console)
             let other = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "other")
             try other.privateKeyPEM.write(toFile: gw.identity.keyPath, atomically: true, encoding: .utf8)
@@ -313,44 +313,21 @@ import X509
         return clients
     }
 
-    /// Every NIO event loop accepts on a socket of its own, all bound to the listener's port, and
-    /// serves what it accepted: a connection is never handed to another loop (that cost a task
-    /// and a wake-up of the other thread per connection, and each TLS handshake waited on it).
-    @Test func eachEventLoopAcceptsAndKeepsWhatItAccepts() async throws {
-        try await TestGateway.with(engine: .nio) { gw in
-            let port = try await gw.port(.clientPlain)
-            let clients = try await Self.servedClients(port: port)
-            let listener = try #require(await gw.gateway.listener(of: .clientPlain))
-            let accepting = await listener.acceptingChannels
-            let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
-            #expect(accepting.count == loops.count)
-            #expect(Set(accepting.map { ObjectIdentifier($0.eventLoop) }) == Set(loops.map { ObjectIdentifier($0) }))
-            #expect(Set(accepting.compactMap { $0.localAddress?.port }) == [port])
-            let connections = listener.connections
-            #expect(connections.count == clients.count)
-            for connection in connections {
-                let parent = try #require(connection.parent)
-                #expect(accepting.contains { $0 === parent })
-                #expect(connection.eventLoop === parent.eventLoop)
-            }
-            for client in clients { try? await client.channel.close() }
-        }
-    }
-
-    /// The same on Portico's own core: a socket per core loop, all on the listener's port,
-    /// each loop serving what it accepted; the port is free again once the gateway stops.
+    /// Every loop of the server core accepts on a socket of its own, all bound to the
+    /// listener's port, and serves what it accepted: a connection is never handed to another
+    /// loop (a task and a wake-up of the other thread per connection, and each TLS handshake
+    /// waiting on it). The port is free again once the gateway stops.
     @Test func eachCoreLoopAcceptsOnTheListenersPort() async throws {
-        let port = try await TestGateway.with(listeners: [.clientPlain: "engine: core"]) { gw in
+        let port = try await TestGateway.with(listeners: [.clientPlain: ""]) { gw in
             let port = try await gw.port(.clientPlain)
             let clients = try await Self.servedClients(port: port)
             let listener = try #require(await gw.gateway.listener(of: .clientPlain))
-            let sockets = await listener.acceptingCoreSockets
+            let sockets = await listener.acceptingSockets
             let loops = try CoreEventLoopGroup.shared.get().loops
             #expect(sockets.count == loops.count)
             #expect(Set(sockets.map { ObjectIdentifier($0.loop) }) == Set(loops.map { ObjectIdentifier($0) }))
             #expect(Set(sockets.compactMap { $0.localAddress?.port }) == [port])
             #expect(await gw.gateway.connectionCount(of: .clientPlain) == clients.count)
-            #expect(listener.connections.isEmpty)
             for client in clients { try? await client.channel.close() }
             return port
         }
@@ -378,10 +355,10 @@ import X509
 }
 
 @Suite struct DrainTests {
-    @Test(arguments: ListenerEngine.allCases) func stoppingLetsARequestInFlightFinish(engine: ListenerEngine) async throws {
+    @Test func stoppingLetsARequestInFlightFinish() async throws {
         let gate = Gate()
         let routes = "routes:\n  - {listener: client_plain, path: /slow, service: slow}"
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: routes, services: TestServices.registry(gate: gate)) { gw in
+        try await TestGateway.with(listeners: [.clientPlain: ""], body: routes, services: TestServices.registry(gate: gate)) { gw in
             let url = try await gw.url(.clientPlain, "/slow")
             let consolePort = try await gw.port(.console)
             try await TestClient.with(http2: false) { client in
@@ -429,10 +406,10 @@ import X509
 }
 
 @Suite struct HTTP2DrainTests {
-    @Test(arguments: ListenerEngine.allCases) func aStreamInFlightFinishesAfterGoAway(engine: ListenerEngine) async throws {
+    @Test func aStreamInFlightFinishesAfterGoAway() async throws {
         let gate = Gate()
         let routes = "routes:\n  - {listener: console, path: /slow, service: slow}"
-        try await TestGateway.with(engine: engine, body: routes, services: TestServices.registry(gate: gate)) { gw in
+        try await TestGateway.with(body: routes, services: TestServices.registry(gate: gate)) { gw in
             let url = try await gw.url(.console, "/slow")
             try await TestClient.with(http2: true) { client in
                 async let answer = TestClient.get(client, url)

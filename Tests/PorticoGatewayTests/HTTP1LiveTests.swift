@@ -23,9 +23,9 @@ import Testing
 
     /// A body of many reads and TLS records, and an answer larger than the socket takes at
     /// once, arrive whole and in order, in the clear and over TLS.
-    @Test(arguments: ListenerEngine.allCases) func aLargeBodyAndItsEchoCrossWhole(engine: ListenerEngine) async throws {
+    @Test func aLargeBodyAndItsEchoCrossWhole() async throws {
         let routes = "routes:\n  - {listeners: [client_plain, console], path: /echo, service: echo, max_body_bytes: 8388608}"
-        let listeners: [ListenerName: String] = [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"]
+        let listeners: [ListenerName: String] = [.clientPlain: "", .console: ""]
         try await TestGateway.with(listeners: listeners, body: routes) { gw in
             // Numbered lines: a lost, repeated or reordered piece changes the text.
             let body = (0..<120_000).map { String(format: "%06d portico core\n", $0) }.joined()
@@ -40,8 +40,8 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func pipelinedRequestsAreAnsweredInOrderOnOneConnection(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: Self.routes) { gw in
+    @Test func pipelinedRequestsAreAnsweredInOrderOnOneConnection() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: ""], body: Self.routes) { gw in
             let requests = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
                 + "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst"
                 + "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -55,9 +55,9 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func requestsPipelinedBehindASlowOneWaitForIt(engine: ListenerEngine) async throws {
+    @Test func requestsPipelinedBehindASlowOneWaitForIt() async throws {
         let gate = Gate()
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
+        try await TestGateway.with(listeners: [.clientPlain: ""], body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
             let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
             try await connection.send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             await gate.waitForArrival()
@@ -70,8 +70,8 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func expectContinueIsAnsweredBeforeTheBodyIsSent(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: Self.routes) { gw in
+    @Test func expectContinueIsAnsweredBeforeTheBodyIsSent() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: ""], body: Self.routes) { gw in
             let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
             try await connection.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
             let interim = await connection.received(containing: "\r\n\r\n")
@@ -91,8 +91,8 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func smugglingAttemptsAreRefusedAndWhatFollowsIsNotServed(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: Self.routes) { gw in
+    @Test func smugglingAttemptsAreRefusedAndWhatFollowsIsNotServed() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: ""], body: Self.routes) { gw in
             let port = try await gw.port(.clientPlain)
             let attempts = [
                 "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -113,8 +113,8 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func http10ClosesUnlessAskedToKeepAlive(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"]) { gw in
+    @Test func http10ClosesUnlessAskedToKeepAlive() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: ""]) { gw in
             let port = try await gw.port(.clientPlain)
             let closed = try await RawTCP.exchange(port: port, "GET /healthz HTTP/1.0\r\n\r\n")
             #expect(Self.statusLines(closed) == ["HTTP/1.1 200 OK"])
@@ -125,11 +125,11 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aHeadTricklingInByteByByteIsServed(engine: ListenerEngine) async throws {
+    @Test func aHeadTricklingInByteByByteIsServed() async throws {
         // The head takes as long as the test's tasks are given time to send it: with the
         // whole suite running in parallel that once passed the default header timeout (10s),
         // which is not what this test is about.
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)\nlimits: {header_timeout: 5m}"], body: Self.routes) { gw in
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 5m}"], body: Self.routes) { gw in
             let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
             for byte in "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc".utf8 {
                 try await connection.send([byte])

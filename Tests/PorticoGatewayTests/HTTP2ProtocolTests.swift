@@ -75,8 +75,8 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
           - {listener: console, path: /big, service: echo, max_body_bytes: 2MiB}
         """
 
-    @Test(arguments: ListenerEngine.allCases) func theServerSendsSettingsFirstAndAnswersSettingsPingAndRequests(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test func theServerSendsSettingsFirstAndAnswersSettingsPingAndRequests() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             let first = try #require(await h2.next { _ in true })
             #expect(first.type == Kind.settings && !first.has(Flag.ack))
@@ -101,9 +101,9 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
 
     /// Built-in answers are sent with a cached block of literals, others through the encoder's
     /// table; the client decodes both, with the default table and with none at all.
-    @Test(arguments: ListenerEngine.allCases, [nil, 0] as [UInt32?])
-    func responsesDecodeWhateverHeaderTableTheClientAllows(engine: ListenerEngine, _ tableSize: UInt32?) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test(arguments: [nil, 0] as [UInt32?])
+    func responsesDecodeWhateverHeaderTableTheClientAllows(_ tableSize: UInt32?) async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let settings: [(UInt16, UInt32)] = tableSize.map { [(UInt16(1), $0)] } ?? []
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: settings)
             for (index, path) in ["/healthz", "/echo", "/healthz", "/echo", "/healthz"].enumerated() {
@@ -118,9 +118,9 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases, HTTP2Violation.all)
-    func aConnectionErrorEndsTheConnectionWithAGoAwayNamingIt(engine: ListenerEngine, _ violation: HTTP2Violation) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test(arguments: HTTP2Violation.all)
+    func aConnectionErrorEndsTheConnectionWithAGoAwayNamingIt(_ violation: HTTP2Violation) async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             try await h2.send(violation.frames())
             let goAway = try #require(await h2.goAway(), "no GOAWAY for \(violation)")
@@ -132,8 +132,8 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aClientThatDoesNotSpeakHTTP2IsToldSo(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine) { gw in
+    @Test func aClientThatDoesNotSpeakHTTP2IsToldSo() async throws {
+        try await TestGateway.with { gw in
             let port = try await gw.port(.console)
             let http1 = try await RawHTTP2.connect(port: port, preface: false)
             try await http1.send(Array("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8))
@@ -147,10 +147,10 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aStreamErrorResetsOnlyThatStream(engine: ListenerEngine) async throws {
+    @Test func aStreamErrorResetsOnlyThatStream() async throws {
         let gate = Gate()
         defer { gate.open() }
-        try await TestGateway.with(engine: engine, body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
+        try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             try await h2.headers(stream: 1, RawHTTP2.post("/echo", length: 10), endStream: false)
             try await h2.send(Kind.windowUpdate, stream: 1, RawHTTP2.word(0))
@@ -171,8 +171,8 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func headersInContinuationFramesAndTrailersMakeOneRequest(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test func headersInContinuationFramesAndTrailersMakeOneRequest() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             let block = h2.block(RawHTTP2.post("/echo") + [("x-split", "across-frames")])
             let half = block.count / 2
@@ -198,9 +198,9 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
     /// The client allows 100 bytes per stream: the server sends 100 and waits; a
     /// WINDOW_UPDATE for the stream, or a larger SETTINGS_INITIAL_WINDOW_SIZE, lets the rest
     /// through.
-    @Test(arguments: ListenerEngine.allCases, Credit.allCases)
-    func aResponseLargerThanTheClientsStreamWindowWaitsForCredit(engine: ListenerEngine, _ credit: Credit) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test(arguments: Credit.allCases)
+    func aResponseLargerThanTheClientsStreamWindowWaitsForCredit(_ credit: Credit) async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(4, 100)])
             let payload = String(repeating: "0123456789", count: 500)
             try await h2.headers(stream: 1, RawHTTP2.post("/echo", length: payload.utf8.count), endStream: false)
@@ -228,8 +228,8 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
 
     /// Streams may send a lot (their windows are large) but the connection's window is the
     /// default 65,535 bytes: the server stops there until the connection gets credit.
-    @Test(arguments: ListenerEngine.allCases) func aResponseLargerThanTheConnectionsWindowWaitsForConnectionCredit(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test func aResponseLargerThanTheConnectionsWindowWaitsForConnectionCredit() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(4, 1_000_000)])
             let payload = [UInt8](repeating: UInt8(ascii: "p"), count: 65_000)
             let pad = String(repeating: "q", count: 1_000)
@@ -258,8 +258,8 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
 
     /// Padding is taken off HEADERS and DATA (and counted against the windows); the body the
     /// service sees is only the data.
-    @Test(arguments: ListenerEngine.allCases) func paddedFramesCarryOnlyTheirData(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test func paddedFramesCarryOnlyTheirData() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             let block = h2.block(RawHTTP2.post("/echo", length: 5))
             try await h2.send(RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.padded, stream: 1, [3] + block + [0, 0, 0]))
@@ -274,9 +274,9 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
 
     /// A body over the route's limit is answered 413 at once; what the client still sends is
     /// read and dropped, and the connection serves the next request.
-    @Test(arguments: ListenerEngine.allCases) func aBodyOverTheLimitIsAnswered413AndTheConnectionGoesOn(engine: ListenerEngine) async throws {
+    @Test func aBodyOverTheLimitIsAnswered413AndTheConnectionGoesOn() async throws {
         let routes = Self.routes + "\n  - {listener: console, path: /small, service: echo, max_body_bytes: 16}"
-        try await TestGateway.with(engine: engine, body: routes) { gw in
+        try await TestGateway.with(body: routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             try await h2.headers(stream: 1, RawHTTP2.post("/small"), endStream: false)
             try await h2.send(Kind.data, stream: 1, [UInt8](repeating: 0x61, count: 1_000))
@@ -291,8 +291,8 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func trailersWithAPseudoHeaderResetTheStream(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test func trailersWithAPseudoHeaderResetTheStream() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             try await h2.headers(stream: 1, RawHTTP2.post("/echo"), endStream: false)
             try await h2.headers(stream: 1, [(":path", "/elsewhere")], endStream: true)
@@ -302,9 +302,9 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func streamsBeyondTheConcurrencyLimitAreRefusedAndTheOthersAnswered(engine: ListenerEngine) async throws {
+    @Test func streamsBeyondTheConcurrencyLimitAreRefusedAndTheOthersAnswered() async throws {
         let gate = Gate()
-        try await TestGateway.with(engine: engine, body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
+        try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             var bytes: [UInt8] = []
             for index in 0...128 {
@@ -325,9 +325,9 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
     }
 
     /// CVE-2023-44487: a client opening and cancelling streams as fast as it can is sent away.
-    @Test(arguments: ListenerEngine.allCases) func rapidResetIsSentAwayWithEnhanceYourCalm(engine: ListenerEngine) async throws {
+    @Test func rapidResetIsSentAwayWithEnhanceYourCalm() async throws {
         let gate = Gate()
-        try await TestGateway.with(engine: engine, body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
+        try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             var bytes: [UInt8] = []
             for index in 0..<250 {
@@ -342,8 +342,8 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aFloodOfEmptyDataFramesIsSentAway(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test func aFloodOfEmptyDataFramesIsSentAway() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             var bytes = RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders, stream: 1, h2.block(RawHTTP2.post("/echo")))
             for _ in 0..<1_100 { bytes += RawHTTP2.frame(Kind.data, stream: 1) }

@@ -16,8 +16,8 @@ private typealias Flag = RawHTTP2.Flag
           - {listener: console, path: /echo, service: echo}
         """
 
-    @Test(arguments: ListenerEngine.allCases) func aStreamThatDependsOnItselfIsResetAndTheConnectionGoesOn(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, body: Self.routes) { gw in
+    @Test func aStreamThatDependsOnItselfIsResetAndTheConnectionGoesOn() async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             // HEADERS with the PRIORITY flag naming its own stream (RFC 9113 5.3.1).
             let priority = RawHTTP2.word(1) + [16]
@@ -37,10 +37,10 @@ private typealias Flag = RawHTTP2.Flag
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aHeaderBlockTrickledInContinuationFramesIsCutAtTheHeaderTimeout(engine: ListenerEngine) async throws {
+    @Test func aHeaderBlockTrickledInContinuationFramesIsCutAtTheHeaderTimeout() async throws {
         // An idle timeout far beyond the header timeout: only the header timeout can end this.
         let limits = "limits: {header_timeout: 1s, idle_timeout: 120s}"
-        try await TestGateway.with(engine: engine, listeners: [.console: limits], body: Self.routes) { gw in
+        try await TestGateway.with(listeners: [.console: limits], body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             let block = h2.block(RawHTTP2.get("/healthz"))
             try await h2.send(Kind.headers, stream: 1, Array(block.prefix(1)))
@@ -65,7 +65,7 @@ private typealias Flag = RawHTTP2.Flag
     static let megabyte = String(repeating: "0123456789abcdef", count: 65_536)
 
     /// A gateway proxying `/up` on the console listener to an upstream answering `answer`.
-    static func withUpstream(_ answer: String, engine: ListenerEngine, limits: String = "", _ run: (RunningGateway, CannedUpstream) async throws -> Void) async throws {
+    static func withUpstream(_ answer: String, limits: String = "", _ run: (RunningGateway, CannedUpstream) async throws -> Void) async throws {
         let upstream = try await CannedUpstream.start { _, _ in .answer(answer) }
         let config = """
             upstreams:
@@ -73,18 +73,18 @@ private typealias Flag = RawHTTP2.Flag
             routes:
               - {listener: console, path: /up, upstream: up}
             """
-        try await TestGateway.with(engine: engine, listeners: [.console: limits], body: config) { gw in
+        try await TestGateway.with(listeners: [.console: limits], body: config) { gw in
             try await run(gw, upstream)
         }
         await upstream.stop()
     }
 
-    @Test(arguments: ListenerEngine.allCases) func largeAndChunkedUpstreamAnswersArriveWhole(engine: ListenerEngine) async throws {
+    @Test func largeAndChunkedUpstreamAnswersArriveWhole() async throws {
         let chunks = (0..<40).map { String(format: "%x\r\n", 3000 + $0) + String(repeating: "c", count: 3000 + $0) + "\r\n" }.joined()
         let chunkedAnswer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kind: chunked\r\n\r\n" + chunks + "0\r\n\r\n"
         for (answer, expected) in [(UpstreamClientTests.ok(Self.megabyte), Self.megabyte),
                                    (chunkedAnswer, (0..<40).map { String(repeating: "c", count: 3000 + $0) }.joined())] {
-            try await Self.withUpstream(answer, engine: engine) { gw, _ in
+            try await Self.withUpstream(answer) { gw, _ in
                 try await TestClient.with(http2: true) { client in
                     for _ in 0..<3 {
                         let got = try await TestClient.get(client, try await gw.url(.console, "/up"))
@@ -99,8 +99,8 @@ private typealias Flag = RawHTTP2.Flag
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func anAnswerWaitsForCreditAndGoesOnWhenItComes(engine: ListenerEngine) async throws {
-        try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte), engine: engine) { gw, _ in
+    @Test func anAnswerWaitsForCreditAndGoesOnWhenItComes() async throws {
+        try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte)) { gw, _ in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(0x4, 0)])
             try await h2.headers(stream: 1, RawHTTP2.get("/up"), endStream: true)
             let head = await h2.next { $0.type == Kind.headers && $0.stream == 1 }
@@ -121,7 +121,7 @@ private typealias Flag = RawHTTP2.Flag
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func anHTTPSTargetsLargeAnswerStreamsToo(engine: ListenerEngine) async throws {
+    @Test func anHTTPSTargetsLargeAnswerStreamsToo() async throws {
         let backendRoutes = "routes:\n  - {listener: console, path: /echo, service: echo, max_body_bytes: 2MiB}"
         try await TestGateway.with(body: backendRoutes) { backend in
             let config = """
@@ -130,7 +130,7 @@ private typealias Flag = RawHTTP2.Flag
                 routes:
                   - {listener: console, path: /echo, upstream: secure, max_body_bytes: 2MiB}
                 """
-            try await TestGateway.with(engine: engine, body: config) { front in
+            try await TestGateway.with(body: config) { front in
                 try await TestClient.with(http2: true) { client in
                     // The backend echoes the body back: a megabyte each way.
                     let got = try await TestClient.get(client, try await front.url(.console, "/echo"), method: .POST, body: Self.megabyte)
@@ -142,8 +142,8 @@ private typealias Flag = RawHTTP2.Flag
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aClientThatNeverGrantsCreditIsSentAwayThoughItPings(engine: ListenerEngine) async throws {
-        try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte), engine: engine, limits: "limits: {body_timeout: 1s}") { gw, _ in
+    @Test func aClientThatNeverGrantsCreditIsSentAwayThoughItPings() async throws {
+        try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte), limits: "limits: {body_timeout: 1s}") { gw, _ in
             // No credit at all for streams, four of them asking for a megabyte each.
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(0x4, 0)])
             for stream in stride(from: UInt32(1), through: 7, by: 2) {
@@ -166,8 +166,8 @@ private typealias Flag = RawHTTP2.Flag
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func answersAClientDoesNotReadPastTheBudgetEndTheConnection(engine: ListenerEngine) async throws {
-        try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte), engine: engine) { gw, upstream in
+    @Test func answersAClientDoesNotReadPastTheBudgetEndTheConnection() async throws {
+        try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte)) { gw, upstream in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(0x4, 0)])
             // (The connection may be sent away before the last of them is written.)
             for stream in stride(from: UInt32(1), through: 255, by: 2) {
@@ -188,10 +188,10 @@ private typealias Flag = RawHTTP2.Flag
 @Suite(.timeLimit(.minutes(2))) struct HTTP1HardeningTests {
     static let tools = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
 
-    @Test(.enabled(if: tools || Tools.has("curl"), "curl is not installed (apt-get install curl)"), arguments: ListenerEngine.allCases)
-    func anUploadOverTheLimitIsAnswered413NotCutOff(engine: ListenerEngine) async throws {
+    @Test(.enabled(if: tools || Tools.has("curl"), "curl is not installed (apt-get install curl)"))
+    func anUploadOverTheLimitIsAnswered413NotCutOff() async throws {
         let routes = "routes:\n  - {listener: console, path: /upload, service: echo, max_body_bytes: 1MiB}\n  - {listener: client_plain, path: /upload, service: echo, max_body_bytes: 1MiB}"
-        try await TestGateway.with(engine: engine, body: routes) { gw in
+        try await TestGateway.with(body: routes) { gw in
             let file = gw.dir.file("upload.bin")
             try Data(repeating: 0x61, count: 3_000_000).write(to: URL(fileURLWithPath: file))
             for (role, extra) in [(ListenerName.console, ["--cacert", gw.identity.certificatePath, "--http1.1"]), (.clientPlain, [])] {
@@ -211,9 +211,9 @@ private typealias Flag = RawHTTP2.Flag
 @Suite(.timeLimit(.minutes(2))) struct LingeringCloseTests {
     /// After the 413, the rest of the body is still read (and dropped) rather than met with a
     /// reset: every later write of the client's goes through.
-    @Test(arguments: ListenerEngine.allCases) func theRestOfARefusedBodyIsReadNotReset(engine: ListenerEngine) async throws {
+    @Test func theRestOfARefusedBodyIsReadNotReset() async throws {
         let routes = "routes:\n  - {listener: client_plain, path: /upload, service: echo, max_body_bytes: 1KiB}"
-        try await TestGateway.with(engine: engine, body: routes) { gw in
+        try await TestGateway.with(body: routes) { gw in
             let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
             let piece = [UInt8](repeating: 0x61, count: 64 * 1024)
             try await connection.send(Array("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: \(piece.count * 17)\r\n\r\n".utf8) + piece)
@@ -240,10 +240,10 @@ private typealias Flag = RawHTTP2.Flag
 @Suite(.timeLimit(.minutes(2))) struct TLSCipherPolicyTests {
     static let tools = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
 
-    @Test(.enabled(if: tools || Tools.has("openssl"), "openssl is not installed (apt-get install openssl)"), arguments: ListenerEngine.allCases)
-    func tls12OffersOnlyForwardSecretAEADSuitesUnlessAListenerAsksForMore(engine: ListenerEngine) async throws {
+    @Test(.enabled(if: tools || Tools.has("openssl"), "openssl is not installed (apt-get install openssl)"))
+    func tls12OffersOnlyForwardSecretAEADSuitesUnlessAListenerAsksForMore() async throws {
         let legacy = "tls12_ciphers: [ECDHE-RSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-SHA, ECDHE-ECDSA-AES128-SHA, AES128-GCM-SHA256]"
-        try await TestGateway.with(engine: engine, listeners: [.reporting: legacy]) { gw in
+        try await TestGateway.with(listeners: [.reporting: legacy]) { gw in
             func handshake(_ role: ListenerName, _ ciphers: String) async throws -> Bool {
                 let port = try await gw.port(role)
                 let result = try await Tools.run("openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-tls1_2", "-cipher", ciphers], input: "")

@@ -6,8 +6,8 @@ import Testing
 @testable import PorticoGateway
 
 @Suite(.timeLimit(.minutes(2))) struct LimitsTests {
-    @Test(arguments: ListenerEngine.allCases) func fiveHundredTricklingClientsDoNotStopANormalOne(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 2s}\nengine: \(engine)"]) { gw in
+    @Test func fiveHundredTricklingClientsDoNotStopANormalOne() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 2s}"]) { gw in
             let port = try await gw.port(.clientPlain)
             var slow: [RawTCP] = []
             for _ in 0..<500 {
@@ -39,8 +39,8 @@ import Testing
 
     /// The idle timeout starts after each answer, even when the head timeout that was running
     /// before is much longer (the connection's check is re-armed for the earlier deadline).
-    @Test(arguments: ListenerEngine.allCases) func aKeptAliveConnectionIsClosedAfterTheIdleTimeoutNotTheLongerHeadTimeout(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 10m, idle_timeout: 1s}\nengine: \(engine)"]) { gw in
+    @Test func aKeptAliveConnectionIsClosedAfterTheIdleTimeoutNotTheLongerHeadTimeout() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {header_timeout: 10m, idle_timeout: 1s}"]) { gw in
             let connection = try await TLSFreeConnection(port: try await gw.port(.clientPlain))
             #expect(try await connection.request("/healthz").hasPrefix("HTTP/1.1 200"))
             // Closed with no further answer (what was read is the one response); the test's own
@@ -50,8 +50,8 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func connectionsBeyondTheLimitAreRefusedAndCounted(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "limits: {max_connections: 3}\nengine: \(engine)"]) { gw in
+    @Test func connectionsBeyondTheLimitAreRefusedAndCounted() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {max_connections: 3}"]) { gw in
             let port = try await gw.port(.clientPlain)
             var open: [TLSFreeConnection] = []
             for _ in 0..<3 {
@@ -75,8 +75,8 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func garbageInsteadOfHTTPOrTLSIsClosedWithoutHarm(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"]) { gw in
+    @Test func garbageInsteadOfHTTPOrTLSIsClosedWithoutHarm() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "", .console: ""]) { gw in
             let plain = try await RawTCP.exchange(port: try await gw.port(.clientPlain), [0x00, 0xFF, 0x13, 0x37] + Array("garbage\r\n\r\n".utf8))
             #expect(plain.hasPrefix("HTTP/1.1 400"))
             #expect(plain.contains("connection: close"))
@@ -90,8 +90,8 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aStalledBodyGets408(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.clientPlain: "limits: {body_timeout: 1s}\nengine: \(engine)"], body: "routes:\n  - {listener: client_plain, path: /echo, service: echo}") { gw in
+    @Test func aStalledBodyGets408() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "limits: {body_timeout: 1s}"], body: "routes:\n  - {listener: client_plain, path: /echo, service: echo}") { gw in
             let connection = try await RawTCP.connect(port: try await gw.port(.clientPlain))
             try await connection.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
             let answer = await connection.responseUntilClose()
@@ -128,8 +128,8 @@ struct TLSFreeConnection {
 }
 
 @Suite(.timeLimit(.minutes(1))) struct StalledClientTests {
-    @Test(arguments: ListenerEngine.allCases) func aTLSClientThatNeverFinishesItsHandshakeIsClosed(engine: ListenerEngine) async throws {
-        try await TestGateway.with(listeners: [.console: "limits: {header_timeout: 1s}\nengine: \(engine)"]) { gw in
+    @Test func aTLSClientThatNeverFinishesItsHandshakeIsClosed() async throws {
+        try await TestGateway.with(listeners: [.console: "limits: {header_timeout: 1s}"]) { gw in
             // Connect and send nothing: no ClientHello.
             let silent = try await RawTCP.connect(port: try await gw.port(.console))
             #expect(await silent.responseUntilClose().isEmpty)
@@ -140,9 +140,9 @@ struct TLSFreeConnection {
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func anHTTP2StreamWhoseBodyStallsClosesTheConnection(engine: ListenerEngine) async throws {
+    @Test func anHTTP2StreamWhoseBodyStallsClosesTheConnection() async throws {
         let routes = "routes:\n  - {listener: console, path: /echo, service: echo}"
-        try await TestGateway.with(engine: engine, listeners: [.console: "limits: {body_timeout: 1s}"], body: routes) { gw in
+        try await TestGateway.with(listeners: [.console: "limits: {body_timeout: 1s}"], body: routes) { gw in
             // h2load sends a body only when given one; a raw HTTP/2 client would be needed to
             // stall mid-body, so drive it with NIOHTTP2 directly.
             let stalled = try await HTTP2Stall.open(port: try await gw.port(.console))
@@ -151,8 +151,8 @@ struct TLSFreeConnection {
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func anIdleHTTP2ConnectionIsClosedWithGoAwayAfterTheIdleTimeout(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, listeners: [.console: "limits: {idle_timeout: 1s}"]) { gw in
+    @Test func anIdleHTTP2ConnectionIsClosedWithGoAwayAfterTheIdleTimeout() async throws {
+        try await TestGateway.with(listeners: [.console: "limits: {idle_timeout: 1s}"]) { gw in
             let idle = try await HTTP2Stall.open(port: try await gw.port(.console), complete: true)
             let closed = await idle.waitUntilClosed()
             #expect(closed.answered)

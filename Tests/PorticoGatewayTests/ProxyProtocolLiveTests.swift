@@ -8,8 +8,8 @@ import Testing
     private let routes = "routes:\n  - {listener: client_plain, path: /whoami, service: whoami}"
     private let request = "GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
-    @Test(arguments: ListenerEngine.allCases) func aTrustedProxyNamesTheClientWithV1OrV2(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, listeners: [.clientPlain: "proxy_protocol: true\ntrusted_proxies: [127.0.0.1/32]"], body: routes) { gw in
+    @Test func aTrustedProxyNamesTheClientWithV1OrV2() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "proxy_protocol: true\ntrusted_proxies: [127.0.0.1/32]"], body: routes) { gw in
             let port = try await gw.port(.clientPlain)
             let v1 = try await RawTCP.exchange(port: port, "PROXY TCP4 203.0.113.9 10.0.0.1 40000 8014\r\n" + request)
             #expect(v1.hasPrefix("HTTP/1.1 200"))
@@ -25,9 +25,9 @@ import Testing
     }
 
     /// On a TLS listener the header comes before the handshake, in the clear.
-    @Test(arguments: ListenerEngine.allCases) func aTrustedProxyNamesTheClientBeforeTLS(engine: ListenerEngine) async throws {
+    @Test func aTrustedProxyNamesTheClientBeforeTLS() async throws {
         let routes = "routes:\n  - {listener: console, path: /whoami, service: whoami}"
-        try await TestGateway.with(engine: engine, listeners: [.console: "proxy_protocol: true\ntrusted_proxies: [127.0.0.1/32]"], body: routes) { gw in
+        try await TestGateway.with(listeners: [.console: "proxy_protocol: true\ntrusted_proxies: [127.0.0.1/32]"], body: routes) { gw in
             let probe = try await TLSProbe.connect(port: try await gw.port(.console), sendPrefix: ByteBuffer(string: "PROXY TCP4 203.0.113.9 10.0.0.1 40000 8443\r\n"))
             let answer = try await probe.get("/whoami")
             #expect(answer.hasPrefix("HTTP/1.1 200"))
@@ -36,8 +36,8 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func anUntrustedSourceCannotSendAHeaderButIsServedWithout(engine: ListenerEngine) async throws {
-        try await TestGateway.with(engine: engine, listeners: [.clientPlain: "proxy_protocol: true\ntrusted_proxies: [10.9.9.9/32]"], body: routes) { gw in
+    @Test func anUntrustedSourceCannotSendAHeaderButIsServedWithout() async throws {
+        try await TestGateway.with(listeners: [.clientPlain: "proxy_protocol: true\ntrusted_proxies: [10.9.9.9/32]"], body: routes) { gw in
             let port = try await gw.port(.clientPlain)
             #expect(try await RawTCP.exchange(port: port, "PROXY TCP4 203.0.113.9 10.0.0.1 40000 8014\r\n" + request) == "")
             let direct = try await RawTCP.exchange(port: port, request)
@@ -45,14 +45,14 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func xForwardedForIsBelievedOnlyFromTrustedProxies(engine: ListenerEngine) async throws {
+    @Test func xForwardedForIsBelievedOnlyFromTrustedProxies() async throws {
         let forwarded = "GET /whoami HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.1, 203.0.113.5\r\nConnection: close\r\n\r\n"
-        try await TestGateway.with(engine: engine, listeners: [.clientPlain: "trusted_proxies: [127.0.0.0/8]"], body: routes) { gw in
+        try await TestGateway.with(listeners: [.clientPlain: "trusted_proxies: [127.0.0.0/8]"], body: routes) { gw in
             let answer = try await RawTCP.exchange(port: try await gw.port(.clientPlain), forwarded)
             #expect(answer.contains("client=203.0.113.5"))
             #expect(answer.contains("peer=127.0.0.1"))
         }
-        try await TestGateway.with(engine: engine, body: routes) { gw in
+        try await TestGateway.with(body: routes) { gw in
             let answer = try await RawTCP.exchange(port: try await gw.port(.clientPlain), forwarded)
             #expect(answer.contains("client=127.0.0.1"))
         }

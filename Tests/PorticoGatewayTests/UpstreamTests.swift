@@ -31,7 +31,7 @@ import Testing
         answer.body.split(separator: "\n").first { $0.hasPrefix("backend=") }.map { String($0.dropFirst("backend=".count)) }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func roundRobinAcrossTargetsWithForwardedHeaders(engine: ListenerEngine) async throws {
+    @Test func roundRobinAcrossTargetsWithForwardedHeaders() async throws {
         try await withBackends { urls, _ in
             let config = """
                 upstreams:
@@ -39,7 +39,7 @@ import Testing
                 routes:
                   - {listener: console, path: /echo/*, upstream: api}
                 """
-            try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"], body: config) { front in
+            try await TestGateway.with(listeners: [.clientPlain: "", .console: ""], body: config) { front in
                 try await TestClient.with { client in
                     var seen: [String] = []
                     for _ in 0..<4 {
@@ -58,7 +58,7 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func activeHealthChecksEjectAndRestoreATarget(engine: ListenerEngine) async throws {
+    @Test func activeHealthChecksEjectAndRestoreATarget() async throws {
         try await withBackends { urls, health in
             let config = """
                 upstreams:
@@ -68,7 +68,7 @@ import Testing
                 routes:
                   - {listener: client_plain, path: /echo/*, upstream: api}
                 """
-            try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"], body: config) { front in
+            try await TestGateway.with(listeners: [.clientPlain: "", .console: ""], body: config) { front in
                 let pool = try #require(await front.gateway.upstreamPool(named: "api"))
                 let check = try #require(pool.configuration.healthCheck)
                 try await TestClient.with(http2: false) { client in
@@ -88,7 +88,7 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func idempotentRequestsRetryOnAnotherTargetAndFailingTargetsAreEjected(engine: ListenerEngine) async throws {
+    @Test func idempotentRequestsRetryOnAnotherTargetAndFailingTargetsAreEjected() async throws {
         let dead = try await deadPort()
         try await withBackends { urls, _ in
             let config = """
@@ -103,7 +103,7 @@ import Testing
                   - {listener: client_plain, path: /echo/*, upstream: retrying}
                   - {listener: client_plain, path: /once/*, upstream: once}
                 """
-            try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"], body: config) { front in
+            try await TestGateway.with(listeners: [.clientPlain: "", .console: ""], body: config) { front in
                 try await TestClient.with(http2: false) { client in
                     // The first pick is the dead target; a GET moves on to the live one.
                     let first = try await TestClient.get(client, try await front.url(.clientPlain, "/echo/1"))
@@ -133,23 +133,23 @@ import Testing
     }
 
     /// A gateway proxying `/up` on the plain client listener to `upstream`.
-    static func withFront(_ upstream: CannedUpstream, engine: ListenerEngine = .nio, settings: String = "", _ run: (RunningGateway, HTTPClient) async throws -> Void) async throws {
+    static func withFront(_ upstream: CannedUpstream, settings: String = "", _ run: (RunningGateway, HTTPClient) async throws -> Void) async throws {
         let config = """
             upstreams:
               up: {targets: ["http://127.0.0.1:\(upstream.port)"]\(settings)}
             routes:
               - {listener: client_plain, path: /up, upstream: up}
             """
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)"], body: config) { front in
+        try await TestGateway.with(listeners: [.clientPlain: ""], body: config) { front in
             try await TestClient.with(http2: false) { client in try await run(front, client) }
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func requestsReuseOneKeptAliveConnection(engine: ListenerEngine) async throws {
+    @Test func requestsReuseOneKeptAliveConnection() async throws {
         let upstream = try await CannedUpstream.start { _, request in
             .answer(Self.ok("answer \(request)", extra: "Connection: keep-alive, X-Hop\r\nx-hop: for this hop\r\nx-upstream: yes\r\n"))
         }
-        try await Self.withFront(upstream, engine: engine) { front, client in
+        try await Self.withFront(upstream) { front, client in
             for round in 0..<20 {
                 let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
                 #expect(answer.status == 200)
@@ -199,9 +199,9 @@ import Testing
         await upstream.stop()
     }
 
-    @Test(arguments: ListenerEngine.allCases) func keepaliveIdleConnectionsZeroOpensAConnectionPerRequest(engine: ListenerEngine) async throws {
+    @Test func keepaliveIdleConnectionsZeroOpensAConnectionPerRequest() async throws {
         let upstream = try await CannedUpstream.start { _, request in .answer(Self.ok("answer \(request)")) }
-        try await Self.withFront(upstream, engine: engine, settings: ", keepalive: {idle_connections: 0}") { front, client in
+        try await Self.withFront(upstream, settings: ", keepalive: {idle_connections: 0}") { front, client in
             for round in 0..<5 {
                 let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
                 #expect(answer.body == "answer 0", "round \(round)")
@@ -215,9 +215,9 @@ import Testing
     /// The idle connection is closed by the gateway after `keepalive.idle_timeout` (the
     /// suite's time limit catches a connection that is never closed); the next request opens
     /// a new one.
-    @Test(arguments: ListenerEngine.allCases) func anIdleUpstreamConnectionIsClosedAfterItsIdleTimeout(engine: ListenerEngine) async throws {
+    @Test func anIdleUpstreamConnectionIsClosedAfterItsIdleTimeout() async throws {
         let upstream = try await CannedUpstream.start { _, request in .answer(Self.ok("answer \(request)")) }
-        try await Self.withFront(upstream, engine: engine, settings: ", keepalive: {idle_timeout: 1s}") { front, client in
+        try await Self.withFront(upstream, settings: ", keepalive: {idle_timeout: 1s}") { front, client in
             let first = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
             #expect(first.status == 200)
             await upstream.waitUntilClosed(connections: 1)
@@ -229,7 +229,7 @@ import Testing
         await upstream.stop()
     }
 
-    @Test(arguments: ListenerEngine.allCases) func chunkedCloseDelimitedAndInterimResponsesAreRead(engine: ListenerEngine) async throws {
+    @Test func chunkedCloseDelimitedAndInterimResponsesAreRead() async throws {
         let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-kept: yes\r\n\r\n5;ext\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n"
         let interim = "HTTP/1.1 100 Continue\r\n\r\n" + Self.ok("after interim")
         let untilClose = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nread until the end"
@@ -240,7 +240,7 @@ import Testing
             default: .answerAndClose(untilClose)
             }
         }
-        try await Self.withFront(upstream, engine: engine) { front, client in
+        try await Self.withFront(upstream) { front, client in
             let first = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
             #expect(first.body == "hello world")
             #expect(first.headers.first(name: "x-kept") == "yes")
@@ -254,11 +254,11 @@ import Testing
         await upstream.stop()
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aKeptAliveConnectionClosedUnderARequestIsRetriedOnANewOne(engine: ListenerEngine) async throws {
+    @Test func aKeptAliveConnectionClosedUnderARequestIsRetriedOnANewOne() async throws {
         // Each connection answers its first request and drops the second unanswered, as a
         // server does when its keep-alive timeout strikes as the request arrives.
         let upstream = try await CannedUpstream.start { _, request in request == 0 ? .answer(Self.ok("fresh")) : .close }
-        try await Self.withFront(upstream, engine: engine) { front, client in
+        try await Self.withFront(upstream) { front, client in
             for _ in 0..<3 {
                 let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
                 #expect(answer.status == 200 && answer.body == "fresh")
@@ -273,7 +273,7 @@ import Testing
         await upstream.stop()
     }
 
-    @Test(arguments: ListenerEngine.allCases) func brokenSlowAndOversizedUpstreamsGetTheGatewaysOwnAnswers(engine: ListenerEngine) async throws {
+    @Test func brokenSlowAndOversizedUpstreamsGetTheGatewaysOwnAnswers() async throws {
         let upstream = try await CannedUpstream.start { connection, _ in
             switch connection {
             case 0: .answer("NOT HTTP AT ALL\r\n\r\n")
@@ -284,7 +284,7 @@ import Testing
         }
         // The timeout is 3s, not less: the first three answers must beat it while the whole
         // suite loads two cores (at 1s, the malformed answer once came back as 504 in CI).
-        try await Self.withFront(upstream, engine: engine, settings: ", response_timeout: 3s, max_response_bytes: 1000, retries: 0, passive: {max_failures: 100}") { front, client in
+        try await Self.withFront(upstream, settings: ", response_timeout: 3s, max_response_bytes: 1000, retries: 0, passive: {max_failures: 100}") { front, client in
             let malformed = try await TestClient.get(client, try await front.url(.clientPlain, "/up"))
             #expect(malformed.status == 502)
             #expect(malformed.body.contains("malformed response"))
@@ -300,10 +300,10 @@ import Testing
         await upstream.stop()
     }
 
-    @Test(arguments: ListenerEngine.allCases) func theRequestGoesOutWithForwardingHeadersAndItsBody(engine: ListenerEngine) async throws {
+    @Test func theRequestGoesOutWithForwardingHeadersAndItsBody() async throws {
         let seen = NIOLockedValueBox("")
         let echo = try await RecordingUpstream.start(seen)
-        try await Self.withFront(echo.upstream, engine: engine) { front, client in
+        try await Self.withFront(echo.upstream) { front, client in
             let answer = try await TestClient.get(client, try await front.url(.clientPlain, "/up?x=1"), method: .POST, headers: ["x-custom": "kept", "x-custom-hop": "dropped", "connection": "keep-alive, x-custom-hop"], body: "payload")
             #expect(answer.status == 200)
         }
@@ -333,7 +333,7 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aTrustedProxysChainIsExtendedAndHopFieldsAreDropped(engine: ListenerEngine) async throws {
+    @Test func aTrustedProxysChainIsExtendedAndHopFieldsAreDropped() async throws {
         let seen = NIOLockedValueBox("")
         let echo = try await RecordingUpstream.start(seen)
         let config = """
@@ -343,7 +343,7 @@ import Testing
               - {listener: client_plain, path: /up, upstream: up}
               - {listener: console, path: /up, upstream: up}
             """
-        try await TestGateway.with(listeners: [.clientPlain: "trusted_proxies: [127.0.0.0/8]\nengine: \(engine)"], body: config) { front in
+        try await TestGateway.with(listeners: [.clientPlain: "trusted_proxies: [127.0.0.0/8]"], body: config) { front in
             // HTTP/1.0 without Host, from a trusted proxy, with fields that are for one hop only.
             let request = "GET /up?q=1 HTTP/1.0\r\nX-Forwarded-For: 198.51.100.1\r\nx-forwarded-for: 203.0.113.5\r\nX-Forwarded-Host: spoofed\r\n"
                 + "X-Forwarded-Proto: gopher\r\nTE: trailers\r\nUpgrade: h2c\r\nConnection: X-Hop\r\nX-Hop: 1\r\nProxy-Authorization: secret\r\nX-Kept:  yes \r\n\r\n"
@@ -379,7 +379,7 @@ import Testing
         await echo.upstream.stop()
     }
 
-    @Test(arguments: ListenerEngine.allCases) func theHostAnUpstreamSeesIsTheOneTheRequestWasRoutedBy(engine: ListenerEngine) async throws {
+    @Test func theHostAnUpstreamSeesIsTheOneTheRequestWasRoutedBy() async throws {
         let seen = NIOLockedValueBox("")
         let echo = try await RecordingUpstream.start(seen)
         let config = """
@@ -389,7 +389,7 @@ import Testing
               - {listener: client_plain, path: /up, upstream: up}
               - {listener: console, path: /up, upstream: up}
             """
-        try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"], body: config) { front in
+        try await TestGateway.with(listeners: [.clientPlain: "", .console: ""], body: config) { front in
             // `Connection: host` does not take the Host away; an untrusted peer's `Forwarded`
             // is dropped like its `X-Forwarded-For`.
             let request = "GET /up HTTP/1.1\r\nHost: portico.example\r\nConnection: host, close\r\nForwarded: for=6.6.6.6;host=internal.example\r\n\r\n"
@@ -414,7 +414,7 @@ import Testing
         }
         // From a trusted proxy, `Forwarded` goes on with this hop's element after it.
         seen.withLockedValue { $0 = "" }
-        try await TestGateway.with(listeners: [.clientPlain: "trusted_proxies: [127.0.0.0/8]\nengine: \(engine)"], body: config) { front in
+        try await TestGateway.with(listeners: [.clientPlain: "trusted_proxies: [127.0.0.0/8]"], body: config) { front in
             let request = "GET /up HTTP/1.1\r\nHost: h\r\nConnection: close\r\nForwarded: for=198.51.100.1;proto=https\r\n\r\n"
             _ = try await RawTCP.exchange(port: try await front.port(.clientPlain), request)
             #expect(Self.lines(seen.withLockedValue { $0 }).contains("forwarded: for=198.51.100.1;proto=https, for=\"127.0.0.1\";proto=http"))
@@ -425,7 +425,7 @@ import Testing
     /// HTTPS targets go through the other client; the same fields reach them, and they are
     /// verified against the upstream's `trust` (a target the system does not trust is refused
     /// without it).
-    @Test(arguments: ListenerEngine.allCases) func anHTTPSTargetIsVerifiedAgainstTheUpstreamsTrust(engine: ListenerEngine) async throws {
+    @Test func anHTTPSTargetIsVerifiedAgainstTheUpstreamsTrust() async throws {
         let backendRoutes = "routes:\n  - {listener: console, path: /echo/*, service: echo}\n  - {listener: console, path: /once/*, service: echo}"
         try await TestGateway.with(body: backendRoutes) { backend in
             let target = "https://127.0.0.1:\(try await backend.port(.console))"
@@ -437,7 +437,7 @@ import Testing
                   - {listener: client_plain, path: /echo/*, upstream: trusted}
                   - {listener: client_plain, path: /once/*, upstream: untrusted}
                 """
-            try await TestGateway.with(listeners: [.clientPlain: "engine: \(engine)", .console: "engine: \(engine)"], body: config) { front in
+            try await TestGateway.with(listeners: [.clientPlain: "", .console: ""], body: config) { front in
                 let request = "GET /echo/x?q=1 HTTP/1.1\r\nHost: front\r\nX-Kept: yes\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
                 let answer = try await RawTCP.exchange(port: try await front.port(.clientPlain), request)
                 #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\n"))
@@ -458,11 +458,11 @@ import Testing
         }
     }
 
-    @Test(arguments: ListenerEngine.allCases) func aHeadRequestIsRelayedWithoutABody(engine: ListenerEngine) async throws {
+    @Test func aHeadRequestIsRelayedWithoutABody() async throws {
         let upstream = try await CannedUpstream.start { _, _ in
             .answer("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\nKeep-Alive: timeout=5\r\n\r\n")
         }
-        try await UpstreamClientTests.withFront(upstream, engine: engine) { front, _ in
+        try await UpstreamClientTests.withFront(upstream) { front, _ in
             let connection = try await RawTCP.connect(port: try await front.port(.clientPlain))
             try await connection.send("HEAD /up HTTP/1.1\r\nHost: x\r\n\r\nHEAD /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             let answers = await connection.responseUntilClose()

@@ -26,7 +26,6 @@ import Testing
         #expect(config.gateway.listeners[.clientPlain]?.tls == false)
         #expect(config.gateway.listeners[.replication]?.clientAuth == .require)
         #expect(config.gateway.listeners[.webservices]?.port == 8446)
-        #expect(config.gateway.enabledListeners.allSatisfy { $0.engine == .core })
         #expect(config.gateway.identity.certificate == "/srv/conf/ssl/server.crt")
     }
 
@@ -254,19 +253,17 @@ import Testing
         }
     }
 
-    /// `engine` names the server core of a listener; an unknown one is refused at its key.
-    @Test func aListenersEngineIsReadAndAnUnknownOneRefused() throws {
+    /// `engine` (a choice of server core in earlier releases) is refused at its key with
+    /// what to do about it.
+    @Test func aListenersEngineIsRefusedWithWhy() throws {
         let found = problems("""
             listeners:
-              client: {engine: core, http2: true}
-              client_plain: {engine: core, proxy_protocol: true, trusted_proxies: [10.0.0.0/8]}
-              console: {engine: fast}
+              client: {http2: true}
+              client_plain: {proxy_protocol: true, trusted_proxies: [10.0.0.0/8]}
+              console: {engine: nio}
             """)
         #expect(found.map { $0.location?.line } == [4])
-        #expect(found.first?.message == "listeners.console.engine must be nio or core, not 'fast'")
-        let config = try loader.load(yaml: "listeners:\n  reporting: {engine: core, tls: false}\n  webservices: {engine: nio}\n", file: "/tmp/p.yaml")
-        #expect(config.gateway.listeners[.reporting]?.engine == .core)
-        #expect(config.gateway.listeners[.webservices]?.engine == .nio)
+        #expect(found.first?.message == "listeners.console.engine is no longer a setting: every listener is served by the one server engine; remove the line")
     }
 
     @Test func unreadableAndMismatchedCertificateFilesAreReportedAtTheirKeys() throws {

@@ -28,11 +28,10 @@ public struct RunningGateway: Sendable {
 
 public enum TestGateway {
     /// The listeners block with every role on port 0; `extra` is appended per role.
-    public static func listenersYAML(_ extra: [ListenerName: String] = [:], engine: ListenerEngine? = nil) -> String {
+    public static func listenersYAML(_ extra: [ListenerName: String] = [:]) -> String {
         var yaml = "listeners:\n"
         for role in TestListeners.names {
             yaml += "  \(role.rawValue):\n    bind: 127.0.0.1\n    port: 0\n    access_log: false\n"
-            if let engine { yaml += "    engine: \(engine)\n" }
             if let more = extra[role] {
                 yaml += more.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n") + "\n"
             }
@@ -45,10 +44,8 @@ public enum TestGateway {
         return try ConfigurationLoader(knownServices: BuiltinServices.names.union(TestServices.names), kinds: TestListeners.kinds).load(file: file)
     }
 
-    /// Starts a gateway, runs `body`, and drains the gateway whatever happens. `engine`, when
-    /// given, serves every listener.
+    /// Starts a gateway, runs `body`, and drains the gateway whatever happens.
     public static func with<T>(
-        engine: ListenerEngine? = nil,
         listeners: [ListenerName: String] = [:],
         body extraYAML: String = "",
         services: ServiceRegistry = TestServices.registry(),
@@ -64,7 +61,7 @@ public enum TestGateway {
               reload_interval: 1h
             shutdown:
               grace_period: \(gracePeriod)
-            \(listenersYAML(listeners, engine: engine))
+            \(listenersYAML(listeners))
             \(extraYAML)
             """
         let cache = IdentityCache()

@@ -26,6 +26,7 @@ public struct PreparedConfiguration: Sendable {
 /// (and their last good version) instead of loading them anew.
 public final class IdentityCache: Sendable {
     private let entries = NIOLockedValueBox<[String: ReloadableIdentity]>([:])
+    private let tickets = NIOLockedValueBox<[ListenerName: TicketKeys]>([:])
 
     public init() {}
 
@@ -39,6 +40,17 @@ public final class IdentityCache: Sendable {
 
     /// Every identity loaded so far.
     var all: [ReloadableIdentity] { entries.withLockedValue { Array($0.values) } }
+
+    /// A listener's session ticket keys, kept like its identity across reloads: a reloaded
+    /// configuration does not cost every client a full handshake.
+    func ticketKeys(for listener: ListenerName) -> TicketKeys {
+        tickets.withLockedValue { keys in
+            if let existing = keys[listener] { return existing }
+            let created = TicketKeys()
+            keys[listener] = created
+            return created
+        }
+    }
 }
 
 /// Reads everything a configuration names, as `nginx -t` does.
@@ -124,7 +136,7 @@ public enum ConfigurationCheck {
             guard let identity else { continue }
             identities[listener.name] = identity
             do {
-                contexts[listener.name] = try ListenerTLS(listener: listener, identity: identity, trust: trust)
+                contexts[listener.name] = try ListenerTLS(listener: listener, identity: identity, trust: trust, ticketKeys: cache.ticketKeys(for: listener.name))
             } catch {
                 diagnostics.append(ConfigurationDiagnostic("\(path): cannot build its TLS context: \(error)", at: config.locations[path]))
             }

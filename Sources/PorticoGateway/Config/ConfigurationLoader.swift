@@ -177,11 +177,9 @@ public struct ConfigurationLoader: Sendable {
             }
             if let v = keys["proxy_protocol"], let b = reader.bool(v.value, at: "\(path).proxy_protocol") { listener.proxyProtocol = b }
             if let v = keys["access_log"], let b = reader.bool(v.value, at: "\(path).access_log") { listener.accessLog = b }
-            if let v = keys["engine"], let s = reader.string(v.value, at: "\(path).engine") {
-                if let engine = ListenerEngine(rawValue: s) { listener.engine = engine } else {
-                    reader.error("\(path).engine must be nio or core, not '\(s)'", at: v.value)
-                }
-                config.locations["\(path).engine"] = reader.location(v.value)
+            if let v = keys["engine"] {
+                // Known, so that a configuration written for an earlier release is told why.
+                reader.error("\(path).engine is no longer a setting: every listener is served by the one server engine; remove the line", at: v.value)
             }
             if let v = keys["trusted_proxies"], let list = reader.sequence(v.value, at: "\(path).trusted_proxies") {
                 for item in list {

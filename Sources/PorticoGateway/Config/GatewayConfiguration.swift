@@ -113,9 +113,6 @@ public struct ListenerConfiguration: Sendable, Equatable {
     public var limits: ListenerLimits = ListenerLimits()
     /// `access_log`: write one line per request.
     public var accessLog: Bool = true
-    /// `engine`: which server core serves the listener's connections (Portico's own unless
-    /// `nio` is asked for).
-    public var engine: ListenerEngine = .core
 
     public init(_ kind: ListenerKind) {
         self.name = kind.name
@@ -126,19 +123,8 @@ public struct ListenerConfiguration: Sendable, Equatable {
 
     /// Whether two configurations need the socket to be bound again.
     func needsRebind(comparedTo other: ListenerConfiguration) -> Bool {
-        bind != other.bind || port != other.port || tls != other.tls || proxyProtocol != other.proxyProtocol || engine != other.engine
+        bind != other.bind || port != other.port || tls != other.tls || proxyProtocol != other.proxyProtocol
     }
-}
-
-/// Which server core serves a listener's connections.
-public enum ListenerEngine: String, Sendable, Equatable, CaseIterable {
-    /// SwiftNIO's event loops and channels, with NIOSSL: the same features, kept for a
-    /// listener that needs to fall back (and measured beside the core in bench/).
-    case nio
-    /// Portico's own core, the default: one epoll loop per CPU with sockets, BoringSSL and
-    /// handlers and nothing between them. Everything the listeners do: HTTP/1.1 in the clear
-    /// or over TLS, HTTP/2 over TLS, client certificates, PROXY headers, services and upstreams.
-    case core
 }
 
 /// `listeners.<name>.limits`: bounds on what one client may hold or send.
@@ -279,7 +265,8 @@ public struct TrustedFile: Sendable, Equatable {
 
 /// The TLS 1.2 cipher suites a listener may offer.
 public enum TLSCipherPolicy {
-    /// Mozilla's "intermediate" server profile, without the DHE suites the TLS library lacks.
+    /// Mozilla's "intermediate" server profile without its finite-field DHE suites (slow, and
+    /// every client that offers them offers ECDHE too).
     public static let intermediate = [
         "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
         "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",

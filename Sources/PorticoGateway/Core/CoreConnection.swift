@@ -216,7 +216,7 @@ final class CoreConnection: CoreSocketHandler, ConnectionTransport {
                 return
             }
         }
-        // BoringSSL may have something to say (a key update, a session ticket).
+        // OpenSSL may have something to say (a key update, a session ticket).
         if tls.pendingOutput > 0 { sendTLSOutput() }
         if buffer.readableBytes > 0 {
             deliver(buffer)

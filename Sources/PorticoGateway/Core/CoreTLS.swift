@@ -1,5 +1,6 @@
-// BoringSSL as NIOSSL vendors it (the same library serves the NIO listeners), driven directly.
-import CNIOBoringSSL
+// The system's OpenSSL (libssl-dev), driven directly: Debian's security updates fix the
+// listeners' TLS without a new build.
+import CPorticoOpenSSL
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,7 +13,7 @@ struct CoreTLSError: Error, CustomStringConvertible {
 
     init(_ what: String) {
         var text = what
-        // BoringSSL's own reasons, oldest first.
+        // OpenSSL's own reasons, oldest first.
         var reasons: [String] = []
         while case let code = ERR_get_error(), code != 0 {
             var buffer = [CChar](repeating: 0, count: 256)
@@ -24,26 +25,44 @@ struct CoreTLSError: Error, CustomStringConvertible {
     }
 }
 
-/// A server TLS context of the core for one listener and one identity: the listener's policy
-/// (TLS 1.2 and later, its TLS 1.2 cipher suites, ALPN h2 and http/1.1, client certificates and
-/// their trust) and the pair, as one BoringSSL `SSL_CTX` that every connection of that
-/// identity shares.
+/// A server TLS context for one listener and one identity: the listener's policy (TLS 1.2
+/// and later, its TLS 1.2 cipher suites, ALPN h2 and http/1.1, client certificates and their
+/// trust), its session ticket keys and the pair, as one OpenSSL `SSL_CTX` that every connection
+/// of that identity shares.
 /// A reload makes a new one (``ListenerTLS``); connections keep the one they started with.
 final class CoreTLSContext: @unchecked Sendable {
-    // @unchecked Sendable: after init the SSL_CTX is only used through BoringSSL's
-    // thread-safe calls (SSL_new, and its session cache and ticket keys, which it locks).
+    // @unchecked Sendable: after init the SSL_CTX is only used through OpenSSL's thread-safe
+    // calls (SSL_new, and its session cache, which it locks), and the ticket keys lock.
     let context: OpaquePointer
+    private let ticketKeys: TicketKeys
 
-    init(listener: ListenerConfiguration, identity: ServerIdentity, trust: [NIOSSLCertificate]) throws {
+    /// How long a session resumes: agents come back every few minutes and should not pay a
+    /// full handshake each time (OpenSSL's default is five minutes).
+    static let sessionLifetime: Int = 2 * 3600
+    /// Sessions kept for clients that resume by session id rather than by ticket.
+    static let sessionCacheSize = 20_480
+
+    init(listener: ListenerConfiguration, identity: ServerIdentity, trust: [NIOSSLCertificate], ticketKeys: TicketKeys) throws {
         guard let context = SSL_CTX_new(TLS_server_method()) else { throw CoreTLSError("SSL_CTX_new failed") }
         self.context = context
-        guard SSL_CTX_set_min_proto_version(context, UInt16(TLS1_2_VERSION)) == 1 else { throw CoreTLSError("cannot require TLS 1.2") }
-        guard SSL_CTX_set_strict_cipher_list(context, TLSCipherPolicy.cipherString(listener.tls12Ciphers)) == 1 else { throw CoreTLSError("cannot set the cipher suites") }
+        self.ticketKeys = ticketKeys
+        guard CPorticoOpenSSL_set_min_proto_version(context, TLS1_2_VERSION) == 1 else { throw CoreTLSError("cannot require TLS 1.2") }
+        try Self.setCiphers(TLSCipherPolicy.cipherString(listener.tls12Ciphers), in: context)
+        _ = CPorticoOpenSSL_set_server_options(context)
+        // An idle connection gives its record buffers back: held connections cost less memory.
+        _ = CPorticoOpenSSL_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS))
         try Self.usePair(identity, in: context)
         // Sessions of one listener only resume on it (and resumption needs this when client
         // certificates are asked for).
         let sessionContext = Array("portico-\(listener.name.rawValue)".utf8.prefix(Int(SSL_MAX_SID_CTX_LENGTH)))
-        _ = SSL_CTX_set_session_id_context(context, sessionContext, sessionContext.count)
+        _ = SSL_CTX_set_session_id_context(context, sessionContext, UInt32(sessionContext.count))
+        _ = SSL_CTX_set_timeout(context, Self.sessionLifetime)
+        _ = CPorticoOpenSSL_set_session_cache_mode(context, Int(SSL_SESS_CACHE_SERVER))
+        _ = CPorticoOpenSSL_set_session_cache_size(context, Self.sessionCacheSize)
+        SSL_CTX_set_ex_data(context, 0, Unmanaged.passUnretained(ticketKeys).toOpaque())
+        _ = SSL_CTX_set_tlsext_ticket_key_evp_cb(context) { ssl, name, iv, cipher, mac, encrypt in
+            sealTicket(ssl: ssl, name: name, iv: iv, cipher: cipher, mac: mac, encrypt: encrypt)
+        }
         // h2 when the listener offers it and the client does, else http/1.1. (The callback is
         // a C function: whether h2 is offered travels as its argument, non-nil for yes.)
         SSL_CTX_set_alpn_select_cb(context, { _, out, outLength, offered, offeredLength, offersHTTP2 in
@@ -54,7 +73,7 @@ final class CoreTLSContext: @unchecked Sendable {
             break
         case .optional, .require:
             SSL_CTX_set_verify(context, listener.clientAuth == .require ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER, nil)
-            X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(context), CUnsignedLong(X509_V_FLAG_TRUSTED_FIRST))
+            X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(context), UInt(X509_V_FLAG_TRUSTED_FIRST))
             let store = SSL_CTX_get_cert_store(context)
             for certificate in trust {
                 let x509 = try Self.x509(certificate)
@@ -69,6 +88,17 @@ final class CoreTLSContext: @unchecked Sendable {
         SSL_CTX_free(context)
     }
 
+    /// The TLS 1.2 suites: each name must be one OpenSSL knows (it would otherwise skip it
+    /// silently), so they are set one at a time first.
+    private static func setCiphers(_ list: String, in context: OpaquePointer) throws {
+        for name in list.split(separator: ":") {
+            guard SSL_CTX_set_cipher_list(context, String(name)) == 1 else {
+                throw CoreTLSError("the TLS library does not know the cipher suite \(name)")
+            }
+        }
+        guard SSL_CTX_set_cipher_list(context, list) == 1 else { throw CoreTLSError("cannot set the cipher suites") }
+    }
+
     private static func usePair(_ identity: ServerIdentity, in context: OpaquePointer) throws {
         guard let leaf = identity.chain.first else { throw CoreTLSError("the identity holds no certificate") }
         let x509 = try x509(leaf)
@@ -77,7 +107,7 @@ final class CoreTLSContext: @unchecked Sendable {
         for issuer in identity.chain.dropFirst() {
             let issuerX509 = try self.x509(issuer)
             defer { X509_free(issuerX509) }
-            guard SSL_CTX_add1_chain_cert(context, issuerX509) == 1 else { throw CoreTLSError("cannot add an issuer to the chain") }
+            guard CPorticoOpenSSL_add1_chain_cert(context, issuerX509) == 1 else { throw CoreTLSError("cannot add an issuer to the chain") }
         }
         let der = try identity.privateKey.derBytes
         let key = der.withUnsafeBufferPointer { bytes -> OpaquePointer? in
@@ -91,7 +121,7 @@ final class CoreTLSContext: @unchecked Sendable {
         }
     }
 
-    /// A certificate as BoringSSL's own object (the caller frees it).
+    /// A certificate as OpenSSL's own object (the caller frees it).
     static func x509(_ certificate: NIOSSLCertificate) throws -> OpaquePointer {
         let der = try certificate.toDERBytes()
         let x509 = der.withUnsafeBufferPointer { bytes -> OpaquePointer? in
@@ -101,6 +131,31 @@ final class CoreTLSContext: @unchecked Sendable {
         guard let x509 else { throw CoreTLSError("cannot read a certificate") }
         return x509
     }
+}
+
+/// Seals (encrypt 1) or opens a session ticket with the listener's ``TicketKeys``: AES-256-CBC
+/// and HMAC-SHA-256 as OpenSSL's own tickets are. Answers 1 (go on), 2 (opened with an older
+/// key: issue a new ticket), 0 (unknown key: a full handshake) or -1 (failure).
+private func sealTicket(
+    ssl: OpaquePointer?, name: UnsafeMutablePointer<UInt8>?, iv: UnsafeMutablePointer<UInt8>?,
+    cipher: OpaquePointer?, mac: OpaquePointer?, encrypt: Int32
+) -> Int32 {
+    guard let ssl, let name, let iv, let cipher, let mac, let raw = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), 0) else { return -1 }
+    let keys = Unmanaged<TicketKeys>.fromOpaque(raw).takeUnretainedValue()
+    let ivLength = Int(EVP_CIPHER_get_iv_length(EVP_aes_256_cbc()))
+    if encrypt == 1 {
+        let key = keys.current()
+        key.name.withUnsafeBytes { name.update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: TicketKeys.nameLength) }
+        guard RAND_bytes(iv, Int32(ivLength)) == 1,
+              EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1 else { return -1 }
+        var macKey = key.macKey
+        return CPorticoOpenSSL_ticket_hmac(mac, &macKey, macKey.count) == 1 ? 1 : -1
+    }
+    guard let (key, isNewest) = keys.key(named: UnsafeRawBufferPointer(start: name, count: TicketKeys.nameLength)) else { return 0 }
+    var macKey = key.macKey
+    guard CPorticoOpenSSL_ticket_hmac(mac, &macKey, macKey.count) == 1,
+          EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1 else { return -1 }
+    return isNewest ? 1 : 2
 }
 
 /// ALPN: h2 if allowed and the client offers it, else http/1.1 if it offers that; otherwise
@@ -128,13 +183,13 @@ private func selectProtocol(
     return SSL_TLSEXT_ERR_NOACK
 }
 
-/// Where BoringSSL writes one connection's records: a `ByteBuffer` the connection sends
+/// Where OpenSSL writes one connection's records: a `ByteBuffer` the connection sends
 /// from, emptied (and its memory kept) once the socket took it all.
 final class CoreTLSOutput {
     var bytes = ByteBuffer()
 
     /// A BIO whose writes append to an output's bytes. Made once, shared by every connection.
-    // nonisolated(unsafe): set once, then only read (BoringSSL does not change a method).
+    // nonisolated(unsafe): set once, then only read (OpenSSL does not change a method).
     nonisolated(unsafe) static let method: OpaquePointer = {
         let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "portico output")!
         _ = BIO_meth_set_write(method) { bio, data, length in
@@ -143,13 +198,13 @@ final class CoreTLSOutput {
             output.bytes.writeBytes(UnsafeRawBufferPointer(start: data, count: Int(length)))
             return length
         }
-        // BoringSSL flushes after each flight of records; there is nothing to do.
+        // OpenSSL flushes after each flight of records; there is nothing to do.
         _ = BIO_meth_set_ctrl(method) { _, command, _, _ in command == BIO_CTRL_FLUSH ? 1 : 0 }
         return method
     }()
 }
 
-/// One connection's TLS state: BoringSSL reading records from a memory BIO the connection
+/// One connection's TLS state: OpenSSL reading records from a memory BIO the connection
 /// fills (one `read` per readiness event), and writing records into a ``CoreTLSOutput`` the
 /// connection sends from.
 final class CoreTLSSession {
@@ -176,8 +231,8 @@ final class CoreTLSSession {
             throw CoreTLSError("BIO_new failed")
         }
         // An empty input BIO means "wait for more", not end of stream.
-        _ = BIO_set_mem_eof_return(input, -1)
-        // Unretained: the session holds the output for as long as BoringSSL holds the BIO.
+        _ = CPorticoOpenSSL_set_mem_eof_return(input, -1)
+        // Unretained: the session holds the output for as long as OpenSSL holds the BIO.
         BIO_set_data(writer, Unmanaged.passUnretained(output).toOpaque())
         BIO_set_init(writer, 1)
         SSL_set_bio(ssl, input, writer)
@@ -191,7 +246,7 @@ final class CoreTLSSession {
         SSL_free(ssl)
     }
 
-    /// Hands BoringSSL bytes read from the socket.
+    /// Hands OpenSSL bytes read from the socket.
     func feed(_ bytes: UnsafeRawBufferPointer) {
         _ = BIO_write(input, bytes.baseAddress, Int32(bytes.count))
     }
@@ -289,12 +344,12 @@ final class CoreTLSSession {
 
     /// The client's certificate, if it sent one (verified against the trust when asked for).
     func peerCertificate() -> NIOSSLCertificate? {
-        guard let x509 = SSL_get_peer_certificate(ssl) else { return nil }
+        guard let x509 = SSL_get1_peer_certificate(ssl) else { return nil }
         defer { X509_free(x509) }
         var der: UnsafeMutablePointer<UInt8>? = nil
         let length = i2d_X509(x509, &der)
         guard length > 0, let der else { return nil }
-        defer { OPENSSL_free(der) }
+        defer { CPorticoOpenSSL_free(der) }
         return try? NIOSSLCertificate(bytes: Array(UnsafeBufferPointer(start: der, count: Int(length))), format: .der)
     }
 }

@@ -12,8 +12,8 @@ import NIOHTTP1
 /// calls per proxied request: NIO drops and re-adds the socket's read interest.) Timers bound how long a client may take to send a head, a body, or the
 /// next request on a kept-alive connection.
 ///
-/// It knows its connection only as a ``ConnectionTransport``: a NIO channel
-/// (``ChannelServer``) or a socket of Portico's own core (``CoreConnection``).
+/// It knows its connection only as a ``ConnectionTransport``, a socket of the server core
+/// (``CoreConnection``) in service.
 final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, DeadlineClient, UpstreamResponder {
     fileprivate enum State {
         /// Waiting for a request head.

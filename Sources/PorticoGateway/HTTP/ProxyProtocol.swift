@@ -152,36 +152,3 @@ struct ProxyHeaderReader {
         }
     }
 }
-
-/// The PROXY header reader in a NIO pipeline: in front of TLS or HTTP until the header is read.
-final class ProxyProtocolHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-
-    private let info: ConnectionInfo
-    private var reader: ProxyHeaderReader
-    private let onRefused: @Sendable (String) -> Void
-
-    init(info: ConnectionInfo, trusted: Bool, onRefused: @escaping @Sendable (String) -> Void) {
-        self.info = info
-        self.reader = ProxyHeaderReader(trusted: trusted, peer: info.peerAddress?.description ?? "an unknown peer")
-        self.onRefused = onRefused
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch reader.read(unwrapInboundIn(data)) {
-        case .needMore:
-            break
-        case .refuse(let reason):
-            onRefused(reason)
-            context.close(promise: nil)
-        case .pass(let source, let rest):
-            if let source { info.peerAddress = source }
-            if let rest, rest.readableBytes > 0 {
-                context.fireChannelRead(wrapInboundOut(rest))
-                context.fireChannelReadComplete()
-            }
-            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-        }
-    }
-}

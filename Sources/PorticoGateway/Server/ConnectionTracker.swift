@@ -1,6 +1,4 @@
 import NIOConcurrencyHelpers
-import NIOCore
-import NIOExtras
 import Prometheus
 
 /// An open connection as its listener's tracker sees it: something to ask to finish, or to close.
@@ -8,14 +6,6 @@ protocol TrackedConnection: Sendable {
     /// Finish the request in progress, then close.
     func quiesce()
     func close()
-}
-
-/// A connection served by a NIO channel.
-struct TrackedChannel: TrackedConnection {
-    let channel: any Channel
-
-    func quiesce() { channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
-    func close() { channel.close(promise: nil) }
 }
 
 /// The open connections of one listener: counted for limits and metrics, and told to finish
@@ -27,17 +17,8 @@ final class ConnectionTracker: Sendable {
     }
     private let state = NIOLockedValueBox(State())
 
-    /// Adds a connection unless `limit` are already open; returns whether it was added.
-    /// `gauge` (the listener's open connections) goes up now and down when it closes, from
-    /// the same close callback as the tracker's own bookkeeping.
-    func admit(_ channel: any Channel, limit: Int, gauge: Gauge? = nil) -> Bool {
-        let id = ObjectIdentifier(channel)
-        guard admit(TrackedChannel(channel: channel), id: id, limit: limit, gauge: gauge) else { return false }
-        channel.closeFuture.whenComplete { [self] _ in release(id, gauge: gauge) }
-        return true
-    }
-
-    /// Adds a connection known by `id` unless `limit` are already open; its owner calls
+    /// Adds a connection known by `id` unless `limit` are already open; returns whether it
+    /// was added. `gauge` (the listener's open connections) goes up now; its owner calls
     /// ``release(_:gauge:)`` when it closes.
     func admit(_ connection: any TrackedConnection, id: ObjectIdentifier, limit: Int, gauge: Gauge? = nil) -> Bool {
         let admitted = state.withLockedValue { state -> Bool in
@@ -63,11 +44,6 @@ final class ConnectionTracker: Sendable {
     }
 
     var count: Int { state.withLockedValue { $0.connections.count } }
-
-    /// The open connections served by NIO channels.
-    var channels: [any Channel] {
-        state.withLockedValue { $0.connections.values.compactMap { ($0 as? TrackedChannel)?.channel } }
-    }
 
     private var all: [any TrackedConnection] { state.withLockedValue { Array($0.connections.values) } }
 

@@ -106,7 +106,7 @@ public actor Gateway: Service {
         applyPools(prepared.configuration)
         do {
             for listenerConfiguration in prepared.configuration.enabledListeners {
-                let listener = Listener(snapshot: try makeSnapshot(listenerConfiguration), group: group, logger: logger)
+                let listener = Listener(snapshot: try makeSnapshot(listenerConfiguration), group: try CoreEventLoopGroup.shared.get(), logger: logger)
                 try await listener.start()
                 listeners[listenerConfiguration.name] = listener
             }
@@ -199,7 +199,7 @@ public actor Gateway: Service {
                     await old.update(snapshot)
                     continue
                 }
-                let replacement = Listener(snapshot: snapshot, group: group, logger: logger)
+                let replacement = Listener(snapshot: snapshot, group: try CoreEventLoopGroup.shared.get(), logger: logger)
                 if let old {
                     // The new socket may need the old port: stop accepting on the old one first.
                     await old.stopAccepting()

@@ -31,8 +31,7 @@ enum UpstreamFailure: Error, CustomStringConvertible {
     }
 }
 
-/// What an upstream connection needs of its socket: a NIO channel (``UpstreamChannelHandler``)
-/// or a socket of Portico's own core (``CoreUpstreamSocket``).
+/// What an upstream connection needs of its socket (``CoreUpstreamSocket``).
 protocol UpstreamTransport: AnyObject {
     /// Sends `bytes` now.
     func send(_ bytes: ByteBuffer)
@@ -486,28 +485,14 @@ final class UpstreamConnections {
         return nil
     }
 
-    /// A new connection to the target; bound to the loop that owns it. A socket of the core
-    /// on a core loop, a NIO channel on a NIO loop.
+    /// A new connection to the target, a socket of the core bound to the loop that owns it.
     func connect(target: Int, host: String, port: Int, connectTimeout: TimeAmount) -> EventLoopFuture<NIOLoopBound<UpstreamConnection>> {
-        let connection = UpstreamConnection(target: target, owner: self)
-        if let loop = eventLoop as? CoreEventLoop {
-            return CoreUpstreamSocket.connect(connection, host: host, port: port, timeout: connectTimeout, on: loop)
+        guard let loop = eventLoop as? CoreEventLoop else {
+            // Connections are served on core loops only; nothing else relays.
+            return eventLoop.makeFailedFuture(UpstreamFailure.connectFailed("not on a loop of the server core"))
         }
-        let handler = NIOLoopBound(UpstreamChannelHandler(connection), eventLoop: eventLoop)
-        let bound = NIOLoopBound(connection, eventLoop: eventLoop)
-        return ClientBootstrap(group: eventLoop)
-            .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(handler.value)
-                }
-            }
-            .connect(host: host, port: port)
-            .flatMapErrorThrowing { error in
-                throw UpstreamFailure.connectFailed("\(error)")
-            }
-            .map { _ in bound }
+        let connection = UpstreamConnection(target: target, owner: self)
+        return CoreUpstreamSocket.connect(connection, host: host, port: port, timeout: connectTimeout, on: loop)
     }
 
     func release(_ connection: UpstreamConnection) {
@@ -523,75 +508,6 @@ final class UpstreamConnections {
     func forget(_ connection: UpstreamConnection) {
         if let index = idle[connection.target].firstIndex(where: { $0 === connection }) {
             idle[connection.target].remove(at: index)
-        }
-    }
-}
-
-/// An upstream connection on a NIO channel: the channel handler in front of it.
-final class UpstreamChannelHandler: ChannelDuplexHandler, UpstreamTransport {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
-    private let connection: UpstreamConnection
-    private var context: ChannelHandlerContext?
-    /// Reading is paused; a read asked for meanwhile is made on resuming.
-    private var paused = false
-    private var readPending = false
-
-    init(_ connection: UpstreamConnection) {
-        self.connection = connection
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        connection.attached(to: self, on: context.eventLoop)
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        connection.detached()
-        self.context = nil
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        connection.received(unwrapInboundIn(data))
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        connection.transportClosed()
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        connection.close()
-    }
-
-    func send(_ bytes: ByteBuffer) {
-        context?.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
-    }
-
-    func close() {
-        context?.close(promise: nil)
-    }
-
-    func read(context: ChannelHandlerContext) {
-        if paused {
-            readPending = true
-        } else {
-            context.read()
-        }
-    }
-
-    func pauseReading() {
-        paused = true
-    }
-
-    func resumeReading() {
-        guard paused else { return }
-        paused = false
-        if readPending, let context {
-            readPending = false
-            context.read()
         }
     }
 }
