@@ -32,6 +32,10 @@ import Testing
             let port = try await gw.port(.console)
             let session = dir.file("session.pem")
             #expect(try await Self.connect(port: port, version: version, save: session, extra: extra) == false)
+            let first = try Data(contentsOf: URL(fileURLWithPath: session))
+            #expect(try await Self.connect(port: port, version: version, save: session, resume: session, extra: extra))
+            // TLS 1.3 gives a resumed client a new ticket (its client uses a ticket once).
+            if version == "-tls1_3" { #expect(try Data(contentsOf: URL(fileURLWithPath: session)) != first) }
             #expect(try await Self.connect(port: port, version: version, save: session, resume: session, extra: extra))
 
             // A reloaded configuration keeps the listener's ticket keys; a session kept by id
@@ -49,6 +53,14 @@ import Testing
             #expect(try await Self.connect(port: port, version: version, save: session, resume: session, extra: extra) == byTicket)
             // A client with no session gets a full handshake.
             #expect(try await Self.connect(port: port, version: version, save: dir.file("other.pem"), extra: extra) == false)
+            // What the metrics counted: by ticket two full handshakes and four resumed; by
+            // session id the reload and the new identity cost one full handshake each.
+            try await TestClient.with { client in
+                let metrics = try await TestClient.get(client, try await gw.url(.webservices, "/metrics")).body
+                let (full, resumed) = byTicket ? (2, 4) : (4, 3)
+                #expect(metrics.contains(#"portico_tls_handshakes_total{listener="console",resumed="false"} \#(full)"#))
+                #expect(metrics.contains(#"portico_tls_handshakes_total{listener="console",resumed="true"} \#(resumed)"#))
+            }
         }
     }
 

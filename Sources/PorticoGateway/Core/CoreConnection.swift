@@ -184,6 +184,9 @@ final class CoreConnection: CoreSocketHandler, ConnectionTransport {
                 closeNow()
                 return
             case .established:
+                if let metrics = info?.snapshot.value.metrics {
+                    (tls.resumed ? metrics.resumedHandshakes : metrics.fullHandshakes).increment()
+                }
                 info?.clientCertificate = tls.peerCertificate()
                 sendTLSOutput()
                 if tls.negotiatedHTTP2 { switchToHTTP2() }

@@ -134,8 +134,11 @@ final class CoreTLSContext: @unchecked Sendable {
 }
 
 /// Seals (encrypt 1) or opens a session ticket with the listener's ``TicketKeys``: AES-256-CBC
-/// and HMAC-SHA-256 as OpenSSL's own tickets are. Answers 1 (go on), 2 (opened with an older
-/// key: issue a new ticket), 0 (unknown key: a full handshake) or -1 (failure).
+/// and HMAC-SHA-256 as OpenSSL's own tickets are. Answers 1 (go on), 2 (issue a new ticket),
+/// 0 (unknown key: a full handshake) or -1 (failure). A TLS 1.3 client is always given a new
+/// ticket, as OpenSSL's own keys do: its client does not offer a ticket it has used again
+/// once that connection has closed, so without one every other connection would be a full
+/// handshake.
 private func sealTicket(
     ssl: OpaquePointer?, name: UnsafeMutablePointer<UInt8>?, iv: UnsafeMutablePointer<UInt8>?,
     cipher: OpaquePointer?, mac: OpaquePointer?, encrypt: Int32
@@ -155,7 +158,7 @@ private func sealTicket(
     var macKey = key.macKey
     guard CPorticoOpenSSL_ticket_hmac(mac, &macKey, macKey.count) == 1,
           EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1 else { return -1 }
-    return isNewest ? 1 : 2
+    return isNewest && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2
 }
 
 /// ALPN: h2 if allowed and the client offers it, else http/1.1 if it offers that; otherwise
@@ -332,6 +335,9 @@ final class CoreTLSSession {
             output.bytes.clear()
         }
     }
+
+    /// Whether the handshake resumed a session.
+    var resumed: Bool { SSL_session_reused(ssl) == 1 }
 
     /// Whether ALPN chose h2.
     var negotiatedHTTP2: Bool {

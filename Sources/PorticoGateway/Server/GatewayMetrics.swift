@@ -69,6 +69,10 @@ final class ListenerMetrics: Sendable {
     let openConnections: Gauge
     let refusedConnections: Counter
     let handshakeFailures: Counter
+    /// Completed handshakes, full and resumed: what fresh connections cost depends on the share
+    /// that resumes.
+    let fullHandshakes: Counter
+    let resumedHandshakes: Counter
     let timeouts: Counter
     let requests: RequestStats
 
@@ -77,6 +81,9 @@ final class ListenerMetrics: Sendable {
         openConnections = registry.makeGauge(descriptor: .portico("open_connections", unit: "", help: "Open connections per listener"), labels: label)
         refusedConnections = registry.makeCounter(descriptor: .portico("refused_connections", unit: "total", help: "Connections closed at accept because the listener was full or the source untrusted"), labels: label)
         handshakeFailures = registry.makeCounter(descriptor: .portico("tls_handshake_failures", unit: "total", help: "TLS handshakes that failed"), labels: label)
+        let handshakes = MetricNameDescriptor.portico("tls_handshakes", unit: "total", help: "TLS handshakes completed, full or resumed")
+        fullHandshakes = registry.makeCounter(descriptor: handshakes, labels: label + [("resumed", "false")])
+        resumedHandshakes = registry.makeCounter(descriptor: handshakes, labels: label + [("resumed", "true")])
         timeouts = registry.makeCounter(descriptor: .portico("client_timeouts", unit: "total", help: "Connections closed because a client was too slow"), labels: label)
         requests = RequestStats(listener: role.rawValue)
     }
