@@ -2,7 +2,8 @@
 # Portico beside nginx on loopback, same certificate, same body, alternating rounds.
 #
 #   bench/run.sh [rounds]        (default 3)
-#   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 json json2 handshake resume resume12 proxy idle)
+#   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 json json2 handshake reconnect resume
+#                                 resume12 proxy idle)
 #   FLOOR=1 bench/run.sh         (also bench/floor, SwiftNIO + NIOSSL with no HTTP layer, in
 #                                 every test but h2: the least this stack can cost)
 #   RAWFLOOR=1 bench/run.sh      (also bench/floor's portico-rawfloor, the same with epoll and
@@ -231,7 +232,7 @@ measure() {  # name test command...
     h2|json2)
       rps=$(echo "$out" | awk '/^finished in/ {print $4}')
       requests=$(echo "$out" | awk '/^requests:/ {print $8}') ;;
-    resume*)
+    handshake|resume*)
       rps=$(echo "$out" | awk '/^rate/ {print $2}')
       requests=$(echo "$out" | awk '/^connections/ {print $2}') ;;
     *)
@@ -243,14 +244,15 @@ measure() {  # name test command...
   printf "%s\t%s\t%s\t%s\n" "$test" "$server" "$rps" "$us" | tee -a "$results" >&2
 }
 
-# Resumed handshakes: 8 `openssl s_time -reuse` clients at once, each a new connection per
-# request resuming the session its first connection got (HTTP/1.0 GET, closed by the server).
-resumed() {  # port seconds [openssl options]
-  local start end total=0 port=$1 seconds=$2
-  shift 2
+# Handshakes: 8 `openssl s_time` clients at once, each a new connection per request (HTTP/1.0
+# GET, closed by the server), each a full handshake (-new) or resuming the session its first
+# connection got (-reuse).
+handshakes() {  # -new|-reuse port seconds [openssl options]
+  local start end total=0 mode=$1 port=$2 seconds=$3
+  shift 3
   start=$(date +%s.%N)
   for i in $(seq 8); do
-    openssl s_time -connect "127.0.0.1:$port" -reuse -time "$seconds" -www /healthz "$@" > "$work/s_time.$i" 2>&1 &
+    openssl s_time -connect "127.0.0.1:$port" "$mode" -time "$seconds" -www /healthz "$@" > "$work/s_time.$i" 2>&1 &
   done
   wait
   end=$(date +%s.%N)
@@ -261,7 +263,7 @@ resumed() {  # port seconds [openssl options]
   awk -v n="$total" -v a="$start" -v b="$end" 'BEGIN { printf "rate %.1f\n", n / (b - a) }'
 }
 
-TESTS=" ${TESTS:-h1 h2 json json2 handshake resume resume12 proxy idle} "
+TESTS=" ${TESTS:-h1 h2 json json2 handshake reconnect resume resume12 proxy idle} "
 selected() { [[ "$TESTS" == *" $1 "* ]]; }
 
 DURATION=${DURATION:-10s}
@@ -276,10 +278,12 @@ for round in $(seq "$rounds"); do
     # A JSON answer made per request (Portico's built-in status; nginx returns the same bytes).
     measure $server json wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/statusz"
     measure $server json2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/statusz"
-    measure $server handshake wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
+    measure $server handshake handshakes -new "$port" "$seconds"
+    # A new connection per request as wrk makes them: it resumes its last session.
+    measure $server reconnect wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
     case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
-    measure $server resume resumed "$ec_port" "$seconds"
-    measure $server resume12 resumed "$ec_port" "$seconds" -tls1_2
+    measure $server resume handshakes -reuse "$ec_port" "$seconds"
+    measure $server resume12 handshakes -reuse "$ec_port" "$seconds" -tls1_2
     measure $server proxy wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/proxied"
   done
 done
@@ -324,7 +328,7 @@ for line in open(sys.argv[1]):
     except ValueError:
         pass
 med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
-for test in ["h1", "h2", "json", "json2", "handshake", "resume", "resume12", "proxy"]:
+for test in ["h1", "h2", "json", "json2", "handshake", "reconnect", "resume", "resume12", "proxy"]:
     for server in ["nginx", "portico", "floor", "rawfloor"]:
         if (test, server) in med:
             r, u = med[(test, server)]

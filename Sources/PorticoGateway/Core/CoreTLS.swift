@@ -139,25 +139,32 @@ final class CoreTLSContext: @unchecked Sendable {
 /// ticket, as OpenSSL's own keys do: its client does not offer a ticket it has used again
 /// once that connection has closed, so without one every other connection would be a full
 /// handshake.
+/// AES-256-CBC fetched once: the legacy `EVP_aes_256_cbc()` is looked up in the providers at
+/// every use.
+// nonisolated(unsafe): set once, then only read (a fetched cipher is immutable and
+// thread-safe to use).
+private nonisolated(unsafe) let ticketCipher: OpaquePointer? = EVP_CIPHER_fetch(nil, "AES-256-CBC", nil)
+
 private func sealTicket(
     ssl: OpaquePointer?, name: UnsafeMutablePointer<UInt8>?, iv: UnsafeMutablePointer<UInt8>?,
     cipher: OpaquePointer?, mac: OpaquePointer?, encrypt: Int32
 ) -> Int32 {
-    guard let ssl, let name, let iv, let cipher, let mac, let raw = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), 0) else { return -1 }
+    guard let ssl, let name, let iv, let cipher, let mac, let ticketCipher,
+          let raw = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), 0) else { return -1 }
     let keys = Unmanaged<TicketKeys>.fromOpaque(raw).takeUnretainedValue()
-    let ivLength = Int(EVP_CIPHER_get_iv_length(EVP_aes_256_cbc()))
+    let ivLength = Int(EVP_CIPHER_get_iv_length(ticketCipher))
     if encrypt == 1 {
         let key = keys.current()
         key.name.withUnsafeBytes { name.update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: TicketKeys.nameLength) }
         guard RAND_bytes(iv, Int32(ivLength)) == 1,
-              EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1 else { return -1 }
+              EVP_EncryptInit_ex(cipher, ticketCipher, nil, key.cipherKey, iv) == 1 else { return -1 }
         var macKey = key.macKey
         return CPorticoOpenSSL_ticket_hmac(mac, &macKey, macKey.count) == 1 ? 1 : -1
     }
     guard let (key, isNewest) = keys.key(named: UnsafeRawBufferPointer(start: name, count: TicketKeys.nameLength)) else { return 0 }
     var macKey = key.macKey
     guard CPorticoOpenSSL_ticket_hmac(mac, &macKey, macKey.count) == 1,
-          EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1 else { return -1 }
+          EVP_DecryptInit_ex(cipher, ticketCipher, nil, key.cipherKey, iv) == 1 else { return -1 }
     return isNewest && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2
 }
 
