@@ -316,6 +316,7 @@ if Context.environment["PORTICO_FUZZ"] != nil {
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "fuzz/Sources/PorticoFuzz",
             swiftSettings: swiftSettings + [.unsafeFlags(["-parse-as-library"])]

@@ -8,8 +8,7 @@
 #                                 every test but h2: the least this stack can cost)
 #   RAWFLOOR=1 bench/run.sh      (also bench/floor's portico-rawfloor, the same with epoll and
 #                                 BoringSSL driven directly: the least a core of our own could cost)
-#   ACCESS_LOG=1 bench/run.sh    (access logs on, on both: nginx's to a file, Portico's to its
-#                                 standard error, redirected to a file, as each ships them)
+#   ACCESS_LOG=1 bench/run.sh    (access logs on, on both, each to a file of its own)
 #
 # Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
 # is missing. Builds portico in release mode. Prints requests/s and server CPU
@@ -68,8 +67,8 @@ RAWFLOOR_EC_PORT=${RAWFLOOR_EC_PORT:-19449}
 
 mkdir -p "$work/ec" "$work/upstream-tmp"
 # Access logs: off on both unless ACCESS_LOG is set (Portico writes its lines at level info).
-access_log=false; log_level=warning
-if [ -n "${ACCESS_LOG:-}" ]; then access_log=true; log_level=info; fi
+access_log=false
+if [ -n "${ACCESS_LOG:-}" ]; then access_log=true; fi
 
 # What both nginx instances set in their http block: the access log (off unless a file is
 # given), temp files in the work folder, keep-alive without a request limit.
@@ -101,6 +100,7 @@ CONF
 portico_yaml() {
   cat <<YAML
 $1
+access_log: {file: access.log}
 listeners:
   client: {bind: 127.0.0.1, port: $2, access_log: $access_log, limits: {max_connections: 20000}}
   console:
@@ -122,7 +122,7 @@ YAML
 }
 # Starts Portico with the configuration in folder $1 and waits until port $2 answers.
 start_portico() {
-  "$portico_bin" serve --config "$1/portico.yaml" --log-level "$log_level" 2>"$1/portico.log" &
+  "$portico_bin" serve --config "$1/portico.yaml" --log-level warning 2>"$1/portico.log" &
   started_pid=$!
   for _ in $(seq 100); do
     curl -sk "https://127.0.0.1:$2/healthz" >/dev/null 2>&1 && break

@@ -31,7 +31,9 @@ public enum TestGateway {
     public static func listenersYAML(_ extra: [ListenerName: String] = [:]) -> String {
         var yaml = "listeners:\n"
         for role in TestListeners.names {
-            yaml += "  \(role.rawValue):\n    bind: 127.0.0.1\n    port: 0\n    access_log: false\n"
+            yaml += "  \(role.rawValue):\n    bind: 127.0.0.1\n    port: 0\n"
+            // Off unless a test asks for it.
+            if extra[role]?.contains("access_log") != true { yaml += "    access_log: false\n" }
             if let more = extra[role] {
                 yaml += more.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n") + "\n"
             }

@@ -150,6 +150,15 @@ public enum ConfigurationCheck {
                 diagnostics.append(ConfigurationDiagnostic("upstreams.\(name).trust: \(error.message)", at: config.locations["upstreams.\(name).trust"]))
             }
         }
+        if !config.accessLog.toStandardOutput {
+            // Opened (and created) as `nginx -t` does, so that a path the service cannot write
+            // is found before it starts or reloads.
+            do {
+                _ = try AccessLogWriter(file: config.accessLog.file)
+            } catch {
+                diagnostics.append(ConfigurationDiagnostic("access_log.file: \(error)", at: config.locations["access_log.file"]))
+            }
+        }
         diagnostics += routeDiagnostics(config)
         if !diagnostics.isEmpty { throw ConfigurationError(diagnostics) }
         return PreparedConfiguration(configuration: config, identities: identities, tlsContexts: contexts, notes: notes)

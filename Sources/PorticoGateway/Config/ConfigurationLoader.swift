@@ -78,13 +78,26 @@ public struct ConfigurationLoader: Sendable {
         return config
     }
 
-    static let topKeys = ["identity", "listeners", "routes", "upstreams", "shutdown"]
+    static let topKeys = ["identity", "listeners", "routes", "upstreams", "shutdown", "access_log"]
 
     private func read(_ top: [String: (key: Node, value: Node)], into config: inout GatewayConfiguration, reader: inout NodeReader) {
         let base = Paths.directory(of: reader.file)
         if let shutdown = top["shutdown"], let keys = reader.mapping(shutdown.value, at: "shutdown", keys: ["grace_period"]) {
             if let grace = keys["grace_period"], let value = reader.duration(grace.value, at: "shutdown.grace_period") {
                 config.shutdownGracePeriod = value
+            }
+        }
+        if let log = top["access_log"], let keys = reader.mapping(log.value, at: "access_log", keys: ["file", "format"]) {
+            if let file = keys["file"], let value = reader.string(file.value, at: "access_log.file") {
+                config.accessLog.file = value == "-" ? value : Paths.resolve(value, against: base)
+                config.locations["access_log.file"] = reader.location(file.value)
+            }
+            if let format = keys["format"], let value = reader.string(format.value, at: "access_log.format") {
+                if let known = AccessLogConfiguration.Format(rawValue: value) {
+                    config.accessLog.format = known
+                } else {
+                    reader.error("access_log.format must be text or json, not '\(value)'", at: format.value)
+                }
             }
         }
         if let identity = top["identity"] {

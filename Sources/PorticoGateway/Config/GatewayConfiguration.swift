@@ -18,6 +18,9 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var upstreams: [String: UpstreamConfiguration] = [:]
     /// `shutdown.grace_period`: how long a drain waits for in-flight requests before closing.
     public var shutdownGracePeriod: TimeAmount = .seconds(30)
+    /// `access_log`: where the listeners that log (`listeners.<name>.access_log`) write one
+    /// line per request, and in which format.
+    public var accessLog = AccessLogConfiguration()
     /// The file this configuration was read from, if any.
     public var sourceFile: String?
     /// Where keys were written (`identity.certificate`, `listeners.client.port`, ...), for messages
@@ -261,6 +264,25 @@ public struct TrustedFile: Sendable, Equatable {
         self.key = key
         self.optional = optional
     }
+}
+
+/// Where access-log lines go and how they are written.
+public struct AccessLogConfiguration: Sendable, Equatable {
+    public enum Format: String, Sendable, Equatable, CaseIterable {
+        /// The Common Log Format that log tools read, then the listener and the time taken.
+        case text
+        /// One JSON object per line, for log pipelines.
+        case json
+    }
+
+    /// `file`: a path, or `-` (the default) for standard output.
+    public var file: String = "-"
+    public var format: Format = .text
+
+    public init() {}
+
+    /// Standard output rather than a file.
+    public var toStandardOutput: Bool { file == "-" }
 }
 
 /// The TLS 1.2 cipher suites a listener may offer.

@@ -334,7 +334,7 @@ final class HTTP1Connection<Transport: ConnectionTransport>: ServedConnection, D
             target,
             request: makeRequest(pending),
             eventLoop: transport.eventLoop,
-            logger: info.snapshot.value.accessLogger
+            logger: info.snapshot.value.logger
         )
         switch outcome {
         case .fixed(let fixed):

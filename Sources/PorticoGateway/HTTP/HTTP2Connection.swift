@@ -683,7 +683,7 @@ final class HTTP2Connection<Transport: ConnectionTransport>: ServedConnection, D
             UpstreamExchange(pool: pool, request: .request(makeRequest(stream)), eventLoop: transport.eventLoop, responder: responder).start()
             return
         }
-        switch RequestDispatch.run(route.target, request: makeRequest(stream), eventLoop: transport.eventLoop, logger: info.snapshot.value.accessLogger) {
+        switch RequestDispatch.run(route.target, request: makeRequest(stream), eventLoop: transport.eventLoop, logger: info.snapshot.value.logger) {
         case .fixed(let fixed):
             writeFixed(fixed, to: stream, isHead: isHead)
         case .response(let response):

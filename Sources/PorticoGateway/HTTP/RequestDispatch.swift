@@ -12,7 +12,7 @@ enum RequestDispatch {
     }
 
     /// Runs an endpoint. Services run as tasks; their result is delivered on `eventLoop`.
-    static func run(_ endpoint: Endpoint, request: @autoclosure () -> GatewayRequest, eventLoop: any EventLoop, logger: Logger?) -> Outcome {
+    static func run(_ endpoint: Endpoint, request: @autoclosure () -> GatewayRequest, eventLoop: any EventLoop, logger: Logger) -> Outcome {
         switch endpoint {
         case .fixed(let fixed):
             return .fixed(fixed)
@@ -22,7 +22,7 @@ enum RequestDispatch {
             let request = request()
             let future = run(on: eventLoop) { try await route.handler(request) }
             return .pending(future.flatMapError { error in
-                logger?.error("service failed", metadata: ["error": "\(error)", "path": "\(request.path)"])
+                logger.error("service failed", metadata: ["error": "\(error)", "path": "\(request.path)"])
                 return eventLoop.makeFutureWithTask { await route.service.refusal(.failed, for: request) }
             })
         case .refusal(let service, let refusal):

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -29,6 +30,8 @@ public actor Gateway: Service {
     /// Pools replaced by a reload, closing once their requests in flight are done.
     private var retiringPools: [Task<Void, Never>] = []
     private var started = false
+    /// The access log of every listener that logs; opened at start.
+    private var accessLog: AccessLog?
     /// When each certificate's expiry was last warned about (at most once a day each).
     private var expiryWarned: [String: ContinuousClock.Instant] = [:]
 
@@ -87,6 +90,12 @@ public actor Gateway: Service {
                         await self.reload()
                     }
                 }
+                // After a log rotation moved the access log away, as nginx takes USR1.
+                group.addTask {
+                    for await _ in await UnixSignalsSequence(trapping: .sigusr1) {
+                        await self.reopenAccessLog()
+                    }
+                }
             }
             try? await gracefulShutdown()
             group.cancelAll()
@@ -105,6 +114,7 @@ public actor Gateway: Service {
         }
         applyPools(prepared.configuration)
         do {
+            accessLog = try AccessLog(prepared.configuration.accessLog)
             for listenerConfiguration in prepared.configuration.enabledListeners {
                 let listener = Listener(snapshot: try makeSnapshot(listenerConfiguration), group: try CoreEventLoopGroup.shared.get(), logger: logger)
                 try await listener.start()
@@ -149,6 +159,34 @@ public actor Gateway: Service {
         retiringPools = []
         for pool in pools.values { await pool.shutdown() }
         pools = [:]
+        // Every request is answered: its line is written before stop returns, unless the
+        // destination takes nothing (a stalled pipe) for 5 s, which must not hold the exit.
+        if let accessLog {
+            // Not a task group: it would wait for a flush that never ends.
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let waiting = NIOLockedValueBox<CheckedContinuation<Void, Never>?>(continuation)
+                let resume: @Sendable () -> Void = { waiting.withLockedValue { $0.take() }?.resume() }
+                Task {
+                    await accessLog.flush()
+                    resume()
+                }
+                Task {
+                    try? await Task.sleep(for: .seconds(5))
+                    resume()
+                }
+            }
+        }
+    }
+
+    /// Opens the access log's file again at its path (SIGUSR1, after a rotation moved it).
+    public func reopenAccessLog() {
+        accessLog?.reopen()
+        logger.notice("access log reopened", metadata: ["file": "\(prepared.configuration.accessLog.file)"])
+    }
+
+    /// Writes out every access-log line buffered so far.
+    public func flushAccessLog() async {
+        await accessLog?.flush()
     }
 
     /// Reads the configuration again and applies what changed. A configuration that does not
@@ -180,6 +218,13 @@ public actor Gateway: Service {
         let previous = prepared
         prepared = next
         applyPools(next.configuration)
+        if next.configuration.accessLog != previous.configuration.accessLog, let accessLog {
+            do {
+                try await accessLog.configure(next.configuration.accessLog)
+            } catch {
+                logger.error("the access log keeps its destination", metadata: ["error": "\(error)"])
+            }
+        }
         let grace = next.configuration.shutdownGracePeriod
         // Names in either configuration: a listener the new one lacks is drained.
         var names = next.configuration.names
@@ -244,10 +289,17 @@ public actor Gateway: Service {
     }
 
     private func pollIdentities() async {
+        var dropped = 0
         while !Task.isCancelled {
             let interval = prepared.configuration.identity.reloadInterval
             do { try await Task.sleep(for: .nanoseconds(interval.nanoseconds)) } catch { return }
             reloadIdentities()
+            if let now = accessLog?.droppedLines, now > dropped {
+                logger.warning("access log lines dropped: the destination does not take them", metadata: [
+                    "file": "\(prepared.configuration.accessLog.file)", "dropped": "\(now - dropped)",
+                ])
+                dropped = now
+            }
         }
     }
 
@@ -301,16 +353,13 @@ public actor Gateway: Service {
             }
         }
         let router = try Router(definitions)
-        var accessLogger: Logger? = nil
-        if listener.accessLog {
-            accessLogger = Logger(label: "portico.access")
-        }
         return ListenerSnapshot(
             configuration: listener,
             router: router,
             tls: prepared.tlsContexts[listener.name],
             metrics: metrics.listener(listener.name),
-            accessLogger: accessLogger,
+            accessLog: listener.accessLog ? accessLog : nil,
+            logger: logger,
             readiness: readiness
         )
     }

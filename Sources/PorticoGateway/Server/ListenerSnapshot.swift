@@ -13,16 +13,20 @@ final class ListenerSnapshot: Sendable {
     let router: Router<Endpoint>
     let tls: ListenerTLS?
     let metrics: ListenerMetrics
-    let accessLogger: Logger?
+    /// Where the listener logs its requests; nil with `access_log: false`.
+    let accessLog: AccessLog?
+    /// The gateway's log, for services that fail.
+    let logger: Logger
     let notFound: FixedResponse
     let readiness: ReadinessFlag
 
-    init(configuration: ListenerConfiguration, router: Router<Endpoint>, tls: ListenerTLS?, metrics: ListenerMetrics, accessLogger: Logger?, readiness: ReadinessFlag) {
+    init(configuration: ListenerConfiguration, router: Router<Endpoint>, tls: ListenerTLS?, metrics: ListenerMetrics, accessLog: AccessLog?, logger: Logger, readiness: ReadinessFlag) {
         self.configuration = configuration
         self.router = router
         self.tls = tls
         self.metrics = metrics
-        self.accessLogger = accessLogger
+        self.accessLog = accessLog
+        self.logger = logger
         self.readiness = readiness
         self.notFound = FixedResponse(.plain(.notFound, "no route for this path"))
     }
@@ -34,7 +38,7 @@ final class ListenerSnapshot: Sendable {
     func localCopy() -> ListenerSnapshot {
         ListenerSnapshot(
             configuration: configuration, router: router.localCopy { $0.localCopy() }, tls: tls, metrics: metrics,
-            accessLogger: accessLogger, readiness: readiness)
+            accessLog: accessLog, logger: logger, readiness: readiness)
     }
 }
 
@@ -76,6 +80,8 @@ final class ConnectionInfo {
     let eventLoop: any EventLoop
     /// Where this connection's loop counts requests; found at the first one.
     private var requestStats: RequestStats.Shard?
+    /// Where this connection's loop buffers access-log lines, and the log it is of.
+    private var accessBuffer: (log: ObjectIdentifier, buffer: AccessLogBuffer)?
 
     init(listener: ListenerName, isTLS: Bool, peerAddress: SocketAddress?, snapshot: SnapshotReader<ListenerSnapshot>, eventLoop: any EventLoop) {
         self.listener = listener
@@ -92,12 +98,16 @@ final class ConnectionInfo {
         let elapsed = now - started
         if requestStats == nil { requestStats = snapshot.metrics.requests.shard(on: eventLoop) }
         requestStats!.record(status: status, nanoseconds: elapsed.nanoseconds)
-        guard let logger = snapshot.accessLogger else { return }
-        logger.info("request", metadata: [
-            "listener": "\(listener)", "client": "\(peerAddressText ?? "-")", "method": "\(method)",
-            "uri": "\(uri)", "status": "\(status)", "bytes": "\(bytes)", "http": "\(http)",
-            "duration_us": "\(elapsed.nanoseconds / 1000)",
-        ])
+        guard let log = snapshot.accessLog else { return }
+        let buffer: AccessLogBuffer
+        if let cached = accessBuffer, cached.log == ObjectIdentifier(log) {
+            buffer = cached.buffer
+        } else {
+            buffer = log.buffer(on: eventLoop)
+            accessBuffer = (ObjectIdentifier(log), buffer)
+        }
+        buffer.record(listener: listener.rawValue, client: peerAddressText, method: method, uri: uri, http: http,
+                      status: status, bytes: bytes, microseconds: elapsed.nanoseconds / 1000)
     }
 
     /// Whether the peer may speak for the client (`X-Forwarded-For`, PROXY headers): looked

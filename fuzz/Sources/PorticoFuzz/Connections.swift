@@ -1,4 +1,5 @@
 import NIOCore
+import Logging
 import NIOEmbedded
 @testable import PorticoGateway
 import Prometheus
@@ -49,7 +50,7 @@ enum FuzzListener {
             definitions.append(.init(methods: ["GET"], host: nil, path: "/healthz", target: health, maxBodyBytes: 0))
         }
         let router = try! Router(definitions)
-        let snapshot = ListenerSnapshot(configuration: configuration, router: router, tls: nil, metrics: metrics.listener(.console), accessLogger: nil, readiness: readiness)
+        let snapshot = ListenerSnapshot(configuration: configuration, router: router, tls: nil, metrics: metrics.listener(.console), accessLog: nil, logger: Logger(label: "portico-fuzz"), readiness: readiness)
         return SnapshotBox(snapshot)
     }()
 
