@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Portico beside nginx on loopback, same certificate, same body, alternating rounds.
+# Portico beside nginx and HAProxy on loopback: the same certificates, the same answers, the
+# same upstream, with access logs off on every server and then on on every server, in one run.
 #
 #   bench/run.sh [rounds]        (default 3)
 #   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 json json2 handshake reconnect resume
 #                                 resume12 proxy idle)
-#   FLOOR=1 bench/run.sh         (also bench/floor, SwiftNIO + NIOSSL with no HTTP layer, in
-#                                 every test but h2: the least this stack can cost)
-#   RAWFLOOR=1 bench/run.sh      (also bench/floor's portico-rawfloor, the same with epoll and
-#                                 BoringSSL driven directly: the least a core of our own could cost)
-#   ACCESS_LOG=1 bench/run.sh    (access logs on, on both, each to a file of its own)
+#   LOGS=off bench/run.sh        (only one of the two access-log modes: off or on)
 #
-# Needs wrk, h2load (nghttp2-client) and nginx; installs nothing and says how to get what
-# is missing. Builds portico in release mode. Prints requests/s and server CPU
-# microseconds per request for each run, and the median ratios (portico / nginx).
+# With access logs on, each server writes its own file as it ships it: nginx its combined
+# format to a file, HAProxy its HTTP log format to standard output (redirected to a file),
+# Portico its Common Log Format lines to a file.
+#
+# Needs wrk, h2load (nghttp2-client), nginx, haproxy, openssl and python3; installs nothing
+# and says how to get what is missing. Builds portico in release mode. Prints requests/s and
+# server CPU microseconds per request for each run, and the medians with Portico's ratios to
+# the best peer (requests/s to the highest, CPU to the lowest).
 set -euo pipefail
 rounds=${1:-3}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,6 +24,7 @@ missing=()
 command -v wrk >/dev/null || missing+=("wrk (apt-get install wrk)")
 command -v h2load >/dev/null || missing+=("h2load (apt-get install nghttp2-client)")
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=("nginx (apt-get install nginx)")
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=("haproxy (apt-get install haproxy)")
 command -v openssl >/dev/null || missing+=("openssl (apt-get install openssl)")
 command -v python3 >/dev/null || missing+=("python3 (apt-get install python3)")
 if [ ${#missing[@]} -gt 0 ]; then
@@ -29,14 +32,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 2
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 work=$(mktemp -d /tmp/portico-bench.XXXXXX)
+stop_servers() {
+  [ -n "${portico_pid:-}" ] && kill "$portico_pid" 2>/dev/null && wait "$portico_pid" 2>/dev/null || true
+  [ -n "${haproxy_pid:-}" ] && kill "$haproxy_pid" 2>/dev/null && wait "$haproxy_pid" 2>/dev/null || true
+  if [ -f "$work/nginx.pid" ]; then
+    kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    for _ in $(seq 50); do [ -f "$work/nginx.pid" ] || break; sleep 0.1; done
+  fi
+  portico_pid=; haproxy_pid=
+}
 cleanup() {
-  [ -n "${portico_pid:-}" ] && kill "$portico_pid" 2>/dev/null || true
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  stop_servers
   [ -f "$work/upstream.pid" ] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
-  [ -n "${floor_pid:-}" ] && kill "$floor_pid" 2>/dev/null || true
-  [ -n "${rawfloor_pid:-}" ] && kill "$rawfloor_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   # The folder holds private keys and logs: kept only when asked (KEEP=1).
   if [ "${KEEP:-0}" = 1 ]; then echo "bench: kept $work" >&2; else rm -rf "$work"; fi
@@ -46,29 +56,28 @@ trap cleanup EXIT
 echo "bench: building portico (release)" >&2
 (cd "$root" && swift build -c release --product portico >/dev/null)
 portico_bin="$root/.build/release/portico"
-if [ "${FLOOR:-0}" = 1 ] || [ "${RAWFLOOR:-0}" = 1 ]; then
-  echo "bench: building bench/floor (release)" >&2
-  (cd "$here/floor" && swift build -c release >/dev/null)
-fi
 
+# Each server listens with the RSA-2048 identity (PORT) and with an ECDSA P-256 one (EC_PORT,
+# for resumed handshakes), and proxies /proxied to one upstream nginx (a separate process,
+# whose CPU is counted for none of them).
 PORTICO_PORT=${PORTICO_PORT:-19441}
 NGINX_PORT=${NGINX_PORT:-19442}
-# The same two servers also listen with an ECDSA P-256 certificate (for resumed handshakes),
-# and both proxy /proxied to one upstream nginx of their own (a separate process, whose CPU
-# is counted for neither).
 PORTICO_EC_PORT=${PORTICO_EC_PORT:-19443}
 NGINX_EC_PORT=${NGINX_EC_PORT:-19444}
 UPSTREAM_PORT=${UPSTREAM_PORT:-19445}
-IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
-FLOOR_PORT=${FLOOR_PORT:-19446}
-FLOOR_EC_PORT=${FLOOR_EC_PORT:-19447}
-RAWFLOOR_PORT=${RAWFLOOR_PORT:-19448}
-RAWFLOOR_EC_PORT=${RAWFLOOR_EC_PORT:-19449}
+HAPROXY_PORT=${HAPROXY_PORT:-19446}
+HAPROXY_EC_PORT=${HAPROXY_EC_PORT:-19447}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-9000}
 
-mkdir -p "$work/ec" "$work/upstream-tmp"
-# Access logs: off on both unless ACCESS_LOG is set (Portico writes its lines at level info).
-access_log=false
-if [ -n "${ACCESS_LOG:-}" ]; then access_log=true; fi
+mkdir -p "$work/ssl" "$work/ec" "$work/upstream-tmp" "$work/nginx-tmp"
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=bench \
+  -keyout "$work/ssl/server.key" -out "$work/ssl/server.crt" 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=bench \
+  -keyout "$work/ec/server.key" -out "$work/ec/server.crt" 2>/dev/null
+chmod 600 "$work/ssl/server.key" "$work/ec/server.key"
+# HAProxy takes the certificate and its key in one file.
+for pair in ssl ec; do cat "$work/$pair/server.crt" "$work/$pair/server.key" > "$work/$pair/haproxy.pem"; done
+chmod 600 "$work/ssl/haproxy.pem" "$work/ec/haproxy.pem"
 
 # What both nginx instances set in their http block: the access log (off unless a file is
 # given), temp files in the work folder, keep-alive without a request limit.
@@ -77,9 +86,6 @@ http_common() {
   for kind in client_body proxy fastcgi uwsgi scgi; do printf '  %s_temp_path %s;\n' "$kind" "$1"; done
   printf '  keepalive_requests 1000000;\n'
 }
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=bench \
-  -keyout "$work/ec/server.key" -out "$work/ec/server.crt" 2>/dev/null
-chmod 600 "$work/ec/server.key"
 
 cat > "$work/upstream.conf" <<CONF
 worker_processes 1;
@@ -94,77 +100,31 @@ $(http_common "$work/upstream-tmp")
   }
 }
 CONF
-
-# Portico's configuration: only the client listener (RSA) and console (ECDSA), no access log,
-# /proxied relayed to the upstream. Arguments: identity line, client port, console port.
-portico_yaml() {
-  cat <<YAML
-$1
-access_log: {file: access.log}
-listeners:
-  client: {bind: 127.0.0.1, port: $2, access_log: $access_log, limits: {max_connections: 20000}}
-  console:
-    bind: 127.0.0.1
-    port: $3
-    access_log: $access_log
-    certificate: $work/ec/server.crt
-    private_key: $work/ec/server.key
-    limits: {max_connections: 20000}
-  client_plain: {enabled: false}
-  replication: {enabled: false}
-  reporting: {enabled: false}
-  webservices: {enabled: false}
-upstreams:
-  backend: {targets: ["http://127.0.0.1:$UPSTREAM_PORT"]}
-routes:
-  - {listener: client, path: /proxied, upstream: backend}
-YAML
-}
-# Starts Portico with the configuration in folder $1 and waits until port $2 answers.
-start_portico() {
-  "$portico_bin" serve --config "$1/portico.yaml" --log-level warning 2>"$1/portico.log" &
-  started_pid=$!
-  for _ in $(seq 100); do
-    curl -sk "https://127.0.0.1:$2/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-}
-
-# Portico; it generates the RSA-2048 identity.
-portico_yaml "identity: {certificate: ssl/server.crt, private_key: ssl/server.key, generate: ${KEY_TYPE:-rsa-2048}}" \
-  "$PORTICO_PORT" "$PORTICO_EC_PORT" > "$work/portico.yaml"
 "$NGINX" -c "$work/upstream.conf" -p "$work"
-start_portico "$work" "$PORTICO_PORT"
-portico_pid=$started_pid
 
-# Starts a floor program of bench/floor on its two ports and waits until it answers.
-start_floor() {  # program port ec_port
-  "$here/floor/.build/release/$1" "$work/ssl/server.crt" "$work/ssl/server.key" "$2" "$UPSTREAM_PORT" \
-    "$work/ec/server.crt" "$work/ec/server.key" "$3" >"$work/$1.log" 2>&1 &
-  started_pid=$!
+# Waits until a server answers on port $1.
+wait_for() {
   for _ in $(seq 100); do
-    curl -sk "https://127.0.0.1:$2/healthz" >/dev/null 2>&1 && break
+    curl -sk "https://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
+  echo "bench: nothing answers on port $1" >&2
+  exit 1
 }
-if [ "${FLOOR:-0}" = 1 ]; then
-  start_floor portico-floor "$FLOOR_PORT" "$FLOOR_EC_PORT"
-  floor_pid=$started_pid
-fi
-if [ "${RAWFLOOR:-0}" = 1 ]; then
-  start_floor portico-rawfloor "$RAWFLOOR_PORT" "$RAWFLOOR_EC_PORT"
-  rawfloor_pid=$started_pid
-fi
 
-# nginx: the same certificate and body, as Debian ships it (worker_processes auto).
-mkdir -p "$work/nginx-tmp"
-cat > "$work/nginx.conf" <<CONF
+# Starts the three servers with access logs $1 (on or off).
+start_servers() {
+  local mode=$1 on=false
+  [ "$mode" = on ] && on=true
+
+  # nginx: as Debian ships it (worker_processes auto).
+  cat > "$work/nginx.conf" <<CONF
 worker_processes auto;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 20000; }
 http {
-$(http_common "$work/nginx-tmp" "${ACCESS_LOG:+$work/nginx-access.log}")
+$(http_common "$work/nginx-tmp" "$([ "$on" = true ] && echo "$work/nginx-access.log")")
   server {
     listen 127.0.0.1:$NGINX_PORT ssl http2;
     ssl_certificate $work/ssl/server.crt;
@@ -191,21 +151,77 @@ $(http_common "$work/nginx-tmp" "${ACCESS_LOG:+$work/nginx-access.log}")
   }
 }
 CONF
-"$NGINX" -c "$work/nginx.conf" -p "$work"
-for _ in $(seq 100); do
-  curl -sk "https://127.0.0.1:$NGINX_PORT/healthz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+  "$NGINX" -c "$work/nginx.conf" -p "$work"
 
-# CPU ticks (user+system) of a server: portico's process, or nginx's master and workers.
-# The processes of a server: portico's, or the front nginx's master and workers (not the
-# upstream instance, which has its own pid file).
+  # HAProxy: threads as many as cores (its default), answers from the configuration, the
+  # upstream reused across clients; its HTTP log to standard output when logging.
+  cat > "$work/haproxy.cfg" <<CONF
+global
+  # As many as the descriptor limit here (20,000) allows: two per proxied connection.
+  maxconn 9900
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+$([ "$on" = true ] && echo "  log stdout format raw local0 info")
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+$([ "$on" = true ] && printf '  log global\n  option httplog\n')
+frontend rsa
+  bind 127.0.0.1:$HAPROXY_PORT ssl crt $work/ssl/haproxy.pem alpn h2,http/1.1
+  http-request return status 200 content-type text/plain lf-string "ok\n" if { path /healthz }
+  http-request return status 200 content-type application/json string '{"status":"ready","listener":"client"}' if { path /statusz }
+  default_backend upstream
+frontend ec
+  bind 127.0.0.1:$HAPROXY_EC_PORT ssl crt $work/ec/haproxy.pem alpn h2,http/1.1
+  http-request return status 200 content-type text/plain lf-string "ok\n" if { path /healthz }
+backend upstream
+  http-reuse always
+  server upstream 127.0.0.1:$UPSTREAM_PORT
+CONF
+  "$HAPROXY" -db -f "$work/haproxy.cfg" >"$work/haproxy-access.log" 2>"$work/haproxy.log" &
+  haproxy_pid=$!
+
+  # Portico: only the client listener (RSA) and console (ECDSA).
+  cat > "$work/portico.yaml" <<YAML
+identity: {certificate: $work/ssl/server.crt, private_key: $work/ssl/server.key}
+access_log: {file: $work/portico-access.log}
+listeners:
+  client: {bind: 127.0.0.1, port: $PORTICO_PORT, access_log: $on, limits: {max_connections: 20000}}
+  console:
+    bind: 127.0.0.1
+    port: $PORTICO_EC_PORT
+    access_log: $on
+    certificate: $work/ec/server.crt
+    private_key: $work/ec/server.key
+    limits: {max_connections: 20000}
+  client_plain: {enabled: false}
+  replication: {enabled: false}
+  reporting: {enabled: false}
+  webservices: {enabled: false}
+upstreams:
+  backend: {targets: ["http://127.0.0.1:$UPSTREAM_PORT"]}
+routes:
+  - {listener: client, path: /proxied, upstream: backend}
+YAML
+  "$portico_bin" serve --config "$work/portico.yaml" --log-level warning 2>>"$work/portico.log" &
+  portico_pid=$!
+
+  for port in $NGINX_PORT $HAPROXY_PORT $PORTICO_PORT; do wait_for "$port"; done
+}
+
+# The processes of a server: portico's or haproxy's one process, or the front nginx's master
+# and workers (not the upstream instance, which has its own pid file).
 server_pids() {
-  if [ "$1" = portico ]; then echo "$portico_pid"; elif [ "$1" = floor ]; then echo "$floor_pid"; elif [ "$1" = rawfloor ]; then echo "$rawfloor_pid"; else
-    local master
-    master=$(cat "$work/nginx.pid")
-    echo "$master $(pgrep -P "$master" | tr '\n' ' ')"
-  fi
+  case $1 in
+    portico) echo "$portico_pid" ;;
+    haproxy) echo "$haproxy_pid" ;;
+    nginx)
+      local master
+      master=$(cat "$work/nginx.pid")
+      echo "$master $(pgrep -P "$master" | tr '\n' ' ')" ;;
+  esac
 }
 cpu_ticks() {
   local total=0
@@ -216,14 +232,19 @@ cpu_ticks() {
   echo $total
 }
 hz=$(getconf CLK_TCK)
+ports() {  # server -> "port ec_port"
+  case $1 in
+    nginx) echo "$NGINX_PORT $NGINX_EC_PORT" ;;
+    haproxy) echo "$HAPROXY_PORT $HAPROXY_EC_PORT" ;;
+    portico) echo "$PORTICO_PORT $PORTICO_EC_PORT" ;;
+  esac
+}
 
 results="$work/results.tsv"
 : > "$results"
-measure() {  # name test command...
-  local server=$1 test=$2; shift 2
+measure() {  # mode server test command...
+  local mode=$1 server=$2 test=$3; shift 3
   selected "$test" || return 0
-  # The floors do not speak HTTP/2, or answer anything but the health bytes.
-  case "$server:$test" in floor:h2|rawfloor:h2|floor:json*|rawfloor:json*) return 0 ;; esac
   local before after out rps requests
   before=$(cpu_ticks "$server")
   out=$("$@" 2>&1)
@@ -241,7 +262,7 @@ measure() {  # name test command...
   esac
   local us
   us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "nan" }')
-  printf "%s\t%s\t%s\t%s\n" "$test" "$server" "$rps" "$us" | tee -a "$results" >&2
+  printf "%s\t%s\t%s\t%s\t%s\n" "$mode" "$test" "$server" "$rps" "$us" | tee -a "$results" >&2
 }
 
 # Handshakes: 8 `openssl s_time` clients at once, each a new connection per request (HTTP/1.0
@@ -254,6 +275,7 @@ handshakes() {  # -new|-reuse port seconds [openssl options]
   for i in $(seq 8); do
     openssl s_time -connect "127.0.0.1:$port" "$mode" -time "$seconds" -www /healthz "$@" > "$work/s_time.$i" 2>&1 &
   done
+  # (measure runs this in a subshell: wait is for these clients only.)
   wait
   end=$(date +%s.%N)
   for i in $(seq 8); do
@@ -265,81 +287,101 @@ handshakes() {  # -new|-reuse port seconds [openssl options]
 
 TESTS=" ${TESTS:-h1 h2 json json2 handshake reconnect resume resume12 proxy idle} "
 selected() { [[ "$TESTS" == *" $1 "* ]]; }
-
 DURATION=${DURATION:-10s}
 seconds=${DURATION%s}
-for round in $(seq "$rounds"); do
-  echo "bench: round $round of $rounds" >&2
-  servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && servers+=" rawfloor"
-  for server in $servers; do
-    case $server in nginx) port=$NGINX_PORT ;; portico) port=$PORTICO_PORT ;; floor) port=$FLOOR_PORT ;; rawfloor) port=$RAWFLOOR_PORT ;; esac
-    measure $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
-    measure $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
-    # A JSON answer made per request (Portico's built-in status; nginx returns the same bytes).
-    measure $server json wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/statusz"
-    measure $server json2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/statusz"
-    measure $server handshake handshakes -new "$port" "$seconds"
-    # A new connection per request as wrk makes them: it resumes its last session.
-    measure $server reconnect wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
-    case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
-    measure $server resume handshakes -reuse "$ec_port" "$seconds"
-    measure $server resume12 handshakes -reuse "$ec_port" "$seconds" -tls1_2
-    measure $server proxy wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/proxied"
-  done
-done
+servers="nginx haproxy portico"
 
-# Memory: RSS added by IDLE_CONNECTIONS kept-alive TLS connections (each did one request).
-rss_kb() {
-  local total=0
-  for p in $(server_pids "$1"); do
-    total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
+for mode in ${LOGS:-off on}; do
+  echo "bench: access logs $mode" >&2
+  start_servers "$mode"
+  for round in $(seq "$rounds"); do
+    echo "bench: round $round of $rounds (access logs $mode)" >&2
+    for server in $servers; do
+      read -r port ec_port <<< "$(ports $server)"
+      measure "$mode" $server h1 wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/healthz"
+      measure "$mode" $server h2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/healthz"
+      # A JSON answer (Portico's built-in status, made per request; the peers return the same bytes).
+      measure "$mode" $server json wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/statusz"
+      measure "$mode" $server json2 h2load -n100000 -c32 -m10 "https://127.0.0.1:$port/statusz"
+      measure "$mode" $server handshake handshakes -new "$port" "$seconds"
+      # A new connection per request as wrk makes them: it resumes its last session.
+      measure "$mode" $server reconnect wrk -t2 -c16 -d"$DURATION" -H "Connection: close" "https://127.0.0.1:$port/healthz"
+      measure "$mode" $server resume handshakes -reuse "$ec_port" "$seconds"
+      measure "$mode" $server resume12 handshakes -reuse "$ec_port" "$seconds" -tls1_2
+      measure "$mode" $server proxy wrk -t2 -c64 -d"$DURATION" "https://127.0.0.1:$port/proxied"
+    done
   done
-  echo $total
-}
-idle_servers="nginx portico"; [ "${FLOOR:-0}" = 1 ] && idle_servers+=" floor"; [ "${RAWFLOOR:-0}" = 1 ] && idle_servers+=" rawfloor"
-for server in $idle_servers; do
-  selected idle || break
-  case $server in nginx) ec_port=$NGINX_EC_PORT ;; portico) ec_port=$PORTICO_EC_PORT ;; floor) ec_port=$FLOOR_EC_PORT ;; rawfloor) ec_port=$RAWFLOOR_EC_PORT ;; esac
-  before=$(rss_kb $server)
-  rm -f "$work/hold"; mkfifo "$work/hold"
-  python3 "$here/idle_tls.py" "$ec_port" "$IDLE_CONNECTIONS" < "$work/hold" > "$work/idle.out" 2>"$work/idle.err" &
-  idle_pid=$!
-  exec 3>"$work/hold"
-  while ! grep -q '^open' "$work/idle.out" 2>/dev/null; do
-    kill -0 $idle_pid 2>/dev/null || { echo "bench: idle_tls.py failed: $(cat "$work/idle.err")" >&2; exit 1; }
-    sleep 0.5
-  done
-  after=$(rss_kb $server)
-  opened=$(awk '/^open/ {print $2}' "$work/idle.out")
-  exec 3>&-
-  wait $idle_pid || true
-  printf "idle\t%s\t%s\t%s\t%s\n" "$server" "$opened" "$before" "$after" | tee -a "$work/idle.tsv" >&2
+  # Memory: RSS added by IDLE_CONNECTIONS kept-alive TLS connections (each did one request),
+  # measured once, in the first mode.
+  if selected idle && [ ! -f "$work/idle.tsv" ]; then
+    rss_kb() {
+      local total=0
+      for p in $(server_pids "$1"); do
+        total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
+      done
+      echo $total
+    }
+    for server in $servers; do
+      read -r port ec_port <<< "$(ports $server)"
+      before=$(rss_kb $server)
+      rm -f "$work/hold"; mkfifo "$work/hold"
+      python3 "$here/idle_tls.py" "$ec_port" "$IDLE_CONNECTIONS" < "$work/hold" > "$work/idle.out" 2>"$work/idle.err" &
+      idle_pid=$!
+      exec 3>"$work/hold"
+      while ! grep -q '^open' "$work/idle.out" 2>/dev/null; do
+        kill -0 $idle_pid 2>/dev/null || { echo "bench: idle_tls.py failed: $(cat "$work/idle.err")" >&2; exit 1; }
+        sleep 0.5
+      done
+      after=$(rss_kb $server)
+      opened=$(awk '/^open/ {print $2}' "$work/idle.out")
+      exec 3>&-
+      wait $idle_pid || true
+      printf "idle\t%s\t%s\t%s\t%s\n" "$server" "$opened" "$before" "$after" | tee -a "$work/idle.tsv" >&2
+    done
+  fi
+  # Every server logged every request when logging (a server that wrote nothing would have
+  # been measured without its log).
+  if [ "$mode" = on ]; then
+    stop_servers
+    for log in nginx-access.log haproxy-access.log portico-access.log; do
+      printf "bench: %s: %s lines\n" "$log" "$(wc -l < "$work/$log")" >&2
+    done
+  fi
+  stop_servers
 done
 
 echo
-echo "test        server    req/s (median)  CPU us/req (median)"
 python3 - "$results" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    test, server, rps, us = line.split("\t")
+    mode, test, server, rps, us = line.rstrip("\n").split("\t")
     try:
-        rows[(test, server)].append((float(rps), float(us)))
+        rows[(mode, test, server)].append((float(rps), float(us)))
     except ValueError:
         pass
 med = {k: (statistics.median(r for r, _ in v), statistics.median(u for _, u in v)) for k, v in rows.items()}
-for test in ["h1", "h2", "json", "json2", "handshake", "reconnect", "resume", "resume12", "proxy"]:
-    for server in ["nginx", "portico", "floor", "rawfloor"]:
-        if (test, server) in med:
-            r, u = med[(test, server)]
-            print(f"{test:<11} {server:<9} {r:>14.0f}  {u:>19.1f}")
-    for server, label in [("portico", "ratio"), ("floor", "floor/ngx"), ("rawfloor", "raw/ngx")]:
-        if (test, "nginx") in med and (test, server) in med:
-            print(f"{test:<11} {label:<9} {med[(test,server)][0] / med[(test,'nginx')][0]:>14.2f}  {med[(test,server)][1] / med[(test,'nginx')][1]:>19.2f}")
-for server in ["nginx", "portico", "floor", "rawfloor"]:
-    for test, name in [("resume", "TLS 1.3"), ("resume12", "TLS 1.2")]:
-        if (test, server) in med and ("handshake", server) in med:
-            print(f"{server}: resumed ECDSA {name} handshakes are {med[(test, server)][0] / med[('handshake', server)][0]:.1f}x its full RSA-2048 handshakes")
+peers = ["nginx", "haproxy"]
+for mode in ["off", "on"]:
+    if not any(k[0] == mode for k in med):
+        continue
+    print(f"access logs {mode}")
+    print("test        server    req/s (median)  CPU us/req (median)")
+    for test in ["h1", "h2", "json", "json2", "handshake", "reconnect", "resume", "resume12", "proxy"]:
+        for server in peers + ["portico"]:
+            if (mode, test, server) in med:
+                r, u = med[(mode, test, server)]
+                print(f"{test:<11} {server:<9} {r:>14.0f}  {u:>19.1f}")
+        found = [med[(mode, test, p)] for p in peers if (mode, test, p) in med]
+        if found and (mode, test, "portico") in med:
+            r, u = med[(mode, test, "portico")]
+            print(f"{test:<11} {'ratio':<9} {r / max(f[0] for f in found):>14.2f}  {u / min(f[1] for f in found):>19.2f}")
+    print()
+if all((m, t, "portico") in med for m in ["off", "on"] for t in ["h1", "h2"]):
+    print("what the access log adds per request (CPU us, on minus off, medians):")
+    for server in peers + ["portico"]:
+        parts = [f"{t} {med[('on', t, server)][1] - med[('off', t, server)][1]:+.1f}" for t in ["h1", "h2", "json", "proxy"] if ("on", t, server) in med and ("off", t, server) in med]
+        print(f"  {server:<8} " + ", ".join(parts))
 PY
 selected idle || exit 0
 echo
