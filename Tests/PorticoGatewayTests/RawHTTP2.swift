@@ -45,6 +45,8 @@ final class RawHTTP2: Sendable {
         var decoder = HPACKDecoder(allocator: ByteBufferAllocator())
         var block: [UInt8] = []
         var closed = false
+        /// Waiting for the socket to stop taking writes, or for the close.
+        var stalled: [EventLoopPromise<Void>] = []
         var waiters: [(@Sendable (Frame) -> Bool, EventLoopPromise<Frame?>)] = []
     }
 
@@ -78,6 +80,32 @@ final class RawHTTP2: Sendable {
 
     func send(_ bytes: [UInt8]) async throws {
         try await channel.writeAndFlush(ByteBuffer(bytes: bytes))
+    }
+
+    /// Queues `bytes` without waiting for the socket to take them (a flood the server may
+    /// stop reading).
+    func queue(_ bytes: [UInt8]) {
+        channel.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil)
+    }
+
+    /// Stops reading what the server sends (a client that floods and reads nothing).
+    func stopReading() async throws {
+        try await channel.setOption(ChannelOptions.autoRead, value: false)
+    }
+
+    /// Returns once the server stopped taking what this client writes (its socket is full:
+    /// the server stopped reading) or the connection closed; tells which.
+    func waitUntilRefusedOrClosed() async -> (refused: Bool, closed: Bool) {
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        state.withLockedValue { state in
+            if state.closed { promise.succeed() } else { state.stalled.append(promise) }
+        }
+        channel.eventLoop.execute { [channel] in
+            if !channel.isWritable { promise.succeed() }
+        }
+        try? await promise.futureResult.get()
+        let closed = state.withLockedValue { $0.closed }
+        return (!closed && !channel.isWritable, closed)
     }
 
     static func frame(_ type: UInt8, flags: UInt8 = 0, stream: UInt32, _ payload: [UInt8] = []) -> [UInt8] {
@@ -196,8 +224,21 @@ final class RawHTTP2: Sendable {
                 state.closed = true
                 for waiter in state.waiters { waiter.1.succeed(nil) }
                 state.waiters = []
+                for waiter in state.stalled { waiter.succeed() }
+                state.stalled = []
             }
             context.fireChannelInactive()
+        }
+
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            if !context.channel.isWritable {
+                let waiting = state.withLockedValue { state in
+                    defer { state.stalled = [] }
+                    return state.stalled
+                }
+                for waiter in waiting { waiter.succeed() }
+            }
+            context.fireChannelWritabilityChanged()
         }
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
