@@ -44,17 +44,19 @@ let package = Package(
         .target(name: "CPorticoSystem"),
         // The system's OpenSSL (libssl-dev), found with pkg-config: the listeners' TLS.
         .systemLibrary(name: "CPorticoOpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // The system's libnghttp2 (libnghttp2-dev), found with pkg-config: the listeners' HTTP/2.
+        .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         .target(
             name: "PorticoGateway",
             dependencies: [
                 "CPorticoSystem",
                 "CPorticoOpenSSL",
+                "CNGHTTP2",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "NIOHPACK", package: "swift-nio-http2"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -28,6 +28,22 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
               frames: { RawHTTP2.frame(Kind.data, stream: 1, [UInt8](repeating: 0, count: 16_385)) }, code: 0x6),
         .init(description: "WINDOW_UPDATE of 0 on the connection",
               frames: { RawHTTP2.frame(Kind.windowUpdate, stream: 0, RawHTTP2.word(0)) }, code: 0x1),
+        .init(description: "WINDOW_UPDATE of 0 on a stream",
+              frames: {
+                  RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders, stream: 1, block(RawHTTP2.post("/echo", length: 10)))
+                      + RawHTTP2.frame(Kind.windowUpdate, stream: 1, RawHTTP2.word(0))
+              }, code: 0x1),
+        .init(description: "trailers on a stream whose request has ended",
+              frames: {
+                  RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: 1, block(RawHTTP2.get("/slow")))
+                      + RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: 1, block([("x-late", "1")]))
+              }, code: 0x5),
+        .init(description: "a stream that depends on itself",
+              frames: {
+                  RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream | 0x20, stream: 1, RawHTTP2.word(1) + [16] + block(RawHTTP2.get("/healthz")))
+              }, code: 0x1),
+        .init(description: "PRIORITY making a stream depend on itself",
+              frames: { RawHTTP2.frame(Kind.priority, stream: 3, RawHTTP2.word(3) + [16]) }, code: 0x1),
         .init(description: "a connection window beyond 2^31-1",
               frames: { RawHTTP2.frame(Kind.windowUpdate, stream: 0, RawHTTP2.word(0x7FFF_FFFF)) }, code: 0x3),
         .init(description: "a stream opened with an even id",
@@ -61,7 +77,10 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         .init(description: "a header block beyond 64 KiB in CONTINUATION frames",
               frames: {
                   var bytes = RawHTTP2.frame(Kind.headers, stream: 1, block(RawHTTP2.get("/healthz")))
-                  for _ in 0..<5 { bytes += RawHTTP2.frame(Kind.continuation, stream: 1, [UInt8](repeating: 0x40, count: 16_000)) }
+                  // 150 fields `x-a: aaa…` (literals without indexing, 106 bytes each) per frame.
+                  let field: [UInt8] = [0x00, 3] + Array("x-a".utf8) + [100] + [UInt8](repeating: UInt8(ascii: "a"), count: 100)
+                  let piece = Array([[UInt8]](repeating: field, count: 150).joined())
+                  for _ in 0..<5 { bytes += RawHTTP2.frame(Kind.continuation, stream: 1, piece) }
                   return bytes
               }, code: 0xB),
     ]
@@ -99,8 +118,8 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    /// Built-in answers are sent with a cached block of literals, others through the encoder's
-    /// table; the client decodes both, with the default table and with none at all.
+    /// Responses are encoded with nghttp2's HPACK table; the client decodes them with the
+    /// default table and with none at all (SETTINGS_HEADER_TABLE_SIZE 0).
     @Test(arguments: [nil, 0] as [UInt32?])
     func responsesDecodeWhateverHeaderTableTheClientAllows(_ tableSize: UInt32?) async throws {
         try await TestGateway.with(body: Self.routes) { gw in
@@ -125,7 +144,6 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
             try await h2.send(violation.frames())
             let goAway = try #require(await h2.goAway(), "no GOAWAY for \(violation)")
             #expect(goAway.code == violation.code, "\(violation): GOAWAY \(goAway.code) \(goAway.reason)")
-            #expect(!goAway.reason.isEmpty)
             // And the server closes the connection.
             let anotherFrame = await h2.next { _ in false }
             #expect(anotherFrame == nil)
@@ -152,16 +170,16 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         defer { gate.open() }
         try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
-            try await h2.headers(stream: 1, RawHTTP2.post("/echo", length: 10), endStream: false)
-            try await h2.send(Kind.windowUpdate, stream: 1, RawHTTP2.word(0))
+            // A malformed request (an upper-case field name, RFC 9113 8.2.1).
+            try await h2.headers(stream: 1, RawHTTP2.get("/echo") + [("X-Upper", "1")], endStream: true)
             let reset = await h2.next { $0.type == Kind.rstStream }
             #expect(reset?.stream == 1)
             #expect(reset?.word(at: 0) == 0x1)
-            // Trailers on a stream whose request already ended are a stream error too.
-            try await h2.headers(stream: 3, RawHTTP2.get("/slow"), endStream: true)
-            try await h2.headers(stream: 3, [("x-late", "1")], endStream: true)
-            let closed = await h2.next { $0.type == Kind.rstStream && $0.stream == 3 }
-            #expect(closed?.word(at: 0) == 0x5)
+            // DATA beyond the declared content-length (RFC 9113 8.1.1).
+            try await h2.headers(stream: 3, RawHTTP2.post("/echo", length: 2), endStream: false)
+            try await h2.send(Kind.data, flags: Flag.endStream, stream: 3, Array("hello".utf8))
+            let tooLong = await h2.next { $0.type == Kind.rstStream && $0.stream == 3 }
+            #expect(tooLong?.word(at: 0) == 0x1)
 
             try await h2.headers(stream: 5, RawHTTP2.get("/healthz"), endStream: true)
             let healthz = await h2.next { $0.type == Kind.headers && $0.stream == 5 }
@@ -324,8 +342,9 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
-    /// CVE-2023-44487: a client opening and cancelling streams as fast as it can is sent away.
-    @Test func rapidResetIsSentAwayWithEnhanceYourCalm() async throws {
+    /// CVE-2023-44487: a client opening and cancelling streams as fast as it can is sent away
+    /// (by nghttp2's limit on resets, whose GOAWAY says INTERNAL_ERROR).
+    @Test func rapidResetIsSentAway() async throws {
         let gate = Gate()
         try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
@@ -337,7 +356,7 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
             }
             try await h2.send(bytes)
             let goAway = await h2.goAway()
-            #expect(goAway?.code == 0xB)
+            #expect(goAway?.code == 0x2)
             gate.open()
         }
     }

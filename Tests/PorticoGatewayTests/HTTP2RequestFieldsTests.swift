@@ -1,4 +1,3 @@
-import NIOHPACK
 import PorticoTestSupport
 import Testing
 @testable import PorticoGateway
@@ -8,7 +7,7 @@ import Testing
     static let base: [(String, String)] = [(":method", "GET"), (":scheme", "https"), (":path", "/x?y=1"), (":authority", "example.com")]
 
     static func fields(_ pairs: [(String, String)]) throws(HTTP2RequestFields.Malformed) -> HTTP2RequestFields {
-        try HTTP2RequestFields(HPACKHeaders(pairs))
+        try HTTP2RequestFields(pairs)
     }
 
     @Test func aWellFormedRequestIsRead() throws {

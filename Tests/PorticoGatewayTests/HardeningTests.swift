@@ -16,27 +16,6 @@ private typealias Flag = RawHTTP2.Flag
           - {listener: console, path: /echo, service: echo}
         """
 
-    @Test func aStreamThatDependsOnItselfIsResetAndTheConnectionGoesOn() async throws {
-        try await TestGateway.with(body: Self.routes) { gw in
-            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
-            // HEADERS with the PRIORITY flag naming its own stream (RFC 9113 5.3.1).
-            let priority = RawHTTP2.word(1) + [16]
-            try await h2.send(Kind.headers, flags: Flag.endHeaders | Flag.endStream | 0x20, stream: 1, priority + h2.block(RawHTTP2.get("/healthz")))
-            let first = await h2.next { $0.stream == 1 && ($0.type == Kind.rstStream || $0.type == Kind.headers) }
-            #expect(first?.type == Kind.rstStream && first?.word(at: 0) == 0x1)
-            // A PRIORITY frame doing the same on a stream not yet opened.
-            try await h2.send(Kind.priority, stream: 3, RawHTTP2.word(3) + [16])
-            let second = await h2.next { $0.stream == 3 && $0.type == Kind.rstStream }
-            #expect(second?.word(at: 0) == 0x1)
-            // The header block above was decoded all the same: the next request is answered.
-            try await h2.headers(stream: 5, RawHTTP2.get("/healthz"), endStream: true)
-            let answer = await h2.next { $0.stream == 5 && $0.type == Kind.headers }
-            #expect(answer?.status == "200")
-            #expect(!h2.frames.contains { $0.type == Kind.goAway })
-            await h2.close()
-        }
-    }
-
     @Test func aHeaderBlockTrickledInContinuationFramesIsCutAtTheHeaderTimeout() async throws {
         // An idle timeout far beyond the header timeout: only the header timeout can end this.
         let limits = "limits: {header_timeout: 1s, idle_timeout: 120s}"

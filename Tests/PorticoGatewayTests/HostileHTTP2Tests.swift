@@ -38,7 +38,8 @@ private typealias Flag = RawHTTP2.Flag
         await h2.close()
     }
 
-    /// CVE-2023-44487: 10,000 streams opened and cancelled at once.
+    /// CVE-2023-44487: 10,000 streams opened and cancelled at once. nghttp2's limit on resets
+    /// sends the client away, with INTERNAL_ERROR.
     @Test func rapidResetOfTenThousandStreamsIsSentAway() async throws {
         let gate = Gate()
         try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
@@ -52,7 +53,7 @@ private typealias Flag = RawHTTP2.Flag
             }
             h2.queue(bytes)
             let goAway = await h2.goAway()
-            #expect(goAway?.code == 0xB, "\(String(describing: goAway))")
+            #expect(goAway?.code == 0x2, "\(String(describing: goAway))")
             // Far fewer than 10,000 requests reached a service.
             let answered = h2.frames.filter { $0.type == Kind.headers }.count
             #expect(answered < 1_000)

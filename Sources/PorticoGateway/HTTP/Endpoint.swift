@@ -1,6 +1,5 @@
 import NIOCore
 import NIOHTTP1
-import NIOHPACK
 
 /// What a compiled route runs, chosen at load so that the request path does no casting.
 ///
@@ -44,8 +43,8 @@ final class FixedResponse: Sendable {
     let http1Head: ByteBuffer
     /// The same with `connection: close`.
     let http1HeadClosing: ByteBuffer
-    /// Headers and body for HTTP/2.
-    let http2Headers: HPACKHeaders
+    /// The fields for HTTP/2 (the `date` is added per response).
+    let http2Fields: HTTP2Fields
     let body: ByteBuffer
 
     init(_ response: GatewayResponse) {
@@ -61,7 +60,7 @@ final class FixedResponse: Sendable {
         var closing = ByteBuffer()
         HTTP1Encoding.writeHeaders(response.headers, contentLength: response.body.readableBytes, close: true, into: &closing)
         self.http1HeadClosing = closing
-        self.http2Headers = HTTP2Encoding.headers(status: response.status, headers: response.headers, contentLength: response.body.readableBytes)
+        self.http2Fields = HTTP2Fields(status: response.status, headers: response.headers, contentLength: response.body.readableBytes)
     }
 
     /// The whole HTTP/1.1 response with a `date` header, as one buffer.
@@ -126,84 +125,6 @@ enum HTTP1Encoding {
     /// `content-length`, `connection: close` when closing, and the blank line.
     static func writeFraming(contentLength: Int, close: Bool, into buffer: inout ByteBuffer) {
         buffer.write(bound: ByteWriter.framingBound) { $0.writeFraming(contentLength: contentLength, close: close) }
-    }
-}
-
-enum HTTP2Encoding {
-    /// Response headers for HTTP/2: `:status` first, connection-specific fields left out.
-    /// Without a `contentLength` (a body streamed as it comes) none is sent.
-    static func headers(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int?, date: String? = nil) -> HPACKHeaders {
-        var result = HPACKHeaders()
-        result.reserveCapacity(headers.count + 2)
-        result.add(name: ":status", value: String(status.code))
-        for (name, value) in headers {
-            let lower = name.lowercased()
-            switch lower {
-            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "content-length", "date": continue
-            default: result.add(name: lower, value: value)
-            }
-        }
-        if let contentLength { result.add(name: "content-length", value: String(contentLength)) }
-        if let date { result.add(name: "date", value: date) }
-        return result
-    }
-
-    /// The same fields written straight into `out` as an HPACK block of literals without
-    /// indexing (RFC 7541 6.2.2; names from the static table where it has them, values as
-    /// plain strings), as nginx writes its responses' fields: no dynamic-table lookups (the
-    /// encoder hashes and matches every field) and the client's table is left alone. Valid whatever the connection's table holds, except
-    /// right after the client changed its table size (the encoder signals that).
-    static func writeLiteralBlock(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int, date: String, into out: inout ByteBuffer) {
-        switch status.code {
-        // Indexed fields of the static table (RFC 7541 Appendix A).
-        case 200: out.writeInteger(UInt8(0x80 | 8))
-        case 204: out.writeInteger(UInt8(0x80 | 9))
-        case 304: out.writeInteger(UInt8(0x80 | 11))
-        case 400: out.writeInteger(UInt8(0x80 | 12))
-        case 404: out.writeInteger(UInt8(0x80 | 13))
-        case 500: out.writeInteger(UInt8(0x80 | 14))
-        default:
-            writeHPACKInteger(8, prefixBits: 4, flags: 0, into: &out)
-            writeHPACKString(String(status.code).utf8, into: &out)
-        }
-        for (name, value) in headers {
-            let lowered = name.lowercased()
-            switch lowered {
-            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "content-length", "date": continue
-            case "content-type": writeHPACKInteger(31, prefixBits: 4, flags: 0, into: &out)
-            default:
-                out.writeInteger(UInt8(0))
-                writeHPACKString(lowered.utf8, into: &out)
-            }
-            writeHPACKString(value.utf8, into: &out)
-        }
-        writeHPACKInteger(28, prefixBits: 4, flags: 0, into: &out)
-        writeHPACKString(String(contentLength).utf8, into: &out)
-        writeHPACKInteger(33, prefixBits: 4, flags: 0, into: &out)
-        writeHPACKString(date.utf8, into: &out)
-    }
-
-    /// An HPACK integer with an N-bit prefix (RFC 7541 5.1), `flags` in the first byte's
-    /// other bits.
-    static func writeHPACKInteger(_ value: Int, prefixBits: Int, flags: UInt8, into out: inout ByteBuffer) {
-        let limit = (1 << prefixBits) - 1
-        if value < limit {
-            out.writeInteger(flags | UInt8(value))
-            return
-        }
-        out.writeInteger(flags | UInt8(limit))
-        var rest = value - limit
-        while rest >= 128 {
-            out.writeInteger(UInt8(rest & 0x7F | 0x80))
-            rest >>= 7
-        }
-        out.writeInteger(UInt8(rest))
-    }
-
-    /// An HPACK string literal without Huffman coding.
-    static func writeHPACKString(_ bytes: String.UTF8View, into out: inout ByteBuffer) {
-        writeHPACKInteger(bytes.count, prefixBits: 7, flags: 0, into: &out)
-        out.writeBytes(bytes)
     }
 }
 

@@ -1,5 +1,3 @@
-import NIOHPACK
-
 /// The fields of an HTTP/2 request head, checked as RFC 9113 8.2-8.3 requires.
 ///
 /// Checked in the one pass that also picks out the pseudo-headers, size and content length;
@@ -15,10 +13,10 @@ struct HTTP2RequestFields {
     /// Names and values in bytes, with the 32 bytes per field HPACK counts.
     var size = 0
 
-    init(_ headers: HPACKHeaders) throws(Malformed) {
+    init(_ fields: [(String, String)]) throws(Malformed) {
         var sawRegular = false
         var host: String?
-        for (name, value, _) in headers {
+        for (name, value) in fields {
             size += name.utf8.count + value.utf8.count + 32
             guard HTTPSyntax.isFieldValue(value, trimmed: true) else { throw Malformed() }
             if name.utf8.first == UInt8(ascii: ":") {
