@@ -1,3 +1,5 @@
+import CNGHTTP2
+import NIOHTTP1
 import PorticoTestSupport
 import Testing
 @testable import PorticoGateway
@@ -85,5 +87,29 @@ import Testing
             #expect(try await HTTP2Probe.send(port: port, headers: base + [("content-length", "2")], body: "hello") == .reset(.protocolError))
             #expect(try await HTTP2Probe.send(port: port, headers: base + [("content-length", "5")], endStreamOnHeaders: true) == .reset(.protocolError))
         }
+    }
+}
+
+/// A response's fields as they are handed to nghttp2.
+@Suite struct HTTP2FieldsTests {
+    static func pairs(_ fields: HTTP2Fields) -> [String] {
+        var scratch: [nghttp2_nv] = []
+        return fields.withNameValues(date: "Mon, 07 Dec 2026 10:00:00 GMT", scratch: &scratch) { nv, count in
+            (0..<count).map { index in
+                let field = nv[index]
+                let name = String(decoding: UnsafeBufferPointer(start: field.name, count: field.namelen), as: UTF8.self)
+                let value = String(decoding: UnsafeBufferPointer(start: field.value, count: field.valuelen), as: UTF8.self)
+                return "\(name)=\(value)"
+            }
+        }
+    }
+
+    @Test func statusFirstNamesLowerCasedForbiddenFieldsLeftOutDateLast() {
+        let headers: HTTPHeaders = ["Content-Type": "text/plain", "Connection": "close", "X-Thing": "A b", "Date": "yesterday", "transfer-encoding": "chunked"]
+        #expect(Self.pairs(HTTP2Fields(status: .notFound, headers: headers, contentLength: 1234)) == [
+            ":status=404", "content-type=text/plain", "x-thing=A b", "content-length=1234", "date=Mon, 07 Dec 2026 10:00:00 GMT",
+        ])
+        #expect(Self.pairs(HTTP2Fields(status: .ok, headers: [:], contentLength: nil)) == [":status=200", "date=Mon, 07 Dec 2026 10:00:00 GMT"])
+        #expect(Self.pairs(HTTP2Fields(status: .ok, headers: [:], contentLength: 0)).contains("content-length=0"))
     }
 }

@@ -43,15 +43,19 @@ final class HTTP2Session: DeadlineClient {
     private final class Stream {
         let id: Int32
         let started: NIODeadline
-        /// The request's fields as they came; only the pseudo-header fields once the list is
-        /// too large (the request is answered 431).
-        var fields: [(String, String)] = []
-        var fieldBytes = 0
-        var fieldCount = 0
+        /// The request's head as nghttp2 decodes it; its fields are no longer kept once the
+        /// list is too large (the request is answered 431).
+        var request = HTTP2RequestFields()
         var tooLarge = false
+        /// Bytes of the trailers, counted against the same bound as the head.
+        var trailerBytes = 0
+        /// Set once the head is whole and valid.
         var method = ""
         var uri = ""
         var authority: String?
+        /// The listener's header limits when the stream began.
+        let maxHeaderBytes: Int
+        let maxHeaderCount: Int
         var route: Router<Endpoint>.Route?
         var parameters: [(String, Substring)] = []
         var errorResponse: GatewayResponse?
@@ -81,10 +85,12 @@ final class HTTP2Session: DeadlineClient {
         /// The upstream was told to wait: too much of its body is waiting for credit.
         var sourcePaused = false
 
-        init(id: Int32) {
+        init(id: Int32, now: NIODeadline, limits: ListenerLimits) {
             self.id = id
-            self.started = .now()
-            self.lastProgress = self.started
+            self.started = now
+            self.lastProgress = now
+            self.maxHeaderBytes = limits.maxHeaderBytes
+            self.maxHeaderCount = limits.maxHeaderCount
         }
 
         var pendingBytes: Int { pendingBody?.readableBytes ?? 0 }
@@ -113,7 +119,7 @@ final class HTTP2Session: DeadlineClient {
         }
 
         private var live: HTTP2Session? {
-            guard let session, session.streams[stream.id] === stream else { return nil }
+            guard let session, session.stream(stream.id) === stream else { return nil }
             return session
         }
 
@@ -182,6 +188,12 @@ final class HTTP2Session: DeadlineClient {
     private let maxHeaderList: Int
 
     private var streams: [Int32: Stream] = [:]
+    /// The stream the last callback was about: nghttp2's callbacks for one stream come one
+    /// after the other, and this spares most of the dictionary's lookups.
+    private var lastStream: Stream?
+    /// The time of the latest read (or upstream piece): when streams begin and move on. One
+    /// reading of the clock per read rather than per frame.
+    private var clock = NIODeadline.now()
     /// What nghttp2 has produced and the transport has not been given yet.
     private var out = ByteBuffer()
     private var needsFlush = false
@@ -253,11 +265,13 @@ final class HTTP2Session: DeadlineClient {
         leaveSweeper()
         for stream in streams.values { stream.cancelSource() }
         streams.removeAll()
+        lastStream = nil
     }
 
     func received(_ bytes: ByteBuffer) {
         guard !closed, !terminating, let session else { return }
         sawInput = true
+        clock = .now()
         let result = bytes.withUnsafeReadableBytes { raw in
             inLibrary = true
             defer { inLibrary = false }
@@ -336,6 +350,13 @@ final class HTTP2Session: DeadlineClient {
         return options!
     }
 
+    private func stream(_ id: Int32) -> Stream? {
+        if let last = lastStream, last.id == id { return last }
+        let found = streams[id]
+        if found != nil { lastStream = found }
+        return found
+    }
+
     private static func of(_ user: UnsafeMutableRawPointer?) -> HTTP2Session {
         Unmanaged<HTTP2Session>.fromOpaque(user!).takeUnretainedValue()
     }
@@ -348,14 +369,16 @@ final class HTTP2Session: DeadlineClient {
 
     private func beginFrame(_ header: nghttp2_frame_hd) -> Int32 {
         let id = header.stream_id
-        guard header.type == Self.headersType, id <= highestStreamID, streams[id] == nil, !recentlyReset.contains(id) else { return 0 }
+        guard header.type == Self.headersType, id <= highestStreamID, stream(id) == nil, !recentlyReset.contains(id) else { return 0 }
         fail(NGHTTP2_PROTOCOL_ERROR, "HEADERS on stream \(id), which is closed or was skipped: a stream id is used once, in increasing order")
         return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
     }
 
     private func beginHeaders(_ frame: nghttp2_frame) -> Int32 {
         guard frame.hd.type == Self.headersType, frame.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
-        streams[frame.hd.stream_id] = Stream(id: frame.hd.stream_id)
+        let stream = Stream(id: frame.hd.stream_id, now: clock, limits: info.currentSnapshot().limits)
+        streams[stream.id] = stream
+        lastStream = stream
         highestStreamID = max(highestStreamID, frame.hd.stream_id)
         return 0
     }
@@ -366,25 +389,22 @@ final class HTTP2Session: DeadlineClient {
     }
 
     private func header(_ frame: nghttp2_frame, _ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Int32 {
-        guard let stream = streams[frame.hd.stream_id] else { return 0 }
-        // HPACK counts 32 bytes per field; so do the limits.
-        stream.fieldBytes += name.count + value.count + 32
-        stream.fieldCount += 1
-        if stream.fieldBytes > maxHeaderList {
+        guard let stream = stream(frame.hd.stream_id) else { return 0 }
+        let request = frame.headers.cat == NGHTTP2_HCAT_REQUEST
+        if request {
+            stream.request.add(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value))
+        } else {
+            // Trailers are checked by nghttp2 and not passed on.
+            stream.trailerBytes += name.count + value.count + 32
+        }
+        if stream.request.size + stream.trailerBytes > maxHeaderList {
             fail(NGHTTP2_ENHANCE_YOUR_CALM, "header list larger than \(maxHeaderList) bytes")
             return NGHTTP2_ERR_PAUSE.rawValue
         }
-        // Trailers are checked by nghttp2 and not passed on.
-        guard frame.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
-        if !stream.tooLarge {
-            let limits = info.snapshot.value.limits
-            if stream.fieldBytes > limits.maxHeaderBytes || stream.fieldCount > limits.maxHeaderCount + 4 {
-                stream.tooLarge = true
-                stream.fields.removeAll { $0.0.utf8.first != UInt8(ascii: ":") }
-            }
-        }
-        if !stream.tooLarge || name.first == UInt8(ascii: ":") {
-            stream.fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+        if request && !stream.tooLarge && (stream.request.size > stream.maxHeaderBytes || stream.request.count > stream.maxHeaderCount + 4) {
+            stream.tooLarge = true
+            stream.request.keepFields = false
+            stream.request.fields = HTTP2Fields()
         }
         return 0
     }
@@ -393,7 +413,7 @@ final class HTTP2Session: DeadlineClient {
         let endStream = frame.hd.flags & Self.endStreamFlag != 0
         switch frame.hd.type {
         case Self.headersType:
-            guard let stream = streams[frame.hd.stream_id] else { return 0 }
+            guard let stream = stream(frame.hd.stream_id) else { return 0 }
             if frame.headers.cat == NGHTTP2_HCAT_REQUEST {
                 open(stream, endStream: endStream)
             } else if endStream {
@@ -411,7 +431,7 @@ final class HTTP2Session: DeadlineClient {
                     return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
                 }
             }
-            guard endStream, let stream = streams[frame.hd.stream_id] else { return 0 }
+            guard endStream, let stream = stream(frame.hd.stream_id) else { return 0 }
             stream.requestComplete = true
             if stream.discardBudget == nil { complete(stream) }
         default:
@@ -421,8 +441,8 @@ final class HTTP2Session: DeadlineClient {
     }
 
     private func dataReceived(_ id: Int32, _ data: UnsafeBufferPointer<UInt8>) -> Int32 {
-        guard let stream = streams[id] else { return 0 }
-        stream.lastProgress = .now()
+        guard let stream = stream(id) else { return 0 }
+        stream.lastProgress = clock
         if let budget = stream.discardBudget {
             let left = budget - data.count
             stream.discardBudget = left
@@ -442,13 +462,14 @@ final class HTTP2Session: DeadlineClient {
     private func frameSent(_ frame: nghttp2_frame) -> Int32 {
         if frame.hd.type == Self.resetType { noteReset(frame.hd.stream_id) }
         guard frame.hd.flags & Self.endStreamFlag != 0, frame.hd.type == Self.dataType || frame.hd.type == Self.headersType,
-              let stream = streams[frame.hd.stream_id], !stream.finished else { return 0 }
+              let stream = stream(frame.hd.stream_id), !stream.finished else { return 0 }
         stream.finished = true
         info.record(status: stream.status, bytes: stream.responseBytes, method: stream.method, uri: stream.uri, http: "2", started: stream.started)
         return 0
     }
 
     private func streamClosed(_ id: Int32) -> Int32 {
+        if lastStream?.id == id { lastStream = nil }
         guard let stream = streams.removeValue(forKey: id) else { return 0 }
         heldBytes -= stream.pendingBytes
         stream.pendingBody = nil
@@ -458,7 +479,7 @@ final class HTTP2Session: DeadlineClient {
 
     /// nghttp2 asks for up to `length` bytes of a response body.
     private func readBody(_ id: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
-        guard let stream = streams[id] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        guard let stream = stream(id) else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
         var copied = 0
         if var pending = stream.pendingBody {
             stream.pendingBody = nil
@@ -471,7 +492,7 @@ final class HTTP2Session: DeadlineClient {
             pending.moveReaderIndex(forwardBy: copied)
             if pending.readableBytes > 0 { stream.pendingBody = pending }
             heldBytes -= copied
-            stream.lastProgress = .now()
+            stream.lastProgress = clock
             resumeSourceIfDrained(stream)
         }
         if stream.pendingBody == nil {
@@ -495,20 +516,19 @@ final class HTTP2Session: DeadlineClient {
         let limits = snapshot.limits
         stream.bodyLimit = limits.maxBodyBytes
         stream.requestComplete = endStream
-        let request: HTTP2RequestFields
         do {
-            request = try HTTP2RequestFields(stream.fields)
+            try stream.request.finish()
         } catch {
             // RFC 9113 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
             return reset(stream.id, NGHTTP2_PROTOCOL_ERROR)
         }
-        stream.method = request.method
-        stream.uri = request.path
-        stream.authority = request.authority
+        stream.method = stream.request.method
+        stream.uri = stream.request.path
+        stream.authority = stream.request.authority
         if stream.tooLarge {
             stream.errorResponse = .plain(.requestHeaderFieldsTooLarge, "request headers are too large")
         } else {
-            switch RequestDispatch.decide(method: request.method, host: request.authority, target: request.path, contentLength: request.contentLength, snapshot: snapshot) {
+            switch RequestDispatch.decide(method: stream.method, host: stream.authority, target: stream.uri, contentLength: stream.request.contentLength, snapshot: snapshot) {
             case .route(let route, let parameters, let bodyLimit):
                 stream.route = route
                 stream.parameters = parameters
@@ -555,7 +575,7 @@ final class HTTP2Session: DeadlineClient {
             let loopBound = NIOLoopBound((self, stream), eventLoop: transport.eventLoop)
             future.whenComplete { result in
                 let (session, stream) = loopBound.value
-                guard session.streams[stream.id] === stream else { return }  // reset by the client meanwhile
+                guard session.stream(stream.id) === stream else { return }  // reset by the client meanwhile
                 session.write((try? result.get()) ?? .plain(.internalServerError), to: stream, isHead: isHead)
                 session.flush()
             }
@@ -570,9 +590,7 @@ final class HTTP2Session: DeadlineClient {
     }
 
     private func makeRequest(_ stream: Stream) -> GatewayRequest {
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(stream.fields.count)
-        for (name, value) in stream.fields where name.utf8.first != UInt8(ascii: ":") { headers.add(name: name, value: value) }
+        var headers = stream.request.fields.headers(capacity: 1)
         if let authority = stream.authority, !headers.contains(name: "host") { headers.add(name: "host", value: authority) }
         var parameters: [String: String] = [:]
         for (name, value) in stream.parameters { parameters[name] = String(value) }
@@ -649,6 +667,7 @@ final class HTTP2Session: DeadlineClient {
     /// A piece of a streamed body: sent as far as the windows allow; returns whether the
     /// upstream may send more now.
     private func streamBody(_ piece: ByteBuffer, to stream: Stream) -> Bool {
+        clock = .now()
         stream.responseBytes += piece.readableBytes
         heldBytes += piece.readableBytes
         if var pending = stream.pendingBody {
@@ -668,7 +687,7 @@ final class HTTP2Session: DeadlineClient {
         if let session { nghttp2_session_resume_data(session, stream.id) }
         checkBufferBudget()
         flush()
-        guard !closed, streams[stream.id] === stream, stream.bodyOpen else { return true }
+        guard !closed, self.stream(stream.id) === stream, stream.bodyOpen else { return true }
         if stream.pendingBytes >= Self.streamHighWater {
             stream.sourcePaused = true
             return false
@@ -706,7 +725,7 @@ final class HTTP2Session: DeadlineClient {
     private func reset(_ id: Int32, _ code: nghttp2_error_code) {
         guard let session else { return }
         nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, code.rawValue)
-        if let stream = streams[id] {
+        if let stream = stream(id) {
             heldBytes -= stream.pendingBytes
             stream.pendingBody = nil
             stream.cancelSource()

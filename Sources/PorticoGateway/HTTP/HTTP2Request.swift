@@ -1,7 +1,13 @@
-/// The fields of an HTTP/2 request head, checked as RFC 9113 8.2-8.3 requires.
-///
-/// Checked in the one pass that also picks out the pseudo-headers, size and content length;
-/// responses are built well-formed and not checked again.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The fields of an HTTP/2 request head, checked as RFC 9113 8.2-8.3 requires, one field at a
+/// time as nghttp2 decodes them, on their bytes: the pseudo-headers become the request's method,
+/// path and authority; the other fields are kept as bytes (``HTTP2Fields``) and become strings
+/// only if a service or an upstream needs them. nghttp2 checks much of this too; these checks
+/// are the ones HTTP/1.1 requests pass as well (``HTTPSyntax``), so that both versions refuse
+/// the same requests.
 struct HTTP2RequestFields {
     struct Malformed: Error {}
 
@@ -12,51 +18,82 @@ struct HTTP2RequestFields {
     var contentLength: Int?
     /// Names and values in bytes, with the 32 bytes per field HPACK counts.
     var size = 0
+    var count = 0
+    /// The regular fields (not the pseudo-headers), unless ``keepFields`` was turned off.
+    var fields = HTTP2Fields()
+    /// Whether regular fields are still kept (off once the list is too large to serve).
+    var keepFields = true
+    private var sawRegular = false
+    private var host: String?
+    private var malformed = false
 
-    init(_ fields: [(String, String)]) throws(Malformed) {
-        var sawRegular = false
-        var host: String?
-        for (name, value) in fields {
-            size += name.utf8.count + value.utf8.count + 32
-            guard HTTPSyntax.isFieldValue(value, trimmed: true) else { throw Malformed() }
-            if name.utf8.first == UInt8(ascii: ":") {
-                // Pseudo-headers come first, once each, and only those of a request.
-                guard !sawRegular else { throw Malformed() }
-                switch name {
-                case ":method":
-                    guard method.isEmpty, HTTPSyntax.isMethod(value) else { throw Malformed() }
-                    method = value
-                case ":path":
-                    guard path.isEmpty, !value.isEmpty else { throw Malformed() }
-                    path = value
-                case ":scheme":
-                    guard scheme == nil, value == "https" || value == "http" else { throw Malformed() }
-                    scheme = value
-                case ":authority":
-                    guard authority == nil, HTTPSyntax.isHost(value) else { throw Malformed() }
-                    authority = value
-                default:
-                    throw Malformed()
-                }
-                continue
-            }
-            sawRegular = true
-            guard Self.isValidName(name) else { throw Malformed() }
-            switch name {
-            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-                throw Malformed()
-            case "te":
-                guard value == "trailers" else { throw Malformed() }
-            case "host":
-                guard host == nil, HTTPSyntax.isHost(value) else { throw Malformed() }
-                host = value
-            case "content-length":
-                guard let length = Self.parseLength(value), contentLength == nil || contentLength == length else { throw Malformed() }
-                contentLength = length
-            default:
-                break
-            }
+    init() {}
+
+    /// The fields of `pairs`, as ``add(name:value:)`` and ``finish()`` read them.
+    init(_ pairs: [(String, String)]) throws(Malformed) {
+        for (name, value) in pairs {
+            var name = name
+            var value = value
+            name.withUTF8 { name in value.withUTF8 { value in add(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value)) } }
         }
+        try finish()
+    }
+
+    /// One field, as decoded.
+    mutating func add(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        size += name.count + value.count + 32
+        count += 1
+        guard !malformed else { return }
+        guard HTTPSyntax.isFieldValue(value, trimmed: true) else { return refuse() }
+        if name.first == UInt8(ascii: ":") {
+            // Pseudo-headers come first, once each, and only those of a request.
+            guard !sawRegular else { return refuse() }
+            switch Self.pseudo(name) {
+            case .method:
+                guard method.isEmpty, HTTPSyntax.isMethod(value) else { return refuse() }
+                method = String(decoding: value, as: UTF8.self)
+            case .path:
+                guard path.isEmpty, !value.isEmpty else { return refuse() }
+                path = String(decoding: value, as: UTF8.self)
+            case .scheme:
+                guard scheme == nil, Self.equals(value, "https") || Self.equals(value, "http") else { return refuse() }
+                scheme = Self.equals(value, "https") ? "https" : "http"
+            case .authority:
+                guard authority == nil, HTTPSyntax.isHost(value) else { return refuse() }
+                authority = String(decoding: value, as: UTF8.self)
+            case nil:
+                refuse()
+            }
+            return
+        }
+        sawRegular = true
+        guard Self.isValidName(name) else { return refuse() }
+        switch name.count {
+        case 2 where Self.equals(name, "te"):
+            guard Self.equals(value, "trailers") else { return refuse() }
+        case 4 where Self.equals(name, "host"):
+            guard host == nil, HTTPSyntax.isHost(value) else { return refuse() }
+            host = String(decoding: value, as: UTF8.self)
+        case 7 where Self.equals(name, "upgrade"):
+            return refuse()
+        case 10 where Self.equals(name, "connection") || Self.equals(name, "keep-alive"):
+            return refuse()
+        case 14 where Self.equals(name, "content-length"):
+            guard let length = Self.parseLength(value), contentLength == nil || contentLength == length else { return refuse() }
+            contentLength = length
+        case 16 where Self.equals(name, "proxy-connection"):
+            return refuse()
+        case 17 where Self.equals(name, "transfer-encoding"):
+            return refuse()
+        default:
+            break
+        }
+        if keepFields { fields.add(name: name, value: value) }
+    }
+
+    /// The head is whole: the checks that need all of it.
+    mutating func finish() throws(Malformed) {
+        guard !malformed else { throw Malformed() }
         if method == "CONNECT" {
             guard authority != nil, scheme == nil, path.isEmpty else { throw Malformed() }
         } else {
@@ -73,14 +110,32 @@ struct HTTP2RequestFields {
         }
     }
 
+    private mutating func refuse() {
+        malformed = true
+    }
+
+    private enum Pseudo { case method, path, scheme, authority }
+
+    private static func pseudo(_ name: UnsafeRawBufferPointer) -> Pseudo? {
+        switch name.count {
+        case 5 where equals(name, ":path"): .path
+        case 7 where equals(name, ":method"): .method
+        case 7 where equals(name, ":scheme"): .scheme
+        case 10 where equals(name, ":authority"): .authority
+        default: nil
+        }
+    }
+
+    private static func equals(_ bytes: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {
+        guard bytes.count == text.utf8CodeUnitCount else { return false }
+        return memcmp(bytes.baseAddress!, text.utf8Start, bytes.count) == 0
+    }
+
     /// A lower-case token (RFC 9110 5.6.2): HTTP/2 field names must be lower case.
-    /// Both checks loop over the contiguous UTF-8 bytes, not over `String.UTF8View` byte by
-    /// byte, which is slow per byte.
-    private static func isValidName(_ name: String) -> Bool {
-        var name = name
-        return name.withUTF8 { bytes in
-            guard !bytes.isEmpty else { return false }
-            for byte in bytes where !tokenLowercase[Int(byte)] { return false }
+    private static func isValidName(_ name: UnsafeRawBufferPointer) -> Bool {
+        guard !name.isEmpty else { return false }
+        return tokenLowercase.withUnsafeBufferPointer { table in
+            for byte in name where !table[Int(byte)] { return false }
             return true
         }
     }
@@ -98,10 +153,10 @@ struct HTTP2RequestFields {
         }
     }
 
-    private static func parseLength(_ value: String) -> Int? {
-        guard !value.isEmpty, value.utf8.count <= 18 else { return nil }
+    private static func parseLength(_ value: UnsafeRawBufferPointer) -> Int? {
+        guard !value.isEmpty, value.count <= 18 else { return nil }
         var length = 0
-        for byte in value.utf8 {
+        for byte in value {
             guard byte >= 0x30 && byte <= 0x39 else { return nil }
             length = length * 10 + Int(byte - 0x30)
         }
