@@ -43,11 +43,11 @@ final class HTTP2Session: DeadlineClient {
     private final class Stream {
         let id: Int32
         let started: NIODeadline
-        /// The request's head as nghttp2 decodes it; its fields are no longer kept once the
-        /// list is too large (the request is answered 431).
-        var request = HTTP2RequestFields()
+        /// The request's fields for a service or an upstream (none for a fixed answer).
+        var headers: HTTPHeaders?
         var tooLarge = false
-        /// Bytes of the trailers, counted against the same bound as the head.
+        /// Bytes of the head and of the trailers, counted against one bound.
+        var headBytes = 0
         var trailerBytes = 0
         /// Set once the head is whole and valid.
         var method = ""
@@ -188,6 +188,9 @@ final class HTTP2Session: DeadlineClient {
     private let maxHeaderList: Int
 
     private var streams: [Int32: Stream] = [:]
+    /// The request head being decoded. Header blocks are never interleaved (RFC 9113 6.10), so
+    /// one is read at a time, and its storage is reused from one request to the next.
+    private var head = HTTP2RequestFields()
     /// The stream the last callback was about: nghttp2's callbacks for one stream come one
     /// after the other, and this spares most of the dictionary's lookups.
     private var lastStream: Stream?
@@ -317,25 +320,25 @@ final class HTTP2Session: DeadlineClient {
         var callbacks: OpaquePointer?
         precondition(nghttp2_session_callbacks_new(&callbacks) == 0, "nghttp2 could not allocate its callbacks")
         nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks) { _, header, user in
-            HTTP2Session.of(user).beginFrame(header!.pointee)
+            HTTP2Session.with(user) { $0.beginFrame(header!.pointee) }
         }
         nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks) { _, frame, user in
-            HTTP2Session.of(user).beginHeaders(frame!.pointee)
+            HTTP2Session.with(user) { $0.beginHeaders(frame!.pointee) }
         }
         nghttp2_session_callbacks_set_on_header_callback(callbacks) { _, frame, name, nameLength, value, valueLength, _, user in
-            HTTP2Session.of(user).header(frame!.pointee, UnsafeBufferPointer(start: name, count: nameLength), UnsafeBufferPointer(start: value, count: valueLength))
+            HTTP2Session.with(user) { $0.header(frame!.pointee, UnsafeBufferPointer(start: name, count: nameLength), UnsafeBufferPointer(start: value, count: valueLength)) }
         }
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks) { _, frame, user in
-            HTTP2Session.of(user).frameReceived(frame!.pointee)
+            HTTP2Session.with(user) { $0.frameReceived(frame!.pointee) }
         }
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks) { _, _, id, data, length, user in
-            HTTP2Session.of(user).dataReceived(id, UnsafeBufferPointer(start: data, count: length))
+            HTTP2Session.with(user) { $0.dataReceived(id, UnsafeBufferPointer(start: data, count: length)) }
         }
         nghttp2_session_callbacks_set_on_frame_send_callback(callbacks) { _, frame, user in
-            HTTP2Session.of(user).frameSent(frame!.pointee)
+            HTTP2Session.with(user) { $0.frameSent(frame!.pointee) }
         }
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks) { _, id, _, user in
-            HTTP2Session.of(user).streamClosed(id)
+            HTTP2Session.with(user) { $0.streamClosed(id) }
         }
         return callbacks!
     }
@@ -357,8 +360,10 @@ final class HTTP2Session: DeadlineClient {
         return found
     }
 
-    private static func of(_ user: UnsafeMutableRawPointer?) -> HTTP2Session {
-        Unmanaged<HTTP2Session>.fromOpaque(user!).takeUnretainedValue()
+    /// The session a callback is for, borrowed for the call: it is alive (it is inside its
+    /// own call into nghttp2), so it is neither retained nor released per callback.
+    private static func with<Result>(_ user: UnsafeMutableRawPointer?, _ body: (HTTP2Session) -> Result) -> Result {
+        Unmanaged<HTTP2Session>.fromOpaque(user!)._withUnsafeGuaranteedRef(body)
     }
 
     private static let headersType = UInt8(NGHTTP2_HEADERS.rawValue)
@@ -377,6 +382,7 @@ final class HTTP2Session: DeadlineClient {
     private func beginHeaders(_ frame: nghttp2_frame) -> Int32 {
         guard frame.hd.type == Self.headersType, frame.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
         let stream = Stream(id: frame.hd.stream_id, now: clock, limits: info.currentSnapshot().limits)
+        head.reset()
         streams[stream.id] = stream
         lastStream = stream
         highestStreamID = max(highestStreamID, frame.hd.stream_id)
@@ -392,19 +398,19 @@ final class HTTP2Session: DeadlineClient {
         guard let stream = stream(frame.hd.stream_id) else { return 0 }
         let request = frame.headers.cat == NGHTTP2_HCAT_REQUEST
         if request {
-            stream.request.add(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value))
+            head.add(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value))
+            stream.headBytes = head.size
         } else {
             // Trailers are checked by nghttp2 and not passed on.
             stream.trailerBytes += name.count + value.count + 32
         }
-        if stream.request.size + stream.trailerBytes > maxHeaderList {
+        if stream.headBytes + stream.trailerBytes > maxHeaderList {
             fail(NGHTTP2_ENHANCE_YOUR_CALM, "header list larger than \(maxHeaderList) bytes")
             return NGHTTP2_ERR_PAUSE.rawValue
         }
-        if request && !stream.tooLarge && (stream.request.size > stream.maxHeaderBytes || stream.request.count > stream.maxHeaderCount + 4) {
+        if request && !stream.tooLarge && (head.size > stream.maxHeaderBytes || head.count > stream.maxHeaderCount + 4) {
             stream.tooLarge = true
-            stream.request.keepFields = false
-            stream.request.fields = HTTP2Fields()
+            head.dropFields()
         }
         return 0
     }
@@ -506,7 +512,7 @@ final class HTTP2Session: DeadlineClient {
     }
 
     private static let bodyReader: nghttp2_data_source_read_callback = { _, id, buffer, length, flags, _, user in
-        HTTP2Session.of(user).readBody(id, into: buffer!, length: length, flags: flags!)
+        HTTP2Session.with(user) { $0.readBody(id, into: buffer!, length: length, flags: flags!) }
     }
 
     // MARK: - Requests
@@ -517,19 +523,21 @@ final class HTTP2Session: DeadlineClient {
         stream.bodyLimit = limits.maxBodyBytes
         stream.requestComplete = endStream
         do {
-            try stream.request.finish()
+            try head.finish()
         } catch {
             // RFC 9113 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
             return reset(stream.id, NGHTTP2_PROTOCOL_ERROR)
         }
-        stream.method = stream.request.method
-        stream.uri = stream.request.path
-        stream.authority = stream.request.authority
+        stream.method = head.method
+        stream.uri = head.path
+        stream.authority = head.authority
         if stream.tooLarge {
             stream.errorResponse = .plain(.requestHeaderFieldsTooLarge, "request headers are too large")
         } else {
-            switch RequestDispatch.decide(method: stream.method, host: stream.authority, target: stream.uri, contentLength: stream.request.contentLength, snapshot: snapshot) {
+            switch RequestDispatch.decide(method: stream.method, host: stream.authority, target: stream.uri, contentLength: head.contentLength, snapshot: snapshot) {
             case .route(let route, let parameters, let bodyLimit):
+                // A fixed answer needs no request; any other endpoint gets the fields.
+                if case .fixed = route.target {} else { stream.headers = head.fields.headers(capacity: 1) }
                 stream.route = route
                 stream.parameters = parameters
                 stream.bodyLimit = bodyLimit
@@ -590,7 +598,7 @@ final class HTTP2Session: DeadlineClient {
     }
 
     private func makeRequest(_ stream: Stream) -> GatewayRequest {
-        var headers = stream.request.fields.headers(capacity: 1)
+        var headers = stream.headers ?? HTTPHeaders()
         if let authority = stream.authority, !headers.contains(name: "host") { headers.add(name: "host", value: authority) }
         var parameters: [String: String] = [:]
         for (name, value) in stream.parameters { parameters[name] = String(value) }

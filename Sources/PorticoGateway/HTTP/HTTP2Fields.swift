@@ -64,6 +64,12 @@ struct HTTP2Fields: Sendable {
 
     var count: Int { spans.count }
 
+    /// No fields, the storage kept for the next ones.
+    mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+        spans.removeAll(keepingCapacity: true)
+    }
+
     mutating func add(name: String, value: String) {
         let start = bytes.count
         bytes.append(contentsOf: name.utf8)

@@ -29,6 +29,28 @@ struct HTTP2RequestFields {
 
     init() {}
 
+    /// Empty again for the next head, keeping the storage of its fields.
+    mutating func reset() {
+        method = ""
+        path = ""
+        scheme = nil
+        authority = nil
+        contentLength = nil
+        size = 0
+        count = 0
+        fields.removeAll()
+        keepFields = true
+        sawRegular = false
+        host = nil
+        malformed = false
+    }
+
+    /// The list is too large to serve: the fields are no longer kept (the checks go on).
+    mutating func dropFields() {
+        keepFields = false
+        fields.removeAll()
+    }
+
     /// The fields of `pairs`, as ``add(name:value:)`` and ``finish()`` read them.
     init(_ pairs: [(String, String)]) throws(Malformed) {
         for (name, value) in pairs {
