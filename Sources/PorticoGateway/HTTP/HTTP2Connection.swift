@@ -219,6 +219,8 @@ final class HTTP2Session: DeadlineClient {
     private var closed = false
     /// A reusable array for the fields of a response.
     private var nameValues: [nghttp2_nv] = []
+    /// A reusable list for the fields of the answers made here.
+    private var responseFields = HTTP2Fields()
 
     /// Timeouts are checked by the loop's ``DeadlineSweeper`` from what the connection
     /// records cheaply per read (a flag). `idleSince`: no streams since then.
@@ -627,8 +629,13 @@ final class HTTP2Session: DeadlineClient {
     }
 
     private func write(_ response: GatewayResponse, to stream: Stream, isHead: Bool) {
-        let fields = HTTP2Fields(status: response.status, headers: response.headers, contentLength: response.body.readableBytes)
+        // Made in the connection's list, whose storage is reused: taken out and put back whole,
+        // so that no access to it spans a call.
+        var fields = responseFields
+        responseFields = HTTP2Fields()
+        fields.setResponse(status: response.status, headers: response.headers, contentLength: response.body.readableBytes)
         submit(fields, body: isHead ? nil : response.body, status: Int(response.status.code), to: stream)
+        responseFields = fields
     }
 
     /// Hands the response to nghttp2: HEADERS, and DATA as the client's windows allow.

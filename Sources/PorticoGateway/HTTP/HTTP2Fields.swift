@@ -22,6 +22,13 @@ struct HTTP2Fields: Sendable {
     init(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int?) {
         bytes.reserveCapacity(40 + headers.count * 40)
         spans.reserveCapacity(headers.count + 2)
+        setResponse(status: status, headers: headers, contentLength: contentLength)
+    }
+
+    /// The same in place of what the list held, keeping its storage (a connection reuses one
+    /// list for the answers it makes).
+    mutating func setResponse(status: HTTPResponseStatus, headers: HTTPHeaders, contentLength: Int?) {
+        removeAll()
         // Written byte by byte: no string is made for a lower-cased name or a number.
         bytes.append(contentsOf: ":status".utf8)
         appendDecimal(Int(status.code))
