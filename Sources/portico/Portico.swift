@@ -105,9 +105,20 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let options = self.options
+        // The server engine's loops, one per core: the gateway's listeners run on them, and
+        // they are shut down once it has stopped.
+        let serverLoops: CoreEventLoopGroup
+        do {
+            serverLoops = try CoreEventLoopGroup.perCore()
+        } catch {
+            await store.close()
+            printError("portico: cannot start the server's event loops: \(error)")
+            throw ExitCode(1)
+        }
         let gateway = Gateway(
             configuration: prepared,
             identityCache: cache,
+            serverLoops: serverLoops,
             services: runtime.registry,
             logger: logger,
             metrics: metrics,
@@ -122,8 +133,10 @@ struct Serve: AsyncParsableCommand {
         do {
             try await group.run()
             await store.close()
+            try? await serverLoops.shutdownGracefully()
         } catch let error as ListenerError {
             await store.close()
+            try? await serverLoops.shutdownGracefully()
             printError("portico: \(error)")
             throw ExitCode(1)
         }

@@ -119,7 +119,7 @@ import Testing
             configuration.file = dir.file("\(format).log")
             configuration.format = format
             let log = try AccessLog(configuration)
-            let loop = try CoreEventLoopGroup.shared.get().loops[0]
+            let loop = try TestGateway.serverLoops().loops[0]
             let buffer = log.buffer(on: loop)
             try await loop.submit {
                 buffer.record(listener: "console", client: nil, method: "GET", uri: "/a\"b\\c\u{1}\nd é", http: "1.1", status: 400, bytes: 12, microseconds: 1_234_567)

@@ -323,7 +323,7 @@ import X509
             let clients = try await Self.servedClients(port: port)
             let listener = try #require(await gw.gateway.listener(of: .clientPlain))
             let sockets = await listener.acceptingSockets
-            let loops = try CoreEventLoopGroup.shared.get().loops
+            let loops = try TestGateway.serverLoops().loops
             #expect(sockets.count == loops.count)
             #expect(Set(sockets.map { ObjectIdentifier($0.loop) }) == Set(loops.map { ObjectIdentifier($0) }))
             #expect(Set(sockets.compactMap { $0.localAddress?.port }) == [port])

@@ -6,6 +6,7 @@ import PorticoGateway
 import PorticoManager
 import PorticoProtocol
 import PorticoStore
+import PorticoTestSupport
 import Testing
 
 /// A real manager on loopback: gateway (client HTTPS and plain listeners), SQLite store and
@@ -104,7 +105,7 @@ struct TestManager {
                                                         reportsURL: "/reports/compliance", links: links, logger: quiet))
         services.register("reporting", try ReportingService(store: store, api: api, logger: quiet))
         services.register("replication", ReplicationService(store: store, logger: quiet))
-        let gateway = Gateway(configuration: prepared, identityCache: cache, services: services, logger: quiet, metrics: metrics)
+        let gateway = Gateway(configuration: prepared, identityCache: cache, serverLoops: try TestGateway.serverLoops(), services: services, logger: quiet, metrics: metrics)
         try await gateway.start()
         let https = "https://127.0.0.1:\(try #require(await gateway.boundAddress(of: .client)?.port))"
         let plain = "http://127.0.0.1:\(try #require(await gateway.boundAddress(of: .clientPlain)?.port))"

@@ -27,6 +27,14 @@ public struct RunningGateway: Sendable {
 }
 
 public enum TestGateway {
+    /// The server loops every gateway of a test run shares (one per core), made at the first
+    /// gateway and never shut down: the tests run in one process.
+    private static let loops = Result { try CoreEventLoopGroup.perCore() }
+
+    public static func serverLoops() throws -> CoreEventLoopGroup {
+        try loops.get()
+    }
+
     /// The listeners block with every role on port 0; `extra` is appended per role.
     public static func listenersYAML(_ extra: [ListenerName: String] = [:]) -> String {
         var yaml = "listeners:\n"
@@ -73,7 +81,7 @@ public enum TestGateway {
         var logger = Logger(label: "portico-test")
         logger.logLevel = .critical
         let gateway = Gateway(
-            configuration: prepared, identityCache: cache, services: services, logger: logger,
+            configuration: prepared, identityCache: cache, serverLoops: try TestGateway.serverLoops(), services: services, logger: logger,
             source: { () throws(ConfigurationError) -> GatewayConfiguration in try ConfigurationLoader(knownServices: knownServices, kinds: TestListeners.kinds).load(file: file) }
         )
         try await gateway.start()

@@ -179,11 +179,3 @@ struct TrackedCoreConnection: TrackedConnection {
         loop.execute { connection.value.close() }
     }
 }
-
-extension CoreEventLoopGroup {
-    /// The process's core loops, one per CPU as NIO counts them (`NIO_SINGLETON_GROUP_LOOP_COUNT`
-    /// sets it), started by the first listener that needs them and never shut down.
-    static let shared: Result<CoreEventLoopGroup, any Error> = Result {
-        try CoreEventLoopGroup(loopCount: NIOSingletons.groupLoopCountSuggestion)
-    }
-}

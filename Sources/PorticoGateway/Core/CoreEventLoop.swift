@@ -440,12 +440,20 @@ private struct TimerHeap {
     }
 }
 
-/// A fixed set of ``CoreEventLoop``s, one per core by default.
-final class CoreEventLoopGroup: EventLoopGroup, Sendable {
+/// The server engine's loops: a fixed set of ``CoreEventLoop``s, one thread and one epoll
+/// instance each. Whoever runs a ``Gateway`` makes them (one per core) and hands them to it;
+/// nothing in the engine makes loops of its own.
+public final class CoreEventLoopGroup: EventLoopGroup, Sendable {
     let loops: [CoreEventLoop]
     private let counter = NIOLockedValueBox(0)
 
-    init(loopCount: Int, name: String = "portico-core") throws {
+    /// The loops of a server: one per CPU core as NIO counts them (`NIO_SINGLETON_GROUP_LOOP_COUNT`
+    /// sets another number).
+    public static func perCore() throws -> CoreEventLoopGroup {
+        try CoreEventLoopGroup(loopCount: NIOSingletons.groupLoopCountSuggestion)
+    }
+
+    public init(loopCount: Int, name: String = "portico-core") throws {
         var loops: [CoreEventLoop] = []
         do {
             for index in 0..<max(1, loopCount) { loops.append(try CoreEventLoop(name: "\(name)-\(index)")) }
@@ -456,7 +464,7 @@ final class CoreEventLoopGroup: EventLoopGroup, Sendable {
         self.loops = loops
     }
 
-    func next() -> any EventLoop {
+    public func next() -> any EventLoop {
         let index = counter.withLockedValue { value in
             defer { value &+= 1 }
             return value
@@ -464,13 +472,13 @@ final class CoreEventLoopGroup: EventLoopGroup, Sendable {
         return loops[index % loops.count]
     }
 
-    func any() -> any EventLoop {
+    public func any() -> any EventLoop {
         loops.first { $0.inEventLoop } ?? next()
     }
 
-    func makeIterator() -> EventLoopIterator { EventLoopIterator(loops) }
+    public func makeIterator() -> EventLoopIterator { EventLoopIterator(loops) }
 
-    func shutdownGracefully(queue: DispatchQueue, _ callback: @escaping @Sendable ((any Error)?) -> Void) {
+    public func shutdownGracefully(queue: DispatchQueue, _ callback: @escaping @Sendable ((any Error)?) -> Void) {
         let remaining = NIOLockedValueBox(loops.count)
         for loop in loops {
             loop.shutdownGracefully(queue: queue) { _ in

@@ -16,6 +16,8 @@ public actor Gateway: Service {
     private var prepared: PreparedConfiguration
     private let services: ServiceRegistry
     private let group: any EventLoopGroup
+    /// The server engine's loops, on which every listener accepts and serves.
+    private let serverLoops: CoreEventLoopGroup
     private let logger: Logger
     public nonisolated let metrics: GatewayMetrics
     private let identityCache: IdentityCache
@@ -38,11 +40,16 @@ public actor Gateway: Service {
     /// - Parameters:
     ///   - configuration: a configuration already prepared by ``ConfigurationCheck``.
     ///   - identityCache: the cache it was prepared with, so reloads keep the pairs in service.
+    ///   - serverLoops: the loops the listeners run on (``CoreEventLoopGroup/perCore()``); the
+    ///     caller shuts them down once the gateway has stopped.
+    ///   - eventLoopGroup: SwiftNIO's loops, for the clients that are not listeners (HTTPS
+    ///     upstreams, health checks).
     ///   - source: re-reads the configuration on ``reload()`` and SIGHUP.
     ///   - handleSIGHUP: reload on SIGHUP while running.
     public init(
         configuration: PreparedConfiguration,
         identityCache: IdentityCache,
+        serverLoops: CoreEventLoopGroup,
         services: ServiceRegistry = ServiceRegistry(),
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "portico"),
@@ -52,6 +59,7 @@ public actor Gateway: Service {
     ) {
         self.prepared = configuration
         self.identityCache = identityCache
+        self.serverLoops = serverLoops
         self.services = services
         self.group = eventLoopGroup
         self.logger = logger
@@ -116,7 +124,7 @@ public actor Gateway: Service {
         do {
             accessLog = try AccessLog(prepared.configuration.accessLog)
             for listenerConfiguration in prepared.configuration.enabledListeners {
-                let listener = Listener(snapshot: try makeSnapshot(listenerConfiguration), group: try CoreEventLoopGroup.shared.get(), logger: logger)
+                let listener = Listener(snapshot: try makeSnapshot(listenerConfiguration), group: serverLoops, logger: logger)
                 try await listener.start()
                 listeners[listenerConfiguration.name] = listener
             }
@@ -244,7 +252,7 @@ public actor Gateway: Service {
                     await old.update(snapshot)
                     continue
                 }
-                let replacement = Listener(snapshot: snapshot, group: try CoreEventLoopGroup.shared.get(), logger: logger)
+                let replacement = Listener(snapshot: snapshot, group: serverLoops, logger: logger)
                 if let old {
                     // The new socket may need the old port: stop accepting on the old one first.
                     await old.stopAccepting()
