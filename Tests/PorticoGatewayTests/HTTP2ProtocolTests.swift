@@ -348,12 +348,7 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         let gate = Gate()
         try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
-            var bytes: [UInt8] = []
-            for index in 0..<250 {
-                let stream = UInt32(2 * index + 1)
-                bytes += RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: stream, h2.block(RawHTTP2.get("/slow")))
-                bytes += RawHTTP2.frame(Kind.rstStream, stream: stream, RawHTTP2.word(0x8))
-            }
+            let bytes = h2.rapidResets(250, path: "/slow")
             try await h2.send(bytes)
             let goAway = await h2.goAway()
             #expect(goAway?.code == 0x2)

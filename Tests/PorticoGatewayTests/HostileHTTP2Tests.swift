@@ -45,12 +45,7 @@ private typealias Flag = RawHTTP2.Flag
         try await TestGateway.with(body: Self.routes, services: TestServices.registry(gate: gate)) { gw in
             let before = Self.residentKiB()
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
-            var bytes: [UInt8] = []
-            for index in 0..<10_000 {
-                let stream = UInt32(2 * index + 1)
-                bytes += RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: stream, h2.block(RawHTTP2.get("/slow")))
-                bytes += RawHTTP2.frame(Kind.rstStream, stream: stream, RawHTTP2.word(0x8))
-            }
+            let bytes = h2.rapidResets(10_000, path: "/slow")
             h2.queue(bytes)
             let goAway = await h2.goAway()
             #expect(goAway?.code == 0x2, "\(String(describing: goAway))")

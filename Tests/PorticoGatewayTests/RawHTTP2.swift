@@ -130,6 +130,18 @@ final class RawHTTP2: Sendable {
     }
 
     /// The HPACK block for `fields`, from this connection's encoder.
+    /// "Rapid reset" (CVE-2023-44487): `count` streams, each a GET of `path` opened and at
+    /// once cancelled, as one run of bytes.
+    func rapidResets(_ count: Int, path: String) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for index in 0..<count {
+            let stream = UInt32(2 * index + 1)
+            bytes += RawHTTP2.frame(Kind.headers, flags: Flag.endHeaders | Flag.endStream, stream: stream, block(RawHTTP2.get(path)))
+            bytes += RawHTTP2.frame(Kind.rstStream, stream: stream, RawHTTP2.word(0x8))
+        }
+        return bytes
+    }
+
     func block(_ fields: [(String, String)]) -> [UInt8] {
         encoder.withLockedValue { encoder in
             var buffer = ByteBuffer()

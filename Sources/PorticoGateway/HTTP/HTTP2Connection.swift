@@ -1,5 +1,4 @@
 import CNGHTTP2
-import Logging
 import NIOCore
 import NIOHTTP1
 
