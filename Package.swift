@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .executable(name: "portico", targets: ["portico"]),
         .executable(name: "portico-agent", targets: ["portico-agent"]),
+        .library(name: "PorticoServer", targets: ["PorticoServer"]),
         .library(name: "PorticoGateway", targets: ["PorticoGateway"]),
         .library(name: "PorticoStore", targets: ["PorticoStore"]),
         .library(name: "PorticoProtocol", targets: ["PorticoProtocol"]),
@@ -46,8 +47,10 @@ let package = Package(
         .systemLibrary(name: "CPorticoOpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // The system's libnghttp2 (libnghttp2-dev), found with pkg-config: the listeners' HTTP/2.
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+        // The server engine: the core's epoll loops, TLS on the system's OpenSSL, HTTP/1.1 and
+        // HTTP/2 (libnghttp2), routing and upstreams: what serves a request once it is configured.
         .target(
-            name: "PorticoGateway",
+            name: "PorticoServer",
             dependencies: [
                 "CPorticoSystem",
                 "CPorticoOpenSSL",
@@ -55,8 +58,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -64,10 +67,29 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The control plane: configuration files, the server identity's lifecycle, reloads and
+        // the built-in services, driving the engine.
+        .target(
+            name: "PorticoGateway",
+            dependencies: [
+                "PorticoServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swiftSettings
@@ -102,6 +124,7 @@ let package = Package(
             name: "PorticoManager",
             dependencies: [
                 "PorticoGateway",
+                "PorticoServer",
                 "PorticoStore",
                 "PorticoProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -157,6 +180,7 @@ let package = Package(
             name: "portico",
             dependencies: [
                 "PorticoGateway",
+                "PorticoServer",
                 "PorticoStore",
                 "PorticoManager",
                 "PorticoProtocol",
@@ -177,6 +201,7 @@ let package = Package(
             dependencies: [
                 "PorticoAgent",
                 "PorticoGateway",
+                "PorticoServer",
                 "PorticoManager",
                 "PorticoProtocol",
                 "PorticoStore",
@@ -206,6 +231,7 @@ let package = Package(
             name: "PorticoTestSupport",
             dependencies: [
                 "PorticoGateway",
+                "PorticoServer",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -222,6 +248,7 @@ let package = Package(
             name: "PorticoGatewayTests",
             dependencies: [
                 "PorticoGateway",
+                "PorticoServer",
                 "PorticoStore",
                 "PorticoTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -238,6 +265,7 @@ let package = Package(
             dependencies: [
                 "PorticoAgent",
                 "PorticoGateway",
+                "PorticoServer",
                 "PorticoManager",
                 "PorticoProtocol",
                 "PorticoStore",
@@ -258,6 +286,7 @@ let package = Package(
                 "PorticoAgent",
                 "PorticoProtocol",
                 "PorticoGateway",
+                "PorticoServer",
                 "PorticoStore",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -310,6 +339,7 @@ if Context.environment["PORTICO_FUZZ"] != nil {
             dependencies: [
                 "CPorticoFuzz",
                 "PorticoGateway",
+                "PorticoServer",
                 "PorticoManager",
                 "PorticoProtocol",
                 "PorticoStore",

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 import Yams
 

@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import Logging
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 
 /// The role services the manager mounts on the gateway, by the names routes use.

@@ -5,6 +5,7 @@ import PorticoGateway
 import PorticoAgent
 import PorticoManager
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 
 /// `portico-bench`: the loads the benchmarks (bench/) and the crash test drive against a

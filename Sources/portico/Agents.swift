@@ -4,6 +4,7 @@ import Foundation
 import PorticoGateway
 import PorticoManager
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 
 /// `portico token`: enrollment tokens for new agents.

@@ -4,6 +4,7 @@ import Foundation
 import PorticoGateway
 import PorticoManager
 import PorticoProtocol
+import PorticoServer
 import SwiftASN1
 import X509
 import _CryptoExtras

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import PorticoGateway
 import PorticoManager
+import PorticoServer
 import PorticoStore
 
 struct Database: AsyncParsableCommand {

@@ -3,6 +3,7 @@ import Foundation
 import NIOSSL
 import PorticoGateway
 import PorticoManager
+import PorticoServer
 import PorticoStore
 
 /// `portico peer add|remove|list`: the managers of other sites this one replicates with.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import PorticoGateway
 import PorticoManager
+import PorticoServer
 import PorticoStore
 import ServiceLifecycle
 

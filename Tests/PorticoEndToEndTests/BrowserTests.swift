@@ -1,6 +1,7 @@
 import Foundation
 import PorticoGateway
 import PorticoManager
+import PorticoServer
 import PorticoTestSupport
 import Testing
 

@@ -1,5 +1,6 @@
 import PorticoGateway
 import PorticoManager
+import PorticoServer
 import PorticoTestSupport
 
 /// The config file of a manager a test starts: the listeners it names on 127.0.0.1 and a free

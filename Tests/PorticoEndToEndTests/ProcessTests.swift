@@ -7,6 +7,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 /// The `portico` executable end to end: its commands, signals and messages.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct ProcessTests {
@@ -87,14 +88,14 @@ import Testing
                 await gate.waitForArrival()
                 process.signal(SIGTERM)
                 // The process has begun draining: the listeners it stops report it.
-                await process.waitFor("listener=console [PorticoGateway] stopped")
+                await process.waitFor("listener=console [PorticoServer] stopped")
                 gate.open()
                 let result = try await answer
                 #expect(result.status == 200)
                 #expect(result.body == "finished")
             }
             #expect(await process.wait() == 0)
-            #expect(process.text.contains("listener=client_plain [PorticoGateway] stopped"))
+            #expect(process.text.contains("listener=client_plain [PorticoServer] stopped"))
         }
     }
 

@@ -5,6 +5,7 @@ import NIOSSL
 import PorticoAgent
 import PorticoGateway
 import PorticoProtocol
+import PorticoServer
 import PorticoTestSupport
 import Testing
 

@@ -8,6 +8,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 /// The deployment `deploy/compose.yaml` describes, as real processes: two sites, each with
 /// two `portico serve` sharing one PostgreSQL database and nothing else, replicating between

@@ -3,6 +3,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 /// The access log: its two formats, escaping, rotation by reopening, reloads, and nothing lost
 /// when the gateway stops.

@@ -4,6 +4,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 @Suite struct ByteWriterTests {
     /// The head `raw` holds, as the gateway's parser reads it (an issue recorded if it does not parse).

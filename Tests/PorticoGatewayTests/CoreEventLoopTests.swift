@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+@testable import PorticoServer
 import PorticoTestSupport
 import Testing
 

@@ -3,6 +3,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 /// Real clients no one here wrote. Each test skips with the reason when its program is
 /// missing, unless PORTICO_REQUIRE_TOOLS is set (as CI sets it), where a missing program fails.

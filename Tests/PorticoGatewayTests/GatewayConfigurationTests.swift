@@ -2,6 +2,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 /// The gateway's configuration knows no program: the listeners, their defaults and the
 /// services are what the program gives it.

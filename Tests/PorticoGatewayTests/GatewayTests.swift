@@ -10,6 +10,7 @@ import Testing
 import X509
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 @Suite struct ListenerTests {
     @Test func everyRoleAnswersOnItsOwnPortOverHTTP1AndHTTP2() async throws {

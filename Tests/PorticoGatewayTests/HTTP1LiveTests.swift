@@ -1,4 +1,5 @@
 import NIOCore
+@testable import PorticoServer
 import PorticoTestSupport
 import Testing
 @testable import PorticoGateway

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+@testable import PorticoServer
 import PorticoTestSupport
 import Testing
 @testable import PorticoGateway

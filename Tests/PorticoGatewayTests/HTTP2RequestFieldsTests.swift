@@ -1,5 +1,6 @@
 import CNGHTTP2
 import NIOHTTP1
+@testable import PorticoServer
 import PorticoTestSupport
 import Testing
 @testable import PorticoGateway

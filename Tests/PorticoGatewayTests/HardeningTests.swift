@@ -4,6 +4,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 private typealias Kind = RawHTTP2.Kind
 private typealias Flag = RawHTTP2.Flag

@@ -4,6 +4,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 @Suite(.timeLimit(.minutes(2))) struct LimitsTests {
     @Test func fiveHundredTricklingClientsDoNotStopANormalOne() async throws {

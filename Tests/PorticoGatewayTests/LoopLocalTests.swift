@@ -5,6 +5,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 /// Each event loop reads its own copy of a listener's routes (``SnapshotBox``), so that the
 /// objects a request retains are never shared by two cores. The copies must route exactly

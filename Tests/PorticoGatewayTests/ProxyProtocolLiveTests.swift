@@ -3,6 +3,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 @Suite struct ProxyProtocolLiveTests {
     private let routes = "routes:\n  - {listener: client_plain, path: /whoami, service: whoami}"

@@ -3,6 +3,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 @Suite struct ProxyProtocolTests {
     private func parse(_ bytes: [UInt8]) -> ProxyProtocol.ParseResult { ProxyProtocol.parse(ByteBuffer(bytes: bytes)) }

@@ -3,6 +3,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 @Suite struct RequestStatsTests {
     @Test func shardsOfTwoLoopsAddUp() async throws {

@@ -2,6 +2,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 @Suite struct RouterTests {
     typealias R = Router<String>

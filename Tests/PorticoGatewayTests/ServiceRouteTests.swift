@@ -4,6 +4,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 /// Services declare their routes; the gateway compiles them under the config route that names
 /// the service, hands the handler the matched parameters, and asks the service for its 404,

@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 /// TLS sessions resume, by ticket and by session id, on TLS 1.2 and 1.3, across a reloaded
 /// configuration and a rotated identity; tickets are sealed under keys that rotate.

@@ -6,6 +6,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 /// Request smuggling, as a table: classic inputs sent through a route to an upstream whose
 /// requests are read by another parser (NIO's, llhttp). For each, the gateway either refuses

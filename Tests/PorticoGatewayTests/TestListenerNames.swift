@@ -1,4 +1,5 @@
 import PorticoGateway
+import PorticoServer
 import PorticoTestSupport
 
 /// The names of the test gateways' listeners (``TestListeners``), as the manager names its roles.

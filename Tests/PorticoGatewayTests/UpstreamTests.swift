@@ -6,6 +6,7 @@ import PorticoTestSupport
 import Testing
 
 @testable import PorticoGateway
+@testable import PorticoServer
 
 @Suite struct UpstreamTests {
     /// Two backends (gateways answering `/echo/*` with their names and `/status` with a

@@ -2,6 +2,7 @@ import Foundation
 import NIOHTTP1
 import PorticoGateway
 @testable import PorticoManager
+import PorticoServer
 import PorticoStore
 import Testing
 

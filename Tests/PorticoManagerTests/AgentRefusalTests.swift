@@ -4,6 +4,7 @@ import PorticoAgent
 import PorticoGateway
 import PorticoManager
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 import Testing
 

@@ -4,6 +4,7 @@ import PorticoAgent
 @testable import PorticoManager
 import PorticoGateway
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 import Testing
 import X509

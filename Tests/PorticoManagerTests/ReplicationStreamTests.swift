@@ -4,6 +4,7 @@ import NIOCore
 import NIOSSL
 @testable import PorticoManager
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 import Testing
 

@@ -5,6 +5,7 @@ import NIOCore
 import NIOSSL
 @testable import PorticoManager
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 import Testing
 

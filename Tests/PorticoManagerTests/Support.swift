@@ -5,6 +5,7 @@ import PorticoAgent
 import PorticoGateway
 import PorticoManager
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 import PorticoTestSupport
 import Testing

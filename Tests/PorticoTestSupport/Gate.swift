@@ -9,6 +9,7 @@ import Testing
 import X509
 
 import PorticoGateway
+import PorticoServer
 
 /// A one-shot gate: requests wait on it, the test opens it, and the test can wait for a
 /// request to have arrived.

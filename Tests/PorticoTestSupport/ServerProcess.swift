@@ -5,6 +5,7 @@ import NIOPosix
 import Testing
 
 import PorticoGateway
+import PorticoServer
 
 /// The `portico` executable built beside the tests, run as a real process.
 public final class ServerProcess: Sendable {

@@ -6,6 +6,7 @@ import NIOTLS
 import Testing
 
 import PorticoGateway
+import PorticoServer
 
 /// A raw TLS connection for what HTTP clients hide: the served certificate, the protocol
 /// version, a client certificate refused after the handshake.

@@ -9,6 +9,7 @@ import Testing
 import X509
 
 import PorticoGateway
+import PorticoServer
 
 /// A fresh folder under the system temp dir, removed when the test ends.
 public final class TemporaryDirectory: Sendable {

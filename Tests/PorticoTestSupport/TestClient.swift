@@ -9,6 +9,7 @@ import Testing
 import X509
 
 import PorticoGateway
+import PorticoServer
 
 /// HTTP clients for tests.
 public enum TestClient {

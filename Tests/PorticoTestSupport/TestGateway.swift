@@ -9,6 +9,7 @@ import Testing
 import X509
 
 import PorticoGateway
+import PorticoServer
 
 /// A gateway started from YAML in a temporary folder, every listener on 127.0.0.1 and a free port.
 public struct RunningGateway: Sendable {

@@ -1,4 +1,5 @@
 import PorticoGateway
+import PorticoServer
 
 /// The listeners of the gateways the tests start: the manager's six, under the same names and
 /// ports, so that a test reads as the product does (the gateway knows none of them itself).

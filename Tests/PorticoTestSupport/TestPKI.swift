@@ -9,6 +9,7 @@ import Testing
 import X509
 
 import PorticoGateway
+import PorticoServer
 
 /// Identities made by the code under test, written to a folder.
 public enum TestPKI {

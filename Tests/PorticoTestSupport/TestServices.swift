@@ -10,6 +10,7 @@ import Testing
 import X509
 
 import PorticoGateway
+import PorticoServer
 
 /// Services tests route to.
 public enum TestServices {

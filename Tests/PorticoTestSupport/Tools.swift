@@ -9,6 +9,7 @@ import Testing
 import X509
 
 import PorticoGateway
+import PorticoServer
 
 /// Whether an outside program is on the PATH, for tests that drive real clients.
 public enum Tools {

@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOSSL
+import PorticoServer
 
 /// A configuration with every file it names read and its TLS material built: what `serve`
 /// starts from and what `config check` proves can be started.

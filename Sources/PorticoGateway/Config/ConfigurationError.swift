@@ -1,3 +1,4 @@
+import PorticoServer
 /// One problem found in a config file, with where it is and a plain sentence.
 public struct ConfigurationDiagnostic: Sendable, Equatable, CustomStringConvertible {
     public var location: SourceLocation?

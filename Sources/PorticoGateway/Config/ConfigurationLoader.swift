@@ -1,4 +1,5 @@
 import NIOCore
+import PorticoServer
 import Yams
 
 #if canImport(Glibc)

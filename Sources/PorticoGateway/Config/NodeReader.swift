@@ -1,4 +1,5 @@
 import NIOCore
+import PorticoServer
 import Yams
 
 /// Walks Yams nodes, collecting diagnostics with their marks.

@@ -1,3 +1,4 @@
+import PorticoServer
 /// The nearest of a set of words to a misspelt one, for "did you mean" in messages.
 enum Suggestion {
     static func closest(to word: String, in candidates: [String]) -> String? {

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import PorticoServer
 
 /// The services every gateway has, which routes may name: `health`, `ready`, `status`, `metrics`.
 public enum BuiltinServices {

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import PorticoServer
 import SwiftASN1
 import X509
 import _CryptoExtras

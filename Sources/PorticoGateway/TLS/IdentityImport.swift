@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import PorticoServer
 import _CryptoExtras
 import NIOSSL
 import X509

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import PorticoServer
 import X509
 import _CryptoExtras
 

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import PorticoGateway
+import PorticoServer
 
 /// A JSON request body: its fields are known, so that unknown ones are refused rather than
 /// silently ignored, and it checks its own values, naming each field it refuses.

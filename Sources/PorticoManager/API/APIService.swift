@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 
 /// The web services role: the REST API under `/api/v1` that automation and the console use.

@@ -1,5 +1,6 @@
 import Foundation
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 
 /// Any JSON value, for policy documents and command arguments that the API stores as given.

@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import PorticoGateway
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 import X509
 

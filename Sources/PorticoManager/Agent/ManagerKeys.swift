@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import PorticoGateway
+import PorticoServer
 
 /// The site's agent-facing secrets: the X25519 key agents seal enrollment to (and remote-help
 /// secrets derive from), and the site policy key that encrypts policy bundles. They live in

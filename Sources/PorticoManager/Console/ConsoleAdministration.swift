@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 
 /// Console pages for policies, enrollment tokens, operators and API tokens, and peers. Each

@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import PorticoGateway
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 
 /// A signed-in operator's browser session, shared by the console and reporting listeners

@@ -1,5 +1,6 @@
 import NIOHTTP1
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 
 /// One page or form of the console: method, path pattern, who may use it, and the handler.

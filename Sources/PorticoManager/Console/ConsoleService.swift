@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import PorticoGateway
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 
 /// The console role: server-rendered pages for operators in a browser. No script and no

@@ -2,6 +2,7 @@ import Foundation
 import NIOSSL
 import PorticoGateway
 import PorticoProtocol
+import PorticoServer
 import SwiftASN1
 import X509
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 import ServiceLifecycle
 

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import NIOConcurrencyHelpers
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 
 /// Keeps the site's identity in the database, so that every manager of a site serves the same

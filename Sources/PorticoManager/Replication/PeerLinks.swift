@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 import Prometheus
 import ServiceLifecycle

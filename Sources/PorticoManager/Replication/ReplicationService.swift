@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 
 /// What two managers say first: who they are and which schema they write. Managers with

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import PorticoGateway
+import PorticoServer
 import PorticoStore
 import ServiceLifecycle
 

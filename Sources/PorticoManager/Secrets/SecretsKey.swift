@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import PorticoGateway
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 
 /// The key that seals the site's secrets in the database: its private keys, its identity and

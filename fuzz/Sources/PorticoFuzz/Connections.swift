@@ -2,6 +2,7 @@ import NIOCore
 import Logging
 import NIOEmbedded
 @testable import PorticoGateway
+@testable import PorticoServer
 import Prometheus
 
 /// A served connection with nothing under it: what it writes is counted and dropped, and

@@ -5,6 +5,7 @@ import NIOHTTP1
 @testable import PorticoGateway
 @testable import PorticoManager
 @testable import PorticoProtocol
+@testable import PorticoServer
 import PorticoStore
 
 enum ProxyFuzz {

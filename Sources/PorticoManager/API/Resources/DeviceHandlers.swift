@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import PorticoGateway
 import PorticoProtocol
+import PorticoServer
 import PorticoStore
 
 struct RemoteHelpBody: APIRequestBody {

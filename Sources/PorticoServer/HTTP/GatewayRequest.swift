@@ -1,0 +1,70 @@
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+
+/// A complete request as a service sees it, whichever HTTP version carried it.
+public struct GatewayRequest: Sendable {
+    public var method: HTTPMethod
+    /// Path and query as sent.
+    public var uri: String
+    /// Request headers; for HTTP/2 the pseudo-headers are folded into the fields above.
+    public var headers: HTTPHeaders
+    /// The whole body (bounded by the route's limit).
+    public var body: ByteBuffer
+    /// `:authority` or `Host`.
+    public var host: String?
+    /// Values of `{param}` segments of the matched route.
+    public var parameters: [String: String]
+    /// The listener that accepted the request.
+    public var listener: ListenerName
+    /// 1 for HTTP/1.x, 2 for HTTP/2.
+    public var httpMajorVersion: Int
+    /// Whether the connection is TLS (to this listener; see ``forwardedProto``).
+    public var isTLS: Bool
+    /// The TCP peer, or the address a trusted PROXY header gave.
+    public var peerAddress: SocketAddress?
+    /// The client as far as it can be believed: the peer, or the nearest untrusted address in
+    /// `X-Forwarded-For` when the peer is a trusted proxy.
+    public var clientAddress: SocketAddress?
+    /// Whether the peer is in the listener's `trusted_proxies`, so that its forwarding
+    /// headers may be believed.
+    public var peerIsTrustedProxy: Bool
+    /// The verified client certificate on mutual-TLS listeners.
+    public var clientCertificate: NIOSSLCertificate?
+    /// `peerAddress` as text when the connection already formatted it.
+    package var peerAddressText: String? = nil
+
+    /// The path without the query.
+    public var path: Substring {
+        guard let question = uri.firstIndex(of: "?") else { return uri[...] }
+        return uri[..<question]
+    }
+
+    /// `https` or `http` as the client used it.
+    public var forwardedProto: String { isTLS ? "https" : "http" }
+}
+
+/// A complete response from a service.
+public struct GatewayResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer
+
+    public init(status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    /// A response with a text body and its content type.
+    public init(status: HTTPResponseStatus, contentType: String, body: String) {
+        self.init(status: status, headers: ["content-type": contentType], body: ByteBuffer(string: body))
+    }
+
+    /// A short `text/plain` response, used for errors the gateway itself answers.
+    package static func plain(_ status: HTTPResponseStatus, _ text: String? = nil, headers extra: HTTPHeaders = [:]) -> GatewayResponse {
+        var response = GatewayResponse(status: status, contentType: "text/plain; charset=utf-8", body: (text ?? status.reasonPhrase) + "\n")
+        response.headers.add(contentsOf: extra)
+        return response
+    }
+}
