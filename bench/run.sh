@@ -4,7 +4,7 @@
 #
 #   bench/run.sh [rounds]        (default 3)
 #   TESTS="h1 h2" bench/run.sh   (a subset of: h1 h2 json json2 handshake reconnect resume
-#                                 resume12 proxy idle)
+#                                 resume12 proxy idle flood h2spec)
 #   LOGS=off bench/run.sh        (only one of the two access-log modes: off or on)
 #
 # With access logs on, each server writes its own file as it ships it: nginx its combined
@@ -285,8 +285,66 @@ handshakes() {  # -new|-reuse port seconds [openssl options]
   awk -v n="$total" -v a="$start" -v b="$end" 'BEGIN { printf "rate %.1f\n", n / (b - a) }'
 }
 
-TESTS=" ${TESTS:-h1 h2 json json2 handshake reconnect resume resume12 proxy idle} "
+TESTS=" ${TESTS:-h1 h2 json json2 handshake reconnect resume resume12 proxy idle flood h2spec} "
+H2SPEC=${H2SPEC:-$(command -v h2spec || true)}
 selected() { [[ "$TESTS" == *" $1 "* ]]; }
+rss_kb() {  # server -> its processes' RSS in KiB
+  local total=0
+  for p in $(server_pids "$1"); do
+    total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
+  done
+  echo $total
+}
+
+# A healthy HTTP/2 client's latency while hostile clients attack the same port: h2load at a
+# fixed, modest rate (4 connections, 250 requests/s each) for FLOOD_SECONDS, alone and then
+# beside each attack of flood_h2.py (4 attacking connections, 50 for zero_window), with the
+# server's peak RSS over the attack. Latencies are h2load's per-request log.
+FLOOD_SECONDS=${FLOOD_SECONDS:-8}
+FLOOD_ATTACKS=${FLOOD_ATTACKS:-none rapid_reset continuation hpack_bomb settings ping zero_window reused_ids}
+flood() {  # server port
+  local server=$1 port=$2 attack attacker sampler peak before
+  for attack in $FLOOD_ATTACKS; do
+    attacker=
+    before=$(rss_kb "$server")
+    if [ "$attack" != none ]; then
+      nice -n 19 python3 "$here/flood_h2.py" "$port" "$attack" $((FLOOD_SECONDS + 2)) > "$work/flood-attacker.out" 2>&1 &
+      attacker=$!
+      sleep 1  # the attack under way before the healthy client starts
+    fi
+    echo "$before" > "$work/flood-peak"
+    ( while :; do r=$(rss_kb "$server"); [ "$r" -gt "$(cat "$work/flood-peak")" ] && echo "$r" > "$work/flood-peak"; sleep 0.2; done ) &
+    sampler=$!
+    rm -f "$work/flood-latency.log"
+    h2load -c4 -m1 --rps 250 -D "$FLOOD_SECONDS" --log-file="$work/flood-latency.log" "https://127.0.0.1:$port/healthz" > "$work/flood-h2load.out" 2>&1 || true
+    [ -n "$attacker" ] && wait "$attacker" 2>/dev/null || true
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+    peak=$(cat "$work/flood-peak")
+    python3 - "$work/flood-latency.log" "$server" "$attack" "$before" "$peak" "$work/flood-attacker.out" <<'PY' | tee -a "$work/flood.tsv" >&2
+import sys
+log, server, attack, before, peak, attacker = sys.argv[1:]
+lat, bad = [], 0
+try:
+    for line in open(log):
+        _, status, us = line.split("\t")
+        if status.strip() == "200":
+            lat.append(int(us))
+        else:
+            bad += 1
+except FileNotFoundError:
+    pass
+lat.sort()
+pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000 if lat else float("nan")
+opened = "-"
+if attack != "none":
+    for line in open(attacker):
+        if line.startswith("connections"):
+            opened = line.split()[1]
+print(f"flood\t{server}\t{attack}\t{len(lat)}\t{bad}\t{pick(0.5):.2f}\t{pick(0.99):.2f}\t{(int(peak) - int(before)) / 1024:.1f}\t{opened}")
+PY
+    rm -f "$work/flood-attacker.out"
+  done
+}
 DURATION=${DURATION:-10s}
 seconds=${DURATION%s}
 servers="nginx haproxy portico"
@@ -314,13 +372,6 @@ for mode in ${LOGS:-off on}; do
   # Memory: RSS added by IDLE_CONNECTIONS kept-alive TLS connections (each did one request),
   # measured once, in the first mode.
   if selected idle && [ ! -f "$work/idle.tsv" ]; then
-    rss_kb() {
-      local total=0
-      for p in $(server_pids "$1"); do
-        total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
-      done
-      echo $total
-    }
     for server in $servers; do
       read -r port ec_port <<< "$(ports $server)"
       before=$(rss_kb $server)
@@ -337,6 +388,30 @@ for mode in ${LOGS:-off on}; do
       exec 3>&-
       wait $idle_pid || true
       printf "idle\t%s\t%s\t%s\t%s\n" "$server" "$opened" "$before" "$after" | tee -a "$work/idle.tsv" >&2
+    done
+  fi
+  # HTTP/2 conformance: h2spec (not a Debian package; bench/README.md says how to build it)
+  # against each server's /healthz, once, in the first mode.
+  if selected h2spec && [ ! -f "$work/h2spec.tsv" ]; then
+    if [ -z "$H2SPEC" ]; then
+      echo "bench: h2spec skipped: no h2spec on PATH and H2SPEC not set" >&2
+      touch "$work/h2spec.tsv"
+    else
+      for server in $servers; do
+        read -r port ec_port <<< "$(ports $server)"
+        "$H2SPEC" -h 127.0.0.1 -p "$port" -t -k -P /healthz -o 3 > "$work/h2spec-$server.txt" 2>&1 || true
+        summary=$(grep -E "^[0-9]+ tests, [0-9]+ passed" "$work/h2spec-$server.txt" | tail -1)
+        printf "h2spec\t%s\t%s\n" "$server" "$summary" | tee -a "$work/h2spec.tsv" >&2
+        # The failed tests by section and name (the lines of the report's "Failures:" part).
+        awk '/^Failures:/ { f = 1; next } /^Finished/ { f = 0 } f && (/^ +[0-9.]+ / || /×/) { sub(/^ +/, ""); print }' "$work/h2spec-$server.txt" > "$work/h2spec-$server.failed"
+      done
+    fi
+  fi
+  # Hostile HTTP/2 clients beside a healthy one, measured once, in the first mode.
+  if selected flood && [ ! -f "$work/flood.tsv" ]; then
+    for server in $servers; do
+      read -r port ec_port <<< "$(ports $server)"
+      flood $server "$port"
     done
   fi
   # Every server logged every request when logging (a server that wrote nothing would have
@@ -383,7 +458,24 @@ if all((m, t, "portico") in med for m in ["off", "on"] for t in ["h1", "h2"]):
         parts = [f"{t} {med[('on', t, server)][1] - med[('off', t, server)][1]:+.1f}" for t in ["h1", "h2", "json", "proxy"] if ("on", t, server) in med and ("off", t, server) in med]
         print(f"  {server:<8} " + ", ".join(parts))
 PY
-selected idle || exit 0
-echo
-echo "idle TLS connections: server, open, RSS before (KiB), after (KiB), KiB per connection"
-awk -F'\t' '{ printf "%-8s %6d %9d %9d %8.1f\n", $2, $3, $4, $5, ($5 - $4) / ($3 > 0 ? $3 : 1) }' "$work/idle.tsv"
+if selected idle; then
+  echo
+  echo "idle TLS connections: server, open, RSS before (KiB), after (KiB), KiB per connection"
+  awk -F'\t' '{ printf "%-8s %6d %9d %9d %8.1f\n", $2, $3, $4, $5, ($5 - $4) / ($3 > 0 ? $3 : 1) }' "$work/idle.tsv"
+fi
+if selected flood; then
+  echo
+  echo "a healthy HTTP/2 client beside hostile ones: server, attack, answered, failed, p50 ms, p99 ms, p99 / p99 alone, peak RSS added (MiB), attacking connections opened"
+  awk -F'\t' '$3 == "none" { base[$2] = $7 } { printf "%-8s %-13s %7d %6d %8.2f %8.2f %6.2f %8.1f %8s\n", $2, $3, $4, $5, $6, $7, (base[$2] > 0 ? $7 / base[$2] : 0), $8, $9 }' "$work/flood.tsv"
+fi
+if selected h2spec && [ -s "$work/h2spec.tsv" ]; then
+  echo
+  echo "HTTP/2 conformance (h2spec -t -k, /healthz):"
+  awk -F'\t' '{ printf "%-8s %s\n", $2, $3 }' "$work/h2spec.tsv"
+  for server in $servers; do
+    if [ -s "$work/h2spec-$server.failed" ]; then
+      echo "failed by $server:"
+      sed 's/^/  /' "$work/h2spec-$server.failed"
+    fi
+  done
+fi

@@ -138,6 +138,34 @@ struct HTTP2Violation: Sendable, CustomStringConvertible {
         }
     }
 
+    /// A frame on a stream that has closed, sent after the server closed it (RFC 9113 5.1):
+    /// DATA after both sides ended the stream, and DATA or HEADERS after the client reset it,
+    /// are answered STREAM_CLOSED (a stream error or a connection error), not ignored.
+    @Test(arguments: ["after the answer", "after the client reset it"])
+    func aFrameOnAClosedStreamIsAnsweredStreamClosed(_ when: String) async throws {
+        try await TestGateway.with(body: Self.routes) { gw in
+            let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
+            if when == "after the answer" {
+                try await h2.headers(stream: 1, RawHTTP2.get("/healthz"), endStream: true)
+                let end = await h2.next { $0.stream == 1 && $0.has(Flag.endStream) }
+                #expect(end != nil, "no answer on stream 1")
+            } else {
+                try await h2.headers(stream: 1, RawHTTP2.post("/echo", length: 10), endStream: false)
+                try await h2.send(Kind.rstStream, stream: 1, RawHTTP2.word(8))
+                // A PING answered after the reset: the server has read it.
+                try await h2.send(Kind.ping, stream: 0, [9, 9, 9, 9, 9, 9, 9, 9])
+                let pong = await h2.next { $0.type == Kind.ping && $0.has(Flag.ack) }
+                #expect(pong != nil)
+            }
+            try await h2.send(Kind.data, flags: Flag.endStream, stream: 1, [0x41])
+            let answer = await h2.next { ($0.type == Kind.goAway && $0.stream == 0) || ($0.type == Kind.rstStream && $0.stream == 1) }
+            let frame = try #require(answer, "no answer to DATA on a closed stream (\(when))")
+            let code = frame.type == Kind.goAway ? frame.word(at: 4) : frame.word(at: 0)
+            #expect(code == 0x5, "\(when): \(frame.type == Kind.goAway ? "GOAWAY" : "RST_STREAM") code \(code)")
+            await h2.close()
+        }
+    }
+
     @Test(arguments: HTTP2Violation.all)
     func aConnectionErrorEndsTheConnectionWithAGoAwayNamingIt(_ violation: HTTP2Violation) async throws {
         try await TestGateway.with(body: Self.routes) { gw in

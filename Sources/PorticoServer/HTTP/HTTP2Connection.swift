@@ -347,8 +347,9 @@ package final class HTTP2Session: DeadlineClient {
     private static func makeOptions() -> OpaquePointer {
         var options: OpaquePointer?
         precondition(nghttp2_option_new(&options) == 0, "nghttp2 could not allocate its options")
-        // Streams closed are forgotten at once (nothing here uses their priority).
-        nghttp2_option_set_no_closed_streams(options, 1)
+        // Closed streams are kept (at most as many as may be open) so that nghttp2 answers a
+        // frame on one as RFC 9113 5.1 says: STREAM_CLOSED, where a stream it had forgotten
+        // would be ignored.
         // A client may reset a burst of 200 streams, then about one every 4 seconds.
         nghttp2_option_set_stream_reset_rate_limit(options, 200, 7)
         return options!
