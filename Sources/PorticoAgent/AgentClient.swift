@@ -130,11 +130,11 @@ public actor AgentClient {
     }
 
     /// Sends one message in the session (opening or renewing it as needed) and returns the answer.
-    public func send(_ message: AgentMessage) async throws -> ManagerMessage {
+    public func send(_ message: AgentMessage, timeout: Duration = .seconds(30)) async throws -> ManagerMessage {
         for attempt in 0..<2 {
             if session == nil || Self.nowMilliseconds() >= session!.expires - 5_000 { try await openSession() }
             do {
-                return try await sendInSession(message)
+                return try await sendInSession(message, timeout: timeout)
             } catch let error as ProtocolError where attempt == 0 && (error.code == .sessionExpired || error.code == .unknownSession || error.code == .replayed) {
                 // The manager forgot or expired the session, or took this counter already (a
                 // message that raced this one): one new handshake, and the message sealed anew.
@@ -152,14 +152,14 @@ public actor AgentClient {
     }
 
     /// Posts a sealed envelope as it is and returns the raw answer.
-    public func post(envelope: [UInt8]) async throws -> (status: Int, body: [UInt8]) {
-        try await transport.post(managerURL + "/agent/v1/message", body: envelope, contentType: "application/octet-stream")
+    public func post(envelope: [UInt8], timeout: Duration = .seconds(30)) async throws -> (status: Int, body: [UInt8]) {
+        try await transport.post(managerURL + "/agent/v1/message", body: envelope, contentType: "application/octet-stream", timeout: timeout)
     }
 
-    private func sendInSession(_ message: AgentMessage) async throws -> ManagerMessage {
+    private func sendInSession(_ message: AgentMessage, timeout: Duration) async throws -> ManagerMessage {
         let envelope = try seal(message)
         let sentCounter = counter
-        let (status, body) = try await post(envelope: envelope)
+        let (status, body) = try await post(envelope: envelope, timeout: timeout)
         guard status == 200 else { throw Self.problem(status: status, body: body) }
         guard let keys = session?.keys else { throw ProtocolError(.unknownSession, "the session ended") }
         let (replyCounter, plaintext) = try Envelope.open(body, keys: keys, direction: .managerToAgent)
@@ -177,6 +177,21 @@ public actor AgentClient {
         guard case .checkIn(let reply) = try await send(.checkIn(CheckInRequest(policySerial: state.policySerial, status: status, pinnedFingerprints: pinnedFingerprints))) else {
             throw ProtocolError(.malformed, "the manager did not answer the check-in")
         }
+        return await took(reply)
+    }
+
+    /// A check-in the manager holds until it has something for this device or `holdSeconds`
+    /// (from the manager's ``PushOffer``) have passed; answered like a check-in.
+    public func wait(holdSeconds: Int, status: String = "ok") async throws -> CheckInReply {
+        let request = CheckInRequest(policySerial: state.policySerial, status: status, pinnedFingerprints: pinnedFingerprints)
+        guard case .checkIn(let reply) = try await send(.wait(request), timeout: .seconds(holdSeconds + 15)) else {
+            throw ProtocolError(.malformed, "the manager did not answer the wait")
+        }
+        return await took(reply)
+    }
+
+    /// Pins a next certificate a check-in reply announces.
+    private func took(_ reply: CheckInReply) async -> CheckInReply {
         if let next = reply.nextCertificate, state.pinned.pinned(next) == nil {
             state.pinned.add(next)
             state.pinned.addAuthorities(reply.nextAuthorities ?? [])

@@ -123,6 +123,15 @@ public struct AgentSettings: Sendable, Equatable {
     public var checkInInterval: TimeAmount = .minutes(5)
     /// `agents.clock_skew`: how far an agent's clock may be from the manager's.
     public var clockSkew: TimeAmount = .minutes(5)
+    /// `agents.push.enabled`: whether agents may hold a `wait` open, to hear of a command at
+    /// once rather than at their next check-in.
+    public var pushEnabled = true
+    /// `agents.push.hold`: the longest a wait is held before it is answered with nothing new
+    /// (below the read timeout of any proxy in front of the client listeners).
+    public var pushHold: TimeAmount = .seconds(45)
+    /// `agents.push.wake_rate`: held waits answered per second when every agent has news
+    /// (policies published), so that their fetches do not arrive at once.
+    public var pushWakeRate = 5_000
 
     public init() {}
 }
@@ -199,7 +208,20 @@ struct ManagerSections: ConfigurationSections {
                 if (1...256).contains(value) { self.storage.postgresPoolSize = value } else { reader.error("storage.postgres.pool_size must be between 1 and 256", at: size.value) }
             }
         }
-        if let agents = top["agents"], let keys = reader.mapping(agents.value, at: "agents", keys: ["session_lifetime", "checkin_interval", "clock_skew"]) {
+        if let agents = top["agents"], let keys = reader.mapping(agents.value, at: "agents", keys: ["session_lifetime", "checkin_interval", "clock_skew", "push"]) {
+            if let push = keys["push"], let settings = reader.mapping(push.value, at: "agents.push", keys: ["enabled", "hold", "wake_rate"]) {
+                if let enabled = settings["enabled"], let value = reader.bool(enabled.value, at: "agents.push.enabled") { self.agents.pushEnabled = value }
+                if let hold = settings["hold"], let value = reader.duration(hold.value, at: "agents.push.hold") {
+                    if value.nanoseconds < 1_000_000_000 || value.nanoseconds > 3_600_000_000_000 {
+                        reader.error("agents.push.hold must be between 1s and 1h", at: hold.value)
+                    } else {
+                        self.agents.pushHold = value
+                    }
+                }
+                if let rate = settings["wake_rate"], let value = reader.int(rate.value, at: "agents.push.wake_rate") {
+                    if (1...1_000_000).contains(value) { self.agents.pushWakeRate = value } else { reader.error("agents.push.wake_rate must be between 1 and 1000000 a second", at: rate.value) }
+                }
+            }
             for (key, keyPath) in [("session_lifetime", \AgentSettings.sessionLifetime), ("checkin_interval", \.checkInInterval), ("clock_skew", \.clockSkew)] {
                 guard let entry = keys[key], let value = reader.duration(entry.value, at: "agents.\(key)") else { continue }
                 if value.nanoseconds < 1_000_000_000 {

@@ -74,6 +74,9 @@ public enum ManagerServices {
         settings.sessionLifetimeMilliseconds = configuration.agents.sessionLifetime.nanoseconds / 1_000_000
         settings.checkInIntervalSeconds = Int(configuration.agents.checkInInterval.nanoseconds / 1_000_000_000)
         settings.clockSkewMilliseconds = configuration.agents.clockSkew.nanoseconds / 1_000_000
+        settings.pushEnabled = configuration.agents.pushEnabled
+        settings.pushHoldSeconds = Int(configuration.agents.pushHold.nanoseconds / 1_000_000_000)
+        settings.pushWakeRate = configuration.agents.pushWakeRate
         let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: settings, logger: logger)
         let rotation = IdentityRotation(configuration: prepared.configuration, identities: liveIdentities(prepared), agent: agent, store: store, sync: sync,
                                         logger: Logger(label: "portico.identity"))

@@ -150,8 +150,12 @@ public enum AgentMessage: Codable, Sendable, Equatable {
     case fetchPolicy
     case events([AgentEvent])
     case commandResult(CommandResult)
+    /// A check-in the manager may hold until it has something for the device (push): a
+    /// command, new policies, a certificate to pin, or its hold time has passed. Answered
+    /// with a check-in reply.
+    case wait(CheckInRequest)
 
-    enum CodingKeys: String, CodingKey { case type, checkin, events, result }
+    enum CodingKeys: String, CodingKey { case type, checkin, events, result, wait }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -160,6 +164,7 @@ public enum AgentMessage: Codable, Sendable, Equatable {
         case "policy_fetch": self = .fetchPolicy
         case "events": self = .events(try container.decode([AgentEvent].self, forKey: .events))
         case "command_result": self = .commandResult(try container.decode(CommandResult.self, forKey: .result))
+        case "wait": self = .wait(try container.decode(CheckInRequest.self, forKey: .wait))
         case let other: throw ProtocolError(.malformed, "unknown message type \(other)")
         }
     }
@@ -171,6 +176,7 @@ public enum AgentMessage: Codable, Sendable, Equatable {
         case .fetchPolicy: try container.encode("policy_fetch", forKey: .type)
         case .events(let events): try container.encode("events", forKey: .type); try container.encode(events, forKey: .events)
         case .commandResult(let result): try container.encode("command_result", forKey: .type); try container.encode(result, forKey: .result)
+        case .wait(let request): try container.encode("wait", forKey: .type); try container.encode(request, forKey: .wait)
         }
     }
 }
@@ -280,9 +286,12 @@ public struct CheckInReply: Codable, Sendable, Equatable {
     public var nextCertificate: String?
     /// When that certificate is CA-signed: its issuers up to the root (PEM), for TLS only.
     public var nextAuthorities: [String]?
+    /// The manager takes `wait` messages (push): how long it holds one, at most. Absent
+    /// when push is off; the agent then only checks in at the interval.
+    public var push: PushOffer?
 
     public init(policyChanged: Bool, policySerial: Int64, commands: [DeviceCommand], nextCheckInSeconds: Int, backOff: Bool = false, nextCertificate: String? = nil,
-                nextAuthorities: [String]? = nil) {
+                nextAuthorities: [String]? = nil, push: PushOffer? = nil) {
         self.policyChanged = policyChanged
         self.policySerial = policySerial
         self.commands = commands
@@ -290,12 +299,25 @@ public struct CheckInReply: Codable, Sendable, Equatable {
         self.backOff = backOff
         self.nextCertificate = nextCertificate
         self.nextAuthorities = nextAuthorities
+        self.push = push
     }
 
     enum CodingKeys: String, CodingKey {
         case policyChanged = "policy_changed", policySerial = "policy_serial", commands, nextCheckInSeconds = "next_checkin_s", backOff = "back_off", nextCertificate = "next_certificate"
-        case nextAuthorities = "next_authorities"
+        case nextAuthorities = "next_authorities", push
     }
+}
+
+/// What a manager that takes `wait` messages tells agents in each check-in reply.
+public struct PushOffer: Codable, Sendable, Equatable {
+    /// The longest the manager holds a wait before answering it with nothing new.
+    public var holdSeconds: Int
+
+    public init(holdSeconds: Int) {
+        self.holdSeconds = holdSeconds
+    }
+
+    enum CodingKeys: String, CodingKey { case holdSeconds = "hold_s" }
 }
 
 public struct DeviceCommand: Codable, Sendable, Equatable {

@@ -22,6 +22,11 @@ public final class Store: Sendable {
     /// Moves whenever a committed write has added to the change log (peers waiting for
     /// changes are answered at once).
     public let changeFeed = ChangeFeed()
+    /// Devices to wake after writes commit (``WakeFeed``), this manager's and, on
+    /// PostgreSQL, the other managers'.
+    public let wakes = WakeFeed()
+    /// Names this store's notifications, so that it skips its own when they come back.
+    let instance = (0..<8).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.joined()
     let engine: Engine
     private let batcher: WriteBatcher
     private let listening = NIOLockedValueBox(Listening())
@@ -108,8 +113,9 @@ public final class Store: Sendable {
     }
 
     /// On PostgreSQL, other managers sharing the database commit changes too: one pooled
-    /// connection listens for their notifications and moves the change feed, so that peers'
-    /// long polls are answered at once whichever manager made the change. Returns once the
+    /// connection listens for their notifications, moves the change feed and passes on the
+    /// devices they wake (``wakes``), so that peers' long polls and agents' held waits are
+    /// answered at once whichever manager made the change. Returns once the
     /// listener is in place (or has failed: then polls wait for their timeout).
     public func listenForChanges() async {
         guard case .postgres(let client, _) = engine else { return }
@@ -126,12 +132,24 @@ public final class Store: Sendable {
 
     private func listen(_ client: PostgresClient) async {
         let feed = changeFeed
+        let wakes = self.wakes
+        let instance = self.instance
         while !Task.isCancelled {
             do {
                 try await client.withConnection { connection in
+                    let wakeNotifications = try await connection.listen("portico_wake")
                     try await connection.listen(on: "portico_changes") { notifications in
                         self.listenerReady()
-                        for try await _ in notifications { feed.signal() }
+                        try await withThrowingTaskGroup(of: Void.self) { group in
+                            group.addTask { for try await _ in notifications { feed.signal() } }
+                            group.addTask {
+                                for try await notification in wakeNotifications {
+                                    if let target = WakeFeed.target(ofPayload: notification.payload, skipping: instance) { wakes.deliver([target]) }
+                                }
+                            }
+                            try await group.next()
+                            group.cancelAll()
+                        }
                     }
                 }
             } catch is CancellationError {
@@ -233,11 +251,12 @@ public final class Store: Sendable {
     public func write<T: Sendable>(_ body: @escaping @Sendable (Transaction) async throws -> T) async throws -> T {
         let completion = WriteCompletion<T>()
         let job = WriteJob(
-            execute: { [siteID, clock, dialect, changeFeed] database in
+            execute: { [siteID, clock, dialect, changeFeed, wakes, instance] database in
                 let effects = TransactionEffects()
-                let value = try await body(Transaction(database: database, dialect: dialect, siteID: siteID, clock: clock, effects: effects))
+                let value = try await body(Transaction(database: database, dialect: dialect, siteID: siteID, clock: clock, effects: effects, instance: instance))
                 return {
                     if effects.loggedChange { changeFeed.signal() }
+                    wakes.deliver(effects.woken)
                     completion.finish(.success(value))
                 }
             },
@@ -341,6 +360,25 @@ public struct Transaction: Sendable {
     public let siteID: String
     let clock: HybridLogicalClock
     let effects: TransactionEffects
+    let instance: String
+
+    /// Wakes a device's held wait once this transaction commits, on every manager.
+    public func wake(device id: String) async throws {
+        try await notifyWake(.device(id))
+    }
+
+    /// Wakes every held wait once this transaction commits, on every manager (each wakes its
+    /// own at its configured rate).
+    public func wakeEveryDevice() async throws {
+        try await notifyWake(.everyDevice)
+    }
+
+    private func notifyWake(_ target: WakeFeed.Target) async throws {
+        guard effects.wake(target) else { return }
+        if dialect == .postgres {
+            try await database.raw("SELECT pg_notify('portico_wake', \(bind: WakeFeed.payload(target, from: instance)))").run()
+        }
+    }
 
     /// A hybrid-logical-clock timestamp for a change made now.
     public func timestamp() -> UInt64 { clock.now() }
@@ -414,8 +452,18 @@ public struct Transaction: Sendable {
 /// What a write did that matters once it has committed.
 final class TransactionEffects: Sendable {
     private let logged = NIOLockedValueBox(false)
+    private let wakes = NIOLockedValueBox<[WakeFeed.Target]>([])
     func changeLogged() { logged.withLockedValue { $0 = true } }
     var loggedChange: Bool { logged.withLockedValue { $0 } }
+    /// Records a device to wake; false when it was recorded already.
+    func wake(_ target: WakeFeed.Target) -> Bool {
+        wakes.withLockedValue { list in
+            if list.contains(target) { return false }
+            list.append(target)
+            return true
+        }
+    }
+    var woken: [WakeFeed.Target] { wakes.withLockedValue { $0 } }
 }
 
 /// What happened to a row.

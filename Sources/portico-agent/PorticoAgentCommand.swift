@@ -39,16 +39,47 @@ struct Enroll: AsyncParsableCommand {
 }
 
 struct Run: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Check in at the interval the manager asks, apply policies, carry out commands.")
+    static let configuration = CommandConfiguration(
+        abstract: "Check in at the interval the manager asks, apply policies, carry out commands.",
+        discussion: """
+            When the manager offers push, the agent keeps a wait open between check-ins and hears of \
+            a command at once. If a wait fails (a proxy in front cuts long requests), it checks in \
+            at the interval instead and tries a wait again an hour later.
+            """)
     @Option(help: "The agent's state folder.") var state: String
     @Flag(help: "Check in once and exit.") var once = false
+    @Flag(help: "Never hold a wait open; check in at the interval only.") var noPush = false
+
+    /// How long the agent checks in at the interval after a wait failed, before trying push again.
+    static let pushRetryAfter: Duration = .seconds(3600)
 
     func run() async throws {
         let client = AgentClient(state: try AgentState.load(from: state))
         var failures = 0
+        // The manager's offer, from its last reply; nil: check in at the interval.
+        var offer: PushOffer?
+        let clock = ContinuousClock()
+        var pushRetry: ContinuousClock.Instant?
         while true {
+            let waiting = !once && !noPush && offer != nil && pushRetry.map { clock.now >= $0 } ?? true
             do {
-                let reply = try await client.checkIn()
+                let reply: CheckInReply
+                if waiting, let hold = offer?.holdSeconds {
+                    do {
+                        reply = try await client.wait(holdSeconds: hold)
+                        pushRetry = nil
+                    } catch let error as ProtocolError {
+                        throw error
+                    } catch {
+                        // Not the manager refusing: the wait was cut on its way (a proxy's
+                        // read timeout, a connection closed). Pull for a while, starting now.
+                        print("push unavailable (\(error)); checking in at the interval")
+                        pushRetry = clock.now + Self.pushRetryAfter
+                        continue
+                    }
+                } else {
+                    reply = try await client.checkIn()
+                }
                 if reply.policyChanged {
                     let contents = try await client.fetchPolicy()
                     let data = try JSONEncoder().encode(contents)
@@ -65,6 +96,12 @@ struct Run: AsyncParsableCommand {
                 try await client.state.save(to: state)
                 failures = 0
                 if once { break }
+                let wasOffered = offer != nil
+                offer = reply.push
+                if offer != nil, !noPush, pushRetry.map({ clock.now >= $0 }) ?? true {
+                    if !wasOffered { print("push: waits held up to \(offer!.holdSeconds) s") }
+                    continue  // the next wait at once: it is what holds
+                }
                 try await Task.sleep(for: .seconds(max(1, reply.nextCheckInSeconds)))
             } catch let error as CancellationError {
                 throw error

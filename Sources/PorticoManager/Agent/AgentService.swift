@@ -8,6 +8,7 @@ import PorticoGateway
 import PorticoProtocol
 import PorticoServer
 import PorticoStore
+import SwiftASN1
 import X509
 
 /// The client role: agents enroll, open sessions, check in, fetch policies, report events
@@ -29,6 +30,11 @@ public final class AgentService: HTTPService {
         /// Operator enrollments: failed attempts in a row before the account locks, and for how long.
         public var lockAfterFailures: Int = 5
         public var lockoutMilliseconds: Int64 = 15 * 60_000
+        /// Push: whether agents may hold a `wait`, for how long at most, and how many held
+        /// waits a fan-out (policies published to everyone) answers per second.
+        public var pushEnabled = true
+        public var pushHoldSeconds = 45
+        public var pushWakeRate = 5_000
 
         public init() {}
     }
@@ -47,6 +53,8 @@ public final class AgentService: HTTPService {
     private let bundles = NIOLockedValueBox<(serial: Int64, byKey: [String: PolicyBundle])>((-1, [:]))
     private let authenticator: OperatorAuthenticator
     private let operations: ManagerOperations
+    /// The waits this manager holds (push).
+    public let push: PushHub
 
     /// - Parameters:
     ///   - identity: the manager's current identity (certificate and signing key).
@@ -61,6 +69,11 @@ public final class AgentService: HTTPService {
         self.logger = logger
         self.operations = ManagerOperations(store: store, agent: nil)
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds))
+        self.push = PushHub(wakes: store.wakes, wakeRate: configuration.pushWakeRate)
+        if configuration.pushEnabled {
+            // Other managers sharing a PostgreSQL database wake the waits held here too.
+            Task { [store] in await store.listenForChanges() }
+        }
     }
 
     /// The certificate announced, if any.
@@ -70,6 +83,7 @@ public final class AgentService: HTTPService {
     /// - Parameter authorities: for a CA-signed certificate, its issuers up to the root (PEM).
     public func announceNextCertificate(_ pem: String?, authorities: [String] = []) {
         nextCertificate.withLockedValue { $0 = pem.map { ($0, authorities) } }
+        if pem != nil { push.wakeEveryDevice() }
     }
 
     /// Sessions this manager has cached, for metrics and tests.
@@ -311,15 +325,39 @@ public final class AgentService: HTTPService {
                 CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints), advancing: advance)
             taken = true
             guard let (serial, commands) = outcome else { throw ProtocolError(.unknownDevice, "the device no longer exists") }
-            let loaded = inFlight.withLockedValue { $0 } > configuration.backOffAbove
-            let next = nextCertificate.withLockedValue { $0 }
-            let base = configuration.checkInIntervalSeconds * (loaded ? 2 : 1)
-            let jitter = max(1, base / 10)
-            return .checkIn(CheckInReply(
-                policyChanged: serial != checkIn.policySerial, policySerial: serial,
-                commands: commands.map { DeviceCommand(id: $0.id, kind: $0.kind.rawValue, arguments: $0.arguments) },
-                nextCheckInSeconds: base + Int.random(in: -jitter...jitter), backOff: loaded,
-                nextCertificate: next?.pem, nextAuthorities: next.flatMap { $0.authorities.isEmpty ? nil : $0.authorities }))
+            return .checkIn(checkInReply(to: checkIn, serial: serial, commands: commands))
+        case .wait(let checkIn):
+            guard configuration.pushEnabled else { throw ProtocolError(.malformed, "this manager does not hold waits (push is off); check in at the interval") }
+            // Registered first: a command queued while the check-in below runs wakes it.
+            let ticket = push.register(device: deviceID, hold: .seconds(configuration.pushHoldSeconds))
+            let outcome: (Int64, [CommandRecord])?
+            do {
+                outcome = try await operations.checkIn(
+                    CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints), advancing: advance)
+            } catch {
+                push.cancel(ticket)
+                throw error
+            }
+            taken = true
+            guard let (serial, commands) = outcome else {
+                push.cancel(ticket)
+                throw ProtocolError(.unknownDevice, "the device no longer exists")
+            }
+            if !commands.isEmpty || serial != checkIn.policySerial || hasCertificateToPin(checkIn) {
+                push.cancel(ticket)
+                return .checkIn(checkInReply(to: checkIn, serial: serial, commands: commands))
+            }
+            switch await push.wait(ticket) {
+            case .woken: break
+            case .timedOut, .replaced: return .checkIn(checkInReply(to: checkIn, serial: serial, commands: []))
+            // Shutting down: no offer to wait again, so that the agent checks in at the
+            // interval (or reaches another manager) instead of waiting here again at once.
+            case .stopping: return .checkIn(checkInReply(to: checkIn, serial: serial, commands: [], offerPush: false))
+            }
+            // What woke it, read now: its commands (marked delivered) and the serial.
+            let woken = try await store.takeCommands(forDevice: deviceID)
+            let current = try await store.policySerial()
+            return .checkIn(checkInReply(to: checkIn, serial: current, commands: woken))
         case .fetchPolicy:
             try await operations.advanceSession(advance)
             taken = true
@@ -354,6 +392,29 @@ public final class AgentService: HTTPService {
             if result.succeeded, closed?.kind == .wipe { sessions.removeSessions(ofDevice: deviceID) }
             return .ok
         }
+    }
+
+    /// The answer to a check-in or a wait: the serial, the commands, when to check in next,
+    /// and what the agent should pin and whether it may wait.
+    private func checkInReply(to checkIn: CheckInRequest, serial: Int64, commands: [CommandRecord], offerPush: Bool = true) -> CheckInReply {
+        let loaded = inFlight.withLockedValue { $0 } > configuration.backOffAbove
+        let next = nextCertificate.withLockedValue { $0 }
+        let base = configuration.checkInIntervalSeconds * (loaded ? 2 : 1)
+        let jitter = max(1, base / 10)
+        return CheckInReply(
+            policyChanged: serial != checkIn.policySerial, policySerial: serial,
+            commands: commands.map { DeviceCommand(id: $0.id, kind: $0.kind.rawValue, arguments: $0.arguments) },
+            nextCheckInSeconds: base + Int.random(in: -jitter...jitter), backOff: loaded,
+            nextCertificate: next?.pem, nextAuthorities: next.flatMap { $0.authorities.isEmpty ? nil : $0.authorities },
+            push: configuration.pushEnabled && offerPush && !loaded ? PushOffer(holdSeconds: configuration.pushHoldSeconds) : nil)
+    }
+
+    /// Whether the manager announces a certificate the agent has not pinned yet.
+    private func hasCertificateToPin(_ checkIn: CheckInRequest) -> Bool {
+        guard let pem = nextCertificate.withLockedValue({ $0?.pem }) else { return false }
+        guard let document = try? PEMDocument(pemString: pem) else { return true }
+        let fingerprint = SHA256.hash(data: document.derBytes).map { String(format: "%02x", $0) }.joined()
+        return !checkIn.pinnedFingerprints.contains(fingerprint)
     }
 
     /// The remote-help response code for a challenge a device shows.

@@ -148,6 +148,7 @@ extension Transaction {
                     \(bind: siteID), \(bind: Int64(bitPattern: hlc)))
             """).run()
         try await logChange(entity: "command", key: command.id, op: .upsert, hlc: hlc)
+        try await wake(device: command.deviceID)
     }
 }
 

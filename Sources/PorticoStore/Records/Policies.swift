@@ -186,6 +186,7 @@ extension Store {
             INSERT INTO counters (name, value) VALUES ('policy_serial', 1)
             ON CONFLICT (name) DO UPDATE SET value = counters.value + 1
             """).run()
+        try await transaction.wakeEveryDevice()
     }
 }
 

@@ -1,0 +1,148 @@
+import Foundation
+import PorticoAgent
+import PorticoManager
+import PorticoProtocol
+import PorticoStore
+import Testing
+
+/// Push: an agent holds a `wait` open in its session; the manager answers it as soon as the
+/// device has something new, or with nothing after its hold time.
+@Suite(.timeLimit(.minutes(2))) struct PushTests {
+    static func configuration(hold: Int) -> AgentService.Configuration {
+        var configuration = AgentService.Configuration()
+        configuration.pushHoldSeconds = hold
+        return configuration
+    }
+
+    /// Returns once `condition` holds, checking it every 10 ms, for at most 20 s.
+    static func eventually(_ what: String, _ condition: () async throws -> Bool) async throws {
+        for _ in 0..<2_000 {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        Issue.record("never: \(what)")
+    }
+
+    @Test(arguments: [false, true])
+    func aHeldWaitIsAnsweredWithTheCommandQueuedWhileItWaits(plain: Bool) async throws {
+        // A hold far beyond the test's time limit: only the command can answer the wait.
+        try await TestManager.with(configuration: Self.configuration(hold: 3_600)) { manager in
+            try await withAgent(try await manager.enrolledAgent(url: plain ? manager.plainURL : manager.httpsURL)) { agent in
+                let deviceID = await agent.state.deviceID
+                let first = try await agent.checkIn()
+                #expect(first.push == PushOffer(holdSeconds: 3_600))
+                let waiting = Task { try await agent.wait(holdSeconds: 3_600) }
+                try await Self.eventually("the wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                let operations = ManagerOperations(store: manager.store, agent: manager.agent)
+                let lock = try await operations.issueCommand(deviceID: deviceID, kind: .lock, by: .init(name: "test", source: "local"))
+                let reply = try await waiting.value
+                #expect(reply.commands.map(\.id) == [lock.id])
+                #expect(reply.push == PushOffer(holdSeconds: 3_600))
+                #expect(try await manager.store.command(id: lock.id)?.state == .delivered)
+                try await agent.reportResult(commandID: lock.id, succeeded: true, detail: "locked")
+                #expect(try await manager.store.device(id: deviceID)?.state == .locked)
+                #expect(!manager.agent.push.isHeld(device: deviceID))
+                #expect(manager.agent.push.wakeUpCount == 1)
+            }
+        }
+    }
+
+    @Test func aWaitIsAnsweredAtOnceWhenTheDeviceHasSomethingAlreadyAndAPublicationWakesIt() async throws {
+        try await TestManager.with(configuration: Self.configuration(hold: 3_600)) { manager in
+            try await withAgent(try await manager.enrolledAgent()) { agent in
+                let deviceID = await agent.state.deviceID
+                _ = try await agent.checkIn()
+                try await manager.store.enqueueCommand(CommandRecord(id: "c-1", deviceID: deviceID, kind: .unlock, issuedBy: "op"))
+                #expect(try await agent.wait(holdSeconds: 3_600).commands.map(\.id) == ["c-1"])
+                try await agent.reportResult(commandID: "c-1", succeeded: true, detail: "unlocked")
+                // Policies published while the wait is held: it is answered, saying so.
+                let policy = try await manager.store.createPolicy(name: "p", document: #"{"usb_storage":"block"}"#, by: "op")
+                _ = try await agent.fetchPolicy()
+                let waiting = Task { try await agent.wait(holdSeconds: 3_600) }
+                try await Self.eventually("the wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                try await manager.store.publishPolicy(policyID: policy.id, version: 1)
+                let changed = try await waiting.value
+                #expect(changed.policyChanged)
+                #expect(changed.commands.isEmpty)
+            }
+        }
+    }
+
+    @Test func aWaitWithNothingNewIsAnsweredAfterTheHoldTime() async throws {
+        try await TestManager.with(configuration: Self.configuration(hold: 1)) { manager in
+            try await withAgent(try await manager.enrolledAgent()) { agent in
+                let deviceID = await agent.state.deviceID
+                _ = try await agent.checkIn()
+                let before = try #require(try await manager.store.device(id: deviceID)?.lastCheckInMilliseconds)
+                let reply = try await agent.wait(holdSeconds: 1)
+                #expect(reply.commands.isEmpty && !reply.policyChanged)
+                #expect(reply.push == PushOffer(holdSeconds: 1))
+                #expect(manager.agent.push.timeoutCount == 1)
+                // The wait counts as the device being seen.
+                #expect(try #require(try await manager.store.device(id: deviceID)?.lastCheckInMilliseconds) >= before)
+            }
+        }
+    }
+
+    @Test func aReplayedWaitIsRefused() async throws {
+        try await TestManager.with(configuration: Self.configuration(hold: 1)) { manager in
+            try await withAgent(try await manager.enrolledAgent(url: manager.plainURL)) { agent in
+                try await agent.openSession()
+                let wait = try await agent.seal(.wait(CheckInRequest(policySerial: 0, status: "ok")))
+                #expect(try await agent.post(envelope: wait).status == 200)
+                let replay = try await agent.post(envelope: wait)
+                #expect(replay.status == 409, "\(String(decoding: replay.body, as: UTF8.self))")
+                #expect(String(decoding: replay.body, as: UTF8.self).contains("replayed"))
+                let refusals = try await manager.store.auditEntries(action: "device.message").filter { $0.result == "refused" }
+                #expect(refusals.contains { $0.detail.contains("replayed") })
+            }
+        }
+    }
+
+    @Test func aManagerWithPushOffOffersNoWaitAndRefusesOne() async throws {
+        var configuration = AgentService.Configuration()
+        configuration.pushEnabled = false
+        try await TestManager.with(configuration: configuration) { manager in
+            try await withAgent(try await manager.enrolledAgent()) { agent in
+                let reply = try await agent.checkIn()
+                #expect(reply.push == nil)
+                await #expect(throws: ProtocolError.self) { _ = try await agent.wait(holdSeconds: 1) }
+            }
+        }
+    }
+
+    @Test func aNewerWaitOfTheSameDeviceReplacesTheHeldOne() async throws {
+        try await TestManager.with(configuration: Self.configuration(hold: 3_600)) { manager in
+            try await withAgent(try await manager.enrolledAgent()) { agent in
+                let deviceID = await agent.state.deviceID
+                _ = try await agent.checkIn()
+                let atB = AgentClient(state: await agent.state, managerURL: manager.plainURL)
+                defer { Task { await atB.shutdown() } }
+                let first = Task { try await agent.wait(holdSeconds: 3_600) }
+                try await Self.eventually("the first wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                // The agent gave up on the first (its connection was cut, say) and waits again.
+                let second = Task { try await atB.wait(holdSeconds: 3_600) }
+                let answered = try await first.value
+                #expect(answered.commands.isEmpty)
+                try await Self.eventually("the second wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                try await manager.store.enqueueCommand(CommandRecord(id: "c-2", deviceID: deviceID, kind: .lock, issuedBy: "op"))
+                #expect(try await second.value.commands.map(\.id) == ["c-2"])
+            }
+        }
+    }
+
+    @Test func shuttingDownAnswersHeldWaitsAndOffersNoMore() async throws {
+        try await TestManager.with(configuration: Self.configuration(hold: 3_600)) { manager in
+            try await withAgent(try await manager.enrolledAgent()) { agent in
+                let deviceID = await agent.state.deviceID
+                _ = try await agent.checkIn()
+                let waiting = Task { try await agent.wait(holdSeconds: 3_600) }
+                try await Self.eventually("the wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                manager.agent.push.stop()
+                let reply = try await waiting.value
+                #expect(reply.commands.isEmpty)
+                #expect(reply.push == nil, "a stopping manager offers no further wait")
+            }
+        }
+    }
+}
