@@ -38,6 +38,9 @@ public struct ManagerConfiguration: Sendable, Equatable {
     public var gateway: GatewayConfiguration
     /// `site.name`: the name of this manager's site, shown to operators and peers.
     public var siteName: String = "default-site"
+    /// `site.manager`: this manager's name within its site (the host name by default), shown
+    /// where it matters which manager did something, such as which one holds an agent's wait.
+    public var managerName: String = ProcessInfo.processInfo.hostName
     /// `data_dir`: where the manager keeps its database and state.
     public var dataDirectory: String
     /// `storage`: where state is kept; SQLite under `data_dir` unless a PostgreSQL URL is set.
@@ -161,6 +164,7 @@ public struct PeerConfiguration: Sendable, Equatable {
 /// The manager's top-level keys, read with the gateway's reader.
 struct ManagerSections: ConfigurationSections {
     var siteName = "default-site"
+    var managerName: String?
     var dataDirectory: String?
     var storage = StorageSettings()
     var agents = AgentSettings()
@@ -174,6 +178,7 @@ struct ManagerSections: ConfigurationSections {
         var configuration = ManagerConfiguration(baseDirectory: base)
         configuration.gateway = gateway
         configuration.siteName = siteName
+        if let managerName { configuration.managerName = managerName }
         if let dataDirectory { configuration.dataDirectory = dataDirectory }
         configuration.storage = storage
         configuration.agents = agents
@@ -184,7 +189,14 @@ struct ManagerSections: ConfigurationSections {
     }
 
     mutating func read(_ top: [String: (key: Node, value: Node)], base: String, reader: inout NodeReader, gateway: inout GatewayConfiguration) {
-        if let site = top["site"], let keys = reader.mapping(site.value, at: "site", keys: ["name"]) {
+        if let site = top["site"], let keys = reader.mapping(site.value, at: "site", keys: ["name", "manager"]) {
+            if let manager = keys["manager"], let value = reader.string(manager.value, at: "site.manager") {
+                if value.isEmpty || value.utf8.count > 64 || !value.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
+                    reader.error("site.manager '\(value)' must be 1 to 64 printable characters without spaces", at: manager.value)
+                } else {
+                    managerName = value
+                }
+            }
             if let name = keys["name"], let value = reader.string(name.value, at: "site.name") {
                 if value.isEmpty { reader.error("site.name must not be empty", at: name.value) } else { siteName = value }
             }

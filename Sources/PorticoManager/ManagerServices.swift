@@ -77,7 +77,8 @@ public enum ManagerServices {
         settings.pushEnabled = configuration.agents.pushEnabled
         settings.pushHoldSeconds = Int(configuration.agents.pushHold.nanoseconds / 1_000_000_000)
         settings.pushWakeRate = configuration.agents.pushWakeRate
-        let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: settings, logger: logger)
+        settings.managerName = configuration.managerName
+        let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: settings, metrics: metrics?.registry, logger: logger)
         let rotation = IdentityRotation(configuration: prepared.configuration, identities: liveIdentities(prepared), agent: agent, store: store, sync: sync,
                                         logger: Logger(label: "portico.identity"))
         let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: peerTrustFolder(prepared.configuration), configured: configuration.peers,

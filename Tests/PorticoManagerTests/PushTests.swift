@@ -1,6 +1,7 @@
 import Foundation
 import PorticoAgent
 import PorticoManager
+import PorticoServer
 import PorticoProtocol
 import PorticoStore
 import Testing
@@ -33,6 +34,11 @@ import Testing
                 #expect(first.push == PushOffer(holdSeconds: 3_600))
                 let waiting = Task { try await agent.wait(holdSeconds: 3_600) }
                 try await Self.eventually("the wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                // Every manager of the site reads which one holds the device (once the wait's
+                // check-in, which runs after the wait is registered, has committed).
+                try await Self.eventually("the device reads as held by this manager") {
+                    try await manager.store.device(id: deviceID)?.pushHeld(at: Int64(Date().timeIntervalSince1970 * 1000)) == ProcessInfo.processInfo.hostName
+                }
                 let operations = ManagerOperations(store: manager.store, agent: manager.agent)
                 let lock = try await operations.issueCommand(deviceID: deviceID, kind: .lock, by: .init(name: "test", source: "local"))
                 let reply = try await waiting.value
@@ -43,6 +49,9 @@ import Testing
                 #expect(try await manager.store.device(id: deviceID)?.state == .locked)
                 #expect(!manager.agent.push.isHeld(device: deviceID))
                 #expect(manager.agent.push.wakeUpCount == 1)
+                // A check-in without waiting: the device only pulls now.
+                _ = try await agent.checkIn()
+                #expect(try await manager.store.device(id: deviceID)?.pushHeld(at: Int64(Date().timeIntervalSince1970 * 1000)) == nil)
             }
         }
     }
@@ -144,5 +153,30 @@ import Testing
                 #expect(reply.push == nil, "a stopping manager offers no further wait")
             }
         }
+    }
+}
+
+/// The hub's series in `/metrics`.
+@Suite(.timeLimit(.minutes(1))) struct PushMetricsTests {
+    @Test func heldWaitsAndTheirAnswersAreCounted() async throws {
+        let metrics = GatewayMetrics()
+        let hub = PushHub(wakes: WakeFeed(), metrics: metrics.registry)
+        func text() -> String { String(decoding: metrics.emit(), as: UTF8.self) }
+        /// The value of one series (its name and labels as written), as a number.
+        func value(_ series: String) -> Double? {
+            text().split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.dropFirst(series.count + 1)) }
+        }
+        let ticket = hub.register(device: "d-1", hold: .seconds(3_600))
+        let waiting = Task { await hub.wait(ticket) }
+        try await PushTests.eventually("the wait is counted") { value("portico_push_held") == 1 }
+        hub.wake(device: "d-1")
+        #expect(await waiting.value == .woken)
+        #expect(value("portico_push_held") == 0, "\(text())")
+        #expect(value(#"portico_push_answered_total{outcome="woken"}"#) == 1, "\(text())")
+        // A wait whose hold passes is answered by the sweep, and counted as timed out.
+        let short = hub.register(device: "d-2", hold: .milliseconds(1))
+        #expect(await hub.wait(short) == .timedOut)
+        #expect(value(#"portico_push_answered_total{outcome="timed_out"}"#) == 1, "\(text())")
+        hub.stop()
     }
 }

@@ -55,8 +55,10 @@ struct DeviceView: Encodable, Sendable {
     var policySerial: Int64
     var status: String?
     var groups: [String]?
+    /// The manager holding the device's wait now (push), or nil when it only checks in.
+    var pushHeldBy: String?
 
-    init(_ device: DeviceRecord, groups: [String]? = nil) {
+    init(_ device: DeviceRecord, groups: [String]? = nil, now: Int64 = Int64(Date().timeIntervalSince1970 * 1000)) {
         id = device.id
         hostname = device.hostname
         os = device.os
@@ -66,6 +68,7 @@ struct DeviceView: Encodable, Sendable {
         policySerial = device.policySerial
         status = device.status
         self.groups = groups
+        pushHeldBy = device.pushHeld(at: now)
     }
 }
 

@@ -8,6 +8,7 @@ import PorticoGateway
 import PorticoProtocol
 import PorticoServer
 import PorticoStore
+import Prometheus
 import SwiftASN1
 import X509
 
@@ -35,6 +36,8 @@ public final class AgentService: HTTPService {
         public var pushEnabled = true
         public var pushHoldSeconds = 45
         public var pushWakeRate = 5_000
+        /// This manager's name in the site, recorded on the devices whose waits it holds.
+        public var managerName = ProcessInfo.processInfo.hostName
 
         public init() {}
     }
@@ -59,8 +62,9 @@ public final class AgentService: HTTPService {
     /// - Parameters:
     ///   - identity: the manager's current identity (certificate and signing key).
     ///   - secrets: the site's secrets key, which seals session keys in the database.
+    ///   - metrics: where `/metrics` reads push's series.
     public init(store: Store, keys: ManagerKeys, secrets: SecretsKey, identity: @escaping @Sendable () -> ServerIdentity, configuration: Configuration = Configuration(),
-                logger: Logger = Logger(label: "portico.agent")) {
+                metrics: PrometheusCollectorRegistry? = nil, logger: Logger = Logger(label: "portico.agent")) {
         self.store = store
         self.sessions = SessionTable(store: store, secrets: secrets, keepEndedMilliseconds: 2 * configuration.clockSkewMilliseconds)
         self.keys = keys
@@ -69,7 +73,7 @@ public final class AgentService: HTTPService {
         self.logger = logger
         self.operations = ManagerOperations(store: store, agent: nil)
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds))
-        self.push = PushHub(wakes: store.wakes, wakeRate: configuration.pushWakeRate)
+        self.push = PushHub(wakes: store.wakes, wakeRate: configuration.pushWakeRate, metrics: metrics)
         if configuration.pushEnabled {
             // Other managers sharing a PostgreSQL database wake the waits held here too.
             Task { [store] in await store.listenForChanges() }
@@ -332,8 +336,10 @@ public final class AgentService: HTTPService {
             let ticket = push.register(device: deviceID, hold: .seconds(configuration.pushHoldSeconds))
             let outcome: (Int64, [CommandRecord])?
             do {
+                let heldBy = (manager: configuration.managerName, untilMilliseconds: now + Int64(configuration.pushHoldSeconds) * 1000)
                 outcome = try await operations.checkIn(
-                    CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints), advancing: advance)
+                    CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints, heldBy: heldBy),
+                    advancing: advance)
             } catch {
                 push.cancel(ticket)
                 throw error

@@ -1,5 +1,7 @@
 import NIOConcurrencyHelpers
+import PorticoServer
 import PorticoStore
+import Prometheus
 import ServiceLifecycle
 
 /// The agents' waits this manager holds (push): each device's one `wait` message, answered
@@ -54,10 +56,21 @@ public final class PushHub: Service, Sendable {
     private let state = NIOLockedValueBox(State())
     /// Devices woken a second when every device is.
     public let wakeRate: Int
+    /// `/metrics`: waits held now, waits answered by outcome, devices a fan-out has left.
+    private let heldGauge: Gauge?
+    private let wokenCounter: Counter?
+    private let timedOutCounter: Counter?
+    private let fanOutGauge: Gauge?
 
-    /// - Parameter wakeRate: how many held waits a fan-out answers per second.
-    public init(wakes: WakeFeed, wakeRate: Int = 5_000) {
+    /// - Parameters:
+    ///   - wakeRate: how many held waits a fan-out answers per second.
+    ///   - metrics: where `/metrics` reads the hub's series.
+    public init(wakes: WakeFeed, wakeRate: Int = 5_000, metrics: PrometheusCollectorRegistry? = nil) {
         self.wakeRate = max(1, wakeRate)
+        self.heldGauge = metrics?.makeGauge(descriptor: .portico("push_held", unit: "", help: "Agents' waits held open by this manager now"))
+        self.wokenCounter = metrics?.makeCounter(descriptor: .portico("push_answered", unit: "total", help: "Held waits answered, by why"), labels: [("outcome", "woken")])
+        self.timedOutCounter = metrics?.makeCounter(descriptor: .portico("push_answered", unit: "total", help: "Held waits answered, by why"), labels: [("outcome", "timed_out")])
+        self.fanOutGauge = metrics?.makeGauge(descriptor: .portico("push_fanout_pending", unit: "", help: "Held waits a fan-out (policies published to everyone) has still to answer"))
         wakes.subscribe { [weak self] target in
             switch target {
             case .device(let id): self?.wake(device: id)
@@ -77,6 +90,12 @@ public final class PushHub: Service, Sendable {
     /// Whether a device's wait is held here now.
     public func isHeld(device: String) -> Bool { state.withLockedValue { $0.waiters[device] != nil } }
 
+    /// Brings the gauge up to date; called under the lock, so that a stale count never
+    /// overwrites a newer one.
+    private func publish(held: Int) {
+        heldGauge?.set(to: Double(held))
+    }
+
     /// Registers a device's wait, to be held for at most `hold`. A wait of the same device
     /// held already is answered ``Outcome/replaced``.
     public func register(device: String, hold: Duration) -> Ticket {
@@ -89,6 +108,7 @@ public final class PushHub: Service, Sendable {
             state.waiters[device] = Waiter(id: ticket.id, deadline: .now + hold, continuation: nil, outcome: nil)
             let startSweep = !state.sweeping
             state.sweeping = true
+            publish(held: state.waiters.count)
             return (ticket, replaced, startSweep)
         }
         replaced?.resume(returning: .replaced)
@@ -104,6 +124,7 @@ public final class PushHub: Service, Sendable {
                 guard var waiter = state.waiters[ticket.device], waiter.id == ticket.id else { return .replaced }
                 if let outcome = waiter.outcome {
                     state.waiters[ticket.device] = nil
+                    publish(held: state.waiters.count)
                     return outcome
                 }
                 waiter.continuation = continuation
@@ -119,6 +140,7 @@ public final class PushHub: Service, Sendable {
         let continuation = state.withLockedValue { state -> CheckedContinuation<Outcome, Never>? in
             guard let waiter = state.waiters[ticket.device], waiter.id == ticket.id else { return nil }
             state.waiters[ticket.device] = nil
+            publish(held: state.waiters.count)
             return waiter.continuation
         }
         continuation?.resume(returning: .replaced)
@@ -127,14 +149,16 @@ public final class PushHub: Service, Sendable {
     /// Answers a device's held wait now (or the one it is about to begin).
     public func wake(device: String) {
         let continuation = state.withLockedValue { state -> CheckedContinuation<Outcome, Never>? in
-            guard var waiter = state.waiters[device] else { return nil }
+            guard var waiter = state.waiters[device], waiter.outcome == nil else { return nil }
             state.wakeUps += 1
+            wokenCounter?.increment()
             guard let continuation = waiter.continuation else {
                 waiter.outcome = .woken
                 state.waiters[device] = waiter
                 return nil
             }
             state.waiters[device] = nil
+            publish(held: state.waiters.count)
             return continuation
         }
         continuation?.resume(returning: .woken)
@@ -196,8 +220,11 @@ public final class PushHub: Service, Sendable {
                     state.timeouts += 1
                 }
             }
+            publish(held: state.waiters.count)
+            fanOutGauge?.set(to: Double(state.fanOut.count - state.fanOutNext))
             return (expired, true)
         }
+        timedOutCounter?.increment(by: Int64(expired.count))
         for continuation in expired { continuation.resume(returning: .timedOut) }
         return running
     }
@@ -207,6 +234,7 @@ public final class PushHub: Service, Sendable {
         let continuations = state.withLockedValue { state -> [CheckedContinuation<Outcome, Never>] in
             state.stopped = true
             defer { state.waiters = [:] }
+            publish(held: 0)
             return state.waiters.values.compactMap(\.continuation)
         }
         for continuation in continuations { continuation.resume(returning: .stopping) }

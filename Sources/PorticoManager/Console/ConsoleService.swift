@@ -276,7 +276,9 @@ public final class ConsoleService: HTTPService {
 
     static func deviceContext(_ device: DeviceRecord) -> [String: Any] {
         ["id": device.id, "hostname": device.hostname, "os": device.os, "state": device.state.rawValue, "enrolled": APIJSON.time(device.enrolledMilliseconds),
-         "lastCheckIn": APIJSON.time(device.lastCheckInMilliseconds) ?? "never", "policySerial": device.policySerial]
+         "lastCheckIn": APIJSON.time(device.lastCheckInMilliseconds) ?? "never", "policySerial": device.policySerial,
+         // Push: the manager holding the device's wait now, or "pull" (it checks in at its interval).
+         "connection": device.pushHeld(at: Int64(Date().timeIntervalSince1970 * 1000)).map { "push (\($0))" } ?? "pull"]
     }
 }
 

@@ -182,7 +182,7 @@ extension Store {
             // is a trip to the database's thread and back.
             var query = SQLQueryString("""
                 UPDATE devices SET last_checkin_ms = \(bind: checkIn.atMilliseconds), policy_serial = \(bind: checkIn.policySerial), status = \(bind: checkIn.status),
-                pinned = \(bind: checkIn.pinnedText)
+                pinned = \(bind: checkIn.pinnedText), push_manager = \(bind: checkIn.heldBy?.manager), push_until_ms = \(bind: checkIn.heldBy?.untilMilliseconds)
                 """)
             if let advancing {
                 query.appendInterpolation(unsafeRaw: ", session_counter = ")

@@ -19,6 +19,16 @@ public struct DeviceRecord: Sendable, Equatable {
     public var lastCheckInMilliseconds: Int64?
     public var policySerial: Int64
     public var status: String?
+    /// The manager holding the device's wait (push), and until when at most; nil when its
+    /// agent last checked in without waiting.
+    public var pushManager: String?
+    public var pushUntilMilliseconds: Int64?
+
+    /// The manager holding the device's wait at `now`, or nil when it only pulls.
+    public func pushHeld(at now: Int64) -> String? {
+        guard let pushManager, let until = pushUntilMilliseconds, until > now else { return nil }
+        return pushManager
+    }
 
     public init(id: String, signingKey: [UInt8], agreementKey: [UInt8], hostname: String, os: String, state: DeviceState = .active,
                 enrolledMilliseconds: Int64 = Int64(HybridLogicalClock.wallMilliseconds()), lastCheckInMilliseconds: Int64? = nil, policySerial: Int64 = 0, status: String? = nil) {
@@ -53,13 +63,22 @@ public struct CheckIn: Sendable, Equatable {
     public var status: String
     /// SHA-256 fingerprints (hex) of the manager certificates the agent has pinned.
     public var pinned: [String]
+    /// For a wait (push): the manager holding it and until when at most. A check-in without
+    /// it records that the device is not held.
+    public var heldBy: (manager: String, untilMilliseconds: Int64)?
 
-    public init(deviceID: String, atMilliseconds: Int64, policySerial: Int64, status: String, pinned: [String] = []) {
+    public init(deviceID: String, atMilliseconds: Int64, policySerial: Int64, status: String, pinned: [String] = [], heldBy: (manager: String, untilMilliseconds: Int64)? = nil) {
         self.deviceID = deviceID
         self.atMilliseconds = atMilliseconds
         self.policySerial = policySerial
         self.status = status
         self.pinned = pinned
+        self.heldBy = heldBy
+    }
+
+    public static func == (a: CheckIn, b: CheckIn) -> Bool {
+        a.deviceID == b.deviceID && a.atMilliseconds == b.atMilliseconds && a.policySerial == b.policySerial && a.status == b.status && a.pinned == b.pinned
+            && a.heldBy?.manager == b.heldBy?.manager && a.heldBy?.untilMilliseconds == b.heldBy?.untilMilliseconds
     }
 
     /// The pinned fingerprints as stored: lower-case hex, space-separated.
@@ -133,6 +152,11 @@ extension DeviceRecord {
             policySerial: try row.decode(column: "policy_serial", as: Int64.self),
             status: try row.decode(column: "status", as: String?.self)
         )
+        // Pages that read chosen columns leave these out.
+        if row.contains(column: "push_manager") {
+            pushManager = try row.decode(column: "push_manager", as: String?.self)
+            pushUntilMilliseconds = try row.decode(column: "push_until_ms", as: Int64?.self)
+        }
     }
 }
 

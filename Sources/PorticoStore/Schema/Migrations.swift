@@ -214,6 +214,14 @@ enum Migrations {
                 "CREATE INDEX devices_state ON devices (state, id)",
             ] + Self.hostnameSearch(d)
         },
+        Migration(version: 9, name: "push: which manager holds a device's wait, and until when") { _ in
+            [
+                // Written by the wait's own check-in statement (and cleared by a check-in), so
+                // that every manager of the site shows which devices are held, and where.
+                "ALTER TABLE devices ADD COLUMN push_manager TEXT",
+                "ALTER TABLE devices ADD COLUMN push_until_ms BIGINT",
+            ]
+        },
     ]
 
     /// The schema version this binary writes.
