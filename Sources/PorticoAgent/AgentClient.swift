@@ -252,13 +252,21 @@ public actor AgentClient {
     }
 
     /// The manager's refusal as a ``ProtocolError``.
-    static func problem(status: Int, body: [UInt8]) -> ProtocolError {
+    static func problem(status: Int, body: [UInt8]) -> any Error {
         if let problem = try? JSONDecoder().decode(Problem.self, from: Data(body)), let code = ProtocolError.Code(rawValue: problem.error) {
             return ProtocolError(code, problem.message)
         }
-        return ProtocolError(.malformed, "the manager answered HTTP \(status)")
+        return NotTheManagersAnswer(status: status)
     }
 }
 
 import SwiftASN1
 import X509
+
+/// An answer that is not the agent protocol's: no sealed message and no protocol error, such
+/// as a proxy's 502 or 504, or a page of something else at the manager's address. It says
+/// nothing about the message itself, which the agent may send again.
+public struct NotTheManagersAnswer: Error, CustomStringConvertible {
+    public let status: Int
+    public var description: String { "the answer was not the manager's (HTTP \(status)): a proxy or something else on the way answered" }
+}
