@@ -356,6 +356,8 @@ final class FleetEvents: Sendable {
         /// serial too, so an agent may fetch twice).
         var fetches: [Int: ContinuousClock.Instant] = [:]
         var queued: [String: ContinuousClock.Instant] = [:]
+        /// Carried out before the API's answer naming the command was back here (push).
+        var early: [String: ContinuousClock.Instant] = [:]
         var acknowledgements: [Double] = []
         var batches = 0
     }
@@ -363,14 +365,30 @@ final class FleetEvents: Sendable {
 
     func published(at instant: ContinuousClock.Instant?) { state.withLockedValue { $0.published = instant } }
     func fetched(by agent: Int, at instant: ContinuousClock.Instant) { state.withLockedValue { if $0.published != nil { $0.fetches[agent] = instant } } }
-    func queued(_ commandID: String, at instant: ContinuousClock.Instant) { state.withLockedValue { $0.queued[commandID] = instant } }
+    func queued(_ commandID: String, at instant: ContinuousClock.Instant) {
+        state.withLockedValue { state in
+            if let done = state.early.removeValue(forKey: commandID) {
+                state.acknowledgements.append(Fleet.seconds(done - instant))
+            } else {
+                state.queued[commandID] = instant
+            }
+        }
+    }
     func reported() { state.withLockedValue { $0.batches += 1 } }
 
     func acknowledged(_ commandID: String, at instant: ContinuousClock.Instant) {
         state.withLockedValue { state in
-            guard let queued = state.queued.removeValue(forKey: commandID) else { return }
+            guard let queued = state.queued.removeValue(forKey: commandID) else {
+                state.early[commandID] = instant
+                return
+            }
             state.acknowledgements.append(Fleet.seconds(instant - queued))
         }
+    }
+
+    /// Locks queued and not carried out yet, and the seconds each carried out one took.
+    var locks: (waiting: Int, carriedOut: [Double]) {
+        state.withLockedValue { ($0.queued.count, $0.acknowledgements) }
     }
 
     /// Lines for the final table.
@@ -454,7 +472,8 @@ final class FleetAPI: Sendable {
     }
 }
 
-/// Writes a line to standard output at once (a progress line is read as it comes).
+/// Writes a line to standard output at once (a progress line, or an agent's log line, is read
+/// as it comes; `print` buffers when standard output is a pipe or journald).
 func emit(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -9,7 +9,7 @@ struct PorticoAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portico-agent",
         abstract: "Reference Portico agent, and a load simulator of many agents.",
-        subcommands: [Enroll.self, Run.self, Status.self, Simulate.self, Fleet.self])
+        subcommands: [Enroll.self, Run.self, Status.self, Simulate.self, Fleet.self, Hold.self])
 }
 
 struct Enroll: AsyncParsableCommand {
@@ -73,7 +73,7 @@ struct Run: AsyncParsableCommand {
                     } catch {
                         // Not the manager refusing: the wait was cut on its way (a proxy's
                         // read timeout, a connection closed). Pull for a while, starting now.
-                        say("push unavailable (\(error)); checking in at the interval")
+                        emit("push unavailable (\(error)); checking in at the interval")
                         pushRetry = clock.now + Self.pushRetryAfter
                         continue
                     }
@@ -86,11 +86,11 @@ struct Run: AsyncParsableCommand {
                     guard FileManager.default.createFile(atPath: state + "/policy.json", contents: data, attributes: [.posixPermissions: 0o600]) else {
                         throw ValidationError("cannot write \(state)/policy.json")
                     }
-                    say("policy serial \(contents.serial): \(contents.policies.count) polic\(contents.policies.count == 1 ? "y" : "ies")")
+                    emit("policy serial \(contents.serial): \(contents.policies.count) polic\(contents.policies.count == 1 ? "y" : "ies")")
                 }
                 for command in reply.commands {
                     // The reference agent records commands; a real one locks the screen, wipes...
-                    say("command \(command.kind) \(command.id)")
+                    emit("command \(command.kind) \(command.id)")
                     try await client.reportResult(commandID: command.id, succeeded: true, detail: "carried out by the reference agent")
                 }
                 try await client.state.save(to: state)
@@ -99,7 +99,7 @@ struct Run: AsyncParsableCommand {
                 let wasOffered = offer != nil
                 offer = reply.push
                 if offer != nil, !noPush, pushRetry.map({ clock.now >= $0 }) ?? true {
-                    if !wasOffered { say("push: waits held up to \(offer!.holdSeconds) s") }
+                    if !wasOffered { emit("push: waits held up to \(offer!.holdSeconds) s") }
                     continue  // the next wait at once: it is what holds
                 }
                 try await Task.sleep(for: .seconds(max(1, reply.nextCheckInSeconds)))
@@ -107,7 +107,7 @@ struct Run: AsyncParsableCommand {
                 throw error
             } catch {
                 failures += 1
-                say("check-in failed: \(error)")
+                emit("check-in failed: \(error)")
                 if once { await client.shutdown(); throw ExitCode(1) }
                 // Exponential backoff with jitter, at most ten minutes.
                 let delay = min(600.0, pow(2.0, Double(min(failures, 10)))) * Double.random(in: 0.5...1.0)
@@ -134,10 +134,4 @@ struct Status: AsyncParsableCommand {
 
 func readBootstrap(_ path: String) throws -> BootstrapFile {
     try JSONDecoder().decode(BootstrapFile.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
-}
-
-/// A line of the agent's log, written at once (`print` buffers when standard output is a
-/// pipe or journald, which would hold a command's line back until the buffer fills).
-func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -108,6 +108,33 @@ import Testing
         }
     }
 
+    /// Agents that only wait are not load: with more held than the manager's back-off
+    /// threshold, a check-in is still offered push and not told to back off.
+    @Test func heldWaitsDoNotCountAsRequestsInProgress() async throws {
+        var configuration = Self.configuration(hold: 3_600)
+        configuration.backOffAbove = 1
+        try await TestManager.with(configuration: configuration) { manager in
+            var waits: [Task<CheckInReply, any Error>] = []
+            var clients: [AgentClient] = []
+            for _ in 0..<3 {
+                let agent = try await manager.enrolledAgent(url: manager.plainURL)
+                clients.append(agent)
+                let deviceID = await agent.state.deviceID
+                _ = try await agent.checkIn()
+                waits.append(Task { try await agent.wait(holdSeconds: 3_600) })
+                try await Self.eventually("the wait is held") { manager.agent.push.isHeld(device: deviceID) }
+            }
+            try await withAgent(try await manager.enrolledAgent()) { agent in
+                let reply = try await agent.checkIn()
+                #expect(!reply.backOff)
+                #expect(reply.push == PushOffer(holdSeconds: 3_600))
+            }
+            manager.agent.push.stop()
+            for wait in waits { _ = try await wait.value }
+            for client in clients { await client.shutdown() }
+        }
+    }
+
     @Test func aManagerWithPushOffOffersNoWaitAndRefusesOne() async throws {
         var configuration = AgentService.Configuration()
         configuration.pushEnabled = false

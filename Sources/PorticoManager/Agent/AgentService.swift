@@ -353,7 +353,12 @@ public final class AgentService: HTTPService {
                 push.cancel(ticket)
                 return .checkIn(checkInReply(to: checkIn, serial: serial, commands: commands))
             }
-            switch await push.wait(ticket) {
+            // A held wait is not work in progress: the manager is not loaded by agents that
+            // are only waiting (their count would otherwise stop push at `backOffAbove`).
+            inFlight.withLockedValue { $0 -= 1 }
+            let ended = await push.wait(ticket)
+            inFlight.withLockedValue { $0 += 1 }
+            switch ended {
             case .woken: break
             case .timedOut, .replaced: return .checkIn(checkInReply(to: checkIn, serial: serial, commands: []))
             // Shutting down: no offer to wait again, so that the agent checks in at the
