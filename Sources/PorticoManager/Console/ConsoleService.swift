@@ -26,6 +26,8 @@ public final class ConsoleService: HTTPService {
 
     let store: Store
     let operations: ManagerOperations
+    /// The agents' waits this manager holds, for the dashboard.
+    private let push: PushHub?
     let authenticator: OperatorAuthenticator
     let throttle: LoginThrottle
     let identityStatus: @Sendable () -> APIService.IdentityStatus?
@@ -39,6 +41,7 @@ public final class ConsoleService: HTTPService {
         self.links = links
         self.store = store
         self.operations = ManagerOperations(store: store, agent: agent)
+        self.push = agent?.push
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: api.lockAfterFailures, lockoutMilliseconds: api.lockoutMilliseconds))
         self.throttle = LoginThrottle(limit: api.loginFailuresPerSource, windowMilliseconds: api.loginWindowMilliseconds)
         self.identityStatus = identityStatus
@@ -173,6 +176,8 @@ public final class ConsoleService: HTTPService {
             "commandsPending": fleet.commandsOpen,
             "certificate": ["days": identity.map { $0.current.daysRemaining() } ?? 0, "rotating": identity?.staged != nil],
             "peers": peers,
+            // Push on this manager: waits held now, and how many a fan-out has still to wake.
+            "push": ["held": push?.heldCount ?? 0, "fanOut": push.map { $0.fanOutPending > 0 ? "\($0.fanOutPending) still to wake after a publication" : "" } ?? ""],
             "events": events.map { ["at": APIJSON.time($0.occurredMilliseconds), "deviceId": $0.deviceID, "kind": $0.kind] },
         ]
         return page(.ok, title: "Dashboard", template: "dashboard", context, session: session, nav: "dashboard")
