@@ -9,6 +9,7 @@
 #   bench/push.sh [agents] [more hold options]     (default 19000 agents: see the descriptor limit below)
 #   SCHEME=https bench/push.sh                     the TLS client listener (default: the plain one, 8014)
 #   KEY=rsa-2048 bench/push.sh                     the manager's identity (default ecdsa-p256)
+#   KEEP=1 bench/push.sh                           keep the run's folder (config, logs) under /tmp
 #
 # Each held agent is a connection: the manager needs a descriptor per agent, and so does the
 # simulator. Both run under this machine's descriptor limit (`ulimit -n`).
@@ -27,7 +28,8 @@ bin="$root/.build/release"
 work=$(mktemp -d /tmp/portico-push.XXXXXX)
 cleanup() {
   [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true
-  rm -rf "$work"
+  # The folder holds keys and logs: kept only when asked (KEEP=1).
+  if [ "${KEEP:-0}" = 1 ]; then echo "push: kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 port=${PORT:-18441}

@@ -96,6 +96,28 @@ import Testing
         for agent in agents { #expect(!agent.process.text.contains("push unavailable"), "\(agent.process.text)") }
     }
 
+    /// A fleet held at once by `portico-agent hold`: every agent's wait is held, and locks
+    /// queued through the API for random agents are all carried out.
+    @Test func aFleetOfHeldAgentsCarriesOutLocksQueuedThroughTheAPI() async throws {
+        let dir = try TemporaryDirectory()
+        let bench = try #require(ServerProcess.executable(named: "portico-bench"))
+        let agent = try #require(ServerProcess.executable(named: "portico-agent"))
+        let enrolled = dir.file("fleet.json")
+        let (serve, bootstrap, api) = try await FleetTests.manager(in: dir, api: true) { config in
+            let run = try await Tools.run(bench, ["enroll-fleet", "--config", config, "--agents", "200", "--seed", "held", "--out", enrolled])
+            #expect(run.status == 0, "\(run.output)")
+        }
+        defer { serve.signal(SIGKILL) }
+        let hold = try await Tools.run(agent, ["hold", "--bootstrap", bootstrap, "--enrolled", enrolled, "--agents", "200", "--sources", "4", "--idle", "0",
+                                               "--server-pid", String(serve.pid), "--api", try #require(api), "--operator-name", "ops", "--locks", "20"],
+                                       input: "fleet password 1234\n")
+        #expect(hold.status == 0, "\(hold.output)")
+        let lines = hold.output.split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("held\t200 agents") }, "\(hold.output)")
+        #expect(lines.contains { $0.hasPrefix("locks\t20 queued") && $0.contains(", 20 carried out") }, "\(hold.output)")
+        #expect(lines.contains { $0 == "errors\tnone" }, "\(hold.output)")
+    }
+
     @Test(.enabled(if: nginx != nil || required, "nginx is not installed (apt-get install nginx)"))
     func behindAProxyThatCutsLongRequestsTheAgentChecksInAtItsInterval() async throws {
         let nginx = try #require(Self.nginx, "nginx is not installed")
