@@ -124,10 +124,12 @@ private typealias Flag = RawHTTP2.Flag
 
     @Test func aClientThatNeverGrantsCreditIsSentAwayThoughItPings() async throws {
         try await Self.withUpstream(UpstreamClientTests.ok(Self.megabyte), limits: "limits: {body_timeout: 1s}") { gw, _ in
-            // No credit at all for streams, four of them asking for a megabyte each.
+            // No credit at all for streams, four of them asking for a megabyte each. (On a busy
+            // machine the first may stall past the body timeout, and the connection be sent
+            // away, before the last is written.)
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console), settings: [(0x4, 0)])
             for stream in stride(from: UInt32(1), through: 7, by: 2) {
-                try await h2.headers(stream: stream, RawHTTP2.get("/up"), endStream: true)
+                try? await h2.headers(stream: stream, RawHTTP2.get("/up"), endStream: true)
             }
             // A PING every 100 ms, for at most 20 s: it must not keep the stalled streams alive.
             var pings = 0
