@@ -326,8 +326,14 @@ package final class HTTP1Connection<Transport: ConnectionTransport>: ServedConne
             pending.client = ForwardedClient(peer: info.peerAddressText, peerIsTrustedProxy: info.peerIsTrustedProxy, isTLS: info.isTLS)
             pool.relay(pending, on: transport.eventLoop, responder: self, reusing: &upstreamExchange)
             return
-        default:
+        case .immediate:
+            // Answered before this call returns: the bytes read can stay where they are.
             break
+        default:
+            // Answered later (a service's task, an upstream): the head and body move out of
+            // the loop's read buffer, which a request waiting for minutes (an agent's held
+            // wait) would otherwise keep from reuse, 16 KiB per waiting request.
+            pending.ownBytes()
         }
         let head = pending.head
         let outcome = RequestDispatch.run(
