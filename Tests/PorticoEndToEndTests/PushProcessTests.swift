@@ -39,21 +39,9 @@ import Testing
         let dir = try TemporaryDirectory()
         let postgres = try await TestPostgres(in: dir)
         let portico = try #require(ServerProcess.executable(named: "portico"))
-        let key = Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
-        for manager in 1...2 {
-            try SecureFile.write(Array(key.utf8), to: dir.file("m\(manager)/secrets.key"), mode: 0o600)
-            _ = try ManagerConfigFile.write(
-                in: dir, file: "m\(manager).yaml", dataDirectory: "m\(manager)/data",
-                identity: "{certificate: m\(manager)/ssl/server.crt, private_key: m\(manager)/ssl/server.key, generate: ecdsa-p256}",
-                listeners: [.client: "access_log: false", .webservices: "access_log: false"],
-                routes: ["{listener: client, path: /agent/v1/*, service: agent}", "{listener: webservices, path: /api/v1/*, service: api}"],
-                more: """
-                    site: {name: push, manager: m\(manager)}
-                    secrets: {key_file: m\(manager)/secrets.key}
-                    storage: {postgres: {url: "\(postgres.url)", pool_size: 4}}
-                    agents: {checkin_interval: 1h, push: {hold: 30s}}
-                    """)
-        }
+        try ManagerConfigFile.site("push", managers: 2, in: dir, postgres: postgres.url, listeners: { _ in [.client: "access_log: false", .webservices: "access_log: false"] },
+                                   routes: ["{listener: client, path: /agent/v1/*, service: agent}", "{listener: webservices, path: /api/v1/*, service: api}"],
+                                   more: "agents: {checkin_interval: 1h, push: {hold: 30s}}")
         let created = try await Tools.run(portico, ["admin", "create", "--config", dir.file("m1.yaml"), "--name", "ops", "--role", "admin"], input: "site operator password\n")
         #expect(created.status == 0, "\(created.output)")
         var managers: [ServerProcess] = []
