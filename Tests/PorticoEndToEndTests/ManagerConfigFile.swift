@@ -3,6 +3,7 @@ import PorticoGateway
 import PorticoManager
 import PorticoServer
 import PorticoTestSupport
+import Testing
 
 /// The config file of a manager a test starts: the listeners it names on 127.0.0.1 and a free
 /// port unless their settings name one (with any more settings of each), every other role
@@ -49,5 +50,21 @@ enum ManagerConfigFile {
                     \(more)
                     """)
         }
+    }
+
+    /// Creates the admin `ops` (password "site operator password") with the first manager's
+    /// config and starts `count` managers written by ``site(_:managers:in:postgres:listeners:routes:more:)``,
+    /// each once its `listeners` listeners are up. The caller stops them.
+    static func startSite(managers count: Int, listeners: Int, in dir: TemporaryDirectory) async throws -> [ServerProcess] {
+        let portico = try #require(ServerProcess.executable(named: "portico"))
+        let created = try await Tools.run(portico, ["admin", "create", "--config", dir.file("m1.yaml"), "--name", "ops", "--role", "admin"], input: "site operator password\n")
+        #expect(created.status == 0, "\(created.output)")
+        var managers: [ServerProcess] = []
+        for manager in 1...count {
+            let process = try ServerProcess(["serve", "--config", dir.file("m\(manager).yaml")])
+            managers.append(process)
+            await process.waitFor("listening", count: listeners)
+        }
+        return managers
     }
 }

@@ -42,15 +42,8 @@ import Testing
         try ManagerConfigFile.site("push", managers: 2, in: dir, postgres: postgres.url, listeners: { _ in [.client: "access_log: false", .webservices: "access_log: false"] },
                                    routes: ["{listener: client, path: /agent/v1/*, service: agent}", "{listener: webservices, path: /api/v1/*, service: api}"],
                                    more: "agents: {checkin_interval: 1h, push: {hold: 30s}}")
-        let created = try await Tools.run(portico, ["admin", "create", "--config", dir.file("m1.yaml"), "--name", "ops", "--role", "admin"], input: "site operator password\n")
-        #expect(created.status == 0, "\(created.output)")
-        var managers: [ServerProcess] = []
+        let managers = try await ManagerConfigFile.startSite(managers: 2, listeners: 2, in: dir)
         defer { for manager in managers { manager.signal(SIGKILL) } }
-        for manager in 1...2 {
-            let process = try ServerProcess(["serve", "--config", dir.file("m\(manager).yaml")])
-            await process.waitFor("listening", count: 2)
-            managers.append(process)
-        }
         // The agents talk to the second manager only; the locks are queued at the first.
         let bootstrap = dir.file("bootstrap.json")
         try await Self.token(portico, config: dir.file("m2.yaml"), url: "https://127.0.0.1:\(try #require(managers[1].boundPort(.client)))", bootstrap: bootstrap)

@@ -38,15 +38,8 @@ import Testing
         try ManagerConfigFile.site("fault", managers: 2, in: dir, postgres: postgres.url,
                                    listeners: { [.client: "port: \(ports[$0 - 1])", .webservices: "access_log: false"] },
                                    routes: ["{listener: client, path: /agent/v1/*, service: agent}", "{listener: webservices, path: /api/v1/*, service: api}"])
-        let created = try await Tools.run(portico, ["admin", "create", "--config", dir.file("m1.yaml"), "--name", "ops", "--role", "admin"], input: "site operator password\n")
-        #expect(created.status == 0, "\(created.output)")
-        var managers: [ServerProcess] = []
+        var managers = try await ManagerConfigFile.startSite(managers: 2, listeners: 2, in: dir)
         defer { for manager in managers { manager.signal(SIGKILL) } }
-        for manager in 1...2 {
-            let process = try ServerProcess(["serve", "--config", dir.file("m\(manager).yaml")])
-            await process.waitFor("listening", count: 2)
-            managers.append(process)
-        }
         try dir.write("haproxy.cfg", """
             global
               log stdout format raw local0 info
