@@ -175,15 +175,3 @@ struct APIClient {
         return try #require(answer.json["access_token"] as? String, "login at \(api) answered \(answer.status) \(answer.json)")
     }
 }
-
-/// Waits for `condition` to hold, checking it every 50 ms, and fails the test if it does not
-/// within `limit`.
-func eventually(_ what: String, within limit: Duration, _ condition: () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + limit
-    while ContinuousClock.now < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(50))
-    }
-    Issue.record("\(what): not within \(limit)")
-    throw CancellationError()
-}

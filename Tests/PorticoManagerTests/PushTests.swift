@@ -4,6 +4,7 @@ import PorticoManager
 import PorticoServer
 import PorticoProtocol
 import PorticoStore
+import PorticoTestSupport
 import Testing
 
 /// Push: an agent holds a `wait` open in its session; the manager answers it as soon as the
@@ -15,15 +16,6 @@ import Testing
         return configuration
     }
 
-    /// Returns once `condition` holds, checking it every 10 ms, for at most 20 s.
-    static func eventually(_ what: String, _ condition: () async throws -> Bool) async throws {
-        for _ in 0..<2_000 {
-            if try await condition() { return }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        Issue.record("never: \(what)")
-    }
-
     @Test(arguments: [false, true])
     func aHeldWaitIsAnsweredWithTheCommandQueuedWhileItWaits(plain: Bool) async throws {
         // A hold far beyond the test's time limit: only the command can answer the wait.
@@ -33,10 +25,10 @@ import Testing
                 let first = try await agent.checkIn()
                 #expect(first.push == PushOffer(holdSeconds: 3_600))
                 let waiting = Task { try await agent.wait(holdSeconds: 3_600) }
-                try await Self.eventually("the wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                try await eventually("the wait is held", within: .seconds(20)) { manager.agent.push.isHeld(device: deviceID) }
                 // Every manager of the site reads which one holds the device (once the wait's
                 // check-in, which runs after the wait is registered, has committed).
-                try await Self.eventually("the device reads as held by this manager") {
+                try await eventually("the device reads as held by this manager", within: .seconds(20)) {
                     try await manager.store.device(id: deviceID)?.pushHeld(at: Int64(Date().timeIntervalSince1970 * 1000)) == ProcessInfo.processInfo.hostName
                 }
                 let operations = ManagerOperations(store: manager.store, agent: manager.agent)
@@ -68,7 +60,7 @@ import Testing
                 let policy = try await manager.store.createPolicy(name: "p", document: #"{"usb_storage":"block"}"#, by: "op")
                 _ = try await agent.fetchPolicy()
                 let waiting = Task { try await agent.wait(holdSeconds: 3_600) }
-                try await Self.eventually("the wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                try await eventually("the wait is held", within: .seconds(20)) { manager.agent.push.isHeld(device: deviceID) }
                 try await manager.store.publishPolicy(policyID: policy.id, version: 1)
                 let changed = try await waiting.value
                 #expect(changed.policyChanged)
@@ -122,7 +114,7 @@ import Testing
                 let deviceID = await agent.state.deviceID
                 _ = try await agent.checkIn()
                 waits.append(Task { try await agent.wait(holdSeconds: 3_600) })
-                try await Self.eventually("the wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                try await eventually("the wait is held", within: .seconds(20)) { manager.agent.push.isHeld(device: deviceID) }
             }
             try await withAgent(try await manager.enrolledAgent()) { agent in
                 let reply = try await agent.checkIn()
@@ -155,12 +147,12 @@ import Testing
                 let atB = AgentClient(state: await agent.state, managerURL: manager.plainURL)
                 defer { Task { await atB.shutdown() } }
                 let first = Task { try await agent.wait(holdSeconds: 3_600) }
-                try await Self.eventually("the first wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                try await eventually("the first wait is held", within: .seconds(20)) { manager.agent.push.isHeld(device: deviceID) }
                 // The agent gave up on the first (its connection was cut, say) and waits again.
                 let second = Task { try await atB.wait(holdSeconds: 3_600) }
                 let answered = try await first.value
                 #expect(answered.commands.isEmpty)
-                try await Self.eventually("the second wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                try await eventually("the second wait is held", within: .seconds(20)) { manager.agent.push.isHeld(device: deviceID) }
                 try await manager.store.enqueueCommand(CommandRecord(id: "c-2", deviceID: deviceID, kind: .lock, issuedBy: "op"))
                 #expect(try await second.value.commands.map(\.id) == ["c-2"])
             }
@@ -173,7 +165,7 @@ import Testing
                 let deviceID = await agent.state.deviceID
                 _ = try await agent.checkIn()
                 let waiting = Task { try await agent.wait(holdSeconds: 3_600) }
-                try await Self.eventually("the wait is held") { manager.agent.push.isHeld(device: deviceID) }
+                try await eventually("the wait is held", within: .seconds(20)) { manager.agent.push.isHeld(device: deviceID) }
                 manager.agent.push.stop()
                 let reply = try await waiting.value
                 #expect(reply.commands.isEmpty)
@@ -195,7 +187,7 @@ import Testing
         }
         let ticket = hub.register(device: "d-1", hold: .seconds(3_600))
         let waiting = Task { await hub.wait(ticket) }
-        try await PushTests.eventually("the wait is counted") { value("portico_push_held") == 1 }
+        try await eventually("the wait is counted", within: .seconds(20)) { value("portico_push_held") == 1 }
         hub.wake(device: "d-1")
         #expect(await waiting.value == .woken)
         #expect(value("portico_push_held") == 0, "\(text())")
