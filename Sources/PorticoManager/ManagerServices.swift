@@ -87,10 +87,11 @@ public enum ManagerServices {
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         registry.register("api", api)
-        let console = try ConsoleService(store: store, agent: agent, identityStatus: { identityStatus(prepared) }, reportsURL: "/reports/compliance", links: links,
+        let console = try ConsoleService(store: store, agent: agent, api: api, identityStatus: { identityStatus(prepared) }, reportsURL: "/reports", links: links,
                                          logger: Logger(label: "portico.console"))
         registry.register("console", console)
-        registry.register("reporting", try ReportingService(store: store, api: api, logger: Logger(label: "portico.reporting")))
+        let consoleListener = prepared.configuration.listeners["console"].flatMap { $0.enabled && $0.tls && $0.port != 0 ? $0 : nil }
+        registry.register("reporting", try ReportingService(store: store, api: api, console: console, consolePort: consoleListener?.port, logger: Logger(label: "portico.reporting")))
         registry.register("replication", ReplicationService(store: store, logger: Logger(label: "portico.replication")))
         return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store), links: links)
     }

@@ -27,21 +27,21 @@ final class ConsoleBrowser {
         }
     }
 
-    init(_ manager: TestManager) {
+    init(_ manager: TestManager, base: String? = nil) {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(manager.identity.current.chain)
         tls.certificateVerification = .noHostnameVerification
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
         configuration.redirectConfiguration = .disallow
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-        base = manager.consoleURL
+        self.base = base ?? manager.consoleURL
     }
 
     func shutdown() async { try? await client.shutdown() }
 
     /// Runs `body` with a fresh browser and shuts it down after.
-    static func with<T>(_ manager: TestManager, _ body: (ConsoleBrowser) async throws -> T) async throws -> T {
-        let browser = ConsoleBrowser(manager)
+    static func with<T>(_ manager: TestManager, base: String? = nil, _ body: (ConsoleBrowser) async throws -> T) async throws -> T {
+        let browser = ConsoleBrowser(manager, base: base)
         do {
             let result = try await body(browser)
             await browser.shutdown()
@@ -172,7 +172,9 @@ final class ConsoleBrowser {
             let wiped = try await operator_.post("/devices/\(device)/commands", [("csrf", token), ("kind", "wipe"), ("confirm", "yes")])
             #expect(wiped.status == 303)
             #expect(try await manager.store.commands(deviceID: device).map(\.kind) == [.wipe, .lock])
-            let audit = try await manager.store.auditEntries(AuditFilter(action: "command.issue"))
+            // The unconfirmed wipe was refused, and audited as such.
+            #expect(try await manager.store.auditEntries(AuditFilter(action: "command.issue", result: "failed")).count == 1)
+            let audit = try await manager.store.auditEntries(AuditFilter(action: "command.issue", result: "ok"))
             #expect(audit.count == 2 && audit.allSatisfy { $0.actor == "operator:olive" && $0.target == device && $0.source == "127.0.0.1" })
 
             // Remote help answers the code the manager computes for that device.
@@ -230,7 +232,7 @@ final class ConsoleBrowser {
                 #expect(csv.headers.first(name: "content-type")?.hasPrefix("text/csv") == true)
                 let lines = csv.html.split(separator: "\r\n")
                 #expect(lines.first == "day,devices,compliant,compliant_percent,online,stale,policy_serial")
-                #expect(lines.last?.hasSuffix(",4,3,75.0%,3,1,\(serial)") == true, "\(csv.html)")
+                #expect(lines.last?.hasSuffix(",4,3,75.0,3,1,\(serial)") == true, "\(csv.html)")
                 let bad = try await browser.get("/reports/compliance.json?from=yesterday")
                 #expect(bad.status == 422)
             }
@@ -420,7 +422,8 @@ final class ConsoleBrowser {
                     let anonymous = ConsoleBrowser(manager)
                     for page in pages where page.path != "/reports" && !page.path.hasPrefix("/reports/") {
                         let answer = try await anonymous.get(page.path)
-                        if answer.status != 303 || answer.location != "/login" { mismatches.append("\(page.path) without a session: \(answer.status)") }
+                        let back = page.path == "/" ? "/login" : "/login?next=\(page.path)"
+                        if answer.status != 303 || answer.location != back { mismatches.append("\(page.path) without a session: \(answer.status) \(answer.location ?? "")") }
                     }
                     await anonymous.shutdown()
                 }

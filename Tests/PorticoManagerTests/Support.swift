@@ -102,9 +102,9 @@ struct TestManager {
                               metrics: metrics.registry, logger: quiet)
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
         services.register("api", api)
-        services.register("console", try ConsoleService(store: store, agent: agent, identityStatus: { ManagerServices.identityStatus(prepared) }, api: apiConfiguration,
-                                                        reportsURL: "/reports/compliance", links: links, logger: quiet))
-        services.register("reporting", try ReportingService(store: store, api: api, logger: quiet))
+        let console = try ConsoleService(store: store, agent: agent, api: api, identityStatus: { ManagerServices.identityStatus(prepared) }, reportsURL: "/reports", links: links, logger: quiet)
+        services.register("console", console)
+        services.register("reporting", try ReportingService(store: store, api: api, console: console, logger: quiet))
         services.register("replication", ReplicationService(store: store, logger: quiet))
         let gateway = Gateway(configuration: prepared, identityCache: cache, serverLoops: try TestGateway.serverLoops(), services: services, logger: quiet, metrics: metrics)
         try await gateway.start()

@@ -63,9 +63,11 @@ enum BearerSecret {
     }
 }
 
-/// Failed logins per source address in a sliding window; beyond the limit, logins from that
-/// address are refused with 429 until the window moves on. Per account, the store's lockout
-/// does the same job durably.
+/// Failed sign-ins per source address and account name in a sliding window, shared by the
+/// console and the API; beyond the limit, sign-ins to that account from that address are
+/// refused with 429 until the window moves on. Keyed by the pair, so a noisy host behind a
+/// NAT that keeps failing on one account does not lock every other operator of that NAT
+/// out; per account, the store's lockout caps guessing durably whatever the address.
 final class LoginThrottle: Sendable {
     let limit: Int
     let windowMilliseconds: Int64
@@ -76,21 +78,25 @@ final class LoginThrottle: Sendable {
         self.windowMilliseconds = windowMilliseconds
     }
 
-    /// Seconds until a login from `source` may be tried again, or nil when it may now.
-    func retryAfter(source: String, now: Int64) -> Int? {
-        failures.withLockedValue { table in
-            let recent = (table[source] ?? []).filter { $0 > now - windowMilliseconds }
-            table[source] = recent.isEmpty ? nil : recent
+    private static func key(_ source: String, _ name: String) -> String { source + "\u{0}" + name.lowercased() }
+
+    /// Seconds until a sign-in to `name` from `source` may be tried again, or nil when it may now.
+    func retryAfter(source: String, name: String, now: Int64) -> Int? {
+        let key = Self.key(source, name)
+        return failures.withLockedValue { table in
+            let recent = (table[key] ?? []).filter { $0 > now - windowMilliseconds }
+            table[key] = recent.isEmpty ? nil : recent
             guard recent.count >= limit, let oldest = recent.first else { return nil }
             return Int((oldest + windowMilliseconds - now + 999) / 1000)
         }
     }
 
-    func recordFailure(source: String, now: Int64) {
+    func recordFailure(source: String, name: String, now: Int64) {
+        let key = Self.key(source, name)
         failures.withLockedValue { table in
-            var recent = (table[source] ?? []).filter { $0 > now - windowMilliseconds }
+            var recent = (table[key] ?? []).filter { $0 > now - windowMilliseconds }
             recent.append(now)
-            table[source] = recent
+            table[key] = recent
             if table.count > 100_000 { table = table.filter { $0.value.last ?? 0 > now - windowMilliseconds } }
         }
     }

@@ -49,13 +49,13 @@ extension APIService {
     /// audited, count towards the account's lockout, and from one address are throttled.
     func login(_ context: APIContext) async throws -> APIReply {
         let now = Int64(HybridLogicalClock.wallMilliseconds())
-        if let retry = throttle.retryAfter(source: context.source, now: now) {
-            throw APIProblem(.rateLimited, "too many failed logins from \(context.source); try again in \(retry) s", retryAfter: retry)
-        }
         let body = try APIJSON.decode(LoginBody.self, from: context.request)
+        if let retry = throttle.retryAfter(source: context.source, name: body.name, now: now) {
+            throw APIProblem(.rateLimited, "too many failed logins to \(body.name) from \(context.source); try again in \(retry) s", retryAfter: retry)
+        }
         let outcome = try await authenticator.authenticate(name: body.name, password: body.password, now: now)
         guard case .accepted(let account) = outcome else {
-            throttle.recordFailure(source: context.source, now: now)
+            throttle.recordFailure(source: context.source, name: body.name, now: now)
             await operations.refused(AuditEntry(actor: "operator:\(body.name)", action: "auth.login", target: body.name, source: context.source, result: "failed", detail: outcome.auditReason))
             if case .locked(let until) = outcome {
                 throw APIProblem(.accountLocked, "the account is locked until \(APIJSON.time(until)) after repeated failed logins; an admin can unlock it")

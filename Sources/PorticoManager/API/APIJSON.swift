@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import PorticoGateway
 import PorticoServer
+import PorticoStore
 
 /// A JSON request body: its fields are known, so that unknown ones are refused rather than
 /// silently ignored, and it checks its own values, naming each field it refuses.
@@ -41,6 +42,10 @@ enum APIJSON {
         }
         let data = Data(request.body.readableBytesView)
         guard !data.isEmpty else { throw APIProblem(.malformedBody, "the request needs a JSON object body") }
+        // Strictly first: Foundation's reader takes trailing commas, and says nothing of where.
+        if let error = JSONSyntax.check(request.body.readableBytesView) {
+            throw APIProblem(.malformedBody, "the body is not valid JSON: \(error.description)")
+        }
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: data, options: [])

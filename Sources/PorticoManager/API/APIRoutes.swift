@@ -68,9 +68,12 @@ extension APIService {
 
     /// Every scope a token may be limited to: one per endpoint, and `reports.read` for the
     /// reporting listener's CSV and JSON.
-    static var scopes: Set<String> {
-        var scopes: Set<String> = ["reports.read"]
-        for route in routes { if case .permission(let permission) = route.access { scopes.insert(permission.scope) } }
-        return scopes
-    }
+    static var scopes: Set<String> { Set(scopeRoles.keys) }
+
+    /// Each scope and the roles that may use it (a token's scope is of use only to those).
+    static let scopeRoles: [String: Set<OperatorRole>] = {
+        var roles: [String: Set<OperatorRole>] = ["reports.read": Set(OperatorRole.allCases)]
+        for route in routes { if case .permission(let permission) = route.access { roles[permission.scope, default: []].formUnion(permission.roles) } }
+        return roles
+    }()
 }

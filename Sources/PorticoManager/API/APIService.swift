@@ -153,9 +153,44 @@ public final class APIService: HTTPService {
             }
             if record.revoked { throw APIProblem(.tokenRevoked, "the API token \(id) has been revoked") }
             if let expires = record.expiresMilliseconds, expires <= now { throw APIProblem(.tokenExpired, "the API token \(id) expired at \(APIJSON.time(expires))") }
+            if let reason = try await creatorStanding(record, now: now) { throw APIProblem(.tokenRevoked, "the API token \(id) no longer works: \(reason)") }
             return Principal(kind: .token(id: id), name: id, role: record.role, scopes: record.scopes)
         }
         throw APIProblem(.unauthenticated, "the bearer token is not one this manager issued")
+    }
+
+    /// Why a token may not be used because of who made it, or nil: a token ends with its
+    /// creator (an operator deleted or disabled, or a token revoked or expired), whatever
+    /// site's change it was (deleting an operator revokes its tokens, but a change replicated
+    /// from an older manager may not have). Tokens made on the command line have no creator
+    /// account.
+    func creatorStanding(_ token: APITokenRecord, now: Int64) async throws -> String? {
+        var creator = token.createdBy
+        for _ in 0..<8 {
+            if creator.hasPrefix("operator:") {
+                let name = String(creator.dropFirst("operator:".count))
+                guard let account = try await store.operatorAccount(named: name) else { return "the operator \(name) who made it no longer exists" }
+                return account.disabled ? "the operator \(name) who made it is disabled" : nil
+            }
+            if creator.hasPrefix("token:") {
+                let id = String(creator.dropFirst("token:".count))
+                guard let parent = try await store.apiToken(id: id), parent.isUsable(at: now) else { return "the API token \(id) that made it no longer works" }
+                creator = parent.createdBy
+                continue
+            }
+            return nil
+        }
+        return "it was made by a chain of tokens too long to check"
+    }
+
+    /// How a token stands now: "usable", or why not.
+    func tokenState(_ token: APITokenRecord, now: Int64) async throws -> String {
+        if token.revoked { return "revoked" }
+        if let expires = token.expiresMilliseconds, expires <= now { return "expired" }
+        if let reason = try await creatorStanding(token, now: now) { return "unusable: " + reason }
+        let beyond = token.scopes.filter { !(Self.scopeRoles[$0]?.contains(token.role) ?? false) }
+        if !beyond.isEmpty { return "limited: the \(token.role.rawValue) role can never use \(beyond.joined(separator: ", "))" }
+        return "usable"
     }
 
     // MARK: - Responses
@@ -223,13 +258,18 @@ struct APIContext: Sendable {
     static func parseQuery(_ uri: String) -> [String: String] {
         guard let question = uri.firstIndex(of: "?") else { return [:] }
         var query: [String: String] = [:]
-        for pair in uri[uri.index(after: question)...].split(separator: "&") {
+        for (key, value) in parsePairs(uri[uri.index(after: question)...]) where query[key] == nil { query[key] = value }
+        return query
+    }
+
+    /// `a=1&b=2` (a query, or a form body) as its pairs in order, decoded.
+    static func parsePairs(_ text: Substring) -> [(String, String)] {
+        text.split(separator: "&").map { pair in
             let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let key = String(kv[0]).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(kv[0])
             let value = kv.count > 1 ? (String(kv[1]).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(kv[1])) : ""
-            if query[key] == nil { query[key] = value }
+            return (key, value)
         }
-        return query
     }
 
     /// A query string value, nil when absent or empty.

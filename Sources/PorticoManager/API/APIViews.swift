@@ -233,10 +233,14 @@ struct APITokenView: Encodable, Sendable {
     var expiresAt: String?
     var revoked: Bool
     var createdBy: String
+    /// "usable", "revoked", "expired", "unusable: <why>" (its creator is gone or disabled) or
+    /// "limited: <scopes its role can never use>".
+    var state: String
     /// Only in the answer to the request that created it.
     var token: String?
 
-    init(_ record: APITokenRecord, token: String? = nil) {
+    init(_ record: APITokenRecord, state: String, token: String? = nil) {
+        self.state = state
         id = record.id
         name = record.name
         role = record.role.rawValue

@@ -21,12 +21,16 @@ struct ManagerRoute<Service: Sendable, Call: Sendable, Reply: Sendable>: Sendabl
     let access: Access
     let action: String
     let handler: @Sendable (Service, Call) async throws -> Reply
+    /// For a form: the page it is on, shown again with the refusal and what was typed.
+    let formPage: (@Sendable (Service, Call) async throws -> Reply)?
 
-    init(_ method: HTTPMethod, _ pattern: String, _ access: Access, action: String = "", _ handler: @escaping @Sendable (Service, Call) async throws -> Reply) {
+    init(_ method: HTTPMethod, _ pattern: String, _ access: Access, action: String = "", formPage: (@Sendable (Service, Call) async throws -> Reply)? = nil,
+         _ handler: @escaping @Sendable (Service, Call) async throws -> Reply) {
         self.method = method
         self.pattern = pattern
         self.access = access
         self.action = action
+        self.formPage = formPage
         self.handler = handler
     }
 

@@ -43,8 +43,15 @@ struct ConsolePages: Sendable {
         return ConsoleSession(record: record, account: account, actor: .init(name: "operator:\(account.name)", source: source))
     }
 
+    /// Which menu a page has: the console's, or on the reporting listener the reports' (the
+    /// console's pages are on its own port, linked when it is known).
+    enum Menu: Sendable {
+        case console
+        case reports(consoleURL: String?)
+    }
+
     func page(_ status: HTTPResponseStatus, title: String, template: String, _ context: [String: Any], session: ConsoleSession?, nav: String? = nil,
-              notice: String? = nil, error: String? = nil) -> GatewayResponse {
+              notice: String? = nil, error: String? = nil, menu: Menu = .console) -> GatewayResponse {
         let content = templates.render(context, withTemplate: template) ?? ""
         var layout: [String: Any] = ["title": title, "content": content]
         // Absent, not nil: a nil in the context would print as "nil".
@@ -54,6 +61,10 @@ struct ConsolePages: Sendable {
             var current: [String: Any] = ["name": session.account.name, "role": session.account.role.rawValue, "csrf": session.record.csrfToken,
                                           "nav": [nav ?? "": true], "mayAudit": session.mayAudit,
                                           "mayAdminister": session.may(.admin("operators.read"))]
+            switch menu {
+            case .console: current["console"] = true
+            case .reports(let consoleURL): if let consoleURL { current["consoleURL"] = consoleURL }
+            }
             if let reportsURL { current["reports"] = reportsURL }
             layout["operator"] = current
         }
@@ -69,7 +80,34 @@ struct ConsolePages: Sendable {
             "x-content-type-options": "nosniff",
             "referrer-policy": "no-referrer",
             "x-frame-options": "DENY",
+            // Browsers heed it over HTTPS only, which the console's listener speaks by default.
+            "strict-transport-security": "max-age=31536000",
         ]
+    }
+
+    /// A time as operators read it: `2026-12-07 16:44:05 UTC`.
+    static func time(_ milliseconds: Int64) -> String {
+        let date = Date(timeIntervalSince1970: Double(milliseconds) / 1000)
+        let text = date.formatted(Date.ISO8601FormatStyle(dateSeparator: .dash, dateTimeSeparator: .space, timeZone: .gmt))
+        return text.hasSuffix("Z") ? String(text.dropLast()) + " UTC" : text
+    }
+
+    static func time(_ milliseconds: Int64?) -> String? { milliseconds.map { time($0) } }
+
+    /// A path on this host to return to after signing in, or nil for anything else (another
+    /// host, a scheme, backslashes): never an open redirect.
+    static func localPath(_ text: String?) -> String? {
+        guard let text, text.hasPrefix("/"), !text.hasPrefix("//"), text.utf8.count <= 2048,
+              !text.contains("\\"), !text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return nil }
+        return text
+    }
+
+    /// The sign-in page, to come back to `next` after.
+    static func loginURL(next: String) -> String {
+        guard let next = localPath(next), next != "/" else { return "/login" }
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~/")
+        return "/login?next=" + (next.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")
     }
 
     static func redirect(_ location: String) -> GatewayResponse {
@@ -91,8 +129,13 @@ struct ConsolePages: Sendable {
         return cookies
     }
 
-    /// An `application/x-www-form-urlencoded` body.
+    /// An `application/x-www-form-urlencoded` body (the first value of each field).
     static func form(_ body: ByteBuffer) -> [String: String] {
-        APIContext.parseQuery("?" + String(decoding: body.readableBytesView.prefix(64 * 1024), as: UTF8.self))
+        APIContext.parseQuery("?" + String(decoding: body.readableBytesView.prefix(256 * 1024), as: UTF8.self))
+    }
+
+    /// Every field of a form body in order, repeated ones included.
+    static func formPairs(_ body: ByteBuffer) -> [(String, String)] {
+        APIContext.parsePairs(Substring(String(decoding: body.readableBytesView.prefix(256 * 1024), as: UTF8.self)))
     }
 }

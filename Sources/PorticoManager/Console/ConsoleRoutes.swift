@@ -6,6 +6,14 @@ import PorticoStore
 /// One page or form of the console: method, path pattern, who may use it, and the handler.
 typealias ConsoleRoute = ManagerRoute<ConsoleService, ConsoleCall, GatewayResponse>
 
+/// Why a form was not done, to show on its page again.
+struct ConsoleRefusal: Error, Sendable {
+    var status: HTTPResponseStatus
+    var message: String
+
+    static func invalid(_ message: String) -> ConsoleRefusal { ConsoleRefusal(status: .unprocessableEntity, message: message) }
+}
+
 /// A request as a console handler sees it: the signed-in session, the form of a POST (its
 /// CSRF token already checked), the query and the path's parameters.
 struct ConsoleCall: Sendable {
@@ -15,56 +23,101 @@ struct ConsoleCall: Sendable {
     let form: [String: String]
     let query: [String: String]
     let source: String
+    /// Set when a form was refused and its page is shown again.
+    var refusal: ConsoleRefusal? = nil
+    /// The response code for a remote-help challenge, shown on the device's page.
+    var remoteHelp: String? = nil
 
     var session: ConsoleSession { signedIn! }
 
-    func parameter(_ name: String) -> String { request.parameters[name] ?? "" }
+    func parameter(_ name: String) -> String { request.parameters[name]?.removingPercentEncoding ?? request.parameters[name] ?? "" }
+
+    /// Every value of a form field that may repeat (the devices' checkboxes).
+    func values(_ name: String) -> [String] { ConsolePages.formPairs(request.body).filter { $0.0 == name }.map(\.1) }
+
+    /// What was typed into a refused form, to fill it again; never a password or the token.
+    var draft: [String: String] {
+        guard refusal != nil else { return [:] }
+        return form.filter { $0.key != "csrf" && !$0.key.contains("password") }
+    }
+
+    /// 200, or the refusal's status when a form's page is shown again.
+    var status: HTTPResponseStatus { refusal?.status ?? .ok }
 }
 
 extension ConsoleService {
-    /// Every page and form of the console.
+    /// Every page and form of the console. A form names the page it is on, shown again with
+    /// the refusal and what was typed when the form is not done.
     static let pages: [ConsoleRoute] = [
         ConsoleRoute(.GET, "/login", .anyone) { console, call in console.loginPage(error: nil, name: "", status: .ok, request: call.request) },
         ConsoleRoute(.POST, "/login", .anyone) { console, call in try await console.login(call.request, source: call.source) },
         ConsoleRoute(.POST, "/logout", .signedIn) { console, call in try await console.logout(call.session) },
         ConsoleRoute(.GET, "/", .signedIn) { console, call in try await console.dashboard(call.session) },
+        // The operator's own account.
+        ConsoleRoute(.GET, "/account", .signedIn) { try await $0.accountPage($1) },
+        ConsoleRoute(.POST, "/account/password", .signedIn, action: "operator.password", formPage: { try await $0.accountPage($1) }) { try await $0.changeOwnPassword($1) },
         // Devices.
-        ConsoleRoute(.GET, "/devices", .signedIn) { console, call in try await console.devices(call.request, session: call.session) },
-        ConsoleRoute(.GET, "/devices/{id}", .signedIn) { console, call in
-            try await console.device(call.parameter("id"), session: call.session,
-                                     notice: call.query["done"].map { "The \($0) command is queued; the device gets it at its next check-in." })
+        ConsoleRoute(.GET, "/devices", .signedIn) { try await $0.devicesPage($1) },
+        ConsoleRoute(.GET, "/devices.csv", .signedIn) { try await $0.devicesCSV($1) },
+        ConsoleRoute(.POST, "/devices/bulk", .permission(.write("commands")), action: "device.bulk", formPage: { try await $0.devicesPage($1) }) { try await $0.bulkAction($1) },
+        ConsoleRoute(.GET, "/devices/{id}", .signedIn) { try await $0.devicePage($1) },
+        ConsoleRoute(.POST, "/devices/{id}/commands", .permission(.write("commands")), action: "command.issue", formPage: { try await $0.devicePage($1) }) {
+            try await $0.issueCommand($1)
         },
-        ConsoleRoute(.POST, "/devices/{id}/commands", .permission(.write("commands"))) { console, call in
-            try await console.issueCommand(deviceID: call.parameter("id"), form: call.form, session: call.session)
+        ConsoleRoute(.POST, "/devices/{id}/remote-help", .permission(.write("commands")), action: "command.remote_help", formPage: { try await $0.devicePage($1) }) {
+            try await $0.remoteHelp($1)
         },
-        ConsoleRoute(.POST, "/devices/{id}/remote-help", .permission(.write("commands"))) { console, call in
-            try await console.remoteHelp(deviceID: call.parameter("id"), form: call.form, session: call.session)
+        ConsoleRoute(.POST, "/devices/{id}/group", .permission(.write("groups")), action: "group.move_device", formPage: { try await $0.devicePage($1) }) {
+            try await $0.moveDevice($1)
         },
+        // Groups.
+        ConsoleRoute(.GET, "/groups", .permission(.read("groups"))) { try await $0.groupsPage($1) },
+        ConsoleRoute(.POST, "/groups", .permission(.write("groups")), action: "group.create", formPage: { try await $0.groupsPage($1) }) { try await $0.createGroup($1) },
+        ConsoleRoute(.POST, "/groups/{id}", .permission(.write("groups")), action: "group.update", formPage: { try await $0.groupsPage($1) }) { try await $0.renameGroup($1) },
+        ConsoleRoute(.POST, "/groups/{id}/delete", .permission(.write("groups")), action: "group.delete", formPage: { try await $0.groupsPage($1) }) { try await $0.deleteGroup($1) },
         ConsoleRoute(.GET, "/audit", .permission(.auditing("audit.read"))) { console, call in try await console.audit(call.request, session: call.session) },
         // Policies.
         ConsoleRoute(.GET, "/policies", .permission(.read("policies"))) { try await $0.policiesPage($1) },
-        ConsoleRoute(.POST, "/policies", .permission(.write("policies"))) { try await $0.createPolicy($1) },
-        ConsoleRoute(.GET, "/policies/{id}", .permission(.read("policies"))) { console, call in
-            try await console.policyPage(call.parameter("id"), query: call.query, session: call.session)
+        ConsoleRoute(.POST, "/policies", .permission(.write("policies")), action: "policy.create", formPage: { try await $0.policiesPage($1) }) { try await $0.createPolicy($1) },
+        ConsoleRoute(.GET, "/policies/{id}", .permission(.read("policies"))) { try await $0.policyPage($1) },
+        ConsoleRoute(.POST, "/policies/{id}/versions", .permission(.write("policies")), action: "policy.version", formPage: { try await $0.policyPage($1) }) {
+            try await $0.addPolicyVersion($1)
         },
-        ConsoleRoute(.POST, "/policies/{id}/versions", .permission(.write("policies"))) { try await $0.addPolicyVersion($1) },
-        ConsoleRoute(.POST, "/policies/{id}/publish", .permission(.write("policies"))) { try await $0.publishPolicy($1) },
-        ConsoleRoute(.POST, "/policies/{id}/assign", .permission(.write("policies"))) { try await $0.assignPolicy($1, assign: true) },
-        ConsoleRoute(.POST, "/policies/{id}/unassign", .permission(.write("policies"))) { try await $0.assignPolicy($1, assign: false) },
+        ConsoleRoute(.POST, "/policies/{id}/publish", .permission(.write("policies")), action: "policy.publish", formPage: { try await $0.policyPage($1) }) {
+            try await $0.publishPolicy($1)
+        },
+        ConsoleRoute(.POST, "/policies/{id}/assign", .permission(.write("policies")), action: "policy.assign", formPage: { try await $0.policyPage($1) }) {
+            try await $0.assignPolicy($1, assign: true)
+        },
+        ConsoleRoute(.POST, "/policies/{id}/unassign", .permission(.write("policies")), action: "policy.unassign", formPage: { try await $0.policyPage($1) }) {
+            try await $0.assignPolicy($1, assign: false)
+        },
         // Enrollment tokens.
-        ConsoleRoute(.GET, "/enrollment-tokens", .permission(.read("enrollment_tokens"))) { console, call in
-            try await console.tokensPage(session: call.session, created: nil)
-        },
-        ConsoleRoute(.POST, "/enrollment-tokens", .permission(.write("enrollment_tokens"))) { try await $0.createEnrollmentToken($1) },
-        ConsoleRoute(.POST, "/enrollment-tokens/{id}/revoke", .permission(.write("enrollment_tokens"))) { try await $0.revokeEnrollmentToken($1) },
+        ConsoleRoute(.GET, "/enrollment-tokens", .permission(.read("enrollment_tokens"))) { try await $0.tokensPage($1, created: nil) },
+        ConsoleRoute(.POST, "/enrollment-tokens", .permission(.write("enrollment_tokens")), action: "enrollment_token.create",
+                     formPage: { try await $0.tokensPage($1, created: nil) }) { try await $0.createEnrollmentToken($1) },
+        ConsoleRoute(.POST, "/enrollment-tokens/{id}/revoke", .permission(.write("enrollment_tokens")), action: "enrollment_token.revoke",
+                     formPage: { try await $0.tokensPage($1, created: nil) }) { try await $0.revokeEnrollmentToken($1) },
         // Operators and API tokens.
-        ConsoleRoute(.GET, "/operators", .permission(.admin("operators.read"))) { console, call in
-            try await console.operatorsPage(session: call.session, created: nil, notice: call.query["done"])
+        ConsoleRoute(.GET, "/operators", .permission(.admin("operators.read"))) { try await $0.operatorsPage($1, created: nil) },
+        ConsoleRoute(.POST, "/operators", .permission(.admin("operators.write")), action: "operator.create", formPage: { try await $0.operatorsPage($1, created: nil) }) {
+            try await $0.createOperator($1)
         },
-        ConsoleRoute(.POST, "/operators", .permission(.admin("operators.write"))) { try await $0.createOperator($1) },
-        ConsoleRoute(.POST, "/operators/{name}/unlock", .permission(.admin("operators.write"))) { try await $0.unlockOperator($1) },
-        ConsoleRoute(.POST, "/api-tokens", .permission(.admin("api_tokens.write"))) { try await $0.createAPIToken($1) },
-        ConsoleRoute(.POST, "/api-tokens/{id}/revoke", .permission(.admin("api_tokens.write"))) { try await $0.revokeAPIToken($1) },
+        ConsoleRoute(.POST, "/operators/{name}/unlock", .permission(.admin("operators.write")), action: "operator.unlock", formPage: { try await $0.operatorsPage($1, created: nil) }) {
+            try await $0.unlockOperator($1)
+        },
+        ConsoleRoute(.POST, "/operators/{name}", .permission(.admin("operators.write")), action: "operator.update", formPage: { try await $0.operatorsPage($1, created: nil) }) {
+            try await $0.updateOperator($1)
+        },
+        ConsoleRoute(.POST, "/operators/{name}/delete", .permission(.admin("operators.write")), action: "operator.delete", formPage: { try await $0.operatorsPage($1, created: nil) }) {
+            try await $0.deleteOperator($1)
+        },
+        ConsoleRoute(.POST, "/api-tokens", .permission(.admin("api_tokens.write")), action: "api_token.create", formPage: { try await $0.operatorsPage($1, created: nil) }) {
+            try await $0.createAPIToken($1)
+        },
+        ConsoleRoute(.POST, "/api-tokens/{id}/revoke", .permission(.admin("api_tokens.write")), action: "api_token.revoke", formPage: { try await $0.operatorsPage($1, created: nil) }) {
+            try await $0.revokeAPIToken($1)
+        },
         // Peers.
         ConsoleRoute(.GET, "/peers", .permission(.read("peers"))) { try await $0.peersPage($1) },
     ]

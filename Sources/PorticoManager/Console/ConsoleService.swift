@@ -25,6 +25,7 @@ public final class ConsoleService: HTTPService {
     static let loginCookie = "portico_login"
 
     let store: Store
+    let api: APIService
     let operations: ManagerOperations
     /// The agents' waits this manager holds, for the dashboard.
     private let push: PushHub?
@@ -36,14 +37,17 @@ public final class ConsoleService: HTTPService {
     let logger: Logger
     let pages: ConsolePages
 
-    public init(store: Store, agent: AgentService?, identityStatus: @escaping @Sendable () -> APIService.IdentityStatus?, api: APIService.Configuration = .init(),
+    /// - Parameter api: the API of the same manager: sign-ins share its lockout policy and
+    ///   its per-address limit, so the console is no way around either.
+    public init(store: Store, agent: AgentService?, api: APIService, identityStatus: @escaping @Sendable () -> APIService.IdentityStatus?,
                 configuration: Configuration = Configuration(), reportsURL: String? = nil, links: PeerLinks? = nil, logger: Logger = Logger(label: "portico.console")) throws {
         self.links = links
         self.store = store
+        self.api = api
         self.operations = ManagerOperations(store: store, agent: agent)
         self.push = agent?.push
-        self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: api.lockAfterFailures, lockoutMilliseconds: api.lockoutMilliseconds))
-        self.throttle = LoginThrottle(limit: api.loginFailuresPerSource, windowMilliseconds: api.loginWindowMilliseconds)
+        self.authenticator = api.authenticator
+        self.throttle = api.throttle
         self.identityStatus = identityStatus
         self.configuration = configuration
         self.logger = logger
@@ -76,34 +80,50 @@ public final class ConsoleService: HTTPService {
     }
 
     /// Runs a page or form: finds the session (sending a browser without one to sign in),
-    /// checks a form's CSRF token and the role's permission, and shows a store's refusal
-    /// as a page.
+    /// checks a form's CSRF token and the role's permission, and shows a refused form again
+    /// on its page with the reason and what was typed. Every refused form is audited.
     private func answer(_ request: GatewayRequest, route: ConsoleRoute) async throws -> GatewayResponse {
         let path = String(request.path)
         let source = request.clientAddress?.ipAddress ?? "-"
         let query = APIContext.parseQuery(request.uri)
-        do {
-            if case .anyone = route.access {
-                return try await route.handler(self, ConsoleCall(request: request, signedIn: nil, form: [:], query: query, source: source))
-            }
-            guard let session = try await session(of: request, source: source) else {
-                if request.method == .GET { return ConsolePages.redirect("/login") }
-                return page(.forbidden, title: "Signed out", template: "message", ["heading": "Your session has ended", "text": "Sign in again to continue.", "back": "/login"], session: nil)
-            }
-            var form: [String: String] = [:]
-            if request.method == .POST {
-                form = ConsolePages.form(request.body)
-                guard let token = form["csrf"], ConstantTime.equal(Array(token.utf8), Array(session.record.csrfToken.utf8)) else {
-                    await operations.refused(AuditEntry(actor: session.actor.name, action: "console.form", target: path, source: source, result: "denied", detail: "missing or wrong CSRF token"))
-                    return page(.forbidden, title: "Refused", template: "message",
-                                ["heading": "This form was refused", "text": "It did not carry this session's form token. Reload the page and try again.", "back": "/"], session: session)
-                }
-            }
-            if case .permission(let permission) = route.access, !session.may(permission) { return forbidden(session) }
-            return try await route.handler(self, ConsoleCall(request: request, signedIn: session, form: form, query: query, source: source))
-        } catch let error as StoreError where error.kind == .notFound || error.kind == .conflict || error.kind == .invalidValue {
-            return page(error.kind == .notFound ? .notFound : .conflict, title: "Not done", template: "message", ["heading": "Not done", "text": error.message, "back": "/"], session: nil)
+        if case .anyone = route.access {
+            return try await route.handler(self, ConsoleCall(request: request, signedIn: nil, form: [:], query: query, source: source))
         }
+        guard let session = try await session(of: request, source: source) else {
+            if request.method == .GET { return ConsolePages.redirect(ConsolePages.loginURL(next: request.uri)) }
+            return page(.forbidden, title: "Signed out", template: "message", ["heading": "Your session has ended", "text": "Sign in again to continue.", "back": "/login"], session: nil)
+        }
+        var form: [String: String] = [:]
+        if request.method == .POST {
+            form = ConsolePages.form(request.body)
+            guard let token = form["csrf"], ConstantTime.equal(Array(token.utf8), Array(session.record.csrfToken.utf8)) else {
+                await operations.refused(AuditEntry(actor: session.actor.name, action: "console.form", target: path, source: source, result: "denied", detail: "missing or wrong CSRF token"))
+                return page(.forbidden, title: "Refused", template: "message",
+                            ["heading": "This form was refused", "text": "It did not carry this session's form token. Reload the page and try again.", "back": "/"], session: session)
+            }
+        }
+        if case .permission(let permission) = route.access, !session.may(permission) {
+            if request.method == .POST {
+                await operations.refused(AuditEntry(actor: session.actor.name, action: route.action, target: path, source: source, result: "denied", detail: "needs \(permission.scope)"))
+            }
+            return forbidden(session)
+        }
+        var call = ConsoleCall(request: request, signedIn: session, form: form, query: query, source: source)
+        do {
+            return try await route.handler(self, call)
+        } catch let error as StoreError where error.kind == .notFound || error.kind == .conflict || error.kind == .invalidValue {
+            call.refusal = ConsoleRefusal(status: error.kind == .notFound ? .notFound : error.kind == .conflict ? .conflict : .unprocessableEntity, message: error.message)
+        } catch let refusal as ConsoleRefusal {
+            call.refusal = refusal
+        }
+        let refusal = call.refusal!
+        if request.method == .POST {
+            let target = request.parameters.values.first.map { $0.removingPercentEncoding ?? $0 } ?? path
+            await operations.refused(AuditEntry(actor: session.actor.name, action: route.action.isEmpty ? "console.form" : route.action, target: target, source: source,
+                                                result: "failed", detail: "console: \(refusal.message)"))
+        }
+        if let formPage = route.formPage { return try await formPage(self, call) }
+        return page(refusal.status, title: "Not done", template: "message", ["heading": "Not done", "text": refusal.message, "back": "/"], session: session)
     }
 
     // MARK: - Sessions
@@ -118,18 +138,18 @@ public final class ConsoleService: HTTPService {
         guard let cookie = ConsolePages.cookies(request.headers)[Self.loginCookie], let token = form["csrf"], ConstantTime.equal(Array(cookie.utf8), Array(token.utf8)) else {
             return loginPage(error: "The sign-in form expired. Please try again.", name: form["name"] ?? "", status: .forbidden, request: request)
         }
-        if let retry = throttle.retryAfter(source: source, now: now) {
-            var response = loginPage(error: "Too many failed sign-ins from this address. Try again in \(retry) seconds.", name: form["name"] ?? "", status: .tooManyRequests, request: request)
+        let name = form["name"] ?? ""
+        if let retry = throttle.retryAfter(source: source, name: name, now: now) {
+            var response = loginPage(error: "Too many failed sign-ins to this account from this address. Try again in \(retry) seconds.", name: name, status: .tooManyRequests, request: request)
             response.headers.add(name: "retry-after", value: "\(retry)")
             return response
         }
-        let name = form["name"] ?? ""
         let outcome = try await authenticator.authenticate(name: name, password: form["password"] ?? "", now: now)
         guard case .accepted(let account) = outcome else {
-            throttle.recordFailure(source: source, now: now)
+            throttle.recordFailure(source: source, name: name, now: now)
             await operations.refused(AuditEntry(actor: "operator:\(name)", action: "auth.login", target: name, source: source, result: "failed", detail: "console: \(outcome.auditReason)"))
             if case .locked(let until) = outcome {
-                return loginPage(error: "This account is locked until \(APIJSON.time(until)) after repeated failed sign-ins. An admin can unlock it.", name: name, status: .forbidden, request: request)
+                return loginPage(error: "This account is locked until \(ConsolePages.time(until)) after repeated failed sign-ins. An admin can unlock it.", name: name, status: .forbidden, request: request)
             }
             return loginPage(error: "The name or password is not right.", name: name, status: .unauthorized, request: request)
         }
@@ -138,7 +158,7 @@ public final class ConsoleService: HTTPService {
         let record = ConsoleSessionRecord(idHash: Array(SHA256.hash(data: secret)), operatorName: account.name, csrfToken: csrf, createdMilliseconds: now,
                                           expiresMilliseconds: now + configuration.sessionMilliseconds, source: source)
         try await operations.openConsoleSession(record)
-        var response = ConsolePages.redirect("/")
+        var response = ConsolePages.redirect(ConsolePages.localPath(form["next"]) ?? "/")
         response.headers.add(name: "set-cookie", value: "\(Self.sessionCookie)=\(Base64URL.encode(secret)); Path=/; Max-Age=\(configuration.sessionMilliseconds / 1000); Secure; HttpOnly; SameSite=Strict")
         response.headers.add(name: "set-cookie", value: "\(Self.loginCookie)=; Path=/login; Max-Age=0; Secure; HttpOnly; SameSite=Strict")
         return response
@@ -156,7 +176,8 @@ public final class ConsoleService: HTTPService {
     func loginPage(error: String?, name: String, status: HTTPResponseStatus, request: GatewayRequest) -> GatewayResponse {
         let existing = ConsolePages.cookies(request.headers)[Self.loginCookie].flatMap { Base64URL.decode($0)?.count == 24 ? $0 : nil }
         let token = existing ?? Base64URL.encode((0..<24).map { _ in UInt8.random(in: 0...255) })
-        var response = page(status, title: "Sign in", template: "login", ["csrf": token, "name": name], session: nil, error: error)
+        let next = ConsolePages.localPath(ConsolePages.form(request.body)["next"] ?? APIContext.parseQuery(request.uri)["next"]) ?? ""
+        var response = page(status, title: "Sign in", template: "login", ["csrf": token, "name": name, "next": next], session: nil, error: error)
         response.headers.add(name: "set-cookie", value: "\(Self.loginCookie)=\(token); Path=/login; Max-Age=3600; Secure; HttpOnly; SameSite=Strict")
         return response
     }
@@ -178,71 +199,9 @@ public final class ConsoleService: HTTPService {
             "peers": peers,
             // Push on this manager: waits held now, and how many a fan-out has still to wake.
             "push": ["held": push?.heldCount ?? 0, "fanOut": push.map { $0.fanOutPending > 0 ? "\($0.fanOutPending) still to wake after a publication" : "" } ?? ""],
-            "events": events.map { ["at": APIJSON.time($0.occurredMilliseconds), "deviceId": $0.deviceID, "kind": $0.kind] },
+            "events": events.map { ["at": ConsolePages.time($0.occurredMilliseconds), "deviceId": $0.deviceID, "kind": $0.kind] },
         ]
         return page(.ok, title: "Dashboard", template: "dashboard", context, session: session, nav: "dashboard")
-    }
-
-    func devices(_ request: GatewayRequest, session: Session) async throws -> GatewayResponse {
-        let query = APIContext.parseQuery(request.uri)
-        let text = (query["q"] ?? "").trimmingCharacters(in: .whitespaces)
-        let state = query["state"].flatMap(DeviceState.init(rawValue:))
-        let after = query["after"]
-        let devices = try await store.devices(DeviceFilter(state: state, hostname: text.isEmpty ? nil : String(text.prefix(128))), after: after, limit: 101)
-        let shown = devices.prefix(100)
-        var next: String?
-        if devices.count > 100, let last = shown.last {
-            var components = URLComponents()
-            components.queryItems = [URLQueryItem(name: "q", value: text), URLQueryItem(name: "state", value: state?.rawValue ?? ""), URLQueryItem(name: "after", value: last.id)]
-            next = components.percentEncodedQuery
-        }
-        var context: [String: Any] = [
-            "query": text,
-            "states": DeviceState.allCases.map { ["value": $0.rawValue, "selected": $0 == state] },
-            "devices": shown.map(Self.deviceContext),
-        ]
-        if let next { context["next"] = next }
-        return page(.ok, title: "Devices", template: "devices", context, session: session, nav: "devices")
-    }
-
-    func device(_ id: String, session: Session, notice: String? = nil, remoteHelp: String? = nil) async throws -> GatewayResponse {
-        guard let device = try await store.device(id: id) else {
-            return page(.notFound, title: "Not found", template: "message", ["heading": "No such device", "text": "There is no device \(id).", "back": "/devices"], session: session)
-        }
-        let commands = try await store.commands(deviceID: id, limit: 20)
-        let events = try await store.events(EventFilter(deviceID: id), limit: 20)
-        var context: [String: Any] = [
-            "device": Self.deviceContext(device),
-            "canAct": session.mayAct,
-            "csrf": session.record.csrfToken,
-            "commands": commands.map { ["issued": APIJSON.time($0.issuedMilliseconds), "kind": $0.kind.rawValue, "state": $0.state.rawValue, "result": $0.result ?? "", "issuedBy": $0.issuedBy] },
-            "events": events.map { ["at": APIJSON.time($0.occurredMilliseconds), "kind": $0.kind, "body": $0.body] },
-        ]
-        if let remoteHelp { context["remoteHelp"] = remoteHelp }
-        return page(.ok, title: device.hostname, template: "device", context, session: session, nav: "devices", notice: notice)
-    }
-
-    func issueCommand(deviceID: String, form: [String: String], session: Session) async throws -> GatewayResponse {
-        guard session.mayAct else { return forbidden(session) }
-        guard let kind = form["kind"].flatMap(CommandKind.init(rawValue:)), [.lock, .unlock, .wipe].contains(kind) else {
-            return page(.unprocessableEntity, title: "Not done", template: "message", ["heading": "Not done", "text": "That is not a command the console sends.", "back": "/devices/\(deviceID)"], session: session)
-        }
-        if kind == .wipe, form["confirm"] != "yes" {
-            return page(.unprocessableEntity, title: "Not done", template: "message",
-                        ["heading": "The device was not wiped", "text": "Tick the box to confirm that the device is to be erased.", "back": "/devices/\(deviceID)"], session: session)
-        }
-        _ = try await operations.issueCommand(deviceID: deviceID, kind: kind, by: session.actor)
-        return ConsolePages.redirect("/devices/\(deviceID)?done=\(kind.rawValue)")
-    }
-
-    func remoteHelp(deviceID: String, form: [String: String], session: Session) async throws -> GatewayResponse {
-        guard session.mayAct else { return forbidden(session) }
-        let challenge = (form["challenge"] ?? "").trimmingCharacters(in: .whitespaces)
-        guard !challenge.isEmpty, challenge.utf8.count <= 64 else {
-            return page(.unprocessableEntity, title: "Not done", template: "message", ["heading": "No challenge", "text": "Type the challenge the device shows.", "back": "/devices/\(deviceID)"], session: session)
-        }
-        let response = try await operations.remoteHelpResponse(deviceID: deviceID, challenge: challenge, by: session.actor)
-        return try await device(deviceID, session: session, remoteHelp: response)
     }
 
     /// The audit log, newest first, for the roles the API lets read it.
@@ -263,7 +222,7 @@ public final class ConsoleService: HTTPService {
         var context: [String: Any] = [
             "filter": ["actor": filter.actor ?? "", "action": filter.action ?? ""],
             "results": ["ok", "failed", "denied"].map { ["value": $0, "selected": $0 == (filter.result ?? "")] },
-            "entries": shown.map { ["at": APIJSON.time($0.atMilliseconds), "actor": $0.actor, "action": $0.action, "target": $0.target, "source": $0.source, "result": $0.result, "detail": $0.detail] },
+            "entries": shown.map { ["at": ConsolePages.time($0.atMilliseconds), "actor": $0.actor, "action": $0.action, "target": $0.target, "source": $0.source, "result": $0.result, "detail": $0.detail] },
         ]
         if let older { context["older"] = older }
         return page(.ok, title: "Audit log", template: "audit", context, session: session, nav: "audit")
@@ -279,9 +238,10 @@ public final class ConsoleService: HTTPService {
         pages.page(status, title: title, template: template, context, session: session, nav: nav, notice: notice, error: error)
     }
 
-    static func deviceContext(_ device: DeviceRecord) -> [String: Any] {
-        ["id": device.id, "hostname": device.hostname, "os": device.os, "state": device.state.rawValue, "enrolled": APIJSON.time(device.enrolledMilliseconds),
-         "lastCheckIn": APIJSON.time(device.lastCheckInMilliseconds) ?? "never", "policySerial": device.policySerial,
+    static func deviceContext(_ device: DeviceRecord, groups: [String: String] = [:], memberships: [String] = []) -> [String: Any] {
+        ["id": device.id, "hostname": device.hostname, "os": device.os, "state": device.state.rawValue, "enrolled": ConsolePages.time(device.enrolledMilliseconds),
+         "lastCheckIn": ConsolePages.time(device.lastCheckInMilliseconds) ?? "never", "policySerial": device.policySerial,
+         "groups": memberships.map { groups[$0] ?? $0 }.joined(separator: ", "),
          // Push: the manager holding the device's wait now, or "pull" (it checks in at its interval).
          "connection": device.pushHeld(at: Int64(Date().timeIntervalSince1970 * 1000)).map { "push (\($0))" } ?? "pull"]
     }
@@ -294,6 +254,7 @@ enum ConsoleTemplates {
         ("devices", PackageResources.devices_mustache), ("device", PackageResources.device_mustache), ("message", PackageResources.message_mustache),
         ("audit", PackageResources.audit_mustache), ("report", PackageResources.report_mustache), ("reports", PackageResources.reports_mustache),
         ("policies", PackageResources.policies_mustache), ("policy", PackageResources.policy_mustache), ("tokens", PackageResources.tokens_mustache),
-        ("operators", PackageResources.operators_mustache), ("peers", PackageResources.peers_mustache),
+        ("operators", PackageResources.operators_mustache), ("peers", PackageResources.peers_mustache), ("groups", PackageResources.groups_mustache),
+        ("account", PackageResources.account_mustache), ("confirm", PackageResources.confirm_mustache),
     ]
 }

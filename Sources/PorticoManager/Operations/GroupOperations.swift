@@ -38,4 +38,13 @@ extension ManagerOperations {
             try await transaction.audit(actor.entry("group.remove_device", target: group, detail: "device \(device)"))
         }
     }
+
+    /// Puts a device in one group only (or none), in one change.
+    public func moveDevice(_ device: String, toGroup group: String?, by actor: Actor) async throws {
+        try await store.write { transaction in
+            let left = try await transaction.moveDevice(device, toGroup: group)
+            try await transaction.audit(actor.entry("group.move_device", target: device,
+                                                    detail: "to \(group ?? "no group")" + (left.isEmpty ? "" : ", from \(left.joined(separator: ", "))")))
+        }
+    }
 }

@@ -21,7 +21,10 @@ extension ManagerOperations {
 
     /// Role, password hash or disabled flag. The last admin who can sign in cannot be demoted
     /// or disabled, so the manager never loses its last administrator.
-    public func updateOperator(name: String, role: OperatorRole?, password: String?, disabled: Bool?, by actor: Actor) async throws -> OperatorRecord {
+    /// - Parameter keepingConsoleSession: the console session to keep when the operator
+    ///   changes their own password (every other session ends).
+    public func updateOperator(name: String, role: OperatorRole?, password: String?, disabled: Bool?, by actor: Actor,
+                               keepingConsoleSession: [UInt8]? = nil) async throws -> OperatorRecord {
         let hash = if let password { try await PasswordHasher.hash(password) } else { String?.none }
         var changes: [String] = []
         if let role { changes.append("role \(role.rawValue)") }
@@ -29,8 +32,9 @@ extension ManagerOperations {
         if let disabled { changes.append(disabled ? "disabled" : "enabled") }
         let detail = changes.isEmpty ? "no change" : changes.joined(separator: ", ")
         return try await store.write { transaction in
-            let account = try await transaction.updateOperator(name: name, role: role, passwordHash: hash, disabled: disabled)
-            if try await transaction.activeAdminCount() == 0 {
+            let account = try await transaction.updateOperator(name: name, role: role, passwordHash: hash, disabled: disabled, keeping: keepingConsoleSession)
+            // Only a new role or a disabled account can take away the last admin.
+            if role != nil || disabled == true, try await transaction.activeAdminCount() == 0 {
                 throw StoreError.conflict("\(name) is the last admin who can sign in; make another admin first")
             }
             try await transaction.audit(actor.entry("operator.update", target: name, detail: detail))
@@ -44,7 +48,9 @@ extension ManagerOperations {
             if try await transaction.activeAdminCount() == 0 {
                 throw StoreError.conflict("\(name) is the last admin who can sign in; make another admin first")
             }
-            try await transaction.audit(actor.entry("operator.delete", target: name))
+            // The API tokens the operator made end with the account.
+            let revoked = try await transaction.revokeAPITokens(createdBy: "operator:\(name)")
+            try await transaction.audit(actor.entry("operator.delete", target: name, detail: revoked.isEmpty ? "" : "API tokens revoked: \(revoked.joined(separator: ", "))"))
         }
     }
 }

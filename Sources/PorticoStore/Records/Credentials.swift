@@ -62,6 +62,22 @@ extension Transaction {
         try await logChange(entity: "api_token", key: token.id, op: .upsert, hlc: hlc)
     }
 
+    /// Revokes the tokens `creator` made, and the tokens those made, in turn: a token ends
+    /// with whoever made it. Returns the ids revoked.
+    public func revokeAPITokens(createdBy creator: String) async throws -> [String] {
+        var revoked: [String] = []
+        var creators = [creator]
+        while let next = creators.popLast(), revoked.count < 100_000 {
+            let ids = try await database.raw("SELECT id FROM api_tokens WHERE created_by = \(bind: next) AND revoked = 0").all().map { try $0.decode(column: "id", as: String.self) }
+            for id in ids {
+                try await revokeAPIToken(id: id)
+                revoked.append(id)
+                creators.append("token:\(id)")
+            }
+        }
+        return revoked
+    }
+
     public func revokeAPIToken(id: String) async throws {
         let hlc = timestamp()
         let updated = try await database.raw("UPDATE api_tokens SET revoked = 1, hlc = \(bind: Int64(bitPattern: hlc)) WHERE id = \(bind: id) RETURNING id").all()

@@ -89,6 +89,23 @@ extension Transaction {
         try await Store.bumpPolicySerial(self)
     }
 
+    /// Makes `groupID` the device's only group (none when nil): the console's "move".
+    /// Returns the groups it left.
+    @discardableResult
+    public func moveDevice(_ deviceID: String, toGroup groupID: String?) async throws -> [String] {
+        guard try await database.raw("SELECT id FROM devices WHERE id = \(bind: deviceID)").first() != nil else { throw StoreError.notFound("device \(deviceID)") }
+        if let groupID, try await database.raw("SELECT id FROM device_groups WHERE id = \(bind: groupID)").first() == nil { throw StoreError.notFound("group \(groupID)") }
+        let current = try await database.raw("SELECT group_id FROM device_group_members WHERE device_id = \(bind: deviceID)").all().map { try $0.decode(column: "group_id", as: String.self) }
+        let leaving = current.filter { $0 != groupID }
+        for group in leaving {
+            try await database.raw("DELETE FROM device_group_members WHERE device_id = \(bind: deviceID) AND group_id = \(bind: group)").run()
+            try await logChange(entity: "group_member", key: "\(group)/\(deviceID)", op: .delete, hlc: timestamp())
+        }
+        if let groupID, !current.contains(groupID) { try await addDevice(deviceID, toGroup: groupID) }
+        if !leaving.isEmpty || (groupID.map { !current.contains($0) } ?? false) { try await Store.bumpPolicySerial(self) }
+        return leaving
+    }
+
     static func validateGroup(name: String, description: String) throws {
         try Validate.text(name, field: "group.name", maxBytes: 128)
         guard !name.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw StoreError.invalid("group.name", "must not be empty") }
@@ -120,6 +137,24 @@ extension Store {
     public func groupIDs(ofDevice deviceID: String) async throws -> [String] {
         try await read { db in
             try await db.raw("SELECT group_id FROM device_group_members WHERE device_id = \(bind: deviceID) ORDER BY group_id").all().map { try $0.decode(column: "group_id", as: String.self) }
+        }
+    }
+
+    /// The groups of each of `deviceIDs`, by device id.
+    public func groupMemberships(of deviceIDs: [String]) async throws -> [String: [String]] {
+        guard !deviceIDs.isEmpty else { return [:] }
+        return try await read { db in
+            var query: SQLQueryString = "SELECT device_id, group_id FROM device_group_members WHERE device_id IN ("
+            for (index, id) in deviceIDs.enumerated() {
+                if index > 0 { query.appendInterpolation(unsafeRaw: ", ") }
+                query.appendInterpolation(bind: id)
+            }
+            query.appendInterpolation(unsafeRaw: ") ORDER BY group_id")
+            var memberships: [String: [String]] = [:]
+            for row in try await db.raw(query).all() {
+                memberships[try row.decode(column: "device_id", as: String.self), default: []].append(try row.decode(column: "group_id", as: String.self))
+            }
+            return memberships
         }
     }
 

@@ -45,9 +45,11 @@ extension Transaction {
     }
 
     /// Changes an operator's role, password hash or disabled flag; nil leaves it as it is.
-    /// A new password or a disabled account also ends the operator's API sessions.
+    /// A new password or a disabled account also ends the operator's sessions, but for the
+    /// console session `keeping` (the operator who changed their own password).
     @discardableResult
-    public func updateOperator(name: String, role: OperatorRole? = nil, passwordHash: String? = nil, disabled: Bool? = nil) async throws -> OperatorRecord {
+    public func updateOperator(name: String, role: OperatorRole? = nil, passwordHash: String? = nil, disabled: Bool? = nil,
+                               keeping: [UInt8]? = nil) async throws -> OperatorRecord {
         guard var account = try await database.raw("SELECT * FROM operators WHERE name = \(bind: name)").first().map(OperatorRecord.init(row:)) else {
             throw StoreError.notFound("operator \(name)")
         }
@@ -65,7 +67,11 @@ extension Transaction {
         try await logChange(entity: "operator", key: name, op: .upsert, hlc: hlc)
         if passwordHash != nil || disabled == true {
             try await endAuthSessions(operatorName: name)
-            try await database.raw("DELETE FROM console_sessions WHERE operator = \(bind: name)").run()
+            if let keeping, disabled != true {
+                try await database.raw("DELETE FROM console_sessions WHERE operator = \(bind: name) AND id_hash <> \(bind: Data(keeping))").run()
+            } else {
+                try await database.raw("DELETE FROM console_sessions WHERE operator = \(bind: name)").run()
+            }
         }
         return account
     }

@@ -10,13 +10,36 @@ public struct DeviceFilter: Sendable, Equatable {
     public var groupID: String?
     /// Only devices whose last check-in is before this time (or that never checked in).
     public var lastCheckInBefore: Int64?
+    /// Only devices that checked in at or after this time.
+    public var lastCheckInSince: Int64?
+    /// Only devices on (true) or behind (false) the site's current policy serial.
+    public var policyCurrent: Bool?
 
-    public init(state: DeviceState? = nil, hostname: String? = nil, os: String? = nil, groupID: String? = nil, lastCheckInBefore: Int64? = nil) {
+    public init(state: DeviceState? = nil, hostname: String? = nil, os: String? = nil, groupID: String? = nil, lastCheckInBefore: Int64? = nil,
+                lastCheckInSince: Int64? = nil, policyCurrent: Bool? = nil) {
         self.state = state
         self.hostname = hostname
         self.os = os
         self.groupID = groupID
         self.lastCheckInBefore = lastCheckInBefore
+        self.lastCheckInSince = lastCheckInSince
+        self.policyCurrent = policyCurrent
+    }
+}
+
+/// A column the devices table sorts by.
+public enum DeviceSort: String, Sendable, CaseIterable {
+    case hostname, os, state, lastCheckIn = "last_check_in", enrolled, policySerial = "policy_serial"
+
+    var column: String {
+        switch self {
+        case .hostname: "LOWER(d.hostname)"
+        case .os: "d.os"
+        case .state: "d.state"
+        case .lastCheckIn: "COALESCE(d.last_checkin_ms, 0)"
+        case .enrolled: "d.enrolled_ms"
+        case .policySerial: "d.policy_serial"
+        }
     }
 }
 
@@ -68,40 +91,9 @@ extension Store {
     /// Devices matching `filter`, by id, after the id `after` (keyset paging: a page never
     /// repeats or skips a device because others were added or removed meanwhile).
     public func devices(_ filter: DeviceFilter = DeviceFilter(), after: String? = nil, limit: Int = 100) async throws -> [DeviceRecord] {
-        let dialect = self.dialect
+        let serial = filter.policyCurrent == nil ? 0 : try await policySerial()
         return try await read { db in
-            var query = SQLQueryString("SELECT * FROM devices d WHERE 1 = 1")
-            query.and("d.state =", filter.state?.rawValue)
-            query.and("d.os =", filter.os)
-            if let hostname = filter.hostname {
-                let pattern = "%" + Self.escapeLike(hostname.lowercased()) + "%"
-                // A part found in few host names is looked up in the trigram index; one found
-                // in many is met soon enough by reading devices in page order. (PostgreSQL's
-                // planner makes that choice itself.)
-                if dialect == .sqlite, hostname.utf8.count >= 3, !hostname.contains(where: { $0 == "%" || $0 == "_" || $0 == "\\" }) {
-                    let probe = try await db.raw("""
-                        SELECT COUNT(*) AS n FROM (SELECT rowid FROM devices_hostname_search WHERE hostname LIKE \(bind: pattern) LIMIT \(bind: Self.fewHostnames)) AS found
-                        """).first()?.decode(column: "n", as: Int.self) ?? Self.fewHostnames
-                    if probe < Self.fewHostnames {
-                        query.appendInterpolation(unsafeRaw: " AND d.rowid IN (SELECT rowid FROM devices_hostname_search WHERE hostname LIKE ")
-                        query.appendInterpolation(bind: pattern)
-                        query.appendInterpolation(unsafeRaw: ")")
-                    }
-                }
-                query.appendInterpolation(unsafeRaw: " AND LOWER(d.hostname) LIKE ")
-                query.appendInterpolation(bind: pattern)
-                query.appendInterpolation(unsafeRaw: " ESCAPE '\\'")
-            }
-            if let group = filter.groupID {
-                query.appendInterpolation(unsafeRaw: " AND EXISTS (SELECT 1 FROM device_group_members m WHERE m.device_id = d.id AND m.group_id = ")
-                query.appendInterpolation(bind: group)
-                query.appendInterpolation(unsafeRaw: ")")
-            }
-            if let before = filter.lastCheckInBefore {
-                query.appendInterpolation(unsafeRaw: " AND (d.last_checkin_ms IS NULL OR d.last_checkin_ms < ")
-                query.appendInterpolation(bind: before)
-                query.appendInterpolation(unsafeRaw: ")")
-            }
+            var query = try await self.deviceQuery("SELECT * FROM devices d WHERE 1 = 1", filter, serial: serial, db: db)
             query.and("d.id >", after)
             query.appendInterpolation(unsafeRaw: " ORDER BY d.id LIMIT ")
             query.appendInterpolation(bind: limit)
@@ -109,7 +101,72 @@ extension Store {
         }
     }
 
-    /// Below this many host names holding a searched part, the trigram index finds them.
+    /// A page of the devices table: matching `filter`, sorted by a column (then by id),
+    /// `offset` rows in.
+    public func devices(_ filter: DeviceFilter, sort: DeviceSort, descending: Bool, offset: Int, limit: Int) async throws -> [DeviceRecord] {
+        let serial = filter.policyCurrent == nil ? 0 : try await policySerial()
+        return try await read { db in
+            var query = try await self.deviceQuery("SELECT * FROM devices d WHERE 1 = 1", filter, serial: serial, db: db)
+            let direction = descending ? "DESC" : "ASC"
+            query.appendInterpolation(unsafeRaw: " ORDER BY \(sort.column) \(direction), d.id \(direction) LIMIT ")
+            query.appendInterpolation(bind: limit)
+            query.appendInterpolation(unsafeRaw: " OFFSET ")
+            query.appendInterpolation(bind: max(0, offset))
+            return try await db.raw(query).all().map(DeviceRecord.init(row:))
+        }
+    }
+
+    /// How many devices match `filter`.
+    public func deviceCount(_ filter: DeviceFilter) async throws -> Int {
+        let serial = filter.policyCurrent == nil ? 0 : try await policySerial()
+        return try await read { db in
+            let query = try await self.deviceQuery("SELECT COUNT(*) AS n FROM devices d WHERE 1 = 1", filter, serial: serial, db: db)
+            return try await db.raw(query).first()?.decode(column: "n", as: Int.self) ?? 0
+        }
+    }
+
+    /// `select` with the conditions of `filter` appended.
+    private func deviceQuery(_ select: String, _ filter: DeviceFilter, serial: Int64, db: any SQLDatabase) async throws -> SQLQueryString {
+        var query: SQLQueryString = ""
+        query.appendInterpolation(unsafeRaw: select)
+        query.and("d.state =", filter.state?.rawValue)
+        query.and("d.os =", filter.os)
+        if let hostname = filter.hostname {
+            let pattern = "%" + Self.escapeLike(hostname.lowercased()) + "%"
+            // A part found in few host names is looked up in the trigram index; one found
+            // in many is met soon enough by reading devices in page order. (PostgreSQL's
+            // planner makes that choice itself.)
+            if dialect == .sqlite, hostname.utf8.count >= 3, !hostname.contains(where: { $0 == "%" || $0 == "_" || $0 == "\\" }) {
+                let probe = try await db.raw("""
+                    SELECT COUNT(*) AS n FROM (SELECT rowid FROM devices_hostname_search WHERE hostname LIKE \(bind: pattern) LIMIT \(bind: Self.fewHostnames)) AS found
+                    """).first()?.decode(column: "n", as: Int.self) ?? Self.fewHostnames
+                if probe < Self.fewHostnames {
+                    query.appendInterpolation(unsafeRaw: " AND d.rowid IN (SELECT rowid FROM devices_hostname_search WHERE hostname LIKE ")
+                    query.appendInterpolation(bind: pattern)
+                    query.appendInterpolation(unsafeRaw: ")")
+                }
+            }
+            query.appendInterpolation(unsafeRaw: " AND LOWER(d.hostname) LIKE ")
+            query.appendInterpolation(bind: pattern)
+            query.appendInterpolation(unsafeRaw: " ESCAPE '\\'")
+        }
+        if let group = filter.groupID {
+            query.appendInterpolation(unsafeRaw: " AND EXISTS (SELECT 1 FROM device_group_members m WHERE m.device_id = d.id AND m.group_id = ")
+            query.appendInterpolation(bind: group)
+            query.appendInterpolation(unsafeRaw: ")")
+        }
+        if let before = filter.lastCheckInBefore {
+            query.appendInterpolation(unsafeRaw: " AND (d.last_checkin_ms IS NULL OR d.last_checkin_ms < ")
+            query.appendInterpolation(bind: before)
+            query.appendInterpolation(unsafeRaw: ")")
+        }
+        query.and("d.last_checkin_ms >=", filter.lastCheckInSince)
+        if let current = filter.policyCurrent {
+            query.and(current ? "d.policy_serial =" : "d.policy_serial <>", serial)
+        }
+        return query
+    }
+
     static let fewHostnames = 2000
 
     /// Device counts: total, by state, and checked in since `onlineSince`.

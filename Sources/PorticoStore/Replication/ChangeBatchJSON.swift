@@ -53,11 +53,16 @@ extension ChangeBatch {
     /// Reads a page from JSON bytes.
     /// - Throws: ``StoreError`` naming what is wrong, for input that is not such a page.
     public init(json bytes: [UInt8]) throws {
-        let value = try bytes.withUnsafeBufferPointer { buffer in
-            var parser = JSONParser(bytes: buffer)
-            let value = try parser.value(depth: 0)
-            try parser.end()
-            return value
+        let value: JSONValue
+        do {
+            value = try bytes.withUnsafeBufferPointer { buffer in
+                var parser = JSONParser(bytes: buffer)
+                let value = try parser.value(depth: 0)
+                try parser.end()
+                return value
+            }
+        } catch let error as JSONSyntaxError {
+            throw StoreError.invalid("changes", "is not valid JSON: \(error.problem) at byte \(error.offset)")
         }
         guard case .object(let page) = value else { throw StoreError.invalid("changes", "must be a JSON object") }
         let siteID = try page.text("site_id", in: "changes")
@@ -91,11 +96,13 @@ extension ChangeBatch {
     }
 }
 
-/// A parsed JSON value. Numbers must be integers: nothing in a page is anything else.
+/// A parsed JSON value. A page's numbers are integers; other numbers (only where the parser
+/// is told to take them) are kept as their text.
 enum JSONValue: Equatable {
     case null
     case bool(Bool)
     case integer(Int64)
+    case number(String)
     case string(String)
     case array([JSONValue])
     case object(JSONObject)
@@ -147,16 +154,62 @@ enum JSONWriter {
     }
 }
 
-/// A strict JSON parser over bytes (RFC 8259, integers only), with a depth limit.
+/// Where and why text is not JSON.
+package struct JSONSyntaxError: Error, Sendable, Equatable {
+    package var problem: String
+    /// Bytes from the start.
+    package var offset: Int
+    /// 1-based, counted in lines and in characters of the line.
+    package var line: Int
+    package var column: Int
+
+    /// "line 2, column 7: ..." for people.
+    package var description: String { "line \(line), column \(column): \(problem)" }
+}
+
+/// RFC 8259 syntax, strictly: no trailing commas, comments, single quotes or bare words,
+/// which Foundation's reader lets through.
+package enum JSONSyntax {
+    /// Checks `bytes` as one JSON text; nil when it is one.
+    package static func check(_ bytes: some Collection<UInt8>, maxDepth: Int = 64) -> JSONSyntaxError? {
+        Array(bytes).withUnsafeBufferPointer { buffer in
+            var parser = JSONParser(bytes: buffer, anyNumber: true, maxDepth: maxDepth)
+            do {
+                _ = try parser.value(depth: 0)
+                try parser.end()
+                return nil
+            } catch let error as JSONSyntaxError {
+                return error
+            } catch {
+                return JSONSyntaxError(problem: "\(error)", offset: 0, line: 1, column: 1)
+            }
+        }
+    }
+}
+
+/// A strict JSON parser over bytes (RFC 8259), with a depth limit. Numbers are integers
+/// unless `anyNumber` (then others are checked and kept as text).
 struct JSONParser {
     let bytes: UnsafeBufferPointer<UInt8>
     var index = 0
-    static let maxDepth = 32
+    let anyNumber: Bool
+    let maxDepth: Int
 
-    init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
+    init(bytes: UnsafeBufferPointer<UInt8>, anyNumber: Bool = false, maxDepth: Int = 32) {
+        self.bytes = bytes
+        self.anyNumber = anyNumber
+        self.maxDepth = maxDepth
+    }
 
-    private func fail(_ problem: String) -> StoreError {
-        StoreError.invalid("changes", "is not valid JSON: \(problem) at byte \(index)")
+    private func fail(_ problem: String) -> JSONSyntaxError {
+        var line = 1
+        var lineStart = 0
+        for position in 0..<min(index, bytes.count) where bytes[position] == 0x0A {
+            line += 1
+            lineStart = position + 1
+        }
+        let column = String(decoding: UnsafeBufferPointer(rebasing: bytes[lineStart..<min(index, bytes.count)]), as: UTF8.self).count + 1
+        return JSONSyntaxError(problem: problem, offset: index, line: line, column: column)
     }
 
     mutating func skipSpace() {
@@ -165,13 +218,13 @@ struct JSONParser {
 
     mutating func end() throws {
         skipSpace()
-        guard index == bytes.count else { throw fail("unexpected trailing data") }
+        guard index == bytes.count else { throw fail("more after the end of the value") }
     }
 
     mutating func value(depth: Int) throws -> JSONValue {
-        guard depth < Self.maxDepth else { throw fail("nested too deeply") }
+        guard depth < maxDepth else { throw fail("nested more than \(maxDepth) deep") }
         skipSpace()
-        guard index < bytes.count else { throw fail("unexpected end") }
+        guard index < bytes.count else { throw fail("the text ends too early") }
         switch bytes[index] {
         case UInt8(ascii: "{"):
             index += 1
@@ -180,15 +233,20 @@ struct JSONParser {
             if index < bytes.count, bytes[index] == UInt8(ascii: "}") { index += 1; return .object(object) }
             while true {
                 skipSpace()
-                guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw fail("expected a member name") }
+                guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw fail("expected a member name in double quotes") }
                 let key = try string()
                 skipSpace()
                 guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw fail("expected ':'") }
                 index += 1
                 object.members.append((key, try value(depth: depth + 1)))
                 skipSpace()
-                guard index < bytes.count else { throw fail("unexpected end") }
-                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                guard index < bytes.count else { throw fail("the text ends too early") }
+                if bytes[index] == UInt8(ascii: ",") {
+                    index += 1
+                    skipSpace()
+                    if index < bytes.count, bytes[index] == UInt8(ascii: "}") { throw fail("a comma before '}' (JSON allows no trailing comma)") }
+                    continue
+                }
                 if bytes[index] == UInt8(ascii: "}") { index += 1; return .object(object) }
                 throw fail("expected ',' or '}'")
             }
@@ -200,8 +258,13 @@ struct JSONParser {
             while true {
                 array.append(try value(depth: depth + 1))
                 skipSpace()
-                guard index < bytes.count else { throw fail("unexpected end") }
-                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                guard index < bytes.count else { throw fail("the text ends too early") }
+                if bytes[index] == UInt8(ascii: ",") {
+                    index += 1
+                    skipSpace()
+                    if index < bytes.count, bytes[index] == UInt8(ascii: "]") { throw fail("a comma before ']' (JSON allows no trailing comma)") }
+                    continue
+                }
                 if bytes[index] == UInt8(ascii: "]") { index += 1; return .array(array) }
                 throw fail("expected ',' or ']'")
             }
@@ -211,17 +274,48 @@ struct JSONParser {
         case UInt8(ascii: "t"): try literal("true"); return .bool(true)
         case UInt8(ascii: "f"): try literal("false"); return .bool(false)
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            if anyNumber { return try number() }
             return .integer(try integer())
         default:
-            throw fail("unexpected character")
+            throw fail("unexpected character '\(Character(Unicode.Scalar(bytes[index])))'; a value is a string in double quotes, a number, true, false, null, an object or an array")
         }
     }
 
     private mutating func literal(_ word: String) throws {
         let expected = Array(word.utf8)
-        guard index + expected.count <= bytes.count else { throw fail("unexpected end") }
+        guard index + expected.count <= bytes.count else { throw fail("the text ends too early") }
         for (offset, byte) in expected.enumerated() where bytes[index + offset] != byte { throw fail("unexpected character") }
         index += expected.count
+    }
+
+    /// Any number (RFC 8259 section 6): an integer when it fits, else its text.
+    private mutating func number() throws -> JSONValue {
+        let start = index
+        if bytes[index] == UInt8(ascii: "-") { index += 1 }
+        func digits() -> Int {
+            let from = index
+            while index < bytes.count, bytes[index] >= UInt8(ascii: "0"), bytes[index] <= UInt8(ascii: "9") { index += 1 }
+            return index - from
+        }
+        let integerStart = index
+        let integerDigits = digits()
+        guard integerDigits > 0 else { throw fail("expected digits") }
+        guard integerDigits == 1 || bytes[integerStart] != UInt8(ascii: "0") else { throw fail("a number with a leading zero") }
+        var plain = true
+        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+            index += 1
+            plain = false
+            guard digits() > 0 else { throw fail("expected digits after '.'") }
+        }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+            index += 1
+            plain = false
+            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+            guard digits() > 0 else { throw fail("expected digits in the exponent") }
+        }
+        let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+        if plain, let value = Int64(text) { return .integer(value) }
+        return .number(text)
     }
 
     private mutating func integer() throws -> Int64 {
@@ -294,7 +388,7 @@ struct JSONParser {
             guard index < bytes.count else { throw fail("unterminated string") }
         }
         index += 1  // the closing quote
-        guard let text = String(validating: decoded, as: UTF8.self) else { throw fail("a string is not UTF-8") }
+        guard let text = String(validating: decoded, as: UTF8.self) else { throw fail("a string that is not UTF-8") }
         return text
     }
 

@@ -18,6 +18,10 @@ struct APITokenBody: APIRequestBody {
         if OperatorRole(rawValue: role) == nil { problems.append(.init(field: "role", message: "must be admin, operator or auditor")) }
         let unknown = (scopes ?? []).filter { !APIService.scopes.contains($0) }
         if !unknown.isEmpty { problems.append(.init(field: "scopes", message: "has unknown scopes: \(unknown.joined(separator: ", "))")) }
+        if let role = OperatorRole(rawValue: role) {
+            let beyond = (scopes ?? []).filter { APIService.scopeRoles[$0].map { !$0.contains(role) } ?? false }
+            if !beyond.isEmpty { problems.append(.init(field: "scopes", message: "has scopes the \(role.rawValue) role can never use: \(beyond.joined(separator: ", "))")) }
+        }
         if let expiresInSeconds, !(60...63_072_000).contains(expiresInSeconds) { problems.append(.init(field: "expires_in_seconds", message: "must be from 60 to 63072000 (two years)")) }
         return problems
     }
@@ -26,7 +30,10 @@ struct APITokenBody: APIRequestBody {
 /// API tokens for automation.
 extension APIService {
     func listAPITokens(_ context: APIContext) async throws -> APIReply {
-        try .json(Page(items: try await store.apiTokens().map { APITokenView($0) }, nextCursor: nil))
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        var items: [APITokenView] = []
+        for token in try await store.apiTokens() { items.append(APITokenView(token, state: try await tokenState(token, now: now))) }
+        return try .json(Page(items: items, nextCursor: nil))
     }
 
     /// A token for automation with a role and optional scopes, 90 days unless
@@ -36,19 +43,19 @@ extension APIService {
         guard let role = OperatorRole(rawValue: body.role) else { throw APIProblem.invalid("role", "must be admin, operator or auditor") }
         let created = try await operations.createAPIToken(name: body.name, role: role, scopes: body.scopes ?? [], expiresInSeconds: body.expiresInSeconds ?? 90 * 86_400,
                                                           by: try context.actor)
-        return try .json(APITokenView(created.record, token: created.token), status: .created)
+        return try .json(APITokenView(created.record, state: "usable", token: created.token), status: .created)
     }
 
     func showAPIToken(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
         guard let token = try await store.apiToken(id: id) else { throw APIProblem.notFound("API token \(id)") }
-        return try .json(APITokenView(token))
+        return try .json(APITokenView(token, state: try await tokenState(token, now: Int64(HybridLogicalClock.wallMilliseconds()))))
     }
 
     func revokeAPIToken(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
         try await operations.revokeAPIToken(id: id, by: try context.actor)
         guard let token = try await store.apiToken(id: id) else { throw APIProblem.notFound("API token \(id)") }
-        return try .json(APITokenView(token))
+        return try .json(APITokenView(token, state: "revoked"))
     }
 }
