@@ -47,6 +47,8 @@ let package = Package(
         .systemLibrary(name: "CPorticoOpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // The system's libnghttp2 (libnghttp2-dev), found with pkg-config: the listeners' HTTP/2.
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+        // The system's libcurl (libcurl4-openssl-dev): mail to an SMTP server, for notifications.
+        .systemLibrary(name: "CPorticoCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // The server engine: the core's epoll loops, TLS on the system's OpenSSL, HTTP/1.1 and
         // HTTP/2 (libnghttp2), routing and upstreams: what serves a request once it is configured.
         .target(
@@ -127,6 +129,7 @@ let package = Package(
                 "PorticoServer",
                 "PorticoStore",
                 "PorticoProtocol",
+                "CPorticoCurl",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
@@ -156,6 +159,9 @@ let package = Package(
                 .embedInCode("Console/templates/groups.mustache"),
                 .embedInCode("Console/templates/account.mustache"),
                 .embedInCode("Console/templates/confirm.mustache"),
+                .embedInCode("Console/templates/events.mustache"),
+                .embedInCode("Console/templates/commands.mustache"),
+                .embedInCode("Console/templates/notifications.mustache"),
                 .embedInCode("Console/templates/reports.mustache"),
                 .embedInCode("Console/templates/policies.mustache"),
                 .embedInCode("Console/templates/policy.mustache"),

@@ -52,6 +52,8 @@ public struct ManagerConfiguration: Sendable, Equatable {
     public var peers: [PeerConfiguration] = []
     /// `secrets`: where this manager finds the key that seals the site's secrets in the database.
     public var secrets = SecretsSettings()
+    /// `notifications`: rules' checks, deliveries' retries, and the mail server.
+    public var notifications = Notifier.Configuration()
 
     /// This manager's copy of the peers' certificates the database holds, which its
     /// replication listener trusts besides `listeners.replication.trust`.
@@ -170,8 +172,9 @@ struct ManagerSections: ConfigurationSections {
     var agents = AgentSettings()
     var peers: [PeerConfiguration] = []
     var secrets = SecretsSettings()
+    var notifications = Notifier.Configuration()
 
-    var keys: [String] { ["site", "data_dir", "storage", "agents", "peers", "secrets"] }
+    var keys: [String] { ["site", "data_dir", "storage", "agents", "peers", "secrets", "notifications"] }
 
     func configuration(_ gateway: GatewayConfiguration) -> ManagerConfiguration {
         let base = gateway.sourceFile.map { Paths.directory(of: $0) } ?? Paths.currentDirectory
@@ -184,6 +187,7 @@ struct ManagerSections: ConfigurationSections {
         configuration.agents = agents
         configuration.peers = peers
         configuration.secrets = secrets
+        configuration.notifications = notifications
         configuration.trustPeersFolder()
         return configuration
     }
@@ -203,6 +207,7 @@ struct ManagerSections: ConfigurationSections {
         }
         // A generated certificate is named for the site.
         gateway.identity.commonName = siteName
+        if let section = top["notifications"] { readNotifications(section.value, base: base, reader: &reader) }
         if let dataDir = top["data_dir"], let value = reader.string(dataDir.value, at: "data_dir") {
             dataDirectory = Paths.resolve(value, against: base)
         }
@@ -305,5 +310,63 @@ struct ManagerSections: ConfigurationSections {
             peers.append(PeerConfiguration(name: name, url: url.hasSuffix("/") ? String(url.dropLast()) : url, certificate: Paths.resolve(certificate, against: base), history: history))
             gateway.locations["\(path).certificate"] = reader.location(certificateNode.value)
         }
+    }
+}
+
+extension ManagerSections {
+    /// `notifications`: how often rules are checked, the retries, and the mail server.
+    mutating func readNotifications(_ node: Node, base: String, reader: inout NodeReader) {
+        guard let keys = reader.mapping(node, at: "notifications", keys: ["check_interval", "retry", "attempts", "webhook_timeout", "smtp"]) else { return }
+        for (key, keyPath) in [("check_interval", \Notifier.Configuration.checkInterval), ("retry", \.retryBase), ("webhook_timeout", \.webhookTimeout)] {
+            guard let entry = keys[key], let value = reader.duration(entry.value, at: "notifications.\(key)") else { continue }
+            if value.nanoseconds < 100_000_000 || value.nanoseconds > 86_400_000_000_000 {
+                reader.error("notifications.\(key) must be between 100ms and 24h", at: entry.value)
+            } else {
+                notifications[keyPath: keyPath] = .nanoseconds(value.nanoseconds)
+            }
+        }
+        if let entry = keys["attempts"], let value = reader.int(entry.value, at: "notifications.attempts") {
+            if (1...50).contains(value) { notifications.attempts = value } else { reader.error("notifications.attempts must be between 1 and 50", at: entry.value) }
+        }
+        guard let smtp = keys["smtp"],
+              let settings = reader.mapping(smtp.value, at: "notifications.smtp", keys: ["host", "port", "security", "username", "password_file", "trust", "from"]) else { return }
+        guard let hostEntry = settings["host"], let host = reader.string(hostEntry.value, at: "notifications.smtp.host"), !host.isEmpty else {
+            reader.error("notifications.smtp needs host: the mail server's name or address", at: smtp.value)
+            return
+        }
+        guard let fromEntry = settings["from"], let from = reader.string(fromEntry.value, at: "notifications.smtp.from"), from.contains("@") else {
+            reader.error("notifications.smtp needs from: the address mail is sent from (portico@example.com)", at: smtp.value)
+            return
+        }
+        var mail = SMTPSettings(host: host, from: from)
+        if let entry = settings["security"], let value = reader.string(entry.value, at: "notifications.smtp.security") {
+            if let security = SMTPSettings.Security(rawValue: value) { mail.security = security } else {
+                reader.error("notifications.smtp.security must be starttls, tls or none (none only for a lab's mail sink)", at: entry.value)
+            }
+        }
+        mail.port = mail.security == .tls ? 465 : 587
+        if let entry = settings["port"], let value = reader.int(entry.value, at: "notifications.smtp.port") {
+            if (1...65535).contains(value) { mail.port = value } else { reader.error("notifications.smtp.port must be between 1 and 65535", at: entry.value) }
+        }
+        if let entry = settings["username"], let value = reader.string(entry.value, at: "notifications.smtp.username") { mail.username = value }
+        if let entry = settings["trust"], let value = reader.string(entry.value, at: "notifications.smtp.trust") {
+            let path = Paths.resolve(value, against: base)
+            if FileManager.default.isReadableFile(atPath: path) { mail.trust = path } else { reader.error("notifications.smtp.trust \(path) cannot be read", at: entry.value) }
+        }
+        if let entry = settings["password_file"], let value = reader.string(entry.value, at: "notifications.smtp.password_file") {
+            let path = Paths.resolve(value, against: base)
+            let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int) ?? 0
+            if let text = FileManager.default.contents(atPath: path).map({ String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }) {
+                if mode & 0o077 != 0 {
+                    reader.error("notifications.smtp.password_file \(path) may be read by others (mode \(String(mode, radix: 8))); chmod 600 it", at: entry.value)
+                } else {
+                    mail.password = text
+                }
+            } else {
+                reader.error("notifications.smtp.password_file \(path) cannot be read", at: entry.value)
+            }
+        }
+        if mail.username != nil, mail.password == nil { reader.error("notifications.smtp.username needs password_file", at: smtp.value) }
+        notifications.smtp = mail
     }
 }

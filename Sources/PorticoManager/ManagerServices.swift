@@ -59,6 +59,7 @@ public enum ManagerServices {
         public let rotation: IdentityRotation
         public let history: FleetHistory
         public let links: PeerLinks
+        public let notifier: Notifier
     }
 
     /// - Parameters:
@@ -87,13 +88,15 @@ public enum ManagerServices {
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         registry.register("api", api)
+        let notifier = Notifier(store: store, secrets: vault.key, identityStatus: { identityStatus(prepared) }, configuration: configuration.notifications,
+                                logger: Logger(label: "portico.notifications"))
         let console = try ConsoleService(store: store, agent: agent, api: api, identityStatus: { identityStatus(prepared) }, reportsURL: "/reports", links: links,
-                                         logger: Logger(label: "portico.console"))
+                                         notifier: notifier, logger: Logger(label: "portico.console"))
         registry.register("console", console)
         let consoleListener = prepared.configuration.listeners["console"].flatMap { $0.enabled && $0.tls && $0.port != 0 ? $0 : nil }
         registry.register("reporting", try ReportingService(store: store, api: api, console: console, consolePort: consoleListener?.port, logger: Logger(label: "portico.reporting")))
         registry.register("replication", ReplicationService(store: store, logger: Logger(label: "portico.replication")))
-        return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store), links: links)
+        return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store), links: links, notifier: notifier)
     }
 
     /// The identities loaded from the configured identity files (the ones a rotation replaces).

@@ -79,6 +79,36 @@ import Testing
         #expect(found.contains { $0.message.contains("agents.session_lifetime must be at least 1s") })
     }
 
+    @Test func notificationSettingsAreReadAndChecked() throws {
+        let dir = try TemporaryDirectory()
+        let password = try dir.write("smtp.pass", "s3cret\n")
+        chmod(password, 0o600)
+        let config = try loader.load(yaml: """
+            notifications:
+              check_interval: 10s
+              smtp: {host: mail.example.test, security: tls, username: portico, password_file: smtp.pass, from: portico@example.test}
+            """, file: dir.file("portico.yaml"))
+        let smtp = try #require(config.notifications.smtp)
+        #expect(config.notifications.checkInterval == .seconds(10))
+        #expect(smtp.port == 465 && smtp.security == .tls && smtp.password == "s3cret" && smtp.from == "portico@example.test")
+        // A password file others may read, a wrong security and a missing sender: each at its line.
+        chmod(password, 0o644)
+        let found = problems("""
+            notifications:
+              attempts: 0
+              smtp:
+                host: mail.example.test
+                security: plain
+                password_file: smtp.pass
+                username: portico
+            """, file: dir.file("portico.yaml"))
+        #expect(found.contains { $0.location?.line == 2 && $0.message.contains("notifications.attempts must be between 1 and 50") }, "\(found)")
+        #expect(found.contains { $0.location?.line == 4 && $0.message.contains("needs from") }, "\(found)")
+        let unreadable = problems("notifications:\n  smtp: {host: h, from: a@b.c, security: plain, password_file: smtp.pass}\n", file: dir.file("portico.yaml"))
+        #expect(unreadable.contains { $0.location?.line == 2 && $0.message.contains("security must be starttls, tls or none") }, "\(unreadable)")
+        #expect(unreadable.contains { $0.message.contains("may be read by others") }, "\(unreadable)")
+    }
+
     @Test func unknownKeyIsReportedAtItsLineWithASuggestion() {
         let found = problems("""
             site:

@@ -34,6 +34,8 @@ struct TestManager {
     let links: PeerLinks
     /// The site's agent keys, as the database keeps them.
     let keys: ManagerKeys
+    /// Notification rules; tests run its rounds themselves (``Notifier/tick(now:)``).
+    let notifier: Notifier
 
     static var quiet: Logger {
         var logger = Logger(label: "portico-manager-test")
@@ -48,7 +50,8 @@ struct TestManager {
     ///     is given (its own folder, files and listeners otherwise), as a second `serve` would.
     static func with<T>(configuration: AgentService.Configuration = AgentService.Configuration(), api apiConfiguration: APIService.Configuration = APIService.Configuration(),
                         site: String = "test-site", before: (String) throws -> Void = { _ in }, extraYAML: String = "", linkTiming: PeerLinks.Timing = .fast,
-                        sharing other: TestManager? = nil, _ body: (TestManager) async throws -> T) async throws -> T {
+                        sharing other: TestManager? = nil, notifications: Notifier.Configuration = Notifier.Configuration(),
+                        _ body: (TestManager) async throws -> T) async throws -> T {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("portico-manager-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -102,7 +105,9 @@ struct TestManager {
                               metrics: metrics.registry, logger: quiet)
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
         services.register("api", api)
-        let console = try ConsoleService(store: store, agent: agent, api: api, identityStatus: { ManagerServices.identityStatus(prepared) }, reportsURL: "/reports", links: links, logger: quiet)
+        let notifier = Notifier(store: store, secrets: vault.key, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: notifications, logger: quiet)
+        let console = try ConsoleService(store: store, agent: agent, api: api, identityStatus: { ManagerServices.identityStatus(prepared) }, reportsURL: "/reports", links: links,
+                                         notifier: notifier, logger: quiet)
         services.register("console", console)
         services.register("reporting", try ReportingService(store: store, api: api, console: console, logger: quiet))
         services.register("replication", ReplicationService(store: store, logger: quiet))
@@ -118,7 +123,7 @@ struct TestManager {
             gateway: gateway, store: store, agent: agent, directory: directory, httpsURL: https, plainURL: plain,
             bootstrap: BootstrapFile(site: config.siteName, managerURLs: [https, plain], pinned: PinnedCertificates(pem: [identity.current.certificatePEM], authorities: identity.current.authorityPEMs)),
             identity: identity, api: api, rotation: rotation, apiURL: apiURL, consoleURL: consoleURL, reportingURL: reportingURL,
-            replicationURL: replicationURL, links: links, keys: keys)
+            replicationURL: replicationURL, links: links, keys: keys, notifier: notifier)
         do {
             let result = try await body(manager)
             links.stopPullers()

@@ -75,6 +75,19 @@ extension ConsoleService {
         ConsoleRoute(.POST, "/groups", .permission(.write("groups")), action: "group.create", formPage: { try await $0.groupsPage($1) }) { try await $0.createGroup($1) },
         ConsoleRoute(.POST, "/groups/{id}", .permission(.write("groups")), action: "group.update", formPage: { try await $0.groupsPage($1) }) { try await $0.renameGroup($1) },
         ConsoleRoute(.POST, "/groups/{id}/delete", .permission(.write("groups")), action: "group.delete", formPage: { try await $0.groupsPage($1) }) { try await $0.deleteGroup($1) },
+        // Monitors.
+        ConsoleRoute(.GET, "/events", .permission(.read("events"))) { try await $0.eventsPage($1) },
+        ConsoleRoute(.GET, "/commands", .permission(.read("commands"))) { try await $0.commandsPage($1) },
+        ConsoleRoute(.GET, "/notifications", .permission(.read("notifications"))) { try await $0.notificationsPage($1) },
+        ConsoleRoute(.POST, "/notifications", .permission(.write("notifications")), action: "notification.create", formPage: { try await $0.notificationsPage($1) }) {
+            try await $0.createNotificationRule($1)
+        },
+        ConsoleRoute(.POST, "/notifications/{id}/delete", .permission(.write("notifications")), action: "notification.delete", formPage: { try await $0.notificationsPage($1) }) {
+            try await $0.deleteNotificationRule($1)
+        },
+        ConsoleRoute(.POST, "/notifications/{id}/enabled", .permission(.write("notifications")), action: "notification.enable", formPage: { try await $0.notificationsPage($1) }) {
+            try await $0.enableNotificationRule($1)
+        },
         ConsoleRoute(.GET, "/audit", .permission(.auditing("audit.read"))) { console, call in try await console.audit(call.request, session: call.session) },
         // Policies.
         ConsoleRoute(.GET, "/policies", .permission(.read("policies"))) { try await $0.policiesPage($1) },

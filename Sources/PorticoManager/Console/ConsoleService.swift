@@ -27,6 +27,8 @@ public final class ConsoleService: HTTPService {
     let store: Store
     let api: APIService
     let operations: ManagerOperations
+    /// Notification rules and scheduled reports, when they run on this manager.
+    let notifier: Notifier?
     /// The agents' waits this manager holds, for the dashboard.
     private let push: PushHub?
     let authenticator: OperatorAuthenticator
@@ -40,7 +42,9 @@ public final class ConsoleService: HTTPService {
     /// - Parameter api: the API of the same manager: sign-ins share its lockout policy and
     ///   its per-address limit, so the console is no way around either.
     public init(store: Store, agent: AgentService?, api: APIService, identityStatus: @escaping @Sendable () -> APIService.IdentityStatus?,
-                configuration: Configuration = Configuration(), reportsURL: String? = nil, links: PeerLinks? = nil, logger: Logger = Logger(label: "portico.console")) throws {
+                configuration: Configuration = Configuration(), reportsURL: String? = nil, links: PeerLinks? = nil, notifier: Notifier? = nil,
+                logger: Logger = Logger(label: "portico.console")) throws {
+        self.notifier = notifier
         self.links = links
         self.store = store
         self.api = api
@@ -255,6 +259,7 @@ enum ConsoleTemplates {
         ("audit", PackageResources.audit_mustache), ("report", PackageResources.report_mustache), ("reports", PackageResources.reports_mustache),
         ("policies", PackageResources.policies_mustache), ("policy", PackageResources.policy_mustache), ("tokens", PackageResources.tokens_mustache),
         ("operators", PackageResources.operators_mustache), ("peers", PackageResources.peers_mustache), ("groups", PackageResources.groups_mustache),
-        ("account", PackageResources.account_mustache), ("confirm", PackageResources.confirm_mustache),
+        ("account", PackageResources.account_mustache), ("confirm", PackageResources.confirm_mustache), ("events", PackageResources.events_mustache),
+        ("commands", PackageResources.commands_mustache), ("notifications", PackageResources.notifications_mustache),
     ]
 }

@@ -129,7 +129,7 @@ public final class ReportingService: HTTPService {
                                 session: format == "html" ? session : nil, pages: pages, menu: menu(for: request))
         }
         let report: Report
-        do { report = try await self.report(name, from: query["from"], to: query["to"]) } catch let problem as APIProblem {
+        do { report = try await Reports(store: store).report(name, from: query["from"], to: query["to"]) } catch let problem as APIProblem {
             guard format == "html", let session else { return APIService.response(problem, instance: path) }
             // The page again, with the range form and what was wrong with it.
             return pages.page(.unprocessableEntity, title: entry.title, template: "report",
@@ -167,19 +167,6 @@ public final class ReportingService: HTTPService {
         ("commands", "Command outcomes", "Commands issued, by kind and how they ended.", true),
     ]
 
-    func report(_ name: String, from: String?, to: String?) async throws -> Report {
-        switch name {
-        case "compliance": return try await compliance(from: from, to: to)
-        case "rollout": return try await rollout()
-        case "freshness": return try await freshness()
-        case "events": return try await events(from: from, to: to)
-        default: return try await commandOutcomes(from: from, to: to)
-        }
-    }
-
-    // MARK: - Reports
-
-    /// A report: columns and rows (the CSV and JSON), a summary and a chart (the page).
     /// Columns whose cells are numbers (counts, or percentages with one decimal), given as
     /// numbers in JSON; the rest (days, names, kinds) are text.
     struct Report: Sendable {
@@ -200,71 +187,6 @@ public final class ReportingService: HTTPService {
             let shown = rows.map { row in zip(columns, row).map { $0.hasSuffix("percent") ? $1 + "%" : $1 } }
             return ["title": title, "summary": summary, "chart": chart, "columns": columns, "rows": shown.map { ["cells": $0] }, "csv": csv, "json": json]
         }
-    }
-
-    /// Devices on the current policy serial, per day, from the daily snapshots (today's taken now).
-    func compliance(from: String?, to: String?) async throws -> Report {
-        let now = Int64(HybridLogicalClock.wallMilliseconds())
-        let (start, end) = try Self.range(from: from, to: to, now: now)
-        try await ManagerOperations(store: store, agent: nil).recordFleetSnapshot(try await FleetHistory.summary(store, now: now), at: now)
-        let snapshots = try await store.fleetSnapshots(from: start, to: end)
-        let rows = snapshots.map { snapshot -> [String] in
-            let s = snapshot.summary
-            return [snapshot.day, "\(s.total)", "\(s.compliant)", Self.percent(s.compliant, of: s.total), "\(s.online)", "\(s.stale)", "\(s.policySerial)"]
-        }
-        let latest = snapshots.last?.summary
-        let summary = latest.map { "\($0.compliant) of \($0.total) active devices (\(Self.percent($0.compliant, of: $0.total))%) hold policy serial \($0.policySerial)." }
-            ?? "No snapshots in this range."
-        let chart = Self.barChart(snapshots.map { ($0.day, $0.summary.total == 0 ? 0 : Double($0.summary.compliant) / Double($0.summary.total)) },
-                                  label: "Share of active devices on the current policies, per day", scale: .share)
-        return Report(title: "Compliance", summary: summary, columns: ["day", "devices", "compliant", "compliant_percent", "online", "stale", "policy_serial"],
-                      numeric: ["devices", "compliant", "compliant_percent", "online", "stale", "policy_serial"], rows: rows, chart: chart, from: start, to: end)
-    }
-
-    func rollout() async throws -> Report {
-        let rows = try await store.policyRollout()
-        let chart = Self.barChart(rows.map { ("\($0.policy) v\($0.version)", $0.targeted == 0 ? 0 : Double($0.current) / Double($0.targeted)) },
-                                  label: "Share of targeted devices holding each published policy version", scale: .share)
-        let summary = rows.isEmpty ? "No policy is published." : "\(rows.count) published \(rows.count == 1 ? "policy" : "policies"); \(rows.reduce(0) { $0 + $1.current }) of \(rows.reduce(0) { $0 + $1.targeted }) targeted devices are up to date."
-        return Report(title: "Policy rollout", summary: summary, columns: ["policy", "version", "targeted", "current", "current_percent"],
-                      numeric: ["version", "targeted", "current", "current_percent"],
-                      rows: rows.map { [$0.policy, "\($0.version)", "\($0.targeted)", "\($0.current)", Self.percent($0.current, of: $0.targeted)] }, chart: chart)
-    }
-
-    func freshness() async throws -> Report {
-        let buckets = try await store.checkInFreshness(now: Int64(HybridLogicalClock.wallMilliseconds()))
-        let total = buckets.reduce(0) { $0 + $1.devices }
-        let chart = Self.barChart(buckets.map { ($0.bucket, Double($0.devices)) }, label: "Active devices by time since their last check-in", scale: .count)
-        return Report(title: "Check-in freshness", summary: "\(total) active devices.", columns: ["last_check_in", "devices", "percent"], numeric: ["devices", "percent"],
-                      rows: buckets.map { [$0.bucket, "\($0.devices)", Self.percent($0.devices, of: total)] }, chart: chart)
-    }
-
-    func events(from: String?, to: String?) async throws -> Report {
-        let now = Int64(HybridLogicalClock.wallMilliseconds())
-        let (start, end) = try Self.range(from: from, to: to, now: now)
-        let rows = try await store.eventCountsByDay(since: try Self.milliseconds(start), until: try Self.milliseconds(end) + 86_400_000)
-        var perDay: [(String, Int)] = []
-        for row in rows {
-            if perDay.last?.0 == row.day { perDay[perDay.count - 1].1 += row.events } else { perDay.append((row.day, row.events)) }
-        }
-        let chart = Self.barChart(perDay.map { ($0.0, Double($0.1)) }, label: "Events per day", scale: .count)
-        return Report(title: "Events", summary: "\(rows.reduce(0) { $0 + $1.events }) events from \(start) to \(end).", columns: ["day", "kind", "events"], numeric: ["events"],
-                      rows: rows.map { [$0.day, $0.kind, "\($0.events)"] }, chart: chart, from: start, to: end)
-    }
-
-    func commandOutcomes(from: String?, to: String?) async throws -> Report {
-        let now = Int64(HybridLogicalClock.wallMilliseconds())
-        let (start, end) = try Self.range(from: from, to: to, now: now)
-        let rows = try await store.commandOutcomes(since: try Self.milliseconds(start), until: try Self.milliseconds(end) + 86_400_000)
-        var byKind: [(String, Int, Int)] = []
-        for row in rows {
-            let done = row.state == "acknowledged" ? row.commands : 0
-            if let index = byKind.firstIndex(where: { $0.0 == row.kind }) { byKind[index].1 += row.commands; byKind[index].2 += done } else { byKind.append((row.kind, row.commands, done)) }
-        }
-        let chart = Self.barChart(byKind.map { ($0.0, Double($0.1)) }, label: "Commands issued, by kind", scale: .count)
-        let acknowledged = byKind.reduce(0) { $0 + $1.2 }
-        return Report(title: "Command outcomes", summary: "\(rows.reduce(0) { $0 + $1.commands }) commands issued from \(start) to \(end); \(acknowledged) acknowledged.",
-                      columns: ["kind", "state", "commands"], numeric: ["commands"], rows: rows.map { [$0.kind, $0.state, "\($0.commands)"] }, chart: chart, from: start, to: end)
     }
 
     /// `from` and `to` days, the last 30 days by default.
@@ -357,9 +279,12 @@ public final class ReportingService: HTTPService {
         (report.from.isEmpty ? name : "\(name)-\(report.from)-to-\(report.to)") + "." + suffix
     }
 
+    static func csvText(_ report: Report) -> String {
+        report.rows.reduce(csvLine(report.columns)) { $0 + csvLine($1) }
+    }
+
     static func csv(_ report: Report, name: String) -> GatewayResponse {
-        var text = csvLine(report.columns)
-        for row in report.rows { text += csvLine(row) }
+        let text = csvText(report)
         var headers = ConsolePages.securityHeaders(contentType: "text/csv; charset=utf-8")
         headers.add(name: "content-disposition", value: "attachment; filename=\"\(fileName(report, name: name, suffix: "csv"))\"")
         return GatewayResponse(status: .ok, headers: headers, body: ByteBuffer(string: text))
@@ -382,6 +307,89 @@ public final class ReportingService: HTTPService {
         var headers = ConsolePages.securityHeaders(contentType: "application/json")
         headers.add(name: "content-disposition", value: "inline; filename=\"\(fileName(report, name: name, suffix: "json"))\"")
         return GatewayResponse(status: .ok, headers: headers, body: ByteBuffer(bytes: body))
+    }
+
+}
+
+/// The reports' data, from the store: for the pages, the downloads and scheduled delivery.
+struct Reports: Sendable {
+    let store: Store
+
+    func report(_ name: String, from: String?, to: String?) async throws -> ReportingService.Report {
+        switch name {
+        case "compliance": return try await compliance(from: from, to: to)
+        case "rollout": return try await rollout()
+        case "freshness": return try await freshness()
+        case "events": return try await events(from: from, to: to)
+        default: return try await commandOutcomes(from: from, to: to)
+        }
+    }
+
+
+    /// A report: columns and rows (the CSV and JSON), a summary and a chart (the page).
+    /// Devices on the current policy serial, per day, from the daily snapshots (today's taken now).
+    func compliance(from: String?, to: String?) async throws -> ReportingService.Report {
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        let (start, end) = try ReportingService.range(from: from, to: to, now: now)
+        try await ManagerOperations(store: store, agent: nil).recordFleetSnapshot(try await FleetHistory.summary(store, now: now), at: now)
+        let snapshots = try await store.fleetSnapshots(from: start, to: end)
+        let rows = snapshots.map { snapshot -> [String] in
+            let s = snapshot.summary
+            return [snapshot.day, "\(s.total)", "\(s.compliant)", ReportingService.percent(s.compliant, of: s.total), "\(s.online)", "\(s.stale)", "\(s.policySerial)"]
+        }
+        let latest = snapshots.last?.summary
+        let summary = latest.map { "\($0.compliant) of \($0.total) active devices (\(ReportingService.percent($0.compliant, of: $0.total))%) hold policy serial \($0.policySerial)." }
+            ?? "No snapshots in this range."
+        let chart = ReportingService.barChart(snapshots.map { ($0.day, $0.summary.total == 0 ? 0 : Double($0.summary.compliant) / Double($0.summary.total)) },
+                                  label: "Share of active devices on the current policies, per day", scale: .share)
+        return ReportingService.Report(title: "Compliance", summary: summary, columns: ["day", "devices", "compliant", "compliant_percent", "online", "stale", "policy_serial"],
+                      numeric: ["devices", "compliant", "compliant_percent", "online", "stale", "policy_serial"], rows: rows, chart: chart, from: start, to: end)
+    }
+
+    func rollout() async throws -> ReportingService.Report {
+        let rows = try await store.policyRollout()
+        let chart = ReportingService.barChart(rows.map { ("\($0.policy) v\($0.version)", $0.targeted == 0 ? 0 : Double($0.current) / Double($0.targeted)) },
+                                  label: "Share of targeted devices holding each published policy version", scale: .share)
+        let summary = rows.isEmpty ? "No policy is published." : "\(rows.count) published \(rows.count == 1 ? "policy" : "policies"); \(rows.reduce(0) { $0 + $1.current }) of \(rows.reduce(0) { $0 + $1.targeted }) targeted devices are up to date."
+        return ReportingService.Report(title: "Policy rollout", summary: summary, columns: ["policy", "version", "targeted", "current", "current_percent"],
+                      numeric: ["version", "targeted", "current", "current_percent"],
+                      rows: rows.map { [$0.policy, "\($0.version)", "\($0.targeted)", "\($0.current)", ReportingService.percent($0.current, of: $0.targeted)] }, chart: chart)
+    }
+
+    func freshness() async throws -> ReportingService.Report {
+        let buckets = try await store.checkInFreshness(now: Int64(HybridLogicalClock.wallMilliseconds()))
+        let total = buckets.reduce(0) { $0 + $1.devices }
+        let chart = ReportingService.barChart(buckets.map { ($0.bucket, Double($0.devices)) }, label: "Active devices by time since their last check-in", scale: .count)
+        return ReportingService.Report(title: "Check-in freshness", summary: "\(total) active devices.", columns: ["last_check_in", "devices", "percent"], numeric: ["devices", "percent"],
+                      rows: buckets.map { [$0.bucket, "\($0.devices)", ReportingService.percent($0.devices, of: total)] }, chart: chart)
+    }
+
+    func events(from: String?, to: String?) async throws -> ReportingService.Report {
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        let (start, end) = try ReportingService.range(from: from, to: to, now: now)
+        let rows = try await store.eventCountsByDay(since: try ReportingService.milliseconds(start), until: try ReportingService.milliseconds(end) + 86_400_000)
+        var perDay: [(String, Int)] = []
+        for row in rows {
+            if perDay.last?.0 == row.day { perDay[perDay.count - 1].1 += row.events } else { perDay.append((row.day, row.events)) }
+        }
+        let chart = ReportingService.barChart(perDay.map { ($0.0, Double($0.1)) }, label: "Events per day", scale: .count)
+        return ReportingService.Report(title: "Events", summary: "\(rows.reduce(0) { $0 + $1.events }) events from \(start) to \(end).", columns: ["day", "kind", "events"], numeric: ["events"],
+                      rows: rows.map { [$0.day, $0.kind, "\($0.events)"] }, chart: chart, from: start, to: end)
+    }
+
+    func commandOutcomes(from: String?, to: String?) async throws -> ReportingService.Report {
+        let now = Int64(HybridLogicalClock.wallMilliseconds())
+        let (start, end) = try ReportingService.range(from: from, to: to, now: now)
+        let rows = try await store.commandOutcomes(since: try ReportingService.milliseconds(start), until: try ReportingService.milliseconds(end) + 86_400_000)
+        var byKind: [(String, Int, Int)] = []
+        for row in rows {
+            let done = row.state == "acknowledged" ? row.commands : 0
+            if let index = byKind.firstIndex(where: { $0.0 == row.kind }) { byKind[index].1 += row.commands; byKind[index].2 += done } else { byKind.append((row.kind, row.commands, done)) }
+        }
+        let chart = ReportingService.barChart(byKind.map { ($0.0, Double($0.1)) }, label: "Commands issued, by kind", scale: .count)
+        let acknowledged = byKind.reduce(0) { $0 + $1.2 }
+        return ReportingService.Report(title: "Command outcomes", summary: "\(rows.reduce(0) { $0 + $1.commands }) commands issued from \(start) to \(end); \(acknowledged) acknowledged.",
+                      columns: ["kind", "state", "commands"], numeric: ["commands"], rows: rows.map { [$0.kind, $0.state, "\($0.commands)"] }, chart: chart, from: start, to: end)
     }
 
 }

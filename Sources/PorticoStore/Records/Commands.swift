@@ -61,6 +61,17 @@ extension Store {
         }
     }
 
+    /// How many commands are in each state.
+    public func commandCounts() async throws -> [CommandState: Int] {
+        try await read { db in
+            var counts: [CommandState: Int] = [:]
+            for row in try await db.raw("SELECT state, COUNT(*) AS n FROM commands GROUP BY state").all() {
+                if let state = CommandState(rawValue: try row.decode(column: "state", as: String.self)) { counts[state] = try row.decode(column: "n", as: Int.self) }
+            }
+            return counts
+        }
+    }
+
     /// Commands a device should receive now (pending or delivered but not acknowledged, not
     /// expired), oldest first; they are marked delivered in the same transaction.
     public func takeCommands(forDevice deviceID: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> [CommandRecord] {

@@ -51,12 +51,15 @@ public struct EventFilter: Sendable, Equatable {
     public var since: Int64?
     /// Occurred before.
     public var until: Int64?
+    /// Only from devices in this group.
+    public var groupID: String?
 
-    public init(deviceID: String? = nil, kind: String? = nil, since: Int64? = nil, until: Int64? = nil) {
+    public init(deviceID: String? = nil, kind: String? = nil, since: Int64? = nil, until: Int64? = nil, groupID: String? = nil) {
         self.deviceID = deviceID
         self.kind = kind
         self.since = since
         self.until = until
+        self.groupID = groupID
     }
 }
 
@@ -193,6 +196,11 @@ extension Store {
             query.and("kind =", filter.kind)
             query.and("occurred_ms >=", filter.since)
             query.and("occurred_ms <", filter.until)
+            if let group = filter.groupID {
+                query.appendInterpolation(unsafeRaw: " AND EXISTS (SELECT 1 FROM device_group_members m WHERE m.device_id = events.device_id AND m.group_id = ")
+                query.appendInterpolation(bind: group)
+                query.appendInterpolation(unsafeRaw: ")")
+            }
             if let before {
                 query.appendInterpolation(unsafeRaw: " AND (occurred_ms < "); query.appendInterpolation(bind: before.0)
                 query.appendInterpolation(unsafeRaw: " OR (occurred_ms = "); query.appendInterpolation(bind: before.0)

@@ -222,6 +222,32 @@ enum Migrations {
                 "ALTER TABLE devices ADD COLUMN push_until_ms BIGINT",
             ]
         },
+        Migration(version: 10, name: "notification rules, their deliveries, and scheduled reports") { _ in
+            [
+                // What to watch for and where to say so. A site's own: not replicated to peers.
+                """
+                CREATE TABLE notification_rules (
+                    id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, event_kind TEXT NOT NULL DEFAULT '',
+                    threshold BIGINT NOT NULL DEFAULT 0, window_minutes BIGINT NOT NULL DEFAULT 0, days BIGINT NOT NULL DEFAULT 0,
+                    report TEXT NOT NULL DEFAULT '', webhook_url TEXT NOT NULL DEFAULT '', webhook_secret TEXT NOT NULL DEFAULT '',
+                    email TEXT NOT NULL DEFAULT '', enabled INTEGER NOT NULL DEFAULT 1, created_by TEXT NOT NULL, created_ms BIGINT NOT NULL,
+                    checked_ms BIGINT NOT NULL DEFAULT 0, fired_ms BIGINT NOT NULL DEFAULT 0)
+                """,
+                // What a rule has already told of (a device, a command, a certificate), so it is told once.
+                "CREATE TABLE notification_marks (rule_id TEXT NOT NULL, mark TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (rule_id, mark))",
+                // The outbox: each message to each channel, retried with back-off; claimed by one
+                // manager of the site at a time.
+                """
+                CREATE TABLE notification_deliveries (
+                    id TEXT PRIMARY KEY, rule_id TEXT NOT NULL, rule_name TEXT NOT NULL, channel TEXT NOT NULL, target TEXT NOT NULL,
+                    subject TEXT NOT NULL, body TEXT NOT NULL, content_type TEXT NOT NULL, state TEXT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0,
+                    next_ms BIGINT NOT NULL, claimed_until_ms BIGINT NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+                    created_ms BIGINT NOT NULL, done_ms BIGINT)
+                """,
+                "CREATE INDEX notification_deliveries_due ON notification_deliveries (state, next_ms)",
+                "CREATE INDEX notification_deliveries_created ON notification_deliveries (created_ms)",
+            ]
+        },
     ]
 
     /// The schema version this binary writes.
