@@ -60,6 +60,8 @@ public enum ManagerServices {
         public let history: FleetHistory
         public let links: PeerLinks
         public let notifier: Notifier
+        /// The fleet and the process in `/metrics`, when the gateway keeps metrics.
+        public let fleetMetrics: FleetMetrics?
     }
 
     /// - Parameters:
@@ -96,7 +98,8 @@ public enum ManagerServices {
         let consoleListener = prepared.configuration.listeners["console"].flatMap { $0.enabled && $0.tls && $0.port != 0 ? $0 : nil }
         registry.register("reporting", try ReportingService(store: store, api: api, console: console, consolePort: consoleListener?.port, logger: Logger(label: "portico.reporting")))
         registry.register("replication", ReplicationService(store: store, logger: Logger(label: "portico.replication")))
-        return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store), links: links, notifier: notifier)
+        return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store), links: links, notifier: notifier,
+                       fleetMetrics: metrics.map { FleetMetrics(store: store, metrics: $0) })
     }
 
     /// The identities loaded from the configured identity files (the ones a rotation replaces).

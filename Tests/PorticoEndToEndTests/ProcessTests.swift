@@ -152,11 +152,17 @@ import NIOPosix
 @Suite(.serialized, .timeLimit(.minutes(2))) struct FirstAgentTests {
     @Test func serveTokenBootstrapEnrollRunAndStatus() async throws {
         let dir = try TemporaryDirectory()
-        let config = try ManagerConfigFile.write(in: dir, listeners: [.client: "", .clientPlain: ""],
-                                                 routes: ["{listeners: [client, client_plain], path: /agent/v1/*, service: agent}"])
+        // /metrics behind a bearer token.
+        let metricsToken = "metrics-" + UUID().uuidString.lowercased()
+        let tokenFile = try dir.write("metrics.token", metricsToken + "\n")
+        chmod(tokenFile, 0o600)
+        let config = try ManagerConfigFile.write(in: dir, listeners: [.client: "", .clientPlain: "", .webservices: ""],
+                                                 routes: ["{listeners: [client, client_plain], path: /agent/v1/*, service: agent}"],
+                                                 more: "metrics: {bearer_token_file: metrics.token}")
         let serve = try ServerProcess(["serve", "--config", config])
-        await serve.waitFor("listening", count: 2)
+        await serve.waitFor("listening", count: 3)
         let https = "https://127.0.0.1:\(try #require(serve.boundPort(.client)))"
+        let metricsURL = "https://127.0.0.1:\(try #require(serve.boundPort(.webservices)))/metrics"
 
         let tokenRun = try ServerProcess(["token", "create", "--config", config, "--expires", "1h"])
         #expect(await tokenRun.wait() == 0)
@@ -182,6 +188,19 @@ import NIOPosix
         let again = try ServerProcess(["enroll", "--bootstrap", bootstrap, "--state", dir.file("agent2")], executable: "portico-agent")
         #expect(await again.wait() != 0)
         #expect(again.text.contains("used as often as it allows"))
+
+        // The fleet in /metrics, for whoever holds the token only.
+        let refused = try await Tools.run("curl", ["-sk", "-o", "/dev/null", "-w", "%{http_code}", metricsURL])
+        #expect(refused.output == "401")
+        var scraped = ""
+        try await eventually("the enrolled device is counted in /metrics", within: .seconds(20)) {
+            scraped = try await Tools.run("curl", ["-sk", "-H", "Authorization: Bearer \(metricsToken)", metricsURL]).output
+            return scraped.contains("portico_devices{state=\"active\"} 1")
+        }
+        for series in ["portico_agent_enrollments_total 1", "portico_agent_checkins_total 1", "portico_devices_online 1", "portico_commands{state=\"pending\"} 0",
+                       "portico_build_info{version=", "process_resident_memory_bytes ", "process_open_fds ", "portico_database_size_bytes "] {
+            #expect(scraped.contains(series), "no \(series) in /metrics")
+        }
 
         serve.signal(SIGTERM)
         #expect(await serve.wait() == 0)

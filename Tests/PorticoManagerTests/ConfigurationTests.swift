@@ -109,6 +109,20 @@ import Testing
         #expect(unreadable.contains { $0.message.contains("may be read by others") }, "\(unreadable)")
     }
 
+    @Test func aMetricsTokenFileMustBePrivateAndLongEnough() throws {
+        let dir = try TemporaryDirectory()
+        let short = try dir.write("short.token", "abc\n")
+        chmod(short, 0o600)
+        let open = try dir.write("open.token", String(repeating: "x", count: 32))
+        chmod(open, 0o644)
+        let found = problems("metrics:\n  bearer_token_file: short.token\n", file: dir.file("portico.yaml"))
+        #expect(found.count == 1 && found[0].location?.line == 2 && found[0].message.contains("at least 16 characters"), "\(found)")
+        #expect(problems("metrics: {bearer_token_file: open.token}", file: dir.file("portico.yaml")).first?.message.contains("may be read by others") == true)
+        let good = try dir.write("good.token", String(repeating: "y", count: 32))
+        chmod(good, 0o600)
+        #expect(try loader.load(yaml: "metrics: {bearer_token_file: good.token}", file: dir.file("portico.yaml")).gateway.metricsTokenHash?.count == 32)
+    }
+
     @Test func unknownKeyIsReportedAtItsLineWithASuggestion() {
         let found = problems("""
             site:

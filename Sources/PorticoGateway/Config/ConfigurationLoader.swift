@@ -1,3 +1,5 @@
+import Crypto
+import Foundation
 import NIOCore
 import PorticoServer
 import Yams
@@ -79,7 +81,7 @@ public struct ConfigurationLoader: Sendable {
         return config
     }
 
-    static let topKeys = ["identity", "listeners", "routes", "upstreams", "shutdown", "access_log"]
+    static let topKeys = ["identity", "listeners", "routes", "upstreams", "shutdown", "access_log", "metrics"]
 
     private func read(_ top: [String: (key: Node, value: Node)], into config: inout GatewayConfiguration, reader: inout NodeReader) {
         let base = Paths.directory(of: reader.file)
@@ -99,6 +101,23 @@ public struct ConfigurationLoader: Sendable {
                 } else {
                     reader.error("access_log.format must be text or json, not '\(value)'", at: format.value)
                 }
+            }
+        }
+        if let metrics = top["metrics"], let keys = reader.mapping(metrics.value, at: "metrics", keys: ["bearer_token_file"]),
+           let file = keys["bearer_token_file"], let value = reader.string(file.value, at: "metrics.bearer_token_file") {
+            let path = Paths.resolve(value, against: base)
+            let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int) ?? 0
+            if let bytes = FileManager.default.contents(atPath: path) {
+                let token = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                if mode & 0o077 != 0 {
+                    reader.error("metrics.bearer_token_file \(path) may be read by others (mode \(String(mode, radix: 8))); chmod 600 it", at: file.value)
+                } else if token.utf8.count < 16 {
+                    reader.error("metrics.bearer_token_file \(path) must hold a token of at least 16 characters (openssl rand -hex 32)", at: file.value)
+                } else {
+                    config.metricsTokenHash = Array(SHA256.hash(data: Array(token.utf8)))
+                }
+            } else {
+                reader.error("metrics.bearer_token_file \(path) cannot be read", at: file.value)
             }
         }
         if let identity = top["identity"] {

@@ -1,3 +1,4 @@
+import Crypto
 import NIOCore
 import NIOHTTP1
 import PorticoServer
@@ -13,7 +14,8 @@ public enum BuiltinServices {
         return routes
     }
 
-    static func endpoint(named name: String, metrics: GatewayMetrics, readiness: ReadinessFlag) -> Endpoint? {
+    /// - Parameter metricsTokenHash: the SHA-256 of the bearer token `/metrics` requires, if any.
+    static func endpoint(named name: String, metrics: GatewayMetrics, readiness: ReadinessFlag, metricsTokenHash: [UInt8]? = nil) -> Endpoint? {
         switch name {
         case "health":
             return .fixed(FixedResponse(GatewayResponse(status: .ok, contentType: "text/plain; charset=utf-8", body: "ok\n")))
@@ -36,13 +38,27 @@ public enum BuiltinServices {
                 return GatewayResponse(status: ready ? .ok : .serviceUnavailable, headers: headers, body: body)
             }
         case "metrics":
-            return .immediate { _ in
-                GatewayResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"], body: ByteBuffer(bytes: metrics.emit()))
+            return .immediate { request in
+                if let expected = metricsTokenHash, !presents(request, tokenHashed: expected) {
+                    return GatewayResponse(status: .unauthorized, headers: ["content-type": "text/plain; charset=utf-8", "www-authenticate": "Bearer realm=\"metrics\""],
+                                           body: ByteBuffer(string: "send Authorization: Bearer <the token of metrics.bearer_token_file>\n"))
+                }
+                return GatewayResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"], body: ByteBuffer(bytes: metrics.emit()))
             }
         default:
             return nil
         }
     }
+}
+
+/// Whether the request's bearer token hashes to `expected`, compared in constant time.
+private func presents(_ request: GatewayRequest, tokenHashed expected: [UInt8]) -> Bool {
+    guard let header = request.headers.first(name: "authorization"), header.count > 7, header.prefix(7).lowercased() == "bearer " else { return false }
+    let hash = Array(SHA256.hash(data: Array(header.dropFirst(7).trimmingCharacters(in: .whitespaces).utf8)))
+    guard hash.count == expected.count else { return false }
+    var difference: UInt8 = 0
+    for index in hash.indices { difference |= hash[index] ^ expected[index] }
+    return difference == 0
 }
 
 /// Services a program built on the gateway adds, by the name routes use.

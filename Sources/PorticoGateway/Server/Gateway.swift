@@ -414,7 +414,7 @@ public actor Gateway: Service {
     private func endpoint(for target: RouteTarget) -> Endpoint? {
         switch target {
         case .service(let name):
-            return BuiltinServices.endpoint(named: name, metrics: metrics, readiness: readiness)
+            return BuiltinServices.endpoint(named: name, metrics: metrics, readiness: readiness, metricsTokenHash: prepared.configuration.metricsTokenHash)
         case .upstream(let name):
             return pools[name].map { .upstream($0) }
         }

@@ -58,6 +58,8 @@ public final class AgentService: HTTPService {
     private let operations: ManagerOperations
     /// The waits this manager holds (push).
     public let push: PushHub
+    /// What agents did through this manager, for `/metrics`.
+    private let counters: (checkIns: Counter?, enrollments: Counter?, events: Counter?)
 
     /// - Parameters:
     ///   - identity: the manager's current identity (certificate and signing key).
@@ -74,6 +76,9 @@ public final class AgentService: HTTPService {
         self.operations = ManagerOperations(store: store, agent: nil)
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds))
         self.push = PushHub(wakes: store.wakes, wakeRate: configuration.pushWakeRate, metrics: metrics)
+        self.counters = (metrics?.makeCounter(descriptor: .portico("agent_checkins", unit: "total", help: "Check-ins (and waits) this manager answered")),
+                         metrics?.makeCounter(descriptor: .portico("agent_enrollments", unit: "total", help: "Devices enrolled through this manager")),
+                         metrics?.makeCounter(descriptor: .portico("agent_events", unit: "total", help: "Events agents reported to this manager, stored")))
         if configuration.pushEnabled {
             // Other managers sharing a PostgreSQL database wake the waits held here too.
             Task { [store] in await store.listenForChanges() }
@@ -222,6 +227,7 @@ public final class AgentService: HTTPService {
             let device = DeviceRecord(id: deviceID, signingKey: signingKeyBytes, agreementKey: agreementKeyBytes, hostname: enrollment.hostname, os: enrollment.os)
             try await operations.enrollDevice(device, group: groupID, source: request.clientAddress?.ipAddress ?? "-")
             logger.info("device enrolled", metadata: ["device": "\(deviceID)", "hostname": "\(enrollment.hostname)"])
+            counters.enrollments?.increment()
         }
         let siteKeyBytes = keys.siteKey.withUnsafeBytes { Array($0) }
         var response = EnrollResponse(
@@ -329,6 +335,7 @@ public final class AgentService: HTTPService {
                 CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints), advancing: advance)
             taken = true
             guard let (serial, commands) = outcome else { throw ProtocolError(.unknownDevice, "the device no longer exists") }
+            counters.checkIns?.increment()
             return .checkIn(checkInReply(to: checkIn, serial: serial, commands: commands))
         case .wait(let checkIn):
             guard configuration.pushEnabled else { throw ProtocolError(.malformed, "this manager does not hold waits (push is off); check in at the interval") }
@@ -349,6 +356,7 @@ public final class AgentService: HTTPService {
                 push.cancel(ticket)
                 throw ProtocolError(.unknownDevice, "the device no longer exists")
             }
+            counters.checkIns?.increment()
             if !commands.isEmpty || serial != checkIn.policySerial || hasCertificateToPin(checkIn) {
                 push.cancel(ticket)
                 return .checkIn(checkInReply(to: checkIn, serial: serial, commands: commands))
@@ -389,6 +397,7 @@ public final class AgentService: HTTPService {
             try await operations.ingestEvents(events.map { EventRecord(deviceID: deviceID, eventID: $0.id, kind: $0.kind, occurredMilliseconds: $0.occurredMilliseconds, body: $0.body) },
                                               advancing: advance)
             taken = true
+            counters.events?.increment(by: Int64(events.count))
             // Durable now, new or seen before: every id is acknowledged.
             return .eventsAccepted(events.map(\.id))
         case .commandResult(let result):

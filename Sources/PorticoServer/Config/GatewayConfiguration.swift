@@ -21,6 +21,9 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// `access_log`: where the listeners that log (`listeners.<name>.access_log`) write one
     /// line per request, and in which format.
     public var accessLog = AccessLogConfiguration()
+    /// `metrics.bearer_token_file`: the SHA-256 of the token `/metrics` then requires
+    /// (`Authorization: Bearer <token>`); nil serves it to anyone who reaches the listener.
+    public var metricsTokenHash: [UInt8]?
     /// The file this configuration was read from, if any.
     public var sourceFile: String?
     /// Where keys were written (`identity.certificate`, `listeners.client.port`, ...), for messages

@@ -11,6 +11,13 @@ public final class GatewayMetrics: Sendable {
     package let configReloadsOK: Counter
     package let configReloadsFailed: Counter
     private let identityGauges: NIOLockedValueBox<[String: (expiry: Gauge, ok: Counter, failed: Counter, lastFailed: Gauge)]>
+    /// Run before each scrape, to bring series that are read rather than counted up to date.
+    private let scrapeHooks = NIOLockedValueBox<[@Sendable () -> Void]>([])
+
+    /// Runs `hook` before each scrape of `/metrics` (it must not block).
+    public func beforeScrape(_ hook: @escaping @Sendable () -> Void) {
+        scrapeHooks.withLockedValue { $0.append(hook) }
+    }
 
     /// - Parameter listeners: listeners whose series exist from the start, at zero (others
     ///   get theirs when they first listen).
@@ -34,6 +41,7 @@ public final class GatewayMetrics: Sendable {
     /// Every series in the Prometheus text format: the registry's, then the request
     /// counts and durations, which are kept per event loop outside it (``RequestStats``).
     public func emit() -> [UInt8] {
+        for hook in scrapeHooks.withLockedValue({ $0 }) { hook() }
         var bytes = registry.emitToBuffer()
         var text = ""
         RequestStats.emit(perListener.withLockedValue { $0.map(\.metrics.requests) }, into: &text)

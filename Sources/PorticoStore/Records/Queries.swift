@@ -173,6 +173,19 @@ extension Store {
     static let fewHostnames = 2000
 
     /// Device counts: total, by state, and checked in since `onlineSince`.
+    /// The database's size on disk, in bytes.
+    public func databaseBytes() async throws -> Int64 {
+        let dialect = self.dialect
+        return try await read { db in
+            if dialect == .postgres {
+                return try await db.raw("SELECT pg_database_size(current_database()) AS n").first()?.decode(column: "n", as: Int64.self) ?? 0
+            }
+            let pages = try await db.raw("PRAGMA page_count").first()?.decode(column: "page_count", as: Int64.self) ?? 0
+            let size = try await db.raw("PRAGMA page_size").first()?.decode(column: "page_size", as: Int64.self) ?? 0
+            return pages * size
+        }
+    }
+
     public func deviceCounts(onlineSince: Int64) async throws -> (total: Int, online: Int, byState: [DeviceState: Int]) {
         try await read { db in
             var byState: [DeviceState: Int] = [:]
