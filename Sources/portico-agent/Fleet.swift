@@ -418,6 +418,9 @@ final class FleetAPI: Sendable {
     private let client: HTTPClient
     private let name: String
     private let password: String
+    /// The access token of the first sign-in, kept for the run's later calls: a sign-in is
+    /// a password hash on the manager, slow on purpose.
+    private let token = NIOLockedValueBox<String?>(nil)
 
     init(url: String, pinned: PinnedCertificates, name: String, password: String) throws {
         self.base = url.hasSuffix("/") ? String(url.dropLast()) : url
@@ -441,10 +444,12 @@ final class FleetAPI: Sendable {
     }
 
     private func signIn() async throws -> String {
-        guard let token = try await call(.POST, "/auth/login", token: nil, body: ["name": name, "password": password])["access_token"] as? String else {
+        if let kept = token.withLockedValue({ $0 }) { return kept }
+        guard let made = try await call(.POST, "/auth/login", token: nil, body: ["name": name, "password": password])["access_token"] as? String else {
             throw FleetError.io("the API's sign-in gave no access token")
         }
-        return token
+        token.withLockedValue { $0 = made }
+        return made
     }
 
     func publishPolicy(named policyName: String) async throws {

@@ -9,7 +9,7 @@ struct PorticoAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portico-agent",
         abstract: "Reference Portico agent, and a load simulator of many agents.",
-        subcommands: [Enroll.self, Run.self, Status.self, Simulate.self, Fleet.self, Hold.self])
+        subcommands: [Enroll.self, Run.self, Report.self, Status.self, Simulate.self, Fleet.self, Hold.self])
 }
 
 struct Enroll: AsyncParsableCommand {
@@ -113,6 +113,33 @@ struct Run: AsyncParsableCommand {
                 let delay = min(600.0, pow(2.0, Double(min(failures, 10)))) * Double.random(in: 0.5...1.0)
                 try await Task.sleep(for: .seconds(delay))
             }
+        }
+        await client.shutdown()
+    }
+}
+
+struct Report: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Report an event to the manager, as the agent's own detections do.",
+        discussion: "Sent sealed in the agent's session, and stored once: a repeated id is acknowledged, not stored again.")
+    @Option(help: "The agent's state folder.") var state: String
+    @Option(help: "The event's kind, such as malware.detected.") var kind: String
+    @Option(help: "The event's details, a JSON object.") var body = "{}"
+    @Option(help: "How many such events to report (1 to 1000).") var count = 1
+
+    func run() async throws {
+        guard (1...1000).contains(count) else { throw ValidationError("--count must be from 1 to 1000") }
+        let client = AgentClient(state: try AgentState.load(from: state))
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let base = UUID().uuidString.lowercased()
+        do {
+            let accepted = try await client.report((0..<count).map { AgentEvent(id: "\(base)-\($0)", kind: kind, occurredMilliseconds: now, body: body) })
+            try await client.state.save(to: state)
+            emit("reported \(accepted.count) event\(accepted.count == 1 ? "" : "s")")
+        } catch {
+            emit("report failed: \(error)")
+            await client.shutdown()
+            throw ExitCode(1)
         }
         await client.shutdown()
     }

@@ -1,6 +1,6 @@
 import Foundation
 import PorticoGateway
-import PorticoManager
+@testable import PorticoManager
 import PorticoServer
 import PorticoTestSupport
 import Testing
@@ -28,7 +28,8 @@ import Testing
     static let usable = chromium != nil && chromedriver != nil && python != nil
     static let required = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
 
-    @Test(.enabled(if: usable || required, "needs chromium and chromium-driver (apt-get install chromium chromium-driver) and Selenium for python3 on PATH (pip install selenium)"))
+    @Test(.enabled(if: (usable && MailSink.usable) || required,
+                   "needs chromium and chromium-driver (apt-get install chromium chromium-driver), and Selenium and aiosmtpd for python3 on PATH (pip install selenium aiosmtpd)"))
     func anOperatorLocksADeviceFromTheConsoleInChromium() async throws {
         let chromium = try #require(Self.chromium, "chromium is not installed")
         let chromedriver = try #require(Self.chromedriver, "chromium-driver is not installed")
@@ -36,11 +37,15 @@ import Testing
         let portico = try #require(ServerProcess.executable(named: "portico"))
         let agent = try #require(ServerProcess.executable(named: "portico-agent"))
         let dir = try TemporaryDirectory()
+        // Where notifications go: a webhook that records what it is sent, and a mail server.
+        let hook = try await WebhookReceiver.start()
+        let sink = try await MailSink(directory: dir.path)
+        defer { sink.stop() }
         let config = try ManagerConfigFile.write(in: dir, listeners: [.client: "", .console: ""], routes: [
             "{listeners: [client], path: /agent/v1/*, service: agent}",
             "{listener: console, path: /*, service: console}",
             "{listener: console, path: /reports/*, service: reporting}",
-        ])
+        ], more: "notifications: {check_interval: 200ms, retry: 1s, smtp: {host: 127.0.0.1, port: \(sink.port), security: none, from: portico@example.test}}")
         let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ada", "--role", "admin"], input: "correct horse battery\n")
         #expect(admin.status == 0, "\(admin.output)")
         let serve = try ServerProcess(["serve", "--config", config])
@@ -62,18 +67,29 @@ import Testing
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("browser/console_flow.py").path
         let flow = try await Tools.run("/usr/bin/env", [
             "CONSOLE=https://127.0.0.1:\(console)", "NAME=ada", "PASSWORD=correct horse battery", "DEVICE=\(device)",
-            "AGENT_RUN=\(agent) run --state \(dir.file("agent")) --once", "SCREENSHOTS=\(shots)", "CHROMIUM=\(chromium)", "CHROMEDRIVER=\(chromedriver)",
+            "AGENT_RUN=\(agent) run --state \(dir.file("agent")) --once", "AGENT_REPORT=\(agent) report --state \(dir.file("agent")) --kind malware.detected --count 3",
+            "WEBHOOK=\(hook.url)", "SCREENSHOTS=\(shots)", "CHROMIUM=\(chromium)", "CHROMEDRIVER=\(chromedriver)",
             python, script,
         ])
         #expect(flow.status == 0, "the browser flow failed:\n\(flow.output)")
-        for name in ["dashboard.png", "compliance-report.png"] {
+        // What the webhook was sent: the rule's JSON, signed with the key the page showed, and the report's CSV.
+        let secret = try String(contentsOfFile: shots + "/webhook-secret.txt", encoding: .utf8)
+        let json = try #require(hook.requests.first { $0.headers["content-type"] == "application/json" })
+        let timestamp = try #require(json.headers["x-portico-timestamp"])
+        #expect(json.headers["x-portico-signature"] == Notifier.signature(secret: Array(secret.utf8), timestamp: timestamp, body: json.body))
+        #expect(json.text.contains("\"rule\":\"Malware burst\""))
+        #expect(hook.requests.contains { $0.headers["content-type"] == "text/csv; charset=utf-8" && $0.text.hasPrefix("day,devices,compliant") })
+        #expect(sink.messages.contains { $0.contains("To: soc@example.test") && $0.contains("Malware burst") })
+        await hook.stop()
+        let screenshots = ["dashboard.png", "compliance-report.png", "devices.png", "notifications.png"]
+        for name in screenshots {
             let png = FileManager.default.contents(atPath: shots + "/" + name) ?? Data()
             #expect(png.starts(with: [0x89, 0x50, 0x4E, 0x47]) && png.count > 5_000, "\(name) is not a screenshot")
         }
         // Kept for review where CI collects artifacts.
         if let keep = ProcessInfo.processInfo.environment["PORTICO_SCREENSHOTS"] {
             try? FileManager.default.createDirectory(atPath: keep, withIntermediateDirectories: true)
-            for name in ["dashboard.png", "compliance-report.png"] {
+            for name in screenshots {
                 try? FileManager.default.removeItem(atPath: keep + "/" + name)
                 try? FileManager.default.copyItem(atPath: shots + "/" + name, toPath: keep + "/" + name)
             }

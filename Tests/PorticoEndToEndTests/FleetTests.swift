@@ -45,7 +45,7 @@ import Testing
 
         // Long enough for the locks to be carried out at the agents' next check-ins even when
         // the sign-in before them is slow (the whole suite running at once).
-        let fleet = try await Tools.run(agent, ["fleet", "--bootstrap", bootstrap, "--agents", "12", "--interval", "1", "--duration", "15", "--sources", "4",
+        let fleet = try await Tools.run(agent, ["fleet", "--bootstrap", bootstrap, "--agents", "12", "--interval", "1", "--duration", "20", "--sources", "4",
                                                 "--concurrency", "8", "--api", try #require(api), "--operator-name", "ops", "--publish-at", "1", "--lock-at", "1",
                                                 "--locks", "5", "--event-share", "0.5"], input: "fleet password 1234\n")
         #expect(fleet.status == 0, "\(fleet.output)")

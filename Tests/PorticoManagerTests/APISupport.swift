@@ -56,9 +56,11 @@ struct APICaller {
 }
 
 extension TestManager {
-    /// An operator account with a known password.
+    /// An operator account with a known password, hashed with scrypt at a lower cost than the
+    /// manager's (the hash names its cost, so sign-ins verify it as any other): the suite
+    /// makes many accounts at once.
     func makeOperator(_ name: String, role: OperatorRole, password: String = "correct horse battery") async throws {
-        try await store.createOperator(OperatorRecord(name: name, passwordHash: try await PasswordHasher.hash(password), role: role))
+        try await store.createOperator(OperatorRecord(name: name, passwordHash: try await PasswordHasher.hash(password, logRounds: 10), role: role))
     }
 
     /// A signed-in session made directly in the store (no password hashing), as login makes it.

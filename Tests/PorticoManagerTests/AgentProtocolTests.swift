@@ -292,8 +292,8 @@ import X509
         var configuration = AgentService.Configuration()
         configuration.lockAfterFailures = 3
         try await TestManager.with(configuration: configuration) { manager in
-            try await manager.store.createOperator(OperatorRecord(name: "olive", passwordHash: try await PasswordHasher.hash("correct horse"), role: .operator))
-            try await manager.store.createOperator(OperatorRecord(name: "audrey", passwordHash: try await PasswordHasher.hash("battery staple"), role: .auditor))
+            try await manager.store.createOperator(OperatorRecord(name: "olive", passwordHash: try await PasswordHasher.hash("correct horse", logRounds: 10), role: .operator))
+            try await manager.store.createOperator(OperatorRecord(name: "audrey", passwordHash: try await PasswordHasher.hash("battery staple", logRounds: 10), role: .auditor))
 
             let state = try await AgentClient.enroll(bootstrap: manager.bootstrap, credential: .operator(name: "olive", password: "correct horse"), hostname: "desk", os: "linux", managerURL: manager.plainURL)
             #expect(try await manager.store.device(id: state.deviceID) != nil)

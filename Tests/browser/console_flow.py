@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Drives the console in headless Chromium (Debian's chromium and chromedriver, Selenium from
-PyPI) through an operator's round trip: sign in, find the enrolled agent, lock it from its
-page, see the agent acknowledge the lock, find the audit entry, open the compliance report.
-Screenshots of the dashboard and the report go to SCREENSHOTS. Every step asserts; any
-failure exits non-zero with the reason.
+PyPI) through an operator's day: sign in, find the enrolled agent, lock it from its page, see
+the agent acknowledge the lock, find the audit entry, open the compliance report; make a
+group, move the device into it, lock the group's devices in bulk from the devices table; make
+a notification rule (to a webhook and by mail) and a scheduled report, have the agent report
+events, and see both delivered in the log. Screenshots go to SCREENSHOTS. Every step asserts;
+any failure exits non-zero with the reason.
 
 Environment: CONSOLE (https://host:port), NAME, PASSWORD, DEVICE (the agent's device id),
-AGENT_RUN (a command line that makes the agent check in once), SCREENSHOTS (a folder),
-CHROMIUM and CHROMEDRIVER (paths).
+AGENT_RUN (a command line that makes the agent check in once), AGENT_REPORT (one that makes
+it report three malware.detected events), WEBHOOK (a URL that records what it is sent),
+SCREENSHOTS (a folder; the webhook's signing key is written there too), CHROMIUM and
+CHROMEDRIVER (paths).
 """
 import os
 import shlex
@@ -18,7 +22,7 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 
 def check(condition, message):
@@ -63,7 +67,7 @@ for argument in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-d
 browser = webdriver.Chrome(service=Service(executable_path=os.environ["CHROMEDRIVER"]), options=options)
 try:
     browser.get(console + "/")
-    check(browser.current_url.endswith("/login"), "an anonymous visit lands on the sign-in page")
+    check("/login" in browser.current_url, "an anonymous visit lands on the sign-in page")
     browser.find_element(By.NAME, "name").send_keys(os.environ["NAME"])
     browser.find_element(By.NAME, "password").send_keys(os.environ["PASSWORD"])
     navigate(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click)
@@ -98,5 +102,63 @@ try:
     check(browser.find_element(By.TAG_NAME, "h1").text == "Compliance", "the compliance report opens")
     check(len(browser.find_elements(By.CSS_SELECTOR, "svg rect.bar")) >= 1, "the report has its chart")
     browser.save_screenshot(os.path.join(shots, "compliance-report.png"))
+
+    # A group, and the device moved into it from its page.
+    browser.get(console + "/groups")
+    browser.find_element(By.ID, "group-name").send_keys("Laptops")
+    navigate(browser, browser.find_element(By.ID, "create-group").click)
+    names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#groups .group-name")]
+    check(names == ["Laptops"], "the group is made (%s)" % names)
+    browser.get(console + "/devices/" + device)
+    Select(browser.find_element(By.ID, "move-group")).select_by_visible_text("Laptops")
+    navigate(browser, browser.find_element(By.ID, "move").click)
+    check(browser.find_element(By.ID, "device-groups").text == "Laptops", "the device is in the group")
+
+    # The devices table filtered by the group; its devices locked in one go, after a confirmation.
+    browser.get(console + "/devices")
+    Select(browser.find_element(By.NAME, "group")).select_by_visible_text("Laptops")
+    navigate(browser, browser.find_element(By.ID, "filter").click)
+    check(browser.find_element(By.ID, "device-count").text == "1", "the filter finds the group's device")
+    browser.find_element(By.CSS_SELECTOR, "input[name='device'][value='%s']" % device).click()
+    Select(browser.find_element(By.ID, "bulk-action")).select_by_value("lock")
+    navigate(browser, browser.find_element(By.ID, "bulk-apply").click)
+    heading = browser.find_element(By.TAG_NAME, "h1").text
+    check(heading == "Lock 1 device?", "the bulk action asks to confirm, naming the count (%s)" % heading)
+    navigate(browser, browser.find_element(By.ID, "confirm").click)
+    check("Lock queued for 1 device." in browser.page_source, "the bulk lock is queued")
+    browser.save_screenshot(os.path.join(shots, "devices.png"))
+
+    # A notification rule to the webhook and by mail, and a scheduled report to the webhook.
+    browser.get(console + "/notifications")
+    browser.find_element(By.ID, "rule-name").send_keys("Malware burst")
+    Select(browser.find_element(By.ID, "rule-kind")).select_by_value("events")
+    browser.find_element(By.ID, "rule-event-kind").send_keys("malware.detected")
+    browser.find_element(By.ID, "rule-threshold").send_keys("2")
+    browser.find_element(By.ID, "rule-window").send_keys("60")
+    browser.find_element(By.ID, "rule-webhook").send_keys(os.environ["WEBHOOK"])
+    browser.find_element(By.ID, "rule-email").send_keys("soc@example.test")
+    navigate(browser, browser.find_element(By.ID, "create-rule").click)
+    secret = browser.find_element(By.ID, "webhook-secret").text
+    check(secret.startswith("whsec_"), "the webhook's signing key is shown once")
+    with open(os.path.join(shots, "webhook-secret.txt"), "w") as out:
+        out.write(secret)
+    browser.find_element(By.ID, "schedule-name").send_keys("Daily compliance")
+    Select(browser.find_element(By.ID, "schedule-report")).select_by_value("compliance")
+    browser.find_element(By.ID, "schedule-webhook").send_keys(os.environ["WEBHOOK"])
+    navigate(browser, browser.find_element(By.ID, "create-schedule").click)
+    rules = browser.find_element(By.ID, "rules").text
+    check("Malware burst" in rules and "Daily compliance" in rules, "both rules are listed")
+
+    # The agent reports a burst; the rule fires, and the log shows every delivery made.
+    subprocess.run(shlex.split(os.environ["AGENT_REPORT"]), check=True, capture_output=True)
+
+    def delivered(_):
+        browser.get(console + "/notifications")
+        states = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#deliveries .delivery-state")]
+        return len([s for s in states if s.startswith("delivered")]) >= 3
+
+    WebDriverWait(browser, 60, poll_frequency=0.5).until(delivered)
+    check(True, "the rule's webhook and mail, and the scheduled report, are delivered")
+    browser.save_screenshot(os.path.join(shots, "notifications.png"))
 finally:
     browser.quit()

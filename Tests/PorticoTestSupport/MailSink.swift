@@ -1,0 +1,67 @@
+import Foundation
+import Testing
+
+/// A local SMTP server that keeps each message in a maildir: Python's aiosmtpd.
+public final class MailSink {
+    public static let python: String? = {
+        guard let python = Tools.path(of: "python3") else { return nil }
+        let check = Process()
+        check.executableURL = URL(fileURLWithPath: python)
+        check.arguments = ["-c", "import aiosmtpd"]
+        check.standardError = FileHandle.nullDevice
+        guard (try? check.run()) != nil else { return nil }
+        check.waitUntilExit()
+        return check.terminationStatus == 0 ? python : nil
+    }()
+    public static let usable = python != nil
+    public static let required = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
+
+    let process: Process
+    public let port: Int
+    public let maildir: String
+
+    public init(directory: String) async throws {
+        let python = try #require(Self.python, "python3 on PATH has no aiosmtpd (pip install aiosmtpd)")
+        maildir = directory + "/maildir"
+        // A free port: bound and released, then given to the sink.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
+        port = Int(UInt16(bigEndian: address.sin_port))
+        close(probe)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = ["-m", "aiosmtpd", "-n", "-l", "127.0.0.1:\(port)", "-c", "aiosmtpd.handlers.Mailbox", maildir]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let port = self.port
+        try await eventually("the SMTP sink listens on \(port)", within: .seconds(20)) {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var target = sockaddr_in()
+            target.sin_family = sa_family_t(AF_INET)
+            target.sin_port = UInt16(port).bigEndian
+            target.sin_addr.s_addr = inet_addr("127.0.0.1")
+            return withUnsafePointer(to: &target) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+        }
+    }
+
+    /// The messages received so far.
+    public var messages: [String] {
+        let folder = maildir + "/new"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return names.sorted().compactMap { FileManager.default.contents(atPath: folder + "/" + $0).map { String(decoding: $0, as: UTF8.self) } }
+    }
+
+    public func stop() {
+        // aiosmtpd's loop does not end on SIGTERM.
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+}
+
