@@ -134,9 +134,10 @@ struct TLSFreeConnection {
             // Connect and send nothing: no ClientHello.
             let silent = try await RawTCP.connect(port: try await gw.port(.console))
             #expect(await silent.responseUntilClose().isEmpty)
-            // Half a ClientHello.
+            // Half a ClientHello. On a loaded machine the header timeout may close the
+            // connection before these bytes leave; closed it is, all the same.
             let partial = try await RawTCP.connect(port: try await gw.port(.console))
-            try await partial.send([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            try? await partial.send([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
             #expect(await partial.responseUntilClose().isEmpty)
         }
     }
