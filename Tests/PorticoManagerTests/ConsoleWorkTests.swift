@@ -156,6 +156,9 @@ import Testing
                 let seen = try await browser.get("/devices?seen=1h")
                 #expect(Self.text(of: "device-count", in: seen.html) == "1" && seen.html.contains(">charlie</a>"))
                 #expect(Self.text(of: "device-count", in: try await browser.get("/devices?policy=behind").html) == "4")
+                // The OS filter offers the systems devices report.
+                let byOS = try await browser.get("/devices?os=linux")
+                #expect(byOS.html.contains("<option value=\"linux\" selected>linux</option>") && Self.text(of: "device-count", in: byOS.html) == "4")
 
                 // Lock the group's devices: a confirmation naming the count first, then the commands.
                 let csrf = try #require(kiosks.csrf)

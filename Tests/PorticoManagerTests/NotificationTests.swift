@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import PorticoGateway
 @testable import PorticoManager
 import PorticoStore
 import PorticoTestSupport
@@ -82,6 +83,37 @@ import Testing
             }
         }
         await hook.stop()
+    }
+
+    @Test(.enabled(if: MailSink.usable || MailSink.required, "needs aiosmtpd for python3 on PATH (pip install aiosmtpd)"))
+    func mailGoesOverSTARTTLSToAVerifiedServerOrNotAtAll() async throws {
+        let dir = try TemporaryDirectory()
+        let made = try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "mail.test")
+        let certificate = try dir.write("mail.crt", made.certificatePEM)
+        let key = try dir.write("mail.key", made.privateKeyPEM)
+        for folder in ["tls", "plain"] { try FileManager.default.createDirectory(atPath: dir.file(folder), withIntermediateDirectories: true) }
+        let tls = try await MailSink(directory: dir.path + "/tls", tls: (certificate, key))
+        defer { tls.stop() }
+        let plain = try await MailSink(directory: dir.path + "/plain")
+        defer { plain.stop() }
+        var settings = SMTPSettings(host: "127.0.0.1", from: "portico@example.test")
+        settings.timeoutSeconds = 10
+        let message = Mailer.message(from: settings.from, to: "soc@example.test", subject: "Über TLS", text: "hello")
+        // STARTTLS, the server verified against the given certificate.
+        settings.port = tls.port
+        settings.trust = certificate
+        try Mailer(settings: settings).send(message, to: "soc@example.test")
+        #expect(tls.messages.first?.contains("Subject: =?utf-8?b?") == true)
+        // A server verified against other roots is not sent to.
+        let other = try dir.write("other.crt", try IdentityGenerator.generate(keyType: .ecdsaP256, commonName: "other").certificatePEM)
+        settings.trust = other
+        #expect(throws: Mailer.Failure.self) { try Mailer(settings: settings).send(message, to: "soc@example.test") }
+        // A server that offers no STARTTLS is not sent to, unless the config says none.
+        settings.port = plain.port
+        settings.trust = nil
+        let refused = #expect(throws: Mailer.Failure.self) { try Mailer(settings: settings).send(message, to: "soc@example.test") }
+        #expect(refused?.description.contains("127.0.0.1:\(plain.port)") == true)
+        #expect(plain.messages.isEmpty && tls.messages.count == 1)
     }
 
     @Test func unseenDevicesFailedCommandsAndTheCertificateAreEachToldOnce() async throws {

@@ -20,7 +20,9 @@ public final class MailSink {
     public let port: Int
     public let maildir: String
 
-    public init(directory: String) async throws {
+    /// - Parameter tls: a certificate and key (PEM files) to offer STARTTLS with, which the
+    ///   sink then requires before mail.
+    public init(directory: String, tls: (certificate: String, key: String)? = nil) async throws {
         let python = try #require(Self.python, "python3 on PATH has no aiosmtpd (pip install aiosmtpd)")
         maildir = directory + "/maildir"
         // A free port: bound and released, then given to the sink.
@@ -35,7 +37,8 @@ public final class MailSink {
         close(probe)
         process = Process()
         process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = ["-m", "aiosmtpd", "-n", "-l", "127.0.0.1:\(port)", "-c", "aiosmtpd.handlers.Mailbox", maildir]
+        process.arguments = ["-m", "aiosmtpd", "-n", "-l", "127.0.0.1:\(port)"] + (tls.map { ["--tlscert", $0.certificate, "--tlskey", $0.key] } ?? [])
+            + ["-c", "aiosmtpd.handlers.Mailbox", maildir]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

@@ -86,12 +86,13 @@ extension ConsoleService {
         let groups = try await store.groups()
         let names = Dictionary(uniqueKeysWithValues: groups.map { ($0.id, $0.name) })
         let memberships = try await store.groupMemberships(of: devices.map(\.id))
+        let systems = try await store.deviceSystems()
         let selected = Set(call.refusal == nil ? [] : call.values("device"))
         let columns: [(DeviceSort, String)] = [(.hostname, "Hostname"), (.os, "OS"), (.state, "State"), (.lastCheckIn, "Last check-in"), (.enrolled, "Enrolled"),
                                                (.policySerial, "Policy serial")]
         let pages = max(1, (total + DeviceTable.pageSize - 1) / DeviceTable.pageSize)
         var context: [String: Any] = [
-            "query": table.text, "os": table.os ?? "", "total": total, "page": table.page, "pages": pages,
+            "query": table.text, "systems": systems.map { ["value": $0, "selected": $0 == table.os] }, "total": total, "page": table.page, "pages": pages,
             "states": DeviceState.allCases.map { ["value": $0.rawValue, "selected": $0 == table.state] },
             "groups": groups.map { ["id": $0.id, "name": $0.name, "selected": $0.id == table.group] },
             "seen": [("1h", "in the last hour"), ("24h", "in the last day"), ("7d", "in the last 7 days"), ("stale", "not for 7 days")]

@@ -173,6 +173,13 @@ extension Store {
     static let fewHostnames = 2000
 
     /// Device counts: total, by state, and checked in since `onlineSince`.
+    /// The operating systems devices report, for the devices table's filter (the most common first).
+    public func deviceSystems(limit: Int = 200) async throws -> [String] {
+        try await read { db in
+            try await db.raw("SELECT os, COUNT(*) AS n FROM devices GROUP BY os ORDER BY n DESC, os LIMIT \(bind: limit)").all().map { try $0.decode(column: "os", as: String.self) }
+        }
+    }
+
     /// The database's size on disk, in bytes.
     public func databaseBytes() async throws -> Int64 {
         let dialect = self.dialect
