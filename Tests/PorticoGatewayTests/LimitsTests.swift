@@ -13,7 +13,8 @@ import Testing
             var slow: [RawTCP] = []
             for _ in 0..<500 {
                 let connection = try await RawTCP.connect(port: port)
-                try await connection.send("G")
+                // On a loaded machine the header timeout may have closed it already.
+                try? await connection.send("G")
                 slow.append(connection)
             }
             try await TestClient.with(http2: false) { client in
