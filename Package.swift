@@ -49,6 +49,8 @@ let package = Package(
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         // The system's libcurl (libcurl4-openssl-dev): mail to an SMTP server, for notifications.
         .systemLibrary(name: "CPorticoCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // OpenLDAP's libldap (libldap-dev): the directory, for operators and endpoint users.
+        .systemLibrary(name: "CPorticoLDAP", pkgConfig: "ldap", providers: [.apt(["libldap-dev"])]),
         // The server engine: the core's epoll loops, TLS on the system's OpenSSL, HTTP/1.1 and
         // HTTP/2 (libnghttp2), routing and upstreams: what serves a request once it is configured.
         .target(
@@ -130,6 +132,7 @@ let package = Package(
                 "PorticoStore",
                 "PorticoProtocol",
                 "CPorticoCurl",
+                "CPorticoLDAP",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),

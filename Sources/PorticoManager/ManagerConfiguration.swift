@@ -54,6 +54,8 @@ public struct ManagerConfiguration: Sendable, Equatable {
     public var secrets = SecretsSettings()
     /// `notifications`: rules' checks, deliveries' retries, and the mail server.
     public var notifications = Notifier.Configuration()
+    /// `directory`: the LDAP server, if any.
+    public var directory: DirectorySettings?
 
     /// This manager's copy of the peers' certificates the database holds, which its
     /// replication listener trusts besides `listeners.replication.trust`.
@@ -173,8 +175,9 @@ struct ManagerSections: ConfigurationSections {
     var peers: [PeerConfiguration] = []
     var secrets = SecretsSettings()
     var notifications = Notifier.Configuration()
+    var directory: DirectorySettings?
 
-    var keys: [String] { ["site", "data_dir", "storage", "agents", "peers", "secrets", "notifications"] }
+    var keys: [String] { ["site", "data_dir", "storage", "agents", "peers", "secrets", "notifications", "directory"] }
 
     func configuration(_ gateway: GatewayConfiguration) -> ManagerConfiguration {
         let base = gateway.sourceFile.map { Paths.directory(of: $0) } ?? Paths.currentDirectory
@@ -188,6 +191,7 @@ struct ManagerSections: ConfigurationSections {
         configuration.peers = peers
         configuration.secrets = secrets
         configuration.notifications = notifications
+        configuration.directory = directory
         configuration.trustPeersFolder()
         return configuration
     }
@@ -208,6 +212,7 @@ struct ManagerSections: ConfigurationSections {
         // A generated certificate is named for the site.
         gateway.identity.commonName = siteName
         if let section = top["notifications"] { readNotifications(section.value, base: base, reader: &reader) }
+        if let section = top["directory"] { readDirectory(section.value, base: base, reader: &reader) }
         if let dataDir = top["data_dir"], let value = reader.string(dataDir.value, at: "data_dir") {
             dataDirectory = Paths.resolve(value, against: base)
         }
@@ -368,5 +373,61 @@ extension ManagerSections {
         }
         if mail.username != nil, mail.password == nil { reader.error("notifications.smtp.username needs password_file", at: smtp.value) }
         notifications.smtp = mail
+    }
+}
+
+extension ManagerSections {
+    /// `directory`: the LDAP server. TLS is required (LDAPS, or StartTLS) unless `security:
+    /// none` says otherwise for a lab, and the server is verified against `trust` (or the
+    /// system's roots).
+    mutating func readDirectory(_ node: Node, base: String, reader: inout NodeReader) {
+        guard let keys = reader.mapping(node, at: "directory", keys: ["url", "security", "trust", "bind_dn", "bind_password_file", "base_dn", "timeout"]) else { return }
+        guard let urlEntry = keys["url"], let url = reader.string(urlEntry.value, at: "directory.url") else {
+            reader.error("directory needs url: ldaps://directory.example.com:636 (or ldap:// with security: starttls)", at: node)
+            return
+        }
+        guard let baseEntry = keys["base_dn"], let baseDN = reader.string(baseEntry.value, at: "directory.base_dn"), !baseDN.isEmpty else {
+            reader.error("directory needs base_dn: where users and groups are (dc=example,dc=com)", at: node)
+            return
+        }
+        var settings = DirectorySettings(url: url, baseDN: baseDN)
+        let scheme = url.split(separator: ":").first.map { $0.lowercased() } ?? ""
+        guard scheme == "ldap" || scheme == "ldaps" else {
+            reader.error("directory.url must start with ldaps:// or ldap://", at: urlEntry.value)
+            return
+        }
+        settings.security = scheme == "ldaps" ? .ldaps : .starttls
+        if let entry = keys["security"], let value = reader.string(entry.value, at: "directory.security") {
+            switch (DirectorySettings.Security(rawValue: value), scheme) {
+            case (nil, _): reader.error("directory.security must be ldaps, starttls or none (none sends passwords in the clear: for a lab only)", at: entry.value)
+            case (.ldaps?, "ldap"): reader.error("directory.security ldaps needs an ldaps:// url", at: entry.value)
+            case (.starttls?, "ldaps"), (DirectorySettings.Security.none?, "ldaps"): reader.error("directory.security \(value) needs an ldap:// url", at: entry.value)
+            case (let security?, _): settings.security = security
+            }
+        }
+        if let entry = keys["trust"], let value = reader.string(entry.value, at: "directory.trust") {
+            let path = Paths.resolve(value, against: base)
+            if FileManager.default.isReadableFile(atPath: path) { settings.trust = path } else { reader.error("directory.trust \(path) cannot be read", at: entry.value) }
+        }
+        if let entry = keys["bind_dn"], let value = reader.string(entry.value, at: "directory.bind_dn") { settings.bindDN = value }
+        if let entry = keys["bind_password_file"], let value = reader.string(entry.value, at: "directory.bind_password_file") {
+            let path = Paths.resolve(value, against: base)
+            let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int) ?? 0
+            if let bytes = FileManager.default.contents(atPath: path) {
+                if mode & 0o077 != 0 {
+                    reader.error("directory.bind_password_file \(path) may be read by others (mode \(String(mode, radix: 8))); chmod 600 it", at: entry.value)
+                } else {
+                    settings.bindPassword = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                }
+            } else {
+                reader.error("directory.bind_password_file \(path) cannot be read", at: entry.value)
+            }
+        }
+        if settings.bindDN != nil, settings.bindPassword == nil { reader.error("directory.bind_dn needs bind_password_file", at: node) }
+        if let entry = keys["timeout"], let value = reader.duration(entry.value, at: "directory.timeout") {
+            let seconds = Int(value.nanoseconds / 1_000_000_000)
+            if (1...300).contains(seconds) { settings.timeoutSeconds = seconds } else { reader.error("directory.timeout must be between 1s and 5m", at: entry.value) }
+        }
+        directory = settings
     }
 }

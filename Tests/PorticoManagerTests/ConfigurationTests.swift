@@ -109,6 +109,35 @@ import Testing
         #expect(unreadable.contains { $0.message.contains("may be read by others") }, "\(unreadable)")
     }
 
+    @Test func directorySettingsRequireTLSUnlessTheConfigSaysOtherwise() throws {
+        let dir = try TemporaryDirectory()
+        let password = try dir.write("bind.pass", "search secret\n")
+        chmod(password, 0o600)
+        let ca = try dir.write("ca.pem", "-----BEGIN CERTIFICATE-----\n")
+        _ = ca
+        let config = try loader.load(yaml: """
+            directory:
+              url: ldap://ldap.example.test:389
+              security: starttls
+              trust: ca.pem
+              bind_dn: uid=portico,ou=people,dc=example,dc=test
+              bind_password_file: bind.pass
+              base_dn: dc=example,dc=test
+            """, file: dir.file("portico.yaml"))
+        let directory = try #require(config.directory)
+        #expect(directory.security == .starttls && directory.bindPassword == "search secret" && directory.trust == dir.file("ca.pem"))
+        #expect(try loader.load(yaml: "directory: {url: ldaps://l.example.test, base_dn: dc=x}", file: dir.file("portico.yaml")).directory?.security == .ldaps)
+        let found = problems("""
+            directory:
+              url: ldaps://l.example.test
+              security: none
+              base_dn: dc=x
+            """, file: dir.file("portico.yaml"))
+        #expect(found.count == 1 && found[0].location?.line == 3 && found[0].message.contains("needs an ldap:// url"), "\(found)")
+        #expect(problems("directory: {url: http://x, base_dn: dc=x}", file: dir.file("portico.yaml")).first?.message.contains("must start with ldaps:// or ldap://") == true)
+        #expect(problems("directory: {url: ldaps://x}", file: dir.file("portico.yaml")).first?.message.contains("needs base_dn") == true)
+    }
+
     @Test func aMetricsTokenFileMustBePrivateAndLongEnough() throws {
         let dir = try TemporaryDirectory()
         let short = try dir.write("short.token", "abc\n")

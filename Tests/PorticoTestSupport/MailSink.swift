@@ -25,16 +25,7 @@ public final class MailSink {
     public init(directory: String, tls: (certificate: String, key: String)? = nil) async throws {
         let python = try #require(Self.python, "python3 on PATH has no aiosmtpd (pip install aiosmtpd)")
         maildir = directory + "/maildir"
-        // A free port: bound and released, then given to the sink.
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
-        port = Int(UInt16(bigEndian: address.sin_port))
-        close(probe)
+        port = LoopbackPort.free()
         process = Process()
         process.executableURL = URL(fileURLWithPath: python)
         process.arguments = ["-m", "aiosmtpd", "-n", "-l", "127.0.0.1:\(port)"] + (tls.map { ["--tlscert", $0.certificate, "--tlskey", $0.key] } ?? [])
@@ -43,15 +34,7 @@ public final class MailSink {
         process.standardError = FileHandle.nullDevice
         try process.run()
         let port = self.port
-        try await eventually("the SMTP sink listens on \(port)", within: .seconds(20)) {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var target = sockaddr_in()
-            target.sin_family = sa_family_t(AF_INET)
-            target.sin_port = UInt16(port).bigEndian
-            target.sin_addr.s_addr = inet_addr("127.0.0.1")
-            return withUnsafePointer(to: &target) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
-        }
+        try await eventually("the SMTP sink listens on \(port)", within: .seconds(20)) { LoopbackPort.accepts(port) }
     }
 
     /// The messages received so far.

@@ -1,0 +1,263 @@
+import CPorticoLDAP
+import Foundation
+import NIOPosix
+
+/// `directory`: the LDAP server (OpenLDAP, Active Directory) operators and endpoint users
+/// sign in against.
+public struct DirectorySettings: Sendable, Equatable {
+    /// How the connection is protected.
+    public enum Security: String, Sendable, CaseIterable {
+        /// `ldaps://`: TLS from the first byte.
+        case ldaps
+        /// `ldap://` and StartTLS, required before any bind.
+        case starttls
+        /// Neither: passwords cross the network in the clear. Only when the config says so, for a lab.
+        case none
+    }
+
+    /// `ldap://host:389` or `ldaps://host:636`.
+    public var url: String
+    public var security: Security = .ldaps
+    /// PEM certificates the server is verified against (its CA).
+    public var trust: String?
+    /// The account the manager searches with, and its password (from a 0600 file).
+    public var bindDN: String?
+    public var bindPassword: String?
+    /// Where users and groups are looked for.
+    public var baseDN: String
+    /// Seconds to connect, and for each operation.
+    public var timeoutSeconds = 10
+
+    public init(url: String, baseDN: String) {
+        self.url = url
+        self.baseDN = baseDN
+    }
+}
+
+/// Why the directory refused or could not be reached, in words an operator acts on.
+public struct DirectoryError: Error, Sendable, CustomStringConvertible, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// The name or password is wrong (LDAP 49), or the account may not sign in.
+        case invalidCredentials
+        /// The server cannot be reached, or did not answer in time.
+        case unreachable
+        /// TLS failed: the certificate is not trusted, or the name does not match.
+        case tls
+        /// The directory's own policy refused (a password too short, reused, ...).
+        case refused
+        /// Anything else the server answered.
+        case other
+    }
+
+    public var kind: Kind
+    public var description: String
+}
+
+/// One connection to the directory with OpenLDAP's libldap: TLS (LDAPS, or StartTLS before
+/// any bind) verified against the configured CA, timeouts, simple binds, searches and the
+/// password modify extended operation (RFC 3062). libldap blocks: calls run on the client's
+/// own threads, never on an event loop or the cooperative pool.
+final class DirectoryConnection {
+    private var handle: OpaquePointer?
+    let settings: DirectorySettings
+
+    /// Connects and secures the connection (nothing is sent in the clear unless `security` is none).
+    init(_ settings: DirectorySettings) throws {
+        self.settings = settings
+        guard settings.security != .none || !settings.url.lowercased().hasPrefix("ldaps://") else {
+            throw DirectoryError(kind: .other, description: "directory.url is ldaps:// but directory.security is none")
+        }
+        var ld: OpaquePointer?
+        let initialized = ldap_initialize(&ld, settings.url)
+        guard initialized == LDAP_SUCCESS, let ld else {
+            throw DirectoryError(kind: .other, description: "directory.url \(settings.url) is not an LDAP URL: \(String(cString: ldap_err2string(initialized)))")
+        }
+        handle = ld
+        _ = portico_ldap_set_int(ld, LDAP_OPT_PROTOCOL_VERSION, LDAP_VERSION3)
+        _ = portico_ldap_set_timeout(ld, LDAP_OPT_NETWORK_TIMEOUT, settings.timeoutSeconds)
+        _ = portico_ldap_set_timeout(ld, LDAP_OPT_TIMEOUT, settings.timeoutSeconds)
+        _ = portico_ldap_set_int(ld, LDAP_OPT_REFERRALS, 0)
+        if settings.security != .none {
+            // The handle's own TLS context: the CA, a verified certificate and name, TLS 1.2 at least.
+            if let trust = settings.trust { _ = portico_ldap_set_string(ld, LDAP_OPT_X_TLS_CACERTFILE, trust) }
+            _ = portico_ldap_set_int(ld, LDAP_OPT_X_TLS_REQUIRE_CERT, LDAP_OPT_X_TLS_DEMAND)
+            _ = portico_ldap_tls_minimum_1_2(ld)
+            _ = portico_ldap_set_int(ld, LDAP_OPT_X_TLS_NEWCTX, 0)
+        }
+        if settings.security == .starttls {
+            let started = ldap_start_tls_s(ld, nil, nil)
+            if started != LDAP_SUCCESS { throw failure(started, doing: "StartTLS with \(settings.url)") }
+        }
+    }
+
+    deinit {
+        if let handle { ldap_unbind_ext_s(handle, nil, nil) }
+    }
+
+    /// The error for a libldap result, in words.
+    private func failure(_ code: Int32, doing what: String) -> DirectoryError {
+        let reason = String(cString: ldap_err2string(code))
+        var detail = ""
+        if let handle, let diagnostic = portico_ldap_diagnostic(handle) {
+            detail = String(cString: diagnostic)
+            ldap_memfree(diagnostic)
+        }
+        let text = "\(what): \(reason)" + (detail.isEmpty ? "" : " (\(detail))")
+        switch code {
+        case LDAP_INVALID_CREDENTIALS: return DirectoryError(kind: .invalidCredentials, description: text)
+        case LDAP_SERVER_DOWN, LDAP_TIMEOUT, LDAP_TIMELIMIT_EXCEEDED, LDAP_UNAVAILABLE, LDAP_BUSY:
+            // libldap says "Can't contact LDAP server" for a failed TLS handshake too: a server
+            // that takes a TCP connection was reached, and it is TLS that failed.
+            if settings.security != .none, code == LDAP_SERVER_DOWN, Self.accepts(url: settings.url, timeoutSeconds: settings.timeoutSeconds) {
+                return DirectoryError(kind: .tls, description: "\(what): the secure connection to \(settings.url) failed: its certificate is not one directory.trust verifies, or it does not speak TLS there")
+            }
+            return DirectoryError(kind: .unreachable, description: text)
+        case LDAP_CONNECT_ERROR:
+            return DirectoryError(kind: .tls, description: "\(what): the secure connection failed (\(detail.isEmpty ? reason : detail)); directory.trust names the CA to verify it with")
+        case LDAP_CONSTRAINT_VIOLATION, LDAP_UNWILLING_TO_PERFORM, LDAP_INSUFFICIENT_ACCESS:
+            return DirectoryError(kind: .refused, description: detail.isEmpty ? text : "the directory refused: \(detail)")
+        default: return DirectoryError(kind: .other, description: text)
+        }
+    }
+
+    /// Whether the host and port of an LDAP URL take a TCP connection.
+    static func accepts(url: String, timeoutSeconds: Int) -> Bool {
+        guard let components = URLComponents(string: url), let host = components.host else { return false }
+        let port = components.port ?? (components.scheme?.lowercased() == "ldaps" ? 636 : 389)
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var found: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host.trimmingCharacters(in: CharacterSet(charactersIn: "[]")), "\(port)", &hints, &found) == 0, let first = found else { return false }
+        defer { freeaddrinfo(found) }
+        let fd = socket(first.pointee.ai_family, first.pointee.ai_socktype, first.pointee.ai_protocol)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        return connect(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0
+    }
+
+    /// A simple bind: the directory checks the name and password.
+    func bind(dn: String, password: String) throws {
+        guard let handle else { throw DirectoryError(kind: .other, description: "the connection is closed") }
+        // An empty password is an unauthenticated bind that servers accept: never a sign-in.
+        guard !password.isEmpty else { throw DirectoryError(kind: .invalidCredentials, description: "binding as \(dn): an empty password") }
+        let code = password.withCString { portico_ldap_simple_bind(handle, dn, $0, strlen($0), nil) }
+        if code != LDAP_SUCCESS { throw failure(code, doing: "binding as \(dn)") }
+    }
+
+    /// Entries under `base` matching `filter` (RFC 4515), with the named attributes.
+    func search(base: String, filter: String, attributes: [String], limit: Int = 1000) throws -> [(dn: String, attributes: [String: [String]])] {
+        guard let handle else { throw DirectoryError(kind: .other, description: "the connection is closed") }
+        var cAttributes: [UnsafeMutablePointer<CChar>?] = attributes.map { strdup($0) } + [nil]
+        defer { for pointer in cAttributes { free(pointer) } }
+        var result: OpaquePointer?
+        var timeout = timeval(tv_sec: settings.timeoutSeconds, tv_usec: 0)
+        let code = ldap_search_ext_s(handle, base, LDAP_SCOPE_SUBTREE, filter, &cAttributes, 0, nil, nil, &timeout, Int32(limit), &result)
+        defer { if let result { ldap_msgfree(result) } }
+        guard code == LDAP_SUCCESS || code == LDAP_SIZELIMIT_EXCEEDED else { throw failure(code, doing: "searching \(base) for \(filter)") }
+        var entries: [(String, [String: [String]])] = []
+        var entry = ldap_first_entry(handle, result)
+        while let current = entry {
+            var dn = ""
+            if let text = ldap_get_dn(handle, current) {
+                dn = String(cString: text)
+                ldap_memfree(text)
+            }
+            var values: [String: [String]] = [:]
+            for name in attributes {
+                guard let found = ldap_get_values_len(handle, current, name) else { continue }
+                var index = 0
+                while let value = found[index] {
+                    values[name, default: []].append(String(decoding: UnsafeRawBufferPointer(start: value.pointee.bv_val, count: Int(value.pointee.bv_len)), as: UTF8.self))
+                    index += 1
+                }
+                ldap_value_free_len(found)
+            }
+            entries.append((dn, values))
+            entry = ldap_next_entry(handle, current)
+        }
+        return entries
+    }
+
+    /// Sets a new password for `dn` with the password modify extended operation (RFC 3062),
+    /// as the bound identity (the user, with the old password; or an account allowed to).
+    /// The directory's own policy may refuse it; its reason is in the error.
+    func changePassword(dn: String, old: String?, new: String) throws {
+        guard let handle else { throw DirectoryError(kind: .other, description: "the connection is closed") }
+        var user = berval(bv_len: ber_len_t(dn.utf8.count), bv_val: strdup(dn))
+        var newValue = berval(bv_len: ber_len_t(new.utf8.count), bv_val: strdup(new))
+        var oldValue = berval(bv_len: ber_len_t(old?.utf8.count ?? 0), bv_val: old.map { strdup($0) } ?? nil)
+        defer {
+            free(user.bv_val)
+            // The passwords are wiped before they are freed.
+            if let value = newValue.bv_val { memset(value, 0, Int(newValue.bv_len)); free(value) }
+            if let value = oldValue.bv_val { memset(value, 0, Int(oldValue.bv_len)); free(value) }
+        }
+        var generated = berval(bv_len: 0, bv_val: nil)
+        let code = withUnsafeMutablePointer(to: &oldValue) { oldPointer in
+            ldap_passwd_s(handle, &user, old == nil ? nil : oldPointer, &newValue, &generated, nil, nil)
+        }
+        if generated.bv_val != nil { ber_memfree(generated.bv_val) }
+        if code != LDAP_SUCCESS { throw failure(code, doing: "changing the password of \(dn)") }
+    }
+}
+
+/// The directory, for the manager: a connection per operation from a small pool of threads
+/// of its own, each bound as the search account or as the user who signs in.
+public final class DirectoryClient: Sendable {
+    public let settings: DirectorySettings
+    private let pool: NIOThreadPool
+
+    public init(_ settings: DirectorySettings, threads: Int = 4) {
+        self.settings = settings
+        self.pool = NIOThreadPool(numberOfThreads: threads)
+        pool.start()
+    }
+
+    deinit { pool.shutdownGracefully { _ in } }
+
+    /// Runs `body` with a new connection, on the directory's threads.
+    func withConnection<T: Sendable>(_ body: @escaping @Sendable (DirectoryConnection) throws -> T) async throws -> T {
+        let settings = self.settings
+        return try await pool.runIfActive { try body(try DirectoryConnection(settings)) }
+    }
+
+    /// Checks a user's password by binding as them; the user is found by `attribute` (uid,
+    /// or sAMAccountName on Active Directory) with the search account.
+    /// - Returns: the user's entry name (DN).
+    public func authenticate(user: String, password: String, attribute: String = "uid") async throws -> String {
+        let settings = self.settings
+        return try await withConnection { connection in
+            if let dn = settings.bindDN { try connection.bind(dn: dn, password: settings.bindPassword ?? "") }
+            let found = try connection.search(base: settings.baseDN, filter: "(\(attribute)=\(Self.escapeFilter(user)))", attributes: ["1.1"], limit: 2)
+            guard found.count == 1, let dn = found.first?.dn else {
+                throw DirectoryError(kind: .invalidCredentials, description: found.isEmpty ? "no directory account \(user)" : "more than one directory account is named \(user)")
+            }
+            try connection.bind(dn: dn, password: password)
+            return dn
+        }
+    }
+
+    /// Changes a user's password in the directory, as the user (old password) under the
+    /// directory's own policy.
+    public func changePassword(user: String, old: String, new: String, attribute: String = "uid") async throws {
+        let dn = try await authenticate(user: user, password: old, attribute: attribute)
+        try await withConnection { connection in
+            try connection.bind(dn: dn, password: old)
+            try connection.changePassword(dn: dn, old: old, new: new)
+        }
+    }
+
+    /// An RFC 4515 filter value: `*`, `(`, `)`, `\` and NUL escaped.
+    static func escapeFilter(_ text: String) -> String {
+        var escaped: [UInt8] = []
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "*"), UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "\\"), 0: escaped += Array(String(format: "\\%02x", byte).utf8)
+            default: escaped.append(byte)
+            }
+        }
+        return String(decoding: escaped, as: UTF8.self)
+    }
+}
