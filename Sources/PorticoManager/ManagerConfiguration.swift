@@ -358,19 +358,7 @@ extension ManagerSections {
             let path = Paths.resolve(value, against: base)
             if FileManager.default.isReadableFile(atPath: path) { mail.trust = path } else { reader.error("notifications.smtp.trust \(path) cannot be read", at: entry.value) }
         }
-        if let entry = settings["password_file"], let value = reader.string(entry.value, at: "notifications.smtp.password_file") {
-            let path = Paths.resolve(value, against: base)
-            let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int) ?? 0
-            if let text = FileManager.default.contents(atPath: path).map({ String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }) {
-                if mode & 0o077 != 0 {
-                    reader.error("notifications.smtp.password_file \(path) may be read by others (mode \(String(mode, radix: 8))); chmod 600 it", at: entry.value)
-                } else {
-                    mail.password = text
-                }
-            } else {
-                reader.error("notifications.smtp.password_file \(path) cannot be read", at: entry.value)
-            }
-        }
+        if let entry = settings["password_file"], let value = reader.secretFile(entry.value, at: "notifications.smtp.password_file", base: base) { mail.password = value }
         if mail.username != nil, mail.password == nil { reader.error("notifications.smtp.username needs password_file", at: smtp.value) }
         notifications.smtp = mail
     }
@@ -410,19 +398,7 @@ extension ManagerSections {
             if FileManager.default.isReadableFile(atPath: path) { settings.trust = path } else { reader.error("directory.trust \(path) cannot be read", at: entry.value) }
         }
         if let entry = keys["bind_dn"], let value = reader.string(entry.value, at: "directory.bind_dn") { settings.bindDN = value }
-        if let entry = keys["bind_password_file"], let value = reader.string(entry.value, at: "directory.bind_password_file") {
-            let path = Paths.resolve(value, against: base)
-            let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int) ?? 0
-            if let bytes = FileManager.default.contents(atPath: path) {
-                if mode & 0o077 != 0 {
-                    reader.error("directory.bind_password_file \(path) may be read by others (mode \(String(mode, radix: 8))); chmod 600 it", at: entry.value)
-                } else {
-                    settings.bindPassword = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-                }
-            } else {
-                reader.error("directory.bind_password_file \(path) cannot be read", at: entry.value)
-            }
-        }
+        if let entry = keys["bind_password_file"], let value = reader.secretFile(entry.value, at: "directory.bind_password_file", base: base) { settings.bindPassword = value }
         if settings.bindDN != nil, settings.bindPassword == nil { reader.error("directory.bind_dn needs bind_password_file", at: node) }
         if let entry = keys["timeout"], let value = reader.duration(entry.value, at: "directory.timeout") {
             let seconds = Int(value.nanoseconds / 1_000_000_000)

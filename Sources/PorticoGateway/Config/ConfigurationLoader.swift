@@ -104,20 +104,11 @@ public struct ConfigurationLoader: Sendable {
             }
         }
         if let metrics = top["metrics"], let keys = reader.mapping(metrics.value, at: "metrics", keys: ["bearer_token_file"]),
-           let file = keys["bearer_token_file"], let value = reader.string(file.value, at: "metrics.bearer_token_file") {
-            let path = Paths.resolve(value, against: base)
-            let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int) ?? 0
-            if let bytes = FileManager.default.contents(atPath: path) {
-                let token = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-                if mode & 0o077 != 0 {
-                    reader.error("metrics.bearer_token_file \(path) may be read by others (mode \(String(mode, radix: 8))); chmod 600 it", at: file.value)
-                } else if token.utf8.count < 16 {
-                    reader.error("metrics.bearer_token_file \(path) must hold a token of at least 16 characters (openssl rand -hex 32)", at: file.value)
-                } else {
-                    config.metricsTokenHash = Array(SHA256.hash(data: Array(token.utf8)))
-                }
+           let file = keys["bearer_token_file"], let token = reader.secretFile(file.value, at: "metrics.bearer_token_file", base: base) {
+            if token.utf8.count < 16 {
+                reader.error("metrics.bearer_token_file must hold a token of at least 16 characters (openssl rand -hex 32)", at: file.value)
             } else {
-                reader.error("metrics.bearer_token_file \(path) cannot be read", at: file.value)
+                config.metricsTokenHash = Array(SHA256.hash(data: Array(token.utf8)))
             }
         }
         if let identity = top["identity"] {

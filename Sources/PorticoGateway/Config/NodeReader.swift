@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import PorticoServer
 import Yams
@@ -71,6 +72,28 @@ package struct NodeReader {
             return nil
         }
         return scalar.string
+    }
+
+    /// A secret kept in a file the config names (a password, a token): its contents,
+    /// trimmed. The file must be readable by its owner only (0600), and not empty.
+    package mutating func secretFile(_ node: Node, at path: String, base: String) -> String? {
+        guard let value = string(node, at: path) else { return nil }
+        let file = Paths.resolve(value, against: base)
+        guard let bytes = FileManager.default.contents(atPath: file) else {
+            error("\(path) \(file) cannot be read", at: node)
+            return nil
+        }
+        let mode = ((try? FileManager.default.attributesOfItem(atPath: file))?[.posixPermissions] as? Int) ?? 0
+        guard mode & 0o077 == 0 else {
+            error("\(path) \(file) may be read by others (mode \(String(mode, radix: 8))); chmod 600 it", at: node)
+            return nil
+        }
+        let secret = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !secret.isEmpty else {
+            error("\(path) \(file) is empty", at: node)
+            return nil
+        }
+        return secret
     }
 
     package mutating func stringList(_ node: Node, at path: String) -> [String]? {
