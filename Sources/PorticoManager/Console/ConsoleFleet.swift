@@ -161,14 +161,16 @@ extension ConsoleService {
         case "revoke": guard session.may(.write("devices")) else { return forbidden(session) }
         default: break
         }
-        var group: String?
+        // The group devices move to (nil: out of every group), read once for its name too.
+        var target: GroupRecord?
         if action == "move" {
             let chosen = form["to_group"] ?? ""
             if chosen != "none" {
-                guard !chosen.isEmpty, try await store.group(id: chosen) != nil else { throw ConsoleRefusal.invalid("Choose the group to move the devices to.") }
-                group = chosen
+                guard !chosen.isEmpty, let found = try await store.group(id: chosen) else { throw ConsoleRefusal.invalid("Choose the group to move the devices to.") }
+                target = found
             }
         }
+        let group = target?.id
         var ids: [String]
         if form["all"] == "yes" {
             let filter = table.filter(now: Int64(HybridLogicalClock.wallMilliseconds()))
@@ -183,7 +185,7 @@ extension ConsoleService {
         guard !ids.isEmpty else { throw ConsoleRefusal.invalid("Tick the devices to act on, or \"all matching\".") }
         guard ids.count <= DeviceTable.bulkLimit else { throw ConsoleRefusal.invalid("One action takes at most \(DeviceTable.bulkLimit) devices.") }
         let verb = ["lock": "Lock", "unlock": "Unlock", "move": "Move", "revoke": "Revoke"][action]!
-        let groupName = try await group.asyncMap { try await store.group(id: $0)?.name ?? $0 }
+        let groupName = target?.name
         let what = action == "move" ? "\(verb) \(ids.count) device\(ids.count == 1 ? "" : "s") to \(groupName.map { "the group \($0)" } ?? "no group")"
             : "\(verb) \(ids.count) device\(ids.count == 1 ? "" : "s")"
         guard form["confirm"] == "yes" else {
@@ -311,12 +313,5 @@ extension ConsoleService {
         guard call.form["confirm"] == "yes" else { throw ConsoleRefusal.invalid("Tick the box to confirm the group is to be deleted (its devices stay, out of the group).") }
         try await operations.deleteGroup(id: call.parameter("id"), by: call.session.actor)
         return ConsolePages.redirect("/groups?done=deleted")
-    }
-}
-
-extension Optional {
-    func asyncMap<T>(_ transform: (Wrapped) async throws -> T) async rethrows -> T? {
-        guard let value = self else { return nil }
-        return try await transform(value)
     }
 }
