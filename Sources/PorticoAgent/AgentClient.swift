@@ -104,7 +104,7 @@ public actor AgentClient {
         return AgentState(
             deviceID: response.deviceID, signingKey: Base64URL.encode(keys.signing.rawRepresentation), agreementKey: Base64URL.encode(keys.agreement.rawRepresentation),
             siteKey: Base64URL.encode(siteKey), pinned: bootstrap.pinned, managerURLs: managerURL.map { [$0] + bootstrap.managerURLs } ?? bootstrap.managerURLs,
-            policySerial: 0, checkInIntervalSeconds: response.checkInIntervalSeconds)
+            policySerial: 0, checkInIntervalSeconds: response.checkInIntervalSeconds, managerAgreementKey: hello.agreementKey)
     }
 
     // MARK: - Sessions
@@ -228,6 +228,44 @@ public actor AgentClient {
         let keys = try state.keys
         let secret = RemoteHelp.deviceSecret(try keys.agreement.sharedSecretFromKeyAgreement(with: try .init(rawRepresentation: managerAgreementKey)), deviceID: state.deviceID)
         return RemoteHelp.verify(response: response, challenge: challenge, secret: secret, now: Self.nowMilliseconds())
+    }
+
+    // MARK: - Users
+
+    /// Signs a user in on this device through the manager; the answer is checked (the
+    /// manager's signature, this device, this attempt) before it is believed.
+    public func signInUser(_ user: String, password: String) async throws -> UserSignInResult {
+        let request = UserSignInRequest(user: user, password: password)
+        guard case .user(let result) = try await send(.userSignIn(request)) else { throw ProtocolError(.malformed, "the manager did not answer the sign-in") }
+        try check(result, user: user, nonce: request.nonce)
+        return result
+    }
+
+    /// Sets a user's new password through the manager (the directory's, for a directory user).
+    public func changeUserPassword(_ user: String, old: String, new: String) async throws -> UserSignInResult {
+        let change = UserPasswordChange(user: user, oldPassword: old, newPassword: new)
+        guard case .user(let result) = try await send(.userPasswordChange(change)) else { throw ProtocolError(.malformed, "the manager did not answer the password change") }
+        try check(result, user: user, nonce: change.nonce)
+        return result
+    }
+
+    private func check(_ result: UserSignInResult, user: String, nonce: String) throws {
+        guard result.deviceID == state.deviceID, result.user == user, result.nonce == nonce else {
+            throw ProtocolError(.malformed, "the manager's answer is for another device, user or attempt")
+        }
+        guard let signature = Base64URL.decode(result.signature), state.pinned.verify(signature, over: result.transcript) else {
+            throw ProtocolError(.badSignature, "the user's result is not signed by a pinned certificate")
+        }
+    }
+
+    /// Whether a remote-help response unlocks `user` on this device for a challenge it showed,
+    /// checked with the manager's key kept at enrollment (the manager need not be reachable).
+    public static func verifyUserUnlock(state: AgentState, user: String, challenge: String, response: String) throws -> Bool {
+        guard let key = state.managerAgreementKey.flatMap(Base64URL.decode) else {
+            throw ProtocolError(.malformed, "this agent's state has no manager key (it was enrolled by an older agent): enroll again to use remote help offline")
+        }
+        let secret = RemoteHelp.deviceSecret(try state.keys.agreement.sharedSecretFromKeyAgreement(with: try .init(rawRepresentation: key)), deviceID: state.deviceID)
+        return RemoteHelp.verify(response: response, challenge: challenge, secret: secret, now: nowMilliseconds(), unlockingUser: user)
     }
 
     // MARK: - HTTP

@@ -14,9 +14,12 @@ public struct AgentState: Codable, Sendable, Equatable {
     public var managerURLs: [String]
     public var policySerial: Int64
     public var checkInIntervalSeconds: Int
+    /// The manager's X25519 key (base64url) from its signed hello: remote help's responses
+    /// are checked with it while the manager cannot be reached.
+    public var managerAgreementKey: String?
 
     public init(deviceID: String, signingKey: String, agreementKey: String, siteKey: String, pinned: PinnedCertificates, managerURLs: [String],
-                policySerial: Int64, checkInIntervalSeconds: Int) {
+                policySerial: Int64, checkInIntervalSeconds: Int, managerAgreementKey: String? = nil) {
         self.deviceID = deviceID
         self.signingKey = signingKey
         self.agreementKey = agreementKey
@@ -25,6 +28,7 @@ public struct AgentState: Codable, Sendable, Equatable {
         self.managerURLs = managerURLs
         self.policySerial = policySerial
         self.checkInIntervalSeconds = checkInIntervalSeconds
+        self.managerAgreementKey = managerAgreementKey
     }
 
     public var keys: DeviceKeys {
@@ -43,7 +47,7 @@ public struct AgentState: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case deviceID = "device_id", signingKey = "signing_key", agreementKey = "agreement_key", siteKey = "site_key", pinned
-        case managerURLs = "manager_urls", policySerial = "policy_serial", checkInIntervalSeconds = "checkin_interval_s"
+        case managerURLs = "manager_urls", policySerial = "policy_serial", checkInIntervalSeconds = "checkin_interval_s", managerAgreementKey = "manager_agreement_key"
     }
 
     /// Reads the state file in `directory`.
@@ -54,11 +58,15 @@ public struct AgentState: Codable, Sendable, Equatable {
     /// Writes the state file atomically with mode 0600.
     public func save(to directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let path = directory + "/state.json"
+        try Self.writePrivately(self, to: directory + "/state.json")
+    }
+
+    /// Writes `value` as JSON to `path` atomically, with mode 0600 (it holds keys).
+    static func writePrivately<Value: Encodable>(_ value: Value, to path: String) throws {
         let temporary = path + ".tmp"
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        guard FileManager.default.createFile(atPath: temporary, contents: try encoder.encode(self), attributes: [.posixPermissions: 0o600]) else {
+        guard FileManager.default.createFile(atPath: temporary, contents: try encoder.encode(value), attributes: [.posixPermissions: 0o600]) else {
             throw ProtocolError(.malformed, "cannot write \(temporary)")
         }
         guard rename(temporary, path) == 0 else { throw ProtocolError(.malformed, "cannot replace \(path): \(String(cString: strerror(errno)))") }

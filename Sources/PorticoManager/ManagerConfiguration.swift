@@ -56,6 +56,8 @@ public struct ManagerConfiguration: Sendable, Equatable {
     public var notifications = Notifier.Configuration()
     /// `directory`: the LDAP server, if any.
     public var directory: DirectorySettings?
+    /// `endpoint_users`: users' sign-ins on devices (offline validity, lockouts, password rules).
+    public var endpointUsers = UserSignIns.Configuration()
 
     /// This manager's copy of the peers' certificates the database holds, which its
     /// replication listener trusts besides `listeners.replication.trust`.
@@ -176,8 +178,9 @@ struct ManagerSections: ConfigurationSections {
     var secrets = SecretsSettings()
     var notifications = Notifier.Configuration()
     var directory: DirectorySettings?
+    var endpointUsers = UserSignIns.Configuration()
 
-    var keys: [String] { ["site", "data_dir", "storage", "agents", "peers", "secrets", "notifications", "directory"] }
+    var keys: [String] { ["site", "data_dir", "storage", "agents", "peers", "secrets", "notifications", "directory", "endpoint_users"] }
 
     func configuration(_ gateway: GatewayConfiguration) -> ManagerConfiguration {
         let base = gateway.sourceFile.map { Paths.directory(of: $0) } ?? Paths.currentDirectory
@@ -192,6 +195,7 @@ struct ManagerSections: ConfigurationSections {
         configuration.secrets = secrets
         configuration.notifications = notifications
         configuration.directory = directory
+        configuration.endpointUsers = endpointUsers
         configuration.trustPeersFolder()
         return configuration
     }
@@ -213,6 +217,7 @@ struct ManagerSections: ConfigurationSections {
         gateway.identity.commonName = siteName
         if let section = top["notifications"] { readNotifications(section.value, base: base, reader: &reader) }
         if let section = top["directory"] { readDirectory(section.value, base: base, reader: &reader) }
+        if let section = top["endpoint_users"] { readEndpointUsers(section.value, reader: &reader) }
         if let dataDir = top["data_dir"], let value = reader.string(dataDir.value, at: "data_dir") {
             dataDirectory = Paths.resolve(value, against: base)
         }
@@ -369,7 +374,9 @@ extension ManagerSections {
     /// none` says otherwise for a lab, and the server is verified against `trust` (or the
     /// system's roots).
     mutating func readDirectory(_ node: Node, base: String, reader: inout NodeReader) {
-        guard let keys = reader.mapping(node, at: "directory", keys: ["url", "security", "trust", "bind_dn", "bind_password_file", "base_dn", "timeout"]) else { return }
+        let known = ["url", "security", "trust", "bind_dn", "bind_password_file", "base_dn", "timeout", "user_attribute", "user_filter", "group_filter", "group_attribute",
+                     "active_directory", "pool_size", "sync_interval", "operator_roles"]
+        guard let keys = reader.mapping(node, at: "directory", keys: known) else { return }
         guard let urlEntry = keys["url"], let url = reader.string(urlEntry.value, at: "directory.url") else {
             reader.error("directory needs url: ldaps://directory.example.com:636 (or ldap:// with security: starttls)", at: node)
             return
@@ -404,6 +411,66 @@ extension ManagerSections {
             let seconds = Int(value.nanoseconds / 1_000_000_000)
             if (1...300).contains(seconds) { settings.timeoutSeconds = seconds } else { reader.error("directory.timeout must be between 1s and 5m", at: entry.value) }
         }
+        for (key, keyPath) in [("user_attribute", \DirectorySettings.userAttribute), ("user_filter", \.userFilter), ("group_filter", \.groupFilter), ("group_attribute", \.groupAttribute)] {
+            guard let entry = keys[key], let value = reader.string(entry.value, at: "directory.\(key)") else { continue }
+            if value.isEmpty { reader.error("directory.\(key) must not be empty", at: entry.value) } else { settings[keyPath: keyPath] = value }
+        }
+        for key in ["user_filter", "group_filter"] {
+            if let entry = keys[key], let value = reader.string(entry.value, at: "directory.\(key)"), !(value.hasPrefix("(") && value.hasSuffix(")")) {
+                reader.error("directory.\(key) must be an LDAP filter in parentheses, such as (objectClass=inetOrgPerson)", at: entry.value)
+            }
+        }
+        if let entry = keys["active_directory"], let value = reader.bool(entry.value, at: "directory.active_directory") {
+            settings.activeDirectory = value
+            // Active Directory's own names, unless the config gives others.
+            if value, keys["user_attribute"] == nil { settings.userAttribute = "sAMAccountName" }
+            if value, keys["user_filter"] == nil { settings.userFilter = "(&(objectCategory=person)(objectClass=user))" }
+            if value, keys["group_filter"] == nil { settings.groupFilter = "(&(objectClass=group)(member={dn}))" }
+        }
+        if let entry = keys["pool_size"], let value = reader.int(entry.value, at: "directory.pool_size") {
+            if (1...64).contains(value) { settings.poolSize = value } else { reader.error("directory.pool_size must be between 1 and 64", at: entry.value) }
+        }
+        if let entry = keys["sync_interval"], let value = reader.duration(entry.value, at: "directory.sync_interval") {
+            let seconds = Int(value.nanoseconds / 1_000_000_000)
+            if seconds == 0 || (60...7 * 86_400).contains(seconds) { settings.syncIntervalSeconds = seconds } else {
+                reader.error("directory.sync_interval must be 0 (no sync) or between 1m and 7d", at: entry.value)
+            }
+        }
+        if let entry = keys["operator_roles"] {
+            // Directory group name to operator role; the first group that maps gives the role,
+            // in the order of the file.
+            if case .mapping(let mapping) = entry.value {
+                for (key, value) in mapping {
+                    guard case .scalar(let group) = key, let role = reader.string(value, at: "directory.operator_roles.\(group.string)") else { continue }
+                    if let parsed = OperatorRole(rawValue: role) { settings.operatorRoles.append(.init(group: group.string, role: parsed)) } else {
+                        reader.error("directory.operator_roles.\(group.string) must be admin, operator or auditor", at: value)
+                    }
+                }
+            } else if !(reader.mapping(entry.value, at: "directory.operator_roles", keys: [])?.isEmpty ?? false) {
+                reader.error("directory.operator_roles must map directory groups to roles (portico-admins: admin)", at: entry.value)
+            }
+        }
         directory = settings
+    }
+
+    /// `endpoint_users`: how users sign in on devices.
+    mutating func readEndpointUsers(_ node: Node, reader: inout NodeReader) {
+        let known = ["offline_sign_in", "lock_after_failures", "device_lock_after_failures", "lockout", "min_password_length"]
+        guard let keys = reader.mapping(node, at: "endpoint_users", keys: known) else { return }
+        if let entry = keys["offline_sign_in"], let value = reader.duration(entry.value, at: "endpoint_users.offline_sign_in") {
+            let seconds = Int(value.nanoseconds / 1_000_000_000)
+            if (0...365 * 86_400).contains(seconds) { endpointUsers.offlineSeconds = seconds } else { reader.error("endpoint_users.offline_sign_in must be between 0 (never) and 365d", at: entry.value) }
+        }
+        for (key, keyPath, range) in [("lock_after_failures", \UserSignIns.Configuration.lockAfterFailures, 1...100), ("device_lock_after_failures", \.deviceLockAfterFailures, 1...1000),
+                                      ("min_password_length", \.minimumPasswordLength, 8...128)] {
+            guard let entry = keys[key], let value = reader.int(entry.value, at: "endpoint_users.\(key)") else { continue }
+            if range.contains(value) { endpointUsers[keyPath: keyPath] = value } else {
+                reader.error("endpoint_users.\(key) must be between \(range.lowerBound) and \(range.upperBound)", at: entry.value)
+            }
+        }
+        if let entry = keys["lockout"], let value = reader.duration(entry.value, at: "endpoint_users.lockout") {
+            let milliseconds = value.nanoseconds / 1_000_000
+            if (60_000...86_400_000).contains(milliseconds) { endpointUsers.lockoutMilliseconds = milliseconds } else { reader.error("endpoint_users.lockout must be between 1m and 24h", at: entry.value) }
+        }
     }
 }

@@ -81,12 +81,18 @@ public enum ManagerServices {
         settings.pushHoldSeconds = Int(configuration.agents.pushHold.nanoseconds / 1_000_000_000)
         settings.pushWakeRate = configuration.agents.pushWakeRate
         settings.managerName = configuration.managerName
-        let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: settings, metrics: metrics?.registry, logger: logger)
+        let directory = configuration.directory.map { DirectoryClient($0) }
+        let users = UserSignIns(store: store, directory: directory, configuration: configuration.endpointUsers)
+        let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: settings, users: users, metrics: metrics?.registry,
+                                 logger: logger)
         let rotation = IdentityRotation(configuration: prepared.configuration, identities: liveIdentities(prepared), agent: agent, store: store, sync: sync,
                                         logger: Logger(label: "portico.identity"))
         let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: peerTrustFolder(prepared.configuration), configured: configuration.peers,
                               peersFolder: configuration.peersFolder, metrics: metrics?.registry, logger: Logger(label: "portico.replication"))
-        let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { identityStatus(prepared) }, logger: Logger(label: "portico.api"))
+        var apiSettings = APIService.Configuration()
+        apiSettings.minimumUserPasswordLength = configuration.endpointUsers.minimumPasswordLength
+        let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { identityStatus(prepared) }, configuration: apiSettings,
+                             logger: Logger(label: "portico.api"))
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         registry.register("api", api)

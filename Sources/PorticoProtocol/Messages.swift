@@ -154,8 +154,12 @@ public enum AgentMessage: Codable, Sendable, Equatable {
     /// command, new policies, a certificate to pin, or its hold time has passed. Answered
     /// with a check-in reply.
     case wait(CheckInRequest)
+    /// A user signing in on the device; answered with a ``UserSignInResult``.
+    case userSignIn(UserSignInRequest)
+    /// A user setting a new password; answered with a ``UserSignInResult``.
+    case userPasswordChange(UserPasswordChange)
 
-    enum CodingKeys: String, CodingKey { case type, checkin, events, result, wait }
+    enum CodingKeys: String, CodingKey { case type, checkin, events, result, wait, signIn = "sign_in", change }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -165,6 +169,8 @@ public enum AgentMessage: Codable, Sendable, Equatable {
         case "events": self = .events(try container.decode([AgentEvent].self, forKey: .events))
         case "command_result": self = .commandResult(try container.decode(CommandResult.self, forKey: .result))
         case "wait": self = .wait(try container.decode(CheckInRequest.self, forKey: .wait))
+        case "user_sign_in": self = .userSignIn(try container.decode(UserSignInRequest.self, forKey: .signIn))
+        case "user_password_change": self = .userPasswordChange(try container.decode(UserPasswordChange.self, forKey: .change))
         case let other: throw ProtocolError(.malformed, "unknown message type \(other)")
         }
     }
@@ -177,6 +183,8 @@ public enum AgentMessage: Codable, Sendable, Equatable {
         case .events(let events): try container.encode("events", forKey: .type); try container.encode(events, forKey: .events)
         case .commandResult(let result): try container.encode("command_result", forKey: .type); try container.encode(result, forKey: .result)
         case .wait(let request): try container.encode("wait", forKey: .type); try container.encode(request, forKey: .wait)
+        case .userSignIn(let request): try container.encode("user_sign_in", forKey: .type); try container.encode(request, forKey: .signIn)
+        case .userPasswordChange(let change): try container.encode("user_password_change", forKey: .type); try container.encode(change, forKey: .change)
         }
     }
 }
@@ -239,8 +247,10 @@ public enum ManagerMessage: Codable, Sendable, Equatable {
     /// A message that opened but that the manager refuses (an unknown command id, a batch over
     /// the limit): sealed like any answer, so the agent knows the manager sent it.
     case error(ProtocolError)
+    /// The answer to a user's sign-in or password change.
+    case user(UserSignInResult)
 
-    enum CodingKeys: String, CodingKey { case type, checkin, policy, accepted, error, message }
+    enum CodingKeys: String, CodingKey { case type, checkin, policy, accepted, error, message, user }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -249,6 +259,7 @@ public enum ManagerMessage: Codable, Sendable, Equatable {
         case "policy": self = .policy(try container.decode(PolicyBundle.self, forKey: .policy))
         case "events_ack": self = .eventsAccepted(try container.decode([String].self, forKey: .accepted))
         case "ok": self = .ok
+        case "user_result": self = .user(try container.decode(UserSignInResult.self, forKey: .user))
         case "error":
             let code = try container.decode(String.self, forKey: .error)
             let message = try container.decodeIfPresent(String.self, forKey: .message) ?? ""
@@ -269,6 +280,7 @@ public enum ManagerMessage: Codable, Sendable, Equatable {
         case .policy(let bundle): try container.encode("policy", forKey: .type); try container.encode(bundle, forKey: .policy)
         case .eventsAccepted(let ids): try container.encode("events_ack", forKey: .type); try container.encode(ids, forKey: .accepted)
         case .ok: try container.encode("ok", forKey: .type)
+        case .user(let result): try container.encode("user_result", forKey: .type); try container.encode(result, forKey: .user)
         }
     }
 }

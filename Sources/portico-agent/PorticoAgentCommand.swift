@@ -9,7 +9,7 @@ struct PorticoAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "portico-agent",
         abstract: "Reference Portico agent, and a load simulator of many agents.",
-        subcommands: [Enroll.self, Run.self, Report.self, Status.self, Simulate.self, Fleet.self, Hold.self])
+        subcommands: [Enroll.self, Run.self, Report.self, Status.self, UserAuth.self, UserPassword.self, UserUnlock.self, Simulate.self, Fleet.self, Hold.self])
 }
 
 struct Enroll: AsyncParsableCommand {

@@ -20,7 +20,7 @@ struct Peer: AsyncParsableCommand {
         @Option(help: "Which way events and audit entries go with this peer: both, send, receive or none.") var history: String = "both"
 
         func run() async throws {
-            let config = try loadOrExit(options)
+            _ = try loadOrExit(options)
             guard let mode = PeerHistory(rawValue: history) else {
                 printError("portico: --history must be one of both, send, receive or none, not \(history)")
                 throw ExitCode(1)

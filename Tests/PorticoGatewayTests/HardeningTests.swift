@@ -23,7 +23,9 @@ private typealias Flag = RawHTTP2.Flag
         try await TestGateway.with(listeners: [.console: limits], body: Self.routes) { gw in
             let h2 = try await RawHTTP2.connect(port: try await gw.port(.console))
             let block = h2.block(RawHTTP2.get("/healthz"))
-            try await h2.send(Kind.headers, stream: 1, Array(block.prefix(1)))
+            // On a loaded machine the header timeout may already have passed here: the write
+            // then meets a closed connection, and the GOAWAY before it is what is checked.
+            try? await h2.send(Kind.headers, stream: 1, Array(block.prefix(1)))
             // One byte of the block every 200 ms, each a frame the server sees, for up to 30 s.
             var sent = 1
             while !h2.frames.contains(where: { $0.type == Kind.goAway }), sent < 150 {

@@ -23,8 +23,13 @@ import Testing
         defer { slapd.stop() }
         for security in [DirectorySettings.Security.ldaps, .starttls] {
             let directory = DirectoryClient(Self.settings(slapd, security: security))
-            let dn = try await directory.authenticate(user: "alice", password: "alice password 1")
-            #expect(dn == "uid=alice,ou=people,\(Slapd.baseDN)")
+            let alice = try await directory.authenticate(user: "alice", password: "alice password 1")
+            #expect(alice.dn == "uid=alice,ou=people,\(Slapd.baseDN)")
+            #expect(alice.displayName == "Alice Example" && alice.groups == ["laptop-users", "portico-admins"])
+            // The second sign-in takes the pooled connection, bound as alice, and binds it back.
+            #expect(try await directory.authenticate(user: "bob", password: "bob password 22").groups == ["laptop-users"])
+            #expect(try await directory.account(named: "carol")?.groups == [])
+            #expect(try await directory.account(named: "mallory") == nil)
             let wrong = await #expect(throws: DirectoryError.self) { try await directory.authenticate(user: "alice", password: "not it") }
             #expect(wrong?.kind == .invalidCredentials)
             let nobody = await #expect(throws: DirectoryError.self) { try await directory.authenticate(user: "mallory", password: "whatever 1") }

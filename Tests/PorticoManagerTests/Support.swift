@@ -51,6 +51,7 @@ struct TestManager {
     static func with<T>(configuration: AgentService.Configuration = AgentService.Configuration(), api apiConfiguration: APIService.Configuration = APIService.Configuration(),
                         site: String = "test-site", before: (String) throws -> Void = { _ in }, extraYAML: String = "", linkTiming: PeerLinks.Timing = .fast,
                         sharing other: TestManager? = nil, notifications: Notifier.Configuration = Notifier.Configuration(),
+                        users: UserSignIns.Configuration = .forTests, directoryServer: DirectorySettings? = nil,
                         _ body: (TestManager) async throws -> T) async throws -> T {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("portico-manager-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -94,7 +95,8 @@ struct TestManager {
         try await sync.exchange()
         let identity = try #require(prepared.identity(of: .client))
         let keys = try await ManagerKeys.load(from: vault, legacyDirectory: config.dataDirectory)
-        let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: configuration, logger: quiet)
+        let signIns = UserSignIns(store: store, directory: directoryServer.map { DirectoryClient($0) }, configuration: users, logger: quiet)
+        let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: configuration, users: signIns, logger: quiet)
         var services = ServiceRegistry()
         services.register("agent", agent)
         let rotation = IdentityRotation(configuration: config.gateway, identities: ManagerServices.liveIdentities(prepared), agent: agent, store: store,
@@ -165,6 +167,15 @@ func withAgent<T>(_ client: AgentClient, _ body: (AgentClient) async throws -> T
     } catch {
         await client.shutdown()
         throw error
+    }
+}
+
+extension UserSignIns.Configuration {
+    /// Cheap offline verifiers (scrypt's N = 2^10), so that sign-ins in tests are quick.
+    static var forTests: Self {
+        var configuration = Self()
+        configuration.verifierLogRounds = 10
+        return configuration
     }
 }
 

@@ -24,6 +24,16 @@ extension APIService {
         APIRoute(.DELETE, "/groups/{id}", .permission(.write("groups")), action: "group.delete") { try await $0.deleteGroup($1) },
         APIRoute(.PUT, "/groups/{id}/devices/{device_id}", .permission(.write("groups")), action: "group.add_device") { try await $0.addGroupMember($1) },
         APIRoute(.DELETE, "/groups/{id}/devices/{device_id}", .permission(.write("groups")), action: "group.remove_device") { try await $0.removeGroupMember($1) },
+        // Endpoint users and where they may sign in.
+        APIRoute(.GET, "/users", .permission(.read("users"))) { try await $0.listUsers($1) },
+        APIRoute(.POST, "/users", .permission(.write("users")), action: "user.create") { try await $0.createUser($1) },
+        APIRoute(.GET, "/users/{name}", .permission(.read("users"))) { try await $0.showUser($1) },
+        APIRoute(.PATCH, "/users/{name}", .permission(.write("users")), action: "user.update") { try await $0.updateUser($1) },
+        APIRoute(.DELETE, "/users/{name}", .permission(.write("users")), action: "user.delete") { try await $0.deleteUser($1) },
+        APIRoute(.POST, "/users/{name}/unlock", .permission(.write("users")), action: "user.unlock") { try await $0.unlockUser($1) },
+        APIRoute(.GET, "/sign-in-grants", .permission(.read("users"))) { try await $0.listSignInGrants($1) },
+        APIRoute(.POST, "/sign-in-grants", .permission(.write("users")), action: "user.grant") { try await $0.grantSignIn($1) },
+        APIRoute(.POST, "/sign-in-grants/revoke", .permission(.write("users")), action: "user.revoke") { try await $0.revokeSignInGrant($1) },
         // Policies.
         APIRoute(.GET, "/policies", .permission(.read("policies"))) { try await $0.listPolicies($1) },
         APIRoute(.POST, "/policies", .permission(.write("policies")), action: "policy.create") { try await $0.createPolicy($1) },

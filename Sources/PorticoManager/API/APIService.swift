@@ -25,6 +25,8 @@ public final class APIService: HTTPService {
         /// Failed logins in a row before an account locks, and for how long.
         public var lockAfterFailures: Int = 5
         public var lockoutMilliseconds: Int64 = 15 * 60_000
+        /// The shortest password an endpoint user local to Portico may be given.
+        public var minimumUserPasswordLength = 10
 
         public init() {}
     }

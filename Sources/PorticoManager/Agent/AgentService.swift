@@ -58,6 +58,8 @@ public final class AgentService: HTTPService {
     private let operations: ManagerOperations
     /// The waits this manager holds (push).
     public let push: PushHub
+    /// Endpoint users' sign-ins and password changes, when the manager has users.
+    private let users: UserSignIns?
     /// What agents did through this manager, for `/metrics`.
     private let counters: (checkIns: Counter?, enrollments: Counter?, events: Counter?)
 
@@ -65,9 +67,11 @@ public final class AgentService: HTTPService {
     ///   - identity: the manager's current identity (certificate and signing key).
     ///   - secrets: the site's secrets key, which seals session keys in the database.
     ///   - metrics: where `/metrics` reads push's series.
+    ///   - users: endpoint users' sign-ins (local users, and the directory's when there is one).
     public init(store: Store, keys: ManagerKeys, secrets: SecretsKey, identity: @escaping @Sendable () -> ServerIdentity, configuration: Configuration = Configuration(),
-                metrics: PrometheusCollectorRegistry? = nil, logger: Logger = Logger(label: "portico.agent")) {
+                users: UserSignIns? = nil, metrics: PrometheusCollectorRegistry? = nil, logger: Logger = Logger(label: "portico.agent")) {
         self.store = store
+        self.users = users
         self.sessions = SessionTable(store: store, secrets: secrets, keepEndedMilliseconds: 2 * configuration.clockSkewMilliseconds)
         self.keys = keys
         self.identity = identity
@@ -301,7 +305,7 @@ public final class AgentService: HTTPService {
             do {
                 let message: AgentMessage
                 do { message = try JSONDecoder().decode(AgentMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the message is not a known agent message") }
-                reply = try await handle(message, deviceID: session.deviceID, now: now, advance: advance, taken: &taken)
+                reply = try await handle(message, deviceID: session.deviceID, source: request.clientAddress?.ipAddress ?? "-", now: now, advance: advance, taken: &taken)
             } catch let error as ProtocolError {
                 await refused("device.message", subject: subject, request: request, error)
                 if !taken { try await operations.advanceSession(advance) }
@@ -328,8 +332,16 @@ public final class AgentService: HTTPService {
 
     /// Does what a message asks. The message's counter is taken in the same transaction when
     /// its work is one write, before the work otherwise; `taken` says when it was.
-    private func handle(_ message: AgentMessage, deviceID: String, now: Int64, advance: SessionAdvance, taken: inout Bool) async throws -> ManagerMessage {
+    private func handle(_ message: AgentMessage, deviceID: String, source: String, now: Int64, advance: SessionAdvance, taken: inout Bool) async throws -> ManagerMessage {
         switch message {
+        case .userSignIn(let request):
+            try await operations.advanceSession(advance)
+            taken = true
+            return .user(try signed(try await userSignIns().signIn(request, device: deviceID, source: source, now: now)))
+        case .userPasswordChange(let change):
+            try await operations.advanceSession(advance)
+            taken = true
+            return .user(try signed(try await userSignIns().changePassword(change, device: deviceID, source: source, now: now)))
         case .checkIn(let checkIn):
             let outcome = try await operations.checkIn(
                 CheckIn(deviceID: deviceID, atMilliseconds: now, policySerial: checkIn.policySerial, status: checkIn.status, pinned: checkIn.pinnedFingerprints), advancing: advance)
@@ -414,6 +426,19 @@ public final class AgentService: HTTPService {
         }
     }
 
+    private func userSignIns() throws -> UserSignIns {
+        guard let users else { throw ProtocolError(.malformed, "this manager does not sign users in") }
+        return users
+    }
+
+    /// A user's result, signed by the manager's identity: the device keeps it, and believes
+    /// the offline verifier in it only while the signature checks out against its pins.
+    private func signed(_ result: UserSignInResult) throws -> UserSignInResult {
+        var signed = result
+        signed.signature = Base64URL.encode(try ManagerSignature.sign(result.transcript, with: identity().signingKey))
+        return signed
+    }
+
     /// The answer to a check-in or a wait: the serial, the commands, when to check in next,
     /// and what the agent should pin and whether it may wait.
     private func checkInReply(to checkIn: CheckInRequest, serial: Int64, commands: [CommandRecord], offerPush: Bool = true) -> CheckInReply {
@@ -438,11 +463,11 @@ public final class AgentService: HTTPService {
     }
 
     /// The remote-help response code for a challenge a device shows.
-    public func remoteHelpResponse(deviceID: String, challenge: String) async throws -> String {
+    public func remoteHelpResponse(deviceID: String, challenge: String, unlockingUser user: String? = nil) async throws -> String {
         guard let device = try await store.device(id: deviceID) else { throw StoreError.notFound("device \(deviceID)") }
         let agreement = try Curve25519.KeyAgreement.PublicKey(rawRepresentation: device.agreementKey)
         let secret = RemoteHelp.deviceSecret(try keys.agreement.sharedSecretFromKeyAgreement(with: agreement), deviceID: deviceID)
-        return RemoteHelp.response(to: challenge, secret: secret)
+        return RemoteHelp.response(to: challenge, secret: secret, unlockingUser: user)
     }
 
     // MARK: - Encoding

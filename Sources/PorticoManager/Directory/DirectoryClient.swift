@@ -1,6 +1,8 @@
 import CPorticoLDAP
 import Foundation
+import NIOConcurrencyHelpers
 import NIOPosix
+import PorticoStore
 
 /// `directory`: the LDAP server (OpenLDAP, Active Directory) operators and endpoint users
 /// sign in against.
@@ -27,6 +29,36 @@ public struct DirectorySettings: Sendable, Equatable {
     public var baseDN: String
     /// Seconds to connect, and for each operation.
     public var timeoutSeconds = 10
+    /// The attribute a sign-in name is looked up by: `uid`, or `sAMAccountName` on Active Directory.
+    public var userAttribute = "uid"
+    /// Which entries the sync takes for users (RFC 4515).
+    public var userFilter = "(objectClass=inetOrgPerson)"
+    /// The groups a user is in: `{dn}` stands for the user's entry name, `{user}` for its
+    /// sign-in name.
+    public var groupFilter = "(|(member={dn})(uniqueMember={dn})(memberUid={user}))"
+    /// The attribute that names a group (what grants and the role mapping say).
+    public var groupAttribute = "cn"
+    /// Active Directory: passwords are changed through `unicodePwd`, not RFC 3062.
+    public var activeDirectory = false
+    /// How many idle connections the manager keeps open.
+    public var poolSize = 4
+    /// How often the users are synced from the directory, in seconds; 0: never (users are
+    /// then known from their first sign-in).
+    public var syncIntervalSeconds = 3600
+    /// Operators from the directory: the role each directory group gives, the first that
+    /// matches in this order. Empty: operators are local only.
+    public var operatorRoles: [RoleMapping] = []
+
+    /// A directory group and the operator role its members get.
+    public struct RoleMapping: Sendable, Equatable {
+        public var group: String
+        public var role: OperatorRole
+
+        public init(group: String, role: OperatorRole) {
+            self.group = group
+            self.role = role
+        }
+    }
 
     public init(url: String, baseDN: String) {
         self.url = url
@@ -60,6 +92,8 @@ public struct DirectoryError: Error, Sendable, CustomStringConvertible, Equatabl
 final class DirectoryConnection {
     private var handle: OpaquePointer?
     let settings: DirectorySettings
+    /// Whom the connection is bound as now (nil: anonymous, or after a failed bind).
+    private(set) var boundAs: String?
 
     /// Connects and secures the connection (nothing is sent in the clear unless `security` is none).
     init(_ settings: DirectorySettings) throws {
@@ -142,8 +176,10 @@ final class DirectoryConnection {
         guard let handle else { throw DirectoryError(kind: .other, description: "the connection is closed") }
         // An empty password is an unauthenticated bind that servers accept: never a sign-in.
         guard !password.isEmpty else { throw DirectoryError(kind: .invalidCredentials, description: "binding as \(dn): an empty password") }
+        boundAs = nil
         let code = password.withCString { portico_ldap_simple_bind(handle, dn, $0, strlen($0), nil) }
         if code != LDAP_SUCCESS { throw failure(code, doing: "binding as \(dn)") }
+        boundAs = dn
     }
 
     /// Entries under `base` matching `filter` (RFC 4515), with the named attributes.
@@ -156,6 +192,27 @@ final class DirectoryConnection {
         let code = ldap_search_ext_s(handle, base, LDAP_SCOPE_SUBTREE, filter, &cAttributes, 0, nil, nil, &timeout, Int32(limit), &result)
         defer { if let result { ldap_msgfree(result) } }
         guard code == LDAP_SUCCESS || code == LDAP_SIZELIMIT_EXCEEDED else { throw failure(code, doing: "searching \(base) for \(filter)") }
+        return entries(of: result, attributes: attributes)
+    }
+
+    /// Searches a page at a time (RFC 2696's paged results), handing each page to `page`.
+    func pagedSearch(base: String, filter: String, attributes: [String], pageSize: Int, _ page: ([(dn: String, attributes: [String: [String]])]) throws -> Void) throws {
+        guard let handle else { throw DirectoryError(kind: .other, description: "the connection is closed") }
+        var cAttributes: [UnsafeMutablePointer<CChar>?] = attributes.map { strdup($0) } + [nil]
+        defer { for pointer in cAttributes { free(pointer) } }
+        var cookie = berval(bv_len: 0, bv_val: nil)
+        defer { if cookie.bv_val != nil { ber_memfree(cookie.bv_val) } }
+        repeat {
+            var result: OpaquePointer?
+            let code = portico_ldap_search_page(handle, base, filter, &cAttributes, Int32(pageSize), settings.timeoutSeconds, &cookie, &result)
+            defer { if let result { ldap_msgfree(result) } }
+            guard code == LDAP_SUCCESS else { throw failure(code, doing: "searching \(base) for \(filter), a page at a time") }
+            try page(entries(of: result, attributes: attributes))
+        } while cookie.bv_len > 0
+    }
+
+    private func entries(of result: OpaquePointer?, attributes: [String]) -> [(dn: String, attributes: [String: [String]])] {
+        guard let handle else { return [] }
         var entries: [(String, [String: [String]])] = []
         var entry = ldap_first_entry(handle, result)
         while let current = entry {
@@ -201,51 +258,153 @@ final class DirectoryConnection {
         if generated.bv_val != nil { ber_memfree(generated.bv_val) }
         if code != LDAP_SUCCESS { throw failure(code, doing: "changing the password of \(dn)") }
     }
+
+    /// Active Directory's password change by the user: the old and the new `unicodePwd`
+    /// (quoted, UTF-16LE) in one modify, which the domain's policy decides on.
+    func changeActiveDirectoryPassword(dn: String, old: String, new: String) throws {
+        guard let handle else { throw DirectoryError(kind: .other, description: "the connection is closed") }
+        var oldValue = Array(("\"" + old + "\"").utf16).flatMap { [UInt8($0 & 0xff), UInt8($0 >> 8)] }.map { CChar(bitPattern: $0) }
+        var newValue = Array(("\"" + new + "\"").utf16).flatMap { [UInt8($0 & 0xff), UInt8($0 >> 8)] }.map { CChar(bitPattern: $0) }
+        defer {
+            for index in oldValue.indices { oldValue[index] = 0 }
+            for index in newValue.indices { newValue[index] = 0 }
+        }
+        let (oldCount, newCount) = (oldValue.count, newValue.count)
+        let code = oldValue.withUnsafeMutableBufferPointer { oldBytes in
+            newValue.withUnsafeMutableBufferPointer { newBytes in
+                portico_ldap_modify_unicode_pwd(handle, dn, oldBytes.baseAddress, oldCount, newBytes.baseAddress, newCount)
+            }
+        }
+        if code != LDAP_SUCCESS { throw failure(code, doing: "changing the password of \(dn)") }
+    }
 }
 
-/// The directory, for the manager: a connection per operation from a small pool of threads
-/// of its own, each bound as the search account or as the user who signs in.
+/// A directory account as a sign-in finds it.
+public struct DirectoryAccount: Sendable, Equatable {
+    /// The entry's name.
+    public var dn: String
+    /// The sign-in name (the user attribute's value).
+    public var name: String
+    public var displayName: String
+    /// The names of the groups the account is in.
+    public var groups: [String]
+}
+
+/// The directory, for the manager: connections from a small pool, on threads of the
+/// directory's own (libldap blocks), each bound as the search account for lookups and as the
+/// user who signs in to check a password.
 public final class DirectoryClient: Sendable {
     public let settings: DirectorySettings
-    private let pool: NIOThreadPool
+    private let threads: NIOThreadPool
+    private let idle: NIOLockedValueBox<[PooledConnection]>
+
+    /// A connection waiting in the pool. Only one thread uses it at a time: it is taken out
+    /// of the pool (under its lock) before use and put back after, so no two threads share it.
+    private final class PooledConnection: @unchecked Sendable {
+        let connection: DirectoryConnection
+        init(_ connection: DirectoryConnection) { self.connection = connection }
+    }
 
     public init(_ settings: DirectorySettings, threads: Int = 4) {
         self.settings = settings
-        self.pool = NIOThreadPool(numberOfThreads: threads)
-        pool.start()
+        self.threads = NIOThreadPool(numberOfThreads: threads)
+        self.idle = NIOLockedValueBox([])
+        self.threads.start()
     }
 
-    deinit { pool.shutdownGracefully { _ in } }
+    deinit { threads.shutdownGracefully { _ in } }
 
-    /// Runs `body` with a new connection, on the directory's threads.
+    /// Runs `body` with a connection from the pool (or a new one), on the directory's threads,
+    /// and puts the connection back unless it failed. A pooled connection the server has
+    /// closed since is replaced once.
     func withConnection<T: Sendable>(_ body: @escaping @Sendable (DirectoryConnection) throws -> T) async throws -> T {
         let settings = self.settings
-        return try await pool.runIfActive { try body(try DirectoryConnection(settings)) }
-    }
-
-    /// Checks a user's password by binding as them; the user is found by `attribute` (uid,
-    /// or sAMAccountName on Active Directory) with the search account.
-    /// - Returns: the user's entry name (DN).
-    public func authenticate(user: String, password: String, attribute: String = "uid") async throws -> String {
-        let settings = self.settings
-        return try await withConnection { connection in
-            if let dn = settings.bindDN { try connection.bind(dn: dn, password: settings.bindPassword ?? "") }
-            let found = try connection.search(base: settings.baseDN, filter: "(\(attribute)=\(Self.escapeFilter(user)))", attributes: ["1.1"], limit: 2)
-            guard found.count == 1, let dn = found.first?.dn else {
-                throw DirectoryError(kind: .invalidCredentials, description: found.isEmpty ? "no directory account \(user)" : "more than one directory account is named \(user)")
+        let idle = self.idle
+        return try await threads.runIfActive {
+            for attempt in 0..<2 {
+                let pooled = attempt == 0 ? idle.withLockedValue { $0.popLast() } : nil
+                let connection = try pooled?.connection ?? DirectoryConnection(settings)
+                do {
+                    let value = try body(connection)
+                    idle.withLockedValue { if $0.count < settings.poolSize { $0.append(PooledConnection(connection)) } }
+                    return value
+                } catch let error as DirectoryError where pooled != nil && error.kind == .unreachable {
+                    continue
+                }
             }
-            try connection.bind(dn: dn, password: password)
-            return dn
+            throw DirectoryError(kind: .unreachable, description: "the directory at \(settings.url) closed two connections in a row")
         }
     }
 
-    /// Changes a user's password in the directory, as the user (old password) under the
-    /// directory's own policy.
-    public func changePassword(user: String, old: String, new: String, attribute: String = "uid") async throws {
-        let dn = try await authenticate(user: user, password: old, attribute: attribute)
+    /// Binds a connection as the search account (when one is configured), unless it is already.
+    static func bindForSearch(_ connection: DirectoryConnection, _ settings: DirectorySettings) throws {
+        if let dn = settings.bindDN, connection.boundAs != dn { try connection.bind(dn: dn, password: settings.bindPassword ?? "") }
+    }
+
+    /// Looks a user up by sign-in name with the search account: its entry, name and groups.
+    static func lookUp(_ user: String, on connection: DirectoryConnection, _ settings: DirectorySettings) throws -> DirectoryAccount {
+        try bindForSearch(connection, settings)
+        let found = try connection.search(base: settings.baseDN, filter: "(\(settings.userAttribute)=\(escapeFilter(user)))",
+                                          attributes: [settings.userAttribute, "displayName", "cn"], limit: 2)
+        guard found.count == 1, let entry = found.first else {
+            throw DirectoryError(kind: .invalidCredentials, description: found.isEmpty ? "no directory account \(user)" : "more than one directory account is named \(user)")
+        }
+        let filter = settings.groupFilter.replacingOccurrences(of: "{dn}", with: escapeFilter(entry.dn)).replacingOccurrences(of: "{user}", with: escapeFilter(user))
+        let groups = try connection.search(base: settings.baseDN, filter: filter, attributes: [settings.groupAttribute], limit: 5000)
+            .compactMap { $0.attributes[settings.groupAttribute]?.first }
+        let name = entry.attributes[settings.userAttribute]?.first ?? user
+        return DirectoryAccount(dn: entry.dn, name: name, displayName: entry.attributes["displayName"]?.first ?? entry.attributes["cn"]?.first ?? name, groups: groups.sorted())
+    }
+
+    /// Checks a user's password by binding as them, after finding them with the search account.
+    public func authenticate(user: String, password: String) async throws -> DirectoryAccount {
+        let settings = self.settings
+        return try await withConnection { connection in
+            let account = try Self.lookUp(user, on: connection, settings)
+            try connection.bind(dn: account.dn, password: password)
+            return account
+        }
+    }
+
+    /// A user's entry and groups, without a password (to check an operator's standing).
+    public func account(named user: String) async throws -> DirectoryAccount? {
+        let settings = self.settings
+        return try await withConnection { connection in
+            do { return try Self.lookUp(user, on: connection, settings) } catch let error as DirectoryError where error.kind == .invalidCredentials { return nil }
+        }
+    }
+
+    /// Changes a user's password in the directory, as the user (with the old password), under
+    /// the directory's own policy: RFC 3062's password modify, or `unicodePwd` on Active
+    /// Directory. The directory's refusal comes back in its own words.
+    public func changePassword(user: String, old: String, new: String) async throws {
+        let settings = self.settings
         try await withConnection { connection in
-            try connection.bind(dn: dn, password: old)
-            try connection.changePassword(dn: dn, old: old, new: new)
+            let account = try Self.lookUp(user, on: connection, settings)
+            try connection.bind(dn: account.dn, password: old)
+            if settings.activeDirectory {
+                try connection.changeActiveDirectoryPassword(dn: account.dn, old: old, new: new)
+            } else {
+                try connection.changePassword(dn: account.dn, old: old, new: new)
+            }
+        }
+    }
+
+    /// Every user the sync takes, a page at a time (RFC 2696), handed to `page` as it arrives
+    /// so that no more than a page is held. `page` runs on the directory's thread and may
+    /// block (it waits for the page to be stored).
+    public func eachUserPage(pageSize: Int = 500, _ page: @escaping @Sendable ([DirectoryAccount]) throws -> Void) async throws {
+        let settings = self.settings
+        // A connection of its own: a sync holds it for a long time.
+        try await threads.runIfActive {
+            let connection = try DirectoryConnection(settings)
+            try Self.bindForSearch(connection, settings)
+            try connection.pagedSearch(base: settings.baseDN, filter: settings.userFilter, attributes: [settings.userAttribute, "displayName", "cn"], pageSize: pageSize) { entries in
+                try page(entries.compactMap { entry in
+                    guard let name = entry.attributes[settings.userAttribute]?.first else { return nil }
+                    return DirectoryAccount(dn: entry.dn, name: name, displayName: entry.attributes["displayName"]?.first ?? entry.attributes["cn"]?.first ?? name, groups: [])
+                })
+            }
         }
     }
 

@@ -97,7 +97,7 @@ struct Mailer: Sendable {
         defer { curl_easy_cleanup(curl) }
         let scheme = settings.security == .tls ? "smtps" : "smtp"
         let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
-        var recipients: UnsafeMutablePointer<curl_slist>? = curl_slist_append(nil, "<\(recipient)>")
+        let recipients: UnsafeMutablePointer<curl_slist>? = curl_slist_append(nil, "<\(recipient)>")
         defer { curl_slist_free_all(recipients) }
         final class Reader {
             let bytes: [UInt8]

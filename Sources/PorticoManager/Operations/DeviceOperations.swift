@@ -17,11 +17,18 @@ extension ManagerOperations {
     }
 
     /// The response code for a challenge a locked device shows; audited, as it grants access.
-    public func remoteHelpResponse(deviceID: String, challenge: String, by actor: Actor) async throws -> String {
+    /// With `user`, the code unlocks that user on the device (offline: the device's own
+    /// lockout of the user ends), and the audit entry names the user.
+    public func remoteHelpResponse(deviceID: String, challenge: String, unlockingUser user: String? = nil, by actor: Actor) async throws -> String {
         guard let agent else { throw StoreError.conflict("remote help needs the agent service, which this manager does not run") }
         guard try await store.device(id: deviceID) != nil else { throw StoreError.notFound("device \(deviceID)") }
-        let response = try await agent.remoteHelpResponse(deviceID: deviceID, challenge: challenge)
-        try await store.audit(actor.entry("device.remote_help", target: deviceID))
+        if let user { try EndpointUser.validate(name: user) }
+        let response = try await agent.remoteHelpResponse(deviceID: deviceID, challenge: challenge, unlockingUser: user)
+        if let user {
+            try await store.audit(actor.entry("user.unlock_offline", target: deviceID, detail: "user \(user)"))
+        } else {
+            try await store.audit(actor.entry("device.remote_help", target: deviceID))
+        }
         return response
     }
 

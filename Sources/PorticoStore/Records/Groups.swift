@@ -56,6 +56,7 @@ extension Transaction {
         guard !removed.isEmpty else { throw StoreError.notFound("group \(id)") }
         let hlc = timestamp()
         try await database.raw("DELETE FROM device_group_members WHERE group_id = \(bind: id)").run()
+        try await database.raw("DELETE FROM user_sign_in_grants WHERE group_id = \(bind: id)").run()
         let assignments = try await database.raw("DELETE FROM policy_assignments WHERE group_id = \(bind: id) RETURNING policy_id").all()
         try await logChange(entity: "group", key: id, op: .delete, hlc: hlc)
         if !assignments.isEmpty { try await Store.bumpPolicySerial(self) }

@@ -248,6 +248,40 @@ enum Migrations {
                 "CREATE INDEX notification_deliveries_created ON notification_deliveries (created_ms)",
             ]
         },
+        Migration(version: 11, name: "endpoint users, who may sign in where, sign-in lockouts, directory syncs") { _ in
+            [
+                // Users who sign in on devices: local (a scrypt hash) or from the directory (its
+                // entry's name; the directory checks the password). A site's own, like the
+                // operators' sign-in state: not replicated to peers.
+                """
+                CREATE TABLE endpoint_users (
+                    name TEXT PRIMARY KEY, source TEXT NOT NULL, display_name TEXT NOT NULL DEFAULT '', password_hash TEXT NOT NULL DEFAULT '',
+                    directory_dn TEXT NOT NULL DEFAULT '', directory_groups TEXT NOT NULL DEFAULT '', disabled INTEGER NOT NULL DEFAULT 0,
+                    created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, sync_run TEXT NOT NULL DEFAULT '',
+                    last_sign_in_ms BIGINT NOT NULL DEFAULT 0, last_device TEXT NOT NULL DEFAULT '')
+                """,
+                "CREATE INDEX endpoint_users_sync ON endpoint_users (source, sync_run)",
+                // Which users may sign in on the devices of a group (`*`: every device): a user
+                // (`user:<name>`) or a directory group (`group:<name>`).
+                """
+                CREATE TABLE user_sign_in_grants (
+                    group_id TEXT NOT NULL, principal TEXT NOT NULL, created_by TEXT NOT NULL, created_ms BIGINT NOT NULL, PRIMARY KEY (group_id, principal))
+                """,
+                // Failed sign-ins counted per user and per device (`scope`), within a window.
+                """
+                CREATE TABLE sign_in_failures (
+                    scope TEXT NOT NULL, subject TEXT NOT NULL, failures BIGINT NOT NULL, window_start_ms BIGINT NOT NULL,
+                    locked_until_ms BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (scope, subject))
+                """,
+                // The directory's scheduled sync: one row, claimed by one manager of the site at a time.
+                """
+                CREATE TABLE directory_syncs (
+                    id TEXT PRIMARY KEY, run TEXT NOT NULL DEFAULT '', state TEXT NOT NULL DEFAULT 'idle', started_ms BIGINT NOT NULL DEFAULT 0,
+                    finished_ms BIGINT NOT NULL DEFAULT 0, claimed_until_ms BIGINT NOT NULL DEFAULT 0, seen BIGINT NOT NULL DEFAULT 0,
+                    added BIGINT NOT NULL DEFAULT 0, removed BIGINT NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '')
+                """,
+            ]
+        },
     ]
 
     /// The schema version this binary writes.

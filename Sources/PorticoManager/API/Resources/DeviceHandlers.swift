@@ -6,17 +6,24 @@ import PorticoServer
 import PorticoStore
 
 struct RemoteHelpBody: APIRequestBody {
-    static let fields: Set<String> = ["challenge"]
+    static let fields: Set<String> = ["challenge", "user"]
     var challenge: String
+    /// A user locked on the device to unlock (the device's challenge for that user).
+    var user: String?
 
     func validate() -> [APIProblem.FieldError] {
-        challenge.isEmpty || challenge.utf8.count > 64 ? [.init(field: "challenge", message: "must be the 1 to 64 character code the device shows")] : []
+        var problems: [APIProblem.FieldError] = []
+        if challenge.isEmpty || challenge.utf8.count > 64 { problems.append(.init(field: "challenge", message: "must be the 1 to 64 character code the device shows")) }
+        if let user, (try? EndpointUser.validate(name: user)) == nil { problems.append(.init(field: "user", message: "must be a user's sign-in name")) }
+        return problems
     }
 }
 
 struct RemoteHelpAnswer: Encodable, Sendable {
     var deviceId: String
     var response: String
+    /// The user the response unlocks on the device, when it unlocks one.
+    var user: String?
 }
 
 /// Devices: listed, shown, revoked, deleted, and remote help.
@@ -54,7 +61,7 @@ extension APIService {
     func remoteHelp(_ context: APIContext) async throws -> APIReply {
         let id = context.parameter("id")
         let body = try APIJSON.decode(RemoteHelpBody.self, from: context.request)
-        let response = try await operations.remoteHelpResponse(deviceID: id, challenge: body.challenge, by: try context.actor)
-        return try .json(RemoteHelpAnswer(deviceId: id, response: response))
+        let response = try await operations.remoteHelpResponse(deviceID: id, challenge: body.challenge, unlockingUser: body.user, by: try context.actor)
+        return try .json(RemoteHelpAnswer(deviceId: id, response: response, user: body.user))
     }
 }

@@ -1,0 +1,168 @@
+import Foundation
+import Logging
+import PorticoProtocol
+import PorticoStore
+
+/// Endpoint users signing in on devices, and changing their passwords, inside the device's
+/// session: the manager hears of a user only from a device it has authenticated. Local users
+/// are checked against their scrypt hash, directory users by a bind as them; then the grants
+/// of the device's groups decide whether the user may use that device.
+public struct UserSignIns: Sendable {
+    public struct Configuration: Sendable, Equatable {
+        /// How long a device may let a user sign in offline with the verifier it was given;
+        /// 0: never.
+        public var offlineSeconds = 7 * 86_400
+        /// Wrong passwords in a row before a user is locked (on every device).
+        public var lockAfterFailures = 5
+        /// Wrong passwords on one device, for any users, before the device is locked.
+        public var deviceLockAfterFailures = 20
+        /// How long failures count, and a lockout lasts.
+        public var lockoutMilliseconds: Int64 = 15 * 60_000
+        /// The shortest password a local user may set.
+        public var minimumPasswordLength = 10
+        /// log2 of scrypt's N for the offline verifiers handed to devices.
+        public var verifierLogRounds = PasswordVerifier.defaultLogRounds
+
+        public init() {}
+    }
+
+    let store: Store
+    let directory: DirectoryClient?
+    let configuration: Configuration
+    let operations: ManagerOperations
+    let logger: Logger
+
+    public init(store: Store, directory: DirectoryClient?, configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.users")) {
+        self.store = store
+        self.directory = directory
+        self.configuration = configuration
+        self.operations = ManagerOperations(store: store, agent: nil)
+        self.logger = logger
+    }
+
+    /// Who the user is once the password checked out.
+    private struct Checked {
+        var displayName: String
+        var groups: [String]
+        /// What the directory said of the user, to save; nil for a local user.
+        var account: DirectoryAccount?
+    }
+
+    /// How a password check ended, when it did not let the user in.
+    private enum Stop: Error {
+        case result(UserSignInResult.Outcome, String, lockedUntil: Int64? = nil)
+    }
+
+    /// Checks a user's sign-in on `device` and answers what the device should do (unsigned).
+    public func signIn(_ request: UserSignInRequest, device: String, source: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> UserSignInResult {
+        try EndpointUser.validate(name: request.user)
+        var result = UserSignInResult(deviceID: device, user: request.user, nonce: request.nonce, outcome: .allowed, message: "", issuedMilliseconds: now)
+        do {
+            let checked = try await check(user: request.user, password: request.password, device: device, action: "user.sign_in", source: source, now: now)
+            result.displayName = checked.displayName
+            try await operations.userSignedIn(user: request.user, device: device, directory: checked.account, action: "user.sign_in", detail: "signed in", source: source, now: now)
+            try await offer(request.password, in: &result, now: now)
+            result.message = "signed in"
+        } catch Stop.result(let outcome, let message, let lockedUntil) {
+            result.outcome = outcome
+            result.message = message
+            result.lockedUntilMilliseconds = lockedUntil
+        }
+        return result
+    }
+
+    /// Sets a user's new password (the old one proves it is the user): a local user's here,
+    /// a directory user's in the directory, under its policy.
+    public func changePassword(_ change: UserPasswordChange, device: String, source: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> UserSignInResult {
+        try EndpointUser.validate(name: change.user)
+        var result = UserSignInResult(deviceID: device, user: change.user, nonce: change.nonce, outcome: .allowed, message: "", issuedMilliseconds: now)
+        let action = "user.password_change"
+        do {
+            let checked = try await check(user: change.user, password: change.oldPassword, device: device, action: action, source: source, now: now)
+            result.displayName = checked.displayName
+            if let directory, checked.account != nil {
+                do {
+                    try await directory.changePassword(user: change.user, old: change.oldPassword, new: change.newPassword)
+                } catch let error as DirectoryError where error.kind == .refused || error.kind == .other {
+                    await operations.refused(AuditEntry(actor: "user:" + change.user, action: action, target: device, source: source, result: "refused", detail: error.description))
+                    throw Stop.result(.refused, error.description)
+                } catch let error as DirectoryError {
+                    throw Stop.result(.unavailable, "the directory cannot be reached: \(error.description)")
+                }
+            } else {
+                do {
+                    _ = try await operations.updateUser(name: change.user, displayName: nil, password: change.newPassword, disabled: nil,
+                                                        minimumLength: configuration.minimumPasswordLength, by: .init(name: "user:" + change.user, source: source))
+                } catch let error as StoreError where error.kind == .invalidValue {
+                    await operations.refused(AuditEntry(actor: "user:" + change.user, action: action, target: device, source: source, result: "refused", detail: error.message))
+                    throw Stop.result(.refused, "the new password " + error.message.replacingOccurrences(of: "user.password ", with: ""))
+                }
+            }
+            try await operations.userSignedIn(user: change.user, device: device, directory: checked.account, action: action, detail: "password changed", source: source, now: now)
+            try await offer(change.newPassword, in: &result, now: now)
+            result.message = "the password was changed"
+        } catch Stop.result(let outcome, let message, let lockedUntil) {
+            result.outcome = outcome
+            result.message = message
+            result.lockedUntilMilliseconds = lockedUntil
+        }
+        return result
+    }
+
+    /// Lockouts, the password, the account's state and the device's grants, in that order;
+    /// each refusal audited with the user and the device.
+    private func check(user: String, password: String, device: String, action: String, source: String, now: Int64) async throws -> Checked {
+        func refuse(_ outcome: UserSignInResult.Outcome, _ message: String, audit detail: String, lockedUntil: Int64? = nil) async -> Stop {
+            await operations.refused(AuditEntry(actor: "user:" + user, action: action, target: device, source: source, result: "refused", detail: detail))
+            return .result(outcome, message, lockedUntil: lockedUntil)
+        }
+        let locks = [try await store.signInLockedUntil(scope: "user", subject: user, now: now), try await store.signInLockedUntil(scope: "device", subject: device, now: now)]
+        if let until = locks.compactMap({ $0 }).max() {
+            throw await refuse(.locked, "too many wrong passwords: sign-ins are locked for a while", audit: "locked", lockedUntil: until)
+        }
+        let record = try await store.endpointUser(named: user)
+        var checked: Checked
+        var passwordRight: Bool
+        if let record, record.source == .local {
+            passwordRight = await PasswordHasher.verify(password, against: record.passwordHash)
+            checked = Checked(displayName: record.displayName, groups: [], account: nil)
+        } else if let directory {
+            do {
+                let account = try await directory.authenticate(user: user, password: password)
+                checked = Checked(displayName: account.displayName, groups: account.groups, account: account)
+                passwordRight = true
+            } catch let error as DirectoryError where error.kind == .invalidCredentials {
+                checked = Checked(displayName: "", groups: [], account: nil)
+                passwordRight = false
+            } catch let error as DirectoryError {
+                // The device may fall back to the verifier it holds, for as long as it was given.
+                logger.warning("a user's sign-in could not reach the directory", metadata: ["user": "\(user)", "error": "\(error.description)"])
+                throw await refuse(.unavailable, "the directory cannot be reached; sign in with the password this device last saw", audit: "directory unavailable: \(error.description)")
+            }
+        } else {
+            // No such local user and no directory: the same time spent as on a real check.
+            _ = await PasswordHasher.verify(password, against: OperatorAuthenticator.decoyHash)
+            checked = Checked(displayName: "", groups: [], account: nil)
+            passwordRight = false
+        }
+        guard passwordRight else {
+            let limits = (configuration.lockAfterFailures, configuration.deviceLockAfterFailures, configuration.lockoutMilliseconds)
+            let locked = try await operations.userSignInFailed(user: user, device: device, action: action, source: source, now: now, limits: limits)
+            if let locked { throw Stop.result(.locked, "the name or the password is wrong; sign-ins are now locked for a while", lockedUntil: locked) }
+            throw Stop.result(.badCredentials, "the name or the password is wrong")
+        }
+        if record?.disabled == true { throw await refuse(.disabled, "this account is disabled", audit: "disabled") }
+        guard try await store.maySignIn(user: user, groups: checked.groups, device: device) else {
+            throw await refuse(.notPermitted, "\(user) may not sign in on this device", audit: "not permitted on this device")
+        }
+        return checked
+    }
+
+    /// Puts the offline verifier of `password` into an allowed result.
+    private func offer(_ password: String, in result: inout UserSignInResult, now: Int64) async throws {
+        result.offlineSeconds = configuration.offlineSeconds
+        guard configuration.offlineSeconds > 0 else { return }
+        result.offlineVerifier = try await PasswordHasher.hash(password, logRounds: configuration.verifierLogRounds)
+        result.offlineUntilMilliseconds = now + Int64(configuration.offlineSeconds) * 1000
+    }
+}
