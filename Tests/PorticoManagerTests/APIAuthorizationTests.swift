@@ -46,6 +46,7 @@ import Testing
         var apiTokenID: String
         var refreshToken: String
         var loginName: String
+        var user: String
     }
 
     static let samples: [String: Sample] = [
@@ -66,6 +67,15 @@ import Testing
         "DELETE /groups/{id}": Sample(path: { "/groups/\($0.group)" }, status: 204),
         "PUT /groups/{id}/devices/{device_id}": Sample(path: { "/groups/\($0.group)/devices/\($0.device)" }, status: 204),
         "DELETE /groups/{id}/devices/{device_id}": Sample(path: { "/groups/\($0.group)/devices/\($0.device)" }, status: 204),
+        "GET /users": Sample(path: { _ in "/users?limit=5" }, status: 200),
+        "POST /users": Sample(path: { _ in "/users" }, body: { _ in "{\"name\":\"new-\(UUID().uuidString.prefix(8))\",\"password\":\"a long enough password\"}" }, status: 201),
+        "GET /users/{name}": Sample(path: { "/users/\($0.user)" }, status: 200),
+        "PATCH /users/{name}": Sample(path: { "/users/\($0.user)" }, body: { _ in "{\"display_name\":\"New Name\",\"disabled\":false}" }, status: 200),
+        "DELETE /users/{name}": Sample(path: { "/users/\($0.user)" }, status: 204),
+        "POST /users/{name}/unlock": Sample(path: { "/users/\($0.user)/unlock" }, status: 200),
+        "GET /sign-in-grants": Sample(path: { "/sign-in-grants?group_id=\($0.group)" }, status: 200),
+        "POST /sign-in-grants": Sample(path: { _ in "/sign-in-grants" }, body: { "{\"group_id\":\"\($0.group)\",\"principal\":\"group:laptop-users\"}" }, status: 201),
+        "POST /sign-in-grants/revoke": Sample(path: { _ in "/sign-in-grants/revoke" }, body: { "{\"group_id\":\"\($0.group)\",\"principal\":\"user:\($0.user)\"}" }, status: 204),
         "GET /policies": Sample(path: { _ in "/policies" }, status: 200),
         "POST /policies": Sample(path: { _ in "/policies" }, body: { _ in "{\"name\":\"p-\(UUID().uuidString)\",\"document\":{\"firewall\":true}}" }, status: 201),
         "GET /policies/{id}": Sample(path: { "/policies/\($0.policy)" }, status: 200),
@@ -134,8 +144,13 @@ import Testing
                 let apiTokenID = BearerSecret.newID()
                 try await manager.store.createAPIToken(APITokenRecord(id: apiTokenID, secretHash: Array(repeating: 2, count: 32), name: "f", role: .auditor, expiresMilliseconds: nil, createdBy: "test"))
                 let refresh = try await manager.session(for: "fixture-login").refresh
+                let user = "user-\(counter)"
+                try await manager.store.write { transaction in
+                    try await transaction.createEndpointUser(EndpointUser(name: user, source: .local, passwordHash: targetHash))
+                    try await transaction.grantSignIn(SignInGrant(groupID: group, principal: "user:" + user, createdBy: "test"))
+                }
                 return Fixture(device: device, group: group, policy: policy, enrollmentToken: token, command: command.id, targetOperator: target,
-                               apiTokenID: apiTokenID, refreshToken: refresh, loginName: "fixture-login")
+                               apiTokenID: apiTokenID, refreshToken: refresh, loginName: "fixture-login", user: user)
             }
             for role in OperatorRole.allCases { try await manager.store.createOperator(OperatorRecord(name: "caller-\(role.rawValue)", passwordHash: targetHash, role: role)) }
             func token(for caller: Caller) async throws -> String? {
