@@ -374,7 +374,7 @@ extension ManagerSections {
     /// none` says otherwise for a lab, and the server is verified against `trust` (or the
     /// system's roots).
     mutating func readDirectory(_ node: Node, base: String, reader: inout NodeReader) {
-        let known = ["url", "security", "trust", "bind_dn", "bind_password_file", "base_dn", "timeout", "user_attribute", "user_filter", "group_filter", "group_attribute",
+        let known = ["url", "security", "trust", "bind_dn", "bind_password_file", "base_dn", "timeout", "user_attribute", "user_filter", "group_filter", "group_attribute", "account_filter",
                      "active_directory", "pool_size", "sync_interval", "operator_roles"]
         guard let keys = reader.mapping(node, at: "directory", keys: known) else { return }
         guard let urlEntry = keys["url"], let url = reader.string(urlEntry.value, at: "directory.url") else {
@@ -415,8 +415,9 @@ extension ManagerSections {
             guard let entry = keys[key], let value = reader.string(entry.value, at: "directory.\(key)") else { continue }
             if value.isEmpty { reader.error("directory.\(key) must not be empty", at: entry.value) } else { settings[keyPath: keyPath] = value }
         }
-        for key in ["user_filter", "group_filter"] {
-            if let entry = keys[key], let value = reader.string(entry.value, at: "directory.\(key)"), !(value.hasPrefix("(") && value.hasSuffix(")")) {
+        if let entry = keys["account_filter"], let value = reader.string(entry.value, at: "directory.account_filter") { settings.accountFilter = value }
+        for key in ["user_filter", "group_filter", "account_filter"] {
+            if let entry = keys[key], let value = reader.string(entry.value, at: "directory.\(key)"), !value.isEmpty, !(value.hasPrefix("(") && value.hasSuffix(")")) {
                 reader.error("directory.\(key) must be an LDAP filter in parentheses, such as (objectClass=inetOrgPerson)", at: entry.value)
             }
         }
@@ -426,6 +427,7 @@ extension ManagerSections {
             if value, keys["user_attribute"] == nil { settings.userAttribute = "sAMAccountName" }
             if value, keys["user_filter"] == nil { settings.userFilter = "(&(objectCategory=person)(objectClass=user))" }
             if value, keys["group_filter"] == nil { settings.groupFilter = "(&(objectClass=group)(member={dn}))" }
+            if value, keys["account_filter"] == nil { settings.accountFilter = "(!(userAccountControl:1.2.840.113556.1.4.803:=2))" }
         }
         if let entry = keys["pool_size"], let value = reader.int(entry.value, at: "directory.pool_size") {
             if (1...64).contains(value) { settings.poolSize = value } else { reader.error("directory.pool_size must be between 1 and 64", at: entry.value) }

@@ -62,6 +62,8 @@ public enum ManagerServices {
         public let notifier: Notifier
         /// The fleet and the process in `/metrics`, when the gateway keeps metrics.
         public let fleetMetrics: FleetMetrics?
+        /// The directory's sync of users and check of operators, when there is a directory.
+        public let directorySync: DirectorySync?
     }
 
     /// - Parameters:
@@ -92,7 +94,7 @@ public enum ManagerServices {
         var apiSettings = APIService.Configuration()
         apiSettings.minimumUserPasswordLength = configuration.endpointUsers.minimumPasswordLength
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { identityStatus(prepared) }, configuration: apiSettings,
-                             logger: Logger(label: "portico.api"))
+                             directory: directory, logger: Logger(label: "portico.api"))
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         registry.register("api", api)
@@ -105,7 +107,8 @@ public enum ManagerServices {
         registry.register("reporting", try ReportingService(store: store, api: api, console: console, consolePort: consoleListener?.port, logger: Logger(label: "portico.reporting")))
         registry.register("replication", ReplicationService(store: store, logger: Logger(label: "portico.replication")))
         return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store), links: links, notifier: notifier,
-                       fleetMetrics: metrics.map { FleetMetrics(store: store, metrics: $0) })
+                       fleetMetrics: metrics.map { FleetMetrics(store: store, metrics: $0) },
+                       directorySync: directory.map { DirectorySync(store: store, directory: $0, logger: Logger(label: "portico.directory")) })
     }
 
     /// The identities loaded from the configured identity files (the ones a rotation replaces).

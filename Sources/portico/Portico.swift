@@ -129,7 +129,7 @@ struct Serve: AsyncParsableCommand {
         // A peer added or removed on any manager of the site: the replication listener trusts the new set.
         runtime.links.onTrustChange { await gateway.reload() }
         let group = ServiceGroup(
-            configuration: .init(services: [.init(service: gateway), .init(service: runtime.agent.push), .init(service: runtime.rotation), .init(service: runtime.history), .init(service: runtime.links), .init(service: runtime.notifier)] + (runtime.fleetMetrics.map { [.init(service: $0)] } ?? []), gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(services: [.init(service: gateway), .init(service: runtime.agent.push), .init(service: runtime.rotation), .init(service: runtime.history), .init(service: runtime.links), .init(service: runtime.notifier)] + (runtime.fleetMetrics.map { [.init(service: $0)] } ?? []) + (runtime.directorySync.map { [.init(service: $0)] } ?? []), gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         do {
             try await group.run()

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 @testable import PorticoManager
 import PorticoTestSupport
 import Testing
@@ -16,7 +17,7 @@ import Testing
         return settings
     }
 
-    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd (apt-get install slapd)"))
+    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd and ldapmodify (apt-get install slapd ldap-utils)"))
     func usersSignInOverLDAPSAndStartTLSAndWrongPasswordsAreRefused() async throws {
         let dir = try TemporaryDirectory()
         let slapd = try await Slapd(in: dir)
@@ -30,6 +31,11 @@ import Testing
             #expect(try await directory.authenticate(user: "bob", password: "bob password 22").groups == ["laptop-users"])
             #expect(try await directory.account(named: "carol")?.groups == [])
             #expect(try await directory.account(named: "mallory") == nil)
+            // A paged search hands over a page at a time: four users in pages of two, then none.
+            let pages = NIOLockedValueBox<[[String]]>([])
+            try await directory.eachUserPage(pageSize: 2) { page in pages.withLockedValue { $0.append(page.map(\.name)) } }
+            #expect(pages.withLockedValue { $0 }.map(\.count).prefix(2) == [2, 2])
+            #expect(pages.withLockedValue { $0 }.flatMap { $0 }.sorted() == ["alice", "bob", "carol", "portico"])
             let wrong = await #expect(throws: DirectoryError.self) { try await directory.authenticate(user: "alice", password: "not it") }
             #expect(wrong?.kind == .invalidCredentials)
             let nobody = await #expect(throws: DirectoryError.self) { try await directory.authenticate(user: "mallory", password: "whatever 1") }
@@ -42,7 +48,7 @@ import Testing
         }
     }
 
-    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd (apt-get install slapd)"))
+    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd and ldapmodify (apt-get install slapd ldap-utils)"))
     func anUntrustedCertificateAnUnreachableServerAndBadSearchCredentialsAreSaidPlainly() async throws {
         let dir = try TemporaryDirectory()
         let slapd = try await Slapd(in: dir)
@@ -70,7 +76,7 @@ import Testing
         #expect(search?.kind == .invalidCredentials && search?.description.contains(Slapd.searchDN) == true, "\(String(describing: search))")
     }
 
-    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd (apt-get install slapd)"))
+    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd and ldapmodify (apt-get install slapd ldap-utils)"))
     func aPasswordChangeIsRefusedInTheDirectorysWordsOrMade() async throws {
         let dir = try TemporaryDirectory()
         let slapd = try await Slapd(in: dir)

@@ -95,7 +95,8 @@ struct TestManager {
         try await sync.exchange()
         let identity = try #require(prepared.identity(of: .client))
         let keys = try await ManagerKeys.load(from: vault, legacyDirectory: config.dataDirectory)
-        let signIns = UserSignIns(store: store, directory: directoryServer.map { DirectoryClient($0) }, configuration: users, logger: quiet)
+        let directoryClient = directoryServer.map { DirectoryClient($0) }
+        let signIns = UserSignIns(store: store, directory: directoryClient, configuration: users, logger: quiet)
         let agent = AgentService(store: store, keys: keys, secrets: vault.key, identity: { identity.current }, configuration: configuration, users: signIns, logger: quiet)
         var services = ServiceRegistry()
         services.register("agent", agent)
@@ -105,7 +106,8 @@ struct TestManager {
         let metrics = GatewayMetrics()
         let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", configured: config.peers, peersFolder: config.peersFolder, timing: linkTiming,
                               metrics: metrics.registry, logger: quiet)
-        let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration, logger: quiet)
+        let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration,
+                             directory: directoryClient, logger: quiet)
         services.register("api", api)
         let notifier = Notifier(store: store, secrets: vault.key, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: notifications, logger: quiet)
         let console = try ConsoleService(store: store, agent: agent, api: api, identityStatus: { ManagerServices.identityStatus(prepared) }, reportsURL: "/reports", links: links,

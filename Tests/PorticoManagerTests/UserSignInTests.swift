@@ -147,7 +147,7 @@ import Testing
 /// The same against a real OpenLDAP: directory users, directory groups in grants, the
 /// directory's password policy, and the directory down.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct DirectoryUserSignInTests {
-    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd (apt-get install slapd)"))
+    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd and ldapmodify (apt-get install slapd ldap-utils)"))
     func directoryUsersSignInByGroupChangeTheirPasswordsAndFallBackOfflineWhenItIsDown() async throws {
         let dir = try TemporaryDirectory()
         let slapd = try await Slapd(in: dir)
@@ -191,6 +191,115 @@ import Testing
             #expect(unavailable.count == 1)
             let changes = try await manager.store.auditEntries(actor: "user:bob", action: "user.password_change")
             #expect(changes.map(\.result).sorted() == ["ok", "refused"])
+        }
+    }
+}
+
+/// Operators from the directory, and the directory's users synced, against a real OpenLDAP.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct DirectoryOperatorTests {
+    static func settings(_ slapd: Slapd) -> DirectorySettings {
+        var settings = DirectoryTests.settings(slapd)
+        settings.operatorRoles = [.init(group: "portico-admins", role: .admin), .init(group: "laptop-users", role: .auditor)]
+        // slapd's password policy locks an account with pwdAccountLockedTime.
+        settings.accountFilter = "(!(pwdAccountLockedTime=*))"
+        return settings
+    }
+
+    static func login(_ api: APICaller, _ name: String, _ password: String) async throws -> APIAnswer {
+        let body = try JSONSerialization.data(withJSONObject: ["name": name, "password": password])
+        return try await api.call(.POST, "/auth/login", json: String(decoding: body, as: UTF8.self))
+    }
+
+    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd and ldapmodify (apt-get install slapd ldap-utils)"))
+    func directoryAccountsSignInWithTheRoleOfTheirGroupsAndLoseTheirSessionsWhenDisabled() async throws {
+        let dir = try TemporaryDirectory()
+        let slapd = try await Slapd(in: dir)
+        var stopped = false
+        defer { if !stopped { slapd.stop() } }
+        try await TestManager.with(directoryServer: Self.settings(slapd)) { manager in
+            try await manager.makeOperator("local-admin", role: .admin)
+            let sync = DirectorySync(store: manager.store, directory: DirectoryClient(Self.settings(slapd)))
+            try await APICaller.with(manager) { api in
+                let alice = try await Self.login(api, "alice", "alice password 1")
+                #expect(alice.status == 200)
+                let aliceToken = try #require(alice.json["access_token"] as? String)
+                #expect(try await api.call(.GET, "/auth/whoami", token: aliceToken).json["role"] as? String == "admin")
+                let account = try #require(try await manager.store.operatorAccount(named: "alice"))
+                #expect(account.fromDirectory && account.role == .admin)
+                // bob's only group maps to auditor; carol's to nothing.
+                let bob = try await Self.login(api, "bob", "bob password 22")
+                #expect(try await api.call(.GET, "/auth/whoami", token: try #require(bob.json["access_token"] as? String)).json["role"] as? String == "auditor")
+                #expect(try await Self.login(api, "carol", "carol password 333").status == 401)
+                #expect(try await Self.login(api, "alice", "not alice's").status == 401)
+                let refusals = try await manager.store.auditEntries(action: "auth.login").filter { $0.result == "failed" }.map(\.detail)
+                #expect(refusals.contains { $0.contains("in no group that maps to a role") } && refusals.contains { $0.contains("bad credentials") })
+
+                // A directory operator's password is the directory's, not the manager's.
+                let admin = try await manager.session(for: "local-admin").access
+                let patch = try await api.call(.PATCH, "/operators/alice", token: admin, json: #"{"password":"a local password now"}"#)
+                #expect(patch.status == 409)
+
+                // The directory locks bob: the next check ends his sessions.
+                #expect(try await sync.checkOperators() == [])
+                try await slapd.change("""
+                    dn: uid=bob,ou=people,\(Slapd.baseDN)
+                    changetype: modify
+                    add: pwdAccountLockedTime
+                    pwdAccountLockedTime: 000001010000Z
+
+                    """)
+                #expect(try await sync.checkOperators() == ["bob"])
+                #expect(try await api.call(.GET, "/auth/whoami", token: try #require(bob.json["access_token"] as? String)).status == 401)
+                #expect(try await manager.store.operatorAccount(named: "bob") == nil)
+                #expect(try await api.call(.GET, "/auth/whoami", token: aliceToken).status == 200)
+
+                // The directory down: local operators still sign in, directory ones cannot.
+                slapd.stop()
+                stopped = true
+                #expect(try await Self.login(api, "local-admin", "correct horse battery").status == 200)
+                #expect(try await Self.login(api, "alice", "alice password 1").status == 401)
+                #expect(try await manager.store.auditEntries(action: "auth.login").contains { $0.detail.contains("directory unavailable") })
+                // An unreachable directory proves nothing against alice.
+                await #expect(throws: DirectoryError.self) { try await sync.checkOperators() }
+                #expect(try await api.call(.GET, "/auth/whoami", token: aliceToken).status == 200)
+            }
+        }
+    }
+
+    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd and ldapmodify (apt-get install slapd ldap-utils)"))
+    func aPagedSyncAddsAndRemovesTheDirectorysUsers() async throws {
+        let dir = try TemporaryDirectory()
+        let slapd = try await Slapd(in: dir)
+        defer { slapd.stop() }
+        try await TestManager.with { manager in
+            let sync = DirectorySync(store: manager.store, directory: DirectoryClient(DirectoryTests.settings(slapd)))
+            // A local user of a directory user's name stays local.
+            try await manager.store.write { try await $0.createEndpointUser(EndpointUser(name: "carol", source: .local, passwordHash: "$scrypt$x")) }
+            // Pages of two: the search account, alice, bob and carol take two pages.
+            let first = try #require(try await sync.syncUsers(pageSize: 2))
+            #expect(first.state == "done" && first.seen == 4 && first.added == 3 && first.removed == 0)
+            #expect(try await manager.store.endpointUsers(source: .directory).users.map(\.name) == ["alice", "bob", "portico"])
+            #expect(try await manager.store.endpointUser(named: "carol")?.source == .local)
+            #expect(try await manager.store.endpointUser(named: "alice")?.displayName == "Alice Example")
+
+            try await slapd.change("""
+                dn: uid=dan,ou=people,\(Slapd.baseDN)
+                changetype: add
+                objectClass: inetOrgPerson
+                uid: dan
+                cn: Dan Example
+                sn: Example
+                displayName: Dan the New
+
+                dn: uid=bob,ou=people,\(Slapd.baseDN)
+                changetype: delete
+
+                """)
+            let second = try #require(try await sync.syncUsers(pageSize: 2))
+            #expect(second.seen == 4 && second.added == 1 && second.removed == 1)
+            #expect(try await manager.store.endpointUsers(source: .directory).users.map(\.name) == ["alice", "dan", "portico"])
+            #expect(try await manager.store.endpointUser(named: "dan")?.displayName == "Dan the New")
+            #expect(try await manager.store.auditEntries(action: "user.sync").map(\.detail) == ["4 seen, 1 added, 1 removed", "4 seen, 3 added, 0 removed"])
         }
     }
 }

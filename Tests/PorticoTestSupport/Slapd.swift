@@ -8,7 +8,7 @@ import Testing
 public final class Slapd {
     public static let slapd = ["/usr/sbin/slapd"].first { FileManager.default.isExecutableFile(atPath: $0) }
     public static let slapadd = ["/usr/sbin/slapadd"].first { FileManager.default.isExecutableFile(atPath: $0) }
-    public static let usable = slapd != nil && slapadd != nil
+    public static let usable = slapd != nil && slapadd != nil && Tools.path(of: "ldapmodify") != nil
     public static let required = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
 
     public static let baseDN = "dc=example,dc=test"
@@ -142,6 +142,13 @@ public final class Slapd {
     /// The search account the manager binds as.
     public static let searchDN = "uid=portico,ou=people,\(baseDN)"
     public static let searchPassword = "portico search 1"
+
+    /// Changes the directory as its administrator would, with OpenLDAP's `ldapmodify`
+    /// (Debian's `ldap-utils`): `ldif` holds changetype records (add, modify, delete).
+    public func change(_ ldif: String) async throws {
+        let result = try await Tools.run("ldapmodify", ["-x", "-H", ldapURL, "-D", Self.adminDN, "-w", Self.adminPassword], input: ldif)
+        guard result.status == 0 else { throw Failure(description: "ldapmodify failed: \(result.output)") }
+    }
 
     public func stop() {
         // Its data is the test's to throw away; Foundation's wait after SIGTERM hangs here.

@@ -54,7 +54,7 @@ public final class APIService: HTTPService {
     let operations: ManagerOperations
 
     public init(store: Store, agent: AgentService?, rotation: IdentityRotation? = nil, links: PeerLinks? = nil, identityStatus: @escaping @Sendable () -> IdentityStatus?,
-                configuration: Configuration = Configuration(), logger: Logger = Logger(label: "portico.api")) {
+                configuration: Configuration = Configuration(), directory: DirectoryClient? = nil, logger: Logger = Logger(label: "portico.api")) {
         self.store = store
         self.agent = agent
         self.rotation = rotation
@@ -63,7 +63,8 @@ public final class APIService: HTTPService {
         self.configuration = configuration
         self.logger = logger
         self.throttle = LoginThrottle(limit: configuration.loginFailuresPerSource, windowMilliseconds: configuration.loginWindowMilliseconds)
-        self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds))
+        self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds),
+                                                   directory: directory)
         self.operations = ManagerOperations(store: store, agent: agent)
     }
 

@@ -78,7 +78,8 @@ public final class AgentService: HTTPService {
         self.configuration = configuration
         self.logger = logger
         self.operations = ManagerOperations(store: store, agent: nil)
-        self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds))
+        self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds),
+                                                   directory: users?.directory)
         self.push = PushHub(wakes: store.wakes, wakeRate: configuration.pushWakeRate, metrics: metrics)
         self.counters = (metrics?.makeCounter(descriptor: .portico("agent_checkins", unit: "total", help: "Check-ins (and waits) this manager answered")),
                          metrics?.makeCounter(descriptor: .portico("agent_enrollments", unit: "total", help: "Devices enrolled through this manager")),

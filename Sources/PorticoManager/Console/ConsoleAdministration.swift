@@ -163,7 +163,7 @@ extension ConsoleService {
     func accountPage(_ call: ConsoleCall) async throws -> GatewayResponse {
         let session = call.session
         return page(call.status, title: "Your account", template: "account", [
-            "name": session.account.name, "role": session.account.role.rawValue, "csrf": session.record.csrfToken,
+            "name": session.account.name, "role": session.account.role.rawValue, "csrf": session.record.csrfToken, "fromDirectory": session.account.fromDirectory,
         ], session: session, nav: "account", notice: call.query["done"] == "password" ? "Your password is changed; your other sessions have ended." : nil, error: call.refusal?.message)
     }
 

@@ -33,6 +33,9 @@ public struct DirectorySettings: Sendable, Equatable {
     public var userAttribute = "uid"
     /// Which entries the sync takes for users (RFC 4515).
     public var userFilter = "(objectClass=inetOrgPerson)"
+    /// What an account must also match to sign in (and to stay an operator): the directory's
+    /// way of saying it is enabled. Empty: every account found.
+    public var accountFilter = ""
     /// The groups a user is in: `{dn}` stands for the user's entry name, `{user}` for its
     /// sign-in name.
     public var groupFilter = "(|(member={dn})(uniqueMember={dn})(memberUid={user}))"
@@ -48,6 +51,11 @@ public struct DirectorySettings: Sendable, Equatable {
     /// Operators from the directory: the role each directory group gives, the first that
     /// matches in this order. Empty: operators are local only.
     public var operatorRoles: [RoleMapping] = []
+
+    /// The role of the first mapping whose group is among `groups`.
+    public func role(forGroups groups: [String]) -> OperatorRole? {
+        operatorRoles.first { mapping in groups.contains { $0.caseInsensitiveCompare(mapping.group) == .orderedSame } }?.role
+    }
 
     /// A directory group and the operator role its members get.
     public struct RoleMapping: Sendable, Equatable {
@@ -344,7 +352,8 @@ public final class DirectoryClient: Sendable {
     /// Looks a user up by sign-in name with the search account: its entry, name and groups.
     static func lookUp(_ user: String, on connection: DirectoryConnection, _ settings: DirectorySettings) throws -> DirectoryAccount {
         try bindForSearch(connection, settings)
-        let found = try connection.search(base: settings.baseDN, filter: "(\(settings.userAttribute)=\(escapeFilter(user)))",
+        let byName = "(\(settings.userAttribute)=\(escapeFilter(user)))"
+        let found = try connection.search(base: settings.baseDN, filter: settings.accountFilter.isEmpty ? byName : "(&\(byName)\(settings.accountFilter))",
                                           attributes: [settings.userAttribute, "displayName", "cn"], limit: 2)
         guard found.count == 1, let entry = found.first else {
             throw DirectoryError(kind: .invalidCredentials, description: found.isEmpty ? "no directory account \(user)" : "more than one directory account is named \(user)")

@@ -42,6 +42,39 @@ extension ManagerOperations {
         }
     }
 
+    /// A directory operator signed in: recorded with the role its groups give (a change of
+    /// role audited), its failures cleared.
+    func directoryOperatorSignedIn(name: String, role: OperatorRole) async throws -> OperatorRecord {
+        try await store.write { transaction in
+            let actor = Actor(name: "directory", source: "directory")
+            guard let existing = try await transaction.operatorAccount(named: name) else {
+                let record = OperatorRecord(name: name, passwordHash: OperatorRecord.directoryMarker, role: role)
+                try await transaction.createOperator(record)
+                try await transaction.audit(actor.entry("operator.create", target: name, detail: "from the directory, role \(role.rawValue)"))
+                return record
+            }
+            guard existing.role != role else { return existing }
+            let updated = try await transaction.updateOperator(name: name, role: role)
+            try await transaction.audit(actor.entry("operator.update", target: name, detail: "role \(role.rawValue), from the directory's groups"))
+            return updated
+        }
+    }
+
+    /// A directory operator the directory no longer lets in (gone, disabled, or in no mapped
+    /// group): the account's record is removed here with its sessions and API tokens, until the
+    /// directory lets it sign in again. Returns whether there was one to remove.
+    @discardableResult
+    func directoryOperatorRefused(name: String, reason: String) async throws -> Bool {
+        try await store.write { transaction in
+            guard let existing = try await transaction.operatorAccount(named: name), existing.fromDirectory else { return false }
+            try await transaction.deleteOperator(name: name)
+            let revoked = try await transaction.revokeAPITokens(createdBy: "operator:\(name)")
+            try await transaction.audit(AuditEntry(actor: "directory", action: "operator.delete", target: name, source: "directory", result: "ok",
+                                                   detail: "sessions ended: \(reason)" + (revoked.isEmpty ? "" : "; API tokens revoked: \(revoked.joined(separator: ", "))")))
+            return true
+        }
+    }
+
     public func deleteOperator(name: String, by actor: Actor) async throws {
         try await store.write { transaction in
             try await transaction.deleteOperator(name: name)

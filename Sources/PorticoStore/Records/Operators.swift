@@ -24,6 +24,13 @@ public struct OperatorRecord: Sendable, Equatable {
         self.disabled = disabled
     }
 
+    /// What a directory operator's password hash holds: no password is kept (the directory
+    /// checks it), and nothing a password could match.
+    public static let directoryMarker = "$directory$"
+
+    /// An operator from the directory, not a local account.
+    public var fromDirectory: Bool { passwordHash == Self.directoryMarker }
+
     /// Whether the account is locked out at `now`.
     public func isLocked(at now: Int64) -> Bool { (lockedUntilMilliseconds ?? 0) > now }
 }
@@ -56,6 +63,7 @@ extension Transaction {
         if let role { account.role = role }
         if let passwordHash {
             guard !passwordHash.isEmpty else { throw StoreError.invalid("operator.password_hash", "must not be empty") }
+            guard !account.fromDirectory else { throw StoreError.conflict("\(name) signs in with the directory, which keeps the password: change it there") }
             account.passwordHash = passwordHash
         }
         if let disabled { account.disabled = disabled }
@@ -89,6 +97,10 @@ extension Transaction {
     public func unlockOperator(name: String) async throws {
         let updated = try await database.raw("UPDATE operators SET failed_logins = 0, locked_until_ms = NULL WHERE name = \(bind: name) RETURNING name").all()
         guard !updated.isEmpty else { throw StoreError.notFound("operator \(name)") }
+    }
+
+    public func operatorAccount(named name: String) async throws -> OperatorRecord? {
+        try await database.raw("SELECT * FROM operators WHERE name = \(bind: name)").first().map(OperatorRecord.init(row:))
     }
 
     /// How many admins can still sign in (not disabled).
