@@ -44,6 +44,18 @@ static inline int portico_ldap_modify_unicode_pwd(LDAP *ld, const char *dn, char
     return ldap_modify_ext_s(ld, dn, mods, NULL, NULL);
 }
 
+// Active Directory's reset by an account allowed to: unicodePwd replaced with the new value.
+static inline int portico_ldap_replace_unicode_pwd(LDAP *ld, const char *dn, char *new_value, size_t new_length) {
+    struct berval new_berval = { (ber_len_t)new_length, new_value };
+    struct berval *new_values[] = { &new_berval, NULL };
+    LDAPMod replace;
+    replace.mod_op = LDAP_MOD_REPLACE | LDAP_MOD_BVALUES;
+    replace.mod_type = "unicodePwd";
+    replace.mod_vals.modv_bvals = new_values;
+    LDAPMod *mods[] = { &replace, NULL };
+    return ldap_modify_ext_s(ld, dn, mods, NULL, NULL);
+}
+
 // One page of a paged search (RFC 2696): `cookie` is the previous page's (empty for the
 // first) and is replaced by the next page's (empty after the last). The caller frees
 // `*result` with ldap_msgfree and the cookie's bv_val with ber_memfree.

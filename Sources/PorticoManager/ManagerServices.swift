@@ -94,7 +94,7 @@ public enum ManagerServices {
         var apiSettings = APIService.Configuration()
         apiSettings.minimumUserPasswordLength = configuration.endpointUsers.minimumPasswordLength
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { identityStatus(prepared) }, configuration: apiSettings,
-                             directory: directory, logger: Logger(label: "portico.api"))
+                             users: users, logger: Logger(label: "portico.api"))
         var registry = ServiceRegistry()
         registry.register("agent", agent)
         registry.register("api", api)

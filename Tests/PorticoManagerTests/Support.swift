@@ -107,7 +107,7 @@ struct TestManager {
         let links = PeerLinks(store: store, identity: { identity.current }, trustFolder: directory + "/ssl/peers", configured: config.peers, peersFolder: config.peersFolder, timing: linkTiming,
                               metrics: metrics.registry, logger: quiet)
         let api = APIService(store: store, agent: agent, rotation: rotation, links: links, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: apiConfiguration,
-                             directory: directoryClient, logger: quiet)
+                             users: signIns, logger: quiet)
         services.register("api", api)
         let notifier = Notifier(store: store, secrets: vault.key, identityStatus: { ManagerServices.identityStatus(prepared) }, configuration: notifications, logger: quiet)
         let console = try ConsoleService(store: store, agent: agent, api: api, identityStatus: { ManagerServices.identityStatus(prepared) }, reportsURL: "/reports", links: links,

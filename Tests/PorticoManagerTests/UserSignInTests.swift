@@ -195,6 +195,34 @@ import Testing
     }
 }
 
+extension DirectoryUserSignInTests {
+    @Test(.enabled(if: Slapd.usable || Slapd.required, "needs slapd and ldapmodify (apt-get install slapd ldap-utils)"))
+    func anOperatorSetsADirectoryUsersNewPasswordUnderTheDirectorysPolicy() async throws {
+        let dir = try TemporaryDirectory()
+        let slapd = try await Slapd(in: dir)
+        defer { slapd.stop() }
+        try await TestManager.with(directoryServer: DirectoryTests.settings(slapd)) { manager in
+            try await manager.makeOperator("helpdesk", role: .operator)
+            try await ManagerOperations(store: manager.store, agent: nil).grantSignIn(groupID: SignInGrant.everyDevice, principal: "group:laptop-users", by: UserSignInTests.admin)
+            try await withAgent(try await manager.enrolledAgent()) { laptop in
+                // bob is known once he has signed in (or a sync has run).
+                #expect(try await laptop.signInUser("bob", password: "bob password 22").outcome == .allowed)
+                try await APICaller.with(manager) { api in
+                    let token = try await manager.session(for: "helpdesk").access
+                    let refused = try await api.call(.PATCH, "/users/bob", token: token, json: #"{"password":"short"}"#)
+                    #expect(refused.status == 422 && refused.text.contains("was refused by the directory"), "\(refused.text)")
+                    let reset = try await api.call(.PATCH, "/users/bob", token: token, json: #"{"password":"set by the help desk"}"#)
+                    #expect(reset.status == 200 && reset.json["source"] as? String == "directory")
+                }
+                #expect(try await laptop.signInUser("bob", password: "set by the help desk").outcome == .allowed)
+                #expect(try await laptop.signInUser("bob", password: "bob password 22").outcome == .badCredentials)
+            }
+            let audited = try await manager.store.auditEntries(actor: "operator:helpdesk", action: "user.reset_password")
+            #expect(audited.map(\.result) == ["ok", "refused"])
+        }
+    }
+}
+
 /// Operators from the directory, and the directory's users synced, against a real OpenLDAP.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct DirectoryOperatorTests {
     static func settings(_ slapd: Slapd) -> DirectorySettings {

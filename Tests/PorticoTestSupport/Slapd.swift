@@ -62,7 +62,7 @@ public final class Slapd {
             overlay ppolicy
             ppolicy_default "cn=default,ou=policies,\(Self.baseDN)"
             ppolicy_use_lockout
-            access to attrs=userPassword by self write by anonymous auth by * none
+            access to attrs=userPassword by self write by dn.exact="uid=portico,ou=people,\(Self.baseDN)" write by anonymous auth by * none
             access to * by users read by * none
 
             """

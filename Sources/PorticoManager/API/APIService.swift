@@ -52,9 +52,11 @@ public final class APIService: HTTPService {
     let throttle: LoginThrottle
     let authenticator: OperatorAuthenticator
     let operations: ManagerOperations
+    /// Endpoint users' passwords set by operators (in the directory for its users).
+    let users: UserSignIns?
 
     public init(store: Store, agent: AgentService?, rotation: IdentityRotation? = nil, links: PeerLinks? = nil, identityStatus: @escaping @Sendable () -> IdentityStatus?,
-                configuration: Configuration = Configuration(), directory: DirectoryClient? = nil, logger: Logger = Logger(label: "portico.api")) {
+                configuration: Configuration = Configuration(), users: UserSignIns? = nil, logger: Logger = Logger(label: "portico.api")) {
         self.store = store
         self.agent = agent
         self.rotation = rotation
@@ -64,8 +66,9 @@ public final class APIService: HTTPService {
         self.logger = logger
         self.throttle = LoginThrottle(limit: configuration.loginFailuresPerSource, windowMilliseconds: configuration.loginWindowMilliseconds)
         self.authenticator = OperatorAuthenticator(store: store, policy: .init(lockAfterFailures: configuration.lockAfterFailures, lockoutMilliseconds: configuration.lockoutMilliseconds),
-                                                   directory: directory)
+                                                   directory: users?.directory)
         self.operations = ManagerOperations(store: store, agent: agent)
+        self.users = users
     }
 
     static let prefix = "/api/v1"

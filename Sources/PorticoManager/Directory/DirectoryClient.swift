@@ -267,6 +267,16 @@ final class DirectoryConnection {
         if code != LDAP_SUCCESS { throw failure(code, doing: "changing the password of \(dn)") }
     }
 
+    /// Active Directory's reset by an account allowed to: `unicodePwd` replaced.
+    func replaceActiveDirectoryPassword(dn: String, new: String) throws {
+        guard let handle else { throw DirectoryError(kind: .other, description: "the connection is closed") }
+        var newValue = Array(("\"" + new + "\"").utf16).flatMap { [UInt8($0 & 0xff), UInt8($0 >> 8)] }.map { CChar(bitPattern: $0) }
+        defer { for index in newValue.indices { newValue[index] = 0 } }
+        let count = newValue.count
+        let code = newValue.withUnsafeMutableBufferPointer { portico_ldap_replace_unicode_pwd(handle, dn, $0.baseAddress, count) }
+        if code != LDAP_SUCCESS { throw failure(code, doing: "setting the password of \(dn)") }
+    }
+
     /// Active Directory's password change by the user: the old and the new `unicodePwd`
     /// (quoted, UTF-16LE) in one modify, which the domain's policy decides on.
     func changeActiveDirectoryPassword(dn: String, old: String, new: String) throws {
@@ -395,6 +405,20 @@ public final class DirectoryClient: Sendable {
                 try connection.changeActiveDirectoryPassword(dn: account.dn, old: old, new: new)
             } else {
                 try connection.changePassword(dn: account.dn, old: old, new: new)
+            }
+        }
+    }
+
+    /// Sets a user's new password as the search account (an operator's reset: no old password),
+    /// which the directory must allow to; its policy still decides, in its own words.
+    public func resetPassword(user: String, new: String) async throws {
+        let settings = self.settings
+        try await withConnection { connection in
+            let account = try Self.lookUp(user, on: connection, settings)
+            if settings.activeDirectory {
+                try connection.replaceActiveDirectoryPassword(dn: account.dn, new: new)
+            } else {
+                try connection.changePassword(dn: account.dn, old: nil, new: new)
             }
         }
     }

@@ -109,6 +109,28 @@ public struct UserSignIns: Sendable {
         return result
     }
 
+    /// An operator sets a user's new password (the user forgot it): a local user's here, a
+    /// directory user's in the directory through the search account, under its policy. The
+    /// user's lockout ends; devices learn the new password at the user's next online sign-in.
+    public func resetPassword(user: String, to password: String, by actor: ManagerOperations.Actor) async throws {
+        guard let record = try await store.endpointUser(named: user) else { throw StoreError.notFound("user \(user)") }
+        if record.source == .local {
+            _ = try await operations.updateUser(name: user, displayName: nil, password: password, disabled: nil, minimumLength: configuration.minimumPasswordLength, by: actor)
+            return
+        }
+        guard let directory else { throw StoreError.conflict("\(user) is a directory user and this manager has no directory configured") }
+        do {
+            try await directory.resetPassword(user: user, new: password)
+        } catch let error as DirectoryError {
+            await operations.refused(actor.entry("user.reset_password", target: user, result: "refused", detail: error.description))
+            switch error.kind {
+            case .refused, .other, .invalidCredentials: throw StoreError.invalid("user.password", "was refused by the directory: \(error.description)")
+            case .unreachable, .tls: throw StoreError.conflict("the directory cannot be reached, so the password was not set: \(error.description)")
+            }
+        }
+        try await operations.userPasswordReset(name: user, by: actor)
+    }
+
     /// Lockouts, the password, the account's state and the device's grants, in that order;
     /// each refusal audited with the user and the device.
     private func check(user: String, password: String, device: String, action: String, source: String, now: Int64) async throws -> Checked {

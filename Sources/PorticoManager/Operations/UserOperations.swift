@@ -47,6 +47,15 @@ extension ManagerOperations {
         }
     }
 
+    /// A directory user's password set by an operator (in the directory): audited, and the
+    /// user's lockout ends.
+    func userPasswordReset(name: String, by actor: Actor) async throws {
+        try await store.write { transaction in
+            try await transaction.clearSignInFailures(scope: "user", subject: name)
+            try await transaction.audit(actor.entry("user.reset_password", target: name, detail: "in the directory"))
+        }
+    }
+
     public func grantSignIn(groupID: String, principal: String, by actor: Actor) async throws {
         try await store.write { transaction in
             try await transaction.grantSignIn(SignInGrant(groupID: groupID, principal: principal, createdBy: actor.name))

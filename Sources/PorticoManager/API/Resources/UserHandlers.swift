@@ -105,10 +105,17 @@ extension APIService {
         return try .json(UserView(user))
     }
 
+    /// A new password is an operator's reset: a directory user's is set in the directory.
     func updateUser(_ context: APIContext) async throws -> APIReply {
+        let name = context.parameter("name")
         let body = try APIJSON.decode(UserPatch.self, from: context.request)
-        let user = try await operations.updateUser(name: context.parameter("name"), displayName: body.displayName, password: body.password, disabled: body.disabled,
-                                                   minimumLength: configuration.minimumUserPasswordLength, by: try context.actor)
+        let actor = try context.actor
+        if let password = body.password, let users { try await users.resetPassword(user: name, to: password, by: actor) }
+        if body.displayName != nil || body.disabled != nil || (body.password != nil && users == nil) {
+            _ = try await operations.updateUser(name: name, displayName: body.displayName, password: users == nil ? body.password : nil, disabled: body.disabled,
+                                                minimumLength: configuration.minimumUserPasswordLength, by: actor)
+        }
+        guard let user = try await store.endpointUser(named: name) else { throw APIProblem.notFound("user \(name)") }
         return try .json(UserView(user))
     }
 
