@@ -171,6 +171,8 @@ let package = Package(
                 .embedInCode("Console/templates/tokens.mustache"),
                 .embedInCode("Console/templates/operators.mustache"),
                 .embedInCode("Console/templates/peers.mustache"),
+                .embedInCode("Console/templates/users.mustache"),
+                .embedInCode("Console/templates/user.mustache"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -100,15 +100,16 @@ public enum ManagerServices {
         registry.register("api", api)
         let notifier = Notifier(store: store, secrets: vault.key, identityStatus: { identityStatus(prepared) }, configuration: configuration.notifications,
                                 logger: Logger(label: "portico.notifications"))
+        let directorySync = directory.map { DirectorySync(store: store, directory: $0, logger: Logger(label: "portico.directory")) }
         let console = try ConsoleService(store: store, agent: agent, api: api, identityStatus: { identityStatus(prepared) }, reportsURL: "/reports", links: links,
-                                         notifier: notifier, logger: Logger(label: "portico.console"))
+                                         notifier: notifier, directorySync: directorySync, logger: Logger(label: "portico.console"))
         registry.register("console", console)
         let consoleListener = prepared.configuration.listeners["console"].flatMap { $0.enabled && $0.tls && $0.port != 0 ? $0 : nil }
         registry.register("reporting", try ReportingService(store: store, api: api, console: console, consolePort: consoleListener?.port, logger: Logger(label: "portico.reporting")))
         registry.register("replication", ReplicationService(store: store, logger: Logger(label: "portico.replication")))
         return Runtime(registry: registry, agent: agent, api: api, console: console, rotation: rotation, history: FleetHistory(store: store), links: links, notifier: notifier,
                        fleetMetrics: metrics.map { FleetMetrics(store: store, metrics: $0) },
-                       directorySync: directory.map { DirectorySync(store: store, directory: $0, logger: Logger(label: "portico.directory")) })
+                       directorySync: directorySync)
     }
 
     /// The identities loaded from the configured identity files (the ones a rotation replaces).

@@ -331,3 +331,65 @@ extension DirectoryUserSignInTests {
         }
     }
 }
+
+/// The users page of the console: local users made, grants given, a locked user unlocked, a
+/// password set, remote help for one user; auditors read only.
+@Suite(.timeLimit(.minutes(3))) struct ConsoleUsersTests {
+    @Test func anAdminManagesUsersAndGrantsInTheConsole() async throws {
+        var users = UserSignIns.Configuration.forTests
+        users.lockAfterFailures = 2
+        try await TestManager.with(users: users) { manager in
+            try await manager.makeOperator("ada", role: .admin)
+            try await manager.makeOperator("audrey", role: .auditor)
+            try await ConsoleBrowser.with(manager) { browser in
+                let signedIn = try await browser.signIn("ada")
+                #expect(signedIn.status == 303)
+                let empty = try await browser.get("/users")
+                #expect(empty.status == 200 && empty.html.contains("No users.") && empty.html.contains("no user may sign in on any device"))
+                let csrf = try #require(empty.csrf)
+                let short = try await browser.post("/users", [("csrf", csrf), ("name", "dave"), ("display_name", "Dave"), ("password", "short"), ("repeat_password", "short")])
+                #expect(short.status == 422 && short.html.contains("at least 10 characters") && short.html.contains("value=\"dave\""))
+                let created = try await browser.post("/users", [("csrf", csrf), ("name", "dave"), ("display_name", "Dave"), ("password", "dave password 1"),
+                                                                 ("repeat_password", "dave password 1")])
+                #expect(created.status == 303 && created.location == "/users/dave?done=created")
+                let granted = try await browser.post("/sign-in-grants", [("csrf", csrf), ("group_id", "*"), ("kind", "user"), ("name", "dave")])
+                #expect(granted.status == 303)
+                let listed = try await browser.get("/users?q=DAV")
+                #expect(listed.html.contains("href=\"/users/dave\"") && listed.html.contains("Every device") && listed.html.contains("User dave"))
+                #expect(try await browser.get("/users?q=zz").html.contains("No users match."))
+
+                try await withAgent(try await manager.enrolledAgent(hostname: "laptop-9")) { laptop in
+                    let deviceID = await laptop.state.deviceID
+                    #expect(try await laptop.signInUser("dave", password: "dave password 1").outcome == .allowed)
+                    _ = try await laptop.signInUser("dave", password: "wrong 1")
+                    #expect(try await laptop.signInUser("dave", password: "wrong 2").outcome == .locked)
+                    let locked = try await browser.get("/users/dave")
+                    #expect(ConsoleWorkTests.text(of: "user-state", in: locked.html)?.hasPrefix("locked until") == true)
+                    #expect(locked.html.contains(deviceID) && locked.html.contains("bad credentials"))
+                    #expect(try await browser.post("/users/dave/unlock", [("csrf", csrf)]).location == "/users/dave?done=unlocked")
+                    #expect(ConsoleWorkTests.text(of: "user-state", in: try await browser.get("/users/dave").html) == "active")
+
+                    let reset = try await browser.post("/users/dave/password", [("csrf", csrf), ("password", "set by ada 123"), ("repeat_password", "set by ada 123")])
+                    #expect(reset.location == "/users/dave?done=password")
+                    #expect(try await laptop.signInUser("dave", password: "set by ada 123").outcome == .allowed)
+
+                    let help = try await browser.post("/devices/\(deviceID)/remote-help", [("csrf", csrf), ("challenge", "12345678-100"), ("user", "dave")])
+                    #expect(help.status == 200 && help.html.contains("it unlocks dave on this device"))
+                    let code = try #require(ConsoleWorkTests.text(of: "remote-help-response", in: help.html))
+                    let expected = try await manager.agent.remoteHelpResponse(deviceID: deviceID, challenge: "12345678-100", unlockingUser: "dave")
+                    #expect(code == expected)
+                }
+                let disabled = try await browser.post("/users/dave", [("csrf", csrf), ("display_name", "Dave D."), ("state", "disabled")])
+                #expect(disabled.location == "/users/dave?done=saved")
+                #expect(try await manager.store.endpointUser(named: "dave")?.disabled == true)
+            }
+            try await ConsoleBrowser.with(manager) { auditor in
+                _ = try await auditor.signIn("audrey")
+                let page = try await auditor.get("/users")
+                #expect(page.status == 200 && page.html.contains("href=\"/users/dave\"") && !page.html.contains("id=\"create-user\""))
+                let refused = try await auditor.post("/users", [("csrf", try #require(page.csrf)), ("name", "eve"), ("password", "eve password 12"), ("repeat_password", "eve password 12")])
+                #expect(refused.status == 403)
+            }
+        }
+    }
+}

@@ -234,6 +234,7 @@ extension ConsoleService {
             "events": events.map { ["at": ConsolePages.time($0.occurredMilliseconds), "kind": $0.kind, "body": $0.body] },
         ]
         if let remoteHelp = call.remoteHelp { context["remoteHelp"] = remoteHelp }
+        if let user = call.remoteHelpUser { context["remoteHelpUser"] = user }
         let notice: String? = switch call.query["done"] {
         case "move": "The device's group is changed."
         case let done?: "The \(done) command is queued; the device gets it at once if it is connected, else at its next check-in."
@@ -255,8 +256,11 @@ extension ConsoleService {
     func remoteHelp(_ call: ConsoleCall) async throws -> GatewayResponse {
         let challenge = (call.form["challenge"] ?? "").trimmingCharacters(in: .whitespaces)
         guard !challenge.isEmpty, challenge.utf8.count <= 64 else { throw ConsoleRefusal.invalid("Type the challenge the device shows.") }
+        let user = (call.form["user"] ?? "").trimmingCharacters(in: .whitespaces)
         var answered = call
-        answered.remoteHelp = try await operations.remoteHelpResponse(deviceID: call.parameter("id"), challenge: challenge, by: call.session.actor)
+        answered.remoteHelp = try await operations.remoteHelpResponse(deviceID: call.parameter("id"), challenge: challenge, unlockingUser: user.isEmpty ? nil : user,
+                                                                      by: call.session.actor)
+        answered.remoteHelpUser = user.isEmpty ? nil : user
         return try await devicePage(answered)
     }
 

@@ -27,6 +27,8 @@ struct ConsoleCall: Sendable {
     var refusal: ConsoleRefusal? = nil
     /// The response code for a remote-help challenge, shown on the device's page.
     var remoteHelp: String? = nil
+    /// The user that response unlocks on the device, when it unlocks one.
+    var remoteHelpUser: String? = nil
 
     var session: ConsoleSession { signedIn! }
 
@@ -75,6 +77,21 @@ extension ConsoleService {
         ConsoleRoute(.POST, "/groups", .permission(.write("groups")), action: "group.create", formPage: { try await $0.groupsPage($1) }) { try await $0.createGroup($1) },
         ConsoleRoute(.POST, "/groups/{id}", .permission(.write("groups")), action: "group.update", formPage: { try await $0.groupsPage($1) }) { try await $0.renameGroup($1) },
         ConsoleRoute(.POST, "/groups/{id}/delete", .permission(.write("groups")), action: "group.delete", formPage: { try await $0.groupsPage($1) }) { try await $0.deleteGroup($1) },
+        // Endpoint users and where they may sign in.
+        ConsoleRoute(.GET, "/users", .permission(.read("users"))) { try await $0.usersPage($1) },
+        ConsoleRoute(.POST, "/users", .permission(.write("users")), action: "user.create", formPage: { try await $0.usersPage($1) }) { try await $0.createUser($1) },
+        ConsoleRoute(.POST, "/users/sync", .permission(.admin("users.sync")), action: "user.sync", formPage: { try await $0.usersPage($1) }) { try await $0.syncUsers($1) },
+        ConsoleRoute(.POST, "/sign-in-grants", .permission(.write("users")), action: "user.grant", formPage: { try await $0.usersPage($1) }) { try await $0.grantSignIn($1) },
+        ConsoleRoute(.POST, "/sign-in-grants/revoke", .permission(.write("users")), action: "user.revoke", formPage: { try await $0.usersPage($1) }) {
+            try await $0.revokeSignIn($1)
+        },
+        ConsoleRoute(.GET, "/users/{name}", .permission(.read("users"))) { try await $0.userPage($1) },
+        ConsoleRoute(.POST, "/users/{name}", .permission(.write("users")), action: "user.update", formPage: { try await $0.userPage($1) }) { try await $0.updateUser($1) },
+        ConsoleRoute(.POST, "/users/{name}/password", .permission(.write("users")), action: "user.reset_password", formPage: { try await $0.userPage($1) }) {
+            try await $0.resetUserPassword($1)
+        },
+        ConsoleRoute(.POST, "/users/{name}/unlock", .permission(.write("users")), action: "user.unlock", formPage: { try await $0.userPage($1) }) { try await $0.unlockUser($1) },
+        ConsoleRoute(.POST, "/users/{name}/delete", .permission(.write("users")), action: "user.delete", formPage: { try await $0.userPage($1) }) { try await $0.deleteUser($1) },
         // Monitors.
         ConsoleRoute(.GET, "/events", .permission(.read("events"))) { try await $0.eventsPage($1) },
         ConsoleRoute(.GET, "/commands", .permission(.read("commands"))) { try await $0.commandsPage($1) },

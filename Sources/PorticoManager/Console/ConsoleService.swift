@@ -38,13 +38,16 @@ public final class ConsoleService: HTTPService {
     let configuration: Configuration
     let logger: Logger
     let pages: ConsolePages
+    /// The directory's sync, when there is a directory (its progress on the users page).
+    let directorySync: DirectorySync?
 
     /// - Parameter api: the API of the same manager: sign-ins share its lockout policy and
     ///   its per-address limit, so the console is no way around either.
     public init(store: Store, agent: AgentService?, api: APIService, identityStatus: @escaping @Sendable () -> APIService.IdentityStatus?,
                 configuration: Configuration = Configuration(), reportsURL: String? = nil, links: PeerLinks? = nil, notifier: Notifier? = nil,
-                logger: Logger = Logger(label: "portico.console")) throws {
+                directorySync: DirectorySync? = nil, logger: Logger = Logger(label: "portico.console")) throws {
         self.notifier = notifier
+        self.directorySync = directorySync
         self.links = links
         self.store = store
         self.api = api
@@ -261,5 +264,6 @@ enum ConsoleTemplates {
         ("operators", PackageResources.operators_mustache), ("peers", PackageResources.peers_mustache), ("groups", PackageResources.groups_mustache),
         ("account", PackageResources.account_mustache), ("confirm", PackageResources.confirm_mustache), ("events", PackageResources.events_mustache),
         ("commands", PackageResources.commands_mustache), ("notifications", PackageResources.notifications_mustache),
+        ("users", PackageResources.users_mustache), ("user", PackageResources.user_mustache),
     ]
 }
