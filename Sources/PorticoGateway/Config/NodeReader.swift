@@ -123,7 +123,7 @@ package struct NodeReader {
     package mutating func duration(_ node: Node, at path: String) -> TimeAmount? {
         guard let text = string(node, at: path) else { return nil }
         if let value = DurationText.parse(text) { return value }
-        error("\(path) must be a duration such as 500ms, 10s, 5m or 1h, not '\(text)'", at: node)
+        error("\(path) must be a duration such as 500ms, 10s, 5m, 1h or 7d, not '\(text)'", at: node)
         return nil
     }
 }

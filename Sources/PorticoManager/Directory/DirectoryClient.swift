@@ -324,6 +324,11 @@ public final class DirectoryClient: Sendable {
     }
 
     public init(_ settings: DirectorySettings, threads: Int = 4) {
+        // libldap writes with write(2) (through OpenSSL): on a connection the directory has
+        // closed (restarted, or an idle connection of the pool timed out) that raises SIGPIPE,
+        // which would end the manager. Ignored, the write fails with EPIPE, and the pool opens
+        // a new connection.
+        signal(SIGPIPE, SIG_IGN)
         self.settings = settings
         self.threads = NIOThreadPool(numberOfThreads: threads)
         self.idle = NIOLockedValueBox([])

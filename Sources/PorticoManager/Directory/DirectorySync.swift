@@ -32,6 +32,12 @@ public final class DirectorySync: Service, Sendable {
 
     public func run() async throws {
         let settings = directory.settings
+        guard settings.syncIntervalSeconds > 0 || !settings.operatorRoles.isEmpty else {
+            // Nothing scheduled; the service lives as long as the others (a service that
+            // returns early would stop the manager).
+            try? await gracefulShutdown()
+            return
+        }
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 if settings.syncIntervalSeconds > 0 {

@@ -4,7 +4,7 @@ import NIOCore
 package enum DurationText {
     package static func parse(_ text: String) -> TimeAmount? {
         let trimmed = text.trimmingSpaces()
-        let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)]
+        let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000), ("d", 86_400_000_000_000)]
         // A value too large to count in nanoseconds is no duration (found by fuzzing: it
         // overflowed and stopped the process).
         for (suffix, nanos) in units where trimmed.hasSuffix(suffix) {
