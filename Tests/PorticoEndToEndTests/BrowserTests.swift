@@ -28,8 +28,8 @@ import Testing
     static let usable = chromium != nil && chromedriver != nil && python != nil
     static let required = ProcessInfo.processInfo.environment["PORTICO_REQUIRE_TOOLS"] != nil
 
-    @Test(.enabled(if: (usable && MailSink.usable) || required,
-                   "needs chromium and chromium-driver (apt-get install chromium chromium-driver), and Selenium and aiosmtpd for python3 on PATH (pip install selenium aiosmtpd)"))
+    @Test(.enabled(if: (usable && MailSink.usable && Slapd.usable) || required,
+                   "needs chromium, chromium-driver, slapd and ldap-utils (apt-get install chromium chromium-driver slapd ldap-utils), and Selenium and aiosmtpd for python3 on PATH (pip install selenium aiosmtpd)"))
     func anOperatorLocksADeviceFromTheConsoleInChromium() async throws {
         let chromium = try #require(Self.chromium, "chromium is not installed")
         let chromedriver = try #require(Self.chromedriver, "chromium-driver is not installed")
@@ -41,11 +41,25 @@ import Testing
         let hook = try await WebhookReceiver.start()
         let sink = try await MailSink(directory: dir.path)
         defer { sink.stop() }
+        // The directory operators and endpoint users sign in against.
+        let slapd = try await Slapd(in: dir)
+        defer { slapd.stop() }
+        _ = try dir.write("directory.password", Slapd.searchPassword)
+        chmod(dir.file("directory.password"), 0o600)
         let config = try ManagerConfigFile.write(in: dir, listeners: [.client: "", .console: ""], routes: [
             "{listeners: [client], path: /agent/v1/*, service: agent}",
             "{listener: console, path: /*, service: console}",
             "{listener: console, path: /reports/*, service: reporting}",
-        ], more: "notifications: {check_interval: 200ms, retry: 1s, smtp: {host: 127.0.0.1, port: \(sink.port), security: none, from: portico@example.test}}")
+        ], more: """
+            notifications: {check_interval: 200ms, retry: 1s, smtp: {host: 127.0.0.1, port: \(sink.port), security: none, from: portico@example.test}}
+            directory:
+              url: \(slapd.ldapsURL)
+              trust: \(slapd.certificate)
+              bind_dn: \(Slapd.searchDN)
+              bind_password_file: directory.password
+              base_dn: \(Slapd.baseDN)
+              operator_roles: {portico-admins: admin}
+            """)
         let admin = try await Tools.run(portico, ["admin", "create", "--config", config, "--name", "ada", "--role", "admin"], input: "correct horse battery\n")
         #expect(admin.status == 0, "\(admin.output)")
         let serve = try ServerProcess(["serve", "--config", config])
@@ -69,6 +83,8 @@ import Testing
             "CONSOLE=https://127.0.0.1:\(console)", "NAME=ada", "PASSWORD=correct horse battery", "DEVICE=\(device)",
             "AGENT_RUN=\(agent) run --state \(dir.file("agent")) --once", "AGENT_REPORT=\(agent) report --state \(dir.file("agent")) --kind malware.detected --count 3",
             "WEBHOOK=\(hook.url)", "SCREENSHOTS=\(shots)", "CHROMIUM=\(chromium)", "CHROMEDRIVER=\(chromedriver)",
+            "DIRECTORY_NAME=alice", "DIRECTORY_PASSWORD=alice password 1", "USER_NAME=bob", "USER_PASSWORD=bob password 22",
+            "AGENT_USER_AUTH=\(agent) user-auth --state \(dir.file("agent")) --user bob",
             python, script,
         ])
         #expect(flow.status == 0, "the browser flow failed:\n\(flow.output)")
@@ -81,7 +97,7 @@ import Testing
         #expect(hook.requests.contains { $0.headers["content-type"] == "text/csv; charset=utf-8" && $0.text.hasPrefix("day,devices,compliant") })
         #expect(sink.messages.contains { $0.contains("To: soc@example.test") && $0.contains("Malware burst") })
         await hook.stop()
-        let screenshots = ["dashboard.png", "compliance-report.png", "devices.png", "notifications.png"]
+        let screenshots = ["dashboard.png", "compliance-report.png", "devices.png", "notifications.png", "users.png"]
         for name in screenshots {
             let png = FileManager.default.contents(atPath: shots + "/" + name) ?? Data()
             #expect(png.starts(with: [0x89, 0x50, 0x4E, 0x47]) && png.count > 5_000, "\(name) is not a screenshot")

@@ -4,14 +4,17 @@ PyPI) through an operator's day: sign in, find the enrolled agent, lock it from 
 the agent acknowledge the lock, find the audit entry, open the compliance report; make a
 group, move the device into it, lock the group's devices in bulk from the devices table; make
 a notification rule (to a webhook and by mail) and a scheduled report, have the agent report
-events, and see both delivered in the log. Screenshots go to SCREENSHOTS. Every step asserts;
+events, and see both delivered in the log; sign in as a directory account, let the
+directory's laptop users sign in on every device and see one do so. Screenshots go to SCREENSHOTS. Every step asserts;
 any failure exits non-zero with the reason.
 
 Environment: CONSOLE (https://host:port), NAME, PASSWORD, DEVICE (the agent's device id),
 AGENT_RUN (a command line that makes the agent check in once), AGENT_REPORT (one that makes
 it report three malware.detected events), WEBHOOK (a URL that records what it is sent),
 SCREENSHOTS (a folder; the webhook's signing key is written there too), CHROMIUM and
-CHROMEDRIVER (paths).
+CHROMEDRIVER (paths); DIRECTORY_NAME and DIRECTORY_PASSWORD (a directory account whose group
+maps to admin), AGENT_USER_AUTH (a command line that signs USER_NAME in on the agent's device,
+reading USER_PASSWORD from its input).
 """
 import os
 import shlex
@@ -160,5 +163,35 @@ try:
     WebDriverWait(browser, 60, poll_frequency=0.5).until(delivered)
     check(True, "the rule's webhook and mail, and the scheduled report, are delivered")
     browser.save_screenshot(os.path.join(shots, "notifications.png"))
+
+    # An operator from the directory: signs out, and signs in as a directory account whose
+    # group maps to admin; lets the directory's laptop users sign in on every device; a user
+    # signs in on the agent's device, and the users page shows it.
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/logout'] button").click)
+    browser.find_element(By.NAME, "name").send_keys(os.environ["DIRECTORY_NAME"])
+    browser.find_element(By.NAME, "password").send_keys(os.environ["DIRECTORY_PASSWORD"])
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click)
+    who = browser.find_element(By.CSS_SELECTOR, "header .who").text
+    check(browser.find_element(By.TAG_NAME, "h1").text == "Dashboard" and who == os.environ["DIRECTORY_NAME"] + " (admin)",
+          "a directory account signs in with the role of its group (%s)" % who)
+    browser.get(console + "/account")
+    check("from the directory" in browser.page_source and "change-password" not in browser.page_source,
+          "the account page says the password is the directory's")
+    navigate(browser, browser.find_element(By.LINK_TEXT, "Users").click)
+    Select(browser.find_element(By.ID, "grant-group")).select_by_visible_text("Every device")
+    Select(browser.find_element(By.ID, "grant-kind")).select_by_value("group")
+    browser.find_element(By.ID, "grant-name").send_keys("laptop-users")
+    navigate(browser, browser.find_element(By.ID, "grant").click)
+    grants = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#grants .grant-who")]
+    check(grants == ["Directory group laptop-users"], "the grant is listed (%s)" % grants)
+    subprocess.run(shlex.split(os.environ["AGENT_USER_AUTH"]), check=True, capture_output=True, input=os.environ["USER_PASSWORD"] + "\n", text=True)
+    navigate(browser, browser.refresh)
+    users = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#users .user-name")]
+    # The directory's users are there from the sync at start; the one who signed in too.
+    check(os.environ["USER_NAME"] in users and os.environ["DIRECTORY_NAME"] in users, "the directory's users are listed (%s)" % users)
+    check("Directory sync: done" in browser.find_element(By.ID, "sync-state").text, "the sync's state is shown")
+    navigate(browser, browser.find_element(By.LINK_TEXT, os.environ["USER_NAME"]).click)
+    check(device in browser.find_element(By.ID, "sign-ins").text, "the user's page shows the sign-in on the device")
+    browser.save_screenshot(os.path.join(shots, "users.png"))
 finally:
     browser.quit()
