@@ -138,6 +138,40 @@ import Testing
         #expect(problems("directory: {url: ldaps://x}", file: dir.file("portico.yaml")).first?.message.contains("needs base_dn") == true)
     }
 
+    /// The example of docs/operations.md's "Directory" section is a config the manager takes.
+    @Test func theDirectoryExampleOfTheOperationsGuideLoads() throws {
+        let guide = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("docs/operations.md")
+        let text = try String(contentsOf: guide, encoding: .utf8)
+        let section = try #require(text.range(of: "## Directory\n").map { text[$0.upperBound...] })
+        let start = try #require(section.range(of: "```yaml\n"))
+        let end = try #require(section[start.upperBound...].range(of: "```"))
+        let yaml = String(section[start.upperBound..<end.lowerBound])
+        let dir = try TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: dir.file("ssl"), withIntermediateDirectories: true)
+        chmod(try dir.write("ssl/directory.pass", "search secret\n"), 0o600)
+        _ = try dir.write("ssl/directory-ca.pem", "-----BEGIN CERTIFICATE-----\n")
+        let config = try loader.load(yaml: yaml, file: dir.file("portico.yaml"))
+        let directory = try #require(config.directory)
+        #expect(directory.operatorRoles == [.init(group: "portico-admins", role: .admin), .init(group: "helpdesk", role: .operator), .init(group: "security-audit", role: .auditor)])
+        #expect(directory.accountFilter == "(!(pwdAccountLockedTime=*))" && directory.syncIntervalSeconds == 3600 && directory.userAttribute == "uid")
+        #expect(config.endpointUsers.offlineSeconds == 7 * 86_400 && config.endpointUsers.deviceLockAfterFailures == 20 && config.endpointUsers.lockoutMilliseconds == 900_000)
+        // Active Directory's names unless the file gives others; and what is wrong, said where.
+        let ad = try loader.load(yaml: "directory: {url: ldaps://dc.example.test, base_dn: dc=x, active_directory: true, user_attribute: userPrincipalName}",
+                                 file: dir.file("portico.yaml")).directory
+        #expect(ad?.userAttribute == "userPrincipalName" && ad?.accountFilter.contains("userAccountControl") == true && ad?.groupFilter == "(&(objectClass=group)(member={dn}))")
+        let wrong = problems("""
+            directory:
+              url: ldaps://l.example.test
+              base_dn: dc=x
+              operator_roles: {portico-admins: root}
+              user_filter: objectClass=person
+            endpoint_users: {offline_sign_in: 400d, lock_after_failures: 0}
+            """, file: dir.file("portico.yaml"))
+        #expect(wrong.compactMap(\.location?.line).sorted() == [4, 5, 6, 6], "\(wrong)")
+        #expect(wrong.contains { $0.location?.line == 4 && $0.message == "directory.operator_roles.portico-admins must be admin, operator or auditor" })
+    }
+
     @Test func aMetricsTokenFileMustBePrivateAndLongEnough() throws {
         let dir = try TemporaryDirectory()
         let short = try dir.write("short.token", "abc\n")
