@@ -235,7 +235,16 @@ public actor AgentClient {
     /// Signs a user in on this device through the manager; the answer is checked (the
     /// manager's signature, this device, this attempt) before it is believed.
     public func signInUser(_ user: String, password: String) async throws -> UserSignInResult {
-        let request = UserSignInRequest(user: user, password: password)
+        try await signIn(UserSignInRequest(user: user, password: password))
+    }
+
+    /// Signs a user in with a one-time code an operator gave them (no offline verifier comes back).
+    public func signInUser(_ user: String, code: String) async throws -> UserSignInResult {
+        try await signIn(UserSignInRequest(user: user, code: code))
+    }
+
+    private func signIn(_ request: UserSignInRequest) async throws -> UserSignInResult {
+        let user = request.user
         guard case .user(let result) = try await send(.userSignIn(request)) else { throw ProtocolError(.malformed, "the manager did not answer the sign-in") }
         try check(result, user: user, nonce: request.nonce)
         return result

@@ -4,9 +4,11 @@ import _CryptoExtras
 
 /// A user signing in on the device, sent inside the device's session (message type
 /// `user_sign_in`): the manager checks the password only because the session is the device's.
+/// It carries a password, or a one-time code an operator gave the user.
 public struct UserSignInRequest: Codable, Sendable, Equatable {
     public var user: String
-    public var password: String
+    public var password: String?
+    public var code: String?
     /// 16 random bytes, base64url: the signed result names it, so that a result is not
     /// taken for the answer to another attempt.
     public var nonce: String
@@ -14,6 +16,12 @@ public struct UserSignInRequest: Codable, Sendable, Equatable {
     public init(user: String, password: String, nonce: String = UserSignInRequest.makeNonce()) {
         self.user = user
         self.password = password
+        self.nonce = nonce
+    }
+
+    public init(user: String, code: String, nonce: String = UserSignInRequest.makeNonce()) {
+        self.user = user
+        self.code = code
         self.nonce = nonce
     }
 

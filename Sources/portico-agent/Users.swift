@@ -18,15 +18,21 @@ struct UserAuth: AsyncParsableCommand {
     @Option(help: "The agent's state folder.") var state: String
     @Option(help: "The user's sign-in name.") var user: String
     @Flag(help: "Check offline only, against the verifier this device keeps.") var offline = false
+    @Flag(help: "Read a one-time code an operator gave the user instead of a password (checked by the manager only).") var code = false
 
     func run() async throws {
-        guard let password = readLine(strippingNewline: true), !password.isEmpty else { throw ValidationError("no password on standard input") }
+        guard let password = readLine(strippingNewline: true), !password.isEmpty else { throw ValidationError("no \(code ? "code" : "password") on standard input") }
+        if code && offline { throw ValidationError("a one-time code is checked by the manager: --code and --offline do not go together") }
         let agent = try AgentState.load(from: state)
         var cache = try UserSignInCache.load(from: state)
         if !offline {
             let client = AgentClient(state: agent)
             let online: Result<UserSignInResult, any Error>
-            do { online = .success(try await client.signInUser(user, password: password)) } catch { online = .failure(error) }
+            do {
+                online = .success(code ? try await client.signInUser(user, code: password) : try await client.signInUser(user, password: password))
+            } catch {
+                online = .failure(error)
+            }
             await client.shutdown()
             switch online {
             case .success(let result):
@@ -37,7 +43,7 @@ struct UserAuth: AsyncParsableCommand {
                     let offlineUntil = result.offlineUntilMilliseconds.map { ", offline sign-in until \(Date(timeIntervalSince1970: Double($0) / 1000))" } ?? ""
                     emit("allowed: \(result.displayName.isEmpty ? result.user : result.displayName)\(offlineUntil)")
                     return
-                case .unavailable:
+                case .unavailable where !code:
                     emit("\(result.message); checking offline")
                 default:
                     emit("refused (\(result.outcome.rawValue)): \(result.message)")
@@ -47,8 +53,11 @@ struct UserAuth: AsyncParsableCommand {
                 // The manager refused the device itself: no offline fallback for that.
                 emit("sign-in failed: \(error)")
                 throw ExitCode(1)
-            case .failure(let error):
+            case .failure(let error) where !code:
                 emit("the manager cannot be reached (\(error)); checking offline")
+            case .failure(let error):
+                emit("sign-in failed: the manager cannot be reached (\(error)); a one-time code needs it")
+                throw ExitCode(1)
             }
         }
         let outcome = cache.signInOffline(user: user, password: password, state: agent, now: Int64(Date().timeIntervalSince1970 * 1000))

@@ -73,6 +73,7 @@ import Testing
         "PATCH /users/{name}": Sample(path: { "/users/\($0.user)" }, body: { _ in "{\"display_name\":\"New Name\",\"disabled\":false}" }, status: 200),
         "DELETE /users/{name}": Sample(path: { "/users/\($0.user)" }, status: 204),
         "POST /users/{name}/unlock": Sample(path: { "/users/\($0.user)/unlock" }, status: 200),
+        "POST /users/{name}/sign-in-codes": Sample(path: { "/users/\($0.user)/sign-in-codes" }, body: { _ in #"{"expires_in_seconds":600}"# }, status: 201),
         "GET /sign-in-grants": Sample(path: { "/sign-in-grants?group_id=\($0.group)" }, status: 200),
         "POST /sign-in-grants": Sample(path: { _ in "/sign-in-grants" }, body: { "{\"group_id\":\"\($0.group)\",\"principal\":\"group:laptop-users\"}" }, status: 201),
         "POST /sign-in-grants/revoke": Sample(path: { _ in "/sign-in-grants/revoke" }, body: { "{\"group_id\":\"\($0.group)\",\"principal\":\"user:\($0.user)\"}" }, status: 204),

@@ -95,6 +95,36 @@ import Testing
         }
     }
 
+    @Test func aOneTimeCodeSignsAUserInOnceWithoutAVerifier() async throws {
+        try await TestManager.with { manager in
+            let operations = ManagerOperations(store: manager.store, agent: manager.agent)
+            let users = try #require(manager.api.users)
+            _ = try await operations.createLocalUser(name: "dave", displayName: "", password: "dave password 1", minimumLength: 10, by: Self.admin)
+            try await operations.grantSignIn(groupID: SignInGrant.everyDevice, principal: "user:dave", by: Self.admin)
+            try await withAgent(try await manager.enrolledAgent()) { laptop in
+                let issued = try await users.issueCode(user: "dave", lifetime: 60_000, by: Self.admin)
+                #expect(issued.code.count == 14 && issued.code.split(separator: "-").count == 3)
+                // Typed without dashes, in lower case: the same code.
+                let typed = issued.code.replacingOccurrences(of: "-", with: "").lowercased()
+                let first = try await laptop.signInUser("dave", code: typed)
+                #expect(first.outcome == .allowed && first.offlineVerifier == nil)
+                #expect(try await laptop.signInUser("dave", code: issued.code).outcome == .badCredentials)
+                // An expired code, and a code for another user, are no good either.
+                let old = try await users.issueCode(user: "dave", lifetime: 60_000, by: Self.admin, now: Int64(Date().timeIntervalSince1970 * 1000) - 120_000)
+                #expect(try await laptop.signInUser("dave", code: old.code).outcome == .badCredentials)
+                _ = try await operations.createLocalUser(name: "erin", displayName: "", password: "erin password 1", minimumLength: 10, by: Self.admin)
+                let erins = try await users.issueCode(user: "erin", lifetime: 60_000, by: Self.admin)
+                #expect(try await laptop.signInUser("dave", code: erins.code).outcome == .badCredentials)
+                // Neither a password nor a code: refused as malformed.
+                await #expect(throws: ProtocolError.self) { _ = try await laptop.send(.userSignIn(UserSignInRequest(user: "dave", code: "x", nonce: "n").withoutCode)) }
+            }
+            let entries = try await manager.store.auditEntries(actor: "user:dave", action: "user.sign_in")
+            #expect(entries.filter { $0.result == "ok" }.map(\.detail) == ["signed in with a one-time code from operator:admin"])
+            #expect(entries.filter { $0.result == "refused" }.count == 3)
+            #expect(try await manager.store.auditEntries(action: "user.sign_in_code").count == 3)
+        }
+    }
+
     @Test func remoteHelpUnlocksOneUserLockedOnADeviceOffline() async throws {
         try await TestManager.with { manager in
             let operations = ManagerOperations(store: manager.store, agent: manager.agent)
@@ -141,6 +171,15 @@ import Testing
             }
             #expect(try await manager.store.auditEntries(actor: "user:dave", action: "user.sign_in").count == 1)
         }
+    }
+}
+
+extension UserSignInRequest {
+    /// The request with its code taken away (and no password): a malformed sign-in.
+    var withoutCode: UserSignInRequest {
+        var request = self
+        request.code = nil
+        return request
     }
 }
 

@@ -31,6 +31,7 @@ extension APIService {
         APIRoute(.PATCH, "/users/{name}", .permission(.write("users")), action: "user.update") { try await $0.updateUser($1) },
         APIRoute(.DELETE, "/users/{name}", .permission(.write("users")), action: "user.delete") { try await $0.deleteUser($1) },
         APIRoute(.POST, "/users/{name}/unlock", .permission(.write("users")), action: "user.unlock") { try await $0.unlockUser($1) },
+        APIRoute(.POST, "/users/{name}/sign-in-codes", .permission(.write("users")), action: "user.sign_in_code") { try await $0.issueSignInCode($1) },
         APIRoute(.GET, "/sign-in-grants", .permission(.read("users"))) { try await $0.listSignInGrants($1) },
         APIRoute(.POST, "/sign-in-grants", .permission(.write("users")), action: "user.grant") { try await $0.grantSignIn($1) },
         APIRoute(.POST, "/sign-in-grants/revoke", .permission(.write("users")), action: "user.revoke") { try await $0.revokeSignInGrant($1) },

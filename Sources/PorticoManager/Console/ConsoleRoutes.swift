@@ -29,6 +29,8 @@ struct ConsoleCall: Sendable {
     var remoteHelp: String? = nil
     /// The user that response unlocks on the device, when it unlocks one.
     var remoteHelpUser: String? = nil
+    /// A one-time sign-in code just given, shown once on the user's page.
+    var signInCode: (code: String, expires: Int64)? = nil
 
     var session: ConsoleSession { signedIn! }
 
@@ -91,6 +93,9 @@ extension ConsoleService {
             try await $0.resetUserPassword($1)
         },
         ConsoleRoute(.POST, "/users/{name}/unlock", .permission(.write("users")), action: "user.unlock", formPage: { try await $0.userPage($1) }) { try await $0.unlockUser($1) },
+        ConsoleRoute(.POST, "/users/{name}/code", .permission(.write("users")), action: "user.sign_in_code", formPage: { try await $0.userPage($1) }) {
+            try await $0.issueSignInCode($1)
+        },
         ConsoleRoute(.POST, "/users/{name}/delete", .permission(.write("users")), action: "user.delete", formPage: { try await $0.userPage($1) }) { try await $0.deleteUser($1) },
         // Monitors.
         ConsoleRoute(.GET, "/events", .permission(.read("events"))) { try await $0.eventsPage($1) },

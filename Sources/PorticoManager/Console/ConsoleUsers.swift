@@ -127,7 +127,7 @@ extension ConsoleService {
         let locked = try await store.signInLockedUntil(scope: "user", subject: name, now: now)
         let signIns = try await store.auditEntries(actor: "user:" + name, limit: 20)
         let canWrite = session.may(.write("users"))
-        let context: [String: Any] = [
+        var context: [String: Any] = [
             "user": ["name": user.name, "link": Self.userLink(user.name), "displayName": call.draft["display_name"] ?? user.displayName,
                      "source": user.source == .local ? "local to Portico" : "the directory (\(user.directoryDN))",
                      "groups": user.directoryGroups.joined(separator: ", "), "disabled": user.disabled, "directory": user.source == .directory,
@@ -137,11 +137,21 @@ extension ConsoleService {
             "signIns": signIns.map { ["at": ConsolePages.time($0.atMilliseconds), "action": $0.action, "device": $0.target, "result": $0.result, "detail": $0.detail] },
             "canWrite": canWrite, "csrf": session.record.csrfToken, "minimum": api.configuration.minimumUserPasswordLength,
         ]
+        if let code = call.signInCode { context["code"] = ["code": code.code, "expires": ConsolePages.time(code.expires)] }
         let notice = call.query["done"].flatMap {
             ["created": "The user is created; grant where it may sign in on the users page.", "saved": "The user is saved.", "password": "The password is set.",
              "unlocked": "The user is unlocked."][$0]
         }
         return page(call.status, title: user.name, template: "user", context, session: session, nav: "users", notice: notice, error: call.refusal?.message)
+    }
+
+    func issueSignInCode(_ call: ConsoleCall) async throws -> GatewayResponse {
+        let name = call.parameter("name")
+        guard try await store.endpointUser(named: name) != nil else { throw ConsoleRefusal(status: .notFound, message: "There is no user \(name).") }
+        guard let users = api.users else { throw ConsoleRefusal.invalid("This manager does not keep endpoint users.") }
+        var answered = call
+        answered.signInCode = try await users.issueCode(user: name, lifetime: 15 * 60_000, by: call.session.actor)
+        return try await userPage(answered)
     }
 
     func updateUser(_ call: ConsoleCall) async throws -> GatewayResponse {

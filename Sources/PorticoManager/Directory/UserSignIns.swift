@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Logging
 import PorticoProtocol
@@ -58,10 +59,21 @@ public struct UserSignIns: Sendable {
         try EndpointUser.validate(name: request.user)
         var result = UserSignInResult(deviceID: device, user: request.user, nonce: request.nonce, outcome: .allowed, message: "", issuedMilliseconds: now)
         do {
-            let checked = try await check(user: request.user, password: request.password, device: device, action: "user.sign_in", source: source, now: now)
-            result.displayName = checked.displayName
-            try await operations.userSignedIn(user: request.user, device: device, directory: checked.account, action: "user.sign_in", detail: "signed in", source: source, now: now)
-            try await offer(request.password, in: &result, now: now)
+            switch (request.password, request.code) {
+            case (let password?, nil):
+                let checked = try await check(user: request.user, password: password, device: device, action: "user.sign_in", source: source, now: now)
+                result.displayName = checked.displayName
+                try await operations.userSignedIn(user: request.user, device: device, directory: checked.account, action: "user.sign_in", detail: "signed in", source: source, now: now)
+                try await offer(password, in: &result, now: now)
+            case (nil, let code?):
+                let (checked, issuer) = try await check(user: request.user, code: code, device: device, source: source, now: now)
+                result.displayName = checked.displayName
+                // No password was given: the device gets no verifier, and keeps the one it had.
+                try await operations.userSignedIn(user: request.user, device: device, directory: checked.account, action: "user.sign_in",
+                                                  detail: "signed in with a one-time code from \(issuer)", source: source, now: now)
+            default:
+                throw ProtocolError(.malformed, "a sign-in carries a password or a one-time code, not both or neither")
+            }
             result.message = "signed in"
         } catch Stop.result(let outcome, let message, let lockedUntil) {
             result.outcome = outcome
@@ -131,6 +143,40 @@ public struct UserSignIns: Sendable {
         try await operations.userPasswordReset(name: user, by: actor)
     }
 
+    /// A one-time code an operator gave: the same lockouts, the code used once (a wrong one
+    /// counts as a wrong password), then the account's state and the device's grants.
+    private func check(user: String, code: String, device: String, source: String, now: Int64) async throws -> (Checked, String) {
+        let locks = [try await store.signInLockedUntil(scope: "user", subject: user, now: now), try await store.signInLockedUntil(scope: "device", subject: device, now: now)]
+        if let until = locks.compactMap({ $0 }).max() {
+            await operations.refused(AuditEntry(actor: "user:" + user, action: "user.sign_in", target: device, source: source, result: "refused", detail: "locked"))
+            throw Stop.result(.locked, "too many wrong passwords: sign-ins are locked for a while", lockedUntil: until)
+        }
+        let hash = SignInCode.hash(code)
+        guard let issuer = try await store.write({ try await $0.useSignInCode(user: user, codeHash: hash, now: now) }) else {
+            let limits = (configuration.lockAfterFailures, configuration.deviceLockAfterFailures, configuration.lockoutMilliseconds)
+            let locked = try await operations.userSignInFailed(user: user, device: device, action: "user.sign_in", source: source, now: now, limits: limits)
+            if let locked { throw Stop.result(.locked, "the name or the code is wrong; sign-ins are now locked for a while", lockedUntil: locked) }
+            throw Stop.result(.badCredentials, "the name or the code is wrong, or the code was used or has expired")
+        }
+        let record = try await store.endpointUser(named: user)
+        var checked = Checked(displayName: record?.displayName ?? "", groups: record?.directoryGroups ?? [], account: nil)
+        if record?.source != .local, let directory {
+            // The directory's word on the user's groups, when it answers; else what was last seen.
+            if let account = try? await directory.account(named: user) {
+                checked = Checked(displayName: account.displayName, groups: account.groups, account: account)
+            }
+        }
+        if record?.disabled == true {
+            await operations.refused(AuditEntry(actor: "user:" + user, action: "user.sign_in", target: device, source: source, result: "refused", detail: "disabled"))
+            throw Stop.result(.disabled, "this account is disabled")
+        }
+        guard try await store.maySignIn(user: user, groups: checked.groups, device: device) else {
+            await operations.refused(AuditEntry(actor: "user:" + user, action: "user.sign_in", target: device, source: source, result: "refused", detail: "not permitted on this device"))
+            throw Stop.result(.notPermitted, "\(user) may not sign in on this device")
+        }
+        return (checked, issuer)
+    }
+
     /// Lockouts, the password, the account's state and the device's grants, in that order;
     /// each refusal audited with the user and the device.
     private func check(user: String, password: String, device: String, action: String, source: String, now: Int64) async throws -> Checked {
@@ -180,11 +226,49 @@ public struct UserSignIns: Sendable {
         return checked
     }
 
+    /// A new one-time code for `user`, valid for `lifetime` milliseconds, given by `actor`
+    /// (audited; only its hash is kept).
+    public func issueCode(user: String, lifetime: Int64, by actor: ManagerOperations.Actor, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> (code: String, expires: Int64) {
+        try EndpointUser.validate(name: user)
+        let code = SignInCode.make()
+        let expires = now + lifetime
+        try await operations.signInCodeIssued(user: user, codeHash: SignInCode.hash(code), expires: expires, by: actor, now: now)
+        return (code, expires)
+    }
+
     /// Puts the offline verifier of `password` into an allowed result.
     private func offer(_ password: String, in result: inout UserSignInResult, now: Int64) async throws {
         result.offlineSeconds = configuration.offlineSeconds
         guard configuration.offlineSeconds > 0 else { return }
         result.offlineVerifier = try await PasswordHasher.hash(password, logRounds: configuration.verifierLogRounds)
         result.offlineUntilMilliseconds = now + Int64(configuration.offlineSeconds) * 1000
+    }
+}
+
+/// One-time sign-in codes: 12 characters of Crockford's base32 (60 bits), shown as
+/// `XXXX-XXXX-XXXX`; what the user types is read without case, dashes or spaces, and the
+/// letters base32 leaves out read as the digits they look like.
+enum SignInCode {
+    static let alphabet = Array("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+
+    static func make() -> String {
+        let characters = (0..<12).map { _ in alphabet[Int.random(in: 0..<alphabet.count)] }
+        return stride(from: 0, to: 12, by: 4).map { String(characters[$0..<$0 + 4]) }.joined(separator: "-")
+    }
+
+    static func normalized(_ code: String) -> String {
+        String(code.uppercased().compactMap { character -> Character? in
+            switch character {
+            case "-", " ": nil
+            case "O": "0"
+            case "I", "L": "1"
+            default: character
+            }
+        })
+    }
+
+    /// What is stored: SHA-256 of the normalized code, hex.
+    static func hash(_ code: String) -> String {
+        SHA256.hash(data: Array(normalized(code).utf8)).map { String(format: "%02x", $0) }.joined()
     }
 }

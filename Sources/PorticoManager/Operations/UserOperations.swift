@@ -56,6 +56,14 @@ extension ManagerOperations {
         }
     }
 
+    /// A one-time sign-in code given to a user (its hash stored), audited.
+    func signInCodeIssued(user: String, codeHash: String, expires: Int64, by actor: Actor, now: Int64) async throws {
+        try await store.write { transaction in
+            try await transaction.createSignInCode(user: user, codeHash: codeHash, expiresMilliseconds: expires, createdBy: actor.name, now: now)
+            try await transaction.audit(actor.entry("user.sign_in_code", target: user, detail: "valid \((expires - now) / 60_000) minutes"))
+        }
+    }
+
     public func grantSignIn(groupID: String, principal: String, by actor: Actor) async throws {
         try await store.write { transaction in
             try await transaction.grantSignIn(SignInGrant(groupID: groupID, principal: principal, createdBy: actor.name))

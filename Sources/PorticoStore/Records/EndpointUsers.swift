@@ -213,6 +213,26 @@ extension Transaction {
         try await database.raw("DELETE FROM sign_in_failures WHERE scope = \(bind: scope) AND subject = \(bind: subject)").run()
     }
 
+    /// Records a one-time sign-in code (its SHA-256, hex) an operator gave a user. Codes of
+    /// the user that have expired are dropped.
+    public func createSignInCode(user: String, codeHash: String, expiresMilliseconds: Int64, createdBy: String, now: Int64) async throws {
+        try EndpointUser.validate(name: user)
+        try await database.raw("DELETE FROM user_sign_in_codes WHERE user_name = \(bind: user) AND (expires_ms <= \(bind: now) OR used_ms IS NOT NULL)").run()
+        try await database.raw("""
+            INSERT INTO user_sign_in_codes (id, user_name, code_hash, expires_ms, created_by, created_ms)
+            VALUES (\(bind: UUID().uuidString.lowercased()), \(bind: user), \(bind: codeHash), \(bind: expiresMilliseconds), \(bind: createdBy), \(bind: now))
+            """).run()
+    }
+
+    /// Uses a user's code once, if it is one of theirs, unused and not expired. Returns who
+    /// gave it, or nil.
+    public func useSignInCode(user: String, codeHash: String, now: Int64) async throws -> String? {
+        try await database.raw("""
+            UPDATE user_sign_in_codes SET used_ms = \(bind: now)
+            WHERE user_name = \(bind: user) AND code_hash = \(bind: codeHash) AND used_ms IS NULL AND expires_ms > \(bind: now) RETURNING created_by
+            """).first()?.decode(column: "created_by", as: String.self)
+    }
+
     /// Takes the directory's sync for `run` unless another manager holds it until later than
     /// `now`. Returns whether this run has it.
     public func claimDirectorySync(run: String, now: Int64, holdFor: Int64) async throws -> Bool {

@@ -248,7 +248,7 @@ enum Migrations {
                 "CREATE INDEX notification_deliveries_created ON notification_deliveries (created_ms)",
             ]
         },
-        Migration(version: 11, name: "endpoint users, who may sign in where, sign-in lockouts, directory syncs") { _ in
+        Migration(version: 11, name: "endpoint users, who may sign in where, sign-in lockouts and codes, directory syncs") { _ in
             [
                 // Users who sign in on devices: local (a scrypt hash) or from the directory (its
                 // entry's name; the directory checks the password). A site's own, like the
@@ -273,6 +273,13 @@ enum Migrations {
                     scope TEXT NOT NULL, subject TEXT NOT NULL, failures BIGINT NOT NULL, window_start_ms BIGINT NOT NULL,
                     locked_until_ms BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (scope, subject))
                 """,
+                // One-time sign-in codes an operator gave a user (a hash of each), used once.
+                """
+                CREATE TABLE user_sign_in_codes (
+                    id TEXT PRIMARY KEY, user_name TEXT NOT NULL, code_hash TEXT NOT NULL, expires_ms BIGINT NOT NULL, created_by TEXT NOT NULL,
+                    created_ms BIGINT NOT NULL, used_ms BIGINT)
+                """,
+                "CREATE INDEX user_sign_in_codes_user ON user_sign_in_codes (user_name)",
                 // The directory's scheduled sync: one row, claimed by one manager of the site at a time.
                 """
                 CREATE TABLE directory_syncs (

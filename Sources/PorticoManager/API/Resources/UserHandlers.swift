@@ -46,6 +46,22 @@ struct SignInGrantBody: APIRequestBody {
     }
 }
 
+struct SignInCodeBody: APIRequestBody {
+    static let fields: Set<String> = ["expires_in_seconds"]
+    var expiresInSeconds: Int?
+
+    func validate() -> [APIProblem.FieldError] {
+        if let expiresInSeconds, !(60...86_400).contains(expiresInSeconds) { return [.init(field: "expires_in_seconds", message: "must be from 60 to 86400")] }
+        return []
+    }
+}
+
+struct SignInCodeView: Encodable, Sendable {
+    var user: String
+    var code: String
+    var expiresAt: String
+}
+
 struct UserView: Encodable, Sendable {
     var name: String
     var source: String
@@ -129,6 +145,16 @@ extension APIService {
         guard let user = try await store.endpointUser(named: name) else { throw APIProblem.notFound("user \(name)") }
         try await operations.unlockUser(name: name, by: try context.actor)
         return try .json(UserView(user))
+    }
+
+    /// A one-time sign-in code for the user (shown once; only its hash is kept).
+    func issueSignInCode(_ context: APIContext) async throws -> APIReply {
+        let name = context.parameter("name")
+        let body = context.request.body.readableBytes == 0 ? SignInCodeBody() : try APIJSON.decode(SignInCodeBody.self, from: context.request)
+        guard let users else { throw APIProblem.notFound("user \(name)") }
+        guard try await store.endpointUser(named: name) != nil else { throw APIProblem.notFound("user \(name)") }
+        let issued = try await users.issueCode(user: name, lifetime: Int64(body.expiresInSeconds ?? 900) * 1000, by: try context.actor)
+        return try .json(SignInCodeView(user: name, code: issued.code, expiresAt: APIJSON.time(issued.expires)), status: .created)
     }
 
     func listSignInGrants(_ context: APIContext) async throws -> APIReply {
