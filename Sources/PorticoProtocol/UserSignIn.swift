@@ -74,6 +74,9 @@ public struct UserSignInResult: Codable, Sendable, Equatable {
     /// Why, in words (shown to the user).
     public var message: String
     public var displayName: String
+    /// The user's policy on the device: the directory groups the user is in (what a device
+    /// grants local rights by), as the manager saw them at this sign-in.
+    public var groups: [String]
     /// How long the offline verifier may be used on this device, in seconds (the user's
     /// policy); 0 when offline sign-in is off.
     public var offlineSeconds: Int
@@ -86,7 +89,7 @@ public struct UserSignInResult: Codable, Sendable, Equatable {
     /// Manager signature over ``transcript``.
     public var signature: String
 
-    public init(deviceID: String, user: String, nonce: String, outcome: Outcome, message: String, displayName: String = "", offlineSeconds: Int = 0,
+    public init(deviceID: String, user: String, nonce: String, outcome: Outcome, message: String, displayName: String = "", groups: [String] = [], offlineSeconds: Int = 0,
                 offlineVerifier: String? = nil, offlineUntilMilliseconds: Int64? = nil, lockedUntilMilliseconds: Int64? = nil, issuedMilliseconds: Int64, signature: String = "") {
         self.deviceID = deviceID
         self.user = user
@@ -94,6 +97,7 @@ public struct UserSignInResult: Codable, Sendable, Equatable {
         self.outcome = outcome
         self.message = message
         self.displayName = displayName
+        self.groups = groups
         self.offlineSeconds = offlineSeconds
         self.offlineVerifier = offlineVerifier
         self.offlineUntilMilliseconds = offlineUntilMilliseconds
@@ -105,13 +109,14 @@ public struct UserSignInResult: Codable, Sendable, Equatable {
     /// What the signature covers: every field that decides what the device does. Names are
     /// base64url-encoded so that no field can run into the next.
     public var transcript: [UInt8] {
-        let fields = [deviceID, Base64URL.encode(Array(user.utf8)), nonce, outcome.rawValue, Base64URL.encode(Array(displayName.utf8)), String(offlineSeconds),
+        let fields = [deviceID, Base64URL.encode(Array(user.utf8)), nonce, outcome.rawValue, Base64URL.encode(Array(displayName.utf8)),
+                      groups.map { Base64URL.encode(Array($0.utf8)) }.joined(separator: ","), String(offlineSeconds),
                       offlineVerifier ?? "-", offlineUntilMilliseconds.map(String.init) ?? "-", lockedUntilMilliseconds.map(String.init) ?? "-", String(issuedMilliseconds)]
         return Array(("portico-user-result-v1|" + fields.joined(separator: "|")).utf8)
     }
 
     enum CodingKeys: String, CodingKey {
-        case deviceID = "device_id", user, nonce, outcome, message, displayName = "display_name", offlineSeconds = "offline_s", offlineVerifier = "offline_verifier"
+        case deviceID = "device_id", user, nonce, outcome, message, displayName = "display_name", groups, offlineSeconds = "offline_s", offlineVerifier = "offline_verifier"
         case offlineUntilMilliseconds = "offline_until_ms", lockedUntilMilliseconds = "locked_until_ms", issuedMilliseconds = "issued_ms", signature
     }
 }

@@ -198,7 +198,7 @@ extension UserSignInRequest {
             try await operations.grantSignIn(groupID: laptops.id, principal: "group:laptop-users", by: UserSignInTests.admin)
             try await withAgent(try await manager.enrolledAgent(group: laptops.id)) { laptop in
                 let alice = try await laptop.signInUser("alice", password: "alice password 1")
-                #expect(alice.outcome == .allowed && alice.displayName == "Alice Example")
+                #expect(alice.outcome == .allowed && alice.displayName == "Alice Example" && alice.groups == ["laptop-users", "portico-admins"])
                 let saved = try #require(try await manager.store.endpointUser(named: "alice"))
                 #expect(saved.source == .directory && saved.directoryDN == "uid=alice,ou=people,\(Slapd.baseDN)" && saved.directoryGroups == ["laptop-users", "portico-admins"])
                 #expect(try await laptop.signInUser("alice", password: "not alice's").outcome == .badCredentials)

@@ -57,17 +57,18 @@ public struct UserSignIns: Sendable {
     /// Checks a user's sign-in on `device` and answers what the device should do (unsigned).
     public func signIn(_ request: UserSignInRequest, device: String, source: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> UserSignInResult {
         try EndpointUser.validate(name: request.user)
-        var result = UserSignInResult(deviceID: device, user: request.user, nonce: request.nonce, outcome: .allowed, message: "", issuedMilliseconds: now)
-        do {
+        return try await answer(device: device, user: request.user, nonce: request.nonce, now: now) { result in
             switch (request.password, request.code) {
             case (let password?, nil):
                 let checked = try await check(user: request.user, password: password, device: device, action: "user.sign_in", source: source, now: now)
                 result.displayName = checked.displayName
+                result.groups = checked.groups
                 try await operations.userSignedIn(user: request.user, device: device, directory: checked.account, action: "user.sign_in", detail: "signed in", source: source, now: now)
                 try await offer(password, in: &result, now: now)
             case (nil, let code?):
                 let (checked, issuer) = try await check(user: request.user, code: code, device: device, source: source, now: now)
                 result.displayName = checked.displayName
+                result.groups = checked.groups
                 // No password was given: the device gets no verifier, and keeps the one it had.
                 try await operations.userSignedIn(user: request.user, device: device, directory: checked.account, action: "user.sign_in",
                                                   detail: "signed in with a one-time code from \(issuer)", source: source, now: now)
@@ -75,23 +76,18 @@ public struct UserSignIns: Sendable {
                 throw ProtocolError(.malformed, "a sign-in carries a password or a one-time code, not both or neither")
             }
             result.message = "signed in"
-        } catch Stop.result(let outcome, let message, let lockedUntil) {
-            result.outcome = outcome
-            result.message = message
-            result.lockedUntilMilliseconds = lockedUntil
         }
-        return result
     }
 
     /// Sets a user's new password (the old one proves it is the user): a local user's here,
     /// a directory user's in the directory, under its policy.
     public func changePassword(_ change: UserPasswordChange, device: String, source: String, now: Int64 = Int64(HybridLogicalClock.wallMilliseconds())) async throws -> UserSignInResult {
         try EndpointUser.validate(name: change.user)
-        var result = UserSignInResult(deviceID: device, user: change.user, nonce: change.nonce, outcome: .allowed, message: "", issuedMilliseconds: now)
         let action = "user.password_change"
-        do {
+        return try await answer(device: device, user: change.user, nonce: change.nonce, now: now) { result in
             let checked = try await check(user: change.user, password: change.oldPassword, device: device, action: action, source: source, now: now)
             result.displayName = checked.displayName
+            result.groups = checked.groups
             if let directory, checked.account != nil {
                 do {
                     try await directory.changePassword(user: change.user, old: change.oldPassword, new: change.newPassword)
@@ -113,10 +109,18 @@ public struct UserSignIns: Sendable {
             try await operations.userSignedIn(user: change.user, device: device, directory: checked.account, action: action, detail: "password changed", source: source, now: now)
             try await offer(change.newPassword, in: &result, now: now)
             result.message = "the password was changed"
+        }
+    }
+
+    /// The result of a sign-in or a password change: allowed as `body` fills it in, or how
+    /// the check stopped.
+    private func answer(device: String, user: String, nonce: String, now: Int64, _ body: (inout UserSignInResult) async throws -> Void) async throws -> UserSignInResult {
+        var result = UserSignInResult(deviceID: device, user: user, nonce: nonce, outcome: .allowed, message: "", issuedMilliseconds: now)
+        do {
+            try await body(&result)
         } catch Stop.result(let outcome, let message, let lockedUntil) {
-            result.outcome = outcome
-            result.message = message
-            result.lockedUntilMilliseconds = lockedUntil
+            result = UserSignInResult(deviceID: device, user: user, nonce: nonce, outcome: outcome, message: message, displayName: result.displayName,
+                                      lockedUntilMilliseconds: lockedUntil, issuedMilliseconds: now)
         }
         return result
     }
