@@ -204,6 +204,13 @@ extension UserSignInRequest {
                 #expect(try await laptop.signInUser("alice", password: "not alice's").outcome == .badCredentials)
                 // carol is in no group a grant names.
                 #expect(try await laptop.signInUser("carol", password: "carol password 333").outcome == .notPermitted)
+                // Five wrong passwords lock a directory user here too (before the directory's own
+                // lockout, which the manager's keeps guesses from reaching).
+                for attempt in 1...5 {
+                    let outcome = try await laptop.signInUser("carol", password: "guess \(attempt)").outcome
+                    #expect(outcome == (attempt < 5 ? .badCredentials : .locked))
+                }
+                #expect(try await laptop.signInUser("carol", password: "carol password 333").outcome == .locked)
 
                 // The directory's policy (at least 10 characters) refuses, in its own words.
                 let refused = try await laptop.changeUserPassword("bob", old: "bob password 22", new: "short")

@@ -112,6 +112,23 @@ import Testing
         Self.check("remote_help_response", RemoteHelp.response(to: challenge, secret: secret))
     }
 
+    @Test func theUserUnlockAndTheUsersSignedResult() throws {
+        let device = try Curve25519.KeyAgreement.PrivateKey(rawRepresentation: try Self.bytes("device_agreement_private"))
+        let manager = try Curve25519.KeyAgreement.PrivateKey(rawRepresentation: try Self.bytes("manager_agreement_private"))
+        let secret = RemoteHelp.deviceSecret(try device.sharedSecretFromKeyAgreement(with: manager.publicKey), deviceID: try Self.value("remote_help_device_id"))
+        let challenge = try Self.value("remote_help_challenge")
+        Self.check("unlock_user_response", RemoteHelp.response(to: challenge, secret: secret, unlockingUser: try Self.value("unlock_user")))
+        #expect(!RemoteHelp.verify(response: try Self.value("remote_help_response"), challenge: challenge, secret: secret, now: 29_921_761 * 60_000,
+                                   unlockingUser: try Self.value("unlock_user")))
+        let verifier = try Self.value("user_verifier")
+        #expect(PasswordVerifier.matches(try Self.value("user_password"), verifier))
+        #expect(!PasswordVerifier.matches("alice password 2", verifier))
+        let result = UserSignInResult(deviceID: try Self.value("device_id"), user: "alice", nonce: try Self.value("nonce"), outcome: .allowed, message: "signed in",
+                                      displayName: "Alice Example", groups: ["laptop-users", "portico-admins"], offlineSeconds: 604_800, offlineVerifier: verifier,
+                                      offlineUntilMilliseconds: 1_795_910_400_000, issuedMilliseconds: Int64(try Self.value("timestamp_ms"))!)
+        Self.check("user_result_transcript", String(decoding: result.transcript, as: UTF8.self))
+    }
+
     @Test func base64URLHasOneSpellingPerValue() {
         #expect(Base64URL.decode("AQID") == [1, 2, 3])
         #expect(Base64URL.decode("AQI") == [1, 2])

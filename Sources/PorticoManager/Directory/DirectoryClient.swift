@@ -347,12 +347,18 @@ public final class DirectoryClient: Sendable {
             for attempt in 0..<2 {
                 let pooled = attempt == 0 ? idle.withLockedValue { $0.popLast() } : nil
                 let connection = try pooled?.connection ?? DirectoryConnection(settings)
+                let keep = { idle.withLockedValue { if $0.count < settings.poolSize { $0.append(PooledConnection(connection)) } } }
                 do {
                     let value = try body(connection)
-                    idle.withLockedValue { if $0.count < settings.poolSize { $0.append(PooledConnection(connection)) } }
+                    keep()
                     return value
                 } catch let error as DirectoryError where pooled != nil && error.kind == .unreachable {
                     continue
+                } catch let error as DirectoryError where error.kind == .invalidCredentials || error.kind == .refused {
+                    // A wrong password or a refused change leaves the connection as good as it
+                    // was (unbound: the next use binds the search account again).
+                    keep()
+                    throw error
                 }
             }
             throw DirectoryError(kind: .unreachable, description: "the directory at \(settings.url) closed two connections in a row")

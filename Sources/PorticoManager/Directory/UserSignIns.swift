@@ -147,86 +147,88 @@ public struct UserSignIns: Sendable {
         try await operations.userPasswordReset(name: user, by: actor)
     }
 
+    /// The steps of a check, each refusal audited with the user, the device and the action.
+    private struct Attempt {
+        let user: String
+        let device: String
+        let action: String
+        let source: String
+        let now: Int64
+    }
+
+    private func refuse(_ attempt: Attempt, _ outcome: UserSignInResult.Outcome, _ message: String, audit detail: String, lockedUntil: Int64? = nil) async -> Stop {
+        await operations.refused(AuditEntry(actor: "user:" + attempt.user, action: attempt.action, target: attempt.device, source: attempt.source, result: "refused", detail: detail))
+        return .result(outcome, message, lockedUntil: lockedUntil)
+    }
+
+    /// Refuses while the user, or the device, is locked after wrong passwords.
+    private func checkLocks(_ attempt: Attempt) async throws {
+        let locks = [try await store.signInLockedUntil(scope: "user", subject: attempt.user, now: attempt.now),
+                     try await store.signInLockedUntil(scope: "device", subject: attempt.device, now: attempt.now)]
+        if let until = locks.compactMap({ $0 }).max() {
+            throw await refuse(attempt, .locked, "too many wrong passwords: sign-ins are locked for a while", audit: "locked", lockedUntil: until)
+        }
+    }
+
+    /// Counts a wrong password (or code) against the user and the device.
+    private func wrong(_ attempt: Attempt, _ what: String) async throws -> Stop {
+        let limits = (configuration.lockAfterFailures, configuration.deviceLockAfterFailures, configuration.lockoutMilliseconds)
+        let locked = try await operations.userSignInFailed(user: attempt.user, device: attempt.device, action: attempt.action, source: attempt.source, now: attempt.now, limits: limits)
+        if let locked { return .result(.locked, "the name or the \(what) is wrong; sign-ins are now locked for a while", lockedUntil: locked) }
+        return .result(.badCredentials, "the name or the \(what) is wrong" + (what == "code" ? ", or the code was used or has expired" : ""))
+    }
+
+    /// Once the user is who they say: the account's state, then the device's grants.
+    private func checkStanding(_ attempt: Attempt, record: EndpointUser?, groups: [String]) async throws {
+        if record?.disabled == true { throw await refuse(attempt, .disabled, "this account is disabled", audit: "disabled") }
+        guard try await store.maySignIn(user: attempt.user, groups: groups, device: attempt.device) else {
+            throw await refuse(attempt, .notPermitted, "\(attempt.user) may not sign in on this device", audit: "not permitted on this device")
+        }
+    }
+
     /// A one-time code an operator gave: the same lockouts, the code used once (a wrong one
     /// counts as a wrong password), then the account's state and the device's grants.
     private func check(user: String, code: String, device: String, source: String, now: Int64) async throws -> (Checked, String) {
-        let locks = [try await store.signInLockedUntil(scope: "user", subject: user, now: now), try await store.signInLockedUntil(scope: "device", subject: device, now: now)]
-        if let until = locks.compactMap({ $0 }).max() {
-            await operations.refused(AuditEntry(actor: "user:" + user, action: "user.sign_in", target: device, source: source, result: "refused", detail: "locked"))
-            throw Stop.result(.locked, "too many wrong passwords: sign-ins are locked for a while", lockedUntil: until)
-        }
+        let attempt = Attempt(user: user, device: device, action: "user.sign_in", source: source, now: now)
+        try await checkLocks(attempt)
         let hash = SignInCode.hash(code)
-        guard let issuer = try await store.write({ try await $0.useSignInCode(user: user, codeHash: hash, now: now) }) else {
-            let limits = (configuration.lockAfterFailures, configuration.deviceLockAfterFailures, configuration.lockoutMilliseconds)
-            let locked = try await operations.userSignInFailed(user: user, device: device, action: "user.sign_in", source: source, now: now, limits: limits)
-            if let locked { throw Stop.result(.locked, "the name or the code is wrong; sign-ins are now locked for a while", lockedUntil: locked) }
-            throw Stop.result(.badCredentials, "the name or the code is wrong, or the code was used or has expired")
-        }
+        guard let issuer = try await store.write({ try await $0.useSignInCode(user: user, codeHash: hash, now: now) }) else { throw try await wrong(attempt, "code") }
         let record = try await store.endpointUser(named: user)
         var checked = Checked(displayName: record?.displayName ?? "", groups: record?.directoryGroups ?? [], account: nil)
-        if record?.source != .local, let directory {
-            // The directory's word on the user's groups, when it answers; else what was last seen.
-            if let account = try? await directory.account(named: user) {
-                checked = Checked(displayName: account.displayName, groups: account.groups, account: account)
-            }
+        // The directory's word on a directory user's groups, when it answers; else what was last seen.
+        if record?.source != .local, let directory, let account = try? await directory.account(named: user) {
+            checked = Checked(displayName: account.displayName, groups: account.groups, account: account)
         }
-        if record?.disabled == true {
-            await operations.refused(AuditEntry(actor: "user:" + user, action: "user.sign_in", target: device, source: source, result: "refused", detail: "disabled"))
-            throw Stop.result(.disabled, "this account is disabled")
-        }
-        guard try await store.maySignIn(user: user, groups: checked.groups, device: device) else {
-            await operations.refused(AuditEntry(actor: "user:" + user, action: "user.sign_in", target: device, source: source, result: "refused", detail: "not permitted on this device"))
-            throw Stop.result(.notPermitted, "\(user) may not sign in on this device")
-        }
+        try await checkStanding(attempt, record: record, groups: checked.groups)
         return (checked, issuer)
     }
 
-    /// Lockouts, the password, the account's state and the device's grants, in that order;
-    /// each refusal audited with the user and the device.
+    /// Lockouts, the password, the account's state and the device's grants, in that order.
     private func check(user: String, password: String, device: String, action: String, source: String, now: Int64) async throws -> Checked {
-        func refuse(_ outcome: UserSignInResult.Outcome, _ message: String, audit detail: String, lockedUntil: Int64? = nil) async -> Stop {
-            await operations.refused(AuditEntry(actor: "user:" + user, action: action, target: device, source: source, result: "refused", detail: detail))
-            return .result(outcome, message, lockedUntil: lockedUntil)
-        }
-        let locks = [try await store.signInLockedUntil(scope: "user", subject: user, now: now), try await store.signInLockedUntil(scope: "device", subject: device, now: now)]
-        if let until = locks.compactMap({ $0 }).max() {
-            throw await refuse(.locked, "too many wrong passwords: sign-ins are locked for a while", audit: "locked", lockedUntil: until)
-        }
+        let attempt = Attempt(user: user, device: device, action: action, source: source, now: now)
+        try await checkLocks(attempt)
         let record = try await store.endpointUser(named: user)
-        var checked: Checked
-        var passwordRight: Bool
+        let checked: Checked
         if let record, record.source == .local {
-            passwordRight = await PasswordHasher.verify(password, against: record.passwordHash)
+            guard await PasswordHasher.verify(password, against: record.passwordHash) else { throw try await wrong(attempt, "password") }
             checked = Checked(displayName: record.displayName, groups: [], account: nil)
         } else if let directory {
             do {
                 let account = try await directory.authenticate(user: user, password: password)
                 checked = Checked(displayName: account.displayName, groups: account.groups, account: account)
-                passwordRight = true
             } catch let error as DirectoryError where error.kind == .invalidCredentials {
-                checked = Checked(displayName: "", groups: [], account: nil)
-                passwordRight = false
+                throw try await wrong(attempt, "password")
             } catch let error as DirectoryError {
                 // The device may fall back to the verifier it holds, for as long as it was given.
                 logger.warning("a user's sign-in could not reach the directory", metadata: ["user": "\(user)", "error": "\(error.description)"])
-                throw await refuse(.unavailable, "the directory cannot be reached; sign in with the password this device last saw", audit: "directory unavailable: \(error.description)")
+                throw await refuse(attempt, .unavailable, "the directory cannot be reached; sign in with the password this device last saw", audit: "directory unavailable: \(error.description)")
             }
         } else {
             // No such local user and no directory: the same time spent as on a real check.
             _ = await PasswordHasher.verify(password, against: OperatorAuthenticator.decoyHash)
-            checked = Checked(displayName: "", groups: [], account: nil)
-            passwordRight = false
+            throw try await wrong(attempt, "password")
         }
-        guard passwordRight else {
-            let limits = (configuration.lockAfterFailures, configuration.deviceLockAfterFailures, configuration.lockoutMilliseconds)
-            let locked = try await operations.userSignInFailed(user: user, device: device, action: action, source: source, now: now, limits: limits)
-            if let locked { throw Stop.result(.locked, "the name or the password is wrong; sign-ins are now locked for a while", lockedUntil: locked) }
-            throw Stop.result(.badCredentials, "the name or the password is wrong")
-        }
-        if record?.disabled == true { throw await refuse(.disabled, "this account is disabled", audit: "disabled") }
-        guard try await store.maySignIn(user: user, groups: checked.groups, device: device) else {
-            throw await refuse(.notPermitted, "\(user) may not sign in on this device", audit: "not permitted on this device")
-        }
+        try await checkStanding(attempt, record: record, groups: checked.groups)
         return checked
     }
 
