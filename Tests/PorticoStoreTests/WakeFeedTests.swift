@@ -53,6 +53,23 @@ import Testing
         }
     }
 
+    /// A command queued at a peer site arrives by replication and wakes the device's wait
+    /// here; the same command arriving again, answered, wakes nothing.
+    @Test(arguments: Engines.all)
+    func aCommandQueuedAtAPeerSiteWakesTheDeviceWhenItArrives(_ dialect: Dialect) async throws {
+        try await ReplicationStoreTests.withSites(dialect) { a, b, _ in
+            let heard = Heard(b)
+            try await a.addDevice(DeviceRecord(id: "dev-1", signingKey: [1], agreementKey: [2], hostname: "h", os: "linux"))
+            try await a.enqueueCommand(Self.command("c-1", device: "dev-1"))
+            try await ReplicationStoreTests.sync(from: a, to: b)
+            #expect(await heard.next() == .device("dev-1"))
+            try await a.acknowledgeCommand(id: "c-1", deviceID: "dev-1", succeeded: true, result: "locked")
+            try await ReplicationStoreTests.sync(from: a, to: b)
+            #expect(try await b.commands(deviceID: "dev-1").first?.state == .acknowledged)
+            #expect(await heard.next(within: .milliseconds(500)) == nil, "an answered command woke its device")
+        }
+    }
+
     @Test(.enabled(if: Engines.postgresURL != nil, "needs PostgreSQL: set PORTICO_TEST_POSTGRES_URL (CI does)"))
     func aCommandQueuedAtOneManagerWakesTheDeviceAtTheOther() async throws {
         try await Engines.withDatabase(.postgres) { configuration in

@@ -200,6 +200,9 @@ extension Store {
                 } else {
                     results = try await transaction.applyUpserts(run, of: entity)
                 }
+                if entity.name == "command" {
+                    try await transaction.wakeDevices(ofQueuedCommands: zip(run, results).filter { $0.1 != .skipped }.map(\.0), of: entity)
+                }
                 for result in results {
                     switch result {
                     case .skipped: outcome.skipped += 1
@@ -322,6 +325,14 @@ extension Store {
 enum ApplyResult: Equatable { case skipped, applied, renamed }
 
 extension Transaction {
+    /// A command queued at a peer site reaches its device's held wait as one queued here does.
+    fileprivate func wakeDevices(ofQueuedCommands changes: [ReplicatedChange], of entity: ReplicatedEntity) async throws {
+        guard let deviceIndex = entity.columnIndex("device_id"), let stateIndex = entity.columnIndex("state") else { return }
+        for change in changes where change.row?[stateIndex].text == CommandState.pending.rawValue {
+            if let device = change.row?[deviceIndex].text { try await wake(device: device) }
+        }
+    }
+
     /// Stores a peer's row if it is newer (by clock, then site) than this site's row and
     /// than any tombstone of it; logs it, with its origin, for the peers after this one.
     fileprivate func applyUpsert(_ change: ReplicatedChange, of entity: ReplicatedEntity) async throws -> ApplyResult {
