@@ -48,8 +48,13 @@ static inline long CPorticoOpenSSL_set_tlsext_host_name(SSL *ssl, const char *na
     return SSL_set_tlsext_host_name(ssl, name);
 }
 
-static inline long CPorticoOpenSSL_set_mem_eof_return(BIO *bio, int value) {
-    return BIO_set_mem_eof_return(bio, value);
+// A BIO of our own says "nothing to read now, try again" (not end of stream), or clears it.
+static inline void CPorticoOpenSSL_set_retry_read(BIO *bio) {
+    BIO_set_retry_read(bio);
+}
+
+static inline void CPorticoOpenSSL_clear_retry_flags(BIO *bio) {
+    BIO_clear_retry_flags(bio);
 }
 
 static inline void CPorticoOpenSSL_free(void *pointer) {

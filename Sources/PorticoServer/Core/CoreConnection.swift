@@ -11,13 +11,14 @@ import Glibc
 ///
 /// Reading: one `read` per readiness event. In the clear it goes into the loop's shared read
 /// buffer (``CoreEventLoop/takeReadBuffer()``) and is handed to the HTTP layer as it is; over
-/// TLS the records go into the session's memory BIO and are decrypted into that buffer. When
+/// TLS the records are read into the loop's record space, lent to OpenSSL, and decrypted
+/// into that buffer. When
 /// the HTTP layer kept none of the bytes, the next read of any connection on the loop reuses
 /// the same memory.
 ///
 /// Writing: answers are queued until a flush. Over TLS everything queued becomes one record
-/// (when it fits in one) in the session's output BIO, and that goes to the socket straight from
-/// the BIO. What the socket does not take is kept in `outbound` and waits for `EPOLLOUT`.
+/// (when it fits in one) in the session's output, in memory of the loop's, and that goes to
+/// the socket straight from there. What the socket does not take is kept in `outbound` and waits for `EPOLLOUT`.
 /// Sends use `MSG_NOSIGNAL`: a client that has gone is an error to handle, not SIGPIPE.
 package final class CoreConnection: CoreSocketHandler, ConnectionTransport {
     package let fd: Int32
@@ -58,7 +59,7 @@ package final class CoreConnection: CoreSocketHandler, ConnectionTransport {
     /// with `tlsContext` when given, after the PROXY header `proxyHeader` reads when given.
     /// The head timeout starts now, so it bounds the PROXY header and the TLS handshake too.
     package func start(info: ConnectionInfo, tlsContext: CoreTLSContext?, proxyHeader: ProxyHeaderReader? = nil, onProxyRefused: ((String) -> Void)? = nil) throws {
-        if let tlsContext { tls = try CoreTLSSession(context: tlsContext) }
+        if let tlsContext { tls = try CoreTLSSession(context: tlsContext, loop: loop) }
         self.proxyHeader = proxyHeader
         self.onProxyRefused = onProxyRefused
         self.info = info
@@ -147,8 +148,7 @@ package final class CoreConnection: CoreSocketHandler, ConnectionTransport {
             if let source { info?.peerAddress = source }
             guard let rest else { return }
             if let tls {
-                rest.withUnsafeReadableBytes { tls.feed($0) }
-                processRecords()
+                rest.withUnsafeReadableBytes { bytes in tls.reading(bytes) { processRecords() } }
             } else {
                 deliver(rest)
             }
@@ -158,15 +158,14 @@ package final class CoreConnection: CoreSocketHandler, ConnectionTransport {
     /// Reads TLS records and handles them.
     private func readRecords() {
         guard let tls else { return }
-        let scratch = loop.scratch
-        let count = Glibc.read(fd, scratch.baseAddress, scratch.count)
+        let space = loop.recordSpace
+        let count = Glibc.read(fd, space.baseAddress, space.count)
         guard count > 0 else {
             // The end of the stream, or a failure other than "nothing to read now".
             if count == 0 || (errno != EAGAIN && errno != EINTR) { closeNow() }
             return
         }
-        tls.feed(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
-        processRecords()
+        tls.reading(UnsafeRawBufferPointer(rebasing: space[..<count])) { processRecords() }
     }
 
     /// Moves the handshake on with the records fed, or decrypts what they hold.
@@ -318,7 +317,7 @@ package final class CoreConnection: CoreSocketHandler, ConnectionTransport {
         sendTLSOutput()
     }
 
-    /// Sends what the TLS session has written: straight from its output BIO when nothing is
+    /// Sends what the TLS session has written: straight from its output when nothing is
     /// waiting before it; what the socket does not take is queued.
     private func sendTLSOutput() {
         guard let tls, !isClosed else { return }

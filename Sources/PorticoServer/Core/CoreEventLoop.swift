@@ -71,9 +71,14 @@ package final class CoreEventLoop: EventLoop, @unchecked Sendable {
     private var shutdownCallbacks: [(DispatchQueue, @Sendable ((any Error)?) -> Void)] = []
     /// What connections read into (see ``takeReadBuffer()``).
     private var readBuffer: ByteBuffer?
-    /// Raw memory for one read of TLS records from a socket, or for coalescing answers
-    /// before they are encrypted; used and done with within one call on the loop.
+    /// Raw memory for coalescing answers before they are encrypted; used and done with within
+    /// one call on the loop.
     package let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// Raw memory for one read of TLS records from a socket, lent to OpenSSL while the
+    /// connection handles them (answers encrypted meanwhile use ``scratch``, not this).
+    package let recordSpace = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// The memory the next TLS connection to write records takes (see ``CoreTLSOutput``).
+    private var tlsOutputBuffer: ByteBuffer?
     package let name: String
 
     private struct Inbox {
@@ -118,6 +123,7 @@ package final class CoreEventLoop: EventLoop, @unchecked Sendable {
 
     deinit {
         scratch.deallocate()
+        recordSpace.deallocate()
     }
 
     /// The thread's body: waits until `thread` is set, then runs until shut down.
@@ -244,6 +250,20 @@ package final class CoreEventLoop: EventLoop, @unchecked Sendable {
 
     package func returnReadBuffer(_ buffer: ByteBuffer) {
         readBuffer = buffer
+    }
+
+    /// Memory for a connection's TLS records, empty; handed back with
+    /// ``returnTLSOutputBuffer(_:)`` once the socket took them all.
+    package func takeTLSOutputBuffer() -> ByteBuffer {
+        tlsOutputBuffer.take() ?? ByteBufferAllocator().buffer(capacity: 4 * 1024)
+    }
+
+    /// Keeps `buffer`'s memory for the next connection, unless it grew large (a big answer).
+    package func returnTLSOutputBuffer(_ buffer: ByteBuffer) {
+        guard buffer.capacity <= 64 * 1024 else { return }
+        var buffer = buffer
+        buffer.clear()
+        tlsOutputBuffer = buffer
     }
 
     package enum SocketRead {

@@ -193,10 +193,17 @@ private func selectProtocol(
     return SSL_TLSEXT_ERR_NOACK
 }
 
-/// Where OpenSSL writes one connection's records: a `ByteBuffer` the connection sends
-/// from, emptied (and its memory kept) once the socket took it all.
+/// Where OpenSSL writes one connection's records: a `ByteBuffer` the connection sends from.
+/// Its memory is the loop's (``CoreEventLoop/takeTLSOutputBuffer()``), taken at the first
+/// write and given back once the socket took everything, so that a connection between
+/// answers holds no output memory; only what the socket has not taken stays with it.
 package final class CoreTLSOutput {
     package var bytes = ByteBuffer()
+    private let loop: CoreEventLoop
+
+    init(loop: CoreEventLoop) {
+        self.loop = loop
+    }
 
     /// A BIO whose writes append to an output's bytes. Made once, shared by every connection.
     // nonisolated(unsafe): set once, then only read (OpenSSL does not change a method).
@@ -205,6 +212,7 @@ package final class CoreTLSOutput {
         _ = BIO_meth_set_write(method) { bio, data, length in
             guard let bio, let data, length > 0, let state = BIO_get_data(bio) else { return 0 }
             let output = Unmanaged<CoreTLSOutput>.fromOpaque(state).takeUnretainedValue()
+            if output.bytes.capacity == 0 { output.bytes = output.loop.takeTLSOutputBuffer() }
             output.bytes.writeBytes(UnsafeRawBufferPointer(start: data, count: Int(length)))
             return length
         }
@@ -212,15 +220,91 @@ package final class CoreTLSOutput {
         _ = BIO_meth_set_ctrl(method) { _, command, _, _ in command == BIO_CTRL_FLUSH ? 1 : 0 }
         return method
     }()
+
+    /// Everything was sent: the memory goes back to the loop.
+    func release() {
+        guard bytes.capacity > 0 else { return }
+        loop.returnTLSOutputBuffer(bytes)
+        bytes = ByteBuffer()
+    }
 }
 
-/// One connection's TLS state: OpenSSL reading records from a memory BIO the connection
-/// fills (one `read` per readiness event), and writing records into a ``CoreTLSOutput`` the
+/// Where OpenSSL reads one connection's records from: the bytes of the socket read being
+/// handled, borrowed for that call (``CoreTLSSession/reading(_:_:)``), and a copy only of
+/// what OpenSSL left unread when the call ended. An idle connection holds no input memory
+/// (a memory BIO would keep the size of the largest read it was ever given).
+package final class CoreTLSInput {
+    private var borrowed = UnsafeRawBufferPointer(start: nil, count: 0)
+    private var kept = ByteBuffer()
+
+    var pending: Int { kept.readableBytes + borrowed.count }
+
+    /// Lends `bytes` until ``keepUnread()``; behind what is kept, if anything is.
+    func lend(_ bytes: UnsafeRawBufferPointer) {
+        if kept.readableBytes > 0 || borrowed.count > 0 {
+            keepUnread()
+            kept.writeBytes(bytes)
+        } else {
+            borrowed = bytes
+        }
+    }
+
+    /// Copies what OpenSSL has not read of the lent bytes, which are about to be reused.
+    func keepUnread() {
+        if borrowed.count > 0 { kept.writeBytes(borrowed) }
+        borrowed = UnsafeRawBufferPointer(start: nil, count: 0)
+    }
+
+    private func read(into space: UnsafeMutableRawBufferPointer) -> Int {
+        if kept.readableBytes > 0 {
+            let count = min(space.count, kept.readableBytes)
+            kept.withUnsafeReadableBytes { space.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+            kept.moveReaderIndex(forwardBy: count)
+            if kept.readableBytes == 0 { kept = ByteBuffer() }
+            return count
+        }
+        let count = min(space.count, borrowed.count)
+        guard count > 0 else { return 0 }
+        space.copyMemory(from: UnsafeRawBufferPointer(rebasing: borrowed[..<count]))
+        borrowed = UnsafeRawBufferPointer(rebasing: borrowed[count...])
+        return count
+    }
+
+    /// A BIO that reads an input's bytes; empty means "wait for more", not end of stream.
+    // nonisolated(unsafe): set once, then only read (OpenSSL does not change a method).
+    package nonisolated(unsafe) static let method: OpaquePointer = {
+        let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "portico input")!
+        _ = BIO_meth_set_read(method) { bio, data, length in
+            guard let bio, let data, length > 0, let state = BIO_get_data(bio) else { return 0 }
+            CPorticoOpenSSL_clear_retry_flags(bio)
+            let input = Unmanaged<CoreTLSInput>.fromOpaque(state).takeUnretainedValue()
+            let count = input.read(into: UnsafeMutableRawBufferPointer(start: data, count: Int(length)))
+            guard count > 0 else {
+                CPorticoOpenSSL_set_retry_read(bio)
+                return -1
+            }
+            return Int32(count)
+        }
+        _ = BIO_meth_set_ctrl(method) { bio, command, _, _ in
+            switch command {
+            case BIO_CTRL_PENDING:
+                guard let bio, let state = BIO_get_data(bio) else { return 0 }
+                return Unmanaged<CoreTLSInput>.fromOpaque(state).takeUnretainedValue().pending
+            case BIO_CTRL_FLUSH: return 1
+            default: return 0
+            }
+        }
+        return method
+    }()
+}
+
+/// One connection's TLS state: OpenSSL reading records from a ``CoreTLSInput`` (what the
+/// connection read, lent for one call), and writing records into a ``CoreTLSOutput`` the
 /// connection sends from.
 package final class CoreTLSSession {
     package let ssl: OpaquePointer
-    private let input: OpaquePointer
-    private let output = CoreTLSOutput()
+    private let input = CoreTLSInput()
+    private let output: CoreTLSOutput
     /// Keeps the context alive as long as the session.
     private let context: CoreTLSContext
     package private(set) var handshakeDone = false
@@ -234,31 +318,37 @@ package final class CoreTLSSession {
         case failed
     }
 
-    package init(context: CoreTLSContext) throws {
+    package init(context: CoreTLSContext, loop: CoreEventLoop) throws {
         guard let ssl = SSL_new(context.context) else { throw CoreTLSError("SSL_new failed") }
-        guard let input = BIO_new(BIO_s_mem()), let writer = BIO_new(CoreTLSOutput.method) else {
+        guard let reader = BIO_new(CoreTLSInput.method), let writer = BIO_new(CoreTLSOutput.method) else {
             SSL_free(ssl)
             throw CoreTLSError("BIO_new failed")
         }
-        // An empty input BIO means "wait for more", not end of stream.
-        _ = CPorticoOpenSSL_set_mem_eof_return(input, -1)
-        // Unretained: the session holds the output for as long as OpenSSL holds the BIO.
+        output = CoreTLSOutput(loop: loop)
+        // Unretained: the session holds the input and output for as long as OpenSSL holds
+        // the BIOs.
+        BIO_set_data(reader, Unmanaged.passUnretained(input).toOpaque())
+        BIO_set_init(reader, 1)
         BIO_set_data(writer, Unmanaged.passUnretained(output).toOpaque())
         BIO_set_init(writer, 1)
-        SSL_set_bio(ssl, input, writer)
+        SSL_set_bio(ssl, reader, writer)
         SSL_set_accept_state(ssl)
         self.ssl = ssl
-        self.input = input
         self.context = context
     }
 
     deinit {
+        // The output's memory is not given back here: the last reference may go on another
+        // thread than the loop's.
         SSL_free(ssl)
     }
 
-    /// Hands OpenSSL bytes read from the socket.
-    package func feed(_ bytes: UnsafeRawBufferPointer) {
-        _ = BIO_write(input, bytes.baseAddress, Int32(bytes.count))
+    /// Lends OpenSSL bytes read from the socket while `body` runs (the handshake and reads
+    /// it does); what OpenSSL has not read by then is copied and kept for the next call.
+    package func reading<T>(_ bytes: UnsafeRawBufferPointer, _ body: () -> T) -> T {
+        input.lend(bytes)
+        defer { input.keepUnread() }
+        return body()
     }
 
     /// Moves the handshake on with what was fed.
@@ -325,22 +415,18 @@ package final class CoreTLSSession {
         output.bytes.withUnsafeReadableBytes(body)
     }
 
-    /// The bytes after the first `sent`, to keep for later; the output is emptied.
+    /// The bytes after the first `sent`, to keep for later; the output is emptied (the next
+    /// write takes new memory from the loop).
     package func takeOutput(after sent: Int) -> ByteBuffer {
         var rest = output.bytes
         rest.moveReaderIndex(forwardBy: sent)
-        // Shared with `rest` now: emptying it gives it new memory and leaves `rest` alone.
-        output.bytes.clear()
+        output.bytes = ByteBuffer()
         return rest
     }
 
-    /// Empties the output, keeping its memory unless it grew large.
+    /// Empties the output, giving its memory back to the loop.
     package func discardOutput() {
-        if output.bytes.capacity > 64 * 1024 {
-            output.bytes = ByteBuffer()
-        } else {
-            output.bytes.clear()
-        }
+        output.release()
     }
 
     /// Whether the handshake resumed a session.
