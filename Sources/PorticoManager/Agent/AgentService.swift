@@ -299,6 +299,7 @@ public final class AgentService: HTTPService {
         let (_, plaintext) = try Envelope.open(bytes, keys: session.keys, direction: .agentToManager)
         let advance = SessionAdvance(deviceID: session.deviceID, sessionID: sessionID, counter: counter)
         var taken = false
+        var held: HeldWait?
         let reply: ManagerMessage
         do {
             // From here the message is the device's own: what is wrong with it is answered
@@ -306,7 +307,7 @@ public final class AgentService: HTTPService {
             do {
                 let message: AgentMessage
                 do { message = try JSONDecoder().decode(AgentMessage.self, from: Data(plaintext)) } catch { throw ProtocolError(.malformed, "the message is not a known agent message") }
-                reply = try await handle(message, deviceID: session.deviceID, source: request.clientAddress?.ipAddress ?? "-", now: now, advance: advance, taken: &taken)
+                reply = try await handle(message, deviceID: session.deviceID, source: request.clientAddress?.ipAddress ?? "-", now: now, advance: advance, taken: &taken, held: &held)
             } catch let error as ProtocolError {
                 await refused("device.message", subject: subject, request: request, error)
                 if !taken { try await operations.advanceSession(advance) }
@@ -322,8 +323,51 @@ public final class AgentService: HTTPService {
             throw refusal.protocolError
         }
         sessions.taken(sessionID: sessionID, counter: counter)
-        let sealed = try Envelope.seal(Array(try JSONEncoder().encode(reply)), keys: session.keys, counter: counter, direction: .managerToAgent)
+        if let held {
+            return .later { [self] promise in
+                push.hold(held.ticket) { [self] outcome in
+                    promise.answer { [self] in
+                        try await answer(request, action: "device.message") { subject in
+                            subject = "device:" + session.deviceID
+                            return try Self.sealed(try await heldReply(held, outcome: outcome), keys: session.keys, counter: counter)
+                        }
+                    }
+                }
+            }
+        }
+        return try Self.sealed(reply, keys: session.keys, counter: counter)
+    }
+
+    /// A reply sealed under the session's keys with the message's counter.
+    private static func sealed(_ reply: ManagerMessage, keys: SessionKeys, counter: UInt64) throws -> GatewayResponse {
+        let sealed = try Envelope.seal(Array(try JSONEncoder().encode(reply)), keys: keys, counter: counter, direction: .managerToAgent)
         return GatewayResponse(status: .ok, headers: ["content-type": "application/octet-stream"], body: ByteBuffer(bytes: sealed))
+    }
+
+    /// A wait the hub holds (``PushHub/hold(_:then:)``): what its reply is made of once it
+    /// ends. While held, the request is answered later and no task waits for it.
+    private struct HeldWait: Sendable {
+        let ticket: PushHub.Ticket
+        let deviceID: String
+        let checkIn: CheckInRequest
+        let serial: Int64
+    }
+
+    /// The reply to a held wait once the hub ended it.
+    private func heldReply(_ held: HeldWait, outcome: PushHub.Outcome) async throws -> ManagerMessage {
+        switch outcome {
+        case .woken:
+            // What woke it, read now: its commands (marked delivered) and the serial.
+            let woken = try await store.takeCommands(forDevice: held.deviceID)
+            let current = try await store.policySerial()
+            return .checkIn(checkInReply(to: held.checkIn, serial: current, commands: woken))
+        case .timedOut, .replaced:
+            return .checkIn(checkInReply(to: held.checkIn, serial: held.serial, commands: []))
+        case .stopping:
+            // Shutting down: no offer to wait again, so that the agent checks in at the
+            // interval (or reaches another manager) instead of waiting here again at once.
+            return .checkIn(checkInReply(to: held.checkIn, serial: held.serial, commands: [], offerPush: false))
+        }
     }
 
     /// Device ids are `d-` and 32 hex digits; anything else is not worth naming in the audit log.
@@ -333,7 +377,9 @@ public final class AgentService: HTTPService {
 
     /// Does what a message asks. The message's counter is taken in the same transaction when
     /// its work is one write, before the work otherwise; `taken` says when it was.
-    private func handle(_ message: AgentMessage, deviceID: String, source: String, now: Int64, advance: SessionAdvance, taken: inout Bool) async throws -> ManagerMessage {
+    /// A wait with nothing to say yet is left to the hub: `held` says what its reply will
+    /// be made of, and the reply returned is not sent.
+    private func handle(_ message: AgentMessage, deviceID: String, source: String, now: Int64, advance: SessionAdvance, taken: inout Bool, held: inout HeldWait?) async throws -> ManagerMessage {
         switch message {
         case .userSignIn(let request):
             try await operations.advanceSession(advance)
@@ -374,22 +420,11 @@ public final class AgentService: HTTPService {
                 push.cancel(ticket)
                 return .checkIn(checkInReply(to: checkIn, serial: serial, commands: commands))
             }
-            // A held wait is not work in progress: the manager is not loaded by agents that
-            // are only waiting (their count would otherwise stop push at `backOffAbove`).
-            inFlight.withLockedValue { $0 -= 1 }
-            let ended = await push.wait(ticket)
-            inFlight.withLockedValue { $0 += 1 }
-            switch ended {
-            case .woken: break
-            case .timedOut, .replaced: return .checkIn(checkInReply(to: checkIn, serial: serial, commands: []))
-            // Shutting down: no offer to wait again, so that the agent checks in at the
-            // interval (or reaches another manager) instead of waiting here again at once.
-            case .stopping: return .checkIn(checkInReply(to: checkIn, serial: serial, commands: [], offerPush: false))
-            }
-            // What woke it, read now: its commands (marked delivered) and the serial.
-            let woken = try await store.takeCommands(forDevice: deviceID)
-            let current = try await store.policySerial()
-            return .checkIn(checkInReply(to: checkIn, serial: current, commands: woken))
+            // Held from here, with no task waiting; not work in progress either (the manager
+            // is not loaded by agents that are only waiting, and their count would otherwise
+            // stop push at `backOffAbove`): its reply is made when the hub ends it.
+            held = HeldWait(ticket: ticket, deviceID: deviceID, checkIn: checkIn, serial: serial)
+            return .checkIn(checkInReply(to: checkIn, serial: serial, commands: []))
         case .fetchPolicy:
             try await operations.advanceSession(advance)
             taken = true

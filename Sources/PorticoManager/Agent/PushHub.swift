@@ -11,8 +11,8 @@ import ServiceLifecycle
 /// A wait is registered before the manager looks for what the device should hear, so that a
 /// wake arriving in between is not lost: the wait then returns at once. Waking every device
 /// (policies published, a certificate announced) goes at ``wakeRate`` devices a second, so
-/// that their fetches do not all arrive at once. A held wait costs no CPU: it is a suspended
-/// task in a dictionary, timed out by one sweep a second.
+/// that their fetches do not all arrive at once. A held wait costs no CPU and no task: it is
+/// an entry in a dictionary with what answers it, timed out by one sweep a second.
 public final class PushHub: Service, Sendable {
     /// Why a wait ended.
     public enum Outcome: Sendable, Equatable {
@@ -32,10 +32,13 @@ public final class PushHub: Service, Sendable {
         let id: UInt64
     }
 
+    /// What answers a held wait, told once.
+    public typealias Resume = @Sendable (Outcome) -> Void
+
     private struct Waiter {
         let id: UInt64
         let deadline: ContinuousClock.Instant
-        var continuation: CheckedContinuation<Outcome, Never>?
+        var resume: Resume?
         /// Woken before it began waiting.
         var outcome: Outcome?
     }
@@ -100,68 +103,75 @@ public final class PushHub: Service, Sendable {
     /// held already is answered ``Outcome/replaced``.
     public func register(device: String, hold: Duration) -> Ticket {
         // Once stopped, nothing is registered: the wait returns `.stopping` at once.
-        let (ticket, replaced, startSweep) = state.withLockedValue { state -> (Ticket, CheckedContinuation<Outcome, Never>?, Bool) in
+        let (ticket, replaced, startSweep) = state.withLockedValue { state -> (Ticket, Resume?, Bool) in
             state.nextID &+= 1
             let ticket = Ticket(device: device, id: state.nextID)
             if state.stopped { return (ticket, nil, false) }
-            let replaced = state.waiters[device]?.continuation
-            state.waiters[device] = Waiter(id: ticket.id, deadline: .now + hold, continuation: nil, outcome: nil)
+            let replaced = state.waiters[device]?.resume
+            state.waiters[device] = Waiter(id: ticket.id, deadline: .now + hold, resume: nil, outcome: nil)
             let startSweep = !state.sweeping
             state.sweeping = true
             publish(held: state.waiters.count)
             return (ticket, replaced, startSweep)
         }
-        replaced?.resume(returning: .replaced)
+        replaced?(.replaced)
         if startSweep { startSweeping() }
         return ticket
     }
 
-    /// Holds until the device is woken or the hold time passes.
+    /// Holds until the device is woken or the hold time passes, then calls `resume` (at once
+    /// if that happened since the wait was registered). Nothing waits meanwhile: a held wait
+    /// is this entry and what `resume` keeps.
+    public func hold(_ ticket: Ticket, then resume: @escaping Resume) {
+        let now: Outcome? = state.withLockedValue { state in
+            if state.stopped { return .stopping }
+            guard var waiter = state.waiters[ticket.device], waiter.id == ticket.id else { return .replaced }
+            if let outcome = waiter.outcome {
+                state.waiters[ticket.device] = nil
+                publish(held: state.waiters.count)
+                return outcome
+            }
+            waiter.resume = resume
+            state.waiters[ticket.device] = waiter
+            return nil
+        }
+        if let now { resume(now) }
+    }
+
+    /// Suspends until the device is woken or the hold time passes.
     public func wait(_ ticket: Ticket) async -> Outcome {
         await withCheckedContinuation { continuation in
-            let now: Outcome? = state.withLockedValue { state in
-                if state.stopped { return .stopping }
-                guard var waiter = state.waiters[ticket.device], waiter.id == ticket.id else { return .replaced }
-                if let outcome = waiter.outcome {
-                    state.waiters[ticket.device] = nil
-                    publish(held: state.waiters.count)
-                    return outcome
-                }
-                waiter.continuation = continuation
-                state.waiters[ticket.device] = waiter
-                return nil
-            }
-            if let now { continuation.resume(returning: now) }
+            hold(ticket) { continuation.resume(returning: $0) }
         }
     }
 
     /// Forgets a registered wait that is answered without waiting.
     public func cancel(_ ticket: Ticket) {
-        let continuation = state.withLockedValue { state -> CheckedContinuation<Outcome, Never>? in
+        let resume = state.withLockedValue { state -> Resume? in
             guard let waiter = state.waiters[ticket.device], waiter.id == ticket.id else { return nil }
             state.waiters[ticket.device] = nil
             publish(held: state.waiters.count)
-            return waiter.continuation
+            return waiter.resume
         }
-        continuation?.resume(returning: .replaced)
+        resume?(.replaced)
     }
 
     /// Answers a device's held wait now (or the one it is about to begin).
     public func wake(device: String) {
-        let continuation = state.withLockedValue { state -> CheckedContinuation<Outcome, Never>? in
+        let resume = state.withLockedValue { state -> Resume? in
             guard var waiter = state.waiters[device], waiter.outcome == nil else { return nil }
             state.wakeUps += 1
             wokenCounter?.increment()
-            guard let continuation = waiter.continuation else {
+            guard let resume = waiter.resume else {
                 waiter.outcome = .woken
                 state.waiters[device] = waiter
                 return nil
             }
             state.waiters[device] = nil
             publish(held: state.waiters.count)
-            return continuation
+            return resume
         }
-        continuation?.resume(returning: .woken)
+        resume?(.woken)
     }
 
     /// Wakes every wait held now, at ``wakeRate`` a second.
@@ -210,12 +220,12 @@ public final class PushHub: Service, Sendable {
     /// Answers the waits whose hold time has passed; false once the hub has stopped.
     private func sweep() -> Bool {
         let now = ContinuousClock.now
-        let (expired, running) = state.withLockedValue { state -> ([CheckedContinuation<Outcome, Never>], Bool) in
+        let (expired, running) = state.withLockedValue { state -> ([Resume], Bool) in
             if state.stopped { return ([], false) }
-            var expired: [CheckedContinuation<Outcome, Never>] = []
+            var expired: [Resume] = []
             for (device, waiter) in state.waiters where waiter.deadline <= now {
-                if let continuation = waiter.continuation {
-                    expired.append(continuation)
+                if let resume = waiter.resume {
+                    expired.append(resume)
                     state.waiters[device] = nil
                     state.timeouts += 1
                 }
@@ -225,19 +235,19 @@ public final class PushHub: Service, Sendable {
             return (expired, true)
         }
         timedOutCounter?.increment(by: Int64(expired.count))
-        for continuation in expired { continuation.resume(returning: .timedOut) }
+        for resume in expired { resume(.timedOut) }
         return running
     }
 
     /// Answers every held wait (``Outcome/stopping``) and holds no more.
     public func stop() {
-        let continuations = state.withLockedValue { state -> [CheckedContinuation<Outcome, Never>] in
+        let resumes = state.withLockedValue { state -> [Resume] in
             state.stopped = true
             defer { state.waiters = [:] }
             publish(held: 0)
-            return state.waiters.values.compactMap(\.continuation)
+            return state.waiters.values.compactMap(\.resume)
         }
-        for continuation in continuations { continuation.resume(returning: .stopping) }
+        for resume in resumes { resume(.stopping) }
     }
 
     /// Runs until the process shuts down, then answers the held waits so that the listeners'

@@ -49,6 +49,18 @@ public struct GatewayResponse: Sendable {
     public var status: HTTPResponseStatus
     public var headers: HTTPHeaders
     public var body: ByteBuffer
+    /// Set for an answer given later (``later(_:)``): what the engine hands its promise to.
+    package private(set) var deferred: (@Sendable (EventLoopPromise<GatewayResponse>) -> Void)?
+
+    /// An answer given later, with no task waiting for it meanwhile: once the handler has
+    /// returned this, the engine makes a promise on the request's loop and hands it to
+    /// `start`, which keeps it and completes it when the answer is ready (an agent's held
+    /// wait). The request stays open until then, as for any answer in progress.
+    public static func later(_ start: @escaping @Sendable (EventLoopPromise<GatewayResponse>) -> Void) -> GatewayResponse {
+        var response = GatewayResponse(status: .ok)
+        response.deferred = start
+        return response
+    }
 
     public init(status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) {
         self.status = status
@@ -66,5 +78,13 @@ public struct GatewayResponse: Sendable {
         var response = GatewayResponse(status: status, contentType: "text/plain; charset=utf-8", body: (text ?? status.reasonPhrase) + "\n")
         response.headers.add(contentsOf: extra)
         return response
+    }
+}
+
+extension EventLoopPromise where Value == GatewayResponse {
+    /// Completes the promise an answer given later was handed (``GatewayResponse/later(_:)``)
+    /// with what `body` answers, as the engine runs a handler: a task on the request's loop.
+    public func answer(with body: @escaping @Sendable () async throws -> GatewayResponse) {
+        RequestDispatch.answer(self, with: body)
     }
 }

@@ -33,15 +33,31 @@ package enum RequestDispatch {
         }
     }
 
-    /// A service's work as a task: on the core's loops, a task that prefers the loop's own
-    /// thread, so that the request does not cross threads unless its work does.
+    /// A service's work as a task (``answer(_:with:)``).
     private static func run(on eventLoop: any EventLoop, _ body: @escaping @Sendable () async throws -> GatewayResponse) -> EventLoopFuture<GatewayResponse> {
-        guard let loop = eventLoop as? CoreEventLoop else { return eventLoop.makeFutureWithTask(body) }
-        let promise = loop.makePromise(of: GatewayResponse.self)
-        Task(executorPreference: loop) {
-            do { promise.succeed(try await body()) } catch { promise.fail(error) }
-        }
+        let promise = eventLoop.makePromise(of: GatewayResponse.self)
+        answer(promise, with: body)
         return promise.futureResult
+    }
+
+    /// Completes `promise` with what `body` answers, as a task: on the core's loops, one that
+    /// prefers the promise's loop, so that the request does not cross threads unless its work
+    /// does. An answer given later (``GatewayResponse/later(_:)``) is handed the same promise
+    /// once the task has ended.
+    static func answer(_ promise: EventLoopPromise<GatewayResponse>, with body: @escaping @Sendable () async throws -> GatewayResponse) {
+        let work: @Sendable () async -> Void = {
+            do {
+                let response = try await body()
+                if let start = response.deferred { start(promise) } else { promise.succeed(response) }
+            } catch {
+                promise.fail(error)
+            }
+        }
+        if let loop = promise.futureResult.eventLoop as? CoreEventLoop {
+            Task(executorPreference: loop, operation: work)
+        } else {
+            Task(operation: work)
+        }
     }
 
     /// Where a request head goes, decided the same way for both HTTP versions.
