@@ -12,13 +12,13 @@ import Glibc
 /// Reading: one `read` per readiness event. In the clear it goes into the loop's shared read
 /// buffer (``CoreEventLoop/takeReadBuffer()``) and is handed to the HTTP layer as it is; over
 /// TLS the records are read into the loop's record space, lent to OpenSSL, and decrypted
-/// into that buffer. When
-/// the HTTP layer kept none of the bytes, the next read of any connection on the loop reuses
-/// the same memory.
+/// into that buffer. When the HTTP layer kept none of the bytes, the next read of any
+/// connection on the loop reuses the same memory.
 ///
 /// Writing: answers are queued until a flush. Over TLS everything queued becomes one record
 /// (when it fits in one) in the session's output, in memory of the loop's, and that goes to
-/// the socket straight from there. What the socket does not take is kept in `outbound` and waits for `EPOLLOUT`.
+/// the socket straight from there. What the socket does not take is kept in `outbound` and
+/// waits for `EPOLLOUT`.
 /// Sends use `MSG_NOSIGNAL`: a client that has gone is an error to handle, not SIGPIPE.
 package final class CoreConnection: CoreSocketHandler, ConnectionTransport {
     package let fd: Int32
